@@ -1,0 +1,176 @@
+"""Plain aiokafka access outside Faust: topic creation, a durable publisher, a reader.
+
+Adapters answer 2xx only after the broker acknowledged the record (acks=all); a
+produce that is not acknowledged within ``produce_timeout_s`` raises
+``BrokerUnavailable`` so the adapter can answer 503 with Retry-After (invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.codec import encode
+from pipeline.config import Settings
+from pipeline.errors import BrokerError, BrokerUnavailable
+from pipeline.events import Event
+from pipeline.topics import all_topic_names, compacted_names
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap(settings: Settings) -> str:
+    """The broker address, or a clear error when none is configured or started."""
+    if not settings.kafka_bootstrap_servers:
+        raise BrokerError(
+            "no broker: set KAFKA_BOOTSTRAP_SERVERS or start the embedded one (pipeline.broker)"
+        )
+    return settings.kafka_bootstrap_servers
+
+
+async def ensure_topics(
+    settings: Settings, names: Iterable[str] | None = None, departments: Sequence[str] = ()
+) -> list[str]:
+    """Create the given topics (default: all fixed ones + department task topics)."""
+    wanted = list(names) if names is not None else all_topic_names(settings, departments)
+    compacted = compacted_names(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name=n,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+            )
+            for n in wanted
+            if n not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    return wanted
+
+
+class Publisher:
+    """Durable producer: ``send`` returns only after acks=all, else BrokerUnavailable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=bootstrap(self._settings),
+                    acks="all",
+                    linger_ms=0,
+                    request_timeout_ms=int(self._settings.produce_timeout_s * 1000),
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), self._settings.produce_timeout_s)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    await producer.stop()
+                    raise BrokerUnavailable(f"broker not reachable: {exc!r}") from exc
+                self._producer = producer
+            return self._producer
+
+    async def send(self, topic: str, key: str | None, event: Event) -> None:
+        """Publish one event and wait for the broker's acknowledgement."""
+        await self.send_raw(topic, key, encode(event))
+
+    async def send_raw(self, topic: str, key: str | None, value: bytes | None) -> None:
+        """Publish raw bytes (tests inject malformed records with this)."""
+        producer = await self._ensure()
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    topic, value=value, key=key.encode("utf-8") if key is not None else None
+                ),
+                self._settings.produce_timeout_s,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"broker did not acknowledge the record: {exc!r}") from exc
+
+    async def close(self) -> None:
+        """Flush and stop the producer."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record read back from a topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@asynccontextmanager
+async def reader(settings: Settings, *topics: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer reading the given topics from the beginning."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    )
+    await consumer.start()
+    try:
+        parts: list[TopicPartition] = []
+        for t in topics:
+            for p in sorted(await _partitions(consumer, t)):
+                parts.append(TopicPartition(t, p))
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()  # noqa: SLF001 — no public call
+        await asyncio.sleep(0.1)
+    raise BrokerError(f"topic {topic!r} has no partitions (does it exist?)")
+
+
+async def read_all(
+    settings: Settings, topics: Sequence[str], *, idle_s: float = 1.0, max_s: float = 30.0
+) -> list[Record]:
+    """Read every record of the topics until nothing new arrives for ``idle_s``."""
+    out: list[Record] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_s
+    async with reader(settings, *topics) as consumer:
+        last = loop.time()
+        while loop.time() < deadline and loop.time() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    out.append(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp))
+                    last = loop.time()
+    return out

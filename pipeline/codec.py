@@ -1,0 +1,66 @@
+"""JSON bytes on the wire: encode events with orjson, decode with ``model_validate_json``."""
+
+from __future__ import annotations
+
+import base64
+from typing import TypeVar
+
+import orjson
+from pydantic import ValidationError
+
+from pipeline.errors import DecodeError
+from pipeline.events import DeadLetter, Event, derive_id, utcnow
+
+E = TypeVar("E", bound=Event)
+
+
+def encode(event: Event) -> bytes:
+    """Serialize an event to compact JSON bytes."""
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def decode(model: type[E], raw: bytes | None) -> E:
+    """Parse bytes into ``model``; raise DecodeError naming the problem."""
+    if raw is None:
+        raise DecodeError("record has no value (tombstone)")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"value is not UTF-8 at byte {exc.start}") from exc
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "<root>"
+        raise DecodeError(
+            f"invalid {model.__name__}: {where}: {first.get('msg')} ({exc.error_count()} errors)",
+            field=where,
+        ) from exc
+
+
+def dead_letter(
+    *,
+    stage: str,
+    error: BaseException,
+    raw: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    key: bytes | None = None,
+    message_id: str | None = None,
+) -> DeadLetter:
+    """Build the DLQ record for a failed source record (invariant 2)."""
+    where = f"{topic}[{partition}]@{offset}"
+    return DeadLetter(
+        dead_letter_id=derive_id("dl", stage, where, str(raw)[:64] if topic is None else ""),
+        stage=stage,
+        error_type=type(error).__name__,
+        error=str(error)[:2000] or type(error).__name__,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key.decode("utf-8", errors="replace") if key is not None else None,
+        raw_b64=base64.b64encode(raw or b"").decode("ascii"),
+        message_id=message_id,
+        failed_at=utcnow(),
+    )

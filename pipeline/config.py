@@ -1,0 +1,111 @@
+"""One frozen settings object, read from the environment.
+
+Every variable is prefixed ``PIPELINE_`` except the broker address, which is the
+conventional ``KAFKA_BOOTSTRAP_SERVERS``. When it is unset the embedded Tansu
+broker is started (``pipeline.broker``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_DIR = PACKAGE_DIR / "resources"
+
+
+class Settings(BaseSettings):
+    """All configuration of the router. Frozen: build a new one to change it."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", frozen=True, extra="ignore")
+
+    # --- broker
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="host:port[,host:port]; unset → the embedded Tansu broker is started.",
+    )
+    app_id: str = Field(default="care-router", description="Faust app id (consumer group).")
+    topic_prefix: str = Field(default="care.", description="Prefix of every topic name.")
+    partitions: int = Field(default=2, ge=1, description="Partitions of each topic.")
+    replication_factor: int = Field(default=1, ge=1)
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=1, le=10_000, description="Consumer fetch wait (Faust hard-codes 1500)."
+    )
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    produce_timeout_s: float = Field(default=10.0, gt=0, description="Ack wait before 503.")
+
+    # --- worker
+    web_host: str = Field(default="127.0.0.1", description="Worker web bind address.")
+    web_port: int = Field(default=6066, ge=0, le=65535, description="/metrics, /healthz.")
+    data_dir: Path = Field(
+        default=Path.home() / ".cache" / "care-router",
+        description="Worker state and trained-model cache (outside the repository).",
+    )
+    classify_batch_size: int = Field(default=256, ge=1)
+    classify_batch_within_s: float = Field(default=0.05, gt=0)
+
+    # --- ingest
+    ingest_host: str = Field(default="127.0.0.1")
+    ingest_port: int = Field(default=8080, ge=0, le=65535)
+    smtp_host: str = Field(default="127.0.0.1")
+    smtp_port: int = Field(default=2525, ge=0, le=65535)
+    support_addresses: list[str] = Field(
+        default_factory=lambda: ["support@example.com"],
+        description="E-mail addresses the SMTP adapter accepts mail for.",
+    )
+    reply_domain: str = Field(
+        default="example.com", description="Domain of reply+TOKEN@ addresses for external parties."
+    )
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024, description="Per-request limit.")
+    max_text_chars: int = Field(default=20_000, ge=100, description="Longer text is truncated.")
+    telegram_secret_token: SecretStr | None = Field(default=None)
+    twilio_auth_token: SecretStr | None = Field(default=None)
+    chatwoot_hmac_token: SecretStr | None = Field(default=None)
+    generic_api_token: SecretStr | None = Field(default=None, description="Bearer for /ingest.")
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8080", description="URL the platforms call (Twilio signature)."
+    )
+
+    # --- configuration files
+    rules_path: Path = Field(default=DEFAULT_CONFIG_DIR / "workflow.yaml")
+    kb_dir: Path = Field(default=DEFAULT_CONFIG_DIR / "kb")
+    customers_path: Path | None = Field(default=None, description="CSV/JSON customer import.")
+    model_path: Path | None = Field(
+        default=None, description="Trained classifier; unset → default model (trained on first use)."
+    )
+
+    # --- notify
+    smtp_relay_host: str = Field(default="127.0.0.1")
+    smtp_relay_port: int = Field(default=25, ge=0, le=65535)
+    smtp_relay_user: str | None = None
+    smtp_relay_password: SecretStr | None = None
+    mail_from: str = Field(default="support@example.com")
+    telegram_api_base_url: str = Field(default="http://127.0.0.1:8081")
+    telegram_bot_token: SecretStr | None = None
+    chatwoot_api_base_url: str = Field(default="http://127.0.0.1:8082")
+    chatwoot_api_token: SecretStr | None = None
+    chatwoot_account_id: str = "1"
+    twilio_api_base_url: str = Field(default="http://127.0.0.1:8083")
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_from_number: str = "+10000000000"
+    delivery_max_attempts: int = Field(default=5, ge=1)
+    delivery_backoff_s: float = Field(default=0.5, gt=0)
+
+    # --- similarity
+    dedup_window_s: float = Field(default=24 * 3600, gt=0)
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the process environment (cached)."""
+    return Settings()

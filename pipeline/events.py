@@ -1,0 +1,450 @@
+"""The event contract: every record on the bus is one of these models.
+
+Topics carry JSON bytes (orjson); decode with ``Model.model_validate_json``.
+Every event carries ``schema_version``; JSON Schemas in ``schemas/`` are
+generated from these models (``pipeline schemas``) and a test fails on drift.
+
+Flow::
+
+    InboundMessage ─► ClassifiedMessage ─► SubRequest (tasks.<dept> | external)
+                                        └► Reply (auto-reply, resolution, survey)
+    TaskUpdate ─► case state ─► CaseEvent, Reply
+    every accepted message ─► exactly one Outcome;  bad records ─► DeadLetter
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    """Current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def derive_id(prefix: str, *parts: str) -> str:
+    """Deterministic id from its parts: a replay derives the same id (invariant 3)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:24]
+    return f"{prefix}_{digest}"
+
+
+UtcDatetime = Annotated[AwareDatetime, Field(description="Timezone-aware timestamp, UTC.")]
+
+
+class Event(BaseModel):
+    """Base of every bus event: frozen, strict about unknown fields, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    schema_version: Literal[1] = Field(
+        default=SCHEMA_VERSION, description="Version of this event's schema."
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _to_utc(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value
+
+
+class Part(BaseModel):
+    """Base of nested value objects (not events on their own)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- enums
+
+
+class Channel(StrEnum):
+    """Canonical channel names."""
+
+    telegram = "telegram"
+    chatwoot = "chatwoot"
+    sms = "sms"
+    voice = "voice"
+    email = "email"
+    webchat = "webchat"
+    webform = "webform"
+    social = "social"
+    api = "api"
+
+
+class OutcomeKind(StrEnum):
+    """The four terminal outcomes of an accepted inbound message (invariant 1)."""
+
+    auto_resolved = "auto_resolved"
+    routed = "routed"
+    duplicate = "duplicate"
+    rejected = "rejected"
+
+
+class SubRequestKind(StrEnum):
+    """Internal (a department's task topic), external (e-mail to a non-user), broadcast."""
+
+    internal = "internal"
+    external = "external"
+    broadcast = "broadcast"
+
+
+class TaskStatus(StrEnum):
+    """Status a department or external party reports for a sub-request."""
+
+    acknowledged = "acknowledged"
+    in_progress = "in_progress"
+    resolved = "resolved"
+    rejected = "rejected"
+
+
+class ReplyKind(StrEnum):
+    """Why the customer is being written to."""
+
+    auto_reply = "auto_reply"
+    acknowledgement = "acknowledgement"
+    resolution = "resolution"
+    incident_notice = "incident_notice"
+    survey = "survey"
+
+
+class CaseEventType(StrEnum):
+    """Every transition of a case is one of these (the audit trail)."""
+
+    opened = "opened"
+    message_appended = "message_appended"
+    sub_request_created = "sub_request_created"
+    task_updated = "task_updated"
+    sub_request_resolved = "sub_request_resolved"
+    resolved = "resolved"
+    reopened = "reopened"
+    auto_resolved = "auto_resolved"
+    sla_warning = "sla_warning"
+    sla_breached = "sla_breached"
+    escalated = "escalated"
+    incident_detected = "incident_detected"
+    incident_linked = "incident_linked"
+    reply_sent = "reply_sent"
+    delivery_failed = "delivery_failed"
+    survey_sent = "survey_sent"
+    survey_answered = "survey_answered"
+
+
+# ---------------------------------------------------------------- parts
+
+
+class Identity(Part):
+    """One identity by which a customer is known on a channel."""
+
+    kind: Literal["phone", "email", "telegram", "chatwoot", "webchat", "social", "other"] = Field(
+        description="Identity namespace.", examples=["phone"]
+    )
+    value: str = Field(
+        min_length=1,
+        max_length=320,
+        description="Normalized value: E.164 phone, lower-cased e-mail, platform id.",
+        examples=["+79161234567"],
+    )
+
+
+class CustomerProfile(Part):
+    """Snapshot of the customer carried on the record so later stages need no lookups."""
+
+    customer_id: str = Field(description="Stable customer id (provisional ids start with 'prov_').")
+    name: str | None = Field(default=None, description="Display name, if known.")
+    tier: Literal["standard", "silver", "gold", "vip"] = Field(
+        default="standard", description="Customer value tier used by priority scoring."
+    )
+    segment: str | None = Field(default=None, description="Marketing/service segment.")
+    preferred_language: str | None = Field(default=None, description="ISO 639-1 code.")
+    home_store: str | None = Field(default=None, description="Store code the customer uses most.")
+
+
+class Span(Part):
+    """A half-open character range [start, end) of the message text."""
+
+    start: int = Field(ge=0, description="First character index.")
+    end: int = Field(ge=0, description="One past the last character index.")
+
+
+class PiiSpan(Span):
+    """Personal data found in the text, so later stages can redact it."""
+
+    kind: Literal["card", "phone", "email"] = Field(description="What kind of personal data.")
+
+
+class Attachment(Part):
+    """Attachment metadata only: content is never put on the bus."""
+
+    filename: str | None = Field(default=None, description="File name as sent.")
+    content_type: str = Field(description="MIME type.")
+    size: int = Field(ge=0, description="Size in bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the content.")
+
+
+class Intent(Part):
+    """One request found in a message, with the text span it came from."""
+
+    label: str = Field(description="Intent label, or 'unknown' when the model abstained.")
+    category: str = Field(description="Department-level category of the intent.")
+    confidence: float = Field(ge=0.0, le=1.0, description="Model confidence in the label.")
+    span: Span = Field(description="Where in the text this request is.")
+    text: str = Field(description="The text of the span.")
+
+
+class Entity(Part):
+    """Something routing needs: an order number, a store, a card, an amount, a date."""
+
+    kind: str = Field(description="order | store | loyalty_card | amount | date | ...")
+    value: str = Field(description="Normalized value (e.g. the store code).")
+    span: Span | None = Field(default=None, description="Where it was found, if in the text.")
+
+
+class PriorityComponent(Part):
+    """One term of the priority score, so the score can be explained."""
+
+    name: str = Field(description="Component name, e.g. 'tier', 'sentiment', 'legal_threat'.")
+    points: float = Field(description="Contribution to the 0–100 score.")
+    reason: str = Field(description="Human-readable reason.")
+
+
+class Priority(Part):
+    """Priority score with its explanation."""
+
+    score: float = Field(ge=0, le=100, description="0 (lowest) to 100 (highest).")
+    level: Literal["P1", "P2", "P3", "P4"] = Field(description="P1 is the most urgent.")
+    components: list[PriorityComponent] = Field(
+        default_factory=list, description="Contributions that add up to the score."
+    )
+
+
+class Similarity(Part):
+    """Decisions of the similarity index for one message."""
+
+    duplicate_of: str | None = Field(
+        default=None, description="Message id of the original when this is a duplicate."
+    )
+    duplicate_reason: str | None = Field(default=None, description="exact_id | same_text | near.")
+    case_id: str | None = Field(default=None, description="Open case this message belongs to.")
+    incident_id: str | None = Field(default=None, description="Mass incident this message joins.")
+    kb_article_id: str | None = Field(default=None, description="Best matching KB article.")
+    kb_confidence: float | None = Field(default=None, description="Match confidence of it.")
+    auto_reply: bool = Field(default=False, description="Whether the auto-reply fires.")
+    recontact_of: str | None = Field(
+        default=None, description="Case this message reopens (customer came back)."
+    )
+
+
+# ---------------------------------------------------------------- events
+
+
+class InboundMessage(Event):
+    """A customer message normalized by an adapter. Keyed by customer_id."""
+
+    message_id: str = Field(
+        description="Deterministic id from channel + channel message id (idempotency key)."
+    )
+    channel: Channel = Field(description="Canonical channel the customer wrote from.")
+    channel_message_id: str = Field(
+        min_length=1, max_length=512, description="The platform's own message id."
+    )
+    customer_id: str = Field(min_length=1, description="Customer id; the record key.")
+    identities: list[Identity] = Field(
+        default_factory=list, description="Identities seen on this message."
+    )
+    profile: CustomerProfile | None = Field(
+        default=None, description="Customer profile snapshot at ingest time."
+    )
+    text: str = Field(description="Cleaned text (NFC, whitespace, no invisible characters).")
+    subject: str | None = Field(default=None, description="Subject line (e-mail, web form).")
+    language: str = Field(default="other", description="'ru', 'en' or 'other'.")
+    language_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    sent_at: UtcDatetime | None = Field(default=None, description="When the customer sent it.")
+    received_at: UtcDatetime = Field(description="When the adapter accepted it (UTC).")
+    conversation_id: str | None = Field(
+        default=None, description="Platform conversation / chat / e-mail thread reference."
+    )
+    in_reply_to: str | None = Field(default=None, description="E-mail In-Reply-To.")
+    references: list[str] = Field(default_factory=list, description="E-mail References.")
+    reply_to: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where to answer in the same channel (chat_id, address, conversation id).",
+    )
+    routing_hints: dict[str, str] = Field(
+        default_factory=dict, description="Channel hints: ivr_menu, to_address, form_topic."
+    )
+    pii: list[PiiSpan] = Field(default_factory=list, description="Personal data spans.")
+    attachments: list[Attachment] = Field(default_factory=list, description="Metadata only.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Other platform fields.")
+
+
+class ClassifiedMessage(Event):
+    """An inbound message with what the classifier read in it. Keyed by customer_id."""
+
+    message_id: str = Field(description="Id of the inbound message.")
+    customer_id: str = Field(description="Record key.")
+    inbound: InboundMessage = Field(description="The message as ingested.")
+    intents: list[Intent] = Field(description="One per request found (at least one).")
+    tags: list[str] = Field(default_factory=list, description="Model and rule tags.")
+    entities: list[Entity] = Field(default_factory=list, description="Extracted entities.")
+    priority: Priority = Field(description="Priority score with explanation.")
+    similarity: Similarity = Field(
+        default_factory=Similarity, description="Dedup / incident / KB decisions."
+    )
+    model_version: str = Field(description="Version of the classifier that produced this.")
+    classified_at: UtcDatetime = Field(description="When it was classified.")
+
+
+class SubRequest(Event):
+    """A piece of work for one department or external party. Keyed by case_id."""
+
+    sub_request_id: str = Field(description="Deterministic from message id + intent + target.")
+    case_id: str = Field(description="The case this belongs to.")
+    message_id: str = Field(description="Inbound message that caused it.")
+    customer_id: str = Field(description="Customer the case is for.")
+    kind: SubRequestKind = Field(description="internal | external | broadcast.")
+    department: str = Field(description="Department responsible.")
+    recipient: str | None = Field(
+        default=None, description="E-mail of an external party (external/broadcast)."
+    )
+    intent: str = Field(description="Intent label this sub-request handles.")
+    category: str = Field(description="Category of the intent.")
+    text: str = Field(description="The relevant span of the customer's text.")
+    full_text: str = Field(description="The whole message, for context.")
+    entities: list[Entity] = Field(default_factory=list)
+    priority: Priority = Field(description="Priority at creation.")
+    customer: CustomerProfile | None = Field(default=None, description="Who the customer is.")
+    customer_summary: str = Field(default="", description="Short history summary.")
+    language: str = Field(default="other", description="Customer's language.")
+    reply_token: str | None = Field(
+        default=None, description="Token an external party's e-mail reply carries."
+    )
+    sla_due_at: UtcDatetime | None = Field(default=None, description="Resolution deadline.")
+    created_at: UtcDatetime = Field(description="Creation time.")
+
+
+class TaskUpdate(Event):
+    """A department's or an external party's answer about a sub-request. Keyed by case_id."""
+
+    update_id: str = Field(description="Unique id of this update (dedup key).")
+    sub_request_id: str = Field(description="Sub-request it updates.")
+    case_id: str = Field(description="Case of that sub-request.")
+    status: TaskStatus = Field(description="New status.")
+    resolution: str | None = Field(default=None, description="Answer text for the customer.")
+    author: str | None = Field(default=None, description="Who wrote it.")
+    source: Literal["department", "email", "system"] = Field(default="department")
+    at: UtcDatetime = Field(description="When it was written.")
+
+
+class Reply(Event):
+    """A message to the customer, in the channel they wrote from. Keyed by customer_id."""
+
+    reply_id: str = Field(description="Deterministic; delivery drops ids already sent.")
+    case_id: str | None = Field(default=None, description="Case, if any.")
+    message_id: str = Field(description="Inbound message being answered.")
+    customer_id: str = Field(description="Recipient customer.")
+    channel: Channel = Field(description="Channel to answer in.")
+    reply_to: dict[str, str] = Field(default_factory=dict, description="Channel address.")
+    language: str = Field(description="Language of the text.")
+    kind: ReplyKind = Field(description="Why we write.")
+    text: str = Field(description="Text to send.")
+    article_id: str | None = Field(default=None, description="KB article, for auto-replies.")
+    link: str | None = Field(default=None, description="Link sent with the answer.")
+    created_at: UtcDatetime = Field(description="Creation time.")
+
+
+class CaseEvent(Event):
+    """One transition of a case (audit trail). Keyed by case_id."""
+
+    event_id: str = Field(description="Deterministic id of the transition.")
+    case_id: str = Field(description="Case id.")
+    type: CaseEventType = Field(description="Transition.")
+    message_id: str | None = Field(default=None, description="Message involved, if any.")
+    sub_request_id: str | None = Field(default=None, description="Sub-request involved.")
+    detail: dict[str, Any] = Field(default_factory=dict, description="Transition details.")
+    at: UtcDatetime = Field(description="When it happened.")
+
+
+class Outcome(Event):
+    """The one terminal outcome of an accepted inbound message. Keyed by message_id."""
+
+    message_id: str = Field(description="Inbound message id.")
+    customer_id: str | None = Field(default=None, description="Customer, when known.")
+    outcome: OutcomeKind = Field(description="auto_resolved | routed | duplicate | rejected.")
+    case_id: str | None = Field(default=None, description="Case, when one was opened or linked.")
+    departments: list[str] = Field(default_factory=list, description="Where it was routed.")
+    reason: str = Field(default="", description="Why this outcome.")
+    stage: str = Field(description="Stage that decided it.")
+    received_at: UtcDatetime | None = Field(default=None, description="Ingest time.")
+    decided_at: UtcDatetime = Field(description="Decision time.")
+
+
+class DeadLetter(Event):
+    """A record a stage could not process. Keyed by the source record's key."""
+
+    dead_letter_id: str = Field(description="Deterministic from topic/partition/offset.")
+    stage: str = Field(description="Stage that failed: ingest, classify, route, notify...")
+    error_type: str = Field(description="Exception class name.")
+    error: str = Field(description="What went wrong, for a human.")
+    topic: str | None = Field(default=None, description="Source topic.")
+    partition: int | None = Field(default=None, description="Source partition.")
+    offset: int | None = Field(default=None, description="Source offset.")
+    key: str | None = Field(default=None, description="Source key (UTF-8, replaced errors).")
+    raw_b64: str = Field(description="The raw bytes of the source record, base64.")
+    message_id: str | None = Field(default=None, description="Message id, when decodable.")
+    failed_at: UtcDatetime = Field(description="When it failed.")
+
+
+class DeliveryReceipt(Event):
+    """Result of delivering a reply or an external e-mail. Keyed by reply/sub-request id."""
+
+    delivery_id: str = Field(description="Reply id or sub-request id delivered.")
+    channel: str = Field(description="Channel or 'email'.")
+    status: Literal["delivered", "failed", "skipped_duplicate"] = Field(description="Result.")
+    attempts: int = Field(ge=0, description="Attempts made.")
+    error: str | None = Field(default=None, description="Last error, if failed.")
+    at: UtcDatetime = Field(description="When.")
+
+
+class CustomerRecord(Event):
+    """Customer directory entry (compacted topic). Keyed by customer_id."""
+
+    profile: CustomerProfile = Field(description="Profile.")
+    identities: list[Identity] = Field(description="All identities of this customer.")
+    updated_at: UtcDatetime = Field(description="Last update.")
+
+
+class KbArticle(Event):
+    """Knowledge-base article (compacted topic). Keyed by article id."""
+
+    article_id: str = Field(description="Stable article id.")
+    title: dict[str, str] = Field(description="Title per language.")
+    questions: dict[str, list[str]] = Field(description="Example questions per language.")
+    answer: dict[str, str] = Field(description="Answer per language (ru, en).")
+    intents: list[str] = Field(default_factory=list, description="Eligible intents.")
+    link: str | None = Field(default=None, description="Public link to the article.")
+    auto_reply: bool = Field(default=True, description="Whether it may be sent automatically.")
+    deleted: bool = Field(default=False, description="Tombstone: remove from the index.")
+    updated_at: UtcDatetime = Field(description="Last update.")
+
+
+#: Every event type on the bus, by schema file name.
+EVENT_TYPES: dict[str, type[Event]] = {
+    "InboundMessage": InboundMessage,
+    "ClassifiedMessage": ClassifiedMessage,
+    "SubRequest": SubRequest,
+    "TaskUpdate": TaskUpdate,
+    "Reply": Reply,
+    "CaseEvent": CaseEvent,
+    "Outcome": Outcome,
+    "DeadLetter": DeadLetter,
+    "DeliveryReceipt": DeliveryReceipt,
+    "CustomerRecord": CustomerRecord,
+    "KbArticle": KbArticle,
+}

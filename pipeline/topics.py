@@ -1,0 +1,54 @@
+"""Every topic of the router, declared in one place with its partitions and cleanup policy.
+
+Tansu auto-creates undeclared topics with 4 partitions and default configs, so every
+topic the router touches is created explicitly (``ensure_topics``) before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the router owns."""
+
+    name: str
+    compacted: bool = False
+    description: str = ""
+
+
+#: Logical topic names (without prefix) and what flows on them.
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("inbound", description="InboundMessage, keyed by customer_id"),
+    TopicSpec("classified", description="ClassifiedMessage, keyed by customer_id"),
+    TopicSpec("external", description="SubRequest for external parties (e-mail), keyed by case_id"),
+    TopicSpec("replies", description="Reply to customers, keyed by customer_id"),
+    TopicSpec("task-updates", description="TaskUpdate from departments and e-mail, keyed by case_id"),
+    TopicSpec("case-events", description="CaseEvent audit trail, keyed by case_id"),
+    TopicSpec("outcomes", description="Outcome, one per accepted message, keyed by message_id"),
+    TopicSpec("dlq", description="DeadLetter from every stage"),
+    TopicSpec("deliveries", description="DeliveryReceipt, keyed by delivery id"),
+    TopicSpec("quality", description="CaseEvent for negative survey answers"),
+    TopicSpec("customers", compacted=True, description="CustomerRecord directory, keyed by id"),
+    TopicSpec("kb", compacted=True, description="KbArticle, keyed by article_id"),
+)
+
+TASKS_PREFIX = "tasks."
+
+
+def task_topic(settings: Settings, department: str) -> str:
+    """Full name of a department's task topic."""
+    return settings.topic(f"{TASKS_PREFIX}{department}")
+
+
+def all_topic_names(settings: Settings, departments: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Full names of the fixed topics plus one task topic per department."""
+    return [settings.topic(t.name) for t in TOPICS] + [task_topic(settings, d) for d in departments]
+
+
+def compacted_names(settings: Settings) -> set[str]:
+    """Full names of compacted topics."""
+    return {settings.topic(t.name) for t in TOPICS if t.compacted}
