@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["support@example.com"],
         description="E-mail addresses the SMTP adapter accepts mail for.",
     )
+    reply_token_secret: SecretStr = Field(
+        default=SecretStr("change-me"), description="HMAC key of reply+TOKEN@ addresses."
+    )
     reply_domain: str = Field(
         default="example.com", description="Domain of reply+TOKEN@ addresses for external parties."
     )

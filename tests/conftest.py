@@ -1,0 +1,28 @@
+"""Shared fixtures: one real broker per test session, unique topic prefixes per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.broker import broker_for
+from pipeline.config import Settings
+
+
+@pytest.fixture(scope="session")
+def broker_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings for the session's broker: KAFKA_BOOTSTRAP_SERVERS if set, else embedded Tansu."""
+    base = Settings(data_dir=tmp_path_factory.mktemp("data"))
+    with broker_for(base) as settings:
+        yield settings
+
+
+@pytest.fixture
+def kafka(broker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Per-test settings: the session broker with a unique topic prefix and app id."""
+    tag = uuid.uuid4().hex[:8]
+    return broker_settings.model_copy(
+        update={"topic_prefix": f"t{tag}.", "app_id": f"test-{tag}"}
+    )
