@@ -1,0 +1,304 @@
+"""Duplicate detection for ONE customer: platform retries, resends and rewordings.
+
+Pure functions over a small per-customer state (``CustomerDedupState``) that the worker
+keeps in a Faust table keyed by customer id (invariant 5: one customer, one partition).
+Different customers never share a state, so they are never duplicates of each other.
+
+Three checks, cheapest first:
+
+* ``exact_id``  — same message id or same channel + channel message id (platform retry);
+* ``same_text`` — same normalized text (case, punctuation, greeting, signature ignored);
+* ``near``      — MinHash estimate of character-shingle similarity over the cleaned text,
+  taken as max(Jaccard, containment) so an e-mail that adds a long signature or quote to
+  the chat message it repeats still matches (containment needs enough shingles on both
+  sides, else a two-word message would be "contained" in everything).
+
+Entries expire after ``window_s`` and at most ``max_entries`` are kept (oldest dropped),
+so the state of one customer is bounded (≈ 0.3 KB per entry as JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+from datasketch import MinHash
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.events import InboundMessage
+
+__all__ = [
+    "DedupConfig",
+    "DedupDecision",
+    "DedupEntry",
+    "CustomerDedupState",
+    "check_duplicate",
+    "clean_text",
+    "estimate_similarity",
+    "expire",
+    "normalize_text",
+    "remember",
+    "shingles",
+    "signature",
+    "text_hash",
+]
+
+DuplicateReason = Literal["exact_id", "same_text", "near"]
+
+#: MinHash permutations: 64 keeps the similarity estimate's standard error ≈ 0.06, enough
+#: for a threshold near 0.6 (chosen in bench/similarity_dedup.py).
+NUM_PERM = 64
+SHINGLE = 4
+_MIN_SHINGLES_CONTAINMENT = 12
+
+
+class DedupConfig(BaseModel):
+    """Tunables of the duplicate check (defaults chosen in bench/similarity_dedup.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_s: float = Field(default=24 * 3600, gt=0, description="Entries older than this expire.")
+    max_entries: int = Field(default=50, ge=1, description="Cap on remembered messages.")
+    near_threshold: float = Field(
+        default=0.6, gt=0, le=1, description="Similarity at or above which a message is 'near'."
+    )
+
+
+class DedupEntry(BaseModel):
+    """One remembered message: ids, fingerprints as compact ints, time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str
+    case_id: str | None = None
+    id_hash: int = Field(description="64-bit hash of channel + channel message id.")
+    text_hash: int = Field(description="64-bit hash of the normalized text (0: empty).")
+    sig: list[int] = Field(default_factory=list, description="MinHash, low 16 bits of each value.")
+    n: int = Field(default=0, ge=0, description="Number of distinct shingles.")
+    at: float = Field(description="Epoch seconds it was remembered.")
+
+
+class CustomerDedupState(BaseModel):
+    """Recent messages of one customer, oldest first. Serialize with ``model_dump_json``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entries: list[DedupEntry] = Field(default_factory=list)
+
+
+class DedupDecision(BaseModel):
+    """Outcome of ``check_duplicate``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    is_duplicate: bool
+    duplicate_of: str | None = Field(default=None, description="Message id of the original.")
+    reason: DuplicateReason | None = None
+    case_id: str | None = Field(default=None, description="Case of the original, if known.")
+    similarity: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+# ---------------------------------------------------------------- text
+
+
+_QUOTE = re.compile(r"^\s*>")
+_SIG_DELIM = re.compile(r"^\s*(--|__+|—)\s*$")
+_SIGNOFF = re.compile(
+    r"^\s*(best regards|kind regards|warm regards|regards|best wishes|best|cheers|thanks|"
+    r"thank you|many thanks|sincerely|yours sincerely|sent from my|get outlook for|"
+    r"с уважением|всего доброго|всего хорошего|спасибо|заранее спасибо|благодарю|"
+    r"отправлено с|отправлено из|с наилучшими пожеланиями)\b[ ,.!]*",
+    re.IGNORECASE,
+)
+_ON_WROTE = re.compile(r"^\s*(on .+ wrote:|.+ писал[а]?\s*(\(а\))?:)\s*$", re.IGNORECASE)
+_GREETING = re.compile(
+    r"^\s*(hi|hello|hey|dear [\w .]+|good (morning|afternoon|evening)|greetings|"
+    r"здравствуйте|добрый (день|вечер)|доброе утро|привет|приветствую|"
+    r"уважаем\w+ [\w .]+)\b[ ,.!:]*",
+    re.IGNORECASE,
+)
+_NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
+
+
+def clean_text(text: str) -> str:
+    """Message body without quoted reply, signature, leading greeting."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        if _SIG_DELIM.match(line) or _ON_WROTE.match(line):
+            break
+        if _QUOTE.match(line):
+            continue
+        if _SIGNOFF.match(line) and len(line) < 60:
+            break  # a short sign-off line ends the message (the name follows)
+        kept.append(line)
+    body = "\n".join(kept) if kept else text
+    return _GREETING.sub("", body, count=1)
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case word tokens joined by single spaces (NFKC, ё→е, no punctuation)."""
+    t = unicodedata.normalize("NFKC", clean_text(text)).casefold().replace("ё", "е")
+    return " ".join(_NON_WORD.sub(" ", t).replace("_", " ").split())
+
+
+def _h64(data: str) -> int:
+    """Signed 64-bit hash (fits a JSON number and a Java long)."""
+    return int.from_bytes(hashlib.blake2b(data.encode("utf-8"), digest_size=8).digest(), "big") - (
+        1 << 63
+    )
+
+
+def text_hash(normalized: str) -> int:
+    """Hash of normalized text; 0 for empty text (never matches)."""
+    return _h64(normalized) if normalized else 0
+
+
+def shingles(normalized: str, k: int = SHINGLE) -> set[str]:
+    """Character k-grams of the normalized text (padded so short words count)."""
+    t = f" {normalized} "
+    if len(t) <= k:
+        return {t} if normalized else set()
+    return {t[i : i + k] for i in range(len(t) - k + 1)}
+
+
+@lru_cache(maxsize=1)
+def _permutations() -> tuple[np.ndarray, np.ndarray]:
+    # Built once: MinHash() would otherwise draw them again for every message.
+    return MinHash(num_perm=NUM_PERM, seed=1).permutations  # type: ignore[no-any-return]
+
+
+def _hash32(b: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(b, digest_size=4).digest(), "little")
+
+
+def signature(shingle_set: set[str]) -> list[int]:
+    """MinHash of the shingles as 16-bit ints (empty list for no shingles)."""
+    if not shingle_set:
+        return []
+    mh = MinHash(
+        num_perm=NUM_PERM, hashfunc=_hash32, permutations=_permutations(), scheme="affine32"
+    )
+    mh.update_batch([s.encode("utf-8") for s in shingle_set])
+    # b-bit MinHash: the low 16 bits halve the stored size; a false match costs 1/65536.
+    return [int(v) & 0xFFFF for v in mh.hashvalues]
+
+
+def estimate_similarity(sig_a: Sequence[int], n_a: int, sig_b: Sequence[int], n_b: int) -> float:
+    """max(Jaccard, containment) estimated from two MinHash signatures and set sizes."""
+    if not sig_a or not sig_b or len(sig_a) != len(sig_b):
+        return 0.0
+    jac = float(np.mean(np.asarray(sig_a) == np.asarray(sig_b)))
+    if min(n_a, n_b) < _MIN_SHINGLES_CONTAINMENT:
+        return jac
+    inter = jac * (n_a + n_b) / (1.0 + jac)
+    return min(1.0, max(jac, inter / min(n_a, n_b)))
+
+
+# ---------------------------------------------------------------- state
+
+
+def _id_hash(msg: InboundMessage) -> int:
+    return _h64(f"{msg.channel.value}\x1f{msg.channel_message_id}")
+
+
+def _epoch(now: datetime) -> float:
+    return now.timestamp()
+
+
+def expire(state: CustomerDedupState, now: datetime, config: DedupConfig) -> CustomerDedupState:
+    """State without entries older than the window, capped to ``max_entries`` newest."""
+    cutoff = _epoch(now) - config.window_s
+    kept = [e for e in state.entries if e.at >= cutoff][-config.max_entries :]
+    if len(kept) == len(state.entries):
+        return state
+    return CustomerDedupState(entries=kept)
+
+
+def _fingerprint(msg: InboundMessage) -> tuple[int, list[int], int]:
+    norm = normalize_text(msg.text)
+    sh = shingles(norm)
+    return text_hash(norm), signature(sh), len(sh)
+
+
+def check_duplicate(
+    state: CustomerDedupState,
+    msg: InboundMessage,
+    now: datetime,
+    config: DedupConfig | None = None,
+) -> DedupDecision:
+    """Is ``msg`` a repeat of a message this customer sent within the window?"""
+    cfg = config or DedupConfig()
+    live = expire(state, now, cfg).entries
+    if not live:
+        return DedupDecision(is_duplicate=False)
+    idh = _id_hash(msg)
+    for e in reversed(live):
+        if e.message_id == msg.message_id or e.id_hash == idh:
+            return DedupDecision(
+                is_duplicate=True,
+                duplicate_of=e.message_id,
+                reason="exact_id",
+                case_id=e.case_id,
+                similarity=1.0,
+            )
+    th, sig, n = _fingerprint(msg)
+    if th:
+        for e in reversed(live):
+            if e.text_hash == th:
+                return DedupDecision(
+                    is_duplicate=True,
+                    duplicate_of=e.message_id,
+                    reason="same_text",
+                    case_id=e.case_id,
+                    similarity=1.0,
+                )
+    best: DedupEntry | None = None
+    best_sim = 0.0
+    for e in reversed(live):  # newest first: ties go to the most recent case
+        sim = estimate_similarity(sig, n, e.sig, e.n)
+        if sim > best_sim:
+            best, best_sim = e, sim
+    if best is not None and best_sim >= cfg.near_threshold:
+        return DedupDecision(
+            is_duplicate=True,
+            duplicate_of=best.message_id,
+            reason="near",
+            case_id=best.case_id,
+            similarity=round(best_sim, 4),
+        )
+    return DedupDecision(is_duplicate=False, similarity=round(best_sim, 4))
+
+
+def remember(
+    state: CustomerDedupState,
+    msg: InboundMessage,
+    case_id: str | None,
+    now: datetime,
+    config: DedupConfig | None = None,
+) -> CustomerDedupState:
+    """New state with ``msg`` remembered (expired entries dropped, cap applied).
+
+    A platform retry of a message already remembered does not add an entry.
+    """
+    cfg = config or DedupConfig()
+    live = expire(state, now, cfg)
+    idh = _id_hash(msg)
+    if any(e.message_id == msg.message_id or e.id_hash == idh for e in live.entries):
+        return live
+    th, sig, n = _fingerprint(msg)
+    entry = DedupEntry(
+        message_id=msg.message_id,
+        case_id=case_id,
+        id_hash=idh,
+        text_hash=th,
+        sig=sig,
+        n=n,
+        at=_epoch(now),
+    )
+    return CustomerDedupState(entries=[*live.entries, entry][-cfg.max_entries :])
