@@ -99,6 +99,30 @@ class Settings(BaseSettings):
     twilio_from_number: str = "+10000000000"
     delivery_max_attempts: int = Field(default=5, ge=1)
     delivery_backoff_s: float = Field(default=0.5, gt=0)
+    delivery_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="Cap of one backoff delay (before Retry-After)."
+    )
+    delivery_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of one HTTP/SMTP delivery attempt."
+    )
+    delivery_rate_limits: dict[str, float] = Field(
+        default_factory=lambda: {
+            "telegram": 25.0,  # Bot API: ~30 msg/s per bot overall
+            "chatwoot": 10.0,
+            "twilio": 1.0,  # one long-code number: 1 message segment/s
+            "email": 5.0,
+            "webhook": 20.0,
+        },
+        description="Sends/s per transport (token bucket, burst max(1, rate)); absent → no limit.",
+    )
+    smtp_relay_starttls: bool = Field(default=False, description="STARTTLS to the relay.")
+    outbound_webhook_url: str | None = Field(
+        default=None,
+        description="POST target (JSON Reply) for webchat/api/social; unset → undeliverable.",
+    )
+    outbound_webhook_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to the outbound webhook."
+    )
 
     # --- similarity
     dedup_window_s: float = Field(default=24 * 3600, gt=0)

@@ -68,4 +68,22 @@ class ModelError(PipelineError):
 
 
 class DeliveryError(PipelineError):
-    """A reply or e-mail could not be delivered."""
+    """A reply or e-mail could not be delivered.
+
+    ``status`` is the HTTP/SMTP status when there was one; ``transient`` says whether a
+    retry may help (5xx, 429, connection errors) or not (other 4xx); ``retry_after`` is
+    the wait in seconds the server asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+        self.retry_after = retry_after
