@@ -1,0 +1,361 @@
+"""Outbound senders in the platforms' real API formats, at configurable base URLs.
+
+One attempt per call; retries, backoff and rate limits are ``delivery.Deliverer``'s job.
+Every failure is a ``DeliveryError`` with ``status`` (HTTP or SMTP code when there was
+one), ``transient`` (5xx, 429, 408, connection errors and SMTP 4xx may succeed later;
+other 4xx and SMTP 5xx will not) and ``retry_after`` (seconds, from ``Retry-After`` or
+Telegram's ``parameters.retry_after``). Error texts never contain the URL: the Telegram
+URL carries the bot token.
+
+Where a ``Reply`` goes (``reply.channel`` → transport, keys read from ``reply.reply_to``):
+
+=================  =========  ==============================================================
+channel            transport  ``reply_to`` keys
+=================  =========  ==============================================================
+telegram           telegram   ``chat_id``; optional ``message_id`` → ``reply_to_message_id``
+chatwoot           chatwoot   ``conversation_id``; optional ``account_id`` (else settings)
+sms, voice         twilio     ``phone`` (or ``from``: the number the customer used); voice
+                              replies go as an SMS to the caller's number
+email, webform     email      ``address`` (or ``email``); threading: ``message_id``,
+                              ``references``, ``subject`` (see ``compose.compose_reply_email``)
+webchat, api,      webhook    none: the JSON ``Reply`` is POSTed to
+social                        ``settings.outbound_webhook_url`` with ``Idempotency-Key:
+                              <reply_id>`` and an optional Bearer token; the web-chat
+                              widget / API client / social bridge behind it delivers it
+=================  =========  ==============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from pipeline.codec import encode
+from pipeline.config import Settings
+from pipeline.errors import DeliveryError
+from pipeline.events import Channel, Reply, utcnow
+from pipeline.notify.compose import compose_reply_email
+
+__all__ = [
+    "TELEGRAM_MAX_CHARS",
+    "TWILIO_MAX_CHARS",
+    "Target",
+    "Transport",
+    "message_text",
+    "resolve_target",
+    "send_chatwoot",
+    "send_email",
+    "send_reply",
+    "send_telegram",
+    "send_twilio",
+    "send_webhook",
+]
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["telegram", "chatwoot", "twilio", "email", "webhook"]
+
+TELEGRAM_MAX_CHARS = 4096  # sendMessage text limit
+TWILIO_MAX_CHARS = 1600  # Messages API Body limit
+_EXCERPT = 300
+
+_TRANSPORTS: dict[Channel, Transport] = {
+    Channel.telegram: "telegram",
+    Channel.chatwoot: "chatwoot",
+    Channel.sms: "twilio",
+    Channel.voice: "twilio",
+    Channel.email: "email",
+    Channel.webform: "email",
+    Channel.webchat: "webhook",
+    Channel.api: "webhook",
+    Channel.social: "webhook",
+}
+
+_ADDRESS_KEYS: dict[Transport, tuple[str, ...]] = {
+    "telegram": ("chat_id",),
+    "chatwoot": ("conversation_id",),
+    "twilio": ("phone", "from"),
+    "email": ("address", "email"),
+    "webhook": (),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one reply goes: transport and the address on it."""
+
+    transport: Transport
+    address: str
+
+
+def resolve_target(reply: Reply, settings: Settings) -> Target:
+    """The transport and address of ``reply``; a permanent DeliveryError when one is missing."""
+    transport = _TRANSPORTS[reply.channel]
+    if transport == "webhook":
+        if not settings.outbound_webhook_url:
+            raise DeliveryError(
+                f"no outbound webhook configured for channel {reply.channel.value}",
+                transient=False,
+            )
+        return Target(transport, settings.outbound_webhook_url)
+    for key in _ADDRESS_KEYS[transport]:
+        value = reply.reply_to.get(key, "").strip()
+        if value:
+            return Target(transport, value)
+    keys = " or ".join(_ADDRESS_KEYS[transport])
+    raise DeliveryError(
+        f"reply {reply.reply_id} on {reply.channel.value} has no reply_to {keys}",
+        transient=False,
+    )
+
+
+def message_text(reply: Reply, limit: int | None = None) -> str:
+    """The reply's text with its link appended, cut to ``limit`` characters."""
+    text = reply.text
+    if reply.link and reply.link not in text:
+        text = f"{text}\n{reply.link}"
+    if limit is not None and len(text) > limit:
+        log.warning("reply %s truncated from %d to %d chars", reply.reply_id, len(text), limit)
+        text = text[: limit - 1] + "…"
+    return text
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def _retry_after(headers: Any, payload: Any) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP date) or Telegram JSON."""
+    if isinstance(payload, dict):
+        params = payload.get("parameters")
+        if isinstance(params, dict) and isinstance(params.get("retry_after"), int | float):
+            return float(params["retry_after"])
+    raw = headers.get("Retry-After") if headers is not None else None
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - utcnow()).total_seconds())
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    url: str,
+    what: str,
+    settings: Settings,
+    **kwargs: Any,
+) -> Any:
+    """POST once; the parsed JSON body of a 2xx, else DeliveryError."""
+    timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout_s)
+    try:
+        async with session.post(url, timeout=timeout, **kwargs) as resp:
+            body = await resp.read()
+            status = resp.status
+            headers = resp.headers
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DeliveryError(f"{what}: {type(exc).__name__}: {exc}", transient=True) from exc
+    payload = _parse(body)
+    if 200 <= status < 300:
+        return payload
+    excerpt = body[:_EXCERPT].decode("utf-8", "replace")
+    raise DeliveryError(
+        f"{what}: HTTP {status}: {excerpt}",
+        status=status,
+        transient=status >= 500 or status in (408, 429),
+        retry_after=_retry_after(headers, payload),
+    )
+
+
+async def send_telegram(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    chat_id: str,
+    text: str,
+    *,
+    reply_to_message_id: str | None = None,
+) -> str:
+    """Bot API ``sendMessage``; returns the sent message's id."""
+    if settings.telegram_bot_token is None:
+        raise DeliveryError("telegram_bot_token is not configured", transient=False)
+    token = settings.telegram_bot_token.get_secret_value()
+    url = f"{settings.telegram_api_base_url.rstrip('/')}/bot{token}/sendMessage"
+    body: dict[str, Any] = {"chat_id": _int_or_str(chat_id), "text": text[:TELEGRAM_MAX_CHARS]}
+    if reply_to_message_id and reply_to_message_id.isdigit():
+        body["reply_to_message_id"] = int(reply_to_message_id)
+    payload = await _post(session, url, "telegram sendMessage", settings, json=body)
+    if not isinstance(payload, dict) or payload.get("ok") is not True:
+        raise DeliveryError(
+            f"telegram sendMessage: not ok: {str(payload)[:_EXCERPT]}", transient=False
+        )
+    result = payload.get("result")
+    return str(result.get("message_id", "")) if isinstance(result, dict) else ""
+
+
+def _int_or_str(value: str) -> int | str:
+    """Telegram chat ids are integers (negative for groups); ``@channel`` names stay strings."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+async def send_chatwoot(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    conversation_id: str,
+    content: str,
+    *,
+    account_id: str | None = None,
+) -> str:
+    """Chatwoot create-message API (outgoing, public); returns the message id."""
+    if settings.chatwoot_api_token is None:
+        raise DeliveryError("chatwoot_api_token is not configured", transient=False)
+    account = account_id or settings.chatwoot_account_id
+    url = (
+        f"{settings.chatwoot_api_base_url.rstrip('/')}/api/v1/accounts/{account}"
+        f"/conversations/{conversation_id}/messages"
+    )
+    body = {"content": content, "message_type": "outgoing", "private": False}
+    headers = {"api_access_token": settings.chatwoot_api_token.get_secret_value()}
+    payload = await _post(
+        session, url, "chatwoot create-message", settings, json=body, headers=headers
+    )
+    return str(payload.get("id", "")) if isinstance(payload, dict) else ""
+
+
+async def send_twilio(
+    session: aiohttp.ClientSession, settings: Settings, to: str, body: str
+) -> str:
+    """Twilio Messages API (form-encoded, basic auth); returns the message SID."""
+    if settings.twilio_auth_token is None:
+        raise DeliveryError("twilio_auth_token is not configured", transient=False)
+    sid = settings.twilio_account_sid
+    url = f"{settings.twilio_api_base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
+    form = {"To": to, "From": settings.twilio_from_number, "Body": body[:TWILIO_MAX_CHARS]}
+    auth = aiohttp.BasicAuth(sid, settings.twilio_auth_token.get_secret_value())
+    payload = await _post(session, url, "twilio Messages", settings, data=form, auth=auth)
+    return str(payload.get("sid", "")) if isinstance(payload, dict) else ""
+
+
+async def send_webhook(session: aiohttp.ClientSession, settings: Settings, reply: Reply) -> str:
+    """POST the ``Reply`` JSON to the generic outbound webhook; returns the reply id."""
+    if not settings.outbound_webhook_url:
+        raise DeliveryError("outbound_webhook_url is not configured", transient=False)
+    headers = {"Content-Type": "application/json", "Idempotency-Key": reply.reply_id}
+    if settings.outbound_webhook_token is not None:
+        headers["Authorization"] = f"Bearer {settings.outbound_webhook_token.get_secret_value()}"
+    await _post(
+        session,
+        settings.outbound_webhook_url,
+        "outbound webhook",
+        settings,
+        data=encode(reply),
+        headers=headers,
+    )
+    return reply.reply_id
+
+
+# ---------------------------------------------------------------- SMTP
+
+
+def _smtp_send_sync(settings: Settings, message: EmailMessage) -> None:
+    with smtplib.SMTP(
+        settings.smtp_relay_host, settings.smtp_relay_port, timeout=settings.delivery_timeout_s
+    ) as smtp:
+        if settings.smtp_relay_starttls:
+            smtp.starttls()
+        if settings.smtp_relay_user:
+            password = settings.smtp_relay_password
+            smtp.login(settings.smtp_relay_user, password.get_secret_value() if password else "")
+        smtp.send_message(message, from_addr=settings.mail_from)
+
+
+async def send_email(settings: Settings, message: EmailMessage) -> str:
+    """Send over SMTP to the relay (smtplib in a worker thread); returns the Message-ID."""
+    if not message["To"]:
+        raise DeliveryError("e-mail has no To address", transient=False)
+    try:
+        await asyncio.to_thread(_smtp_send_sync, settings, message)
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = [code for code, _ in exc.recipients.values()]
+        detail = "; ".join(
+            f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in exc.recipients.items()
+        )
+        raise DeliveryError(
+            f"smtp: recipients refused: {detail[:_EXCERPT]}",
+            status=codes[0] if codes else None,
+            transient=any(400 <= code < 500 for code in codes),
+        ) from exc
+    except smtplib.SMTPResponseException as exc:
+        text = (
+            exc.smtp_error.decode("utf-8", "replace")
+            if isinstance(exc.smtp_error, bytes)
+            else str(exc.smtp_error)
+        )
+        raise DeliveryError(
+            f"smtp: {exc.smtp_code} {text[:_EXCERPT]}",
+            status=exc.smtp_code,
+            transient=400 <= exc.smtp_code < 500,
+        ) from exc
+    except smtplib.SMTPNotSupportedError as exc:
+        raise DeliveryError(f"smtp: {exc}", transient=False) from exc
+    except OSError as exc:  # connection refused/reset, timeouts, SMTPServerDisconnected
+        raise DeliveryError(f"smtp: {type(exc).__name__}: {exc}", transient=True) from exc
+    return str(message["Message-ID"] or "")
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+async def send_reply(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    reply: Reply,
+    *,
+    target: Target | None = None,
+) -> str:
+    """One delivery attempt of ``reply`` in its channel; the platform's message id."""
+    target = target or resolve_target(reply, settings)
+    if target.transport == "telegram":
+        return await send_telegram(
+            session,
+            settings,
+            target.address,
+            message_text(reply, TELEGRAM_MAX_CHARS),
+            reply_to_message_id=reply.reply_to.get("message_id"),
+        )
+    if target.transport == "chatwoot":
+        return await send_chatwoot(
+            session,
+            settings,
+            target.address,
+            message_text(reply),
+            account_id=reply.reply_to.get("account_id"),
+        )
+    if target.transport == "twilio":
+        return await send_twilio(
+            session, settings, target.address, message_text(reply, TWILIO_MAX_CHARS)
+        )
+    if target.transport == "email":
+        return await send_email(settings, compose_reply_email(reply, settings))
+    return await send_webhook(session, settings, reply)
