@@ -1,0 +1,390 @@
+"""The intent model: TF-IDF word + character n-grams into a linear SVM, with abstention.
+
+Confidence. A one-vs-rest linear SVM gives each label a score whose sign says "this label or
+not". Confidence is a softmax over the label scores plus one fixed "none of them" logit at 0,
+with a temperature fitted on a held-out split (minimum negative log-likelihood). So text that no
+label claims (every score < 0, typically off-topic text) always gets confidence < 0.5.
+
+Abstention threshold, tuned on the held-out split: the lowest threshold whose accepted
+predictions reach ``target_precision`` (default 0.97), but never below ``min_threshold``
+(default 0.5, the point where the best label beats "none of them"). Below it the prediction is
+``unknown``: the model never emits a label it was not trained on.
+
+Training holds out ``holdout`` of the data (stratified, seeded) to measure the model and tune
+temperature and threshold, then refits on all of it (``refit=True``). Everything is seeded:
+the same data and library versions give the same artifact and the same version id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import numpy.typing as npt
+import sklearn
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.svm import LinearSVC
+
+from pipeline.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+ESTIMATOR_FILE = "estimator.joblib"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One prediction. ``label`` is ``unknown`` when abstained; ``best`` is the model's guess."""
+
+    label: str
+    category: str
+    confidence: float
+    abstained: bool
+    best: str
+
+
+class TrainParams(BaseModel):
+    """Hyper-parameters; part of the version id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    word_ngrams: tuple[int, int] = (1, 3)
+    char_ngrams: tuple[int, int] = (1, 5)
+    c: float = Field(default=0.7, gt=0)
+    multi_class: str = Field(default="ovr", pattern="^(ovr|crammer_singer)$")
+    holdout: float = Field(default=0.1, ge=0.0, lt=0.5)
+    target_precision: float = Field(default=0.97, gt=0, le=1)
+    min_threshold: float = Field(default=0.5, ge=0, lt=1)
+    refit: bool = True
+    seed: int = 0
+
+
+class HeldOut(BaseModel):
+    """Metrics on the held-out split (of the model trained without it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: int
+    accuracy: float
+    macro_f1: float
+    abstention_rate: float
+    accepted_accuracy: float
+    temperature: float
+
+
+class ModelMeta(BaseModel):
+    """``meta.json`` of an artifact."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    version: str
+    data_sha256: str
+    rows: int
+    labels: list[str]
+    categories: dict[str, str]
+    params: TrainParams
+    threshold: float
+    temperature: float
+    held_out: HeldOut | None
+    libraries: dict[str, str]
+    trained_at: str
+    training_seconds: float
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that must match (major.minor) for a pickled estimator to load."""
+    return {
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def data_sha256(texts: Sequence[str], labels: Sequence[str], categories: Mapping[str, str]) -> str:
+    """Hash of the training data as the model sees it (order-sensitive)."""
+    h = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        h.update(text.encode("utf-8"))
+        h.update(b"\x1f")
+        h.update(label.encode("utf-8"))
+        h.update(b"\x1e")
+    h.update(json.dumps(dict(sorted(categories.items())), ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _build(params: TrainParams) -> Pipeline:
+    features = FeatureUnion(
+        [
+            (
+                "word",
+                TfidfVectorizer(
+                    ngram_range=params.word_ngrams, sublinear_tf=True, dtype=np.float32
+                ),
+            ),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char_wb",
+                    ngram_range=params.char_ngrams,
+                    sublinear_tf=True,
+                    min_df=2,
+                    dtype=np.float32,
+                ),
+            ),
+        ]
+    )
+    clf = LinearSVC(C=params.c, multi_class=params.multi_class, random_state=params.seed)
+    return Pipeline([("features", features), ("clf", clf)])
+
+
+def _confidences(scores: FloatArray, temperature: float) -> FloatArray:
+    """Softmax over label scores plus a 'none' logit at 0; returns per-label probabilities."""
+    z = np.concatenate([scores, np.zeros((scores.shape[0], 1))], axis=1) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    p: FloatArray = e / e.sum(axis=1, keepdims=True)
+    return p[:, :-1]
+
+
+def _fit_temperature(scores: FloatArray, gold: npt.NDArray[np.int64]) -> float:
+    best_t, best_nll = 1.0, float("inf")
+    for t in np.geomspace(0.02, 5.0, 60):
+        p = _confidences(scores, float(t))
+        nll = float(-np.log(np.clip(p[np.arange(len(gold)), gold], 1e-12, None)).mean())
+        if nll < best_nll:
+            best_t, best_nll = float(t), nll
+    return best_t
+
+
+def _tune_threshold(conf: FloatArray, correct: npt.NDArray[np.bool_], params: TrainParams) -> float:
+    """Lowest threshold whose accepted predictions reach the target precision."""
+    order = np.argsort(-conf, kind="stable")
+    hits = np.cumsum(correct[order])
+    precision = hits / np.arange(1, len(order) + 1)
+    ok = np.nonzero(precision >= params.target_precision)[0]
+    if len(ok) == 0:
+        return max(params.min_threshold, float(conf.max()) if len(conf) else 1.0)
+    threshold = float(conf[order][ok[-1]])
+    return max(params.min_threshold, threshold)
+
+
+def _macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
+    labels = sorted(set(gold))
+    f1s = []
+    for label in labels:
+        tp = sum(1 for g, p in zip(gold, pred, strict=True) if g == label and p == label)
+        fp = sum(1 for g, p in zip(gold, pred, strict=True) if g != label and p == label)
+        fn = sum(1 for g, p in zip(gold, pred, strict=True) if g == label and p != label)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+class IntentModel:
+    """A trained intent model: ``predict_batch`` is the one call to use on batches."""
+
+    def __init__(self, estimator: Pipeline, meta: ModelMeta) -> None:
+        self._estimator = estimator
+        self.meta = meta
+        classes = [str(c) for c in estimator.classes_]
+        self._classes = np.array(classes, dtype=object)
+        self._category_of = np.array([meta.categories.get(c, c) for c in classes], dtype=object)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta.labels)
+
+    def category(self, label: str) -> str:
+        """Category of a label (``unknown`` for unknown)."""
+        if label == UNKNOWN:
+            return UNKNOWN
+        return self.meta.categories.get(label, label)
+
+    # ------------------------------------------------------------ training
+
+    @classmethod
+    def train(
+        cls,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        *,
+        categories: Mapping[str, str] | None = None,
+        params: TrainParams | None = None,
+        sample_weight: Sequence[float] | None = None,
+    ) -> IntentModel:
+        """Train, measure on a held-out split, tune the threshold, refit on everything."""
+        params = params or TrainParams()
+        if len(texts) != len(labels):
+            raise ModelError(f"{len(texts)} texts but {len(labels)} labels")
+        distinct = sorted(set(labels))
+        if len(distinct) < 2:
+            raise ModelError(f"need at least 2 distinct labels to train, got {distinct}")
+        if UNKNOWN in distinct:
+            raise ModelError(f"'{UNKNOWN}' is reserved for abstention and cannot be a label")
+        cats = {label: (categories or {}).get(label, label) for label in distinct}
+        started = time.perf_counter()
+        x = list(texts)
+        y = np.array(labels, dtype=object)
+        w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        temperature, threshold, held_out = 1.0, params.min_threshold, None
+        counts = {label: int((y == label).sum()) for label in distinct}
+        can_hold_out = params.holdout > 0 and min(counts.values()) >= 2
+        n_test = int(round(len(x) * params.holdout))
+        if can_hold_out and n_test >= len(distinct):
+            idx = np.arange(len(x))
+            tr, te = train_test_split(
+                idx, test_size=params.holdout, random_state=params.seed, stratify=y
+            )
+            est = _build(params).fit([x[i] for i in tr], y[tr], clf__sample_weight=w[tr])
+            classes = list(est.classes_)
+            scores = np.asarray(est.decision_function([x[i] for i in te]), dtype=np.float64)
+            known = np.array([g in classes for g in y[te]])
+            gold = np.array([classes.index(g) if g in classes else 0 for g in y[te]])
+            temperature = _fit_temperature(scores[known], gold[known])
+            conf = _confidences(scores, temperature)
+            best = conf.argmax(axis=1)
+            top = conf[np.arange(len(best)), best]
+            pred = [classes[i] for i in best]
+            correct = np.array([p == g for p, g in zip(pred, y[te], strict=True)])
+            threshold = _tune_threshold(top, correct, params)
+            accepted = top >= threshold
+            held_out = HeldOut(
+                rows=len(te),
+                accuracy=float(correct.mean()),
+                macro_f1=_macro_f1(list(y[te]), pred),
+                abstention_rate=float(1 - accepted.mean()),
+                accepted_accuracy=float(correct[accepted].mean()) if accepted.any() else 0.0,
+                temperature=temperature,
+            )
+            if not params.refit:
+                final = est
+        if held_out is None or params.refit:
+            final = _build(params).fit(x, y, clf__sample_weight=w)
+        seconds = time.perf_counter() - started
+        libs = library_versions()
+        sha = data_sha256(x, list(labels), cats)
+        version_src = json.dumps(
+            [sha, params.model_dump(mode="json"), {k: libs[k] for k in ("sklearn", "numpy")}]
+        )
+        meta = ModelMeta(
+            version="intent-" + hashlib.sha256(version_src.encode()).hexdigest()[:12],
+            data_sha256=sha,
+            rows=len(x),
+            labels=distinct,
+            categories=cats,
+            params=params,
+            threshold=threshold,
+            temperature=temperature,
+            held_out=held_out,
+            libraries=libs,
+            trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            training_seconds=round(seconds, 3),
+        )
+        log.info(
+            "trained %s on %d rows, %d labels in %.1fs (threshold %.3f, held-out %s)",
+            meta.version, len(x), len(distinct), seconds, threshold,
+            held_out.accuracy if held_out else None,
+        )
+        return cls(final, meta)
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, directory: Path) -> Path:
+        """Write ``estimator.joblib`` and ``meta.json`` into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self._estimator, directory / ESTIMATOR_FILE, compress=3)
+        (directory / META_FILE).write_text(
+            json.dumps(self.meta.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n",
+            encoding="utf-8",
+        )
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> IntentModel:
+        """Load an artifact; refuses one built with other sklearn/numpy major.minor versions."""
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise ModelError(f"{directory} is not a model artifact: {META_FILE} is missing")
+        try:
+            meta = ModelMeta.model_validate_json(meta_path.read_bytes())
+        except ValueError as exc:
+            raise ModelError(f"{meta_path} is invalid: {exc}") from exc
+        now = library_versions()
+        for lib in ("sklearn", "numpy"):
+            built = meta.libraries.get(lib, "?")
+            if _major_minor(built) != _major_minor(now[lib]):
+                raise ModelError(
+                    f"model {meta.version} in {directory} was trained with {lib} {built}, "
+                    f"this environment has {lib} {now[lib]}; retrain it with "
+                    f"'pipeline model train' (or install {lib}=={built})"
+                )
+        try:
+            estimator: Any = joblib.load(directory / ESTIMATOR_FILE)
+        except (OSError, ValueError, EOFError, AttributeError, ImportError) as exc:
+            raise ModelError(f"cannot load {directory / ESTIMATOR_FILE}: {exc}") from exc
+        if not isinstance(estimator, Pipeline):
+            raise ModelError(f"{directory / ESTIMATOR_FILE} does not hold a scikit-learn Pipeline")
+        return cls(estimator, meta)
+
+    # ------------------------------------------------------------ prediction
+
+    def confidences(self, texts: Sequence[str]) -> FloatArray:
+        """Per-label confidence matrix (rows: texts, columns: ``estimator.classes_``)."""
+        if not texts:
+            return np.zeros((0, len(self._classes)))
+        scores = np.asarray(self._estimator.decision_function(list(texts)), dtype=np.float64)
+        if scores.ndim == 1:  # binary: sklearn returns the positive class score only
+            scores = np.stack([-scores, scores], axis=1)
+        return _confidences(scores, self.meta.temperature)
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        """One vectorized predict over all texts."""
+        conf = self.confidences(texts)
+        if conf.shape[0] == 0:
+            return []
+        best = conf.argmax(axis=1)
+        top = conf[np.arange(len(best)), best]
+        labels = self._classes[best]
+        cats = self._category_of[best]
+        threshold = self.meta.threshold
+        out: list[Prediction] = []
+        for label, cat, c in zip(labels.tolist(), cats.tolist(), top.tolist(), strict=True):
+            if c >= threshold:
+                out.append(Prediction(label, cat, c, False, label))
+            else:
+                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label))
+        return out
+
+    def predict_labels(self, texts: Sequence[str]) -> list[str]:
+        """Best label per text, ignoring the threshold (for accuracy figures)."""
+        return [p.best for p in self.predict_batch(texts)]
