@@ -1,0 +1,159 @@
+"""The one Faust app. Stages install their agents on it (``pipeline.<stage>.agents.install``).
+
+Two things are tuned here because the framework's defaults are wrong for us:
+- Faust hard-codes the consumer's ``fetch_max_wait_ms`` at 1500 ms, which on the embedded
+  broker adds over a second per hop (DESIGN.md §4): ``settings.fetch_max_wait_ms`` replaces it.
+- Every topic is declared with raw bytes serializers, so decoding happens in our code and a
+  bad record reaches the DLQ instead of being skipped by Faust's ``on_decode_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, AppT
+
+from pipeline.codec import encode
+from pipeline.config import Settings
+from pipeline.events import DeadLetter, Event
+from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
+        wait_ms: int = self.app.fetch_max_wait_ms
+        # aiokafka reads this attribute when it builds its Fetcher in start().
+        consumer._fetch_max_wait_ms = wait_ms  # noqa: SLF001
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):  # type: ignore[misc]
+    Consumer = _Consumer
+
+
+class RouterApp(faust.App):  # type: ignore[misc]
+    """faust.App whose Kafka consumer honours ``fetch_max_wait_ms``."""
+
+    fetch_max_wait_ms: int = 100
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+@dataclass
+class Context:
+    """What every stage's agents share: settings, metrics and the app."""
+
+    settings: Settings
+    metrics: Metrics
+    app: AppT
+    topics: dict[str, Any] = field(default_factory=dict)
+
+    def topic(self, name: str) -> Any:
+        """The Faust topic for a logical name (raw bytes in and out)."""
+        full = name if name.startswith(self.settings.topic_prefix) else self.settings.topic(name)
+        if full not in self.topics:
+            self.topics[full] = self.app.topic(
+                full,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.settings.partitions,
+            )
+        return self.topics[full]
+
+    async def send(self, name: str, key: str | None, event: Event) -> None:
+        """Send an event (JSON bytes) to a topic."""
+        await self.topic(name).send(
+            key=key.encode("utf-8") if key is not None else None, value=encode(event)
+        )
+
+    async def dead_letter(self, dl: DeadLetter) -> None:
+        """Send a DeadLetter to the DLQ topic and count it."""
+        log.error(
+            "dead letter from %s at %s[%s]@%s: %s: %s",
+            dl.stage,
+            dl.topic,
+            dl.partition,
+            dl.offset,
+            dl.error_type,
+            dl.error,
+        )
+        self.metrics.dead_letters.labels(stage=dl.stage).inc()
+        await self.send("dlq", dl.key, dl)
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
+    """Build the Faust app for these settings and install every stage's agents on it."""
+    if not settings.kafka_bootstrap_servers:
+        from pipeline.errors import BrokerError
+
+        raise BrokerError("create_app needs KAFKA_BOOTSTRAP_SERVERS (or pipeline.broker)")
+    servers = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
+    data_dir = settings.data_dir / "worker" / settings.app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = RouterApp(
+        settings.app_id,
+        broker=servers,
+        store="memory://",
+        datadir=str(data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_linger_ms=0,  # Tansu: linger > 0 broke table recovery (DESIGN.md §4)
+        producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_request_timeout=settings.request_timeout_s,
+        broker_rebalance_timeout=settings.session_timeout_s,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        recovery_consistency_check=False,
+        table_cleanup_interval=30.0,
+        autodiscover=False,
+    )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    ctx = Context(settings=settings, metrics=metrics or Metrics(), app=app)
+    _install_web(ctx)
+    from pipeline.classify import agents as classify_agents
+    from pipeline.notify import agents as notify_agents
+    from pipeline.route import agents as route_agents
+
+    classify_agents.install(ctx)
+    route_agents.install(ctx)
+    notify_agents.install(ctx)
+    return ctx
+
+
+def _install_web(ctx: Context) -> None:
+    app = ctx.app
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(
+            ctx.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        assigned: set[TP] = set(app.consumer.assignment()) if app.consumer else set()
+        return web.json(
+            {"status": "ok", "app": ctx.settings.app_id, "assigned_partitions": len(assigned)}
+        )

@@ -1,0 +1,75 @@
+"""Prometheus metrics on an injected ``CollectorRegistry`` (never the global one in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every series the worker exports, with stable names."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "pipeline_messages_total",
+            "Records handled, by stage and outcome.",
+            ["stage", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "pipeline_dead_letters_total", "Records sent to the DLQ, by stage.", ["stage"], registry=r
+        )
+        self.end_to_end = Histogram(
+            "pipeline_end_to_end_seconds",
+            "From ingest (received_at) to the terminal outcome.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "pipeline_batch_size",
+            "Records per processed batch, by stage.",
+            ["stage"],
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=r,
+        )
+        self.sub_requests = Counter(
+            "pipeline_sub_requests_total",
+            "Sub-requests created, by kind and department.",
+            ["kind", "department"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "pipeline_deliveries_total",
+            "Delivery attempts' results, by channel and status.",
+            ["channel", "status"],
+            registry=r,
+        )
+        self.case_events = Counter(
+            "pipeline_case_events_total", "Case transitions, by type.", ["type"], registry=r
+        )
+        self.recontacts = Counter(
+            "pipeline_recontacts_total",
+            "Customers who came back after an auto-reply or resolution.",
+            registry=r,
+        )
+        self.survey_score = Histogram(
+            "pipeline_survey_score",
+            "Survey answers, by kind (csat 1–5, nps 0–10).",
+            ["kind"],
+            buckets=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+            registry=r,
+        )
+        self.nps_answers = Counter(
+            "pipeline_nps_answers_total",
+            "NPS answers by class (promoter, passive, detractor).",
+            ["klass"],
+            registry=r,
+        )
+        self.open_cases = Gauge("pipeline_open_cases", "Cases not yet resolved.", registry=r)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,193 @@
+"""Running the services: the Faust worker, child processes for the demo, the audit.
+
+Child processes (worker, ingest) are started with PR_SET_PDEATHSIG so they die with their
+parent, and are terminated in ``finally`` blocks, so Ctrl-C leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pipeline import bus
+from pipeline.broker import _die_with_parent
+from pipeline.codec import decode
+from pipeline.config import Settings
+from pipeline.errors import BrokerError, DecodeError
+from pipeline.events import InboundMessage, Outcome
+
+log = logging.getLogger(__name__)
+
+
+def departments(settings: Settings) -> list[str]:
+    """Department names of the workflow file (for their task topics)."""
+    try:
+        from pipeline.route.workflow import load_workflow
+    except ModuleNotFoundError:
+        return []
+    wf = load_workflow(settings.rules_path)
+    return sorted(wf.department_names())
+
+
+def run_worker(settings: Settings) -> int:
+    """Run the Faust worker (all stages) until SIGTERM/SIGINT."""
+    import faust
+
+    from pipeline.app import create_app
+
+    asyncio.run(bus.ensure_topics(settings, departments=departments(settings)))
+    ctx = create_app(settings)
+    worker = faust.Worker(ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child process so it uses the same broker and topics."""
+    env = dict(os.environ)
+    env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers or ""
+    env["PIPELINE_TOPIC_PREFIX"] = settings.topic_prefix
+    env["PIPELINE_APP_ID"] = settings.app_id
+    env["PIPELINE_DATA_DIR"] = str(settings.data_dir)
+    env["PIPELINE_WEB_PORT"] = str(settings.web_port)
+    env["PIPELINE_INGEST_PORT"] = str(settings.ingest_port)
+    env["PIPELINE_SMTP_PORT"] = str(settings.smtp_port)
+    env["PIPELINE_FETCH_MAX_WAIT_MS"] = str(settings.fetch_max_wait_ms)
+    env["PIPELINE_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    env["PIPELINE_RULES_PATH"] = str(settings.rules_path)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Children:
+    """Child processes started by this one; stopped together."""
+
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start ``python -m pipeline.cli ARGS`` as a child."""
+        proc = subprocess.Popen(  # noqa: S603 — our own interpreter and module
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        self.procs.append((name, proc))
+        log.info("started %s (pid %s)", name, proc.pid)
+        return proc
+
+    def check_alive(self) -> None:
+        """Raise if a child has exited."""
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise BrokerError(f"{name} exited with code {proc.returncode}")
+
+    def stop(self) -> None:
+        """SIGTERM every child, SIGKILL what is still alive after 10 s."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing", name)
+                proc.kill()
+                proc.wait(timeout=5)
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def children() -> Iterator[Children]:
+    """A group of child processes, always stopped on exit."""
+    group = Children()
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def wait_http(url: str, timeout_s: float, group: Children | None = None) -> None:
+    """Wait until ``url`` answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if group is not None:
+            group.check_alive()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 — local URL
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise BrokerError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+@dataclass
+class AuditReport:
+    """Result of checking invariant 1 over the inbound and outcomes topics."""
+
+    inbound: int
+    outcomes: int
+    by_outcome: dict[str, int]
+    missing: list[str]
+    duplicated: list[str]
+    undecodable_inbound: int
+
+    @property
+    def ok(self) -> bool:
+        """Every inbound message has exactly one distinct outcome."""
+        return not self.missing
+
+
+async def audit(
+    settings: Settings,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    idle_s: float = 2.0,
+) -> AuditReport:
+    """Prove invariant 1 for a time range: every inbound message id has one outcome."""
+    inbound_records = await bus.read_all(settings, [settings.topic("inbound")], idle_s=idle_s)
+    outcome_records = await bus.read_all(settings, [settings.topic("outcomes")], idle_s=idle_s)
+    lo = since.timestamp() * 1000 if since else float("-inf")
+    hi = until.timestamp() * 1000 if until else float("inf")
+    ids: set[str] = set()
+    bad = 0
+    for r in inbound_records:
+        if not lo <= r.timestamp_ms <= hi:
+            continue
+        try:
+            ids.add(decode(InboundMessage, r.value).message_id)
+        except DecodeError:
+            bad += 1
+    seen: Counter[str] = Counter()
+    kinds: dict[str, str] = {}
+    for r in outcome_records:
+        try:
+            o = decode(Outcome, r.value)
+        except DecodeError:
+            continue
+        seen[o.message_id] += 1
+        kinds.setdefault(o.message_id, o.outcome.value)
+    by_outcome = Counter(kinds[i] for i in ids if i in kinds)
+    return AuditReport(
+        inbound=len(ids),
+        outcomes=sum(1 for i in ids if i in seen),
+        by_outcome=dict(by_outcome),
+        missing=sorted(i for i in ids if i not in seen),
+        duplicated=sorted(i for i in ids if seen[i] > 1),
+        undecodable_inbound=bad,
+    )
