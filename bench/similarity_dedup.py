@@ -34,14 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.classify.dedup import (  # noqa: E402
+from pipeline.classify.dedup import (
     CustomerDedupState,
     DedupConfig,
     check_duplicate,
     expire,
     remember,
 )
-from pipeline.events import Channel, InboundMessage  # noqa: E402
+from pipeline.events import Channel, InboundMessage
 
 DATA = Path("/work/shared/data")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -55,7 +55,8 @@ SIGNOFF = {
     "ru": ["Спасибо", "Заранее спасибо!", "С уважением,\nИван", "Благодарю", "Спасибо, Анна"],
 }
 SIGNATURE = {
-    "en": "\n\n--\nJohn Smith\nSenior Buyer, Acme Trading Ltd\nTel. +1 555 0100\nSent from my iPhone",
+    "en": "\n\n--\nJohn Smith\nSenior Buyer, Acme Trading Ltd\nTel. +1 555 0100\n"
+    "Sent from my iPhone",
     "ru": "\n\n-- \nИванов Иван Иванович\nООО «Ромашка», отдел закупок\nтел. +7 916 123-45-67",
 }
 
@@ -63,7 +64,9 @@ SIGNATURE = {
 def load() -> dict[str, list[tuple[str, str]]]:
     """(text, label) per language."""
     en: list[tuple[str, str]] = []
-    with open(DATA / "bitext_customer_support/bitext_20k_utterances.csv", encoding="utf-8-sig") as f:
+    with open(
+        DATA / "bitext_customer_support/bitext_20k_utterances.csv", encoding="utf-8-sig"
+    ) as f:
         for r in csv.DictReader(f):
             en.append((r["utterance"], r["intent"]))
     ru: list[tuple[str, str]] = []
@@ -123,13 +126,17 @@ def reword(rng: random.Random, text: str, lang: str) -> tuple[str, str, Channel]
         ch = Channel.email
         quote = "\n".join("> " + line for line in text.splitlines())
         out = f"{rng.choice(GREET[lang])}\n\n{typo(rng, text, 1)}\n\n{rng.choice(SIGNOFF[lang])}"
-        out += SIGNATURE[lang] + (f"\n\nOn Mon, support wrote:\n{quote}" if rng.random() < 0.5 else "")
+        out += SIGNATURE[lang] + (
+            f"\n\nOn Mon, support wrote:\n{quote}" if rng.random() < 0.5 else ""
+        )
     else:
         out = f"{rng.choice(GREET[lang])} {typo(rng, swap_words(rng, text), 1).lower()}"
     return out, kind, ch
 
 
-def msg(mid: str, cust: str, text: str, at: datetime, ch: Channel = Channel.webchat) -> InboundMessage:
+def msg(
+    mid: str, cust: str, text: str, at: datetime, ch: Channel = Channel.webchat
+) -> InboundMessage:
     return InboundMessage(
         message_id=mid,
         channel=ch,
@@ -212,10 +219,14 @@ def build_and_eval(n: int, cfg: DedupConfig, seed: int) -> None:
     rec = tp / max(1, tp + fn)
     f1 = 2 * prec * rec / max(1e-9, prec + rec)
     out = sys.stdout.write
-    out(f"labelled set: {n} cases (positives {tp + fn}, negatives {fp + tn}), "
-        f"near_threshold={cfg.near_threshold}\n")
-    out(f"  precision {prec:.4f}  recall {rec:.4f}  F1 {f1:.4f}  (tp {tp} fp {fp} fn {fn} tn {tn}; "
-        f"flagged but linked to the wrong message: {wrong_link})\n")
+    out(
+        f"labelled set: {n} cases (positives {tp + fn}, negatives {fp + tn}), "
+        f"near_threshold={cfg.near_threshold}\n"
+    )
+    out(
+        f"  precision {prec:.4f}  recall {rec:.4f}  F1 {f1:.4f}  (tp {tp} fp {fp} fn {fn} tn {tn}; "
+        f"flagged but linked to the wrong message: {wrong_link})\n"
+    )
     for lang, (tpl, fpl, fnl, _tnl) in sorted(by_lang.items()):
         p = tpl / max(1, tpl + fpl)
         r = tpl / max(1, tpl + fnl)
@@ -223,10 +234,14 @@ def build_and_eval(n: int, cfg: DedupConfig, seed: int) -> None:
     for kind, (ok, tot) in sorted(by_kind.items()):
         out(f"  recall[{kind}] {ok}/{tot} = {ok / max(1, tot):.3f}\n")
     out(f"  different customers, same text → flagged {diff_customer[0]}/{diff_customer[1]}\n")
-    out(f"  (info) same customer, same Bitext intent, other template → flagged "
-        f"{same_intent[0]}/{same_intent[1]}\n")
-    out(f"  lookups/s (check_duplicate, 1–5 entries, incl. fingerprint): "
-        f"{lookups / t_lookup:,.0f}\n")
+    out(
+        f"  (info) same customer, same Bitext intent, other template → flagged "
+        f"{same_intent[0]}/{same_intent[1]}\n"
+    )
+    out(
+        f"  lookups/s (check_duplicate, 1–5 entries, incl. fingerprint): "
+        f"{lookups / t_lookup:,.0f}\n"
+    )
 
 
 def scale(customers: int, budget_s: float, cfg: DedupConfig, target: int = 1_000_000) -> None:
@@ -265,18 +280,24 @@ def scale(customers: int, budget_s: float, cfg: DedupConfig, target: int = 1_000
     size = sum(len(s.model_dump_json()) for s in states.values())
     entries = sum(len(s.entries) for s in states.values())
     out = sys.stdout.write
-    out(f"scale: {i:,} distinct messages, {customers:,} customers, simulated "
+    out(
+        f"scale: {i:,} distinct messages, {customers:,} customers, simulated "
         f"{(now - T0).total_seconds() / 86400:.1f} days, {elapsed:.0f} s wall "
-        f"({i / elapsed:,.0f} msg/s check+remember, tracemalloc on)\n")
-    out(f"  live keys {len(states):,}, live entries {entries:,}, serialized state "
+        f"({i / elapsed:,.0f} msg/s check+remember, tracemalloc on)\n"
+    )
+    out(
+        f"  live keys {len(states):,}, live entries {entries:,}, serialized state "
         f"{size / 1e6:.1f} MB ({size / max(1, entries):.0f} B/entry), python peak "
-        f"{peak / 1e6:.0f} MB\n")
+        f"{peak / 1e6:.0f} MB\n"
+    )
     if i < target:
         # Steady state: the live set is bounded by the window, not by the total count.
         live_at_target = min(target, int(cfg.window_s / step_s))
-        out(f"  extrapolated to {target:,} messages (window {cfg.window_s / 3600:.0f} h holds "
-            f"≈{live_at_target:,} live entries): ≈{live_at_target * size / max(1, entries) / 1e6:.0f} "
-            f"MB serialized state\n")
+        out(
+            f"  extrapolated to {target:,} messages (window {cfg.window_s / 3600:.0f} h holds "
+            f"≈{live_at_target:,} live entries): "
+            f"≈{live_at_target * size / max(1, entries) / 1e6:.0f} MB serialized state\n"
+        )
 
 
 def main() -> int:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DEFAULT_CONFIG_DIR  # noqa: E402
-from pipeline.route.kb import (  # noqa: E402
+from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.route.kb import (
     CALIBRATION_FILE,
     Calibration,
     KbIndex,
@@ -53,10 +53,15 @@ def labelled(articles_by_intent: dict[str, str]) -> list[tuple[LabelledQuestion,
     """(question, gold intent or None for off-topic)."""
     rng = random.Random(0)
     out: list[tuple[LabelledQuestion, str | None]] = []
-    with open(DATA / "bitext_customer_support/bitext_20k_utterances.csv", encoding="utf-8-sig") as f:
+    with open(
+        DATA / "bitext_customer_support/bitext_20k_utterances.csv", encoding="utf-8-sig"
+    ) as f:
         for r in csv.DictReader(f):
             out.append(
-                (LabelledQuestion(r["utterance"], "en", articles_by_intent.get(r["intent"])), r["intent"])
+                (
+                    LabelledQuestion(r["utterance"], "en", articles_by_intent.get(r["intent"])),
+                    r["intent"],
+                )
             )
     with open(DATA / "encodechka_intents_ru/intents_train.csv", encoding="utf-8") as f:
         enc = list(csv.DictReader(f))
@@ -130,9 +135,11 @@ def main() -> int:
     rows = labelled(by_intent)
     half_a, half_b = split(rows)
     out = sys.stdout.write
-    out(f"KB: {len(articles)} articles, "
+    out(
+        f"KB: {len(articles)} articles, "
         f"{sum(len(v) for art in articles for v in art.questions.values())} example questions; "
-        f"labelled set {len(rows)} (calibration half {len(half_a)}, held-out half {len(half_b)})\n")
+        f"labelled set {len(rows)} (calibration half {len(half_a)}, held-out half {len(half_b)})\n"
+    )
     if a.write:
         index = KbIndex(articles)
         cal = calibrate(index, [rows[i][0] for i in half_a], target_precision=a.target)
@@ -169,8 +176,10 @@ def main() -> int:
     for t in texts[:500]:
         index.search(t)
     single = time.perf_counter() - t0
-    out(f"lookups/s: batch of {len(texts)} {len(texts) / batch:,.0f}; one at a time "
-        f"{500 / single:,.0f}\n")
+    out(
+        f"lookups/s: batch of {len(texts)} {len(texts) / batch:,.0f}; one at a time "
+        f"{500 / single:,.0f}\n"
+    )
     t0 = time.perf_counter()
     index.upsert(articles[0])
     out(f"upsert (refit of the whole index): {1000 * (time.perf_counter() - t0):.0f} ms\n")

@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.events import InboundMessage
 
 __all__ = [
+    "CustomerDedupState",
     "DedupConfig",
     "DedupDecision",
     "DedupEntry",
-    "CustomerDedupState",
     "check_duplicate",
     "clean_text",
     "estimate_similarity",

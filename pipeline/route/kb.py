@@ -190,7 +190,9 @@ def load_kb(directory: Path) -> list[KbArticle]:
             continue
         art = load_article(path)
         if art.article_id in seen:
-            raise ConfigError(f"{path}: duplicate id {art.article_id!r} (also {seen[art.article_id]})")
+            raise ConfigError(
+                f"{path}: duplicate id {art.article_id!r} (also {seen[art.article_id]})"
+            )
         seen[art.article_id] = path
         articles.append(art)
     return articles
@@ -371,7 +373,9 @@ class KbIndex:
             )
         art = self._articles[aid]
         conf = self.calibration.confidence(feats)
-        answer_lang = lang if lang in art.answer else ("en" if "en" in art.answer else next(iter(art.answer)))
+        answer_lang = (
+            lang if lang in art.answer else ("en" if "en" in art.answer else next(iter(art.answer)))
+        )
         reasons: list[str] = []
         if intents is not None:
             labels = [i for i in intents if i and i != "unknown"]
@@ -397,7 +401,9 @@ class KbIndex:
             title=art.title.get(answer_lang),
             answer=art.answer.get(answer_lang),
             link=art.link,
-            reason=(f"confidence {conf:.3f} ≥ threshold {threshold:.3f}" if fire else "; ".join(reasons)),
+            reason=(
+                f"confidence {conf:.3f} ≥ threshold {threshold:.3f}" if fire else "; ".join(reasons)
+            ),
         )
 
 
@@ -441,7 +447,10 @@ def calibrate(
     feats = index.features([e.text for e in examples])
     x = np.asarray([f[1] for f in feats], dtype=np.float64)
     y = np.asarray(
-        [e.article_id is not None and f[0] == e.article_id for e, f in zip(examples, feats, strict=True)],
+        [
+            e.article_id is not None and f[0] == e.article_id
+            for e, f in zip(examples, feats, strict=True)
+        ],
         dtype=np.int64,
     )
     coef, intercept = _fit_logistic(x, y)

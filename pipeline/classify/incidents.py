@@ -1,0 +1,280 @@
+"""Mass-incident detection: many DIFFERENT customers reporting the same problem at once.
+
+Messages fall into buckets (``bucket_keys``): intent category + store code when the
+classifier found a store ("QUALITY|store:S12"), otherwise category + intent label, where
+reports must also look alike (MinHash similarity ≥ ``min_similarity``) — a busy intent is
+not an incident by volume alone. One ``IncidentWindow`` per bucket lives in a Faust table
+keyed by the bucket key; ``observe`` is the pure update.
+
+When ``threshold`` distinct customers report within ``window_s`` an incident opens; its id
+is derived from the earliest report's message id (a replay derives the same id). Later
+reports join it (the worker answers "known issue") until ``close_incident`` — called when
+the parent case is resolved — returns everyone to notify, one entry per customer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.classify.dedup import estimate_similarity, normalize_text, shingles, signature
+from pipeline.events import ClassifiedMessage, derive_id
+
+__all__ = [
+    "IncidentClosure",
+    "IncidentConfig",
+    "IncidentDecision",
+    "IncidentMember",
+    "IncidentReport",
+    "IncidentWindow",
+    "bucket_keys",
+    "close_incident",
+    "is_idle",
+    "observe",
+]
+
+
+class IncidentConfig(BaseModel):
+    """Tunables of incident detection."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: int = Field(default=5, ge=2, description="Distinct customers that make an incident.")
+    window_s: float = Field(default=30 * 60, gt=0, description="Reports older than this expire.")
+    min_similarity: float = Field(
+        default=0.3, ge=0, le=1, description="Text similarity needed in buckets without a store."
+    )
+    max_reports: int = Field(default=500, ge=1, description="Cap on reports kept per bucket.")
+    max_members: int = Field(default=10_000, ge=1, description="Cap on linked messages.")
+
+
+class IncidentReport(BaseModel):
+    """One report in a bucket's window."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str
+    customer_id: str
+    case_id: str | None = None
+    at: float = Field(description="Epoch seconds.")
+    sig: list[int] = Field(default_factory=list, description="MinHash of the text (16-bit).")
+    n: int = 0
+
+
+class IncidentMember(BaseModel):
+    """A message linked to an open incident."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str
+    customer_id: str
+    case_id: str | None = None
+
+
+class IncidentWindow(BaseModel):
+    """State of one bucket: recent reports and the open incident, if any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    similarity_required: bool = True
+    reports: list[IncidentReport] = Field(default_factory=list)
+    incident_id: str | None = None
+    opened_at: float | None = None
+    members: list[IncidentMember] = Field(default_factory=list)
+    members_dropped: int = Field(default=0, description="Linked messages over the cap.")
+    exemplars: list[IncidentReport] = Field(
+        default_factory=list, description="First reports of the open incident (to compare)."
+    )
+
+
+class IncidentDecision(BaseModel):
+    """What ``observe`` decided for one message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    incident_id: str | None = Field(default=None, description="Incident the message belongs to.")
+    is_new: bool = Field(default=False, description="This message opened the incident.")
+    threshold_reached: bool = False
+    customers: int = Field(default=0, description="Distinct similar reporters in the window.")
+    linked_message_ids: list[str] = Field(
+        default_factory=list, description="Messages linked to the incident by this decision."
+    )
+
+
+class IncidentClosure(BaseModel):
+    """Everyone to notify when an incident closes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    incident_id: str
+    notify: list[IncidentMember] = Field(description="One entry per customer (first message).")
+    message_ids: list[str] = Field(description="Every linked message.")
+    dropped: int = Field(default=0, description="Linked messages not kept (over the cap).")
+
+
+_EXEMPLARS = 20
+
+
+def bucket_keys(msg: ClassifiedMessage) -> list[tuple[str, bool]]:
+    """(bucket key, similarity required) for each known intent of the message."""
+    stores = sorted({e.value for e in msg.entities if e.kind == "store" and e.value})
+    keys: list[tuple[str, bool]] = []
+    for it in msg.intents:
+        if it.label == "unknown":
+            continue
+        if stores:
+            keys.extend((f"{it.category}|store:{s}", False) for s in stores)
+        else:
+            keys.append((f"{it.category}|{it.label}", True))
+    return list(dict.fromkeys(keys))
+
+
+def _similar(a: IncidentReport, b: IncidentReport) -> float:
+    return estimate_similarity(a.sig, a.n, b.sig, b.n)
+
+
+def observe(
+    window: IncidentWindow | None,
+    key: str,
+    msg: ClassifiedMessage,
+    now: datetime,
+    config: IncidentConfig | None = None,
+    *,
+    similarity_required: bool = True,
+    case_id: str | None = None,
+) -> tuple[IncidentWindow, IncidentDecision]:
+    """Add one message to its bucket; return the new state and the decision."""
+    cfg = config or IncidentConfig()
+    t = now.timestamp()
+    w = window or IncidentWindow(key=key, similarity_required=similarity_required)
+    cutoff = t - cfg.window_s
+    reports = [r for r in w.reports if r.at >= cutoff]
+
+    seen = {r.message_id for r in reports} | {m.message_id for m in w.members}
+    if msg.message_id in seen:  # replay: same answer, no change
+        return w, IncidentDecision(
+            key=key,
+            incident_id=w.incident_id,
+            threshold_reached=w.incident_id is not None,
+            customers=len({r.customer_id for r in reports}),
+        )
+
+    norm = normalize_text(msg.inbound.text)
+    sh = shingles(norm)
+    new = IncidentReport(
+        message_id=msg.message_id,
+        customer_id=msg.customer_id,
+        case_id=case_id,
+        at=t,
+        sig=signature(sh) if w.similarity_required else [],
+        n=len(sh),
+    )
+    if w.similarity_required:
+        alike = [r for r in reports if _similar(new, r) >= cfg.min_similarity]
+    else:
+        alike = list(reports)
+    alike.append(new)
+    reports = [*reports, new][-cfg.max_reports :]
+    customers = len({r.customer_id for r in alike})
+    member = IncidentMember(message_id=new.message_id, customer_id=new.customer_id, case_id=case_id)
+
+    if w.incident_id is not None:
+        if w.similarity_required and not any(
+            _similar(new, r) >= cfg.min_similarity for r in [*alike[:-1], *w.exemplars]
+        ):
+            # Same bucket, different problem: not linked.
+            return w.model_copy(update={"reports": reports}), IncidentDecision(
+                key=key, customers=customers
+            )
+        members, dropped = _add_members(w, [member], cfg)
+        return w.model_copy(
+            update={"reports": reports, "members": members, "members_dropped": dropped}
+        ), IncidentDecision(
+            key=key,
+            incident_id=w.incident_id,
+            threshold_reached=True,
+            customers=customers,
+            linked_message_ids=[new.message_id],
+        )
+
+    if customers < cfg.threshold:
+        return w.model_copy(update={"reports": reports}), IncidentDecision(
+            key=key, customers=customers
+        )
+
+    first = min(alike, key=lambda r: (r.at, r.message_id))
+    incident_id = derive_id("inc", first.message_id)
+    linked = sorted(alike, key=lambda r: (r.at, r.message_id))
+    members, dropped = _add_members(
+        w,
+        [
+            IncidentMember(message_id=r.message_id, customer_id=r.customer_id, case_id=r.case_id)
+            for r in linked
+        ],
+        cfg,
+    )
+    return w.model_copy(
+        update={
+            "reports": reports,
+            "incident_id": incident_id,
+            "opened_at": t,
+            "members": members,
+            "members_dropped": dropped,
+            "exemplars": linked[:_EXEMPLARS],
+        }
+    ), IncidentDecision(
+        key=key,
+        incident_id=incident_id,
+        is_new=True,
+        threshold_reached=True,
+        customers=customers,
+        linked_message_ids=[r.message_id for r in linked],
+    )
+
+
+def _add_members(
+    w: IncidentWindow, new: list[IncidentMember], cfg: IncidentConfig
+) -> tuple[list[IncidentMember], int]:
+    members = [*w.members, *new]
+    extra = max(0, len(members) - cfg.max_members)
+    # Keep the first ones: the first reporter of each customer is the one notified.
+    return members[: cfg.max_members], w.members_dropped + extra
+
+
+def close_incident(window: IncidentWindow) -> tuple[IncidentWindow, IncidentClosure | None]:
+    """Close the bucket's incident (its parent was resolved): whom to notify, new state.
+
+    The window starts empty: reports after the resolution count toward a new incident.
+    """
+    if window.incident_id is None:
+        return window, None
+    notify: dict[str, IncidentMember] = {}
+    for m in window.members:
+        notify.setdefault(m.customer_id, m)
+    closure = IncidentClosure(
+        incident_id=window.incident_id,
+        notify=list(notify.values()),
+        message_ids=[m.message_id for m in window.members],
+        dropped=window.members_dropped,
+    )
+    closed = window.model_copy(
+        update={
+            "reports": [],
+            "incident_id": None,
+            "opened_at": None,
+            "members": [],
+            "members_dropped": 0,
+            "exemplars": [],
+        }
+    )
+    return closed, closure
+
+
+def is_idle(window: IncidentWindow, now: datetime, config: IncidentConfig | None = None) -> bool:
+    """No open incident and no live report: the worker may delete the table key."""
+    cfg = config or IncidentConfig()
+    cutoff = now.timestamp() - cfg.window_s
+    return window.incident_id is None and all(r.at < cutoff for r in window.reports)
