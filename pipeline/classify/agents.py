@@ -1,0 +1,188 @@
+"""Classify stage agent: inbound → dedup, classify (in batches), incidents → classified.
+
+Thin shell: decode, call the pure cores (``dedup``, ``core.Classifier``, ``incidents``),
+send, count. State lives in Faust tables keyed by customer id (co-partitioned with the
+inbound topic); the incident windows are keyed by bucket (see the note in ``_incidents``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.app import Context
+from pipeline.classify import dedup, incidents
+from pipeline.events import (
+    ClassifiedMessage,
+    InboundMessage,
+    Outcome,
+    OutcomeKind,
+    Similarity,
+    derive_id,
+    utcnow,
+)
+from pipeline.stage import RawRecord, dead_letter_for, split_decoded
+
+log = logging.getLogger(__name__)
+
+STAGE = "classify"
+CONTACT_WINDOW_S = 30 * 24 * 3600
+MAX_CONTACTS = 20
+
+
+def case_id_for(message_id: str) -> str:
+    """The case a new message opens (route derives the same id)."""
+    return derive_id("case", message_id)
+
+
+def install(ctx: Context) -> None:
+    """Register the classify agent and its tables on the app."""
+    app = ctx.app
+    s = ctx.settings
+    dedup_table = app.Table(
+        "dedup", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=s.partitions, default=None,
+    )
+    contacts_table = app.Table(
+        "contacts", key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=s.partitions, default=None,
+    )
+    incident_table = app.Table(
+        "incidents", key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=s.partitions, default=None,
+    )
+    state: dict[str, Any] = {}
+    dedup_cfg = dedup.DedupConfig(window_s=s.dedup_window_s)
+
+    def classifier() -> Any:
+        if "classifier" not in state:
+            from pipeline.classify.core import Classifier
+
+            from pipeline.route.workflow import load_workflow
+
+            wf = load_workflow(s.rules_path)
+            state["workflow"] = wf
+            state["classifier"] = Classifier.from_settings(
+                s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
+            )
+        return state["classifier"]
+
+    @app.task  # type: ignore[misc]
+    async def warm_up() -> None:
+        # Load (or train) the model before the first message, not during it.
+        classifier()
+        log.info("classifier %s ready", state["classifier"].version)
+
+    async def process(records: Sequence[RawRecord]) -> None:
+        ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
+        good, bad = split_decoded(InboundMessage, STAGE, list(records))
+        for dl in bad:
+            ctx.metrics.messages.labels(stage=STAGE, outcome="dead_letter").inc()
+            await ctx.dead_letter(dl)
+        if not good:
+            return
+        now = utcnow()
+        now_s = now.timestamp()
+        msgs = [m for _, m in good]
+        decisions: list[dedup.DedupDecision] = []
+        recent: dict[str, int] = {}
+        for msg in msgs:
+            key = msg.customer_id.encode()
+            raw_state = dedup_table[key]
+            st = (
+                dedup.CustomerDedupState.model_validate_json(raw_state)
+                if raw_state
+                else dedup.CustomerDedupState()
+            )
+            d = dedup.check_duplicate(st, msg, now, dedup_cfg)
+            decisions.append(d)
+            case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
+            dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()
+            raw_c = contacts_table[key]
+            times = [t for t in (list(map(float, raw_c.split(b","))) if raw_c else [])
+                     if now_s - t < CONTACT_WINDOW_S]
+            recent[msg.customer_id] = len(times)
+            if not decisions[-1].is_duplicate:
+                times = ([*times, now_s])[-MAX_CONTACTS:]
+            contacts_table[key] = b",".join(repr(t).encode() for t in times)
+        try:
+            classified = classifier().classify_batch(msgs, now=now, recent_contacts=recent)
+        except Exception as exc:
+            log.exception("batch classification failed; retrying one by one")
+            classified = []
+            for record, msg in good:
+                try:
+                    classified.extend(classifier().classify_batch([msg], now=now))
+                except Exception as one_exc:  # noqa: BLE001 — the record goes to the DLQ
+                    await _reject(ctx, record, msg, one_exc)
+                    classified.append(None)
+            del exc
+        for (record, msg), d, cm in zip(good, decisions, classified, strict=True):
+            if cm is None:
+                continue
+            try:
+                out = _with_similarity(ctx, cm, d, incident_table, now_s)
+                await ctx.send("classified", msg.customer_id, out)
+                ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
+            except Exception as exc:  # noqa: BLE001 — the record goes to the DLQ
+                await _reject(ctx, record, msg, exc)
+
+    async def classify_agent(stream: Any) -> None:
+        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+            await process([RawRecord.from_event(e) for e in events])
+
+    app.agent(ctx.topic("inbound"), name="classify")(classify_agent)
+
+
+def _with_similarity(
+    ctx: Context,
+    cm: ClassifiedMessage,
+    d: dedup.DedupDecision,
+    incident_table: Any,
+    now_s: float,
+) -> ClassifiedMessage:
+    incident_id = None
+    if not d.is_duplicate:
+        incident_id = _incidents(ctx, cm, incident_table, now_s)
+    sim = Similarity(
+        duplicate_of=d.duplicate_of,
+        duplicate_reason=d.reason,
+        case_id=d.case_id if d.is_duplicate else case_id_for(cm.message_id),
+        incident_id=incident_id,
+    )
+    return cm.model_copy(update={"similarity": sim})
+
+
+def _incidents(ctx: Context, cm: ClassifiedMessage, table: Any, now_s: float) -> str | None:
+    # Incident windows span customers, so their key is not the stream's key: correct with
+    # one worker (or one partition); several workers would need a repartition by bucket.
+    bucket = incidents.bucket_key(cm)
+    if bucket is None:
+        return None
+    key = bucket.encode()
+    raw = table[key]
+    window = incidents.IncidentWindow.model_validate_json(raw) if raw else None
+    decision, window = incidents.observe(window, cm, now_s)
+    table[key] = window.model_dump_json()
+    return decision.incident_id
+
+
+async def _reject(ctx: Context, record: RawRecord, msg: InboundMessage, exc: BaseException) -> None:
+    log.error("classify failed for %s at %s: %r", msg.message_id, record.where, exc)
+    ctx.metrics.messages.labels(stage=STAGE, outcome="rejected").inc()
+    await ctx.dead_letter(dead_letter_for(STAGE, record, exc, msg.message_id))
+    await ctx.send(
+        "outcomes",
+        msg.message_id,
+        Outcome(
+            message_id=msg.message_id,
+            customer_id=msg.customer_id,
+            outcome=OutcomeKind.rejected,
+            reason=f"{type(exc).__name__}: {exc}"[:500],
+            stage=STAGE,
+            received_at=msg.received_at,
+            decided_at=utcnow(),
+        ),
+    )
+

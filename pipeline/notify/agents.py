@@ -1,0 +1,153 @@
+"""Notify stage agents: replies → the customer's channel; external sub-requests → e-mail.
+
+Effectively-once delivery (invariant 3): reply and sub-request ids are deterministic, and a
+delivered-ids table (keyed like the stream: customer for replies, case for external
+sub-requests) drops ids already delivered, so a replay or restart sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+
+from pipeline.app import Context
+from pipeline.errors import DeliveryError
+from pipeline.events import (
+    CaseEvent,
+    CaseEventType,
+    DeliveryReceipt,
+    Reply,
+    SubRequest,
+    derive_id,
+    utcnow,
+)
+from pipeline.notify.compose import compose_external
+from pipeline.notify.delivery import Deliverer
+from pipeline.stage import RawRecord, dead_letter_for, decode_record
+
+log = logging.getLogger(__name__)
+
+STAGE = "notify"
+MAX_REMEMBERED = 500
+
+
+def _delivered(table: Any, key: bytes) -> list[str]:
+    raw = table[key]
+    return list(orjson.loads(raw)) if raw else []
+
+
+def _remember(table: Any, key: bytes, delivery_id: str) -> None:
+    ids = _delivered(table, key)
+    ids.append(delivery_id)
+    table[key] = orjson.dumps(ids[-MAX_REMEMBERED:])
+
+
+def install(ctx: Context) -> None:
+    """Register the delivery agents."""
+    app = ctx.app
+    s = ctx.settings
+    delivered_replies = app.Table(
+        "delivered-replies", key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=s.partitions, default=None,
+    )
+    delivered_external = app.Table(
+        "delivered-external", key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=s.partitions, default=None,
+    )
+    holder: dict[str, Deliverer] = {}
+
+    async def deliverer() -> Deliverer:
+        if "d" not in holder:
+            holder["d"] = Deliverer(s, aiohttp.ClientSession())
+        return holder["d"]
+
+    async def finish(
+        record: RawRecord,
+        receipt: DeliveryReceipt,
+        case_id: str | None,
+        key: bytes,
+        table: Any,
+        message_id: str | None,
+    ) -> None:
+        ctx.metrics.deliveries.labels(channel=receipt.channel, status=receipt.status).inc()
+        await ctx.send("deliveries", receipt.delivery_id, receipt)
+        if receipt.status == "delivered":
+            _remember(table, key, receipt.delivery_id)
+        elif receipt.status == "failed":
+            err = DeliveryError(receipt.error or "delivery failed")
+            await ctx.dead_letter(dead_letter_for(STAGE, record, err, message_id))
+        if case_id is not None and receipt.status != "skipped_duplicate":
+            typ = (
+                CaseEventType.reply_sent
+                if receipt.status == "delivered"
+                else CaseEventType.delivery_failed
+            )
+            ctx.metrics.case_events.labels(type=typ.value).inc()
+            await ctx.send(
+                "case-events",
+                case_id,
+                CaseEvent(
+                    event_id=derive_id("ce", typ.value, receipt.delivery_id),
+                    case_id=case_id,
+                    type=typ,
+                    message_id=message_id,
+                    detail={
+                        "delivery_id": receipt.delivery_id,
+                        "channel": receipt.channel,
+                        "attempts": receipt.attempts,
+                        "error": receipt.error,
+                        "by": STAGE,
+                    },
+                    at=utcnow(),
+                ),
+            )
+
+    def skipped(delivery_id: str, channel: str) -> DeliveryReceipt:
+        return DeliveryReceipt(
+            delivery_id=delivery_id, channel=channel, status="skipped_duplicate", attempts=0,
+            at=utcnow(),
+        )
+
+    async def replies_agent(stream: Any) -> None:
+        async for event in stream.events():
+            record = RawRecord.from_event(event)
+            try:
+                reply = decode_record(Reply, record)
+                key = reply.customer_id.encode()
+                if reply.reply_id in _delivered(delivered_replies, key):
+                    receipt = skipped(reply.reply_id, reply.channel.value)
+                else:
+                    receipt = await (await deliverer()).deliver_reply(reply)
+                await finish(
+                    record, receipt, reply.case_id, key, delivered_replies, reply.message_id
+                )
+            except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
+                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+
+    async def external_agent(stream: Any) -> None:
+        async for event in stream.events():
+            record = RawRecord.from_event(event)
+            try:
+                sub = decode_record(SubRequest, record)
+                key = sub.case_id.encode()
+                if sub.sub_request_id in _delivered(delivered_external, key):
+                    receipt = skipped(sub.sub_request_id, "email")
+                else:
+                    mail = compose_external(sub, s)
+                    receipt = await (await deliverer()).deliver_external(sub, mail)
+                await finish(
+                    record, receipt, sub.case_id, key, delivered_external, sub.message_id
+                )
+            except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
+                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+
+    app.agent(ctx.topic("replies"), name="notify-replies")(replies_agent)
+    app.agent(ctx.topic("external"), name="notify-external")(external_agent)
+
+    @app.on_before_shutdown.connect  # type: ignore[misc]
+    async def close_session(sender: Any, **kwargs: Any) -> None:
+        if "d" in holder:
+            await holder["d"].session.close()
