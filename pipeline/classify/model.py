@@ -17,16 +17,19 @@ the same data and library versions give the same artifact and the same version i
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
@@ -39,6 +42,9 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from pipeline.errors import ModelError
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +265,7 @@ class IntentModel:
         temperature, threshold, held_out = 1.0, params.min_threshold, None
         counts = {label: int((y == label).sum()) for label in distinct}
         can_hold_out = params.holdout > 0 and min(counts.values()) >= 2
-        n_test = int(round(len(x) * params.holdout))
+        n_test = round(len(x) * params.holdout)
         if can_hold_out and n_test >= len(distinct):
             idx = np.arange(len(x))
             tr, te = train_test_split(
@@ -312,7 +318,11 @@ class IntentModel:
         )
         log.info(
             "trained %s on %d rows, %d labels in %.1fs (threshold %.3f, held-out %s)",
-            meta.version, len(x), len(distinct), seconds, threshold,
+            meta.version,
+            len(x),
+            len(distinct),
+            seconds,
+            threshold,
             held_out.accuracy if held_out else None,
         )
         return cls(final, meta)
@@ -388,3 +398,129 @@ class IntentModel:
     def predict_labels(self, texts: Sequence[str]) -> list[str]:
         """Best label per text, ignoring the threshold (for accuracy figures)."""
         return [p.best for p in self.predict_batch(texts)]
+
+
+# ---------------------------------------------------------------- data files
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV (header row; BOM tolerated) or JSONL file (one object per line)."""
+    if not path.is_file():
+        raise ModelError(f"data file {path} does not exist")
+    rows: list[dict[str, str]] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise ModelError(f"{path}:{n}: not JSON: {exc}") from exc
+                if not isinstance(obj, dict):
+                    raise ModelError(f"{path}:{n}: expected a JSON object")
+                rows.append({str(k): "" if v is None else str(v) for k, v in obj.items()})
+        return rows
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            rows.append({k: v or "" for k, v in row.items() if k is not None})
+    return rows
+
+
+def columns(rows: Sequence[Mapping[str, str]], path: Path, *names: str | None) -> list[list[str]]:
+    """Extract named columns; a missing column is a ModelError naming what exists."""
+    out: list[list[str]] = []
+    available = list(rows[0].keys()) if rows else []
+    for name in names:
+        if name is None:
+            continue
+        if rows and name not in rows[0]:
+            raise ModelError(f"{path} has no column {name!r} (columns: {available})")
+        out.append([r.get(name, "") for r in rows])
+    return out
+
+
+# ---------------------------------------------------------------- the default model
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "models"
+BITEXT_FILE = RESOURCES / "bitext_customer_support.csv"
+SEED_FILE = RESOURCES / "care_seed_ru_en.csv"
+#: The seed is small next to Bitext; weighting it keeps Russian phrasings from being drowned.
+SEED_WEIGHT = 3.0
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Texts, labels, label→category and per-row weights."""
+
+    texts: list[str]
+    labels: list[str]
+    categories: dict[str, str]
+    weights: list[float]
+    languages: list[str]
+
+
+def default_training_set() -> TrainingSet:
+    """Bitext (English, 27 intents → 11 categories) plus our ru/en seed (incl. store/loyalty)."""
+    texts: list[str] = []
+    labels: list[str] = []
+    cats: dict[str, str] = {}
+    weights: list[float] = []
+    langs: list[str] = []
+    for row in read_table(BITEXT_FILE):
+        texts.append(row["utterance"])
+        labels.append(row["intent"])
+        cats[row["intent"]] = row["category"]
+        weights.append(1.0)
+        langs.append("en")
+    for row in read_table(SEED_FILE):
+        texts.append(row["text"])
+        labels.append(row["label"])
+        cats[row["label"]] = row["category"]
+        weights.append(SEED_WEIGHT)
+        langs.append(row["lang"])
+    return TrainingSet(texts, labels, cats, weights, langs)
+
+
+def default_model_key(params: TrainParams | None = None) -> str:
+    """Cache key: hash of the shipped training files, parameters and library versions."""
+    h = hashlib.sha256()
+    for path in (BITEXT_FILE, SEED_FILE):
+        h.update(path.read_bytes())
+    h.update((params or TrainParams()).model_dump_json().encode())
+    h.update(str(SEED_WEIGHT).encode())
+    libs = library_versions()
+    h.update(f"{libs['sklearn']}|{libs['numpy']}|{FORMAT_VERSION}".encode())
+    return h.hexdigest()[:16]
+
+
+def train_default_model(params: TrainParams | None = None) -> IntentModel:
+    """Train the default product model from the shipped data (deterministic)."""
+    ts = default_training_set()
+    return IntentModel.train(
+        ts.texts, ts.labels, categories=ts.categories, params=params, sample_weight=ts.weights
+    )
+
+
+def default_model(settings: Settings, *, retrain: bool = False) -> IntentModel:
+    """The default model: loaded from the cache, or trained once and cached (atomic rename)."""
+    cache = settings.data_dir / "models" / f"default-{default_model_key()}"
+    if not retrain and (cache / META_FILE).is_file():
+        try:
+            return IntentModel.load(cache)
+        except ModelError as exc:
+            log.warning("cached default model unusable, retraining: %s", exc)
+    model = train_default_model()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".default-", dir=cache.parent))
+    model.save(tmp)
+    if cache.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+    try:
+        tmp.rename(cache)
+    except OSError:
+        # another worker won the race; its artifact is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("default model %s cached in %s", model.version, cache)
+    return model
