@@ -1,0 +1,298 @@
+"""Pure normalization helpers shared by every channel adapter.
+
+Phones become E.164 (a small normalizer: Russian ``+7``/``8`` numbers and international
+``+CC`` / ``00CC`` numbers), e-mails are lower-cased, text is cleaned (NFC, invisible and
+control characters removed, whitespace collapsed), the language is guessed (ru / en / other)
+from the script and common words, and personal data (payment cards with a Luhn check,
+phones, e-mails) is located as character spans so later stages can redact it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import UTC, datetime
+
+from pipeline.errors import InvalidInput
+from pipeline.events import Channel, Identity, PiiSpan
+
+__all__ = [
+    "canonical_channel",
+    "clean_text",
+    "detect_language",
+    "find_pii",
+    "luhn_ok",
+    "normalize_email",
+    "normalize_identity",
+    "normalize_phone",
+    "parse_timestamp",
+    "truncate",
+]
+
+_CHANNEL_ALIASES: dict[str, Channel] = {
+    "tg": Channel.telegram,
+    "twilio": Channel.sms,
+    "ivr": Channel.voice,
+    "phone": Channel.voice,
+    "call": Channel.voice,
+    "voicemail": Channel.voice,
+    "mail": Channel.email,
+    "e-mail": Channel.email,
+    "chat": Channel.webchat,
+    "web_chat": Channel.webchat,
+    "form": Channel.webform,
+    "web_form": Channel.webform,
+}
+
+
+def canonical_channel(name: str) -> Channel:
+    """Map a channel name or common alias to the canonical Channel."""
+    key = name.strip().lower()
+    try:
+        return Channel(key)
+    except ValueError:
+        if key in _CHANNEL_ALIASES:
+            return _CHANNEL_ALIASES[key]
+        raise InvalidInput(f"unknown channel {name[:40]!r}", field="channel") from None
+
+
+# ---------------------------------------------------------------- identities
+
+_PHONE_JUNK = re.compile(r"[\s().\-‐-―/]")
+
+
+def normalize_phone(raw: str, default_country: str = "7") -> str | None:
+    """E.164 form of a phone number, or None when it is not a plausible number.
+
+    ``8 916 123-45-67`` and ``9161234567`` are Russian (+7); ``+44 20 7946 0958`` and
+    ``0044...`` keep their country code. Twilio-style ``tel:``/``whatsapp:`` prefixes go.
+    """
+    s = raw.strip().lower()
+    for prefix in ("tel:", "whatsapp:", "sms:"):
+        if s.startswith(prefix):
+            s = s[len(prefix) :]
+    s = _PHONE_JUNK.sub("", s)
+    if not s:
+        return None
+    plus = s.startswith("+")
+    digits = s[1:] if plus else s
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    if not plus and digits.startswith("00"):
+        plus, digits = True, digits[2:]
+    if not plus:
+        if len(digits) == 11 and digits[0] in "78" and default_country == "7":
+            digits = "7" + digits[1:]
+        elif len(digits) == 10 and digits[0] == "9" and default_country == "7":
+            digits = "7" + digits
+        elif len(digits) == 10 and default_country != "7":
+            digits = default_country + digits
+        else:
+            return None
+    if digits.startswith("0") or not 8 <= len(digits) <= 15:
+        return None
+    if digits.startswith("7") and len(digits) != 11:
+        return None
+    return "+" + digits
+
+
+_EMAIL_RE = re.compile(
+    r"^[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251})\.[A-Za-z]{2,63}$"
+)
+
+
+def normalize_email(raw: str) -> str | None:
+    """Lower-cased address, or None when it is not a plausible e-mail address."""
+    s = raw.strip().strip("<>").strip().lower()
+    if not _EMAIL_RE.match(s) or ".." in s.split("@", 1)[1]:
+        return None
+    return s
+
+
+def normalize_identity(kind: str, value: str) -> Identity:
+    """One Identity with its value normalized; InvalidInput when it is not usable."""
+    field = f"customer.{kind}"
+    if kind == "phone":
+        phone = normalize_phone(value)
+        if phone is None:
+            raise InvalidInput(f"not a phone number: {value[:40]!r}", field=field)
+        return Identity(kind="phone", value=phone)
+    if kind == "email":
+        email = normalize_email(value)
+        if email is None:
+            raise InvalidInput(f"not an e-mail address: {value[:60]!r}", field=field)
+        return Identity(kind="email", value=email)
+    if kind not in ("telegram", "chatwoot", "webchat", "social", "other"):
+        raise InvalidInput(f"unknown identity kind {kind!r}", field=field)
+    cleaned = clean_text(value).strip()
+    if not cleaned or len(cleaned) > 320:
+        raise InvalidInput(f"empty or too long {kind} id", field=field)
+    return Identity(kind=kind, value=cleaned)
+
+
+# ---------------------------------------------------------------- text
+
+# Zero-width, bidi controls, BOM, soft hyphen, word joiners, invisible operators.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb]"
+)
+_HSPACE = re.compile(r"[^\S\n]+")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def clean_text(text: str) -> str:
+    """NFC, no invisible or control characters, collapsed whitespace, at most one blank line."""
+    t = unicodedata.normalize("NFC", text)
+    t = t.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    t = _INVISIBLE.sub("", t)
+    # Control characters (Cc) other than newline/tab, plus unassigned/surrogates/private use.
+    t = "".join(
+        ch for ch in t if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs", "Co", "Cn")
+    )
+    t = _HSPACE.sub(" ", t)
+    t = "\n".join(line.strip() for line in t.split("\n"))
+    t = _MANY_NEWLINES.sub("\n\n", t)
+    return t.strip()
+
+
+def truncate(text: str, max_chars: int) -> tuple[str, bool]:
+    """Text cut to ``max_chars`` (at a word boundary when one is near) and whether it was cut."""
+    if len(text) <= max_chars:
+        return text, False
+    cut = text[:max_chars]
+    space = cut.rfind(" ", max(0, max_chars - 40))
+    if space > 0:
+        cut = cut[:space]
+    return cut.rstrip(), True
+
+
+# ---------------------------------------------------------------- language
+
+_RU_WORDS = frozenset(
+    re.split(
+        r"\s+",
+        "и в не на я что с по как это но а у к за из мне меня мой моя мои вы вас ваш ваша "
+        "здравствуйте добрый день спасибо пожалуйста заказ карта карты деньги не могу можно "
+        "нет да уже ещё еще когда где почему помогите прошу был была было были есть так "
+        "если чтобы до после от для при о об все всё очень",
+    )
+)
+_EN_WORDS = frozenset(
+    re.split(
+        r"\s+",
+        "the a an and or to of in on is are was were i my me you your it this that for with "
+        "not can't cannot can please hello hi thanks thank order card money help how what "
+        "when where why have has do does did be been from at by no yes would could",
+    )
+)
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def _is_cyrillic(ch: str) -> bool:
+    return "\u0400" <= ch <= "\u04ff" or "\u0500" <= ch <= "\u052f"
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """('ru' | 'en' | 'other', confidence in [0, 1]) from script counts and common words."""
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return "other", 0.0
+    cyr = sum(1 for ch in letters if _is_cyrillic(ch))
+    lat = sum(1 for ch in letters if ch.isascii())
+    n = len(letters)
+    words = [w.lower() for w in _WORD.findall(text)]
+    ru_hits = sum(1 for w in words if w in _RU_WORDS)
+    en_hits = sum(1 for w in words if w in _EN_WORDS)
+    # Length factor: one word is weak evidence, a sentence is strong.
+    length = min(1.0, 0.5 + n / 60)
+    if cyr / n >= 0.5:
+        # Cyrillic but not Russian (Ukrainian/Serbian/...) shows letters Russian lacks.
+        foreign = sum(1 for ch in letters if ch.lower() in "іїєґўђјљњћџ")
+        if foreign / max(cyr, 1) > 0.02:
+            return "other", round(min(0.9, 0.5 + foreign / cyr), 3)
+        conf = (cyr / n) * length + (0.1 if ru_hits else 0.0)
+        return "ru", round(min(0.99, conf), 3)
+    if lat / n >= 0.5:
+        share = en_hits / max(len(words), 1)
+        if en_hits == 0 and len(words) >= 4:
+            return "other", round(min(0.8, 0.3 + len(words) / 40), 3)
+        conf = (lat / n) * length * (0.75 + min(share, 0.25))
+        return "en", round(min(0.99, conf), 3)
+    return "other", round(min(0.95, 1 - (cyr + lat) / n), 3)
+
+
+# ---------------------------------------------------------------- time
+
+
+def parse_timestamp(value: object, field: str) -> datetime:
+    """A UTC datetime from ISO 8601 text or Unix seconds; naive times are taken as UTC."""
+    if isinstance(value, bool):
+        raise InvalidInput("timestamp must be ISO 8601 text or Unix seconds", field=field)
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise InvalidInput(f"timestamp out of range: {value!r}", field=field) from exc
+    if not isinstance(value, str):
+        raise InvalidInput("timestamp must be ISO 8601 text or Unix seconds", field=field)
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput(f"not an ISO 8601 timestamp: {value[:40]!r}", field=field) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"timestamp out of range: {value[:40]!r}", field=field) from exc
+
+
+# ---------------------------------------------------------------- PII
+
+_CARD_RE = re.compile(r"(?<![\d\w])\d(?:[ -]?\d){12,18}(?![\d\w])")
+_PHONE_RE = re.compile(r"(?<![\w+])(?:\+|00)?\d[\d \t().\-]{6,18}\d(?![\w])")
+_EMAIL_FIND = re.compile(r"[\w.+\-]{1,64}@[\w\-]+(?:\.[\w\-]+)*\.[A-Za-z]{2,63}")
+
+
+def luhn_ok(digits: str) -> bool:
+    """Luhn checksum of a string of ASCII digits."""
+    if not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def find_pii(text: str) -> list[PiiSpan]:
+    """Card numbers (13–19 digits passing Luhn), phone numbers and e-mails, as sorted spans."""
+    spans: list[PiiSpan] = []
+    taken: list[tuple[int, int]] = []
+
+    def free(start: int, end: int) -> bool:
+        return all(end <= s or start >= e for s, e in taken)
+
+    for m in _EMAIL_FIND.finditer(text):
+        spans.append(PiiSpan(start=m.start(), end=m.end(), kind="email"))
+        taken.append((m.start(), m.end()))
+    for m in _CARD_RE.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group())
+        if 13 <= len(digits) <= 19 and luhn_ok(digits) and free(m.start(), m.end()):
+            spans.append(PiiSpan(start=m.start(), end=m.end(), kind="card"))
+            taken.append((m.start(), m.end()))
+    for m in _PHONE_RE.finditer(text):
+        raw = m.group()
+        digits = re.sub(r"\D", "", raw)
+        if len(digits) < 10 or not free(m.start(), m.end()):
+            continue
+        if normalize_phone(raw) is not None:
+            spans.append(PiiSpan(start=m.start(), end=m.end(), kind="phone"))
+            taken.append((m.start(), m.end()))
+    return sorted(spans, key=lambda s: s.start)

@@ -1,0 +1,305 @@
+"""The ingest HTTP service (aiohttp) and, with ``serve``, the SMTP adapter beside it.
+
+Routes::
+
+    POST /ingest               generic JSON (web chat, web forms, social, API)   → 202
+    POST /webhooks/telegram    Telegram Bot API Update                           → 200
+    POST /webhooks/chatwoot    Chatwoot message_created                          → 200
+    POST /webhooks/twilio      Twilio inbound SMS (form-encoded)                 → 200 TwiML
+    POST /webhooks/voice       IVR / voicemail event (JSON, see channels.py)     → 202
+    GET  /healthz
+
+Every 2xx for a message is sent after the broker acknowledged the InboundMessage.
+Errors are JSON ``{"error", "field"?, "detail"}``: 400 bad input, 401/403 credentials,
+413 too large, 415 content type, 503 (with Retry-After) when the broker is down.
+Bad input (not bad credentials) is also dead-lettered with the raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from aiosmtpd.smtp import SMTP
+
+from pipeline.bus import Publisher, ensure_topics
+from pipeline.config import Settings
+from pipeline.errors import (
+    BrokerUnavailable,
+    DecodeError,
+    InvalidInput,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from pipeline.ingest import channels
+from pipeline.ingest.identity import CustomerDirectory
+from pipeline.ingest.message import ParsedMessage
+from pipeline.ingest.service import Accepted, IngestService
+from pipeline.ingest.smtp import SmtpHandler
+
+__all__ = ["SERVICE_KEY", "IngestServer", "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEY: web.AppKey[IngestService] = web.AppKey("ingest_service", IngestService)
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+Parser = Callable[[web.Request, bytes, IngestService], "ParsedMessage | channels.Ignored"]
+
+
+@dataclass(frozen=True)
+class _Route:
+    channel: str  # DLQ stage suffix
+    content_type: str
+    parse: Parser
+    success_status: int = 202
+    twiml: bool = False
+
+
+def _error(status: int, kind: str, detail: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": kind, "detail": detail}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+def _error_kind(exc: InvalidInput) -> str:
+    if isinstance(exc, PayloadTooLarge):
+        return "payload_too_large"
+    if isinstance(exc, Unauthorized):
+        return "unauthorized" if exc.status == 401 else "forbidden"
+    if isinstance(exc, DecodeError):
+        return "decode_error"
+    if exc.status == 415:
+        return "unsupported_media_type"
+    return "invalid_input"
+
+
+async def _read_body(request: web.Request, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first ``limit`` bytes and True when it is larger than ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+def _check_content_type(request: web.Request, expected: str) -> None:
+    if request.content_type != expected:
+        raise InvalidInput(
+            f"Content-Type must be {expected}, got {request.content_type or 'none'}",
+            field="Content-Type",
+            status=415,
+        )
+
+
+# ---------------------------------------------------------------- per-channel parsing
+
+
+def _parse_generic(request: web.Request, body: bytes, service: IngestService) -> ParsedMessage:
+    channels.check_bearer(request.headers, service.settings)
+    return channels.parse_generic(channels.decode_json(body))
+
+
+def _parse_telegram(
+    request: web.Request, body: bytes, service: IngestService
+) -> ParsedMessage | channels.Ignored:
+    return channels.parse_telegram(channels.decode_json(body))
+
+
+def _parse_chatwoot(
+    request: web.Request, body: bytes, service: IngestService
+) -> ParsedMessage | channels.Ignored:
+    channels.check_chatwoot_signature(request.headers, body, service.settings, time.time())
+    return channels.parse_chatwoot(channels.decode_json(body))
+
+
+def _parse_twilio(request: web.Request, body: bytes, service: IngestService) -> ParsedMessage:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"body is not UTF-8 (byte {exc.start})", field="<body>") from exc
+    try:
+        params = dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"invalid form encoding: {exc}", field="<body>") from exc
+    url = service.settings.public_base_url.rstrip("/") + request.path_qs
+    channels.check_twilio_signature(request.headers, url, params, service.settings)
+    return channels.parse_twilio(params)
+
+
+def _parse_voice(request: web.Request, body: bytes, service: IngestService) -> ParsedMessage:
+    channels.check_bearer(request.headers, service.settings)
+    return channels.parse_voice(channels.decode_json(body))
+
+
+ROUTES: dict[str, _Route] = {
+    "/ingest": _Route("generic", "application/json", _parse_generic),
+    "/webhooks/telegram": _Route("telegram", "application/json", _parse_telegram, 200),
+    "/webhooks/chatwoot": _Route("chatwoot", "application/json", _parse_chatwoot, 200),
+    "/webhooks/twilio": _Route(
+        "sms", "application/x-www-form-urlencoded", _parse_twilio, 200, twiml=True
+    ),
+    "/webhooks/voice": _Route("voice", "application/json", _parse_voice),
+}
+
+
+def _handler(route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        service = request.app[SERVICE_KEY]
+        settings = service.settings
+        stage = f"ingest.{route.channel}"
+        body = b""
+        try:
+            if route.channel == "telegram":
+                # Header-only credentials are checked before reading anything.
+                channels.check_telegram_secret(request.headers, settings)
+            body, too_large = await _read_body(request, settings.max_message_bytes)
+            if too_large:
+                raise PayloadTooLarge(
+                    f"request body over {settings.max_message_bytes} bytes (max_message_bytes)"
+                )
+            _check_content_type(request, route.content_type)
+            parsed = route.parse(request, body, service)
+            if isinstance(parsed, channels.Ignored):
+                return web.json_response({"ignored": parsed.reason}, status=200)
+            if route.channel == "generic":
+                stage = f"ingest.{parsed.channel.value}"
+            accepted: Accepted = await service.accept(parsed)
+        except Unauthorized as exc:
+            log.warning("%s: %s from %s", stage, exc, request.remote)
+            return _error(exc.status, _error_kind(exc), str(exc), exc.field)
+        except InvalidInput as exc:
+            await service.reject(stage, exc, body)
+            return _error(exc.status, _error_kind(exc), str(exc), exc.field)
+        except BrokerUnavailable as exc:
+            log.warning("%s: broker unavailable: %s", stage, exc)
+            retry = str(max(1, math.ceil(settings.produce_timeout_s)))
+            resp = _error(503, "broker_unavailable", "the message was not stored; retry later")
+            resp.headers["Retry-After"] = retry
+            return resp
+        if route.twiml:
+            return web.Response(
+                text=TWIML_EMPTY, content_type="text/xml", status=route.success_status
+            )
+        payload: dict[str, Any] = {
+            "message_id": accepted.message_id,
+            "customer_id": accepted.customer_id,
+        }
+        if accepted.duplicate:
+            payload["duplicate"] = True
+        return web.json_response(payload, status=route.success_status)
+
+    return handle
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    return web.json_response({"status": "ok", "customers": len(service.directory)})
+
+
+def create_app(
+    settings: Settings,
+    publisher: Publisher,
+    directory: CustomerDirectory | None = None,
+    *,
+    service: IngestService | None = None,
+) -> web.Application:
+    """The aiohttp application of every HTTP adapter."""
+    # aiohttp's own limit stays above ours so our 413 (with its DLQ record) answers first.
+    app = web.Application(client_max_size=settings.max_message_bytes + 1024)
+    app[SERVICE_KEY] = service or IngestService(settings, publisher, directory)
+    for path, route in ROUTES.items():
+        app.router.add_post(path, _handler(route))
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+class IngestServer:
+    """HTTP + SMTP adapters sharing one IngestService; ``start`` / ``stop`` (ports may be 0)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher | None = None,
+        directory: CustomerDirectory | None = None,
+        *,
+        load_directory: bool = True,
+    ) -> None:
+        self.settings = settings
+        self._own_publisher = publisher is None
+        self.publisher = publisher or Publisher(settings)
+        self.service = IngestService(settings, self.publisher, directory)
+        self._load = load_directory and directory is None
+        self._runner: web.AppRunner | None = None
+        self._smtp: asyncio.Server | None = None
+        self.http_port = 0
+        self.smtp_port = 0
+
+    async def start(self) -> None:
+        """Create topics, rebuild the directory, bind HTTP and SMTP."""
+        await ensure_topics(self.settings)
+        if self._load:
+            await self.service.load_directory()
+        app = create_app(self.settings, self.publisher, service=self.service)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.ingest_host, self.settings.ingest_port)
+        await site.start()
+        self.http_port = int(self._runner.addresses[0][1])
+        handler = SmtpHandler(self.service)
+        loop = asyncio.get_running_loop()
+        self._smtp = await loop.create_server(
+            lambda: SMTP(
+                handler,
+                data_size_limit=self.settings.smtp_max_message_bytes,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                hostname="care-router",
+                ident="care-router ingest",
+            ),
+            host=self.settings.smtp_host,
+            port=self.settings.smtp_port,
+        )
+        self.smtp_port = int(self._smtp.sockets[0].getsockname()[1])
+        log.info(
+            "ingest listening: http://%s:%d smtp://%s:%d",
+            self.settings.ingest_host,
+            self.http_port,
+            self.settings.smtp_host,
+            self.smtp_port,
+        )
+
+    async def stop(self) -> None:
+        """Close both listeners and, when owned, the publisher."""
+        if self._smtp is not None:
+            self._smtp.close()
+            await self._smtp.wait_closed()
+            self._smtp = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._own_publisher:
+            await self.publisher.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run the HTTP and SMTP adapters until cancelled."""
+    server = IngestServer(settings)
+    await server.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
