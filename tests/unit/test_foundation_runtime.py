@@ -1,0 +1,95 @@
+"""Settings, metrics, the stage error policy and the embedded broker's process handling."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline.broker import EmbeddedBroker, broker_for, free_port, metadata_ready, tansu_binary
+from pipeline.config import Settings
+from pipeline.errors import BrokerError
+from pipeline.metrics import Metrics
+from pipeline.stage import RawRecord, split_decoded
+from pipeline.events import Outcome
+
+
+def test_settings_read_env_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("PIPELINE_TOPIC_PREFIX", "acme.")
+    monkeypatch.setenv("PIPELINE_FETCH_MAX_WAIT_MS", "250")
+    monkeypatch.setenv("PIPELINE_TWILIO_AUTH_TOKEN", "s3cret")
+    s = Settings()
+    assert s.kafka_bootstrap_servers == "k1:9092,k2:9092"
+    assert s.topic("inbound") == "acme.inbound"
+    assert s.fetch_max_wait_ms == 250
+    assert "s3cret" not in repr(s)
+    assert s.twilio_auth_token is not None
+    assert s.twilio_auth_token.get_secret_value() == "s3cret"
+    with pytest.raises(ValueError, match="frozen"):
+        s.topic_prefix = "x."  # type: ignore[misc]
+
+
+def test_fetch_wait_default_is_low() -> None:
+    assert Settings().fetch_max_wait_ms <= 200
+
+
+def test_metrics_use_the_injected_registry() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+    m.messages.labels(stage="route", outcome="routed").inc(3)
+    m.end_to_end.observe(0.2)
+    text = m.render().decode()
+    assert 'pipeline_messages_total{outcome="routed",stage="route"} 3.0' in text
+    assert "pipeline_end_to_end_seconds_bucket" in text
+    assert Metrics().render() != m.render()  # a second registry starts from zero
+
+
+def test_split_decoded_sends_each_bad_record_to_the_dlq() -> None:
+    good = Outcome(message_id="m", outcome="routed", stage="t", decided_at="2026-01-01T00:00:00Z")
+    records = [
+        RawRecord("t", 0, 1, b"k", good.model_dump_json().encode()),
+        RawRecord("t", 0, 2, b"k", b"\xff"),
+        RawRecord("t", 1, 3, None, b'{"message_id": 5}'),
+    ]
+    ok, bad = split_decoded(Outcome, "s", records)
+    assert [r.offset for r, _ in ok] == [1]
+    assert [(d.partition, d.offset) for d in bad] == [(0, 2), (1, 3)]
+    assert all(d.stage == "s" for d in bad)
+
+
+def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_TANSU_BIN", "/nonexistent/tansu")
+    with pytest.raises(BrokerError, match="missing or not executable"):
+        tansu_binary()
+
+
+def test_failing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from pathlib import Path
+
+    fake = Path(str(tmp_path)) / "tansu"
+    fake.write_text("#!/bin/sh\necho 'cannot bind' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PIPELINE_TANSU_BIN", str(fake))
+    with pytest.raises(BrokerError, match="cannot bind"):
+        EmbeddedBroker().start()
+
+
+def test_closed_port_is_not_ready() -> None:
+    assert not metadata_ready("127.0.0.1", free_port(), timeout=0.5)
+
+
+def test_configured_broker_starts_nothing() -> None:
+    s = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    with broker_for(s) as got:
+        assert got is s
+
+
+def test_embedded_broker_stops_without_orphans() -> None:
+    with EmbeddedBroker() as b:
+        pid = b.pid
+        assert pid is not None
+        assert metadata_ready(b.host, b.port)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
