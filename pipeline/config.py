@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024, description="Per-request limit.")
     max_text_chars: int = Field(default=20_000, ge=100, description="Longer text is truncated.")
+    smtp_max_message_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="SMTP DATA size limit (with attachments)."
+    )
     telegram_secret_token: SecretStr | None = Field(default=None)
     twilio_auth_token: SecretStr | None = Field(default=None)
     chatwoot_hmac_token: SecretStr | None = Field(default=None)
