@@ -28,6 +28,7 @@ social                        ``settings.outbound_webhook_url`` with ``Idempoten
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import smtplib
@@ -252,8 +253,10 @@ async def send_twilio(
     sid = settings.twilio_account_sid
     url = f"{settings.twilio_api_base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
     form = {"To": to, "From": settings.twilio_from_number, "Body": body[:TWILIO_MAX_CHARS]}
-    auth = aiohttp.BasicAuth(sid, settings.twilio_auth_token.get_secret_value())
-    payload = await _post(session, url, "twilio Messages", settings, data=form, auth=auth)
+    # built by hand: aiohttp.BasicAuth is deprecated in 3.14, encode_basic_auth is too new
+    creds = f"{sid}:{settings.twilio_auth_token.get_secret_value()}".encode()
+    headers = {"Authorization": "Basic " + base64.b64encode(creds).decode("ascii")}
+    payload = await _post(session, url, "twilio Messages", settings, data=form, headers=headers)
     return str(payload.get("sid", "")) if isinstance(payload, dict) else ""
 
 

@@ -193,10 +193,10 @@ async def test_rate_limiter_consulted_before_each_attempt(monkeypatch: pytest.Mo
 
     d = Deliverer(
         settings(),
-        None,
+        None,  # type: ignore[arg-type]
         sleep=Sleeps(),
         rng=MaxRng(),
-        limiter=RecordingLimiter({}),  # type: ignore[arg-type]
+        limiter=RecordingLimiter({}),
     )
     await d.deliver_external(make_sub_request(), EmailMessage())
     assert seen == ["email", "email"]
