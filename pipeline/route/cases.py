@@ -1,0 +1,639 @@
+"""Case state and its pure transitions.
+
+A case is opened by a customer's message and tracks its sub-requests until every one is
+resolved; then the customer gets ONE combined answer in the channel they wrote from,
+followed by a survey when the case's category has a survey policy. ``CaseState`` is a
+pydantic model that round-trips through JSON (the worker keeps it in a Faust table keyed
+by case id). Every transition returns a ``Transition``: the new state plus the case events,
+replies and sub-requests to emit; ids are deterministic so a replay emits the same ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from pipeline.config import Settings
+from pipeline.errors import InvalidInput
+from pipeline.events import (
+    CaseEvent,
+    CaseEventType,
+    Channel,
+    CustomerProfile,
+    Entity,
+    InboundMessage,
+    Priority,
+    Reply,
+    ReplyKind,
+    SubRequest,
+    SubRequestKind,
+    TaskStatus,
+    TaskUpdate,
+    derive_id,
+)
+from pipeline.route import sla as _sla
+from pipeline.route.surveys import SurveyKind, is_negative, nps_class, parse_score
+from pipeline.route.workflow import Workflow
+
+__all__ = [
+    "CaseState",
+    "SubRequestState",
+    "SurveyState",
+    "Transition",
+    "apply_customer_message",
+    "apply_customer_reply",
+    "apply_survey_answer",
+    "apply_task_update",
+    "case_ref",
+    "customer_summary",
+    "fill",
+    "new_sub_request",
+]
+
+log = logging.getLogger(__name__)
+
+CaseStatus = Literal["open", "resolved", "reopened"]
+SubStatus = Literal["open", "acknowledged", "in_progress", "resolved", "rejected", "rerouted"]
+TERMINAL: frozenset[str] = frozenset({"resolved", "rejected", "rerouted"})
+
+try:  # the KB stage owns the "did not help" phrase list
+    from pipeline.route.kb import is_not_helped as _is_not_helped
+except ModuleNotFoundError:  # pragma: no cover - depends on the other helper's module
+    import re
+
+    _NOT_HELPED = re.compile(r"не\s+помог|did\s*n[o']?t\s+help|not\s+help", re.IGNORECASE)
+
+    def _is_not_helped(text: str, language: str = "other") -> bool:
+        return bool(_NOT_HELPED.search(text))
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SubRequestState(_State):
+    """What the case remembers about one of its sub-requests."""
+
+    sub_request_id: str
+    kind: SubRequestKind
+    department: str
+    recipient: str | None = None
+    intent: str
+    category: str
+    text: str
+    status: SubStatus = "open"
+    resolution: str | None = None
+    blocking: bool = Field(
+        default=True, description="False for notifications: the case does not wait for them."
+    )
+    sla_policy: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime | None = None
+    responded_at: AwareDatetime | None = None
+    first_response_due_at: AwareDatetime | None = None
+    due_at: AwareDatetime | None = Field(default=None, description="Resolution deadline.")
+    warned: list[str] = Field(default_factory=list, description="Deadlines warned about.")
+    breached: list[str] = Field(default_factory=list, description="Deadlines breached.")
+
+
+class SurveyState(_State):
+    """The survey of a case: sent, then (maybe) answered."""
+
+    kind: SurveyKind
+    reply_id: str
+    sent_at: AwareDatetime
+    answered: bool = False
+    score: int | None = None
+    nps_class: Literal["promoter", "passive", "detractor"] | None = None
+    negative: bool = False
+    answer_message_id: str | None = None
+
+
+class CaseState(_State):
+    """One customer case (JSON round-trips; keyed by case_id)."""
+
+    case_id: str
+    customer_id: str
+    customer: CustomerProfile | None = None
+    channel: Channel
+    reply_to: dict[str, str] = Field(default_factory=dict)
+    language: str = "ru"
+    status: CaseStatus = "open"
+    round: int = Field(default=0, description="Incremented on every reopen.")
+    first_message_id: str
+    message_ids: list[str] = Field(default_factory=list, description="History, oldest first.")
+    full_text: str = ""
+    entities: list[Entity] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    priority: Priority
+    sub_requests: list[SubRequestState] = Field(default_factory=list)
+    seen_update_ids: list[str] = Field(default_factory=list)
+    survey: SurveyState | None = None
+    incident_id: str | None = None
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime
+    resolved_at: AwareDatetime | None = None
+
+    def sub(self, sub_request_id: str) -> SubRequestState | None:
+        """Sub-request state by id."""
+        for s in self.sub_requests:
+            if s.sub_request_id == sub_request_id:
+                return s
+        return None
+
+
+class Transition(BaseModel):
+    """Result of a transition: new state and what to emit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: CaseState
+    case_events: list[CaseEvent] = Field(default_factory=list)
+    replies: list[Reply] = Field(default_factory=list)
+    sub_requests: list[SubRequest] = Field(default_factory=list)
+    quality_events: list[CaseEvent] = Field(
+        default_factory=list, description="Negative survey answers for the quality topic."
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _Safe(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, **values: str) -> str:
+    """str.format with unknown placeholders left as they are (an admin typo never crashes)."""
+    try:
+        return template.format_map(_Safe(values))
+    except (ValueError, IndexError):
+        log.warning("template cannot be formatted: %r", template)
+        return template
+
+
+def case_ref(case_id: str) -> str:
+    """Short reference a customer can quote."""
+    return case_id.rsplit("_", 1)[-1][:8].upper()
+
+
+def _name(state: CaseState) -> str:
+    return f", {state.customer.name}" if state.customer and state.customer.name else ""
+
+
+def customer_summary(state: CaseState) -> str:
+    """Short history summary a department reads instead of asking the customer again."""
+    p = state.customer
+    parts = [p.name or state.customer_id if p else state.customer_id]
+    if p is not None:
+        parts.append(f"tier {p.tier}")
+        if p.segment:
+            parts.append(f"segment {p.segment}")
+        if p.home_store:
+            parts.append(f"home store {p.home_store}")
+    parts.append(f"channel {state.channel.value}")
+    parts.append(f"language {state.language}")
+    parts.append(f"{len(state.message_ids)} message(s) in this case")
+    if state.round:
+        parts.append(f"reopened {state.round} time(s)")
+    done = [s for s in state.sub_requests if s.status == "resolved"]
+    if done:
+        parts.append("resolved so far: " + "; ".join(f"{s.department}" for s in done))
+    return "; ".join(parts)
+
+
+def event(
+    state: CaseState,
+    type_: CaseEventType,
+    now: datetime,
+    *,
+    key: str,
+    message_id: str | None = None,
+    sub_request_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> CaseEvent:
+    """A case event with a deterministic id."""
+    return CaseEvent(
+        event_id=derive_id("ce", state.case_id, type_.value, key),
+        case_id=state.case_id,
+        type=type_,
+        message_id=message_id,
+        sub_request_id=sub_request_id,
+        detail=detail or {},
+        at=now,
+    )
+
+
+def reply(
+    state: CaseState,
+    kind: ReplyKind,
+    text: str,
+    now: datetime,
+    *,
+    key: str,
+    message_id: str | None = None,
+    article_id: str | None = None,
+    link: str | None = None,
+) -> Reply:
+    """A reply to the customer in the case's channel, with a deterministic id."""
+    return Reply(
+        reply_id=derive_id("reply", state.case_id, kind.value, key),
+        case_id=state.case_id,
+        message_id=message_id or (state.message_ids or [state.first_message_id])[-1],
+        customer_id=state.customer_id,
+        channel=state.channel,
+        reply_to=dict(state.reply_to),
+        language=state.language,
+        kind=kind,
+        text=text,
+        article_id=article_id,
+        link=link,
+        created_at=now,
+    )
+
+
+def new_sub_request(
+    state: CaseState,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    kind: Literal["internal", "external", "broadcast"],
+    department: str,
+    recipient: str | None,
+    intent: str,
+    category: str,
+    text: str,
+    key: str,
+    priority: Priority | None = None,
+    sla_policy: str | None = None,
+    blocking: bool = True,
+    message_id: str | None = None,
+    settings: Settings | None = None,
+) -> tuple[SubRequest, SubRequestState]:
+    """Build a sub-request of the case with deadlines, and the case's record of it.
+
+    The id is derived from the message id, the intent and the target (``key`` adds what
+    distinguishes re-routes and notifications), so a replay derives the same id.
+    """
+    msg_id = message_id or state.first_message_id
+    target = recipient or department
+    sr_id = derive_id("sr", msg_id, intent, target, key)
+    prio = priority or state.priority
+    dep = workflow.departments.get(department)
+    policy = workflow.sla_policy_for(department, sla_policy) if blocking else None
+    first_due, due = _sla.deadlines(policy, prio.level, dep.hours if dep else None, now)
+    token = sr_id
+    if kind != "internal" and settings is not None:
+        from pipeline.notify.tokens import reply_address
+
+        token = reply_address(sr_id, state.case_id, settings)
+    sub = SubRequest(
+        sub_request_id=sr_id,
+        case_id=state.case_id,
+        message_id=msg_id,
+        customer_id=state.customer_id,
+        kind=SubRequestKind(kind),
+        department=department,
+        recipient=recipient,
+        intent=intent,
+        category=category,
+        text=text,
+        full_text=state.full_text,
+        entities=list(state.entities),
+        priority=prio,
+        customer=state.customer,
+        customer_summary=customer_summary(state),
+        language=state.language,
+        reply_token=token if kind != "internal" else None,
+        sla_due_at=due,
+        created_at=now,
+    )
+    record = SubRequestState(
+        sub_request_id=sr_id,
+        kind=SubRequestKind(kind),
+        department=department,
+        recipient=recipient,
+        intent=intent,
+        category=category,
+        text=text,
+        blocking=blocking,
+        sla_policy=policy_name(workflow, department, sla_policy) if blocking else None,
+        created_at=now,
+        first_response_due_at=first_due,
+        due_at=due,
+    )
+    return sub, record
+
+
+def policy_name(workflow: Workflow, department: str, name: str | None) -> str | None:
+    """Name of the SLA policy that applies (explicit, department's, default)."""
+    if name and name in workflow.sla_policies:
+        return name
+    for pname, policy in workflow.sla_policies.items():
+        if department in policy.departments:
+            return pname
+    return workflow.default_sla
+
+
+def _created_event(state: CaseState, sub: SubRequest, now: datetime) -> CaseEvent:
+    return event(
+        state,
+        CaseEventType.sub_request_created,
+        now,
+        key=sub.sub_request_id,
+        message_id=sub.message_id,
+        sub_request_id=sub.sub_request_id,
+        detail={
+            "kind": sub.kind.value,
+            "department": sub.department,
+            "recipient": sub.recipient,
+            "intent": sub.intent,
+            "sla_due_at": sub.sla_due_at.isoformat() if sub.sla_due_at else None,
+        },
+    )
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def apply_task_update(
+    state: CaseState, update: TaskUpdate, workflow: Workflow, *, now: datetime
+) -> Transition:
+    """A department's or external party's update. Idempotent on ``update_id``.
+
+    When every tracked sub-request is closed, the customer gets one combined answer (the
+    language's ``resolution`` template listing each resolution), the case is resolved, and
+    a survey question follows when a survey policy covers the case's categories.
+    Raises InvalidInput for an update about a sub-request the case does not have.
+    """
+    if update.update_id in state.seen_update_ids:
+        return Transition(state=state)
+    if update.case_id != state.case_id:
+        raise InvalidInput(
+            f"update for case {update.case_id} applied to {state.case_id}", field="case_id"
+        )
+    sub = state.sub(update.sub_request_id)
+    if sub is None:
+        raise InvalidInput(
+            f"case {state.case_id} has no sub-request {update.sub_request_id}",
+            field="sub_request_id",
+        )
+    status: SubStatus = update.status.value
+    new_sub = sub.model_copy(
+        update={
+            "status": sub.status if sub.status == "rerouted" and status != "resolved" else status,
+            "resolution": update.resolution if update.resolution else sub.resolution,
+            "updated_at": update.at,
+            "responded_at": sub.responded_at or update.at,
+        }
+    )
+    subs = [new_sub if s.sub_request_id == sub.sub_request_id else s for s in state.sub_requests]
+    st = state.model_copy(
+        update={
+            "sub_requests": subs,
+            "seen_update_ids": [*state.seen_update_ids, update.update_id],
+            "updated_at": now,
+        }
+    )
+    events = [
+        event(
+            st,
+            CaseEventType.task_updated,
+            now,
+            key=update.update_id,
+            sub_request_id=sub.sub_request_id,
+            detail={"status": status, "author": update.author, "source": update.source},
+        )
+    ]
+    if update.status in (TaskStatus.resolved, TaskStatus.rejected):
+        events.append(
+            event(
+                st,
+                CaseEventType.sub_request_resolved,
+                now,
+                key=f"{sub.sub_request_id}:{st.round}:{update.update_id}",
+                sub_request_id=sub.sub_request_id,
+                detail={"status": status, "resolution": update.resolution},
+            )
+        )
+    replies: list[Reply] = []
+    tracked = [s for s in st.sub_requests if s.blocking]
+    if st.status != "resolved" and tracked and all(s.status in TERMINAL for s in tracked):
+        st, more_events, replies = _resolve(st, workflow, now)
+        events += more_events
+    return Transition(state=st, case_events=events, replies=replies)
+
+
+def _resolve(
+    state: CaseState, workflow: Workflow, now: datetime
+) -> tuple[CaseState, list[CaseEvent], list[Reply]]:
+    t = workflow.templates_for(state.language)
+    items = [
+        fill(t.resolution_item, resolution=s.resolution, department=s.department, intent=s.intent)
+        for s in state.sub_requests
+        if s.blocking and s.resolution and s.status != "rerouted"
+    ]
+    text = fill(
+        t.resolution, name=_name(state), case_ref=case_ref(state.case_id), items="\n".join(items)
+    )
+    st = state.model_copy(update={"status": "resolved", "resolved_at": now})
+    answer = reply(st, ReplyKind.resolution, text, now, key=f"round{st.round}")
+    events = [
+        event(
+            st,
+            CaseEventType.resolved,
+            now,
+            key=f"round{st.round}",
+            detail={"reply_id": answer.reply_id, "items": len(items)},
+        )
+    ]
+    replies = [answer]
+    policy = workflow.survey_for(st.categories)
+    if policy is not None:
+        question = t.survey_csat if policy.kind == "csat" else t.survey_nps
+        survey = reply(st, ReplyKind.survey, question, now, key=f"round{st.round}")
+        st = st.model_copy(
+            update={"survey": SurveyState(kind=policy.kind, reply_id=survey.reply_id, sent_at=now)}
+        )
+        replies.append(survey)
+        events.append(
+            event(
+                st,
+                CaseEventType.survey_sent,
+                now,
+                key=f"round{st.round}",
+                detail={"kind": policy.kind, "reply_id": survey.reply_id},
+            )
+        )
+    return st, events, replies
+
+
+def apply_customer_reply(
+    state: CaseState,
+    msg: InboundMessage,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    settings: Settings | None = None,
+) -> Transition:
+    """A new customer message on this case.
+
+    Resolved case, or "не помогло" / "did not help" → the case is reopened (resolved → reopened)
+    and a human (the triage department) gets a sub-request with the new text; otherwise
+    the message is appended to the case's history. A message seen before changes nothing.
+    """
+    if msg.message_id in state.message_ids:
+        return Transition(state=state)
+    st = state.model_copy(
+        update={"message_ids": [*state.message_ids, msg.message_id], "updated_at": now}
+    )
+    events = [
+        event(
+            st,
+            CaseEventType.message_appended,
+            now,
+            key=msg.message_id,
+            message_id=msg.message_id,
+            detail={"status": st.status},
+        )
+    ]
+    not_helped = _is_not_helped(msg.text, msg.language)
+    if st.status != "resolved" and not not_helped:
+        return Transition(state=st, case_events=events)
+    if st.status == "resolved":
+        st = st.model_copy(
+            update={
+                "status": "reopened",
+                "round": st.round + 1,
+                "resolved_at": None,
+                "survey": None,
+            }
+        )
+        events.append(
+            event(
+                st,
+                CaseEventType.reopened,
+                now,
+                key=msg.message_id,
+                message_id=msg.message_id,
+                detail={"round": st.round, "not_helped": not_helped},
+            )
+        )
+    triage = workflow.triage_department
+    sub, record = new_sub_request(
+        st,
+        workflow,
+        now=now,
+        kind="internal",
+        department=triage,
+        recipient=None,
+        intent="recontact",
+        category=st.categories[0] if st.categories else "UNKNOWN",
+        text=msg.text,
+        key=f"reopen:{st.round}",
+        message_id=msg.message_id,
+        settings=settings,
+    )
+    st = st.model_copy(update={"sub_requests": [*st.sub_requests, record]})
+    events.append(_created_event(st, sub, now))
+    t = workflow.templates_for(st.language)
+    text = fill(t.reopened or t.triage, name=_name(st), case_ref=case_ref(st.case_id))
+    ack = reply(
+        st,
+        ReplyKind.acknowledgement,
+        text,
+        now,
+        key=f"reopen:{msg.message_id}",
+        message_id=msg.message_id,
+    )
+    return Transition(state=st, case_events=events, replies=[ack], sub_requests=[sub])
+
+
+def apply_survey_answer(
+    state: CaseState, text: str, message_id: str, *, now: datetime, workflow: Workflow | None = None
+) -> Transition:
+    """Link a survey answer to the case; a negative one is also a quality event.
+
+    Returns the state unchanged when no survey is pending or the text holds no score.
+    """
+    survey = state.survey
+    if survey is None or survey.answered:
+        return Transition(state=state)
+    score = parse_score(text, survey.kind)
+    if score is None:
+        return Transition(state=state)
+    bucket = nps_class(score) if survey.kind == "nps" else None
+    negative = is_negative(survey.kind, score)
+    answered = survey.model_copy(
+        update={
+            "answered": True,
+            "score": score,
+            "nps_class": bucket,
+            "negative": negative,
+            "answer_message_id": message_id,
+        }
+    )
+    ids = state.message_ids if message_id in state.message_ids else [*state.message_ids, message_id]
+    st = state.model_copy(update={"survey": answered, "message_ids": ids, "updated_at": now})
+    detail: dict[str, Any] = {
+        "kind": survey.kind,
+        "score": score,
+        "nps_class": bucket,
+        "negative": negative,
+        "categories": list(state.categories),
+    }
+    if negative:
+        detail["flag"] = "quality"
+    ev = event(
+        st,
+        CaseEventType.survey_answered,
+        now,
+        key=f"round{st.round}",
+        message_id=message_id,
+        detail=detail,
+    )
+    replies: list[Reply] = []
+    if workflow is not None:
+        thanks = workflow.templates_for(st.language).survey_thanks
+        if thanks:
+            replies.append(
+                reply(
+                    st,
+                    ReplyKind.acknowledgement,
+                    thanks,
+                    now,
+                    key=f"survey-thanks:{st.round}",
+                    message_id=message_id,
+                )
+            )
+    return Transition(
+        state=st, case_events=[ev], replies=replies, quality_events=[ev] if negative else []
+    )
+
+
+def apply_customer_message(
+    state: CaseState,
+    msg: InboundMessage,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    settings: Settings | None = None,
+) -> Transition:
+    """Dispatch a customer message on an existing case: survey answer or follow-up."""
+    if msg.message_id in state.message_ids:
+        return Transition(state=state)
+    if state.survey is not None and not state.survey.answered:
+        t = apply_survey_answer(state, msg.text, msg.message_id, now=now, workflow=workflow)
+        if t.state is not state:
+            return t
+    return apply_customer_reply(state, msg, workflow, now=now, settings=settings)
+
+
+def open_subs(state: CaseState) -> Sequence[SubRequestState]:
+    """Tracked sub-requests that are not closed yet."""
+    return [s for s in state.sub_requests if s.blocking and s.status not in TERMINAL]

@@ -1,0 +1,768 @@
+"""The route stage's pure core: one classified message → one routing decision.
+
+``route_message`` decides, without any I/O:
+
+1. **Duplicate** (``similarity.duplicate_of``) → outcome ``duplicate``; the message is
+   appended to the open case (``message_appended``); no new sub-requests, no reply.
+2. **Follow-up on a known case** (``open_case`` given, or ``similarity.recontact_of``) →
+   ``cases.apply_customer_message``: a survey answer, an appended message, or — when the case
+   is resolved or the customer says it did not help — a reopen routed to a human.
+3. **Auto-reply**: one intent and a KB match whose ``auto_reply`` fires → the answer is sent,
+   the case is opened and closed at once (outcome ``auto_resolved``).
+4. **Routing**: the workflow's rules, per intent (see ``pipeline.route.workflow``), become
+   sub-requests: internal (``tasks.<department>``), external (e-mail to the named store's
+   director or a fixed address) and broadcast (one per group member); the customer gets an
+   acknowledgement (or the incident notice). Outcome ``routed``.
+
+Incidents: when ``similarity.incident_id`` is set and an incident policy covers the
+category, the group broadcast is emitted under the incident's own case
+(``derive_id("case", incident_id)``) with ids derived from the incident and the recipient,
+so every report of the incident yields the same ids and the sink sends it once. The
+customer gets the incident notice unless ``incident_new`` says this report opened the
+incident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import Settings
+from pipeline.events import (
+    CaseEvent,
+    CaseEventType,
+    ClassifiedMessage,
+    Entity,
+    Intent,
+    Outcome,
+    OutcomeKind,
+    Priority,
+    Reply,
+    ReplyKind,
+    SubRequest,
+    derive_id,
+)
+from pipeline.route.cases import (
+    CaseState,
+    SubRequestState,
+    Transition,
+    apply_customer_message,
+    case_ref,
+    event,
+    fill,
+    new_sub_request,
+    reply,
+)
+from pipeline.route.rules import RuleTrace, match_rules
+from pipeline.route.sla import raise_level
+from pipeline.route.workflow import (
+    AutoReplyAction,
+    BroadcastAction,
+    EscalateAction,
+    ExternalAction,
+    InternalAction,
+    SetPriorityAction,
+    SlaAction,
+    TriageAction,
+    Workflow,
+)
+
+try:
+    from pipeline.route.kb import KbMatch
+except ModuleNotFoundError:  # pragma: no cover - the KB module is another helper's
+
+    class KbMatch(BaseModel):  # type: ignore[no-redef]
+        """Shape of pipeline.route.kb.KbMatch."""
+
+        article_id: str | None = None
+        intents: list[str] = Field(default_factory=list)
+        confidence: float = 0.0
+        auto_reply: bool = False
+        answer: str | None = None
+        link: str | None = None
+        reason: str = ""
+
+
+__all__ = ["STAGE", "IntentTrace", "RouteDecision", "RouteTrace", "route_message"]
+
+STAGE = "route"
+Kind = Literal["internal", "external", "broadcast"]
+
+
+class IntentTrace(BaseModel):
+    """How one intent was routed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    intent: str
+    category: str
+    confidence: float
+    text: str
+    rules: list[RuleTrace] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list, description="kind:department[:recipient]")
+    notes: list[str] = Field(default_factory=list)
+
+
+class RouteTrace(BaseModel):
+    """Why the decision is what it is (printed by ``pipeline rules explain``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Literal["duplicate", "follow_up", "auto_reply", "routed"]
+    intents: list[IntentTrace] = Field(default_factory=list)
+    priority_before: str
+    priority_after: str
+    notes: list[str] = Field(default_factory=list)
+
+
+class RouteDecision(BaseModel):
+    """Everything the route agent emits for one classified message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: Outcome
+    case: CaseState | None = None
+    sub_requests: list[SubRequest] = Field(default_factory=list)
+    replies: list[Reply] = Field(default_factory=list)
+    case_events: list[CaseEvent] = Field(default_factory=list)
+    quality_events: list[CaseEvent] = Field(default_factory=list)
+    incident_sub_requests: list[SubRequest] = Field(
+        default_factory=list, description="Incident broadcast, under the incident's own case."
+    )
+    trace: RouteTrace
+
+
+@dataclass
+class _Target:
+    kind: Kind
+    department: str
+    recipient: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class _Plan:
+    intent: Intent
+    targets: list[_Target] = field(default_factory=list)
+    sla: str | None = None
+    auto_reply: str | None = None
+    trace_notes: list[str] = field(default_factory=list)
+    rules: list[RuleTrace] = field(default_factory=list)
+
+
+def _outcome(
+    msg: ClassifiedMessage,
+    kind: OutcomeKind,
+    now: datetime,
+    *,
+    case_id: str | None,
+    departments: list[str],
+    reason: str,
+) -> Outcome:
+    return Outcome(
+        message_id=msg.message_id,
+        customer_id=msg.customer_id,
+        outcome=kind,
+        case_id=case_id,
+        departments=departments,
+        reason=reason,
+        stage=STAGE,
+        received_at=msg.inbound.received_at,
+        decided_at=now,
+    )
+
+
+def _new_case(msg: ClassifiedMessage, workflow: Workflow, now: datetime) -> CaseState:
+    inbound = msg.inbound
+    lang = inbound.language if inbound.language in workflow.templates else workflow.default_language
+    return CaseState(
+        case_id=derive_id("case", msg.message_id),
+        customer_id=msg.customer_id,
+        customer=inbound.profile,
+        channel=inbound.channel,
+        reply_to=dict(inbound.reply_to),
+        language=lang,
+        first_message_id=msg.message_id,
+        message_ids=[msg.message_id],
+        full_text=inbound.text,
+        entities=list(msg.entities),
+        categories=list(dict.fromkeys(i.category for i in msg.intents)),
+        priority=msg.priority,
+        incident_id=msg.similarity.incident_id,
+        opened_at=now,
+        updated_at=now,
+    )
+
+
+def _stores_for(msg: ClassifiedMessage, intent: Intent) -> list[Entity]:
+    """Store entities inside the intent's span, else every store entity of the message."""
+    stores = [e for e in msg.entities if e.kind == "store"]
+    inside = [
+        e
+        for e in stores
+        if e.span is not None and intent.span.start <= e.span.start < max(intent.span.end, 1)
+    ]
+    return inside or stores
+
+
+def _plan_intent(
+    msg: ClassifiedMessage, intent: Intent, workflow: Workflow, now: datetime
+) -> tuple[_Plan, Priority | None, int]:
+    """Targets of one intent; a priority override and the number of escalations."""
+    rules, traces = match_rules(workflow, msg, intent, now=now)
+    plan = _Plan(intent=intent, rules=traces)
+    override: Priority | None = None
+    escalations = 0
+    for rule in rules:
+        for act in rule.then:
+            if isinstance(act, InternalAction):
+                plan.targets.append(_Target("internal", act.department))
+            elif isinstance(act, TriageAction):
+                plan.targets.append(_Target("internal", workflow.triage_department))
+            elif isinstance(act, ExternalAction):
+                plan.targets += _external_targets(msg, intent, act, workflow, plan.trace_notes)
+            elif isinstance(act, BroadcastAction):
+                group = workflow.groups[act.group]
+                dep = group.department or workflow.triage_department
+                text = None
+                if act.template:
+                    text = fill(
+                        workflow.templates_for(workflow.default_language).custom[act.template],
+                        category=intent.category,
+                        store=", ".join(e.value for e in _stores_for(msg, intent)) or "-",
+                    )
+                for member in workflow.group_members(act.group):
+                    plan.targets.append(_Target("broadcast", dep, member, text))
+            elif isinstance(act, SetPriorityAction):
+                override = msg.priority.model_copy(update={"level": act.level})
+            elif isinstance(act, SlaAction):
+                plan.sla = act.policy
+            elif isinstance(act, AutoReplyAction):
+                plan.auto_reply = act.template
+            elif isinstance(act, EscalateAction):
+                escalations += 1
+                if act.department:
+                    plan.targets.append(_Target("internal", act.department))
+    if not rules:
+        plan.trace_notes.append(f"no rule matched → {workflow.triage_department}")
+    if not plan.targets and plan.auto_reply is None:
+        if rules:
+            plan.trace_notes.append(f"rules created no sub-request → {workflow.triage_department}")
+        plan.targets.append(_Target("internal", workflow.triage_department))
+    # one sub-request per (intent, target)
+    seen: set[tuple[str, str, str | None]] = set()
+    unique: list[_Target] = []
+    for t in plan.targets:
+        k = (t.kind, t.department, t.recipient)
+        if k not in seen:
+            seen.add(k)
+            unique.append(t)
+    plan.targets = unique
+    return plan, override, escalations
+
+
+def _external_targets(
+    msg: ClassifiedMessage,
+    intent: Intent,
+    act: ExternalAction,
+    workflow: Workflow,
+    notes: list[str],
+) -> list[_Target]:
+    if act.address:
+        return [_Target("external", act.department, act.address)]
+    out: list[_Target] = []
+    for ent in _stores_for(msg, intent):
+        store = workflow.store(ent.value)
+        if store is None or not store.director_email:
+            notes.append(f"store {ent.value!r} has no director e-mail in the directory")
+            continue
+        notes.append(f"store {store.code} ({store.address}) → director {store.director_email}")
+        out.append(_Target("external", act.department, store.director_email))
+    if not out:
+        fallback = act.fallback_department or workflow.triage_department
+        notes.append(f"no store director could be resolved → internal {fallback}")
+        out.append(_Target("internal", fallback))
+    return out
+
+
+def _merge_priority(base: Priority, overrides: list[Priority], escalations: int) -> Priority:
+    prio = base
+    if overrides:
+        prio = min(overrides, key=lambda p: p.level)  # "P1" < "P2": the most urgent wins
+    for _ in range(escalations):
+        prio = raise_level(prio)
+    return prio
+
+
+def route_message(
+    msg: ClassifiedMessage,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    kb_match: KbMatch | None = None,
+    open_case: CaseState | None = None,
+    settings: Settings | None = None,
+    incident_new: bool = False,
+) -> RouteDecision:
+    """Decide what happens to one classified message (pure; ``now`` injected).
+
+    ``open_case`` is the customer's case this message belongs to (the agent looks it up
+    from ``similarity.case_id`` / ``recontact_of``); ``settings`` only serves reply
+    addresses of external sub-requests (``pipeline.notify.tokens``).
+    """
+    sim = msg.similarity
+    level = msg.priority.level
+    if sim.duplicate_of is not None:
+        return _duplicate(msg, now, open_case)
+    if open_case is not None:
+        tr = apply_customer_message(open_case, msg.inbound, workflow, now=now, settings=settings)
+        return _follow_up(msg, now, open_case, tr)
+
+    case = _new_case(msg, workflow, now)
+    notes: list[str] = []
+    if sim.recontact_of is not None:
+        notes.append(f"recontact of case {sim.recontact_of}, but the case was not supplied")
+
+    # 3. auto-reply from the knowledge base
+    if kb_match is not None and kb_match.auto_reply and kb_match.answer:
+        if len(msg.intents) == 1:
+            return _auto_reply(msg, now, case, kb_match, level)
+        notes.append(
+            f"KB article {kb_match.article_id} would auto-reply, but the message has "
+            f"{len(msg.intents)} requests: routing all of them"
+        )
+    elif kb_match is not None:
+        notes.append(f"KB: {kb_match.reason or 'no auto-reply'}")
+    elif sim.auto_reply:
+        notes.append("similarity says auto-reply but no KB match was supplied: routing")
+
+    # 4. rules, per intent
+    plans: list[_Plan] = []
+    overrides: list[Priority] = []
+    escalations = 0
+    for intent in msg.intents:
+        plan, override, esc = _plan_intent(msg, intent, workflow, now)
+        plans.append(plan)
+        if override is not None:
+            overrides.append(override)
+        escalations += esc
+    priority = _merge_priority(msg.priority, overrides, escalations)
+    case = case.model_copy(update={"priority": priority})
+
+    subs: list[SubRequest] = []
+    records: list[SubRequestState] = []
+    events: list[CaseEvent] = [
+        event(
+            case,
+            CaseEventType.opened,
+            now,
+            key="opened",
+            message_id=msg.message_id,
+            detail={
+                "channel": case.channel.value,
+                "language": case.language,
+                "categories": case.categories,
+                "priority": priority.level,
+            },
+        )
+    ]
+    if priority.level != level:
+        events.append(
+            event(
+                case,
+                CaseEventType.escalated,
+                now,
+                key="rules",
+                message_id=msg.message_id,
+                detail={"from": level, "to": priority.level, "by": "rules"},
+            )
+        )
+    replies: list[Reply] = []
+    intent_traces: list[IntentTrace] = []
+    for plan in plans:
+        targets: list[str] = []
+        for tgt in plan.targets:
+            sub, rec = new_sub_request(
+                case,
+                workflow,
+                now=now,
+                kind=tgt.kind,
+                department=tgt.department,
+                recipient=tgt.recipient,
+                intent=plan.intent.label,
+                category=plan.intent.category,
+                text=tgt.text or plan.intent.text,
+                key="",
+                priority=priority,
+                sla_policy=plan.sla,
+                settings=settings,
+            )
+            if any(s.sub_request_id == sub.sub_request_id for s in subs):
+                continue  # the same intent label twice in one message, same target
+            subs.append(sub)
+            records.append(rec)
+            targets.append(
+                f"{tgt.kind}:{tgt.department}" + (f":{tgt.recipient}" if tgt.recipient else "")
+            )
+        if plan.auto_reply is not None:
+            text = workflow.templates_for(case.language).custom[plan.auto_reply]
+            replies.append(
+                reply(
+                    case,
+                    ReplyKind.auto_reply,
+                    fill(text, name=_name(case), case_ref=case_ref(case.case_id)),
+                    now,
+                    key=f"template:{plan.intent.label}:{plan.auto_reply}",
+                    message_id=msg.message_id,
+                )
+            )
+            targets.append(f"auto_reply:{plan.auto_reply}")
+        intent_traces.append(
+            IntentTrace(
+                intent=plan.intent.label,
+                category=plan.intent.category,
+                confidence=plan.intent.confidence,
+                text=plan.intent.text,
+                rules=plan.rules,
+                targets=targets,
+                notes=plan.trace_notes,
+            )
+        )
+    case = case.model_copy(update={"sub_requests": records})
+    for sub in subs:
+        events.append(
+            event(
+                case,
+                CaseEventType.sub_request_created,
+                now,
+                key=sub.sub_request_id,
+                message_id=msg.message_id,
+                sub_request_id=sub.sub_request_id,
+                detail={
+                    "kind": sub.kind.value,
+                    "department": sub.department,
+                    "recipient": sub.recipient,
+                    "intent": sub.intent,
+                    "sla_due_at": sub.sla_due_at.isoformat() if sub.sla_due_at else None,
+                },
+            )
+        )
+
+    incident_subs: list[SubRequest] = []
+    t = workflow.templates_for(case.language)
+    departments = list(dict.fromkeys(s.department for s in subs))
+    if sim.incident_id is not None:
+        incident_subs, inc_events, inc_notes = _incident(msg, workflow, case, now, settings)
+        events += inc_events
+        notes += inc_notes
+    if not subs:
+        # every intent was answered by an auto-reply template
+        case = case.model_copy(update={"status": "resolved", "resolved_at": now})
+        events.append(
+            event(
+                case,
+                CaseEventType.auto_resolved,
+                now,
+                key="template",
+                message_id=msg.message_id,
+                detail={"by": "rule template"},
+            )
+        )
+        outcome = _outcome(
+            msg,
+            OutcomeKind.auto_resolved,
+            now,
+            case_id=case.case_id,
+            departments=[],
+            reason="answered by rule templates",
+        )
+    else:
+        if sim.incident_id is not None and not incident_new:
+            text, kind_note = t.incident_notice, "incident_notice"
+            rkind = ReplyKind.incident_notice
+        elif set(departments) == {workflow.triage_department}:
+            text, kind_note, rkind = t.triage, "triage", ReplyKind.acknowledgement
+        else:
+            text, kind_note, rkind = t.acknowledgement, "acknowledgement", ReplyKind.acknowledgement
+        titles = [_title(workflow, s) for s in subs]
+        replies.append(
+            reply(
+                case,
+                rkind,
+                fill(
+                    text,
+                    name=_name(case),
+                    case_ref=case_ref(case.case_id),
+                    departments=", ".join(dict.fromkeys(titles)),
+                ),
+                now,
+                key=kind_note,
+                message_id=msg.message_id,
+            )
+        )
+        outcome = _outcome(
+            msg,
+            OutcomeKind.routed,
+            now,
+            case_id=case.case_id,
+            departments=departments,
+            reason=f"{len(subs)} sub-request(s) for {len(plans)} request(s)",
+        )
+    trace = RouteTrace(
+        path="routed",
+        intents=intent_traces,
+        priority_before=level,
+        priority_after=priority.level,
+        notes=notes,
+    )
+    return RouteDecision(
+        outcome=outcome,
+        case=case,
+        sub_requests=subs,
+        replies=replies,
+        case_events=events,
+        incident_sub_requests=incident_subs,
+        trace=trace,
+    )
+
+
+def _title(workflow: Workflow, sub: SubRequest) -> str:
+    dep = workflow.departments.get(sub.department)
+    title = dep.title if dep is not None and dep.title else sub.department
+    return title
+
+
+def _name(case: CaseState) -> str:
+    return f", {case.customer.name}" if case.customer and case.customer.name else ""
+
+
+def _duplicate(msg: ClassifiedMessage, now: datetime, open_case: CaseState | None) -> RouteDecision:
+    sim = msg.similarity
+    case_id = open_case.case_id if open_case else sim.case_id
+    events: list[CaseEvent] = []
+    case = open_case
+    if open_case is not None:
+        if msg.message_id not in open_case.message_ids:
+            case = open_case.model_copy(
+                update={"message_ids": [*open_case.message_ids, msg.message_id], "updated_at": now}
+            )
+        events.append(
+            event(
+                open_case,
+                CaseEventType.message_appended,
+                now,
+                key=msg.message_id,
+                message_id=msg.message_id,
+                detail={"duplicate_of": sim.duplicate_of, "reason": sim.duplicate_reason},
+            )
+        )
+    elif case_id is not None:
+        events.append(
+            CaseEvent(
+                event_id=derive_id(
+                    "ce", case_id, CaseEventType.message_appended.value, msg.message_id
+                ),
+                case_id=case_id,
+                type=CaseEventType.message_appended,
+                message_id=msg.message_id,
+                detail={"duplicate_of": sim.duplicate_of, "reason": sim.duplicate_reason},
+                at=now,
+            )
+        )
+    outcome = _outcome(
+        msg,
+        OutcomeKind.duplicate,
+        now,
+        case_id=case_id,
+        departments=[],
+        reason=f"duplicate of {sim.duplicate_of} ({sim.duplicate_reason or '?'})",
+    )
+    trace = RouteTrace(
+        path="duplicate",
+        priority_before=msg.priority.level,
+        priority_after=msg.priority.level,
+        notes=[f"duplicate of {sim.duplicate_of}: no new sub-requests"],
+    )
+    return RouteDecision(outcome=outcome, case=case, case_events=events, trace=trace)
+
+
+def _follow_up(
+    msg: ClassifiedMessage, now: datetime, open_case: CaseState, t: Transition
+) -> RouteDecision:
+    what = (
+        "survey answer"
+        if t.state.survey != open_case.survey
+        else ("reopened, sent to a human" if t.sub_requests else "appended to the open case")
+    )
+    departments = list(dict.fromkeys(s.department for s in t.sub_requests)) or list(
+        dict.fromkeys(s.department for s in open_case.sub_requests)
+    )
+    outcome = _outcome(
+        msg,
+        OutcomeKind.routed,
+        now,
+        case_id=open_case.case_id,
+        departments=departments,
+        reason=f"follow-up on case: {what}",
+    )
+    trace = RouteTrace(
+        path="follow_up",
+        priority_before=msg.priority.level,
+        priority_after=t.state.priority.level,
+        notes=[f"case {open_case.case_id} ({open_case.status}): {what}"],
+    )
+    return RouteDecision(
+        outcome=outcome,
+        case=t.state,
+        sub_requests=t.sub_requests,
+        replies=t.replies,
+        case_events=t.case_events,
+        quality_events=t.quality_events,
+        trace=trace,
+    )
+
+
+def _auto_reply(
+    msg: ClassifiedMessage, now: datetime, case: CaseState, kb: KbMatch, level: str
+) -> RouteDecision:
+    case = case.model_copy(update={"status": "resolved", "resolved_at": now})
+    answer = reply(
+        case,
+        ReplyKind.auto_reply,
+        kb.answer or "",
+        now,
+        key="kb",
+        message_id=msg.message_id,
+        article_id=kb.article_id,
+        link=kb.link,
+    )
+    events = [
+        event(
+            case,
+            CaseEventType.opened,
+            now,
+            key="opened",
+            message_id=msg.message_id,
+            detail={"channel": case.channel.value, "language": case.language},
+        ),
+        event(
+            case,
+            CaseEventType.auto_resolved,
+            now,
+            key="kb",
+            message_id=msg.message_id,
+            detail={
+                "article_id": kb.article_id,
+                "confidence": kb.confidence,
+                "reply_id": answer.reply_id,
+            },
+        ),
+    ]
+    outcome = _outcome(
+        msg,
+        OutcomeKind.auto_resolved,
+        now,
+        case_id=case.case_id,
+        departments=[],
+        reason=f"KB article {kb.article_id} (confidence {kb.confidence:.2f})",
+    )
+    intent = msg.intents[0]
+    trace = RouteTrace(
+        path="auto_reply",
+        priority_before=level,
+        priority_after=level,
+        intents=[
+            IntentTrace(
+                intent=intent.label,
+                category=intent.category,
+                confidence=intent.confidence,
+                text=intent.text,
+                targets=[f"auto_reply:kb:{kb.article_id}"],
+            )
+        ],
+        notes=[f"KB: {kb.reason}"] if kb.reason else [],
+    )
+    return RouteDecision(
+        outcome=outcome, case=case, replies=[answer], case_events=events, trace=trace
+    )
+
+
+def _incident(
+    msg: ClassifiedMessage,
+    workflow: Workflow,
+    case: CaseState,
+    now: datetime,
+    settings: Settings | None,
+) -> tuple[list[SubRequest], list[CaseEvent], list[str]]:
+    incident_id = msg.similarity.incident_id
+    assert incident_id is not None
+    categories = {i.category for i in msg.intents}
+    events = [
+        event(
+            case,
+            CaseEventType.incident_linked,
+            now,
+            key=incident_id,
+            message_id=msg.message_id,
+            detail={"incident_id": incident_id},
+        )
+    ]
+    policy = next((p for p in workflow.incidents if set(p.categories) & categories), None)
+    if policy is None:
+        return [], events, [f"incident {incident_id}: no incident policy for {sorted(categories)}"]
+    category = next(c for c in policy.categories if c in categories)
+    intent = next(i for i in msg.intents if i.category == category)
+    stores = [e.value for e in _stores_for(msg, intent)] if "store" in policy.bucket_by else []
+    store_text = ", ".join(stores) or "-"
+    inc_case = case.model_copy(
+        update={
+            "case_id": derive_id("case", incident_id),
+            "first_message_id": incident_id,
+            "sub_requests": [],
+            "message_ids": [incident_id],
+        }
+    )
+    group = workflow.groups[policy.group]
+    dep = group.department or workflow.triage_department
+    subs: list[SubRequest] = []
+    lang = workflow.default_language
+    text = fill(
+        workflow.templates_for(lang).custom[policy.template], category=category, store=store_text
+    )
+    for member in workflow.group_members(policy.group):
+        sub, _ = new_sub_request(
+            inc_case,
+            workflow,
+            now=now,
+            kind="broadcast",
+            department=dep,
+            recipient=member,
+            intent=f"incident:{policy.name}",
+            category=category,
+            text=text,
+            key="incident",
+            message_id=incident_id,
+            settings=settings,
+        )
+        subs.append(sub)
+    detail: dict[str, Any] = {
+        "incident_id": incident_id,
+        "policy": policy.name,
+        "group": policy.group,
+        "recipients": len(subs),
+        "store": store_text,
+    }
+    events.append(
+        CaseEvent(
+            event_id=derive_id("ce", inc_case.case_id, CaseEventType.incident_detected.value),
+            case_id=inc_case.case_id,
+            type=CaseEventType.incident_detected,
+            message_id=msg.message_id,
+            detail=detail,
+            at=now,
+        )
+    )
+    return subs, events, [f"incident {incident_id}: broadcast to {len(subs)} of {policy.group}"]

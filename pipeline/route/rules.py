@@ -1,0 +1,178 @@
+"""Rule evaluation: which rules of the workflow match one intent of a message, and why.
+
+Pure functions. Semantics (see ``pipeline.route.workflow``): rules are evaluated per intent
+in file order; a rule matches when all its conditions hold; a matching rule with
+``stop: true`` ends the evaluation for that intent. Every evaluated rule yields a
+``RuleTrace`` with one human-readable ``why`` per condition, for ``rules explain``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.events import ClassifiedMessage, Intent
+from pipeline.route.workflow import (
+    WEEKDAYS,
+    Action,
+    Conditions,
+    Rule,
+    Workflow,
+    _parse_span,
+)
+
+__all__ = ["ConditionResult", "RuleTrace", "check_conditions", "describe_action", "match_rules"]
+
+
+class ConditionResult(BaseModel):
+    """One condition of a rule and whether it held."""
+
+    model_config = ConfigDict(frozen=True)
+
+    condition: str = Field(description="Condition name, e.g. 'category'.")
+    ok: bool
+    why: str = Field(description="Human-readable reason.")
+
+
+class RuleTrace(BaseModel):
+    """One rule evaluated for one intent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    index: int = Field(description="Position in the file (0-based).")
+    intent: str
+    category: str
+    matched: bool
+    stop: bool = Field(description="Whether this match ended the evaluation for the intent.")
+    conditions: list[ConditionResult] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list, description="Actions, described.")
+
+
+def _any_of(name: str, have: str | None, want: list[str], *, fold: bool = True) -> ConditionResult:
+    if fold:
+        ok = have is not None and have.lower() in {w.lower() for w in want}
+    else:
+        ok = have is not None and have in want
+    rel = "in" if ok else "not in"
+    return ConditionResult(condition=name, ok=ok, why=f"{name} {have!r} {rel} {want}")
+
+
+def check_conditions(
+    cond: Conditions, msg: ClassifiedMessage, intent: Intent, now: datetime
+) -> list[ConditionResult]:
+    """Evaluate every set condition (all are reported, not only up to the first failure)."""
+    out: list[ConditionResult] = []
+    inbound = msg.inbound
+    profile = inbound.profile
+    tags = {t.lower() for t in msg.tags}
+    if cond.intent is not None:
+        out.append(_any_of("intent", intent.label, cond.intent))
+    if cond.category is not None:
+        out.append(_any_of("category", intent.category, cond.category))
+    if cond.tags_any is not None:
+        hit = sorted(tags & {t.lower() for t in cond.tags_any})
+        out.append(
+            ConditionResult(
+                condition="tags_any",
+                ok=bool(hit),
+                why=f"tags {hit} present" if hit else f"none of {cond.tags_any} in tags",
+            )
+        )
+    if cond.tags_all is not None:
+        missing = sorted({t.lower() for t in cond.tags_all} - tags)
+        out.append(
+            ConditionResult(
+                condition="tags_all",
+                ok=not missing,
+                why=f"all of {cond.tags_all} present" if not missing else f"missing tags {missing}",
+            )
+        )
+    if cond.tags_none is not None:
+        bad = sorted(tags & {t.lower() for t in cond.tags_none})
+        out.append(
+            ConditionResult(
+                condition="tags_none",
+                ok=not bad,
+                why=f"forbidden tags {bad} present" if bad else f"none of {cond.tags_none}",
+            )
+        )
+    for ec in cond.entities:
+        found = [e for e in msg.entities if e.kind == ec.kind]
+        if ec.values is not None:
+            wanted = {v.lower() for v in ec.values}
+            found = [e for e in found if e.value.lower() in wanted]
+        values = [e.value for e in found]
+        ok = bool(found) == ec.present
+        what = f"entity {ec.kind}" + (f" in {ec.values}" if ec.values is not None else "")
+        why = f"{what} found: {values}" if found else f"no {what}"
+        out.append(ConditionResult(condition=f"entity:{ec.kind}", ok=ok, why=why))
+    if cond.priority is not None:
+        out.append(_any_of("priority", msg.priority.level, list(cond.priority), fold=False))
+    if cond.min_score is not None:
+        ok = msg.priority.score >= cond.min_score
+        rel = ">=" if ok else "<"
+        why = f"score {msg.priority.score:g} {rel} {cond.min_score:g}"
+        out.append(ConditionResult(condition="min_score", ok=ok, why=why))
+    if cond.channel is not None:
+        out.append(_any_of("channel", inbound.channel.value, [c.value for c in cond.channel]))
+    if cond.language is not None:
+        out.append(_any_of("language", inbound.language, cond.language))
+    if cond.segment is not None:
+        out.append(_any_of("segment", profile.segment if profile else None, cond.segment))
+    if cond.tier is not None:
+        out.append(_any_of("tier", profile.tier if profile else "standard", cond.tier))
+    if cond.weekdays is not None or cond.time is not None:
+        local = now.astimezone(ZoneInfo(cond.timezone))
+        if cond.weekdays is not None:
+            out.append(_any_of("weekday", WEEKDAYS[local.weekday()], list(cond.weekdays)))
+        if cond.time is not None:
+            start, end = _parse_span(cond.time)
+            t = local.time().replace(tzinfo=None)
+            ok = start <= t <= end
+            rel = "within" if ok else "outside"
+            why = f"{local:%H:%M} {cond.timezone} {rel} {cond.time}"
+            out.append(ConditionResult(condition="time", ok=ok, why=why))
+    return out
+
+
+def describe_action(action: Action) -> str:
+    """One-line description of an action, for traces."""
+    fields = action.model_dump(exclude={"type"}, exclude_none=True)
+    args = ", ".join(f"{k}={v}" for k, v in fields.items())
+    return f"{action.type}({args})"
+
+
+def match_rules(
+    workflow: Workflow, msg: ClassifiedMessage, intent: Intent, *, now: datetime
+) -> tuple[list[Rule], list[RuleTrace]]:
+    """Rules that apply to this intent, in order, and a trace of every rule evaluated.
+
+    Evaluation stops after the first matching rule with ``stop: true``.
+    """
+    applied: list[Rule] = []
+    traces: list[RuleTrace] = []
+    for index, rule in enumerate(workflow.rules):
+        results = check_conditions(rule.when, msg, intent, now)
+        matched = all(r.ok for r in results)
+        if not results:
+            results = [ConditionResult(condition="always", ok=True, why="no conditions")]
+        traces.append(
+            RuleTrace(
+                rule=rule.name,
+                index=index,
+                intent=intent.label,
+                category=intent.category,
+                matched=matched,
+                stop=matched and rule.stop,
+                conditions=results,
+                actions=[describe_action(a) for a in rule.then],
+            )
+        )
+        if matched:
+            applied.append(rule)
+            if rule.stop:
+                break
+    return applied, traces

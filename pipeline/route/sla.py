@@ -1,0 +1,264 @@
+"""SLA: deadlines with business hours, warnings, breaches and escalation.
+
+Pure functions with an injected ``now``. A deadline adds working time only inside the
+department's business hours (in its timezone, skipping closed days); a policy with
+``business_hours: false`` or a department without hours counts wall-clock time.
+
+``check_sla(state, workflow, now)`` looks at every open, tracked sub-request of a case and
+emits, each at most once per sub-request and deadline (first response, resolution):
+
+* ``sla_warning`` once ``warn_before`` of the allowed time is left;
+* ``sla_breached`` at the deadline, followed by the policy's escalation steps:
+  ``raise_priority`` (one level up), ``reroute`` (a new internal sub-request to another
+  department; the late one is marked ``rerouted``), ``notify_supervisor`` (an external,
+  untracked sub-request to the supervisor's address).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+from zoneinfo import ZoneInfo
+
+from pipeline.events import CaseEvent, CaseEventType, Priority, derive_id
+from pipeline.route.workflow import LEVELS, BusinessHours, Level, SlaPolicy, Workflow
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+    from pipeline.route.cases import CaseState, Transition
+
+__all__ = ["add_business_time", "check_sla", "deadlines", "raise_level"]
+
+DeadlineKind = Literal["first_response", "resolution"]
+_MAX_DAYS = 800  # safety bound of the day walk (at least one open day is validated)
+
+
+def add_business_time(start: datetime, minutes: float, hours: BusinessHours | None) -> datetime:
+    """``start`` plus ``minutes`` of working time (wall-clock when ``hours`` is None)."""
+    if hours is None or minutes <= 0:
+        return start + timedelta(minutes=minutes)
+    zone = ZoneInfo(hours.timezone)
+    t = start.astimezone(zone)
+    remaining = timedelta(minutes=minutes)
+    for _ in range(_MAX_DAYS):
+        span = hours.span(t.weekday())
+        if span is not None:
+            opens = datetime.combine(t.date(), span[0], tzinfo=zone)
+            closes = datetime.combine(t.date(), span[1], tzinfo=zone)
+            if t < opens:
+                t = opens
+            if t < closes:
+                available = closes - t
+                if remaining <= available:
+                    return (t + remaining).astimezone(start.tzinfo)
+                remaining -= available
+        next_day = t.date() + timedelta(days=1)
+        t = datetime.combine(next_day, datetime.min.time(), tzinfo=zone)
+    raise ValueError("business hours leave no working time")  # unreachable when validated
+
+
+def deadlines(
+    policy: SlaPolicy | None, level: Level, hours: BusinessHours | None, start: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """(first-response deadline, resolution deadline) for a priority level."""
+    if policy is None:
+        return None, None
+    h = hours if policy.business_hours else None
+    first = policy.first_response.get(level)
+    res = policy.resolution.get(level)
+    return (
+        add_business_time(start, first, h) if first is not None else None,
+        add_business_time(start, res, h) if res is not None else None,
+    )
+
+
+def raise_level(priority: Priority) -> Priority:
+    """One level more urgent (P1 stays P1); the score rises to the level's floor."""
+    i = LEVELS.index(priority.level)
+    if i == 0:
+        return priority
+    floors = {"P1": 85.0, "P2": 60.0, "P3": 35.0}
+    new = LEVELS[i - 1]
+    return priority.model_copy(
+        update={"level": new, "score": max(priority.score, floors.get(new, priority.score))}
+    )
+
+
+def check_sla(
+    state: CaseState, workflow: Workflow, now: datetime, *, settings: Settings | None = None
+) -> Transition:
+    """Warnings, breaches and escalations due at ``now`` (each emitted once).
+
+    ``settings`` only serves the reply address of a supervisor e-mail (notify stage).
+    """
+    from pipeline.route.cases import Transition, new_sub_request
+
+    events: list[CaseEvent] = []
+    new_subs = []
+    subs = list(state.sub_requests)
+    priority = state.priority
+    created_states = []
+    for i, sr in enumerate(subs):
+        if not sr.blocking or sr.status in ("resolved", "rejected", "rerouted"):
+            continue
+        checks: list[tuple[DeadlineKind, datetime | None]] = [
+            ("first_response", sr.first_response_due_at if sr.responded_at is None else None),
+            ("resolution", sr.due_at),
+        ]
+        policy = workflow.sla_policy_for(sr.department, sr.sla_policy)
+        warn_before = policy.warn_before if policy else 0.2
+        for kind, due in checks:
+            if due is None:
+                continue
+            warn_at = due - (due - sr.created_at) * warn_before
+            detail = {"deadline": kind, "due_at": due.isoformat(), "department": sr.department}
+            if now >= warn_at and kind not in sr.warned and now < due:
+                events.append(
+                    _event(state, CaseEventType.sla_warning, sr.sub_request_id, kind, now, detail)
+                )
+                sr = sr.model_copy(update={"warned": [*sr.warned, kind]})
+            if now >= due and kind not in sr.breached:
+                events.append(
+                    _event(state, CaseEventType.sla_breached, sr.sub_request_id, kind, now, detail)
+                )
+                sr = sr.model_copy(
+                    update={
+                        "breached": [*sr.breached, kind],
+                        "warned": sorted({*sr.warned, kind}),
+                    }
+                )
+                for step_no, step in enumerate(policy.escalation if policy else []):
+                    key = f"{kind}:{step_no}"
+                    if step.type == "raise_priority":
+                        before = priority.level
+                        priority = raise_level(priority)
+                        events.append(
+                            _event(
+                                state,
+                                CaseEventType.escalated,
+                                sr.sub_request_id,
+                                key,
+                                now,
+                                {"step": "raise_priority", "from": before, "to": priority.level},
+                            )
+                        )
+                    elif step.type == "reroute" and step.department not in (None, sr.department):
+                        assert step.department is not None
+                        sub, sub_state = new_sub_request(
+                            state,
+                            workflow,
+                            now=now,
+                            kind="internal",
+                            department=step.department,
+                            recipient=None,
+                            intent=sr.intent,
+                            category=sr.category,
+                            text=sr.text,
+                            key=f"reroute:{sr.sub_request_id}",
+                            priority=priority,
+                            sla_policy=sr.sla_policy,
+                            settings=settings,
+                        )
+                        new_subs.append(sub)
+                        created_states.append(sub_state)
+                        sr = sr.model_copy(update={"status": "rerouted"})
+                        events.append(
+                            _event(
+                                state,
+                                CaseEventType.escalated,
+                                sr.sub_request_id,
+                                key,
+                                now,
+                                {
+                                    "step": "reroute",
+                                    "to": step.department,
+                                    "new_sub_request_id": sub.sub_request_id,
+                                },
+                            )
+                        )
+                    elif step.type == "notify_supervisor":
+                        address = step.address or _supervisor(workflow, sr.department)
+                        if address is None:
+                            continue
+                        sub, sub_state = new_sub_request(
+                            state,
+                            workflow,
+                            now=now,
+                            kind="external",
+                            department=sr.department,
+                            recipient=address,
+                            intent=sr.intent,
+                            category=sr.category,
+                            text=_breach_text(state, sr.department, kind, due, sr.text),
+                            key=f"supervisor:{kind}:{sr.sub_request_id}",
+                            priority=priority,
+                            blocking=False,
+                            sla_policy=None,
+                            settings=settings,
+                        )
+                        new_subs.append(sub)
+                        created_states.append(sub_state)
+                        events.append(
+                            _event(
+                                state,
+                                CaseEventType.escalated,
+                                sr.sub_request_id,
+                                key,
+                                now,
+                                {
+                                    "step": "notify_supervisor",
+                                    "recipient": address,
+                                    "new_sub_request_id": sub.sub_request_id,
+                                },
+                            )
+                        )
+        subs[i] = sr
+    if not events:
+        return Transition(state=state)
+    new_state = state.model_copy(
+        update={"sub_requests": subs + created_states, "priority": priority, "updated_at": now}
+    )
+    created_events = [
+        _event(
+            new_state,
+            CaseEventType.sub_request_created,
+            s.sub_request_id,
+            "created",
+            now,
+            {"kind": s.kind.value, "department": s.department, "recipient": s.recipient},
+        )
+        for s in new_subs
+    ]
+    return Transition(state=new_state, case_events=events + created_events, sub_requests=new_subs)
+
+
+def _supervisor(workflow: Workflow, department: str) -> str | None:
+    dep = workflow.departments.get(department)
+    return dep.supervisor if dep is not None else None
+
+
+def _breach_text(state: CaseState, department: str, kind: str, due: datetime, text: str) -> str:
+    what = "first response" if kind == "first_response" else "resolution"
+    return (
+        f"SLA breach ({what}) in case {state.case_id}, department {department}, "
+        f"due {due.isoformat()}: {text}"
+    )
+
+
+def _event(
+    state: CaseState,
+    type_: CaseEventType,
+    sub_request_id: str,
+    key: str,
+    now: datetime,
+    detail: Mapping[str, object],
+) -> CaseEvent:
+    return CaseEvent(
+        event_id=derive_id("ce", state.case_id, type_.value, sub_request_id, key),
+        case_id=state.case_id,
+        type=type_,
+        sub_request_id=sub_request_id,
+        detail=dict(detail),
+        at=now,
+    )
