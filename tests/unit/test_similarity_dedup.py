@@ -1,0 +1,136 @@
+"""Per-customer duplicate detection (pipeline.classify.dedup)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipeline.classify.dedup import (
+    CustomerDedupState,
+    DedupConfig,
+    check_duplicate,
+    normalize_text,
+    remember,
+)
+from pipeline.events import Channel, InboundMessage
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def msg(
+    mid: str, text: str, *, customer: str = "c1", channel: Channel = Channel.webchat
+) -> InboundMessage:
+    return InboundMessage(
+        message_id=mid,
+        channel=channel,
+        channel_message_id=mid,
+        customer_id=customer,
+        text=text,
+        received_at=T0,
+    )
+
+
+def state_with(m: InboundMessage, case: str = "case-1") -> CustomerDedupState:
+    return remember(CustomerDedupState(), m, case, T0)
+
+
+def test_platform_retry_is_exact_id_duplicate() -> None:
+    first = msg("tg-1", "Не пришёл заказ 5521")
+    d = check_duplicate(state_with(first), first, T0 + timedelta(seconds=5))
+    assert d.is_duplicate and d.reason == "exact_id"
+    assert d.duplicate_of == "tg-1" and d.case_id == "case-1"
+    # a retry is not remembered twice
+    assert len(remember(state_with(first), first, "case-1", T0).entries) == 1
+
+
+@pytest.mark.parametrize(
+    ("original", "resend"),
+    [
+        ("Where is my order 5521?", "where is my order 5521"),
+        ("Где мой заказ 5521?", "ГДЕ МОЙ ЗАКАЗ 5521!!!"),
+    ],
+)
+def test_same_normalized_text_is_duplicate(original: str, resend: str) -> None:
+    d = check_duplicate(state_with(msg("a", original)), msg("b", resend), T0)
+    assert d.is_duplicate and d.reason == "same_text" and d.duplicate_of == "a"
+
+
+@pytest.mark.parametrize(
+    ("chat", "email"),
+    [
+        (
+            "I was charged twice for order 5521, please refund the second payment",
+            "Hello,\n\nI was charged twice for order 5521 - please refund the second "
+            "payment.\n\nBest regards,\nJohn Smith\n--\nJohn Smith\nAcme Ltd\n"
+            "Tel. +1 555 0100\nSent from my iPhone",
+        ),
+        (
+            "С карты дважды списали деньги за заказ 5521, верните второй платёж",
+            "Здравствуйте!\n\nС карты дважды списали деньги за заказ 5521, верните, "
+            "пожалуйста, второй платеж.\n\nС уважением,\nИванов Иван\n-- \n"
+            "ООО «Ромашка»\nтел. +7 916 123-45-67",
+        ),
+    ],
+)
+def test_reworded_via_email_with_signature_links_to_case(chat: str, email: str) -> None:
+    st = state_with(msg("chat-1", chat), case="case-77")
+    d = check_duplicate(st, msg("mail-1", email, channel=Channel.email), T0 + timedelta(hours=2))
+    assert d.is_duplicate, d
+    assert d.reason in ("near", "same_text")
+    assert d.duplicate_of == "chat-1" and d.case_id == "case-77"
+
+
+def test_different_customers_same_text_are_not_duplicates() -> None:
+    text = "I forgot my password, how do I reset it?"
+    st = state_with(msg("a", text, customer="c1"))
+    # the worker looks up the OTHER customer's state: empty
+    other = msg("b", text, customer="c2")
+    assert not check_duplicate(CustomerDedupState(), other, T0).is_duplicate
+    # and the first customer's state only holds the first customer's message
+    assert [e.message_id for e in st.entries] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("How do I reset my password?", "When will my order 5521 be delivered?"),
+        ("Как сбросить пароль?", "Когда привезут заказ 5521?"),
+    ],
+)
+def test_same_customer_different_request_is_not_duplicate(first: str, second: str) -> None:
+    d = check_duplicate(state_with(msg("a", first)), msg("b", second), T0)
+    assert not d.is_duplicate and d.similarity < DedupConfig().near_threshold
+
+
+def test_expiry_and_cap_bound_the_state() -> None:
+    cfg = DedupConfig(window_s=3600, max_entries=5)
+    st = CustomerDedupState()
+    for i in range(20):
+        st = remember(
+            st, msg(f"m{i}", f"distinct request number {i}"), None, T0 + timedelta(minutes=i), cfg
+        )
+    assert len(st.entries) == 5
+    assert [e.message_id for e in st.entries] == [f"m{i}" for i in range(15, 20)]
+    later = T0 + timedelta(hours=3)
+    assert not check_duplicate(st, msg("x", "distinct request number 19"), later, cfg).is_duplicate
+    st2 = remember(st, msg("y", "new"), None, later, cfg)
+    assert [e.message_id for e in st2.entries] == ["y"]
+
+
+def test_outside_window_not_duplicate() -> None:
+    st = state_with(msg("a", "Where is my order 5521?"))
+    d = check_duplicate(st, msg("b", "Where is my order 5521?"), T0 + timedelta(days=2))
+    assert not d.is_duplicate
+
+
+def test_state_round_trips_as_json() -> None:
+    st = state_with(msg("a", "Где мой заказ?"))
+    again = CustomerDedupState.model_validate_json(st.model_dump_json())
+    assert again == st
+    assert check_duplicate(again, msg("b", "где мой заказ"), T0).is_duplicate
+
+
+def test_normalize_strips_greeting_and_signoff() -> None:
+    assert normalize_text("Здравствуйте! Где мой заказ?\nСпасибо\nАнна") == "где мой заказ"
+    assert normalize_text("Hi, where is my order?\n\nThanks,\nJohn") == "where is my order"

@@ -1,0 +1,164 @@
+"""KB files, index, auto-reply rules, "did not help", kb CLI (pipeline.route.kb*)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.errors import ConfigError
+from pipeline.events import KbArticle, utcnow
+from pipeline.route.kb import KbIndex, is_not_helped, load_calibration, load_kb, parse_article
+from pipeline.route.kb_cli import register
+
+KB_DIR = DEFAULT_CONFIG_DIR / "kb"
+
+
+@pytest.fixture(scope="module")
+def index() -> KbIndex:
+    return KbIndex.from_dir(KB_DIR)
+
+
+def test_starter_kb_loads_with_both_languages() -> None:
+    arts = load_kb(KB_DIR)
+    assert len(arts) >= 10
+    for a in arts:
+        assert set(a.answer) >= {"ru", "en"} and set(a.title) >= {"ru", "en"}
+        assert len(a.questions["ru"]) >= 8 and len(a.questions["en"]) >= 8
+        assert a.intents and a.link
+    cal = load_calibration(KB_DIR)
+    assert set(cal.thresholds) == {"ru", "en"}
+    assert cal.report["held_out_precision"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("I forgot my password, how do I reset it?", "en"),
+        ("hi, i cant remember my password and cannot log in, what do i do", "en"),
+        ("Забыл пароль от личного кабинета, как восстановить?", "ru"),
+        ("Не помню пароль, помогите сбросить", "ru"),
+    ],
+)
+def test_password_reset_auto_replies(index: KbIndex, text: str, lang: str) -> None:
+    m = index.search(text, lang)
+    assert m.article_id == "password-recovery" and m.auto_reply, m.reason
+    assert m.language == lang and m.answer and m.link
+    assert ("пароль" in m.answer) == (lang == "ru")
+    # with the classifier's single eligible intent it still fires
+    assert index.search(text, lang, ["recover_password"]).auto_reply
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What is the weather on Mars?",
+        "Какая погода будет завтра в Москве?",
+        "play some jazz",
+        "В магазине на Садовой продавали просроченный йогурт",
+        "",
+    ],
+)
+def test_off_topic_does_not_auto_reply(index: KbIndex, text: str) -> None:
+    assert not index.search(text).auto_reply
+
+
+def test_ambiguous_or_ineligible_intents_do_not_auto_reply(index: KbIndex) -> None:
+    text = "I forgot my password, how do I reset it?"
+    two = index.search(text, "en", ["recover_password", "track_order"])
+    assert not two.auto_reply and "2 known intents" in two.reason
+    wrong = index.search(text, "en", ["track_order"])
+    assert not wrong.auto_reply and "not eligible" in wrong.reason
+    unknown = index.search(text, "en", ["unknown"])
+    assert not unknown.auto_reply
+
+
+def test_upsert_and_remove_update_the_index(index: KbIndex) -> None:
+    idx = KbIndex(index.articles.values(), index.calibration)
+    art = KbArticle(
+        article_id="loyalty-bonus",
+        title={"ru": "Бонусы", "en": "Bonuses"},
+        questions={
+            "ru": ["не начислили бонусы на карту лояльности", "где мои бонусные баллы"],
+            "en": ["loyalty points were not credited to my card", "where are my bonus points"],
+        },
+        answer={"ru": "Бонусы начисляются через 24 часа.", "en": "Points arrive within 24 hours."},
+        intents=["loyalty_points"],
+        auto_reply=False,
+        updated_at=utcnow(),
+    )
+    idx.upsert(art)
+    m = idx.search("не начислили бонусы на карту лояльности", "ru")
+    assert m.article_id == "loyalty-bonus" and not m.auto_reply
+    assert "does not allow auto-reply" in m.reason
+    idx.upsert(art.model_copy(update={"deleted": True}))
+    assert "loyalty-bonus" not in idx.articles
+    assert idx.search("не начислили бонусы на карту лояльности", "ru").article_id != "loyalty-bonus"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "не помогло",
+        "Это не помогло, письмо так и не пришло",
+        "всё равно не работает",
+        "It didn't help",
+        "still not working after the reset",
+        "that did not help at all",
+        "Doesn't work",
+    ],
+)
+def test_not_helped_detected(text: str) -> None:
+    assert is_not_helped(text, "ru")
+
+
+@pytest.mark.parametrize(
+    "text", ["Спасибо, всё получилось!", "Помогло, спасибо", "Thanks, that helped", "It works now"]
+)
+def test_helped_not_flagged(text: str) -> None:
+    assert not is_not_helped(text, "en")
+
+
+def test_bad_article_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.md").write_text(
+        "---\nid: x\ntitle: [unclosed\n---\n## en\nhi\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match=r"broken\.md"):
+        load_kb(tmp_path)
+    with pytest.raises(ConfigError, match="no answer sections"):
+        parse_article("---\nid: y\nquestions: {en: [q]}\n---\nno sections\n", "y.md")
+    with pytest.raises(ConfigError, match="no YAML front matter"):
+        parse_article("just text", "z.md")
+
+
+def test_cli_search_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "kb.csv"
+    data.write_text(
+        "text\nI forgot my password, how do I reset it?\n"
+        "Забыл пароль от личного кабинета, как восстановить?\nWhat is the weather on Mars?\n",
+        encoding="utf-8",
+    )
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["kb", "search", "--json", "--data", str(data)])
+    assert args.handler(args) == 0
+    lines = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["text"] == "I forgot my password, how do I reset it?"
+    assert [x["auto_reply"] for x in lines] == [True, True, False]
+    assert lines[0]["article_id"] == lines[1]["article_id"] == "password-recovery"
+    for x in lines:
+        assert {"text", "article_id", "intents", "confidence", "auto_reply", "reason"} <= x.keys()
+
+
+def test_cli_search_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "kb.jsonl"
+    data.write_bytes(b'{"msg": "How can I cancel my order?", "intent": "track_order"}\n')
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["kb", "search", "--json", "--data", str(data), "--text-col", "msg"])
+    assert args.handler(args) == 0
+    [row] = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert row["article_id"] == "cancel-order" and row["auto_reply"] is False
