@@ -61,8 +61,8 @@ def test_same_normalized_text_is_duplicate(original: str, resend: str) -> None:
     [
         (
             "I was charged twice for order 5521, please refund the second payment",
-            "Hello,\n\nI was charged twice for order 5521 - please refund the second "
-            "payment.\n\nBest regards,\nJohn Smith\n--\nJohn Smith\nAcme Ltd\n"
+            "Hello,\n\nI was charged twice for order 5521 -- pls refund the second "
+            "paymnet asap.\n\nBest regards,\nJohn Smith\n--\nJohn Smith\nAcme Ltd\n"
             "Tel. +1 555 0100\nSent from my iPhone",
         ),
         (
@@ -77,7 +77,7 @@ def test_reworded_via_email_with_signature_links_to_case(chat: str, email: str) 
     st = state_with(msg("chat-1", chat), case="case-77")
     d = check_duplicate(st, msg("mail-1", email, channel=Channel.email), T0 + timedelta(hours=2))
     assert d.is_duplicate, d
-    assert d.reason in ("near", "same_text")
+    assert d.reason == "near" and d.similarity >= DedupConfig().near_threshold
     assert d.duplicate_of == "chat-1" and d.case_id == "case-77"
 
 
