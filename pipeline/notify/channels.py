@@ -14,7 +14,8 @@ channel            transport  ``reply_to`` keys
 =================  =========  ==============================================================
 telegram           telegram   ``chat_id``; optional ``message_id`` → ``reply_to_message_id``
 chatwoot           chatwoot   ``conversation_id``; optional ``account_id`` (else settings)
-sms, voice         twilio     ``phone`` (or ``from``: the number the customer used); voice
+sms, voice         twilio     ``phone`` (or ``from``); ``service_number`` (the number the
+                              customer wrote to) is the sender when present; voice
                               replies go as an SMS to the caller's number
 email, webform     email      ``address`` (or ``email``); threading: ``message_id``,
                               ``references``, ``subject`` (see ``compose.compose_reply_email``)
@@ -245,14 +246,27 @@ async def send_chatwoot(
 
 
 async def send_twilio(
-    session: aiohttp.ClientSession, settings: Settings, to: str, body: str
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    to: str,
+    body: str,
+    *,
+    from_number: str | None = None,
 ) -> str:
-    """Twilio Messages API (form-encoded, basic auth); returns the message SID."""
+    """Twilio Messages API (form-encoded, basic auth); returns the message SID.
+
+    ``from_number`` is the number the customer wrote to (``reply_to["service_number"]``),
+    so the answer comes from the same number; a ``whatsapp:`` sender makes the
+    recipient ``whatsapp:`` too. Default: ``settings.twilio_from_number``.
+    """
     if settings.twilio_auth_token is None:
         raise DeliveryError("twilio_auth_token is not configured", transient=False)
     sid = settings.twilio_account_sid
     url = f"{settings.twilio_api_base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
-    form = {"To": to, "From": settings.twilio_from_number, "Body": body[:TWILIO_MAX_CHARS]}
+    sender = from_number or settings.twilio_from_number
+    if sender.lower().startswith("whatsapp:") and not to.lower().startswith("whatsapp:"):
+        to = f"whatsapp:{to}"
+    form = {"To": to, "From": sender, "Body": body[:TWILIO_MAX_CHARS]}
     # built by hand: aiohttp.BasicAuth is deprecated in 3.14, encode_basic_auth is too new
     creds = f"{sid}:{settings.twilio_auth_token.get_secret_value()}".encode()
     headers = {"Authorization": "Basic " + base64.b64encode(creds).decode("ascii")}
@@ -357,7 +371,11 @@ async def send_reply(
         )
     if target.transport == "twilio":
         return await send_twilio(
-            session, settings, target.address, message_text(reply, TWILIO_MAX_CHARS)
+            session,
+            settings,
+            target.address,
+            message_text(reply, TWILIO_MAX_CHARS),
+            from_number=reply.reply_to.get("service_number") or None,
         )
     if target.transport == "email":
         return await send_email(settings, compose_reply_email(reply, settings))

@@ -324,6 +324,24 @@ async def test_twilio_messages_format(
     assert form == {"To": ["+79161234567"], "From": ["+15005550006"], "Body": [reply.text]}
 
 
+async def test_twilio_answers_from_the_number_the_customer_wrote_to(
+    platforms: tuple[FakePlatforms, str], session: aiohttp.ClientSession
+) -> None:
+    fake, url = platforms
+    reply = make_reply(
+        Channel.sms,
+        {"phone": "+79161234567", "service_number": "whatsapp:+14155238886"},
+        language="en",
+        text="Your bonus points are back.",
+    )
+    receipt = await deliverer(make_settings(url), session, FakeSleep()).deliver_reply(reply)
+    assert receipt.status == "delivered"
+    form = parse_qs(fake.requests[0].body.decode("ascii"), strict_parsing=True)
+    assert form["From"] == ["whatsapp:+14155238886"]
+    assert form["To"] == ["whatsapp:+79161234567"]
+    assert form["Body"] == ["Your bonus points are back."]
+
+
 async def test_outbound_webhook_format(
     platforms: tuple[FakePlatforms, str], session: aiohttp.ClientSession
 ) -> None:
