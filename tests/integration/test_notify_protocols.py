@@ -445,6 +445,7 @@ async def test_connection_refused_is_transient_until_last_attempt(
     ).deliver_reply(make_reply(Channel.telegram, {"chat_id": "42"}))
     assert receipt.status == "failed" and receipt.attempts == 4
     assert receipt.error is not None and receipt.error.startswith("transient:")
+    assert BOT_TOKEN not in receipt.error
     assert len(sleep.delays) == 3
 
 

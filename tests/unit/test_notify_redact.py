@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.events import PiiSpan
+from pipeline.ingest.normalize import luhn_ok
 from pipeline.notify.redact import find_pii, mask_card, mask_email, mask_phone, redact
 
 VALID_CARD = "4276 1600 1234 5675"  # passes Luhn
@@ -86,3 +89,27 @@ def test_maskers() -> None:
     assert mask_card("5555-5555-5555-4444") == "****-****-****-4444"
     assert mask_phone("+79161234567") == "+*********67"
     assert mask_email("x@y.ru") == "x***@y.ru"
+
+
+def _luhn_complete(prefix: str) -> str:
+    for d in "0123456789":
+        if luhn_ok(prefix + d):
+            return prefix + d
+    raise AssertionError("unreachable")
+
+
+@given(
+    body=st.lists(st.integers(0, 9), min_size=11, max_size=17),  # 13..19 digits
+    sep=st.sampled_from(["", " ", "-"]),
+    before=st.sampled_from(["Карта ", "card: ", "номер карты ", ""]),
+    after=st.sampled_from([" спасибо", ", thanks", "."]),
+)
+def test_property_every_valid_card_is_masked(
+    body: list[int], sep: str, before: str, after: str
+) -> None:
+    digits = _luhn_complete("4" + "".join(map(str, body)))
+    groups = [digits[i : i + 4] for i in range(0, len(digits), 4)]
+    card = sep.join(groups)
+    out = redact(f"{before}{card}{after}")
+    assert out == f"{before}{mask_card(card)}{after}"
+    assert out.count("*") == len(digits) - 4
