@@ -233,6 +233,7 @@ class Similarity(Part):
     duplicate_reason: str | None = Field(default=None, description="exact_id | same_text | near.")
     case_id: str | None = Field(default=None, description="Open case this message belongs to.")
     incident_id: str | None = Field(default=None, description="Mass incident this message joins.")
+    incident_new: bool = Field(default=False, description="This message opened the incident.")
     kb_article_id: str | None = Field(default=None, description="Best matching KB article.")
     kb_confidence: float | None = Field(default=None, description="Match confidence of it.")
     auto_reply: bool = Field(default=False, description="Whether the auto-reply fires.")
@@ -434,6 +435,16 @@ class KbArticle(Event):
     updated_at: UtcDatetime = Field(description="Last update.")
 
 
+class CaseSnapshot(Event):
+    """The whole state of a case after a transition (route ⇄ case-state keeper)."""
+
+    case_id: str = Field(description="Case id.")
+    customer_id: str = Field(description="Customer of the case.")
+    state: dict[str, Any] = Field(description="pipeline.route.cases.CaseState as JSON.")
+    by: Literal["route", "cases"] = Field(description="Which agent wrote it.")
+    at: UtcDatetime = Field(description="When.")
+
+
 #: Every event type on the bus, by schema file name.
 EVENT_TYPES: dict[str, type[Event]] = {
     "InboundMessage": InboundMessage,
@@ -447,4 +458,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "DeliveryReceipt": DeliveryReceipt,
     "CustomerRecord": CustomerRecord,
     "KbArticle": KbArticle,
+    "CaseSnapshot": CaseSnapshot,
 }

@@ -37,7 +37,7 @@ def departments(settings: Settings) -> list[str]:
     except ModuleNotFoundError:
         return []
     wf = load_workflow(settings.rules_path)
-    return sorted(wf.department_names())
+    return sorted(d.topic or name for name, d in wf.departments.items() if d.kind == "internal")
 
 
 def run_worker(settings: Settings) -> int:

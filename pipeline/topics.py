@@ -32,6 +32,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("dlq", description="DeadLetter from every stage"),
     TopicSpec("deliveries", description="DeliveryReceipt, keyed by delivery id"),
     TopicSpec("quality", description="CaseEvent for negative survey answers"),
+    TopicSpec("case-state", description="CaseSnapshot from route to the case keeper, by case_id"),
+    TopicSpec("case-status", description="CaseSnapshot from the case keeper to route, by customer"),
     TopicSpec("customers", compacted=True, description="CustomerRecord directory, keyed by id"),
     TopicSpec("kb", compacted=True, description="KbArticle, keyed by article_id"),
 )

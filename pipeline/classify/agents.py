@@ -68,11 +68,8 @@ def install(ctx: Context) -> None:
             )
         return state["classifier"]
 
-    @app.task  # type: ignore[misc]
-    async def warm_up() -> None:
-        # Load (or train) the model before the first message, not during it.
-        classifier()
-        log.info("classifier %s ready", state["classifier"].version)
+    # Load (or train) the model now, before the worker starts, not in the event loop.
+    log.info("classifier %s ready", classifier().version)
 
     async def process(records: Sequence[RawRecord]) -> None:
         ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
@@ -98,7 +95,9 @@ def install(ctx: Context) -> None:
             d = dedup.check_duplicate(st, msg, now, dedup_cfg)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
-            dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()
+            dedup_table[key] = (
+                dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json().encode()
+            )
             raw_c = contacts_table[key]
             times = [t for t in (list(map(float, raw_c.split(b","))) if raw_c else [])
                      if now_s - t < CONTACT_WINDOW_S]
@@ -122,7 +121,8 @@ def install(ctx: Context) -> None:
             if cm is None:
                 continue
             try:
-                out = _with_similarity(ctx, cm, d, incident_table, now_s)
+                policies = state["workflow"].incidents
+                out = _with_similarity(ctx, cm, d, incident_table, policies)
                 await ctx.send("classified", msg.customer_id, out)
                 ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
             except Exception as exc:  # noqa: BLE001 — the record goes to the DLQ
@@ -140,32 +140,49 @@ def _with_similarity(
     cm: ClassifiedMessage,
     d: dedup.DedupDecision,
     incident_table: Any,
-    now_s: float,
+    policies: Sequence[Any],
 ) -> ClassifiedMessage:
-    incident_id = None
+    case_id = d.case_id if d.is_duplicate else case_id_for(cm.message_id)
+    decision = None
     if not d.is_duplicate:
-        incident_id = _incidents(ctx, cm, incident_table, now_s)
+        decision = _incidents(cm, incident_table, policies, case_id)
     sim = Similarity(
         duplicate_of=d.duplicate_of,
         duplicate_reason=d.reason,
-        case_id=d.case_id if d.is_duplicate else case_id_for(cm.message_id),
-        incident_id=incident_id,
+        case_id=case_id,
+        incident_id=decision.incident_id if decision else None,
+        incident_new=bool(decision and decision.is_new),
     )
     return cm.model_copy(update={"similarity": sim})
 
 
-def _incidents(ctx: Context, cm: ClassifiedMessage, table: Any, now_s: float) -> str | None:
-    # Incident windows span customers, so their key is not the stream's key: correct with
-    # one worker (or one partition); several workers would need a repartition by bucket.
-    bucket = incidents.bucket_key(cm)
-    if bucket is None:
-        return None
-    key = bucket.encode()
-    raw = table[key]
-    window = incidents.IncidentWindow.model_validate_json(raw) if raw else None
-    decision, window = incidents.observe(window, cm, now_s)
-    table[key] = window.model_dump_json()
-    return decision.incident_id
+def _incidents(
+    cm: ClassifiedMessage, table: Any, policies: Sequence[Any], case_id: str
+) -> incidents.IncidentDecision | None:
+    """Observe the message in the buckets of categories that have an incident policy.
+
+    Incident windows span customers, so their key is not the stream's key: this is
+    correct with one worker; several workers would need a repartition by bucket first.
+    """
+    now = cm.inbound.received_at
+    found: incidents.IncidentDecision | None = None
+    for key, similarity_required in incidents.bucket_keys(cm):
+        category = key.split("|", 1)[0]
+        policy = next((p for p in policies if category in p.categories), None)
+        if policy is None:
+            continue
+        cfg = incidents.IncidentConfig(
+            threshold=policy.threshold, window_s=policy.window_minutes * 60
+        )
+        raw = table[key.encode()]
+        window = incidents.IncidentWindow.model_validate_json(raw) if raw else None
+        window, decision = incidents.observe(
+            window, key, cm, now, cfg, similarity_required=similarity_required, case_id=case_id
+        )
+        table[key.encode()] = window.model_dump_json().encode()
+        if decision.incident_id and found is None:
+            found = decision
+    return found
 
 
 async def _reject(ctx: Context, record: RawRecord, msg: InboundMessage, exc: BaseException) -> None:

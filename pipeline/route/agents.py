@@ -1,0 +1,341 @@
+"""Route stage agents: classified → decisions; task updates → case transitions; SLA timer.
+
+Two agents, each the single writer of its table:
+
+- ``route`` consumes ``classified`` and ``case-status`` (both keyed by customer). Its table
+  ``customer-cases`` holds each customer's recent cases, so a follow-up (survey answer,
+  "не помогло", a recontact on the same topic) finds its case without a lookup. It calls
+  ``core.route_message`` and sends what the decision holds: sub-requests to
+  ``tasks.<department>`` or ``external``, replies, case events, the one Outcome, and the
+  case's new state to ``case-state``.
+- ``cases`` consumes ``case-state`` and ``task-updates`` (both keyed by case). Its table
+  ``cases`` holds CaseState; task updates go through ``cases.apply_task_update``; every new
+  state goes back to ``case-status`` for the route agent. A timer runs ``sla.check_sla``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.app import Context
+from pipeline.bus import bootstrap
+from pipeline.codec import decode
+from pipeline.errors import DecodeError
+from pipeline.events import (
+    CaseEvent,
+    CaseSnapshot,
+    ClassifiedMessage,
+    KbArticle,
+    Outcome,
+    OutcomeKind,
+    SubRequest,
+    SubRequestKind,
+    TaskUpdate,
+    utcnow,
+)
+from pipeline.route import sla
+from pipeline.route.cases import CaseState, Transition, apply_task_update
+from pipeline.route.core import RouteDecision, route_message
+from pipeline.route.kb import KbIndex, is_not_helped
+from pipeline.route.surveys import parse_score
+from pipeline.route.workflow import Workflow, load_workflow
+from pipeline.stage import RawRecord, dead_letter_for, decode_record
+from pipeline.topics import task_topic
+
+log = logging.getLogger(__name__)
+
+STAGE = "route"
+CASES_STAGE = "cases"
+RECONTACT_WINDOW = timedelta(days=7)
+MAX_CASES_PER_CUSTOMER = 10
+SLA_INTERVAL_S = 30.0
+RULES_CHECK_INTERVAL_S = 5.0
+
+
+class Runtime:
+    """The stage's loaded configuration: workflow (hot-reloaded) and KB index (live)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        path = ctx.settings.rules_path
+        self.workflow: Workflow = load_workflow(path)
+        self._mtime = path.stat().st_mtime
+        self.kb = KbIndex.from_dir(ctx.settings.kb_dir)
+
+    def reload_if_changed(self) -> bool:
+        """Reload the workflow file when it changed; a bad file keeps the old one."""
+        path = self.ctx.settings.rules_path
+        mtime = path.stat().st_mtime
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            self.workflow = load_workflow(path)
+        except Exception as exc:  # noqa: BLE001 — keep serving with the previous rules
+            log.error("workflow %s changed but is invalid, keeping the old one: %s", path, exc)
+            return False
+        log.info("workflow %s reloaded", path)
+        return True
+
+
+def _customer_cases(table: Any, customer_id: str) -> list[CaseState]:
+    raw = table[customer_id.encode()]
+    if not raw:
+        return []
+    return [CaseState.model_validate(c) for c in orjson.loads(raw)]
+
+
+def _store_case(table: Any, state: CaseState) -> None:
+    cases = [c for c in _customer_cases(table, state.customer_id) if c.case_id != state.case_id]
+    cases.append(state)
+    cases.sort(key=lambda c: c.updated_at)
+    table[state.customer_id.encode()] = orjson.dumps(
+        [c.model_dump(mode="json") for c in cases[-MAX_CASES_PER_CUSTOMER:]]
+    )
+
+
+def find_case(cm: ClassifiedMessage, cases: list[CaseState]) -> tuple[CaseState | None, bool]:
+    """The customer's case this message continues, and whether it is a recontact."""
+    sim = cm.similarity
+    by_id = {c.case_id: c for c in cases}
+    if sim.duplicate_of is not None:
+        return by_id.get(sim.case_id or ""), False
+    if not cases:
+        return None, False
+    latest = max(cases, key=lambda c: c.updated_at)
+    inbound = cm.inbound
+    now = inbound.received_at
+    if latest.survey is not None and not latest.survey.answered:
+        if parse_score(inbound.text, latest.survey.kind) is not None:
+            return latest, False
+    recent = [c for c in cases if c.status == "resolved" and c.resolved_at
+              and now - c.resolved_at <= RECONTACT_WINDOW]
+    if not recent:
+        return None, False
+    last = max(recent, key=lambda c: c.updated_at)
+    if is_not_helped(inbound.text, inbound.language):
+        return last, True
+    topics = {i.category for i in cm.intents if i.label != "unknown"}
+    same_topic = [c for c in recent if topics & set(c.categories)]
+    if same_topic:
+        return max(same_topic, key=lambda c: c.updated_at), True
+    return None, False
+
+
+async def emit_sub_requests(ctx: Context, subs: list[SubRequest], wf: Workflow) -> None:
+    """Internal ones to their department's task topic, the others to e-mail (external)."""
+    for sub in subs:
+        dept = wf.departments.get(sub.department)
+        internal = sub.kind == SubRequestKind.internal and dept is not None and dept.kind == "internal"
+        if internal and dept is not None and dept.kind == "internal":
+            topic = task_topic(ctx.settings, dept.topic or sub.department)
+        else:
+            topic = ctx.settings.topic("external")
+        ctx.metrics.sub_requests.labels(kind=sub.kind.value, department=sub.department).inc()
+        await ctx.send(topic, sub.case_id, sub)
+
+
+async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Workflow) -> None:
+    """Send the sub-requests, replies and case events of a decision or transition."""
+    await emit_sub_requests(ctx, list(tr.sub_requests), wf)
+    if isinstance(tr, RouteDecision):
+        await emit_sub_requests(ctx, list(tr.incident_sub_requests), wf)
+    for reply in tr.replies:
+        await ctx.send("replies", reply.customer_id, reply)
+    for ev in tr.case_events:
+        ctx.metrics.case_events.labels(type=ev.type.value).inc()
+        await ctx.send("case-events", ev.case_id, ev)
+    for ev in tr.quality_events:
+        await ctx.send("quality", ev.case_id, ev)
+
+
+def _snapshot(state: CaseState, by: str) -> CaseSnapshot:
+    return CaseSnapshot(
+        case_id=state.case_id,
+        customer_id=state.customer_id,
+        state=state.model_dump(mode="json"),
+        by=by,  # type: ignore[arg-type]
+        at=utcnow(),
+    )
+
+
+def _observe_survey(ctx: Context, events: list[CaseEvent]) -> None:
+    for ev in events:
+        if ev.type.value == "survey_answered" and isinstance(ev.detail.get("score"), int):
+            kind = str(ev.detail.get("kind", "csat"))
+            ctx.metrics.survey_score.labels(kind=kind).observe(ev.detail["score"])
+            klass = ev.detail.get("nps_class")
+            if klass:
+                ctx.metrics.nps_answers.labels(klass=str(klass)).inc()
+
+
+def install(ctx: Context) -> None:
+    """Register the route and case agents, the SLA timer and the config watchers."""
+    app = ctx.app
+    s = ctx.settings
+    rt = Runtime(ctx)
+    customer_cases = app.Table(
+        "customer-cases", key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=s.partitions, default=None,
+    )
+    cases_table = app.Table(
+        "cases", key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=s.partitions, default=None,
+    )
+
+    async def route_one(record: RawRecord) -> None:
+        if record.topic == s.topic("case-status"):
+            snap = decode_record(CaseSnapshot, record)
+            _store_case(customer_cases, CaseState.model_validate(snap.state))
+            return
+        cm = decode_record(ClassifiedMessage, record)
+        try:
+            cases = _customer_cases(customer_cases, cm.customer_id)
+            open_case, recontact = find_case(cm, cases)
+            if recontact:
+                ctx.metrics.recontacts.inc()
+            kb_match = None
+            if len(cm.intents) == 1 and open_case is None:
+                kb_match = rt.kb.search(
+                    cm.inbound.text, cm.inbound.language, [i.label for i in cm.intents]
+                )
+            decision = route_message(
+                cm, rt.workflow, now=utcnow(), kb_match=kb_match, open_case=open_case,
+                settings=s, incident_new=cm.similarity.incident_new,
+            )
+            await emit_transition(ctx, decision, rt.workflow)
+            _observe_survey(ctx, decision.case_events)
+            if decision.case is not None:
+                _store_case(customer_cases, decision.case)
+                await ctx.send("case-state", decision.case.case_id, _snapshot(decision.case, "route"))
+            out = decision.outcome
+            await ctx.send("outcomes", out.message_id, out)
+            ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
+            latency = (out.decided_at - cm.inbound.received_at).total_seconds()
+            ctx.metrics.end_to_end.observe(max(latency, 0.0))
+        except Exception as exc:  # noqa: BLE001 — reject this message, keep consuming
+            log.exception("route failed for %s at %s", cm.message_id, record.where)
+            await ctx.dead_letter(dead_letter_for(STAGE, record, exc, cm.message_id))
+            ctx.metrics.messages.labels(stage=STAGE, outcome="rejected").inc()
+            await ctx.send(
+                "outcomes",
+                cm.message_id,
+                Outcome(
+                    message_id=cm.message_id, customer_id=cm.customer_id,
+                    outcome=OutcomeKind.rejected, reason=f"{type(exc).__name__}: {exc}"[:500],
+                    stage=STAGE, received_at=cm.inbound.received_at, decided_at=utcnow(),
+                ),
+            )
+
+    async def route_agent(stream: Any) -> None:
+        async for event in stream.events():
+            record = RawRecord.from_event(event)
+            try:
+                await route_one(record)
+            except DecodeError as exc:
+                ctx.metrics.messages.labels(stage=STAGE, outcome="dead_letter").inc()
+                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+
+    async def apply_one(record: RawRecord) -> None:
+        if record.topic == s.topic("case-state"):
+            snap = decode_record(CaseSnapshot, record)
+            state = CaseState.model_validate(snap.state)
+            cases_table[state.case_id.encode()] = orjson.dumps(snap.state)
+            return
+        update = decode_record(TaskUpdate, record)
+        raw = cases_table[update.case_id.encode()]
+        if not raw:
+            raise DecodeError(f"task update {update.update_id} for unknown case {update.case_id}")
+        state = CaseState.model_validate(orjson.loads(raw))
+        tr = apply_task_update(state, update, rt.workflow, now=utcnow())
+        await save_transition(tr)
+
+    async def save_transition(tr: Transition) -> None:
+        await emit_transition(ctx, tr, rt.workflow)
+        cases_table[tr.state.case_id.encode()] = orjson.dumps(tr.state.model_dump(mode="json"))
+        await ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
+
+    async def cases_agent(stream: Any) -> None:
+        async for event in stream.events():
+            record = RawRecord.from_event(event)
+            try:
+                await apply_one(record)
+                ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
+            except Exception as exc:  # noqa: BLE001 — DLQ the update, keep consuming
+                ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="dead_letter").inc()
+                await ctx.dead_letter(dead_letter_for(CASES_STAGE, record, exc))
+
+    route_in = app.topic(
+        s.topic("classified"), s.topic("case-status"), key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw",
+    )
+    cases_in = app.topic(
+        s.topic("case-state"), s.topic("task-updates"), key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw",
+    )
+    app.agent(route_in, name="route")(route_agent)
+    app.agent(cases_in, name="cases")(cases_agent)
+
+    @app.timer(SLA_INTERVAL_S)  # type: ignore[misc]
+    async def sla_tick() -> None:
+        now = utcnow()
+        open_cases = 0
+        for key, raw in list(cases_table.items()):
+            state = CaseState.model_validate(orjson.loads(raw))
+            if state.status == "resolved":
+                continue
+            open_cases += 1
+            tr = sla.check_sla(state, rt.workflow, now, settings=s)
+            if tr.case_events or tr.sub_requests or tr.replies:
+                await save_transition(tr)
+            del key
+        ctx.metrics.open_cases.set(open_cases)
+
+    @app.timer(RULES_CHECK_INTERVAL_S)  # type: ignore[misc]
+    async def rules_watch() -> None:
+        rt.reload_if_changed()
+
+    @app.task  # type: ignore[misc]
+    async def kb_follow() -> None:
+        await follow_kb(ctx, rt)
+
+
+async def follow_kb(ctx: Context, rt: Runtime) -> None:
+    """Keep the KB index in step with the compacted KB topic (every worker reads all of it)."""
+    topic = ctx.settings.topic("kb")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(ctx.settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=ctx.settings.fetch_max_wait_ms,
+    )
+    await consumer.start()
+    try:
+        parts = None
+        while not parts:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await asyncio.sleep(1.0)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        article = decode(KbArticle, m.value)
+                    except DecodeError as exc:
+                        log.error("bad KB record at %s[%s]@%s: %s", topic, m.partition, m.offset, exc)
+                        continue
+                    rt.kb.upsert(article)
+                    log.info("KB article %s updated from the topic", article.article_id)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,133 @@
+"""The spine on the real broker: HTTP in → classify → route → outcomes, DLQ, metrics, audit."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import orjson
+import pytest
+
+from pipeline import bus
+from pipeline.config import Settings
+from pipeline.events import ClassifiedMessage, DeadLetter, Outcome, SubRequest
+from pipeline.runtime import audit
+from pipeline.topics import task_topic
+
+from .helpers import get_text, post_json, wait_for
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = [
+    ("webchat", "I need to cancel my order, it was placed by mistake"),
+    ("webchat", "How can I get a refund for the damaged item I received?"),
+    ("webform", "I can't log into my account, I forgot the password"),
+    ("api", "Where is my package? The delivery is three days late"),
+    ("social", "Do you accept PayPal as a payment method?"),
+    ("webchat", "Здравствуйте, где мой заказ 48213? Обещали доставить вчера"),
+    ("webchat", "Хочу вернуть деньги за бракованный чайник"),
+    ("webform", "Мне не начислили бонусы на карту лояльности за покупку"),
+]
+
+
+def _post(stack: Settings, channel: str, text: str, customer: str) -> str:
+    status, body = post_json(
+        f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
+        {
+            "channel": channel,
+            "message_id": uuid.uuid4().hex,
+            "customer": {"id": customer},
+            "text": text,
+        },
+    )
+    assert status == 202, body
+    return str(body["message_id"])
+
+
+async def test_every_message_gets_exactly_one_outcome(stack: Settings) -> None:
+    run = uuid.uuid4().hex[:6]
+    ids = {
+        _post(stack, ch, text, f"e2e-{run}-{i}") for i, (ch, text) in enumerate(MESSAGES)
+    }
+    outcomes = await wait_for(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, len(ids)
+    )
+    assert {o.message_id for o in outcomes} == ids
+    assert len(outcomes) == len(ids)
+    assert all(o.outcome.value in {"routed", "auto_resolved"} for o in outcomes), outcomes
+    classified = await wait_for(
+        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id in ids,
+        len(ids),
+    )
+    for c in classified:
+        assert c.intents and c.model_version and c.priority.components is not None
+    routed = [o for o in outcomes if o.outcome.value == "routed"]
+    assert routed, "at least one message goes to a department"
+    dept = routed[0].departments[0]
+    topic = (
+        stack.topic("external")
+        if dept not in {d for d in _internal(stack)}
+        else task_topic(stack, dept)
+    )
+    subs = await wait_for(
+        stack, topic, SubRequest, lambda s: s.message_id == routed[0].message_id, 1
+    )
+    assert subs and subs[0].customer_id == routed[0].customer_id
+
+
+def _internal(stack: Settings) -> list[str]:
+    from pipeline.runtime import departments
+
+    return departments(stack)
+
+
+async def test_bad_records_go_to_the_dlq_and_the_worker_keeps_going(stack: Settings) -> None:
+    run = uuid.uuid4().hex[:8]
+    bad_values = [
+        b"\xff\xfe\x00 not utf-8",
+        b"{this is not json",
+        orjson.dumps({"schema_version": 1, "message_id": f"bad-{run}"}),
+        orjson.dumps({"hostile": "x" * 200_000, "run": run}),
+        b"null",
+    ]
+    pub = bus.Publisher(stack)
+    try:
+        for value in bad_values:
+            await pub.send_raw(stack.topic("inbound"), f"poison-{run}", value)
+    finally:
+        await pub.close()
+    good = _post(stack, "webchat", "Please help me track my order", f"after-poison-{run}")
+    outcome = await wait_for(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == good, 1
+    )
+    assert outcome, "the worker kept processing after the poison records"
+    dead = await wait_for(
+        stack, stack.topic("dlq"), DeadLetter, lambda d: d.key == f"poison-{run}",
+        len(bad_values),
+    )
+    assert sorted(base64.b64decode(d.raw_b64) for d in dead) == sorted(bad_values)
+    for d in dead:
+        assert d.stage == "classify"
+        assert d.topic == stack.topic("inbound")
+        assert d.partition is not None and d.offset is not None
+        assert d.error
+
+
+async def test_metrics_and_health_are_served(stack: Settings) -> None:
+    _post(stack, "webchat", "What payment methods do you accept?", "metrics-probe")
+    await wait_for(stack, stack.topic("outcomes"), Outcome, lambda o: True, 1)
+    status, text = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
+    assert status == 200
+    assert 'pipeline_messages_total{outcome="classified",stage="classify"}' in text
+    assert "pipeline_end_to_end_seconds_count" in text
+    status, health = get_text(f"http://{stack.web_host}:{stack.web_port}/healthz")
+    assert status == 200 and '"ok"' in health
+
+
+async def test_audit_finds_no_message_without_outcome(stack: Settings) -> None:
+    mid = _post(stack, "webchat", "I want to change my shipping address", "audit-probe")
+    await wait_for(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid, 1)
+    report = await audit(stack, idle_s=1.0)
+    assert report.inbound >= 1
+    assert report.missing == [], report.missing
+    assert report.ok
