@@ -1,0 +1,129 @@
+"""A small lexicon-based negative-sentiment / anger score for Russian and English.
+
+Each negative cue (a word stem from the lexicon) adds its weight; an intensifier just before it
+("очень", "extremely") multiplies it by 1.5; a negation just before it ("не", "not") cancels it.
+A negated positive word ("не доволен", "not happy") counts as a negative cue. "!!"/"?!" and
+shouting in capitals add to the total. The score is ``1 - exp(-total / 2)`` in [0, 1).
+``anger`` is set when an anger cue, capitals or "!!!" come with a score ≥ 0.4.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+#: stem → weight (see ``_compile`` for how stems match).
+NEGATIVE: dict[str, float] = {
+    # ru
+    "ужас": 1.0, "кошмар": 1.0, "отвратител": 1.2, "отврат": 1.0, "безобраз": 1.0,
+    "возмут": 1.2, "возмущ": 1.2, "бесит": 1.3, "бесят": 1.3, "достал": 1.0, "надоел": 1.0,
+    "задолбал": 1.4, "хамств": 1.2, "хамил": 1.2, "нахамил": 1.2, "груб": 0.8, "обман": 1.0,
+    "мошенн": 1.2, "позор": 1.2, "разочаров": 0.8, "недовол": 0.8, "плохо": 0.6,
+    "плохой": 0.6, "плохое": 0.6, "худш": 0.8, "мерзк": 1.0, "невыносим": 1.0,
+    "издевательств": 1.2, "нагл": 1.0, "обнаглел": 1.3, "раздраж": 0.8, "бешенств": 1.4,
+    "ярост": 1.4, "сволоч": 1.5, "идиот": 1.4, "дебил": 1.5, "черт": 0.6,
+    "неприемлем": 1.0, "отстой": 1.0, "бардак": 1.0, "катастроф": 0.8, "ненави": 1.3,
+    "обидн": 0.6, "расстро": 0.6, "жуть": 0.8, "кидал": 1.2, "лохотрон": 1.3,
+    "безответствен": 1.0, "некомпетент": 1.0, "хамск": 1.2, "отвратн": 1.2, "доколе": 1.0,
+    "сколько можно": 1.0, "в последний раз": 0.6, "никогда больше": 0.8,
+    # en
+    "terrible": 1.0, "awful": 1.0, "horrible": 1.0, "disgusting": 1.2, "outrage": 1.2,
+    "unacceptable": 1.0, "ridiculous": 1.0, "worst": 1.0, "bad": 0.5, "poor": 0.5,
+    "angry": 1.2, "furious": 1.4, "annoyed": 0.8, "annoying": 0.8, "frustrat": 0.8,
+    "disappoint": 0.8, "upset": 0.7, "hate": 1.2, "scam": 1.2, "fraud": 1.0, "rude": 1.0,
+    "useless": 1.0, "pathetic": 1.2, "incompetent": 1.0, "disgrace": 1.2, "shameful": 1.0,
+    "nightmare": 1.0, "fed up": 1.2, "sick of": 1.2, "damn": 1.0, "hell": 0.8, "fuck": 1.5,
+    "fucking": 1.5, "shit": 1.4, "crap": 1.0, "stupid": 1.2, "idiot": 1.4, "livid": 1.4,
+    "insult": 1.0, "never again": 0.8, "joke": 0.5, "sucks": 1.0, "appalling": 1.2,
+}  # fmt: skip
+ANGER = frozenset(
+    {"возмут", "возмущ", "бесит", "бесят", "достал", "надоел", "задолбал", "ярост", "бешенств",
+     "сволоч", "идиот", "дебил", "ненави", "обнаглел", "позор", "издевательств", "сколько можно",
+     "angry", "furious", "livid", "hate", "fuck", "fucking", "shit", "damn", "fed up", "sick of",
+     "outrage", "disgrace", "idiot", "stupid", "pathetic"}
+)  # fmt: skip
+#: Positive words whose negation is a negative cue.
+POSITIVE: dict[str, float] = {
+    "доволен": 0.8, "довольн": 0.8, "хорош": 0.5, "нормальн": 0.5, "приемлем": 0.8,
+    "happy": 0.8, "satisfied": 0.8, "good": 0.5, "pleased": 0.8, "acceptable": 0.8,
+    "ok": 0.4, "okay": 0.4, "helpful": 0.6,
+}  # fmt: skip
+NEGATORS = frozenset(
+    {"не", "ни", "нет", "not", "no", "never", "don't", "dont", "isn't", "wasn't", "aren't",
+     "didn't", "doesn't", "won't", "can't", "cannot", "nothing"}
+)  # fmt: skip
+INTENSIFIERS = frozenset(
+    {"очень", "совсем", "совершенно", "абсолютно", "крайне", "максимально", "просто", "так",
+     "такой", "настолько", "very", "extremely", "totally", "absolutely", "so", "really", "utterly",
+     "completely", "most"}
+)  # fmt: skip
+
+_WORD_RE = re.compile(r"[\w']+")
+_BANG_RE = re.compile(r"!{2,}|\?+!+[!?]*|!+\?+[!?]*")
+
+
+def _compile(lexicon: dict[str, float]) -> tuple[re.Pattern[str], list[str]]:
+    """One regex for a lexicon: ASCII stems of ≤ 4 letters match whole words only (so "hell"
+    misses "hello"); other stems match at a word start with any ending (Russian inflection)."""
+    entries = sorted(lexicon, key=len, reverse=True)
+    parts = []
+    for n, stem in enumerate(entries):
+        body = r"\s+".join(re.escape(w) for w in stem.replace("ё", "е").split())
+        tail = r"\b" if (stem.isascii() and len(stem) <= 4) or " " in stem else r"\w*"
+        parts.append(f"(?P<g{n}>{body}{tail})")
+    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + ")", re.IGNORECASE), entries
+
+
+_NEG_RE, _NEG_ENTRIES = _compile(NEGATIVE)
+_POS_RE, _POS_ENTRIES = _compile(POSITIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class Sentiment:
+    """Negative sentiment in [0, 1), whether it reads as anger, and the cues found."""
+
+    score: float
+    anger: bool
+    cues: tuple[str, ...]
+
+
+def _before(text: str, start: int) -> list[str]:
+    """The two words just before ``start`` (lower-cased)."""
+    return [w.lower() for w in _WORD_RE.findall(text[max(0, start - 30) : start])[-2:]]
+
+
+def negative_sentiment(text: str) -> Sentiment:
+    """Score a text (Russian or English; the lexicon holds both)."""
+    norm = text.replace("ё", "е").replace("Ё", "Е")
+    total = 0.0
+    cues: list[str] = []
+    anger = False
+    for m in _NEG_RE.finditer(norm):
+        stem = _NEG_ENTRIES[int((m.lastgroup or "g0")[1:])]
+        prev = _before(norm, m.start())
+        if any(p in NEGATORS for p in prev):
+            continue
+        boost = 1.5 if any(p in INTENSIFIERS for p in prev) else 1.0
+        total += NEGATIVE[stem] * boost
+        cues.append(stem)
+        anger = anger or stem in ANGER
+    for m in _POS_RE.finditer(norm):
+        stem = _POS_ENTRIES[int((m.lastgroup or "g0")[1:])]
+        prev = _before(norm, m.start())
+        if any(p in NEGATORS for p in prev):
+            boost = 1.5 if any(p in INTENSIFIERS for p in prev) else 1.0
+            total += POSITIVE[stem] * boost
+            cues.append(f"not {stem}")
+    for m in _BANG_RE.finditer(text):
+        total += 0.5
+        cues.append(m.group()[:3])
+        anger = anger or "!!!" in m.group()
+    words = _WORD_RE.findall(text)
+    shouted = [w for w in words if len(w) >= 3 and w.isalpha() and w.isupper()]
+    if len(shouted) >= 2 and len(shouted) >= 0.3 * max(1, len(words)):
+        total += 0.8
+        cues.append("CAPS")
+        anger = True
+    score = 1.0 - math.exp(-total / 2.0)
+    return Sentiment(score=round(score, 4), anger=anger and score >= 0.4, cues=tuple(cues))

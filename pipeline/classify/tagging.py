@@ -1,0 +1,68 @@
+"""Rule tags from the workflow configuration: keywords or regular expressions per language.
+
+A rule fires when any of its patterns for the message's language (or for ``"*"``, any
+language) matches. Keywords match case-insensitively at a word start, so a keyword may be a
+stem ("просроч" matches "просроченный"); regexes are Python ``re`` patterns, case-insensitive.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+ANY_LANGUAGE = "*"
+
+
+class TagRule(BaseModel):
+    """One tag and the patterns, per language, that put it on a message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tag: str = Field(min_length=1, description="Tag to add, e.g. 'food_safety'.")
+    keywords: dict[str, list[str]] = Field(
+        default_factory=dict, description="Language ('ru', 'en', '*') → keywords or stems."
+    )
+    regexes: dict[str, list[str]] = Field(
+        default_factory=dict, description="Language ('ru', 'en', '*') → regular expressions."
+    )
+    _compiled: dict[str, re.Pattern[str]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("regexes")
+    @classmethod
+    def _valid_regexes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for lang, patterns in value.items():
+            for p in patterns:
+                try:
+                    re.compile(p)
+                except re.error as exc:
+                    raise ValueError(f"bad regex for {lang!r}: {p!r}: {exc}") from exc
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        langs = set(self.keywords) | set(self.regexes)
+        for lang in langs:
+            parts = [
+                r"(?<!\w)" + re.escape(k.strip()) for k in self.keywords.get(lang, []) if k.strip()
+            ]
+            parts += [f"(?:{r})" for r in self.regexes.get(lang, [])]
+            if parts:
+                self._compiled[lang] = re.compile("|".join(parts), re.IGNORECASE)
+
+    def matches(self, text: str, language: str) -> bool:
+        """Whether the rule fires on this text in this language."""
+        for lang in (language, ANY_LANGUAGE):
+            rx = self._compiled.get(lang)
+            if rx is not None and rx.search(text):
+                return True
+        return False
+
+
+def apply_tag_rules(text: str, language: str, rules: Sequence[TagRule]) -> list[str]:
+    """Tags of the rules that fire, in rule order, without repeats."""
+    tags: list[str] = []
+    for rule in rules:
+        if rule.tag not in tags and rule.matches(text, language):
+            tags.append(rule.tag)
+    return tags
