@@ -295,6 +295,10 @@ async def send_webhook(session: aiohttp.ClientSession, settings: Settings, reply
 # ---------------------------------------------------------------- SMTP
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _smtp_send_sync(settings: Settings, message: EmailMessage) -> None:
     with smtplib.SMTP(
         settings.smtp_relay_host, settings.smtp_relay_port, timeout=settings.delivery_timeout_s
@@ -316,7 +320,7 @@ async def send_email(settings: Settings, message: EmailMessage) -> str:
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [code for code, _ in exc.recipients.values()]
         detail = "; ".join(
-            f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in exc.recipients.items()
+            f"{rcpt}: {code} {_text(msg)}" for rcpt, (code, msg) in exc.recipients.items()
         )
         raise DeliveryError(
             f"smtp: recipients refused: {detail[:_EXCERPT]}",
@@ -324,13 +328,8 @@ async def send_email(settings: Settings, message: EmailMessage) -> str:
             transient=any(400 <= code < 500 for code in codes),
         ) from exc
     except smtplib.SMTPResponseException as exc:
-        text = (
-            exc.smtp_error.decode("utf-8", "replace")
-            if isinstance(exc.smtp_error, bytes)
-            else str(exc.smtp_error)
-        )
         raise DeliveryError(
-            f"smtp: {exc.smtp_code} {text[:_EXCERPT]}",
+            f"smtp: {exc.smtp_code} {_text(exc.smtp_error)[:_EXCERPT]}",
             status=exc.smtp_code,
             transient=400 <= exc.smtp_code < 500,
         ) from exc

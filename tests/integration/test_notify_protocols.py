@@ -542,7 +542,7 @@ async def test_smtp_550_recipient_is_permanent(
         sr, compose_external(sr, settings)
     )
     assert receipt.status == "failed" and receipt.attempts == 1 and sleep.delays == []
-    assert receipt.error is not None and "550" in receipt.error
+    assert receipt.error is not None and "550 5.1.1 No such user here" in receipt.error
     assert sink.received == []
 
 
