@@ -348,7 +348,7 @@ def route_message(
         plans.append(plan)
         if override is not None:
             overrides.append(override)
-        escalations += esc
+        escalations = max(escalations, esc)  # message-level: not once per intent
     priority = _merge_priority(msg.priority, overrides, escalations)
     case = case.model_copy(update={"priority": priority})
 

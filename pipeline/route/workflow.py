@@ -441,7 +441,9 @@ class Workflow(_Model):
     groups: dict[str, Group] = Field(default_factory=dict)
     stores: list[Store] = Field(default_factory=list)
     tag_rules: list[TagRule] = Field(default_factory=list)
-    priority_weights: PriorityWeights | None = None
+    priority: PriorityWeights | None = Field(
+        default=None, description="Priority weights and level cut-offs of the classifier."
+    )
     rules: list[Rule] = Field(default_factory=list)
     sla_policies: dict[str, SlaPolicy] = Field(default_factory=dict)
     default_sla: str | None = None
@@ -576,7 +578,6 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int | None:
         if not isinstance(node, yaml.MappingNode) or isinstance(part, int):
             line = node.start_mark.line + 1
     return line
-
 
 
 def parse_workflow(text: str, *, source: str = "<workflow>") -> Workflow:

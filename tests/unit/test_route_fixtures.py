@@ -1,0 +1,105 @@
+"""Builders shared by the route tests: hand-made ClassifiedMessages and the default workflow."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.events import (
+    Channel,
+    ClassifiedMessage,
+    CustomerProfile,
+    Entity,
+    InboundMessage,
+    Intent,
+    Priority,
+    Similarity,
+    Span,
+    derive_id,
+)
+from pipeline.route.workflow import Workflow, load_workflow
+
+# Tuesday 2026-03-03 10:00 Moscow time (07:00 UTC): inside every department's hours.
+NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+
+SEED_RU = (
+    "Добрый день. В магазине на Садовой, 12 продают несвежие огурцы. "
+    "А ещё на кассе не списались бонусы с карты лояльности."
+)
+
+
+@lru_cache(maxsize=1)
+def default_workflow() -> Workflow:
+    return load_workflow(DEFAULT_CONFIG_DIR / "workflow.yaml")
+
+
+def intent(text: str, part: str, label: str, category: str, confidence: float = 0.9) -> Intent:
+    start = text.index(part)
+    return Intent(
+        label=label,
+        category=category,
+        confidence=confidence,
+        span=Span(start=start, end=start + len(part)),
+        text=part,
+    )
+
+
+def message(
+    text: str,
+    intents: list[Intent],
+    *,
+    entities: list[Entity] | None = None,
+    language: str = "ru",
+    channel: Channel = Channel.telegram,
+    customer: str = "cust-1",
+    name: str | None = "Анна",
+    tier: str = "standard",
+    level: str = "P3",
+    score: float = 30.0,
+    similarity: Similarity | None = None,
+    tags: list[str] | None = None,
+    key: str = "1",
+) -> ClassifiedMessage:
+    mid = derive_id("msg", channel.value, key, text)
+    inbound = InboundMessage(
+        message_id=mid,
+        channel=channel,
+        channel_message_id=key,
+        customer_id=customer,
+        profile=CustomerProfile(customer_id=customer, name=name, tier=tier),  # type: ignore[arg-type]
+        text=text,
+        language=language,
+        received_at=NOW,
+        reply_to={"chat_id": "42"},
+    )
+    return ClassifiedMessage(
+        message_id=mid,
+        customer_id=customer,
+        inbound=inbound,
+        intents=intents,
+        tags=tags or [],
+        entities=entities or [],
+        priority=Priority(score=score, level=level),  # type: ignore[arg-type]
+        similarity=similarity or Similarity(),
+        model_version="test",
+        classified_at=NOW,
+    )
+
+
+def seed_message(**kw: object) -> ClassifiedMessage:
+    """The seed's worked example: store quality at Садовая 12 + loyalty bonus."""
+    part1 = "В магазине на Садовой, 12 продают несвежие огурцы."
+    part2 = "А ещё на кассе не списались бонусы с карты лояльности."
+    store_at = SEED_RU.index("Садовой, 12")
+    return message(
+        SEED_RU,
+        [
+            intent(SEED_RU, part1, "product_quality", "STORE_QUALITY"),
+            intent(SEED_RU, part2, "loyalty_points", "LOYALTY"),
+        ],
+        entities=[
+            Entity(kind="store", value="SPB-012", span=Span(start=store_at, end=store_at + 11))
+        ],
+        **kw,  # type: ignore[arg-type]
+    )
