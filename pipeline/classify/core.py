@@ -1,0 +1,156 @@
+"""The classify stage's pure core: InboundMessage batch → ClassifiedMessage batch.
+
+One vectorized model call per batch covers every message's whole text and all its candidate
+segments (``split.split_batch``); the rest (entities, rule tags, sentiment, priority) is plain
+per-message work. No Kafka here: the Faust agent takes batches from the stream and calls
+``Classifier.classify_batch``.
+
+Tags of a message, in this order without repeats: the categories of its intents, its intent
+labels, the tags of the rules that fire, ``unknown`` when any part abstained, ``lang:<code>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from pipeline.classify.entities import Store, extract_entities
+from pipeline.classify.model import UNKNOWN, IntentModel, default_model
+from pipeline.classify.priority import PriorityWeights, score_priority
+from pipeline.classify.sentiment import negative_sentiment
+from pipeline.classify.split import split_batch
+from pipeline.classify.tagging import TagRule, apply_tag_rules
+from pipeline.config import Settings
+from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Intent, Span, utcnow
+
+log = logging.getLogger(__name__)
+
+_CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
+_LATIN = re.compile(r"[a-z]", re.IGNORECASE)
+#: Categories whose requests concern a physical store (the customer's home store is assumed
+#: when the text names none).
+STORE_CATEGORIES = frozenset({"STORE_QUALITY"})
+
+
+def detect_language(text: str) -> str:
+    """'ru', 'en' or 'other' by the share of Cyrillic and Latin letters."""
+    cyr = len(_CYRILLIC.findall(text))
+    lat = len(_LATIN.findall(text))
+    if cyr == 0 and lat == 0:
+        return "other"
+    return "ru" if cyr >= lat else "en"
+
+
+class Classifier:
+    """Model + rules + store directory + priority weights, applied to batches."""
+
+    def __init__(
+        self,
+        model: IntentModel,
+        *,
+        tag_rules: Sequence[TagRule] = (),
+        stores: Sequence[Store] = (),
+        weights: PriorityWeights | None = None,
+        split_threshold: float = 0.6,
+    ) -> None:
+        self.model = model
+        self.tag_rules = tuple(tag_rules)
+        self.stores = tuple(stores)
+        self.weights = weights or PriorityWeights()
+        self.split_threshold = split_threshold
+
+    @property
+    def version(self) -> str:
+        """Model version id, carried on every ClassifiedMessage."""
+        return self.model.version
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        tag_rules: Sequence[TagRule] = (),
+        stores: Sequence[Store] = (),
+        weights: PriorityWeights | None = None,
+    ) -> Classifier:
+        """Load ``settings.model_path`` when set, else the default model (trained once)."""
+        if settings.model_path is not None:
+            model = IntentModel.load(settings.model_path)
+        else:
+            model = default_model(settings)
+        log.info("classifier model %s loaded", model.version)
+        return cls(model, tag_rules=tag_rules, stores=stores, weights=weights)
+
+    def classify_batch(
+        self,
+        messages: Sequence[InboundMessage],
+        *,
+        now: datetime | None = None,
+        recent_contacts: Mapping[str, int] | None = None,
+    ) -> list[ClassifiedMessage]:
+        """Classify a batch; ``recent_contacts``: customer_id → contacts in the last N days."""
+        if not messages:
+            return []
+        at = now or utcnow()
+        # an empty body (e.g. a voicemail without transcript) is read from its subject
+        in_body = [bool(m.text.strip()) for m in messages]
+        texts = [m.text if m.text.strip() else (m.subject or "") for m in messages]
+        parts_of = split_batch(self.model, texts, split_threshold=self.split_threshold)
+        contacts = recent_contacts or {}
+        out: list[ClassifiedMessage] = []
+        for msg, text, parts, body in zip(messages, texts, parts_of, in_body, strict=True):
+            language = msg.language if msg.language in ("ru", "en") else detect_language(text)
+            intents = [
+                Intent(
+                    label=p.label,
+                    category=p.category,
+                    confidence=min(1.0, max(0.0, p.confidence)),
+                    span=Span(start=p.start, end=p.end) if body else Span(start=0, end=0),
+                    text=text[p.start : p.end] if body else "",
+                )
+                for p in parts
+            ]
+            rule_text = f"{msg.subject}\n{msg.text}" if msg.subject else msg.text
+            tags: list[str] = []
+            for tag in (
+                *(i.category for i in intents if i.label != UNKNOWN),
+                *(i.label for i in intents if i.label != UNKNOWN),
+                *apply_tag_rules(rule_text, language, self.tag_rules),
+                *([UNKNOWN] if any(i.label == UNKNOWN for i in intents) else []),
+                f"lang:{language}",
+            ):
+                if tag not in tags:
+                    tags.append(tag)
+            entities = extract_entities(msg.text, stores=self.stores, now=msg.sent_at or at)
+            home = msg.profile.home_store if msg.profile else None
+            if (
+                home
+                and any(i.category in STORE_CATEGORIES for i in intents)
+                and not any(e.kind == "store" for e in entities)
+            ):
+                entities.append(Entity(kind="store", value=home, span=None))
+            priority = score_priority(
+                rule_text,
+                language,
+                tier=msg.profile.tier if msg.profile else None,
+                channel=msg.channel.value,
+                recent_contacts=contacts.get(msg.customer_id, 0),
+                sentiment=negative_sentiment(rule_text),
+                weights=self.weights,
+            )
+            out.append(
+                ClassifiedMessage(
+                    message_id=msg.message_id,
+                    customer_id=msg.customer_id,
+                    inbound=msg,
+                    intents=intents,
+                    tags=tags,
+                    entities=entities,
+                    priority=priority,
+                    model_version=self.version,
+                    classified_at=at,
+                )
+            )
+        return out
