@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -211,6 +213,17 @@ def _header(msg: Message, name: str) -> str | None:
     return clean_text(str(value)) or None
 
 
+def _decoded(msg: Message, name: str) -> str:
+    """RFC 2047 decoding of a raw header, tolerant of encoded words spanning the address."""
+    raw = msg.get(name)
+    if raw is None:
+        return ""
+    try:
+        return str(make_header(decode_header(str(raw))))
+    except (ValueError, LookupError, UnicodeDecodeError, HeaderParseError):
+        return str(raw)
+
+
 def _part_text(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
@@ -249,7 +262,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     address = normalize_email(addr)
     if address is None:
         # Whole "Name <addr>" encoded as one word by some clients: find the addr-spec in it.
-        found = _ADDR_IN_TEXT.findall(from_raw)
+        found = _ADDR_IN_TEXT.findall(from_raw) or _ADDR_IN_TEXT.findall(_decoded(msg, "From"))
         address = normalize_email(found[-1]) if found else None
         name = from_raw.split("<")[0].strip().strip('"').strip() if address else name
     if address is None:

@@ -237,12 +237,14 @@ class IngestServer:
         directory: CustomerDirectory | None = None,
         *,
         load_directory: bool = True,
+        create_topics: bool = True,
     ) -> None:
         self.settings = settings
         self._own_publisher = publisher is None
         self.publisher = publisher or Publisher(settings)
         self.service = IngestService(settings, self.publisher, directory)
         self._load = load_directory and directory is None
+        self._create_topics = create_topics
         self._runner: web.AppRunner | None = None
         self._smtp: asyncio.Server | None = None
         self.http_port = 0
@@ -250,7 +252,8 @@ class IngestServer:
 
     async def start(self) -> None:
         """Create topics, rebuild the directory, bind HTTP and SMTP."""
-        await ensure_topics(self.settings)
+        if self._create_topics:
+            await ensure_topics(self.settings)
         if self._load:
             await self.service.load_directory()
         app = create_app(self.settings, self.publisher, service=self.service)
