@@ -1,0 +1,99 @@
+"""Workflow file: the shipped default validates; errors carry line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.errors import ConfigError
+from pipeline.route.workflow import ExternalDepartment, load_workflow, parse_workflow
+from tests.unit.test_route_fixtures import default_workflow
+
+MINIMAL = """\
+version: 1
+departments:
+  triage: {kind: internal}
+  loyalty-it: {kind: internal, hours: {timezone: Europe/Moscow}}
+templates:
+  ru: {acknowledgement: a, resolution: "{items}", incident_notice: c, survey_csat: d,
+       survey_nps: e, triage: f}
+rules:
+  - name: loyalty
+    when: {category: LOYALTY}
+    then: [{type: internal, department: loyalty-it}]
+"""
+
+
+def test_default_workflow_covers_the_taxonomy() -> None:
+    wf = default_workflow()
+    categories = {c for r in wf.rules for c in (r.when.category or [])}
+    for cat in ("ACCOUNT", "ORDER", "PAYMENT", "REFUND", "INVOICE", "DELIVERY", "SHIPPING",
+                "FEEDBACK", "CONTACT", "NEWSLETTER", "CANCELLATION_FEE", "LOYALTY",
+                "STORE_QUALITY"):
+        assert cat in categories, cat
+    assert isinstance(wf.departments["store-directors"], ExternalDepartment)
+    sadovaya = next(s for s in wf.stores if "Садовая, 12" in s.address)
+    assert "на Садовой, 12" in sadovaya.aliases
+    assert sadovaya.director_email and sadovaya.director_email.endswith("@example.com")
+    assert len(wf.group_members("store_directors")) == len(wf.stores) == 6
+    assert set(wf.templates) == {"ru", "en"}
+    assert wf.survey_for(["ORDER"]).kind == "csat"  # type: ignore[union-attr]
+    assert wf.survey_for(["LOYALTY"]).kind == "nps"  # type: ignore[union-attr]
+    assert wf.incidents[0].threshold == 5 and wf.incidents[0].window_minutes == 30
+
+
+def test_minimal_file_and_durations() -> None:
+    wf = parse_workflow(MINIMAL + "sla_policies:\n  s: {resolution: {P1: 2h, P2: 1d, P3: 90}}\n")
+    assert wf.sla_policies["s"].resolution == {"P1": 120, "P2": 1440, "P3": 90}
+    assert wf.triage_department == "triage"
+
+
+def _errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_workflow(text, source="wf.yaml")
+    return str(exc.value).splitlines()[1:]
+
+
+def test_schema_errors_have_line_numbers() -> None:
+    bad = MINIMAL.replace("category: LOYALTY", "category: LOYALTY, priority: P9").replace(
+        "{timezone: Europe/Moscow}", "{timezone: Mars/Olympus}"
+    )
+    lines = _errors(bad + "  - name: teleport\n    then: [{type: teleport}]\n")
+    assert any(x.startswith("wf.yaml:4:") and "Mars/Olympus" in x for x in lines), lines
+    assert any(x.startswith("wf.yaml:10:") and "P9" not in x and "P1" in x for x in lines), lines
+    assert any(x.startswith("wf.yaml:13:") and "teleport" in x for x in lines), lines
+
+
+def test_reference_errors_have_line_numbers() -> None:
+    bad = MINIMAL.replace("department: loyalty-it", "department: nowhere")
+    lines = _errors(bad)
+    assert lines == ["wf.yaml:11: rules.0.then.0: unknown department 'nowhere'"]
+
+
+def test_missing_key_points_at_parent() -> None:
+    lines = _errors(MINIMAL.replace("version: 1\n", ""))
+    assert lines[0].startswith("wf.yaml:1: version: Field required")
+
+
+def test_yaml_syntax_error_line() -> None:
+    with pytest.raises(ConfigError, match=r"wf\.yaml:3: invalid YAML"):
+        parse_workflow("version: 1\ndepartments: {}\nrules: a: b\n", source="wf.yaml")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_workflow(tmp_path / "none.yaml")
+
+
+def test_rules_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(DEFAULT_CONFIG_DIR / "workflow.yaml")]) == 0
+    out = capsys.readouterr().out
+    wf = default_workflow()
+    assert out.strip() == f"ok: {len(wf.rules)} rules, {len(wf.departments)} departments"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL.replace("department: loyalty-it", "department: x"), encoding="utf-8")
+    assert main(["rules", "check", str(bad)]) == 1
+    assert f"{bad}:11:" in capsys.readouterr().err
