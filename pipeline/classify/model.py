@@ -524,3 +524,77 @@ def default_model(settings: Settings, *, retrain: bool = False) -> IntentModel:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("default model %s cached in %s", model.version, cache)
     return model
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class LabelScores(BaseModel):
+    """Precision / recall / F1 of one label."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class EvalReport(BaseModel):
+    """What ``pipeline model eval`` prints."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_version: str
+    rows: int
+    accuracy: float = Field(description="Best label vs gold, abstention ignored.")
+    macro_f1: float
+    abstention_rate: float
+    accepted_accuracy: float = Field(description="Accuracy on the rows not abstained.")
+    threshold: float
+    unseen_labels: list[str] = Field(description="Gold labels the model was not trained on.")
+    per_label: dict[str, LabelScores]
+    confused: list[tuple[str, str, int]] = Field(description="(gold, predicted, count), top 10.")
+
+
+def evaluate(model: IntentModel, texts: Sequence[str], gold: Sequence[str]) -> EvalReport:
+    """Accuracy, macro-F1, per-label scores, most-confused pairs and abstention."""
+    preds = model.predict_batch(texts)
+    best = [p.best for p in preds]
+    n = len(gold)
+    correct = [b == g for b, g in zip(best, gold, strict=True)]
+    accepted = [not p.abstained for p in preds]
+    n_acc = sum(accepted)
+    per_label: dict[str, LabelScores] = {}
+    for label in sorted(set(gold) | set(best)):
+        tp = sum(1 for b, g in zip(best, gold, strict=True) if b == label and g == label)
+        fp = sum(1 for b, g in zip(best, gold, strict=True) if b == label and g != label)
+        fn = sum(1 for b, g in zip(best, gold, strict=True) if b != label and g == label)
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        per_label[label] = LabelScores(
+            precision=round(p, 4), recall=round(r, 4), f1=round(f, 4), support=tp + fn
+        )
+    pairs: dict[tuple[str, str], int] = {}
+    for b, g in zip(best, gold, strict=True):
+        if b != g:
+            pairs[(g, b)] = pairs.get((g, b), 0) + 1
+    confused = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    gold_labels = sorted(set(gold))
+    return EvalReport(
+        model_version=model.version,
+        rows=n,
+        accuracy=round(sum(correct) / n, 4) if n else 0.0,
+        macro_f1=round(_macro_f1(list(gold), best), 4) if n else 0.0,
+        abstention_rate=round(1 - n_acc / n, 4) if n else 0.0,
+        accepted_accuracy=round(
+            sum(c for c, a in zip(correct, accepted, strict=True) if a) / n_acc, 4
+        )
+        if n_acc
+        else 0.0,
+        threshold=model.threshold,
+        unseen_labels=[g for g in gold_labels if g not in set(model.labels)],
+        per_label=per_label,
+        confused=[(g, b, c) for (g, b), c in confused],
+    )
