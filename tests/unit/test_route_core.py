@@ -1,0 +1,297 @@
+"""route_message and the case lifecycle: the seed scenario as pure transitions, and the rest."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from pipeline.errors import InvalidInput
+from pipeline.events import (
+    CaseEventType,
+    Channel,
+    Entity,
+    OutcomeKind,
+    ReplyKind,
+    Similarity,
+    Span,
+    SubRequestKind,
+    TaskStatus,
+    TaskUpdate,
+    derive_id,
+)
+from pipeline.route.cases import (
+    CaseState,
+    apply_customer_message,
+    apply_customer_reply,
+    apply_task_update,
+)
+from pipeline.route.core import route_message
+from pipeline.route.kb import KbMatch
+from tests.unit.test_route_fixtures import (
+    NOW,
+    SEED_RU,
+    default_workflow,
+    intent,
+    message,
+    seed_message,
+)
+
+
+def update(case: CaseState, sub_id: str, uid: str, text: str, source: str = "department"):  # type: ignore[no-untyped-def]
+    return TaskUpdate(
+        update_id=uid, sub_request_id=sub_id, case_id=case.case_id, status=TaskStatus.resolved,
+        resolution=text, author="x", source=source, at=NOW + timedelta(hours=2),  # type: ignore[arg-type]
+    )
+
+
+def test_seed_scenario_end_to_end_in_russian() -> None:
+    wf = default_workflow()
+    msg = seed_message()
+    d = route_message(msg, wf, now=NOW)
+
+    # one message → one case with two sub-requests: external to the director, internal loyalty
+    assert d.outcome.outcome is OutcomeKind.routed
+    assert d.outcome.case_id == derive_id("case", msg.message_id)
+    kinds = {(s.kind, s.department, s.recipient) for s in d.sub_requests}
+    assert kinds == {
+        (SubRequestKind.external, "store-directors", "director.spb-sadovaya@example.com"),
+        (SubRequestKind.internal, "loyalty-it", None),
+    }
+    director = next(s for s in d.sub_requests if s.kind is SubRequestKind.external)
+    loyalty = next(s for s in d.sub_requests if s.kind is SubRequestKind.internal)
+    # internal carries what the department needs: span, entities, customer, priority, SLA
+    assert loyalty.text == "А ещё на кассе не списались бонусы с карты лояльности."
+    assert loyalty.full_text == SEED_RU and loyalty.entities and loyalty.customer is not None
+    assert "Анна" in loyalty.customer_summary and loyalty.sla_due_at is not None
+    assert director.text.startswith("В магазине на Садовой, 12") and director.reply_token
+    assert director.sub_request_id == derive_id(
+        "sr", msg.message_id, "product_quality", "director.spb-sadovaya@example.com", ""
+    )
+    # acknowledgement in Russian, in the customer's channel
+    [ack] = d.replies
+    assert ack.kind is ReplyKind.acknowledgement and ack.channel is Channel.telegram
+    assert ack.reply_to == {"chat_id": "42"} and "Анна" in ack.text and "лояльности" in ack.text
+    types = [e.type for e in d.case_events]
+    assert types == [CaseEventType.opened] + [CaseEventType.sub_request_created] * 2
+
+    # the state survives the Faust table (JSON)
+    case = CaseState.model_validate_json(d.case.model_dump_json())  # type: ignore[union-attr]
+    assert case == d.case
+
+    # loyalty IT answers inside the system: not everything is done yet → no answer
+    t1 = apply_task_update(case, update(case, loyalty.sub_request_id, "u1",
+                                        "Бонусы начислены на карту, проверьте баланс."), wf,
+                           now=NOW + timedelta(hours=2))
+    assert t1.replies == [] and t1.state.status == "open"
+    # the director answers by e-mail → one combined answer, then the survey (NPS)
+    t2 = apply_task_update(t1.state, update(case, director.sub_request_id, "mail-1",
+                                            "Просроченный товар снят с полки и заменён.",
+                                            "email"), wf, now=NOW + timedelta(hours=3))
+    assert t2.state.status == "resolved"
+    answer, survey = t2.replies
+    assert answer.kind is ReplyKind.resolution and answer.channel is Channel.telegram
+    assert answer.language == "ru" and answer.text.startswith("Здравствуйте, Анна!")
+    assert "снят с полки" in answer.text and "Бонусы начислены" in answer.text
+    assert survey.kind is ReplyKind.survey and "от 0 до 10" in survey.text
+    assert [e.type for e in t2.case_events] == [
+        CaseEventType.task_updated, CaseEventType.sub_request_resolved, CaseEventType.resolved,
+        CaseEventType.survey_sent,
+    ]
+    # the customer answers the survey: a detractor → flagged for the quality topic
+    reply_msg = message("Ну, на 4", [intent("Ну, на 4", "Ну, на 4", "unknown", "UNKNOWN")],
+                        key="survey")
+    d3 = route_message(reply_msg, wf, now=NOW + timedelta(hours=4), open_case=t2.state)
+    assert d3.case is not None and d3.case.survey is not None
+    assert (d3.case.survey.score, d3.case.survey.nps_class) == (4, "detractor")
+    assert d3.sub_requests == [] and d3.case.status == "resolved"
+    [ev] = d3.quality_events
+    assert ev.type is CaseEventType.survey_answered and ev.detail["flag"] == "quality"
+
+
+def test_english_seed_and_promoter() -> None:
+    wf = default_workflow()
+    text = "The yoghurt at Sadovaya 12 was expired. Also my bonus points were not added."
+    msg = message(
+        text,
+        [intent(text, "The yoghurt at Sadovaya 12 was expired.", "product_quality",
+                "STORE_QUALITY"),
+         intent(text, "Also my bonus points were not added.", "loyalty_points", "LOYALTY")],
+        entities=[Entity(kind="store", value="SPB-012", span=Span(start=15, end=26))],
+        language="en", name="John",
+    )
+    d = route_message(msg, wf, now=NOW)
+    assert d.replies[0].text.startswith("Hello, John! We have received")
+    case = d.case
+    assert case is not None
+    for n, sub in enumerate(d.sub_requests):
+        case = apply_task_update(case, update(case, sub.sub_request_id, f"u{n}", f"done {n}"),
+                                 wf, now=NOW).state
+    assert case.status == "resolved" and case.survey is not None and case.survey.kind == "nps"
+    answer = message("10!", [intent("10!", "10!", "unknown", "UNKNOWN")], language="en",
+                     key="a")
+    t = apply_customer_message(case, answer.inbound, wf, now=NOW)
+    assert t.state.survey and t.state.survey.nps_class == "promoter" and t.quality_events == []
+    assert t.replies[0].text == "Thank you for your rating!"
+
+
+def test_task_updates_are_idempotent_and_checked() -> None:
+    wf = default_workflow()
+    d = route_message(seed_message(), wf, now=NOW)
+    case = d.case
+    assert case is not None
+    sub = d.sub_requests[0]
+    u = update(case, sub.sub_request_id, "same", "готово")
+    t1 = apply_task_update(case, u, wf, now=NOW)
+    t2 = apply_task_update(t1.state, u, wf, now=NOW)
+    assert t1.case_events and t2.case_events == [] and t2.replies == []
+    assert t2.state == t1.state
+    with pytest.raises(InvalidInput, match="no sub-request"):
+        apply_task_update(case, update(case, "sr_nope", "x", "y"), wf, now=NOW)
+
+
+def test_replay_derives_the_same_ids() -> None:
+    wf = default_workflow()
+    a = route_message(seed_message(), wf, now=NOW)
+    b = route_message(seed_message(), wf, now=NOW + timedelta(minutes=5))
+    assert [s.sub_request_id for s in a.sub_requests] == [s.sub_request_id for s in b.sub_requests]
+    assert [r.reply_id for r in a.replies] == [r.reply_id for r in b.replies]
+    assert [e.event_id for e in a.case_events] == [e.event_id for e in b.case_events]
+
+
+def test_store_not_named_goes_to_store_ops() -> None:
+    text = "Продают несвежие огурцы!"
+    msg = message(text, [intent(text, text, "product_quality", "STORE_QUALITY")])
+    d = route_message(msg, default_workflow(), now=NOW)
+    assert [(s.kind, s.department) for s in d.sub_requests] == [
+        (SubRequestKind.internal, "store-ops")
+    ]
+
+
+def test_duplicate_appends_and_creates_nothing() -> None:
+    wf = default_workflow()
+    first = route_message(seed_message(), wf, now=NOW)
+    dup = seed_message(key="2", similarity=Similarity(
+        duplicate_of=first.outcome.message_id, duplicate_reason="same_text",
+        case_id=first.outcome.case_id))
+    d = route_message(dup, wf, now=NOW, open_case=first.case)
+    assert d.outcome.outcome is OutcomeKind.duplicate and d.sub_requests == [] and d.replies == []
+    assert [e.type for e in d.case_events] == [CaseEventType.message_appended]
+    assert d.case is not None and dup.message_id in d.case.message_ids
+    # without the case at hand the event still names the case
+    d2 = route_message(dup, wf, now=NOW)
+    assert d2.case_events[0].case_id == first.outcome.case_id
+
+
+def _kb(auto: bool) -> KbMatch:
+    return KbMatch(article_id="recover-password", intents=["recover_password"], confidence=0.97,
+                   threshold=0.9, auto_reply=auto, language="ru",
+                   answer="Нажмите «Забыли пароль?» на странице входа.",
+                   link="https://example.com/kb/recover-password", reason="confident")
+
+
+def test_kb_auto_reply_single_intent_only() -> None:
+    wf = default_workflow()
+    text = "Забыла пароль от личного кабинета"
+    msg = message(text, [intent(text, text, "recover_password", "ACCOUNT")])
+    d = route_message(msg, wf, now=NOW, kb_match=_kb(True))
+    assert d.outcome.outcome is OutcomeKind.auto_resolved and d.sub_requests == []
+    [r] = d.replies
+    assert r.kind is ReplyKind.auto_reply and r.article_id == "recover-password" and r.link
+    assert d.case is not None and d.case.status == "resolved"
+    assert route_message(msg, wf, now=NOW, kb_match=_kb(False)).outcome.outcome is \
+        OutcomeKind.routed
+    two = seed_message()
+    d2 = route_message(two, wf, now=NOW, kb_match=_kb(True))
+    assert d2.outcome.outcome is OutcomeKind.routed and len(d2.sub_requests) == 2
+    assert any("would auto-reply" in n for n in d2.trace.notes)
+
+
+def test_reopen_on_customer_reply_routes_to_a_human() -> None:
+    wf = default_workflow()
+    d = route_message(seed_message(), wf, now=NOW)
+    case = d.case
+    assert case is not None
+    for n, sub in enumerate(d.sub_requests):
+        case = apply_task_update(case, update(case, sub.sub_request_id, f"u{n}", "ok"), wf,
+                                 now=NOW).state
+    assert case.status == "resolved"
+    back = message("Бонусы так и не пришли, не помогло", [intent(
+        "Бонусы так и не пришли, не помогло", "Бонусы так и не пришли, не помогло",
+        "loyalty_points", "LOYALTY")], key="back")
+    d2 = route_message(back, wf, now=NOW + timedelta(days=1), open_case=case)
+    assert d2.case is not None and d2.case.status == "reopened" and d2.case.round == 1
+    [sub] = d2.sub_requests
+    assert (sub.kind, sub.department) == (SubRequestKind.internal, "triage")
+    assert sub.text == back.inbound.text
+    assert CaseEventType.reopened in [e.type for e in d2.case_events]
+    assert d2.replies[0].kind is ReplyKind.acknowledgement
+    # the reopened case resolves again with a new answer id
+    again = apply_task_update(d2.case, update(d2.case, sub.sub_request_id, "u9", "Начислили."),
+                              wf, now=NOW + timedelta(days=1))
+    assert again.state.status == "resolved"
+    assert again.replies[0].reply_id not in {r.reply_id for r in d.replies}
+
+
+def test_follow_up_on_open_case_only_appends_unless_not_helped() -> None:
+    wf = default_workflow()
+    d = route_message(seed_message(), wf, now=NOW)
+    assert d.case is not None
+    more = message("И чек прилагаю", [intent("И чек прилагаю", "И чек прилагаю", "unknown",
+                                             "UNKNOWN")], key="more")
+    t = apply_customer_reply(d.case, more.inbound, wf, now=NOW)
+    assert t.sub_requests == [] and t.state.status == "open"
+    assert [e.type for e in t.case_events] == [CaseEventType.message_appended]
+    assert apply_customer_reply(t.state, more.inbound, wf, now=NOW).case_events == []
+    angry = message("Ваш ответ не помог", [intent("Ваш ответ не помог", "Ваш ответ не помог",
+                                                   "unknown", "UNKNOWN")], key="angry")
+    t2 = apply_customer_reply(t.state, angry.inbound, wf, now=NOW)
+    assert [s.department for s in t2.sub_requests] == ["triage"] and t2.state.status == "open"
+
+
+def test_broadcast_creates_one_tracked_sub_request_per_recipient() -> None:
+    wf = default_workflow()
+    extra = wf.model_copy(update={"rules": [
+        *wf.rules[:0],
+        wf.rules[0].model_validate({
+            "name": "freshness-broadcast", "when": {"tags_any": ["food_safety"]},
+            "then": [{"type": "broadcast", "group": "store_directors",
+                      "template": "check_freshness"}],
+        }),
+    ]})
+    text = "Везде просрочка!"
+    msg = message(text, [intent(text, text, "product_quality", "STORE_QUALITY")],
+                  tags=["food_safety"])
+    d = route_message(msg, extra, now=NOW)
+    recipients = [s.recipient for s in d.sub_requests]
+    assert len(recipients) == 6 == len(set(recipients))
+    assert all(s.kind is SubRequestKind.broadcast for s in d.sub_requests)
+    assert len({s.sub_request_id for s in d.sub_requests}) == 6
+    assert "проверьте сроки годности" in d.sub_requests[0].text
+    case = d.case
+    assert case is not None
+    for n, s in enumerate(d.sub_requests[:5]):
+        case = apply_task_update(case, update(case, s.sub_request_id, f"b{n}", "проверено"), wf,
+                                 now=NOW).state
+        assert case.status == "open"  # tracked per recipient: waits for every director
+    last = d.sub_requests[5]
+    t = apply_task_update(case, update(case, last.sub_request_id, "b5", "проверено"), wf, now=NOW)
+    assert t.state.status == "resolved"
+
+
+def test_incident_broadcast_and_notice() -> None:
+    wf = default_workflow()
+    sim = Similarity(incident_id="inc_1")
+    later = route_message(seed_message(similarity=sim), wf, now=NOW)
+    assert later.replies[0].kind is ReplyKind.incident_notice
+    assert "уже знаем" in later.replies[0].text
+    subs = later.incident_sub_requests
+    assert len(subs) == 6 and {s.case_id for s in subs} == {derive_id("case", "inc_1")}
+    assert "SPB-012" in subs[0].text
+    first = route_message(seed_message(similarity=sim, key="9"), wf, now=NOW, incident_new=True)
+    assert first.replies[0].kind is ReplyKind.acknowledgement
+    # every report of the incident derives the same broadcast ids → sent once by the sink
+    assert [s.sub_request_id for s in first.incident_sub_requests] == [
+        s.sub_request_id for s in subs
+    ]
+    assert CaseEventType.incident_linked in [e.type for e in later.case_events]
