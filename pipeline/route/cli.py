@@ -127,7 +127,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 class _Classifier(Protocol):
-    version: str
+    @property
+    def version(self) -> str: ...
 
     def classify_batch(
         self, messages: Sequence[InboundMessage], *, now: datetime | None = None

@@ -36,6 +36,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.classify.entities import Store
+from pipeline.classify.priority import PriorityWeights
+from pipeline.classify.tagging import TagRule
 from pipeline.errors import ConfigError
 from pipeline.events import Channel
 
@@ -102,49 +105,6 @@ def _as_list(value: Any) -> Any:
 
 
 StrList = Annotated[list[str], BeforeValidator(_as_list)]
-
-
-# ---------------------------------------------------------------- classifier config
-# Shapes of pipeline.classify.{entities,tagging,priority}; re-exported from there when present.
-
-
-try:  # the classifier owns these models; fall back to the same shapes while it is absent
-    from pipeline.classify.entities import Store  # type: ignore[import-not-found,unused-ignore]
-except ModuleNotFoundError:  # pragma: no cover - depends on the other stage
-
-    class Store(_Model):  # type: ignore[no-redef]
-        """A store of the chain: where customers shop, who directs it."""
-
-        code: str
-        name: str
-        address: str
-        aliases: list[str] = Field(default_factory=list)
-        city: str | None = None
-        director_email: str | None = None
-
-
-try:
-    from pipeline.classify.tagging import TagRule  # type: ignore[import-not-found,unused-ignore]
-except ModuleNotFoundError:  # pragma: no cover
-
-    class TagRule(_Model):  # type: ignore[no-redef]
-        """A tag set when any pattern of the message's language matches."""
-
-        tag: str
-        patterns: dict[str, list[str]] = Field(default_factory=dict)
-        regex: bool = False
-
-
-try:
-    from pipeline.classify.priority import (  # type: ignore[import-not-found,unused-ignore]
-        PriorityWeights,
-    )
-except ModuleNotFoundError:  # pragma: no cover
-
-    class PriorityWeights(BaseModel):  # type: ignore[no-redef]
-        """Weights of the priority score (opaque here; the classifier validates them)."""
-
-        model_config = ConfigDict(frozen=True, extra="allow")
 
 
 # ---------------------------------------------------------------- departments
