@@ -487,7 +487,7 @@ def route_message(
             text, kind_note, rkind = t.triage, "triage", ReplyKind.acknowledgement
         else:
             text, kind_note, rkind = t.acknowledgement, "acknowledgement", ReplyKind.acknowledgement
-        titles = [_title(workflow, s) for s in subs]
+        titles = [workflow.title(s.department, case.language) for s in subs]
         replies.append(
             reply(
                 case,
@@ -527,12 +527,6 @@ def route_message(
         incident_sub_requests=incident_subs,
         trace=trace,
     )
-
-
-def _title(workflow: Workflow, sub: SubRequest) -> str:
-    dep = workflow.departments.get(sub.department)
-    title = dep.title if dep is not None and dep.title else sub.department
-    return title
 
 
 def _name(case: CaseState) -> str:

@@ -164,7 +164,7 @@ class InternalDepartment(_Model):
     """A department that uses the system: it reads tasks from ``tasks.<topic>``."""
 
     kind: Literal["internal"] = "internal"
-    title: str = ""
+    title: str | dict[str, str] = Field(default="", description="Name, or per language.")
     topic: str | None = Field(default=None, description="Task topic suffix (default: its key).")
     skills: list[str] = Field(default_factory=list)
     hours: BusinessHours | None = Field(default=None, description="None: around the clock.")
@@ -175,7 +175,7 @@ class ExternalDepartment(_Model):
     """Parties outside the system, reached by e-mail: a directory or fixed addresses."""
 
     kind: Literal["external"] = "external"
-    title: str = ""
+    title: str | dict[str, str] = Field(default="", description="Name, or per language.")
     directory: Literal["stores"] | None = Field(
         default=None, description="Contacts come from this directory (stores → director)."
     )
@@ -427,6 +427,19 @@ class Workflow(_Model):
         if group.directory == "stores":
             out += [s.director_email for s in self.stores if s.director_email]
         return list(dict.fromkeys(out))
+
+    def title(self, department: str, language: str) -> str:
+        """Department name shown to customers, in their language when given per language."""
+        dep = self.departments.get(department)
+        if dep is None or not dep.title:
+            return department
+        if isinstance(dep.title, str):
+            return dep.title
+        return (
+            dep.title.get(language)
+            or dep.title.get(self.default_language)
+            or next(iter(dep.title.values()))
+        )
 
     def templates_for(self, language: str) -> LanguageTemplates:
         """Templates of the language, else of the default language."""

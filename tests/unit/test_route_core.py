@@ -122,6 +122,7 @@ def test_english_seed_and_promoter() -> None:
     )
     d = route_message(msg, wf, now=NOW)
     assert d.replies[0].text.startswith("Hello, John! We have received")
+    assert "Store director, Loyalty programme IT" in d.replies[0].text
     case = d.case
     assert case is not None
     for n, sub in enumerate(d.sub_requests):
