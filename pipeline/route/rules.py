@@ -48,7 +48,9 @@ class RuleTrace(BaseModel):
     matched: bool
     stop: bool = Field(description="Whether this match ended the evaluation for the intent.")
     conditions: list[ConditionResult] = Field(default_factory=list)
-    actions: list[str] = Field(default_factory=list, description="Actions, described.")
+    actions: list[str] = Field(
+        default_factory=list, description="Actions of a matched rule, described."
+    )
 
 
 def _any_of(name: str, have: str | None, want: list[str], *, fold: bool = True) -> ConditionResult:
@@ -57,7 +59,9 @@ def _any_of(name: str, have: str | None, want: list[str], *, fold: bool = True) 
     else:
         ok = have is not None and have in want
     rel = "in" if ok else "not in"
-    return ConditionResult(condition=name, ok=ok, why=f"{name} {have!r} {rel} {want}")
+    return ConditionResult.model_construct(
+        condition=name, ok=ok, why=f"{name} {have!r} {rel} {want}"
+    )
 
 
 def check_conditions(
@@ -75,7 +79,7 @@ def check_conditions(
     if cond.tags_any is not None:
         hit = sorted(tags & {t.lower() for t in cond.tags_any})
         out.append(
-            ConditionResult(
+            ConditionResult.model_construct(
                 condition="tags_any",
                 ok=bool(hit),
                 why=f"tags {hit} present" if hit else f"none of {cond.tags_any} in tags",
@@ -84,7 +88,7 @@ def check_conditions(
     if cond.tags_all is not None:
         missing = sorted({t.lower() for t in cond.tags_all} - tags)
         out.append(
-            ConditionResult(
+            ConditionResult.model_construct(
                 condition="tags_all",
                 ok=not missing,
                 why=f"all of {cond.tags_all} present" if not missing else f"missing tags {missing}",
@@ -93,7 +97,7 @@ def check_conditions(
     if cond.tags_none is not None:
         bad = sorted(tags & {t.lower() for t in cond.tags_none})
         out.append(
-            ConditionResult(
+            ConditionResult.model_construct(
                 condition="tags_none",
                 ok=not bad,
                 why=f"forbidden tags {bad} present" if bad else f"none of {cond.tags_none}",
@@ -108,14 +112,14 @@ def check_conditions(
         ok = bool(found) == ec.present
         what = f"entity {ec.kind}" + (f" in {ec.values}" if ec.values is not None else "")
         why = f"{what} found: {values}" if found else f"no {what}"
-        out.append(ConditionResult(condition=f"entity:{ec.kind}", ok=ok, why=why))
+        out.append(ConditionResult.model_construct(condition=f"entity:{ec.kind}", ok=ok, why=why))
     if cond.priority is not None:
         out.append(_any_of("priority", msg.priority.level, list(cond.priority), fold=False))
     if cond.min_score is not None:
         ok = msg.priority.score >= cond.min_score
         rel = ">=" if ok else "<"
         why = f"score {msg.priority.score:g} {rel} {cond.min_score:g}"
-        out.append(ConditionResult(condition="min_score", ok=ok, why=why))
+        out.append(ConditionResult.model_construct(condition="min_score", ok=ok, why=why))
     if cond.channel is not None:
         out.append(_any_of("channel", inbound.channel.value, [c.value for c in cond.channel]))
     if cond.language is not None:
@@ -134,7 +138,7 @@ def check_conditions(
             ok = start <= t <= end
             rel = "within" if ok else "outside"
             why = f"{local:%H:%M} {cond.timezone} {rel} {cond.time}"
-            out.append(ConditionResult(condition="time", ok=ok, why=why))
+            out.append(ConditionResult.model_construct(condition="time", ok=ok, why=why))
     return out
 
 
@@ -158,9 +162,12 @@ def match_rules(
         results = check_conditions(rule.when, msg, intent, now)
         matched = all(r.ok for r in results)
         if not results:
-            results = [ConditionResult(condition="always", ok=True, why="no conditions")]
+            results = [
+                ConditionResult.model_construct(condition="always", ok=True, why="no conditions")
+            ]
+        # built without re-validation: every field is computed here (hot path)
         traces.append(
-            RuleTrace(
+            RuleTrace.model_construct(
                 rule=rule.name,
                 index=index,
                 intent=intent.label,
@@ -168,7 +175,7 @@ def match_rules(
                 matched=matched,
                 stop=matched and rule.stop,
                 conditions=results,
-                actions=[describe_action(a) for a in rule.then],
+                actions=[describe_action(a) for a in rule.then] if matched else [],
             )
         )
         if matched:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from datetime import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -110,6 +111,7 @@ StrList = Annotated[list[str], BeforeValidator(_as_list)]
 # ---------------------------------------------------------------- departments
 
 
+@lru_cache(maxsize=256)
 def _parse_span(text: str) -> tuple[time, time]:
     m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
     if not m:
