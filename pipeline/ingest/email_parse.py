@@ -299,7 +299,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         if part.is_multipart():
             continue
         ctype = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         try:
             filename = part.get_filename()
         except (ValueError, TypeError, LookupError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import os
 import smtplib
 import socket
@@ -558,27 +559,19 @@ async def test_eml_directory_and_mbox_import(kafka: Settings, tmp_path: Path) ->
     try:
         service = IngestService(settings, publisher)
         await service.load_directory()
-        out = _Collect()
+        out = io.StringIO()
         assert await import_path(service, d, out) == (1, 1)
         assert await import_path(service, mbox, out) == (2, 0)
     finally:
         await publisher.close()
-    assert len(out.lines) == 4 and "rejected" in out.lines[1]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and "rejected" in lines[1]
     got = [m for _, m in await _inbound(settings)]
     assert sorted(m.text for m in got) == sorted(
         ["My card was charged twice.", "Первое письмо про доставку", "Second mail about billing"]
     )
     assert any(m.customer_id == "cust_emily_clark" for m in got)
     assert len(await _dlq(settings)) == 1
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, s: str) -> int:
-        self.lines.extend(x for x in s.split("\n") if x)
-        return len(s)
 
 
 async def test_cli_ingest_eml_koi8(kafka: Settings, tmp_path: Path) -> None:
