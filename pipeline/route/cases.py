@@ -91,6 +91,7 @@ class SubRequestState(_State):
         default=True, description="False for notifications: the case does not wait for them."
     )
     sla_policy: str | None = None
+    round: int = Field(default=0, description="Case round (reopen count) it was created in.")
     created_at: AwareDatetime
     updated_at: AwareDatetime | None = None
     responded_at: AwareDatetime | None = None
@@ -323,6 +324,7 @@ def new_sub_request(
         text=text,
         blocking=blocking,
         sla_policy=policy_name(workflow, department, sla_policy) if blocking else None,
+        round=state.round,
         created_at=now,
         first_response_due_at=first_due,
         due_at=due,
@@ -436,7 +438,8 @@ def _resolve(
     items = [
         fill(t.resolution_item, resolution=s.resolution, department=s.department, intent=s.intent)
         for s in state.sub_requests
-        if s.blocking and s.resolution and s.status != "rerouted"
+        # a reopened case answers with what was done in this round only
+        if s.blocking and s.resolution and s.status != "rerouted" and s.round == state.round
     ]
     text = fill(
         t.resolution, name=_name(state), case_ref=case_ref(state.case_id), items="\n".join(items)

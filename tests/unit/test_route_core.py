@@ -231,6 +231,8 @@ def test_reopen_on_customer_reply_routes_to_a_human() -> None:
     again = apply_task_update(d2.case, update(d2.case, sub.sub_request_id, "u9", "Начислили."),
                               wf, now=NOW + timedelta(days=1))
     assert again.state.status == "resolved"
+    assert again.replies[0].text.endswith("• Начислили.\nСпасибо, что сообщили нам.")
+    assert "• ok" not in again.replies[0].text
     assert again.replies[0].reply_id not in {r.reply_id for r in d.replies}
 
 
