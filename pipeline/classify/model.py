@@ -1,9 +1,15 @@
 """The intent model: TF-IDF word + character n-grams into a linear SVM, with abstention.
 
-Confidence. A one-vs-rest linear SVM gives each label a score whose sign says "this label or
-not". Confidence is a softmax over the label scores plus one fixed "none of them" logit at 0,
-with a temperature fitted on a held-out split (minimum negative log-likelihood). So text that no
-label claims (every score < 0, typically off-topic text) always gets confidence < 0.5.
+Features: word 1–3-grams + character 1–5-grams within word boundaries (``char_wb``: robust to
+Russian inflection and typos), sublinear TF-IDF. Classifier: ``LinearSVC`` with the
+Crammer–Singer multi-class loss (measured best on BANKING77: 91.7 % vs 91.3 % one-vs-rest;
+``multi_class="ovr"`` is available).
+
+Confidence. Label scores go through a softmax together with one fixed "none of them" logit
+at 0, with a temperature fitted on a held-out split (minimum negative log-likelihood). Text that
+no label scores above 0 (typically off-topic text) therefore gets confidence < 0.5; with
+one-vs-rest scores that is exact ("no classifier claims it"), with Crammer–Singer scores it is
+an empirical margin (checked on off-topic probes in the tests).
 
 Abstention threshold, tuned on the held-out split: the lowest threshold whose accepted
 predictions reach ``target_precision`` (default 0.97), but never below ``min_threshold``
@@ -58,13 +64,15 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """One prediction. ``label`` is ``unknown`` when abstained; ``best`` is the model's guess."""
+    """One prediction. ``label`` is ``unknown`` when abstained; ``best`` is the model's guess
+    and ``best_category`` its category, even when abstained."""
 
     label: str
     category: str
     confidence: float
     abstained: bool
     best: str
+    best_category: str
 
 
 class TrainParams(BaseModel):
@@ -75,7 +83,7 @@ class TrainParams(BaseModel):
     word_ngrams: tuple[int, int] = (1, 3)
     char_ngrams: tuple[int, int] = (1, 5)
     c: float = Field(default=0.7, gt=0)
-    multi_class: str = Field(default="ovr", pattern="^(ovr|crammer_singer)$")
+    multi_class: str = Field(default="crammer_singer", pattern="^(ovr|crammer_singer)$")
     holdout: float = Field(default=0.1, ge=0.0, lt=0.5)
     target_precision: float = Field(default=0.97, gt=0, le=1)
     min_threshold: float = Field(default=0.5, ge=0, lt=1)
@@ -390,9 +398,9 @@ class IntentModel:
         out: list[Prediction] = []
         for label, cat, c in zip(labels.tolist(), cats.tolist(), top.tolist(), strict=True):
             if c >= threshold:
-                out.append(Prediction(label, cat, c, False, label))
+                out.append(Prediction(label, cat, c, False, label, cat))
             else:
-                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label))
+                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat))
         return out
 
     def predict_labels(self, texts: Sequence[str]) -> list[str]:

@@ -4,10 +4,13 @@
    and ru/en connectives ("а ещё", "кроме того", "and also", "besides"...). Cutting too much is
    fine: step 3 glues fragments back.
 2. The caller classifies every segment (and the whole text) in ONE vectorized call.
-3. ``merge`` keeps a segment as a request of its own only when it is *strong* (not abstained,
-   confidence ≥ ``split_threshold``, at least ``min_words`` words); weak segments (greetings,
-   fragments) join their neighbour, adjacent segments with the same label merge. One group left
-   means a single-intent message: it stays whole, labelled by the whole-text prediction.
+3. ``merge`` keeps a segment as a request of its own only when it is *strong*: at least
+   ``min_words`` words and confidence ≥ ``split_threshold`` (and not abstained) — or, when a
+   connective stands between it and a neighbour (the connective itself is evidence of a second
+   request), confidence ≥ ``connective_threshold`` on the model's best label. Weak segments
+   (greetings, fragments) join their neighbour; adjacent segments with the same label merge.
+   One group left means a single-intent message: it stays whole, labelled by the whole-text
+   prediction.
 """
 
 from __future__ import annotations
@@ -199,26 +202,37 @@ def merge(
     whole: Prediction,
     *,
     split_threshold: float = 0.6,
+    connective_threshold: float = 0.3,
     min_words: int = 2,
 ) -> list[Part]:
     """Glue segments into requests (see module doc)."""
+    n = len(segments)
+    led = [s.content_start > s.start for s in segments]  # starts with a connective
+    near_connective = [led[i] or (i + 1 < n and led[i + 1]) for i in range(n)]
 
-    def strong(seg: Segment, p: Prediction) -> bool:
-        return not p.abstained and p.confidence >= split_threshold and _words(seg.text) >= min_words
+    def strong(i: int, seg: Segment, p: Prediction) -> bool:
+        if _words(seg.text) < min_words:
+            return False
+        if not p.abstained and p.confidence >= split_threshold:
+            return True
+        return near_connective[i] and p.confidence >= connective_threshold
 
     groups: list[_Group] = []
     pending_start: int | None = None  # weak segments before the first strong one
-    for seg, pred in zip(segments, predictions, strict=True):
-        if not strong(seg, pred):
+    for i, (seg, pred) in enumerate(zip(segments, predictions, strict=True)):
+        if not strong(i, seg, pred):
             if groups:
                 groups[-1].end = seg.end
             elif pending_start is None:
                 pending_start = seg.start
             continue
-        if groups and groups[-1].best is not None and groups[-1].best.label == pred.label:
+        # groups compare the model's best labels: near a connective an abstained segment still
+        # splits the message, but its part stays 'unknown' (abstention is kept)
+        last = groups[-1].best if groups else None
+        if last is not None and last.best == pred.best:
             g = groups[-1]
             g.end = seg.end
-            if pred.confidence > g.best.confidence:  # type: ignore[union-attr]
+            if pred.confidence > last.confidence:
                 g.best = pred
             continue
         start = seg.content_start if pending_start is None and groups else seg.start
@@ -229,11 +243,12 @@ def merge(
     if len(groups) <= 1:
         s, e = _trim(text, 0, len(text))
         p = whole
-        if p.abstained and groups and groups[0].best is not None:
-            p = groups[0].best  # the whole is unsure but one segment is clear
+        only = groups[0].best if groups else None
+        if p.abstained and only is not None and not only.abstained:
+            p = only  # the whole is unsure but one segment is clear
         return [Part(s, e, p.label, p.category, p.confidence, p.abstained)]
     return [
-        Part(g.start, g.end, g.best.label, g.best.category, g.best.confidence, False)
+        Part(g.start, g.end, g.best.label, g.best.category, g.best.confidence, g.best.abstained)
         for g in groups
         if g.best is not None
     ]
@@ -251,6 +266,7 @@ def split_batch(
     texts: Sequence[str],
     *,
     split_threshold: float = 0.6,
+    connective_threshold: float = 0.3,
     min_words: int = 2,
 ) -> list[list[Part]]:
     """Split many texts with one vectorized predict over all their segments and wholes."""
@@ -270,7 +286,15 @@ def split_batch(
             seg_preds = preds[i : i + len(ss)]
             i += len(ss)
             out.append(
-                merge(t, ss, seg_preds, whole, split_threshold=split_threshold, min_words=min_words)
+                merge(
+                    t,
+                    ss,
+                    seg_preds,
+                    whole,
+                    split_threshold=split_threshold,
+                    connective_threshold=connective_threshold,
+                    min_words=min_words,
+                )
             )
         else:
             s, e = _trim(t, 0, len(t))
