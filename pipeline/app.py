@@ -76,6 +76,22 @@ class Context:
             )
         return self.topics[full]
 
+    def table(self, name: str) -> Any:
+        """A Faust table of JSON text values keyed by str.
+
+        ``use_partitioner``: changelog writes are partitioned by key hash, like the records
+        of the stream (same default partitioner), so the table stays co-partitioned and can
+        be written from batched (``take_events``) processing, which has no current event.
+        """
+        return self.app.Table(
+            name,
+            key_type=str,
+            value_type=str,
+            partitions=self.settings.partitions,
+            default=None,
+            use_partitioner=True,
+        )
+
     async def send(self, name: str, key: str | None, event: Event) -> None:
         """Send an event (JSON bytes) to a topic."""
         await self.topic(name).send(
@@ -148,7 +164,7 @@ def _install_web(ctx: Context) -> None:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(
-            ctx.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
+            ctx.metrics.render(), content_type="text/plain; version=0.0.4"
         )
 
     @app.page("/healthz")

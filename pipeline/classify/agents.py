@@ -22,7 +22,8 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
-from pipeline.stage import RawRecord, dead_letter_for, split_decoded
+from pipeline.errors import DecodeError
+from pipeline.stage import RawRecord, dead_letter_for, decode_record, split_decoded
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,9 @@ def install(ctx: Context) -> None:
     """Register the classify agent and its tables on the app."""
     app = ctx.app
     s = ctx.settings
-    dedup_table = app.Table(
-        "dedup", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=s.partitions, default=None,
-    )
-    contacts_table = app.Table(
-        "contacts", key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=s.partitions, default=None,
-    )
-    incident_table = app.Table(
-        "incidents", key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=s.partitions, default=None,
-    )
+    dedup_table = ctx.table("dedup")
+    contacts_table = ctx.table("contacts")
+    incident_table = ctx.table("incidents")
     state: dict[str, Any] = {}
     dedup_cfg = dedup.DedupConfig(window_s=s.dedup_window_s)
 
@@ -85,8 +77,8 @@ def install(ctx: Context) -> None:
         decisions: list[dedup.DedupDecision] = []
         recent: dict[str, int] = {}
         for msg in msgs:
-            key = msg.customer_id.encode()
-            raw_state = dedup_table[key]
+            key = msg.customer_id
+            raw_state = dedup_table.get(key)
             st = (
                 dedup.CustomerDedupState.model_validate_json(raw_state)
                 if raw_state
@@ -95,16 +87,14 @@ def install(ctx: Context) -> None:
             d = dedup.check_duplicate(st, msg, now, dedup_cfg)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
-            dedup_table[key] = (
-                dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json().encode()
-            )
-            raw_c = contacts_table[key]
-            times = [t for t in (list(map(float, raw_c.split(b","))) if raw_c else [])
+            dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()
+            raw_c = contacts_table.get(key)
+            times = [t for t in (list(map(float, raw_c.split(","))) if raw_c else [])
                      if now_s - t < CONTACT_WINDOW_S]
             recent[msg.customer_id] = len(times)
             if not decisions[-1].is_duplicate:
                 times = ([*times, now_s])[-MAX_CONTACTS:]
-            contacts_table[key] = b",".join(repr(t).encode() for t in times)
+            contacts_table[key] = ",".join(repr(t) for t in times)
         try:
             classified = classifier().classify_batch(msgs, now=now, recent_contacts=recent)
         except Exception as exc:
@@ -130,7 +120,18 @@ def install(ctx: Context) -> None:
 
     async def classify_agent(stream: Any) -> None:
         async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
-            await process([RawRecord.from_event(e) for e in events])
+            records = [RawRecord.from_event(e) for e in events]
+            try:
+                await process(records)
+            except Exception as exc:  # noqa: BLE001 — last line of defence: nothing is lost
+                log.exception("classify batch failed; dead-lettering its %d records", len(records))
+                for record in records:
+                    try:
+                        msg = decode_record(InboundMessage, record)
+                    except DecodeError:
+                        await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+                        continue
+                    await _reject(ctx, record, msg, exc)
 
     app.agent(ctx.topic("inbound"), name="classify")(classify_agent)
 
@@ -174,12 +175,12 @@ def _incidents(
         cfg = incidents.IncidentConfig(
             threshold=policy.threshold, window_s=policy.window_minutes * 60
         )
-        raw = table[key.encode()]
+        raw = table.get(key)
         window = incidents.IncidentWindow.model_validate_json(raw) if raw else None
         window, decision = incidents.observe(
             window, key, cm, now, cfg, similarity_required=similarity_required, case_id=case_id
         )
-        table[key.encode()] = window.model_dump_json().encode()
+        table[key] = window.model_dump_json()
         if decision.incident_id and found is None:
             found = decision
     return found

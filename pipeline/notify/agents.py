@@ -34,29 +34,23 @@ STAGE = "notify"
 MAX_REMEMBERED = 500
 
 
-def _delivered(table: Any, key: bytes) -> list[str]:
-    raw = table[key]
+def _delivered(table: Any, key: str) -> list[str]:
+    raw = table.get(key)
     return list(orjson.loads(raw)) if raw else []
 
 
-def _remember(table: Any, key: bytes, delivery_id: str) -> None:
+def _remember(table: Any, key: str, delivery_id: str) -> None:
     ids = _delivered(table, key)
     ids.append(delivery_id)
-    table[key] = orjson.dumps(ids[-MAX_REMEMBERED:])
+    table[key] = orjson.dumps(ids[-MAX_REMEMBERED:]).decode()
 
 
 def install(ctx: Context) -> None:
     """Register the delivery agents."""
     app = ctx.app
     s = ctx.settings
-    delivered_replies = app.Table(
-        "delivered-replies", key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=s.partitions, default=None,
-    )
-    delivered_external = app.Table(
-        "delivered-external", key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=s.partitions, default=None,
-    )
+    delivered_replies = ctx.table("delivered-replies")
+    delivered_external = ctx.table("delivered-external")
     holder: dict[str, Deliverer] = {}
 
     async def deliverer() -> Deliverer:
@@ -68,7 +62,7 @@ def install(ctx: Context) -> None:
         record: RawRecord,
         receipt: DeliveryReceipt,
         case_id: str | None,
-        key: bytes,
+        key: str,
         table: Any,
         message_id: str | None,
     ) -> None:
@@ -107,7 +101,10 @@ def install(ctx: Context) -> None:
 
     def skipped(delivery_id: str, channel: str) -> DeliveryReceipt:
         return DeliveryReceipt(
-            delivery_id=delivery_id, channel=channel, status="skipped_duplicate", attempts=0,
+            delivery_id=delivery_id,
+            channel=channel,
+            status="skipped_duplicate",
+            attempts=0,
             at=utcnow(),
         )
 
@@ -116,7 +113,7 @@ def install(ctx: Context) -> None:
             record = RawRecord.from_event(event)
             try:
                 reply = decode_record(Reply, record)
-                key = reply.customer_id.encode()
+                key = reply.customer_id
                 if reply.reply_id in _delivered(delivered_replies, key):
                     receipt = skipped(reply.reply_id, reply.channel.value)
                 else:
@@ -132,15 +129,13 @@ def install(ctx: Context) -> None:
             record = RawRecord.from_event(event)
             try:
                 sub = decode_record(SubRequest, record)
-                key = sub.case_id.encode()
+                key = sub.case_id
                 if sub.sub_request_id in _delivered(delivered_external, key):
                     receipt = skipped(sub.sub_request_id, "email")
                 else:
                     mail = compose_external(sub, s)
                     receipt = await (await deliverer()).deliver_external(sub, mail)
-                await finish(
-                    record, receipt, sub.case_id, key, delivered_external, sub.message_id
-                )
+                await finish(record, receipt, sub.case_id, key, delivered_external, sub.message_id)
             except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
                 await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
 

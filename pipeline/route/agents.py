@@ -85,7 +85,7 @@ class Runtime:
 
 
 def _customer_cases(table: Any, customer_id: str) -> list[CaseState]:
-    raw = table[customer_id.encode()]
+    raw = table.get(customer_id)
     if not raw:
         return []
     return [CaseState.model_validate(c) for c in orjson.loads(raw)]
@@ -95,9 +95,9 @@ def _store_case(table: Any, state: CaseState) -> None:
     cases = [c for c in _customer_cases(table, state.customer_id) if c.case_id != state.case_id]
     cases.append(state)
     cases.sort(key=lambda c: c.updated_at)
-    table[state.customer_id.encode()] = orjson.dumps(
+    table[state.customer_id] = orjson.dumps(
         [c.model_dump(mode="json") for c in cases[-MAX_CASES_PER_CUSTOMER:]]
-    )
+    ).decode()
 
 
 def find_case(cm: ClassifiedMessage, cases: list[CaseState]) -> tuple[CaseState | None, bool]:
@@ -180,14 +180,8 @@ def install(ctx: Context) -> None:
     app = ctx.app
     s = ctx.settings
     rt = Runtime(ctx)
-    customer_cases = app.Table(
-        "customer-cases", key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=s.partitions, default=None,
-    )
-    cases_table = app.Table(
-        "cases", key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=s.partitions, default=None,
-    )
+    customer_cases = ctx.table("customer-cases")
+    cases_table = ctx.table("cases")
 
     async def route_one(record: RawRecord) -> None:
         if record.topic == s.topic("case-status"):
@@ -246,10 +240,10 @@ def install(ctx: Context) -> None:
         if record.topic == s.topic("case-state"):
             snap = decode_record(CaseSnapshot, record)
             state = CaseState.model_validate(snap.state)
-            cases_table[state.case_id.encode()] = orjson.dumps(snap.state)
+            cases_table[state.case_id] = orjson.dumps(snap.state).decode()
             return
         update = decode_record(TaskUpdate, record)
-        raw = cases_table[update.case_id.encode()]
+        raw = cases_table.get(update.case_id)
         if not raw:
             raise DecodeError(f"task update {update.update_id} for unknown case {update.case_id}")
         state = CaseState.model_validate(orjson.loads(raw))
@@ -258,7 +252,7 @@ def install(ctx: Context) -> None:
 
     async def save_transition(tr: Transition) -> None:
         await emit_transition(ctx, tr, rt.workflow)
-        cases_table[tr.state.case_id.encode()] = orjson.dumps(tr.state.model_dump(mode="json"))
+        cases_table[tr.state.case_id] = orjson.dumps(tr.state.model_dump(mode="json")).decode()
         await ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
 
     async def cases_agent(stream: Any) -> None:
