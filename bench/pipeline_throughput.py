@@ -19,7 +19,6 @@ import csv
 import logging
 import os
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "bitext_customer_support" / "bitext_20k_utterances.csv"
 SAMPLES = ROOT / "pipeline" / "resources" / "samples" / "messages.jsonl"
 
-PASSTHROUGH = '''
+PASSTHROUGH = """
 import os, faust
 from pipeline.app import RouterApp
 from pipeline.config import Settings
@@ -48,14 +47,15 @@ app = RouterApp(s.app_id, broker=f"kafka://{s.kafka_bootstrap_servers}", store="
     broker_rebalance_timeout=s.session_timeout_s, broker_heartbeat_interval=1.0,
     topic_partitions=s.partitions, consumer_auto_offset_reset="earliest", autodiscover=False)
 app.fetch_max_wait_ms = s.fetch_max_wait_ms
-src = app.topic(s.topic("inbound"), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-dst = app.topic(s.topic("outcomes"), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+src = app.topic(s.topic("inbound"), **raw)
+dst = app.topic(s.topic("outcomes"), **raw)
 @app.agent(src)
 async def passthrough(stream):
     async for ev in stream.events():
         await dst.send(key=ev.key, value=ev.value)
 faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
-'''
+"""
 
 
 def texts() -> list[str]:
@@ -84,7 +84,7 @@ def make(text: str, i: int, run: str) -> InboundMessage:
 async def produce_and_count(
     s: Settings, msgs: list[InboundMessage], rate: float | None
 ) -> tuple[float, list[float]]:
-    """Produce msgs (at ``rate`` msg/s, or flat out); return (seconds to last outcome, latencies)."""
+    """Produce msgs (at ``rate`` msg/s, or flat out); return (seconds, latencies)."""
     sent_at: dict[bytes, float] = {}
     latencies: list[float] = []
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=0, acks=1)
@@ -140,10 +140,18 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def run_phase(s: Settings, name: str, args: argparse.Namespace, pool: list[str]) -> dict[str, float]:
+def run_phase(
+    s: Settings, name: str, args: argparse.Namespace, pool: list[str]
+) -> dict[str, float]:
     run = uuid.uuid4().hex[:6]
-    s = s.model_copy(update={"topic_prefix": f"bench{run}.", "app_id": f"bench-{name}-{run}",
-                             "web_port": free_port(), "session_timeout_s": 6.0})
+    s = s.model_copy(
+        update={
+            "topic_prefix": f"bench{run}.",
+            "app_id": f"bench-{name}-{run}",
+            "web_port": free_port(),
+            "session_timeout_s": 6.0,
+        }
+    )
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
     env = child_env(s)
     with children() as group:
@@ -179,12 +187,18 @@ def main() -> int:
         base = run_phase(s, "passthrough", args, pool)
         full = run_phase(s, "pipeline", args, pool)
     out = sys.stdout.write
-    out(f"broker: {'external' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'embedded Tansu'}"
-        f", n={args.n}, paced {args.rate:g} msg/s for {args.seconds:g}s\n")
-    out(f"passthrough: {base['msg_s']:8.0f} msg/s   p50 {base['p50_ms']:6.0f} ms   "
-        f"p99 {base['p99_ms']:6.0f} ms\n")
-    out(f"pipeline:    {full['msg_s']:8.0f} msg/s   p50 {full['p50_ms']:6.0f} ms   "
-        f"p99 {full['p99_ms']:6.0f} ms\n")
+    out(
+        f"broker: {'external' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'embedded Tansu'}"
+        f", n={args.n}, paced {args.rate:g} msg/s for {args.seconds:g}s\n"
+    )
+    out(
+        f"passthrough: {base['msg_s']:8.0f} msg/s   p50 {base['p50_ms']:6.0f} ms   "
+        f"p99 {base['p99_ms']:6.0f} ms\n"
+    )
+    out(
+        f"pipeline:    {full['msg_s']:8.0f} msg/s   p50 {full['p50_ms']:6.0f} ms   "
+        f"p99 {full['p99_ms']:6.0f} ms\n"
+    )
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
     return 0
 

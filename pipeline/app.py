@@ -26,25 +26,25 @@ from pipeline.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
-        wait_ms: int = self.app.fetch_max_wait_ms
+        wait_ms = int(getattr(self.app, "fetch_max_wait_ms", 100))
         # aiokafka reads this attribute when it builds its Fetcher in start().
-        consumer._fetch_max_wait_ms = wait_ms  # noqa: SLF001
+        consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
 
-class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class _Transport(faust_aiokafka.Transport):  # type: ignore[misc]
+class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
-class RouterApp(faust.App):  # type: ignore[misc]
+class RouterApp(faust.App):
     """faust.App whose Kafka consumer honours ``fetch_max_wait_ms``."""
 
     fetch_max_wait_ms: int = 100
@@ -163,9 +163,7 @@ def _install_web(ctx: Context) -> None:
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(
-            ctx.metrics.render(), content_type="text/plain; version=0.0.4"
-        )
+        return web.bytes(ctx.metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

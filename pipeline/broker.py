@@ -79,7 +79,7 @@ def metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
     if header is None:
         return False
     size, got = struct.unpack(">ii", header)
-    return got == correlation and size >= 4
+    return bool(got == correlation and size >= 4)
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes | None:
@@ -119,7 +119,7 @@ class EmbeddedBroker:
         fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
         self._log_file = Path(name)
         with os.fdopen(fd, "wb") as logf:
-            self._proc = subprocess.Popen(  # noqa: S603 — fixed binary, no shell
+            self._proc = subprocess.Popen(
                 [
                     str(binary),
                     "broker",
@@ -133,7 +133,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 — needed for PDEATHSIG
+                preexec_fn=_die_with_parent,
             )
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout_s

@@ -8,6 +8,7 @@ produce that is not acknowledged within ``produce_timeout_s`` raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -56,10 +57,8 @@ async def ensure_topics(
             if n not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
     return wanted
@@ -153,7 +152,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         parts = consumer.partitions_for_topic(topic)
         if parts:
             return set(parts)
-        await consumer._client.force_metadata_update()  # noqa: SLF001 — no public call
+        await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
     raise BrokerError(f"topic {topic!r} has no partitions (does it exist?)")
 
@@ -171,6 +170,8 @@ async def read_all(
             batch = await consumer.getmany(timeout_ms=200)
             for tp, msgs in batch.items():
                 for m in msgs:
-                    out.append(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp))
+                    out.append(
+                        Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                    )
                     last = loop.time()
     return out

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     kb_dir: Path = Field(default=DEFAULT_CONFIG_DIR / "kb")
     customers_path: Path | None = Field(default=None, description="CSV/JSON customer import.")
     model_path: Path | None = Field(
-        default=None, description="Trained classifier; unset → default model (trained on first use)."
+        default=None,
+        description="Trained classifier; unset → default model (trained on first use).",
     )
 
     # --- notify

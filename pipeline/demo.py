@@ -58,7 +58,7 @@ class Sent:
 def _post(url: str, data: bytes, content_type: str) -> tuple[int, str]:
     req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 — local URL
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
@@ -88,7 +88,12 @@ def send_sample(settings: Settings, sample: dict[str, Any], n: int) -> Sent:
         msg_id = derive_id("msg", "telegram", cmid)
     elif channel == "sms":
         sid = f"SM{derive_id('x', cust, str(n))[2:34]}"
-        form = {"From": f"+1555{n:07d}", "To": "+15550000000", "Body": sample["text"], "MessageSid": sid}
+        form = {
+            "From": f"+1555{n:07d}",
+            "To": "+15550000000",
+            "Body": sample["text"],
+            "MessageSid": sid,
+        }
         status, body = _post(
             f"{base}/webhooks/twilio",
             urllib.parse.urlencode(form).encode(),

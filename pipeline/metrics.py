@@ -20,7 +20,10 @@ class Metrics:
             registry=r,
         )
         self.dead_letters = Counter(
-            "pipeline_dead_letters_total", "Records sent to the DLQ, by stage.", ["stage"], registry=r
+            "pipeline_dead_letters_total",
+            "Records sent to the DLQ, by stage.",
+            ["stage"],
+            registry=r,
         )
         self.end_to_end = Histogram(
             "pipeline_end_to_end_seconds",

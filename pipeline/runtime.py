@@ -78,11 +78,11 @@ class Children:
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start ``python -m pipeline.cli ARGS`` as a child."""
-        proc = subprocess.Popen(  # noqa: S603 — our own interpreter and module
+        proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", *args],
             env=env,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=_die_with_parent,
         )
         self.procs.append((name, proc))
         log.info("started %s (pid %s)", name, proc.pid)
@@ -126,7 +126,7 @@ def wait_http(url: str, timeout_s: float, group: Children | None = None) -> None
         if group is not None:
             group.check_alive()
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 — local URL
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):

@@ -121,7 +121,7 @@ def _send(args: argparse.Namespace) -> int:
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 — configured URL
+        with urllib.request.urlopen(req, timeout=30) as resp:
             sys.stdout.write(f"{resp.status} {resp.read().decode()}\n")
             return 0
     except urllib.error.HTTPError as exc:

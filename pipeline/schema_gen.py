@@ -42,7 +42,5 @@ def drift(directory: Path = SCHEMA_DIR) -> list[str]:
         for name, content in expected.items()
         if not (directory / name).is_file() or (directory / name).read_bytes() != content
     ]
-    problems += [
-        p.name for p in directory.glob("*.schema.json") if p.name not in expected
-    ]
+    problems += [p.name for p in directory.glob("*.schema.json") if p.name not in expected]
     return sorted(problems)

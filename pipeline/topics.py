@@ -6,6 +6,7 @@ topic the router touches is created explicitly (``ensure_topics``) before use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import Settings
@@ -26,7 +27,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("classified", description="ClassifiedMessage, keyed by customer_id"),
     TopicSpec("external", description="SubRequest for external parties (e-mail), keyed by case_id"),
     TopicSpec("replies", description="Reply to customers, keyed by customer_id"),
-    TopicSpec("task-updates", description="TaskUpdate from departments and e-mail, keyed by case_id"),
+    TopicSpec(
+        "task-updates", description="TaskUpdate from departments and e-mail, keyed by case_id"
+    ),
     TopicSpec("case-events", description="CaseEvent audit trail, keyed by case_id"),
     TopicSpec("outcomes", description="Outcome, one per accepted message, keyed by message_id"),
     TopicSpec("dlq", description="DeadLetter from every stage"),
@@ -46,7 +49,7 @@ def task_topic(settings: Settings, department: str) -> str:
     return settings.topic(f"{TASKS_PREFIX}{department}")
 
 
-def all_topic_names(settings: Settings, departments: list[str] | tuple[str, ...] = ()) -> list[str]:
+def all_topic_names(settings: Settings, departments: Sequence[str] = ()) -> list[str]:
     """Full names of the fixed topics plus one task topic per department."""
     return [settings.topic(t.name) for t in TOPICS] + [task_topic(settings, d) for d in departments]
 

@@ -23,6 +23,4 @@ def broker_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
 def kafka(broker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Per-test settings: the session broker with a unique topic prefix and app id."""
     tag = uuid.uuid4().hex[:8]
-    return broker_settings.model_copy(
-        update={"topic_prefix": f"t{tag}.", "app_id": f"test-{tag}"}
-    )
+    return broker_settings.model_copy(update={"topic_prefix": f"t{tag}.", "app_id": f"test-{tag}"})

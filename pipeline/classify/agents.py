@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.app import Context
 from pipeline.classify import dedup, incidents
+from pipeline.errors import DecodeError
 from pipeline.events import (
     ClassifiedMessage,
     InboundMessage,
@@ -22,7 +23,6 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
-from pipeline.errors import DecodeError
 from pipeline.stage import RawRecord, dead_letter_for, decode_record, split_decoded
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ def install(ctx: Context) -> None:
     def classifier() -> Any:
         if "classifier" not in state:
             from pipeline.classify.core import Classifier
-
             from pipeline.route.workflow import load_workflow
 
             wf = load_workflow(s.rules_path)
@@ -89,8 +88,11 @@ def install(ctx: Context) -> None:
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
             dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()
             raw_c = contacts_table.get(key)
-            times = [t for t in (list(map(float, raw_c.split(","))) if raw_c else [])
-                     if now_s - t < CONTACT_WINDOW_S]
+            times = [
+                t
+                for t in (list(map(float, raw_c.split(","))) if raw_c else [])
+                if now_s - t < CONTACT_WINDOW_S
+            ]
             recent[msg.customer_id] = len(times)
             if not decisions[-1].is_duplicate:
                 times = ([*times, now_s])[-MAX_CONTACTS:]
@@ -123,7 +125,7 @@ def install(ctx: Context) -> None:
             records = [RawRecord.from_event(e) for e in events]
             try:
                 await process(records)
-            except Exception as exc:  # noqa: BLE001 — last line of defence: nothing is lost
+            except Exception as exc:
                 log.exception("classify batch failed; dead-lettering its %d records", len(records))
                 for record in records:
                     try:
@@ -158,7 +160,7 @@ def _with_similarity(
 
 
 def _incidents(
-    cm: ClassifiedMessage, table: Any, policies: Sequence[Any], case_id: str
+    cm: ClassifiedMessage, table: Any, policies: Sequence[Any], case_id: str | None
 ) -> incidents.IncidentDecision | None:
     """Observe the message in the buckets of categories that have an incident policy.
 
@@ -203,4 +205,3 @@ async def _reject(ctx: Context, record: RawRecord, msg: InboundMessage, exc: Bas
             decided_at=utcnow(),
         ),
     )
-

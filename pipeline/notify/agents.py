@@ -8,7 +8,7 @@ sub-requests) drops ids already delivered, so a replay or restart sends nothing 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -142,7 +142,8 @@ def install(ctx: Context) -> None:
     app.agent(ctx.topic("replies"), name="notify-replies")(replies_agent)
     app.agent(ctx.topic("external"), name="notify-external")(external_agent)
 
-    @app.on_before_shutdown.connect  # type: ignore[misc]
-    async def close_session(sender: Any, **kwargs: Any) -> None:
+    async def close_session(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         if "d" in holder:
             await holder["d"].session.close()
+
+    app.on_before_shutdown.connect(cast(Any, close_session))  # faust types it too narrowly

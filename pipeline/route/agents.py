@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -111,11 +111,15 @@ def find_case(cm: ClassifiedMessage, cases: list[CaseState]) -> tuple[CaseState 
     latest = max(cases, key=lambda c: c.updated_at)
     inbound = cm.inbound
     now = inbound.received_at
-    if latest.survey is not None and not latest.survey.answered:
-        if parse_score(inbound.text, latest.survey.kind) is not None:
-            return latest, False
-    recent = [c for c in cases if c.status == "resolved" and c.resolved_at
-              and now - c.resolved_at <= RECONTACT_WINDOW]
+    survey = latest.survey
+    pending = survey is not None and not survey.answered
+    if pending and survey and parse_score(inbound.text, survey.kind) is not None:
+        return latest, False
+    recent = [
+        c
+        for c in cases
+        if c.status == "resolved" and c.resolved_at and now - c.resolved_at <= RECONTACT_WINDOW
+    ]
     if not recent:
         return None, False
     last = max(recent, key=lambda c: c.updated_at)
@@ -132,7 +136,9 @@ async def emit_sub_requests(ctx: Context, subs: list[SubRequest], wf: Workflow) 
     """Internal ones to their department's task topic, the others to e-mail (external)."""
     for sub in subs:
         dept = wf.departments.get(sub.department)
-        internal = sub.kind == SubRequestKind.internal and dept is not None and dept.kind == "internal"
+        internal = (
+            sub.kind == SubRequestKind.internal and dept is not None and dept.kind == "internal"
+        )
         if internal and dept is not None and dept.kind == "internal":
             topic = task_topic(ctx.settings, dept.topic or sub.department)
         else:
@@ -155,12 +161,12 @@ async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Work
         await ctx.send("quality", ev.case_id, ev)
 
 
-def _snapshot(state: CaseState, by: str) -> CaseSnapshot:
+def _snapshot(state: CaseState, by: Literal["route", "cases"]) -> CaseSnapshot:
     return CaseSnapshot(
         case_id=state.case_id,
         customer_id=state.customer_id,
         state=state.model_dump(mode="json"),
-        by=by,  # type: ignore[arg-type]
+        by=by,
         at=utcnow(),
     )
 
@@ -200,20 +206,27 @@ def install(ctx: Context) -> None:
                     cm.inbound.text, cm.inbound.language, [i.label for i in cm.intents]
                 )
             decision = route_message(
-                cm, rt.workflow, now=utcnow(), kb_match=kb_match, open_case=open_case,
-                settings=s, incident_new=cm.similarity.incident_new,
+                cm,
+                rt.workflow,
+                now=utcnow(),
+                kb_match=kb_match,
+                open_case=open_case,
+                settings=s,
+                incident_new=cm.similarity.incident_new,
             )
             await emit_transition(ctx, decision, rt.workflow)
             _observe_survey(ctx, decision.case_events)
             if decision.case is not None:
                 _store_case(customer_cases, decision.case)
-                await ctx.send("case-state", decision.case.case_id, _snapshot(decision.case, "route"))
+                await ctx.send(
+                    "case-state", decision.case.case_id, _snapshot(decision.case, "route")
+                )
             out = decision.outcome
             await ctx.send("outcomes", out.message_id, out)
             ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
             latency = (out.decided_at - cm.inbound.received_at).total_seconds()
             ctx.metrics.end_to_end.observe(max(latency, 0.0))
-        except Exception as exc:  # noqa: BLE001 — reject this message, keep consuming
+        except Exception as exc:
             log.exception("route failed for %s at %s", cm.message_id, record.where)
             await ctx.dead_letter(dead_letter_for(STAGE, record, exc, cm.message_id))
             ctx.metrics.messages.labels(stage=STAGE, outcome="rejected").inc()
@@ -221,9 +234,13 @@ def install(ctx: Context) -> None:
                 "outcomes",
                 cm.message_id,
                 Outcome(
-                    message_id=cm.message_id, customer_id=cm.customer_id,
-                    outcome=OutcomeKind.rejected, reason=f"{type(exc).__name__}: {exc}"[:500],
-                    stage=STAGE, received_at=cm.inbound.received_at, decided_at=utcnow(),
+                    message_id=cm.message_id,
+                    customer_id=cm.customer_id,
+                    outcome=OutcomeKind.rejected,
+                    reason=f"{type(exc).__name__}: {exc}"[:500],
+                    stage=STAGE,
+                    received_at=cm.inbound.received_at,
+                    decided_at=utcnow(),
                 ),
             )
 
@@ -266,17 +283,24 @@ def install(ctx: Context) -> None:
                 await ctx.dead_letter(dead_letter_for(CASES_STAGE, record, exc))
 
     route_in = app.topic(
-        s.topic("classified"), s.topic("case-status"), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
+        s.topic("classified"),
+        s.topic("case-status"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     cases_in = app.topic(
-        s.topic("case-state"), s.topic("task-updates"), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
+        s.topic("case-state"),
+        s.topic("task-updates"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     app.agent(route_in, name="route")(route_agent)
     app.agent(cases_in, name="cases")(cases_agent)
 
-    @app.timer(SLA_INTERVAL_S)  # type: ignore[misc]
     async def sla_tick() -> None:
         now = utcnow()
         open_cases = 0
@@ -291,13 +315,15 @@ def install(ctx: Context) -> None:
             del key
         ctx.metrics.open_cases.set(open_cases)
 
-    @app.timer(RULES_CHECK_INTERVAL_S)  # type: ignore[misc]
     async def rules_watch() -> None:
         rt.reload_if_changed()
 
-    @app.task  # type: ignore[misc]
     async def kb_follow() -> None:
         await follow_kb(ctx, rt)
+
+    app.timer(SLA_INTERVAL_S)(sla_tick)
+    app.timer(RULES_CHECK_INTERVAL_S)(rules_watch)
+    app.task(kb_follow)
 
 
 async def follow_kb(ctx: Context, rt: Runtime) -> None:
@@ -315,7 +341,7 @@ async def follow_kb(ctx: Context, rt: Runtime) -> None:
         while not parts:
             parts = consumer.partitions_for_topic(topic)
             if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 await asyncio.sleep(1.0)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
@@ -327,7 +353,9 @@ async def follow_kb(ctx: Context, rt: Runtime) -> None:
                     try:
                         article = decode(KbArticle, m.value)
                     except DecodeError as exc:
-                        log.error("bad KB record at %s[%s]@%s: %s", topic, m.partition, m.offset, exc)
+                        log.error(
+                            "bad KB record at %s[%s]@%s: %s", topic, m.partition, m.offset, exc
+                        )
                         continue
                     rt.kb.upsert(article)
                     log.info("KB article %s updated from the topic", article.article_id)

@@ -51,7 +51,7 @@ def post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> 
         url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 — local URL
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -63,5 +63,5 @@ def post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> 
 
 def get_text(url: str) -> tuple[int, str]:
     """GET a URL; returns (status, body text)."""
-    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 — local URL
+    with urllib.request.urlopen(url, timeout=30) as resp:
         return resp.status, resp.read().decode()

@@ -46,9 +46,7 @@ def _post(stack: Settings, channel: str, text: str, customer: str) -> str:
 
 async def test_every_message_gets_exactly_one_outcome(stack: Settings) -> None:
     run = uuid.uuid4().hex[:6]
-    ids = {
-        _post(stack, ch, text, f"e2e-{run}-{i}") for i, (ch, text) in enumerate(MESSAGES)
-    }
+    ids = {_post(stack, ch, text, f"e2e-{run}-{i}") for i, (ch, text) in enumerate(MESSAGES)}
     outcomes = await wait_for(
         stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, len(ids)
     )
@@ -56,7 +54,10 @@ async def test_every_message_gets_exactly_one_outcome(stack: Settings) -> None:
     assert len(outcomes) == len(ids)
     assert all(o.outcome.value in {"routed", "auto_resolved"} for o in outcomes), outcomes
     classified = await wait_for(
-        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id in ids,
+        stack,
+        stack.topic("classified"),
+        ClassifiedMessage,
+        lambda c: c.message_id in ids,
         len(ids),
     )
     for c in classified:
@@ -102,7 +103,10 @@ async def test_bad_records_go_to_the_dlq_and_the_worker_keeps_going(stack: Setti
     )
     assert outcome, "the worker kept processing after the poison records"
     dead = await wait_for(
-        stack, stack.topic("dlq"), DeadLetter, lambda d: d.key == f"poison-{run}",
+        stack,
+        stack.topic("dlq"),
+        DeadLetter,
+        lambda d: d.key == f"poison-{run}",
         len(bad_values),
     )
     assert sorted(base64.b64decode(d.raw_b64) for d in dead) == sorted(bad_values)

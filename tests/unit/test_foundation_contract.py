@@ -81,7 +81,12 @@ def test_unknown_fields_are_refused() -> None:
 def test_dead_letter_keeps_raw_bytes_and_position() -> None:
     raw = b"\x00\x01garbage"
     dl = dead_letter(
-        stage="classify", error=ValueError("boom"), raw=raw, topic="t", partition=1, offset=7,
+        stage="classify",
+        error=ValueError("boom"),
+        raw=raw,
+        topic="t",
+        partition=1,
+        offset=7,
         key=b"k",
     )
     assert base64.b64decode(dl.raw_b64) == raw

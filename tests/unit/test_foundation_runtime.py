@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from pipeline.broker import EmbeddedBroker, broker_for, free_port, metadata_ready, tansu_binary
 from pipeline.config import Settings
 from pipeline.errors import BrokerError
+from pipeline.events import Outcome
 from pipeline.metrics import Metrics
 from pipeline.stage import RawRecord, split_decoded
-from pipeline.events import Outcome
 
 
 def test_settings_read_env_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
