@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from pipeline.classify.entities import Store, extract_entities
+from pipeline.classify.entities import Store, StoreMatcher, extract_entities
 from pipeline.classify.model import UNKNOWN, IntentModel, default_model
 from pipeline.classify.priority import PriorityWeights, score_priority
 from pipeline.classify.sentiment import negative_sentiment
@@ -58,6 +58,7 @@ class Classifier:
         self.model = model
         self.tag_rules = tuple(tag_rules)
         self.stores = tuple(stores)
+        self._store_matcher = StoreMatcher(self.stores)
         self.weights = weights or PriorityWeights()
         self.split_threshold = split_threshold
 
@@ -123,7 +124,7 @@ class Classifier:
             ):
                 if tag not in tags:
                     tags.append(tag)
-            entities = extract_entities(msg.text, stores=self.stores, now=msg.sent_at or at)
+            entities = extract_entities(msg.text, stores=self._store_matcher, now=msg.sent_at or at)
             home = msg.profile.home_store if msg.profile else None
             if (
                 home

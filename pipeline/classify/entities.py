@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -189,27 +188,50 @@ def _phrase_pattern(phrase: str) -> str | None:
     return r"(?<!\w)" + _GAP.join(_stem_pattern(w) for w in words)
 
 
-@lru_cache(maxsize=64)
-def _store_matchers(stores: tuple[Store, ...]) -> tuple[tuple[re.Pattern[str], str], ...]:
-    out: list[tuple[re.Pattern[str], str]] = []
-    for store in stores:
-        pats = [rf"(?<![\w-]){re.escape(store.code)}(?![\w-])"]
-        for phrase in (store.address, *store.aliases):
-            p = _phrase_pattern(phrase) if phrase else None
-            if p:
-                pats.append(p)
-        out.append((re.compile("|".join(f"(?:{p})" for p in pats), re.IGNORECASE), store.code))
-    return tuple(out)
+class StoreMatcher:
+    """The store directory compiled once. A text is only run through the regexes of stores
+    whose code or a word of whose address/alias occurs in it (a dictionary look-up per word)."""
+
+    def __init__(self, stores: Sequence[Store]) -> None:
+        self.stores = tuple(stores)
+        self._codes = [s.code.lower() for s in self.stores]
+        self._regexes: list[re.Pattern[str]] = []
+        self._by_trigger: dict[str, list[int]] = {}
+        for n, store in enumerate(self.stores):
+            pats = [rf"(?<![\w-]){re.escape(store.code)}(?![\w-])"]
+            for phrase in (store.address, *store.aliases):
+                p = _phrase_pattern(phrase) if phrase else None
+                if p:
+                    pats.append(p)
+                for word in _TOKEN_RE.findall(phrase.lower()):
+                    if not word.isdigit() and word not in _STREET_WORDS:
+                        self._by_trigger.setdefault(word[:4], []).append(n)
+            self._regexes.append(re.compile("|".join(f"(?:{p})" for p in pats), re.IGNORECASE))
+
+    def find(self, text: str) -> list[Entity]:
+        """Stores mentioned in the text (value = store code), first mention of each."""
+        if not self.stores:
+            return []
+        low = text.lower()
+        candidates = {n for n, code in enumerate(self._codes) if code in low}
+        for word in _TOKEN_RE.findall(low):
+            hit = self._by_trigger.get(word[:4])
+            if hit:
+                candidates.update(hit)
+        found: list[Entity] = []
+        for n in sorted(candidates):
+            m = self._regexes[n].search(text)
+            if m:
+                span = Span(start=m.start(), end=m.end())
+                found.append(Entity(kind="store", value=self.stores[n].code, span=span))
+        found.sort(key=lambda e: e.span.start if e.span else 0)
+        return found
 
 
-def match_stores(text: str, stores: Sequence[Store]) -> list[Entity]:
+def match_stores(text: str, stores: Sequence[Store] | StoreMatcher) -> list[Entity]:
     """Stores of the directory mentioned in the text (value = store code)."""
-    found: list[Entity] = []
-    for rx, code in _store_matchers(tuple(stores)):
-        m = rx.search(text)
-        if m:
-            found.append(Entity(kind="store", value=code, span=Span(start=m.start(), end=m.end())))
-    return found
+    matcher = stores if isinstance(stores, StoreMatcher) else StoreMatcher(stores)
+    return matcher.find(text)
 
 
 def find_store(code: str, stores: Sequence[Store]) -> Store | None:
@@ -221,9 +243,9 @@ def find_store(code: str, stores: Sequence[Store]) -> Store | None:
 
 
 def extract_entities(
-    text: str, *, stores: Sequence[Store] = (), now: datetime | None = None
+    text: str, *, stores: Sequence[Store] | StoreMatcher = (), now: datetime | None = None
 ) -> list[Entity]:
-    """Every entity in the text, in text order."""
+    """Every entity in the text, in text order. Pass a ``StoreMatcher`` when calling often."""
     now = now or datetime.now(UTC)
     found: list[Entity] = []
     taken: list[tuple[int, int]] = []

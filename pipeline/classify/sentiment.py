@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-#: stem → weight (see ``_compile`` for how stems match).
+#: stem → weight (see ``_Lexicon`` for how stems match).
 NEGATIVE: dict[str, float] = {
     # ru
     "ужас": 1.0, "кошмар": 1.0, "отвратител": 1.2, "отврат": 1.0, "безобраз": 1.0,
@@ -63,20 +63,39 @@ _WORD_RE = re.compile(r"[\w']+")
 _BANG_RE = re.compile(r"!{2,}|\?+!+[!?]*|!+\?+[!?]*")
 
 
-def _compile(lexicon: dict[str, float]) -> tuple[re.Pattern[str], list[str]]:
-    """One regex for a lexicon: ASCII stems of ≤ 4 letters match whole words only (so "hell"
-    misses "hello"); other stems match at a word start with any ending (Russian inflection)."""
-    entries = sorted(lexicon, key=len, reverse=True)
-    parts = []
-    for n, stem in enumerate(entries):
-        body = r"\s+".join(re.escape(w) for w in stem.replace("ё", "е").split())
-        tail = r"\b" if (stem.isascii() and len(stem) <= 4) or " " in stem else r"\w*"
-        parts.append(f"(?P<g{n}>{body}{tail})")
-    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + ")", re.IGNORECASE), entries
+class _Lexicon:
+    """Stem lookup by dictionary, not regex (this runs on every message).
+
+    ASCII stems of ≤ 4 letters match whole words only (so "hell" misses "hello"); other stems
+    match a word start with any ending (Russian inflection); entries with a space match
+    consecutive words."""
+
+    def __init__(self, entries: dict[str, float]) -> None:
+        self.weights = {k.replace("ё", "е"): v for k, v in entries.items()}
+        self.phrases = {k: v for k, v in self.weights.items() if " " in k}
+        self.exact = {k for k in self.weights if " " not in k and k.isascii() and len(k) <= 4}
+        self.stems = {k for k in self.weights if " " not in k and k not in self.exact}
+        self.min_len = min((len(k) for k in self.stems), default=1)
+
+    def match(self, words: list[str], i: int) -> tuple[str, int] | None:
+        """(entry, words used) for the entry starting at word i, longest first."""
+        for n in (3, 2):
+            if i + n <= len(words):
+                phrase = " ".join(words[i : i + n])
+                if phrase in self.phrases:
+                    return phrase, n
+        w = words[i]
+        if w in self.exact:
+            return w, 1
+        for end in range(len(w), self.min_len - 1, -1):
+            if w[:end] in self.stems:
+                return w[:end], 1
+        return None
 
 
-_NEG_RE, _NEG_ENTRIES = _compile(NEGATIVE)
-_POS_RE, _POS_ENTRIES = _compile(POSITIVE)
+_NEG = _Lexicon(NEGATIVE)
+_POS = _Lexicon(POSITIVE)
+_ANGER = frozenset(a.replace("ё", "е") for a in ANGER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,40 +107,39 @@ class Sentiment:
     cues: tuple[str, ...]
 
 
-def _before(text: str, start: int) -> list[str]:
-    """The two words just before ``start`` (lower-cased)."""
-    return [w.lower() for w in _WORD_RE.findall(text[max(0, start - 30) : start])[-2:]]
-
-
 def negative_sentiment(text: str) -> Sentiment:
     """Score a text (Russian or English; the lexicon holds both)."""
-    norm = text.replace("ё", "е").replace("Ё", "Е")
+    raw_words = _WORD_RE.findall(text)
+    words = [w.lower().replace("ё", "е") for w in raw_words]
     total = 0.0
     cues: list[str] = []
     anger = False
-    for m in _NEG_RE.finditer(norm):
-        stem = _NEG_ENTRIES[int((m.lastgroup or "g0")[1:])]
-        prev = _before(norm, m.start())
-        if any(p in NEGATORS for p in prev):
+    i = 0
+    while i < len(words):
+        prev = words[max(0, i - 2) : i]
+        hit = _NEG.match(words, i)
+        if hit is not None:
+            entry, used = hit
+            if not any(p in NEGATORS for p in prev):
+                boost = 1.5 if any(p in INTENSIFIERS for p in prev) else 1.0
+                total += _NEG.weights[entry] * boost
+                cues.append(entry)
+                anger = anger or entry in _ANGER
+            i += used
             continue
-        boost = 1.5 if any(p in INTENSIFIERS for p in prev) else 1.0
-        total += NEGATIVE[stem] * boost
-        cues.append(stem)
-        anger = anger or stem in ANGER
-    for m in _POS_RE.finditer(norm):
-        stem = _POS_ENTRIES[int((m.lastgroup or "g0")[1:])]
-        prev = _before(norm, m.start())
-        if any(p in NEGATORS for p in prev):
+        pos = _POS.match(words, i)
+        if pos is not None and any(p in NEGATORS for p in prev):
             boost = 1.5 if any(p in INTENSIFIERS for p in prev) else 1.0
-            total += POSITIVE[stem] * boost
-            cues.append(f"not {stem}")
-    for m in _BANG_RE.finditer(text):
-        total += 0.5
-        cues.append(m.group()[:3])
-        anger = anger or "!!!" in m.group()
-    words = _WORD_RE.findall(text)
-    shouted = [w for w in words if len(w) >= 3 and w.isalpha() and w.isupper()]
-    if len(shouted) >= 2 and len(shouted) >= 0.3 * max(1, len(words)):
+            total += _POS.weights[pos[0]] * boost
+            cues.append(f"not {pos[0]}")
+        i += 1
+    if "!" in text or "?" in text:
+        for m in _BANG_RE.finditer(text):
+            total += 0.5
+            cues.append(m.group()[:3])
+            anger = anger or "!!!" in m.group()
+    shouted = [w for w in raw_words if len(w) >= 3 and w.isalpha() and w.isupper()]
+    if len(shouted) >= 2 and len(shouted) >= 0.3 * max(1, len(raw_words)):
         total += 0.8
         cues.append("CAPS")
         anger = True
