@@ -19,19 +19,34 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.mime.text import MIMEText
 from email.utils import make_msgid
 from importlib import resources
 from typing import Any
 
+from pydantic import SecretStr
+
 from pipeline import bus
 from pipeline.broker import broker_for, free_port
 from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.errors import DecodeError
-from pipeline.events import DeadLetter, Outcome, derive_id
-from pipeline.runtime import child_env, children, departments, wait_http
+from pipeline.events import (
+    CaseEvent,
+    DeadLetter,
+    Outcome,
+    SubRequest,
+    TaskStatus,
+    TaskUpdate,
+    derive_id,
+    utcnow,
+)
+from pipeline.ingest.channels import twilio_signature
+from pipeline.outbox import Outbox, OutboxItem, describe
+from pipeline.runtime import Children, child_env, children, departments, wait_http
+from pipeline.topics import task_topic
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +70,9 @@ class Sent:
     detail: str
 
 
-def _post(url: str, data: bytes, content_type: str) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+def _post(url: str, data: bytes, content_type: str | dict[str, str]) -> tuple[int, str]:
+    headers = {"Content-Type": content_type} if isinstance(content_type, str) else content_type
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")
@@ -64,13 +80,15 @@ def _post(url: str, data: bytes, content_type: str) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-def send_sample(settings: Settings, sample: dict[str, Any], n: int) -> Sent:
+def send_sample(
+    settings: Settings, sample: dict[str, Any], n: int, chat_id: int | None = None
+) -> Sent:
     """Offer one sample to the ingest adapter in its channel's own format."""
     base = f"http://{settings.ingest_host}:{settings.ingest_port}"
     channel = sample["channel"]
     cust = sample["customer"]
     if channel == "telegram":
-        uid = 100000 + n
+        uid = chat_id or 100000 + n
         cmid = f"{uid}:{n}"
         update = {
             "update_id": 900000 + n,
@@ -94,10 +112,14 @@ def send_sample(settings: Settings, sample: dict[str, Any], n: int) -> Sent:
             "Body": sample["text"],
             "MessageSid": sid,
         }
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if settings.twilio_auth_token is not None:
+            url = f"{settings.public_base_url.rstrip('/')}/webhooks/twilio"
+            headers["X-Twilio-Signature"] = twilio_signature(
+                settings.twilio_auth_token.get_secret_value(), url, form
+            )
         status, body = _post(
-            f"{base}/webhooks/twilio",
-            urllib.parse.urlencode(form).encode(),
-            "application/x-www-form-urlencoded",
+            f"{base}/webhooks/twilio", urllib.parse.urlencode(form).encode(), headers
         )
         cmid, msg_id = sid, derive_id("msg", "sms", sid)
     elif channel == "email":
@@ -112,7 +134,7 @@ def send_sample(settings: Settings, sample: dict[str, Any], n: int) -> Sent:
             status, body = 250, "accepted"
         except smtplib.SMTPException as exc:
             status, body = 500, repr(exc)
-        msg_id = derive_id("msg", "email", cmid.strip("<>"))
+        msg_id = derive_id("msg", "email", cmid)
     else:
         cmid = f"demo-{n}"
         payload = {
@@ -173,58 +195,221 @@ def out(line: str = "") -> None:
 
 def run_demo(settings: Settings, *, serve: bool = True, timeout_s: float = 120.0) -> int:
     """Run the whole product end to end; returns 0 when every sample is accounted for."""
+    ingest_port = _port(settings.ingest_port)
     settings = settings.model_copy(
         update={
             "web_port": _port(settings.web_port),
-            "ingest_port": _port(settings.ingest_port),
+            "ingest_port": ingest_port,
             "smtp_port": _port(settings.smtp_port),
+            "public_base_url": f"http://127.0.0.1:{ingest_port}",
+            "twilio_auth_token": settings.twilio_auth_token or SecretStr("demo-twilio-token"),
         }
     )
-    with broker_for(settings) as s, children() as group:
-        out(f"broker: {s.kafka_bootstrap_servers}")
-        asyncio.run(bus.ensure_topics(s, departments=departments(s)))
-        env = child_env(s)
-        group.start("worker", ["worker"], env)
-        group.start("ingest", ["ingest"], env)
-        wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
-        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 90, group)
-        out(f"worker: http://{s.web_host}:{s.web_port}  (/metrics, /healthz)")
-        out(f"ingest: http://{s.ingest_host}:{s.ingest_port}  smtp: {s.smtp_host}:{s.smtp_port}")
-        samples = load_samples()
-        sent = [send_sample(s, sample, n) for n, sample in enumerate(samples, 1)]
-        accepted = {x.message_id for x in sent if x.status < 300}
-        outcomes, dead = asyncio.run(collect(s, accepted, timeout_s))
-        counts: Counter[str] = Counter()
+    outbox = Outbox().start()
+    try:
+        with broker_for(settings) as s, children() as group:
+            return _run(s, group, outbox, serve=serve, timeout_s=timeout_s)
+    finally:
+        outbox.stop()
+
+
+def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s: float) -> int:
+    out(f"broker: {s.kafka_bootstrap_servers}")
+    asyncio.run(bus.ensure_topics(s, departments=departments(s)))
+    env = child_env(
+        s,
+        PIPELINE_PUBLIC_BASE_URL=s.public_base_url,
+        PIPELINE_TWILIO_AUTH_TOKEN=s.twilio_auth_token.get_secret_value()
+        if s.twilio_auth_token
+        else "",
+        **outbox.env(),
+    )
+    group.start("worker", ["worker"], env)
+    group.start("ingest", ["ingest"], env)
+    wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
+    wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
+    out(f"worker: http://{s.web_host}:{s.web_port}  (/metrics, /healthz)")
+    out(f"ingest: http://{s.ingest_host}:{s.ingest_port}  smtp: {s.smtp_host}:{s.smtp_port}")
+    out(
+        f"outbox (stand-in for Telegram/Twilio/Chatwoot APIs and the mail relay): "
+        f"{outbox.http_base}, smtp :{outbox.smtp_port}"
+    )
+    samples = load_samples()
+    sent = [send_sample(s, sample, n) for n, sample in enumerate(samples, 1)]
+    accepted = {x.message_id for x in sent if x.status < 300}
+    outcomes, dead = asyncio.run(collect(s, accepted, timeout_s))
+    counts: Counter[str] = Counter()
+    out()
+    out("outcomes:")
+    for x in sent:
+        text = x.sample["text"][:60].replace("\n", " ")
+        if x.status >= 300:
+            counts["dead_lettered"] += 1
+            out(f"  [{x.sample['channel']:8}] REJECTED {x.status}  {text!r}  {x.detail[:80]}")
+            continue
+        o = outcomes.get(x.message_id)
+        if o is None:
+            counts["missing"] += 1
+            out(f"  [{x.sample['channel']:8}] MISSING        {text!r}")
+            continue
+        counts[o.outcome.value] += 1
+        where = ",".join(o.departments) or o.reason
+        out(f"  [{x.sample['channel']:8}] {o.outcome.value:13} {where[:28]:28} {text!r}")
+    out()
+    out(
+        f"summary: {len(samples)} samples, "
+        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        + f"; dead letters on the DLQ topic: {len(dead)}"
+    )
+    ok = counts["missing"] == 0
+    out("every sample accounted for" if ok else "SOME SAMPLES HAVE NO OUTCOME")
+    seed = next((x for x in sent if x.sample.get("source") == "seed"), None)
+    if seed is not None and seed.message_id in outcomes:
         out()
-        for x in sent:
-            text = x.sample["text"][:60].replace("\n", " ")
-            if x.status >= 300:
-                counts["dead_lettered"] += 1
-                out(f"  [{x.sample['channel']:8}] REJECTED {x.status}  {text!r}  {x.detail[:80]}")
-                continue
-            o = outcomes.get(x.message_id)
-            if o is None:
-                counts["missing"] += 1
-                out(f"  [{x.sample['channel']:8}] MISSING        {text!r}")
-                continue
-            counts[o.outcome.value] += 1
-            where = ",".join(o.departments) or o.reason
-            out(f"  [{x.sample['channel']:8}] {o.outcome.value:13} {where:28.28} {text!r}")
-        out()
-        out(
-            f"summary: {len(samples)} samples, "
-            + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-            + f"; dead letters on the DLQ topic: {len(dead)}"
+        out("the worked example, followed to the end:")
+        try:
+            asyncio.run(follow_seed(s, outbox, seed, outcomes[seed.message_id]))
+        except (TimeoutError, DecodeError, OSError, smtplib.SMTPException) as exc:
+            out(f"  could not follow it to the end: {exc!r}")
+    out()
+    out(f"metrics: curl http://{s.web_host}:{s.web_port}/metrics")
+    if serve:
+        out("serving; press Ctrl-C to stop")
+        try:
+            while True:
+                group.check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            out("stopping")
+    return 0 if ok else 1
+
+
+async def _wait(predicate: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"no {what} within {timeout_s:.0f}s")
+
+
+async def follow_seed(s: Settings, outbox: Outbox, seed: Sent, outcome: Outcome) -> None:
+    """Loyalty IT answers in the system, the director answers by e-mail, the customer is told."""
+    out(f"  routed to: {', '.join(outcome.departments)} (case {outcome.case_id})")
+    subs: list[SubRequest] = []
+    topics = [task_topic(s, d) for d in departments(s)] + [s.topic("external")]
+    for rec in await bus.read_all(s, topics, idle_s=1.0):
+        try:
+            sub = decode(SubRequest, rec.value)
+        except DecodeError:
+            continue
+        if sub.message_id == seed.message_id:
+            subs.append(sub)
+    pub = bus.Publisher(s)
+    try:
+        for sub in subs:
+            out(
+                f"  sub-request {sub.kind.value:8} → {sub.recipient or sub.department}: "
+                f"{sub.text[:70]!r}"
+            )
+            if sub.kind.value == "internal":
+                update = TaskUpdate(
+                    update_id=derive_id("upd", sub.sub_request_id, "demo"),
+                    sub_request_id=sub.sub_request_id,
+                    case_id=sub.case_id,
+                    status=TaskStatus.resolved,
+                    resolution="Бонусы за покупку начислены вручную, карта работает — "
+                    "при следующей покупке баллы спишутся как обычно.",
+                    author=f"{sub.department} (demo)",
+                    at=utcnow(),
+                )
+                await pub.send(s.topic("task-updates"), sub.case_id, update)
+                out(f"  {sub.department} answers in the system (TaskUpdate resolved)")
+    finally:
+        await pub.close()
+    for sub in subs:
+        if sub.kind.value != "external" or not sub.recipient:
+            continue
+        recipient = sub.recipient
+
+        def director_mail(to: str = recipient) -> OutboxItem | None:
+            return next(
+                (
+                    i
+                    for i in outbox.snapshot()
+                    if i.channel == "email" and to in i.to and i.reply_to
+                ),
+                None,
+            )
+
+        mail = await _wait(
+            director_mail,
+            f"e-mail to {recipient}",
         )
-        ok = counts["missing"] == 0
-        out("every sample accounted for" if ok else "SOME SAMPLES HAVE NO OUTCOME")
-        out(f"metrics: curl http://{s.web_host}:{s.web_port}/metrics")
-        if serve:
-            out("serving; press Ctrl-C to stop")
-            try:
-                while True:
-                    group.check_alive()
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                out("stopping")
-        return 0 if ok else 1
+        answer = MIMEText(
+            "Добрый день! Проверили выкладку и сроки годности, несвежие огурцы сняты с "
+            "продажи и заменены.\n\n-- \nДиректор магазина",
+            "plain",
+            "utf-8",
+        )
+        answer["From"] = recipient
+        answer["To"] = mail.reply_to
+        answer["Subject"] = f"Re: {mail.subject}"
+        answer["Message-ID"] = make_msgid(domain="example.com")
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=30) as smtp:
+            smtp.send_message(answer)
+        out(f"  the director receives: {describe(mail)[:200]}")
+        out(f"  and replies by e-mail to {mail.reply_to}")
+    chat = seed.channel_message_id.split(":", 1)[0]
+
+    def to_customer(marker: str) -> OutboxItem | None:
+        return next(
+            (
+                i
+                for i in outbox.snapshot()
+                if i.channel == "telegram" and i.to == chat and marker in i.text
+            ),
+            None,
+        )
+
+    final = await _wait(lambda: to_customer("огурцы"), "combined answer to the customer")
+    out(f"  the customer gets ONE combined answer in Telegram:\n      {final.text!r}")
+    survey = await _wait(lambda: to_customer("0 до 10"), "survey question")
+    out(f"  then the survey: {survey.text!r}")
+    n = int(seed.channel_message_id.split(":", 1)[1])
+    survey_answer = {
+        "channel": "telegram",
+        "language": "ru",
+        "customer": seed.sample["customer"],
+        "text": "10",
+    }
+    sent = send_sample(s, survey_answer, n + 1000, chat_id=int(chat))
+    out(f"  the customer answers '10' in Telegram (HTTP {sent.status})")
+    events = await _wait_case_event(s, outcome.case_id or "", "survey_answered")
+    out(f"  survey answer linked to the case: {events.detail}")
+
+
+async def _wait_case_event(s: Settings, case_id: str, kind: str) -> CaseEvent:
+    found = await _collect_case_events(s, case_id, kind, timeout_s=60.0)
+    if found is None:
+        raise TimeoutError(f"no {kind} event for {case_id}")
+    return found
+
+
+async def _collect_case_events(
+    s: Settings, case_id: str, kind: str, timeout_s: float
+) -> CaseEvent | None:
+    deadline = time.monotonic() + timeout_s
+    async with bus.reader(s, s.topic("case-events")) as c:
+        while time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=300)
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        ev = decode(CaseEvent, m.value)
+                    except DecodeError:
+                        continue
+                    if ev.case_id == case_id and ev.type.value == kind:
+                        return ev
+    return None
