@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline.classify.model import (
+    OUT_OF_SCOPE,
     IntentModel,
     TrainParams,
     columns,
@@ -67,11 +68,10 @@ def bitext_and_seed(params: TrainParams) -> None:
         params=params,
         sample_weight=[ts.weights[i] for i in tr],
     )
-    bitext = [i for i in te if ts.weights[i] == 1.0]
-    for name, rows in (
-        ("Bitext held-out", bitext),
-        ("Russian seed held-out", [i for i in te if ts.languages[i] == "ru"]),
-    ):
+    bitext = [i for i in te if ts.sources[i] == "bitext"]
+    ru_seed = [i for i in te if ts.sources[i] == "seed" and ts.languages[i] == "ru"]
+    oos = [i for i in te if ts.sources[i] == "out_of_scope"]
+    for name, rows in (("Bitext held-out", bitext), ("Russian seed held-out", ru_seed)):
         r = evaluate(model, [ts.texts[i] for i in rows], [ts.labels[i] for i in rows])
         out(
             f"{name} ({r.rows} rows): accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}, "
@@ -86,6 +86,11 @@ def bitext_and_seed(params: TrainParams) -> None:
         ]
     )
     out(f"Bitext held-out category (department) accuracy: {cat_ok:.4f}")
+    oos_preds = model.predict_batch([ts.texts[i] for i in oos])
+    out(
+        f"off-topic held-out ({len(oos)} rows, ru+en): abstained "
+        f"{np.mean([p.abstained for p in oos_preds]):.4f}"
+    )
 
 
 def encodechka(data: Path, params: TrainParams, folds: int) -> None:
@@ -121,8 +126,9 @@ def default_training_time(params: TrainParams) -> None:
     secs = time.perf_counter() - t0
     h = model.meta.held_out
     out(
-        f"default model: {len(ts.texts)} rows, {len(set(ts.labels))} intents → "
-        f"{len(set(ts.categories.values()))} categories, trained in {secs:.1f}s "
+        f"default model: {len(ts.texts)} rows, {len(set(ts.labels) - {OUT_OF_SCOPE})} intents → "
+        f"{len(set(ts.categories.values()) - {'unknown'})} categories (+ the out-of-scope "
+        f"class), trained in {secs:.1f}s "
         f"(held-out accuracy {h.accuracy if h else float('nan'):.4f}, threshold "
         f"{model.threshold:.3f})"
     )
@@ -131,14 +137,14 @@ def default_training_time(params: TrainParams) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--multi-class", default="ovr", choices=["ovr", "crammer_singer"])
+    ap.add_argument("--multi-class", default=None, choices=["ovr", "crammer_singer"])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument(
         "--only", choices=["banking77", "bitext", "encodechka", "default"], default=None
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = TrainParams(multi_class=args.multi_class)
+    params = TrainParams(**({"multi_class": args.multi_class} if args.multi_class else {}))
     out(f"params: {params.model_dump_json()}")
     if args.only in (None, "banking77"):
         banking77(args.data_dir, params)

@@ -157,8 +157,8 @@ def main() -> int:
     pool: dict[str, list[tuple[str, str, str]]] = {"en": [], "ru": []}
     for i in te:
         lang = ts.languages[i]
-        if lang == "en" and ts.weights[i] != 1.0:
-            continue  # the English seed rows are ours; evaluate English on Bitext only
+        if ts.sources[i] == "out_of_scope" or (lang == "en" and ts.sources[i] != "bitext"):
+            continue  # English on Bitext only (the English seed rows are ours)
         pool[lang].append((ts.texts[i], ts.labels[i], ts.categories[ts.labels[i]]))
     samples = generate(pool, args.n, args.seed)
     t0 = time.perf_counter()

@@ -16,6 +16,9 @@ predictions reach ``target_precision`` (default 0.97), but never below ``min_thr
 (default 0.5, the point where the best label beats "none of them"). Below it the prediction is
 ``unknown``: the model never emits a label it was not trained on.
 
+Out of scope: training data may carry the label ``_out_of_scope`` (off-topic examples). The
+model learns it like any class, but predicting it is an abstention (``unknown``).
+
 Training holds out ``holdout`` of the data (stratified, seeded) to measure the model and tune
 temperature and threshold, then refits on all of it (``refit=True``). Everything is seeded:
 the same data and library versions give the same artifact and the same version id.
@@ -31,6 +34,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 import sklearn
 from pydantic import BaseModel, ConfigDict, Field
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -55,6 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+#: A trained "none of our intents" class (off-topic examples); predicting it means abstaining.
+OUT_OF_SCOPE = "_out_of_scope"
 ESTIMATOR_FILE = "estimator.joblib"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -149,6 +156,22 @@ def data_sha256(texts: Sequence[str], labels: Sequence[str], categories: Mapping
     return h.hexdigest()
 
 
+def _fit(params: TrainParams, x: list[str], y: Any, w: Any) -> Pipeline:
+    """Fit a fresh pipeline; liblinear's convergence warning is logged, not raised (the
+    held-out metrics say whether the model is good)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        est = _build(params).fit(x, y, clf__sample_weight=w)
+    for warning in caught:
+        if issubclass(warning.category, ConvergenceWarning):
+            log.info("liblinear: %s", warning.message)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return est
+
+
 def _build(params: TrainParams) -> Pipeline:
     features = FeatureUnion(
         [
@@ -170,7 +193,9 @@ def _build(params: TrainParams) -> Pipeline:
             ),
         ]
     )
-    clf = LinearSVC(C=params.c, multi_class=params.multi_class, random_state=params.seed)
+    clf = LinearSVC(
+        C=params.c, multi_class=params.multi_class, random_state=params.seed, max_iter=2000
+    )
     return Pipeline([("features", features), ("clf", clf)])
 
 
@@ -240,7 +265,7 @@ class IntentModel:
 
     def category(self, label: str) -> str:
         """Category of a label (``unknown`` for unknown)."""
-        if label == UNKNOWN:
+        if label in (UNKNOWN, OUT_OF_SCOPE):
             return UNKNOWN
         return self.meta.categories.get(label, label)
 
@@ -266,6 +291,8 @@ class IntentModel:
         if UNKNOWN in distinct:
             raise ModelError(f"'{UNKNOWN}' is reserved for abstention and cannot be a label")
         cats = {label: (categories or {}).get(label, label) for label in distinct}
+        if OUT_OF_SCOPE in cats:
+            cats[OUT_OF_SCOPE] = UNKNOWN
         started = time.perf_counter()
         x = list(texts)
         y = np.array(labels, dtype=object)
@@ -279,7 +306,7 @@ class IntentModel:
             tr, te = train_test_split(
                 idx, test_size=params.holdout, random_state=params.seed, stratify=y
             )
-            est = _build(params).fit([x[i] for i in tr], y[tr], clf__sample_weight=w[tr])
+            est = _fit(params, [x[i] for i in tr], y[tr], w[tr])
             classes = list(est.classes_)
             scores = np.asarray(est.decision_function([x[i] for i in te]), dtype=np.float64)
             known = np.array([g in classes for g in y[te]])
@@ -303,7 +330,7 @@ class IntentModel:
             if not params.refit:
                 final = est
         if held_out is None or params.refit:
-            final = _build(params).fit(x, y, clf__sample_weight=w)
+            final = _fit(params, x, y, w)
         seconds = time.perf_counter() - started
         libs = library_versions()
         sha = data_sha256(x, list(labels), cats)
@@ -397,7 +424,9 @@ class IntentModel:
         threshold = self.meta.threshold
         out: list[Prediction] = []
         for label, cat, c in zip(labels.tolist(), cats.tolist(), top.tolist(), strict=True):
-            if c >= threshold:
+            if label == OUT_OF_SCOPE:
+                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, UNKNOWN))
+            elif c >= threshold:
                 out.append(Prediction(label, cat, c, False, label, cat))
             else:
                 out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat))
@@ -454,47 +483,60 @@ def columns(rows: Sequence[Mapping[str, str]], path: Path, *names: str | None) -
 RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "models"
 BITEXT_FILE = RESOURCES / "bitext_customer_support.csv"
 SEED_FILE = RESOURCES / "care_seed_ru_en.csv"
+OUT_OF_SCOPE_FILE = RESOURCES / "out_of_scope_ru_en.csv"
 #: The seed is small next to Bitext; weighting it keeps Russian phrasings from being drowned.
 SEED_WEIGHT = 3.0
 
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """Texts, labels, label→category and per-row weights."""
+    """Texts, labels, label→category, per-row weights, languages and sources."""
 
     texts: list[str]
     labels: list[str]
     categories: dict[str, str]
     weights: list[float]
     languages: list[str]
+    sources: list[str]  # bitext | seed | out_of_scope
 
 
 def default_training_set() -> TrainingSet:
-    """Bitext (English, 27 intents → 11 categories) plus our ru/en seed (incl. store/loyalty)."""
+    """Bitext (English, 27 intents → 11 categories), our ru/en seed (incl. store/loyalty) and
+    off-topic ru/en examples (encodechka subset) as the out-of-scope class."""
     texts: list[str] = []
     labels: list[str] = []
     cats: dict[str, str] = {}
     weights: list[float] = []
     langs: list[str] = []
+    sources: list[str] = []
     for row in read_table(BITEXT_FILE):
         texts.append(row["utterance"])
         labels.append(row["intent"])
         cats[row["intent"]] = row["category"]
         weights.append(1.0)
         langs.append("en")
+        sources.append("bitext")
     for row in read_table(SEED_FILE):
         texts.append(row["text"])
         labels.append(row["label"])
         cats[row["label"]] = row["category"]
         weights.append(SEED_WEIGHT)
         langs.append(row["lang"])
-    return TrainingSet(texts, labels, cats, weights, langs)
+        sources.append("seed")
+    for row in read_table(OUT_OF_SCOPE_FILE):
+        texts.append(row["text"])
+        labels.append(OUT_OF_SCOPE)
+        weights.append(1.0)
+        langs.append(row["lang"])
+        sources.append("out_of_scope")
+    cats[OUT_OF_SCOPE] = UNKNOWN
+    return TrainingSet(texts, labels, cats, weights, langs, sources)
 
 
 def default_model_key(params: TrainParams | None = None) -> str:
     """Cache key: hash of the shipped training files, parameters and library versions."""
     h = hashlib.sha256()
-    for path in (BITEXT_FILE, SEED_FILE):
+    for path in (BITEXT_FILE, SEED_FILE, OUT_OF_SCOPE_FILE):
         h.update(path.read_bytes())
     h.update((params or TrainParams()).model_dump_json().encode())
     h.update(str(SEED_WEIGHT).encode())
