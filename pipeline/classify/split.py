@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.classify.model import UNKNOWN, IntentModel, Prediction
+from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction
 
 #: Connectives that start a new request wherever they stand after a space.
 STRONG_CONNECTIVES: tuple[str, ...] = (
@@ -52,8 +52,6 @@ WEAK_CONNECTIVES: tuple[str, ...] = (
     "плюс",
     "заодно",
     "кстати",
-    "и",
-    "а",
     "во-вторых",
     "вторая проблема",
     "also",
@@ -64,7 +62,6 @@ WEAK_CONNECTIVES: tuple[str, ...] = (
     "moreover",
     "by the way",
     "secondly",
-    "and",
 )
 CONNECTIVES = STRONG_CONNECTIVES + WEAK_CONNECTIVES
 
@@ -73,6 +70,11 @@ def _alternation(words: Sequence[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
+#: Any connective at the very start of a segment (to strip it from what the model sees).
+_LEAD_CONN_RE = re.compile(
+    r"(?:" + _alternation((*CONNECTIVES, "и", "а", "and", "but", "но")) + r")(?=[\s,:!]|$)",
+    re.IGNORECASE,
+)
 _CONN_RE = re.compile(
     r"(?:(?<=\s)(?P<s>" + _alternation(STRONG_CONNECTIVES) + r")"
     r"|(?:(?<=[,;:—–-])|(?<=[,;:—–-]\s)|(?<=\n)|\A)(?P<w>" + _alternation(WEAK_CONNECTIVES) + r"))"
@@ -165,7 +167,7 @@ def _content_offset(text: str) -> int:
         lead = _LEAD_RE.match(text[pos:])
         if lead:
             pos += lead.end()
-        m = _CONN_RE.match(text[pos:])
+        m = _LEAD_CONN_RE.match(text[pos:])
         if not m or not m.end():
             return pos if _WORD_RE.search(text, pos) else 0
         pos += m.end()
@@ -211,7 +213,7 @@ def merge(
     near_connective = [led[i] or (i + 1 < n and led[i + 1]) for i in range(n)]
 
     def strong(i: int, seg: Segment, p: Prediction) -> bool:
-        if _words(seg.text) < min_words:
+        if _words(seg.text) < min_words or p.best == OUT_OF_SCOPE:
             return False
         if not p.abstained and p.confidence >= split_threshold:
             return True
