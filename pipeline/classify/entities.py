@@ -101,6 +101,7 @@ _RELATIVE = {
     "сегодня": 0, "today": 0, "вчера": -1, "yesterday": -1, "позавчера": -2,
     "завтра": 1, "tomorrow": 1,
 }  # fmt: skip
+_DIGIT_RE = re.compile(r"\d")
 _RELATIVE_RE = re.compile(r"\b(?:" + "|".join(_RELATIVE) + r")\b", re.IGNORECASE)
 
 
@@ -249,6 +250,21 @@ def extract_entities(
     now = now or datetime.now(UTC)
     found: list[Entity] = []
     taken: list[tuple[int, int]] = []
+    if not _DIGIT_RE.search(text):
+        # no digit: no order, card, amount or calendar date; only stores and relative dates
+        found.extend(match_stores(text, stores))
+        if _RELATIVE_RE.search(text):
+            found.extend(
+                e
+                for e in _dates(text, now)
+                if e.span
+                and not _overlaps(
+                    (e.span.start, e.span.end),
+                    [(x.span.start, x.span.end) for x in found if x.span],
+                )
+            )
+        found.sort(key=lambda e: (e.span.start if e.span else -1, e.kind))
+        return found
 
     def add(kind: str, value: str, start: int, end: int) -> None:
         taken.append((start, end))

@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 import sklearn
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import sparse
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import train_test_split
@@ -403,18 +404,20 @@ class IntentModel:
 
     # ------------------------------------------------------------ prediction
 
+    def _scores(self, x: Any) -> FloatArray:
+        scores = np.asarray(self._estimator.named_steps["clf"].decision_function(x), np.float64)
+        if scores.ndim == 1:  # binary: sklearn returns the positive class score only
+            scores = np.stack([-scores, scores], axis=1)
+        return scores
+
     def confidences(self, texts: Sequence[str]) -> FloatArray:
         """Per-label confidence matrix (rows: texts, columns: ``estimator.classes_``)."""
         if not texts:
             return np.zeros((0, len(self._classes)))
-        scores = np.asarray(self._estimator.decision_function(list(texts)), dtype=np.float64)
-        if scores.ndim == 1:  # binary: sklearn returns the positive class score only
-            scores = np.stack([-scores, scores], axis=1)
-        return _confidences(scores, self.meta.temperature)
+        x = self._estimator.named_steps["features"].transform(list(texts))
+        return _confidences(self._scores(x), self.meta.temperature)
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """One vectorized predict over all texts."""
-        conf = self.confidences(texts)
+    def _predictions(self, conf: FloatArray) -> list[Prediction]:
         if conf.shape[0] == 0:
             return []
         best = conf.argmax(axis=1)
@@ -431,6 +434,72 @@ class IntentModel:
             else:
                 out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat))
         return out
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        """One vectorized predict over all texts."""
+        return self._predictions(self.confidences(texts))
+
+    def predict_segmented(
+        self, segments: Sequence[Sequence[str]]
+    ) -> list[tuple[Prediction, list[Prediction]]]:
+        """(whole, per-segment) predictions of many segmented texts in one vectorized call.
+
+        Only the segments are vectorized. A text with several segments gets its whole-text
+        vector as the sum of its segments' vectors, re-normalized per feature block (each
+        TF-IDF block is L2-normalized, as the vectorizer does): character n-grams never cross
+        a word, so this is the whole text's vector up to the connective words, the word
+        n-grams across segment boundaries and sublinear TF of repeated terms. It saves
+        vectorizing every multi-part message twice."""
+        flat = [t for segs in segments for t in segs]
+        if not flat:
+            return [(self._empty(), []) for _ in segments]
+        x_seg = self._estimator.named_steps["features"].transform(flat).tocsr()
+        rows, cols = [], []
+        multi = [i for i, segs in enumerate(segments) if len(segs) > 1]
+        offsets = np.cumsum([0, *[len(s) for s in segments]])
+        for r, i in enumerate(multi):
+            for j in range(offsets[i], offsets[i + 1]):
+                rows.append(r)
+                cols.append(j)
+        blocks = [x_seg]
+        if multi:
+            agg = sparse.csr_matrix(
+                (np.ones(len(rows), dtype=x_seg.dtype), (rows, cols)),
+                shape=(len(multi), x_seg.shape[0]),
+            )
+            blocks.append(self._normalize_blocks(agg @ x_seg))
+        conf = _confidences(self._scores(sparse.vstack(blocks).tocsr()), self.meta.temperature)
+        preds = self._predictions(conf)
+        seg_preds, whole_preds = preds[: len(flat)], preds[len(flat) :]
+        out: list[tuple[Prediction, list[Prediction]]] = []
+        k = 0
+        for i, segs in enumerate(segments):
+            own = seg_preds[offsets[i] : offsets[i + 1]]
+            if not segs:
+                out.append((self._empty(), []))
+            elif len(segs) == 1:
+                out.append((own[0], own))
+            else:
+                out.append((whole_preds[k], own))
+                k += 1
+        return out
+
+    def _normalize_blocks(self, x: Any) -> Any:
+        """L2-normalize each row within each feature block (word, char)."""
+        x = x.tocsr()
+        sizes = [
+            len(t.vocabulary_) for _, t in self._estimator.named_steps["features"].transformer_list
+        ]
+        bounds = np.cumsum(sizes)[:-1]
+        block = np.searchsorted(bounds, x.indices, side="right")
+        row = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+        key = row * len(sizes) + block
+        norms = np.sqrt(np.bincount(key, weights=x.data.astype(np.float64) ** 2))
+        x.data = (x.data / np.where(norms[key] > 0, norms[key], 1.0)).astype(x.dtype)
+        return x
+
+    def _empty(self) -> Prediction:
+        return Prediction(UNKNOWN, UNKNOWN, 0.0, True, OUT_OF_SCOPE, UNKNOWN)
 
     def predict_labels(self, texts: Sequence[str]) -> list[str]:
         """Best label per text, ignoring the threshold (for accuracy figures)."""

@@ -100,11 +100,23 @@ def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(r"(?<!\w)(?:" + "|".join(patterns) + r")(?!\w)", re.IGNORECASE)
 
 
+_TABLES: dict[int, tuple[dict[str, list[str]], dict[str, re.Pattern[str] | None]]] = {}
+
+
 def _find(text: str, language: str, table: dict[str, list[str]]) -> list[str]:
-    patterns = tuple(table.get(language, [])) + tuple(table.get("*", []))
-    if language not in table:  # unknown language: try all of them
-        patterns = tuple(p for ps in table.values() for p in ps)
-    rx = _compiled(patterns)
+    # compiled once per (table, language); the table object is kept alive by the cache entry
+    cached = _TABLES.get(id(table))
+    if cached is None or cached[0] is not table:
+        if len(_TABLES) > 256:
+            _TABLES.clear()
+        cached = (table, {})
+        _TABLES[id(table)] = cached
+    if language not in cached[1]:
+        patterns = tuple(table.get(language, [])) + tuple(table.get("*", []))
+        if language not in table:  # unknown language: try all of them
+            patterns = tuple(p for ps in table.values() for p in ps)
+        cached[1][language] = _compiled(patterns)
+    rx = cached[1][language]
     if rx is None:
         return []
     seen: list[str] = []

@@ -76,17 +76,24 @@ class _Lexicon:
         self.exact = {k for k in self.weights if " " not in k and k.isascii() and len(k) <= 4}
         self.stems = {k for k in self.weights if " " not in k and k not in self.exact}
         self.min_len = min((len(k) for k in self.stems), default=1)
+        # fast rejection: most words share no prefix with any stem or phrase
+        self.heads = {k[: self.min_len] for k in self.stems}
+        self.phrase_heads = {k.split()[0] for k in self.phrases}
 
     def match(self, words: list[str], i: int) -> tuple[str, int] | None:
         """(entry, words used) for the entry starting at word i, longest first."""
-        for n in (3, 2):
-            if i + n <= len(words):
-                phrase = " ".join(words[i : i + n])
-                if phrase in self.phrases:
-                    return phrase, n
         w = words[i]
         if w in self.exact:
             return w, 1
+        if w in self.phrase_heads:
+            for n in (3, 2):
+                if i + n > len(words):
+                    continue
+                phrase = " ".join(words[i : i + n])
+                if phrase in self.phrases:
+                    return phrase, n
+        if w[: self.min_len] not in self.heads:
+            return None
         for end in range(len(w), self.min_len - 1, -1):
             if w[:end] in self.stems:
                 return w[:end], 1

@@ -271,22 +271,15 @@ def split_batch(
     connective_threshold: float = 0.3,
     min_words: int = 2,
 ) -> list[list[Part]]:
-    """Split many texts with one vectorized predict over all their segments and wholes."""
+    """Split many texts with one vectorized predict over all their segments (the whole-text
+    vectors are derived from the segments', see ``IntentModel.predict_segmented``)."""
     segs = [segment(t) for t in texts]
-    flat: list[str] = []
-    for t, ss in zip(texts, segs, strict=True):
-        flat.append(t)
-        if len(ss) > 1:
-            flat.extend(s.text for s in ss)
-    preds = model.predict_batch(flat)
+    results = model.predict_segmented(
+        [[seg.text for seg in ss] or [t] for t, ss in zip(texts, segs, strict=True)]
+    )
     out: list[list[Part]] = []
-    i = 0
-    for t, ss in zip(texts, segs, strict=True):
-        whole = preds[i]
-        i += 1
+    for t, ss, (whole, seg_preds) in zip(texts, segs, results, strict=True):
         if len(ss) > 1:
-            seg_preds = preds[i : i + len(ss)]
-            i += len(ss)
             out.append(
                 merge(
                     t,
