@@ -1,6 +1,6 @@
 """The intent model: TF-IDF word + character n-grams into a linear SVM, with abstention.
 
-Features: word 1–3-grams + character 1–5-grams within word boundaries (``char_wb``: robust to
+Features: word 1–3-grams + character 2–4-grams within word boundaries (``char_wb``: robust to
 Russian inflection and typos), sublinear TF-IDF. Classifier: ``LinearSVC`` with the
 Crammer–Singer multi-class loss (measured best on BANKING77: 91.7 % vs 91.3 % one-vs-rest;
 ``multi_class="ovr"`` is available).
@@ -89,7 +89,7 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     word_ngrams: tuple[int, int] = (1, 3)
-    char_ngrams: tuple[int, int] = (1, 5)
+    char_ngrams: tuple[int, int] = (2, 4)
     c: float = Field(default=0.7, gt=0)
     multi_class: str = Field(default="crammer_singer", pattern="^(ovr|crammer_singer)$")
     holdout: float = Field(default=0.1, ge=0.0, lt=0.5)
