@@ -56,6 +56,7 @@ RECONTACT_WINDOW = timedelta(days=7)
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
 RULES_CHECK_INTERVAL_S = 5.0
+MAX_PENDING_UPDATES = 20
 
 
 class Runtime:
@@ -188,6 +189,7 @@ def install(ctx: Context) -> None:
     rt = Runtime(ctx)
     customer_cases = ctx.table("customer-cases")
     cases_table = ctx.table("cases")
+    pending_table = ctx.table("pending-updates")
 
     async def route_one(record: RawRecord) -> None:
         if record.topic == s.topic("case-status"):
@@ -258,12 +260,28 @@ def install(ctx: Context) -> None:
             snap = decode_record(CaseSnapshot, record)
             state = CaseState.model_validate(snap.state)
             cases_table[state.case_id] = orjson.dumps(snap.state).decode()
+            waiting = pending_table.get(state.case_id)
+            if waiting:
+                # Updates that overtook the case's creation (different topics): apply now.
+                pending_table[state.case_id] = ""
+                for raw_update in orjson.loads(waiting):
+                    await apply_update(TaskUpdate.model_validate(raw_update))
             return
         update = decode_record(TaskUpdate, record)
-        raw = cases_table.get(update.case_id)
-        if not raw:
-            raise DecodeError(f"task update {update.update_id} for unknown case {update.case_id}")
-        state = CaseState.model_validate(orjson.loads(raw))
+        if not cases_table.get(update.case_id):
+            held = orjson.loads(pending_table.get(update.case_id) or "[]")
+            if len(held) >= MAX_PENDING_UPDATES:
+                raise DecodeError(
+                    f"task update {update.update_id} for unknown case {update.case_id}"
+                )
+            held.append(update.model_dump(mode="json"))
+            pending_table[update.case_id] = orjson.dumps(held).decode()
+            log.warning("task update %s waits for case %s", update.update_id, update.case_id)
+            return
+        await apply_update(update)
+
+    async def apply_update(update: TaskUpdate) -> None:
+        state = CaseState.model_validate(orjson.loads(cases_table[update.case_id]))
         tr = apply_task_update(state, update, rt.workflow, now=utcnow())
         await save_transition(tr)
 

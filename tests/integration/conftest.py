@@ -15,13 +15,24 @@ import pytest
 from pipeline import bus
 from pipeline.broker import free_port
 from pipeline.config import Settings
+from pipeline.outbox import Outbox
 from pipeline.runtime import Children, child_env, departments, wait_http
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def stack(broker_settings: Settings) -> Iterator[Settings]:
+def outbox() -> Iterator[Outbox]:
+    """Local stand-ins for the platform APIs and the mail relay (real HTTP and SMTP)."""
+    box = Outbox().start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(broker_settings: Settings, outbox: Outbox) -> Iterator[Settings]:
     """Settings of a running worker + ingest pair (started once, stopped at session end)."""
     tag = uuid.uuid4().hex[:8]
     s = broker_settings.model_copy(
@@ -37,7 +48,7 @@ def stack(broker_settings: Settings) -> Iterator[Settings]:
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
     group = Children()
     try:
-        env = child_env(s)
+        env = child_env(s, **outbox.env())
         group.start("worker", ["worker"], env)
         group.start("ingest", ["ingest"], env)
         wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)

@@ -1,0 +1,321 @@
+"""Product scenarios through the real broker, worker and adapters (issues #5 and #6)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+import uuid
+from collections.abc import Callable
+from email.mime.text import MIMEText
+from email.utils import make_msgid
+
+import pytest
+
+from pipeline import bus
+from pipeline.config import Settings
+from pipeline.events import (
+    CaseEvent,
+    ClassifiedMessage,
+    Outcome,
+    Reply,
+    SubRequest,
+    TaskStatus,
+    TaskUpdate,
+    derive_id,
+    utcnow,
+)
+from pipeline.outbox import Outbox, OutboxItem
+from pipeline.topics import task_topic
+
+from .helpers import post_json, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, object]:
+    update = {
+        "update_id": chat * 1000 + msg_id,
+        "message": {
+            "message_id": msg_id,
+            "date": int(time.time()),
+            "chat": {"id": chat, "type": "private"},
+            "from": {"id": chat, "is_bot": False, "first_name": "Тест"},
+            "text": text,
+        },
+    }
+    return post_json(f"http://{stack.ingest_host}:{stack.ingest_port}/webhooks/telegram", update)
+
+
+def _generic(stack: Settings, customer: dict[str, str], text: str, cmid: str) -> str:
+    status, body = post_json(
+        f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
+        {"channel": "webchat", "message_id": cmid, "customer": customer, "text": text},
+    )
+    assert status == 202, body
+    assert isinstance(body, dict)
+    return str(body["message_id"])
+
+
+def _mail(stack: Settings, sender: str, to: str, text: str, subject: str = "Вопрос") -> str:
+    mail = MIMEText(text, "plain", "utf-8")
+    mail["From"] = sender
+    mail["To"] = to
+    mail["Subject"] = subject
+    mail["Message-ID"] = mid = make_msgid(domain="example.net")
+    with smtplib.SMTP(stack.smtp_host, stack.smtp_port, timeout=30) as smtp:
+        smtp.send_message(mail)
+    return derive_id("msg", "email", mid)
+
+
+async def _outcome(stack: Settings, message_id: str) -> Outcome:
+    found = await wait_for(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == message_id, 1
+    )
+    assert found, f"no outcome for {message_id}"
+    return found[0]
+
+
+async def _until(predicate: Callable[[], OutboxItem | None], timeout_s: float = 60) -> OutboxItem:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        item = predicate()
+        if item is not None:
+            return item
+        await asyncio.sleep(0.3)
+    raise AssertionError("expected delivery did not arrive")
+
+
+async def test_platform_retry_and_resend_make_one_case(stack: Settings) -> None:
+    chat = 7_000_000 + int(uuid.uuid4().int % 100_000)
+    text = "Где мой заказ 55123? Его должны были привезти вчера"
+    first = [_telegram(stack, chat, 1, text) for _ in range(3)]  # the platform retries
+    assert all(status == 200 for status, _ in first), first
+    mid = derive_id("msg", "telegram", f"{chat}:1")
+    original = await _outcome(stack, mid)
+    assert original.outcome.value == "routed"
+    status, _ = _telegram(stack, chat, 2, text)  # the customer sends it again
+    assert status == 200
+    again = await _outcome(stack, derive_id("msg", "telegram", f"{chat}:2"))
+    assert again.outcome.value == "duplicate"
+    assert again.case_id == original.case_id
+    outcomes = await wait_for(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid, 2, timeout_s=3
+    )
+    assert len(outcomes) == 1, "a platform retry produced a second outcome"
+
+
+async def test_same_customer_chat_then_email_is_one_case(stack: Settings) -> None:
+    run = uuid.uuid4().hex[:8]
+    email_addr = f"olga.{run}@example.net"
+    chat_id = _generic(
+        stack,
+        {"id": f"olga-{run}", "email": email_addr},
+        "Здравствуйте! Мне не пришёл возврат денег за заказ 48213, прошло уже две недели.",
+        f"chat-{run}",
+    )
+    first = await _outcome(stack, chat_id)
+    assert first.outcome.value == "routed"
+    mail_id = _mail(
+        stack,
+        email_addr,
+        stack.support_addresses[0],
+        "Добрый день, мне не пришёл возврат денег за заказ 48213, прошло уже две недели!\n\n"
+        "-- \nС уважением,\nОльга",
+    )
+    second = await _outcome(stack, mail_id)
+    assert second.customer_id == first.customer_id
+    assert second.outcome.value == "duplicate"
+    assert second.case_id == first.case_id
+
+
+async def test_password_reset_is_answered_from_the_kb_in_both_languages(stack: Settings) -> None:
+    run = uuid.uuid4().hex[:8]
+    ids = {
+        "ru": _generic(
+            stack,
+            {"id": f"pw-ru-{run}"},
+            "Забыл пароль от личного кабинета, как восстановить?",
+            f"pw-ru-{run}",
+        ),
+        "en": _generic(
+            stack,
+            {"id": f"pw-en-{run}"},
+            "I forgot my password, how do I reset it?",
+            f"pw-en-{run}",
+        ),
+    }
+    for lang, mid in ids.items():
+        outcome = await _outcome(stack, mid)
+        assert outcome.outcome.value == "auto_resolved", (lang, outcome)
+        replies = await wait_for(
+            stack, stack.topic("replies"), Reply, lambda r, m=mid: r.message_id == m, 1
+        )
+        assert replies and replies[0].kind.value == "auto_reply"
+        assert replies[0].article_id == "password-recovery"
+        assert replies[0].language == lang
+
+
+async def test_off_topic_question_is_routed_not_auto_replied(stack: Settings) -> None:
+    mid = _generic(
+        stack,
+        {"id": f"mars-{uuid.uuid4().hex[:8]}"},
+        "What is the weather on Mars today?",
+        uuid.uuid4().hex,
+    )
+    outcome = await _outcome(stack, mid)
+    assert outcome.outcome.value == "routed"
+
+
+async def test_not_helped_after_auto_reply_reopens_and_routes(stack: Settings) -> None:
+    run = uuid.uuid4().hex[:8]
+    customer = {"id": f"nh-{run}"}
+    first = _generic(stack, customer, "I forgot my password, how do I reset it?", f"nh1-{run}")
+    auto = await _outcome(stack, first)
+    assert auto.outcome.value == "auto_resolved"
+    second = _generic(stack, customer, "Не помогло, ссылка для сброса не приходит", f"nh2-{run}")
+    follow = await _outcome(stack, second)
+    assert follow.outcome.value == "routed"
+    assert follow.case_id == auto.case_id
+    reopened = await wait_for(
+        stack,
+        stack.topic("case-events"),
+        CaseEvent,
+        lambda e: e.case_id == auto.case_id and e.type.value == "reopened",
+        1,
+    )
+    assert reopened
+
+
+async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Settings) -> None:
+    run = uuid.uuid4().hex[:8]
+    variants = [
+        "В магазине на Садовой, 12 продают несвежие огурцы",
+        "На Садовой, 12 опять гнилые овощи на полке",
+        "Магазин на Садовой 12: помидоры и огурцы испорченные, просроченные",
+        "Садовая, 12 — несвежие овощи, огурцы мягкие и с плесенью",
+    ]
+    ids = [
+        _generic(stack, {"id": f"veg-{run}-{i}"}, variants[i % len(variants)], f"veg-{run}-{i}")
+        for i in range(20)
+    ]
+    classified = await wait_for(
+        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id in ids, 20
+    )
+    incidents = {c.similarity.incident_id for c in classified if c.similarity.incident_id}
+    assert len(incidents) == 1, incidents
+    incident = incidents.pop()
+    broadcast = await wait_for(
+        stack,
+        stack.topic("external"),
+        SubRequest,
+        lambda s: s.kind.value == "broadcast" and s.message_id == incident,
+        50,
+        timeout_s=20,
+    )
+    per_recipient = {s.recipient for s in broadcast}
+    assert len(per_recipient) >= 2, "a broadcast reaches every store director"
+    assert len({s.sub_request_id for s in broadcast}) == len(per_recipient), (
+        "one tracked sub-request per recipient, emitted once each after dedup by id"
+    )
+    notices = await wait_for(
+        stack,
+        stack.topic("replies"),
+        Reply,
+        lambda r: r.message_id in ids and r.kind.value == "incident_notice",
+        5,
+    )
+    assert notices, "later reporters are told it is a known issue"
+
+
+async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox: Outbox) -> None:
+    chat = 8_000_000 + int(uuid.uuid4().int % 100_000)
+    text = (
+        "Добрый день! В магазине на Садовой, 12 продают несвежие огурцы, а ещё на кассе не "
+        "списались бонусы с карты лояльности."
+    )
+    status, _ = _telegram(stack, chat, 1, text)
+    assert status == 200
+    mid = derive_id("msg", "telegram", f"{chat}:1")
+    outcome = await _outcome(stack, mid)
+    assert outcome.outcome.value == "routed"
+    assert set(outcome.departments) == {"store-directors", "loyalty-it"}
+    internal = await wait_for(
+        stack, task_topic(stack, "loyalty-it"), SubRequest, lambda s: s.message_id == mid, 1
+    )
+    external = await wait_for(
+        stack, stack.topic("external"), SubRequest, lambda s: s.message_id == mid, 1
+    )
+    assert internal and external
+    assert "бонус" in internal[0].text.lower()
+    director = external[0].recipient
+    assert director and director.startswith("director.")
+    mail = await _until(
+        lambda: next(
+            (
+                i
+                for i in outbox.snapshot()
+                if i.channel == "email" and external[0].sub_request_id in (i.subject or "")
+            ),
+            None,
+        )
+    )
+    assert mail.reply_to and mail.reply_to.startswith("reply+")
+    assert "огурцы" in mail.text
+    pub = bus.Publisher(stack)
+    try:
+        await pub.send(
+            stack.topic("task-updates"),
+            internal[0].case_id,
+            TaskUpdate(
+                update_id=f"upd-{chat}",
+                sub_request_id=internal[0].sub_request_id,
+                case_id=internal[0].case_id,
+                status=TaskStatus.resolved,
+                resolution="Бонусы начислены вручную.",
+                at=utcnow(),
+            ),
+        )
+    finally:
+        await pub.close()
+    answer = MIMEText("Огурцы заменили, выкладку проверили.\n\n-- \nДиректор", "plain", "utf-8")
+    answer["From"] = director
+    answer["To"] = mail.reply_to
+    answer["Subject"] = "Re: обращение"
+    answer["Message-ID"] = make_msgid(domain="example.com")
+    with smtplib.SMTP(stack.smtp_host, stack.smtp_port, timeout=30) as smtp:
+        smtp.send_message(answer)
+    combined = await _until(
+        lambda: next(
+            (
+                i
+                for i in outbox.snapshot()
+                if i.channel == "telegram" and i.to == str(chat) and "Огурцы заменили" in i.text
+            ),
+            None,
+        )
+    )
+    assert "Бонусы начислены вручную" in combined.text, "one answer combines both resolutions"
+    survey = await _until(
+        lambda: next(
+            (
+                i
+                for i in outbox.snapshot()
+                if i.channel == "telegram" and i.to == str(chat) and "0 до 10" in i.text
+            ),
+            None,
+        )
+    )
+    assert survey
+    status, _ = _telegram(stack, chat, 2, "3")
+    assert status == 200
+    answered = await wait_for(
+        stack,
+        stack.topic("quality"),
+        CaseEvent,
+        lambda e: e.case_id == outcome.case_id,
+        1,
+    )
+    assert answered and answered[0].detail.get("nps_class") == "detractor"
+    sent_to_chat = [i.text for i in outbox.snapshot() if i.to == str(chat)]
+    assert len(sent_to_chat) == len(set(sent_to_chat)), "no reply was sent twice"
