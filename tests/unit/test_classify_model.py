@@ -18,7 +18,7 @@ from pipeline.classify.model import (
     evaluate,
 )
 from pipeline.cli import main
-from pipeline.config import Settings
+from pipeline.config import Settings, get_settings
 from pipeline.errors import ModelError
 
 # A tiny bilingual data set: 4 intents × (6 en + 6 ru).
@@ -250,3 +250,17 @@ def test_default_model_cache_is_reused(
     again = default_model(Settings(data_dir=tmp_path_factory.getbasetemp() / "classify-cache"))
     assert again.version == default.version
     assert again.meta.trained_at == default.meta.trained_at  # loaded, not retrained
+
+
+def test_cli_train_without_data_retrains_the_default_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        assert main(["model", "train"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "held-out" in capsys.readouterr().out
+    (cached,) = (tmp_path / "data" / "models").iterdir()
+    assert IntentModel.load(cached).meta.held_out is not None
