@@ -189,6 +189,13 @@ def _phrase_pattern(phrase: str) -> str | None:
     return r"(?<!\w)" + _GAP.join(_stem_pattern(w) for w in words)
 
 
+def _without_city(address: str, city: set[str]) -> str:
+    """The address without its city (customers name the street, rarely the city too)."""
+    if not city:
+        return address
+    return " ".join(w for w in _TOKEN_RE.findall(address) if w.lower() not in city)
+
+
 class StoreMatcher:
     """The store directory compiled once. A text is only run through the regexes of stores
     whose code or a word of whose address/alias occurs in it (a dictionary look-up per word)."""
@@ -200,7 +207,8 @@ class StoreMatcher:
         self._by_trigger: dict[str, list[int]] = {}
         for n, store in enumerate(self.stores):
             pats = [rf"(?<![\w-]){re.escape(store.code)}(?![\w-])"]
-            for phrase in (store.address, *store.aliases):
+            city = {w.lower() for w in _TOKEN_RE.findall(store.city)}
+            for phrase in (_without_city(store.address, city), *store.aliases):
                 p = _phrase_pattern(phrase) if phrase else None
                 if p:
                     pats.append(p)

@@ -35,6 +35,14 @@ def test_store_address_matches_inflected_russian() -> None:
     assert kinds("магазин MSK-031 закрыт")[0][:2] == ("store", "MSK-031")
 
 
+def test_store_address_with_city_matches_without_it() -> None:
+    spb = [
+        Store(code="SPB-012", address="Санкт-Петербург, ул. Садовая, 12", city="Санкт-Петербург")
+    ]
+    found = extract_entities("На Садовой, 12 продают несвежие огурцы", stores=spb, now=NOW)
+    assert [(e.kind, e.value) for e in found] == [("store", "SPB-012")]
+
+
 def test_store_matches_english_alias_and_matcher_equals_list() -> None:
     text = "I was at the Baker Street store yesterday"
     assert match_stores(text, STORES) == match_stores(text, StoreMatcher(STORES))
