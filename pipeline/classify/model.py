@@ -2,7 +2,7 @@
 
 Features: word 1–3-grams + character 2–4-grams within word boundaries (``char_wb``: robust to
 Russian inflection and typos), sublinear TF-IDF. Classifier: ``LinearSVC`` with the
-Crammer–Singer multi-class loss (measured best on BANKING77: 91.7 % vs 91.3 % one-vs-rest;
+Crammer–Singer multi-class loss (measured best on BANKING77: 91.6 % vs 91.3 % one-vs-rest;
 ``multi_class="ovr"`` is available).
 
 Confidence. Label scores go through a softmax together with one fixed "none of them" logit
