@@ -20,7 +20,7 @@ from faust.types import TP, AppT
 
 from pipeline.codec import encode
 from pipeline.config import Settings
-from pipeline.events import DeadLetter, Event
+from pipeline.events import DeadLetter, Event, InboundMessage, Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,29 @@ class Context:
         """Send an event (JSON bytes) to a topic."""
         await self.topic(name).send(
             key=key.encode("utf-8") if key is not None else None, value=encode(event)
+        )
+
+    async def reject(
+        self, stage: str, record: Any, msg: InboundMessage, exc: BaseException
+    ) -> None:
+        """A decoded message that failed: DLQ record plus its one ``rejected`` Outcome."""
+        from pipeline.stage import dead_letter_for
+
+        log.error("%s failed for %s at %s: %r", stage, msg.message_id, record.where, exc)
+        self.metrics.messages.labels(stage=stage, outcome="rejected").inc()
+        await self.dead_letter(dead_letter_for(stage, record, exc, msg.message_id))
+        await self.send(
+            "outcomes",
+            msg.message_id,
+            Outcome(
+                message_id=msg.message_id,
+                customer_id=msg.customer_id,
+                outcome=OutcomeKind.rejected,
+                reason=f"{type(exc).__name__}: {exc}"[:500],
+                stage=stage,
+                received_at=msg.received_at,
+                decided_at=utcnow(),
+            ),
         )
 
     async def dead_letter(self, dl: DeadLetter) -> None:

@@ -17,8 +17,6 @@ from pipeline.errors import DecodeError
 from pipeline.events import (
     ClassifiedMessage,
     InboundMessage,
-    Outcome,
-    OutcomeKind,
     Similarity,
     derive_id,
     utcnow,
@@ -189,19 +187,4 @@ def _incidents(
 
 
 async def _reject(ctx: Context, record: RawRecord, msg: InboundMessage, exc: BaseException) -> None:
-    log.error("classify failed for %s at %s: %r", msg.message_id, record.where, exc)
-    ctx.metrics.messages.labels(stage=STAGE, outcome="rejected").inc()
-    await ctx.dead_letter(dead_letter_for(STAGE, record, exc, msg.message_id))
-    await ctx.send(
-        "outcomes",
-        msg.message_id,
-        Outcome(
-            message_id=msg.message_id,
-            customer_id=msg.customer_id,
-            outcome=OutcomeKind.rejected,
-            reason=f"{type(exc).__name__}: {exc}"[:500],
-            stage=STAGE,
-            received_at=msg.received_at,
-            decided_at=utcnow(),
-        ),
-    )
+    await ctx.reject(STAGE, record, msg, exc)

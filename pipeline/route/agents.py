@@ -32,8 +32,6 @@ from pipeline.events import (
     CaseSnapshot,
     ClassifiedMessage,
     KbArticle,
-    Outcome,
-    OutcomeKind,
     SubRequest,
     SubRequestKind,
     TaskUpdate,
@@ -230,21 +228,7 @@ def install(ctx: Context) -> None:
             ctx.metrics.end_to_end.observe(max(latency, 0.0))
         except Exception as exc:
             log.exception("route failed for %s at %s", cm.message_id, record.where)
-            await ctx.dead_letter(dead_letter_for(STAGE, record, exc, cm.message_id))
-            ctx.metrics.messages.labels(stage=STAGE, outcome="rejected").inc()
-            await ctx.send(
-                "outcomes",
-                cm.message_id,
-                Outcome(
-                    message_id=cm.message_id,
-                    customer_id=cm.customer_id,
-                    outcome=OutcomeKind.rejected,
-                    reason=f"{type(exc).__name__}: {exc}"[:500],
-                    stage=STAGE,
-                    received_at=cm.inbound.received_at,
-                    decided_at=utcnow(),
-                ),
-            )
+            await ctx.reject(STAGE, record, cm.inbound, exc)
 
     async def route_agent(stream: Any) -> None:
         async for event in stream.events():

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import smtplib
-import time
 import uuid
-from collections.abc import Callable
 from email.mime.text import MIMEText
 from email.utils import make_msgid
 
 import pytest
 
-from pipeline import bus
 from pipeline.config import Settings
 from pipeline.events import (
     CaseEvent,
@@ -20,31 +16,14 @@ from pipeline.events import (
     Outcome,
     Reply,
     SubRequest,
-    TaskStatus,
-    TaskUpdate,
     derive_id,
-    utcnow,
 )
-from pipeline.outbox import Outbox, OutboxItem
+from pipeline.outbox import Outbox
 from pipeline.topics import task_topic
 
-from .helpers import post_json, wait_for
+from .helpers import post_json, reply_by_mail, resolve_internal, telegram, until_delivered, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, object]:
-    update = {
-        "update_id": chat * 1000 + msg_id,
-        "message": {
-            "message_id": msg_id,
-            "date": int(time.time()),
-            "chat": {"id": chat, "type": "private"},
-            "from": {"id": chat, "is_bot": False, "first_name": "Тест"},
-            "text": text,
-        },
-    }
-    return post_json(f"http://{stack.ingest_host}:{stack.ingest_port}/webhooks/telegram", update)
 
 
 def _generic(stack: Settings, customer: dict[str, str], text: str, cmid: str) -> str:
@@ -76,25 +55,15 @@ async def _outcome(stack: Settings, message_id: str) -> Outcome:
     return found[0]
 
 
-async def _until(predicate: Callable[[], OutboxItem | None], timeout_s: float = 60) -> OutboxItem:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        item = predicate()
-        if item is not None:
-            return item
-        await asyncio.sleep(0.3)
-    raise AssertionError("expected delivery did not arrive")
-
-
 async def test_platform_retry_and_resend_make_one_case(stack: Settings) -> None:
     chat = 7_000_000 + int(uuid.uuid4().int % 100_000)
     text = "Где мой заказ 55123? Его должны были привезти вчера"
-    first = [_telegram(stack, chat, 1, text) for _ in range(3)]  # the platform retries
+    first = [telegram(stack, chat, 1, text) for _ in range(3)]  # the platform retries
     assert all(status == 200 for status, _ in first), first
     mid = derive_id("msg", "telegram", f"{chat}:1")
     original = await _outcome(stack, mid)
     assert original.outcome.value == "routed"
-    status, _ = _telegram(stack, chat, 2, text)  # the customer sends it again
+    status, _ = telegram(stack, chat, 2, text)  # the customer sends it again
     assert status == 200
     again = await _outcome(stack, derive_id("msg", "telegram", f"{chat}:2"))
     assert again.outcome.value == "duplicate"
@@ -234,7 +203,7 @@ async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox
         "Добрый день! В магазине на Садовой, 12 продают несвежие огурцы, а ещё на кассе не "
         "списались бонусы с карты лояльности."
     )
-    status, _ = _telegram(stack, chat, 1, text)
+    status, _ = telegram(stack, chat, 1, text)
     assert status == 200
     mid = derive_id("msg", "telegram", f"{chat}:1")
     outcome = await _outcome(stack, mid)
@@ -250,7 +219,7 @@ async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox
     assert "бонус" in internal[0].text.lower()
     director = external[0].recipient
     assert director and director.startswith("director.")
-    mail = await _until(
+    mail = await until_delivered(
         lambda: next(
             (
                 i
@@ -262,30 +231,11 @@ async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox
     )
     assert mail.reply_to and mail.reply_to.startswith("reply+")
     assert "огурцы" in mail.text
-    pub = bus.Publisher(stack)
-    try:
-        await pub.send(
-            stack.topic("task-updates"),
-            internal[0].case_id,
-            TaskUpdate(
-                update_id=f"upd-{chat}",
-                sub_request_id=internal[0].sub_request_id,
-                case_id=internal[0].case_id,
-                status=TaskStatus.resolved,
-                resolution="Бонусы начислены вручную.",
-                at=utcnow(),
-            ),
-        )
-    finally:
-        await pub.close()
-    answer = MIMEText("Огурцы заменили, выкладку проверили.\n\n-- \nДиректор", "plain", "utf-8")
-    answer["From"] = director
-    answer["To"] = mail.reply_to
-    answer["Subject"] = "Re: обращение"
-    answer["Message-ID"] = make_msgid(domain="example.com")
-    with smtplib.SMTP(stack.smtp_host, stack.smtp_port, timeout=30) as smtp:
-        smtp.send_message(answer)
-    combined = await _until(
+    await resolve_internal(stack, internal[0], "Бонусы начислены вручную.")
+    reply_by_mail(
+        stack, director, mail.reply_to, "Огурцы заменили, выкладку проверили.\n\n-- \nДиректор"
+    )
+    combined = await until_delivered(
         lambda: next(
             (
                 i
@@ -296,7 +246,7 @@ async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox
         )
     )
     assert "Бонусы начислены вручную" in combined.text, "one answer combines both resolutions"
-    survey = await _until(
+    survey = await until_delivered(
         lambda: next(
             (
                 i
@@ -307,7 +257,7 @@ async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox
         )
     )
     assert survey
-    status, _ = _telegram(stack, chat, 2, "3")
+    status, _ = telegram(stack, chat, 2, "3")
     assert status == 200
     answered = await wait_for(
         stack,
