@@ -38,6 +38,13 @@ class Metrics:
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "pipeline_stage_seconds",
+            "Time spent processing one batch (classify) or one record (others), by stage.",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.sub_requests = Counter(
             "pipeline_sub_requests_total",
             "Sub-requests created, by kind and department.",

@@ -122,7 +122,8 @@ def install(ctx: Context) -> None:
         async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             try:
-                await process(records)
+                with ctx.metrics.stage_seconds.labels(stage=STAGE).time():
+                    await process(records)
             except Exception as exc:
                 log.exception("classify batch failed; dead-lettering its %d records", len(records))
                 for record in records:

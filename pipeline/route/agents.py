@@ -40,7 +40,7 @@ from pipeline.events import (
 from pipeline.route import sla
 from pipeline.route.cases import CaseState, Transition, apply_task_update
 from pipeline.route.core import RouteDecision, route_message
-from pipeline.route.kb import KbIndex, is_not_helped
+from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
 from pipeline.route.surveys import parse_score
 from pipeline.route.workflow import Workflow, load_workflow
 from pipeline.stage import RawRecord, dead_letter_for, decode_record
@@ -189,22 +189,17 @@ def install(ctx: Context) -> None:
     cases_table = ctx.table("cases")
     pending_table = ctx.table("pending-updates")
 
-    async def route_one(record: RawRecord) -> None:
-        if record.topic == s.topic("case-status"):
-            snap = decode_record(CaseSnapshot, record)
-            _store_case(customer_cases, CaseState.model_validate(snap.state))
+    async def route_one(record: RawRecord, event: Any, kb_hit: KbMatch | None) -> None:
+        if isinstance(event, CaseSnapshot):
+            _store_case(customer_cases, CaseState.model_validate(event.state))
             return
-        cm = decode_record(ClassifiedMessage, record)
+        cm: ClassifiedMessage = event
         try:
             cases = _customer_cases(customer_cases, cm.customer_id)
             open_case, recontact = find_case(cm, cases)
             if recontact:
                 ctx.metrics.recontacts.inc()
-            kb_match = None
-            if len(cm.intents) == 1 and open_case is None:
-                kb_match = rt.kb.search(
-                    cm.inbound.text, cm.inbound.language, [i.label for i in cm.intents]
-                )
+            kb_match = kb_hit if open_case is None else None
             decision = route_message(
                 cm,
                 rt.workflow,
@@ -230,14 +225,37 @@ def install(ctx: Context) -> None:
             log.exception("route failed for %s at %s", cm.message_id, record.where)
             await ctx.reject(STAGE, record, cm.inbound, exc)
 
-    async def route_agent(stream: Any) -> None:
-        async for event in stream.events():
-            record = RawRecord.from_event(event)
+    async def route_batch(records: list[RawRecord]) -> None:
+        decoded: list[tuple[RawRecord, ClassifiedMessage | CaseSnapshot]] = []
+        for record in records:
             try:
-                await route_one(record)
+                if record.topic == s.topic("case-status"):
+                    decoded.append((record, decode_record(CaseSnapshot, record)))
+                else:
+                    decoded.append((record, decode_record(ClassifiedMessage, record)))
             except DecodeError as exc:
                 ctx.metrics.messages.labels(stage=STAGE, outcome="dead_letter").inc()
                 await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+        # One vectorized KB lookup for the single-intent messages of the batch.
+        singles = [
+            (i, ev)
+            for i, (_, ev) in enumerate(decoded)
+            if isinstance(ev, ClassifiedMessage) and len(ev.intents) == 1
+        ]
+        found = rt.kb.search_many(
+            [ev.inbound.text for _, ev in singles],
+            [ev.inbound.language for _, ev in singles],
+            [[it.label for it in ev.intents] for _, ev in singles],
+        )
+        hits = {i: m for (i, _), m in zip(singles, found, strict=True)}
+        for i, (record, ev) in enumerate(decoded):
+            with ctx.metrics.stage_seconds.labels(stage=STAGE).time():
+                await route_one(record, ev, hits.get(i))
+
+    async def route_agent(stream: Any) -> None:
+        # Batches, as in classify: the KB lookup is vectorized per batch; order is kept.
+        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+            await route_batch([RawRecord.from_event(e) for e in events])
 
     async def apply_one(record: RawRecord) -> None:
         if record.topic == s.topic("case-state"):
