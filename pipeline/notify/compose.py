@@ -166,7 +166,9 @@ def _store(sub_request: SubRequest) -> str | None:
 
 
 def _new_message(body: str, lang: str) -> EmailMessage:
-    msg = EmailMessage(policy=email.policy.default)
+    # No header folding below RFC 5322's hard limit: CPython's folder drops the spaces
+    # between adjacent encoded words of long Cyrillic subjects ("Запроспообращению").
+    msg = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
     # base64 keeps non-ASCII bodies 7-bit clean for any relay; English stays readable 7bit
     msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "base64")
     msg["Content-Language"] = lang
