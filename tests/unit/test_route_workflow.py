@@ -97,3 +97,21 @@ def test_rules_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     bad.write_text(MINIMAL.replace("department: loyalty-it", "department: x"), encoding="utf-8")
     assert main(["rules", "check", str(bad)]) == 1
     assert f"{bad}:11:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "tagged"),
+    [
+        ("Подам в суд, если не вернёте деньги", True),
+        ("Дело дойдёт до суда", True),
+        ("Обращусь в судебные органы", True),
+        ("Судя по всему, заказ потерялся", False),
+    ],
+)
+def test_default_legal_threat_tag_matches_the_word_not_the_stem(text: str, tagged: bool) -> None:
+    from pipeline.classify.tagging import apply_tag_rules
+    from pipeline.config import Settings
+    from pipeline.route.workflow import load_workflow
+
+    wf = load_workflow(Settings().rules_path)
+    assert ("legal_threat" in apply_tag_rules(text, "ru", wf.tag_rules)) is tagged
