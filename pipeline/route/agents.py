@@ -34,11 +34,13 @@ from pipeline.events import (
     KbArticle,
     SubRequest,
     SubRequestKind,
+    TaskStatus,
     TaskUpdate,
+    derive_id,
     utcnow,
 )
 from pipeline.route import sla
-from pipeline.route.cases import CaseState, Transition, apply_task_update
+from pipeline.route.cases import CaseState, Transition, apply_task_update, open_subs
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
 from pipeline.route.surveys import parse_score
@@ -160,6 +162,11 @@ async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Work
         await ctx.send("quality", ev.case_id, ev)
 
 
+def is_incident_case(state: CaseState) -> bool:
+    """The case an incident's broadcast is tracked under (``derive_id("case", incident_id)``)."""
+    return bool(state.incident_id) and state.case_id == derive_id("case", state.incident_id or "")
+
+
 def _snapshot(state: CaseState, by: Literal["route", "cases"]) -> CaseSnapshot:
     return CaseSnapshot(
         case_id=state.case_id,
@@ -216,6 +223,10 @@ def install(ctx: Context) -> None:
                 await ctx.send(
                     "case-state", decision.case.case_id, _snapshot(decision.case, "route")
                 )
+            inc = decision.incident_case
+            if inc is not None and cm.similarity.incident_new:
+                # Only the report that opened the incident creates its case (one writer).
+                await ctx.send("case-state", inc.case_id, _snapshot(inc, "route"))
             out = decision.outcome
             await ctx.send("outcomes", out.message_id, out)
             ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
@@ -262,6 +273,7 @@ def install(ctx: Context) -> None:
             snap = decode_record(CaseSnapshot, record)
             state = CaseState.model_validate(snap.state)
             cases_table[state.case_id] = orjson.dumps(snap.state).decode()
+            await close_if_incident_resolved(state)
             waiting = pending_table.get(state.case_id)
             if waiting:
                 # Updates that overtook the case's creation (different topics): apply now.
@@ -288,9 +300,59 @@ def install(ctx: Context) -> None:
         await save_transition(tr)
 
     async def save_transition(tr: Transition) -> None:
+        incident = is_incident_case(tr.state)
+        if incident:
+            # The incident's own case answers nobody itself: its reporters' cases do.
+            tr = tr.model_copy(update={"replies": []})
         await emit_transition(ctx, tr, rt.workflow)
         cases_table[tr.state.case_id] = orjson.dumps(tr.state.model_dump(mode="json")).decode()
-        await ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
+        if not incident:
+            await ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
+        elif tr.state.status == "resolved":
+            await close_linked(tr.state)
+
+    async def close_linked(incident_case: CaseState) -> None:
+        """Resolve every open case linked to a resolved incident with its resolution."""
+        # A scan of this worker's cases: incidents are rare, and their windows already
+        # assume one worker (see deploy/README.md).
+        for _, raw in list(cases_table.items()):
+            if raw:
+                await close_by_incident(CaseState.model_validate(orjson.loads(raw)), incident_case)
+
+    async def close_if_incident_resolved(state: CaseState) -> None:
+        """A report opened before its incident was resolved, but reaching us after it."""
+        if not state.incident_id or is_incident_case(state):
+            return
+        raw = cases_table.get(derive_id("case", state.incident_id))
+        if not raw:
+            return
+        incident_case = CaseState.model_validate(orjson.loads(raw))
+        resolved_at = incident_case.resolved_at
+        if resolved_at is not None and state.opened_at <= resolved_at:
+            await close_by_incident(state, incident_case)
+
+    async def close_by_incident(state: CaseState, incident_case: CaseState) -> None:
+        if state.incident_id != incident_case.incident_id or is_incident_case(state):
+            return
+        resolution = (
+            "; ".join(s.resolution for s in incident_case.sub_requests if s.resolution)
+            or "resolved"
+        )
+        # Only the requests the incident is about; a loyalty question in the same message stays.
+        categories = {s.category for s in incident_case.sub_requests}
+        for sub in [x for x in open_subs(state) if x.category in categories]:
+            await apply_update(
+                TaskUpdate(
+                    update_id=derive_id("upd", incident_case.case_id, sub.sub_request_id),
+                    sub_request_id=sub.sub_request_id,
+                    case_id=state.case_id,
+                    status=TaskStatus.resolved,
+                    resolution=resolution,
+                    author="incident",
+                    source="system",
+                    at=utcnow(),
+                )
+            )
 
     async def cases_agent(stream: Any) -> None:
         async for event in stream.events():

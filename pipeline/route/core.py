@@ -129,6 +129,10 @@ class RouteDecision(BaseModel):
     replies: list[Reply] = Field(default_factory=list)
     case_events: list[CaseEvent] = Field(default_factory=list)
     quality_events: list[CaseEvent] = Field(default_factory=list)
+    incident_case: CaseState | None = Field(
+        default=None,
+        description="The incident's own case, tracking one sub-request per broadcast recipient.",
+    )
     incident_sub_requests: list[SubRequest] = Field(
         default_factory=list, description="Incident broadcast, under the incident's own case."
     )
@@ -452,10 +456,13 @@ def route_message(
         )
 
     incident_subs: list[SubRequest] = []
+    incident_case: CaseState | None = None
     t = workflow.templates_for(case.language)
     departments = list(dict.fromkeys(s.department for s in subs))
     if sim.incident_id is not None:
-        incident_subs, inc_events, inc_notes = _incident(msg, workflow, case, now, settings)
+        incident_subs, inc_events, inc_notes, incident_case = _incident(
+            msg, workflow, case, now, settings
+        )
         events += inc_events
         notes += inc_notes
     if not subs:
@@ -525,6 +532,7 @@ def route_message(
         replies=replies,
         case_events=events,
         incident_sub_requests=incident_subs,
+        incident_case=incident_case,
         trace=trace,
     )
 
@@ -690,7 +698,7 @@ def _incident(
     case: CaseState,
     now: datetime,
     settings: Settings | None,
-) -> tuple[list[SubRequest], list[CaseEvent], list[str]]:
+) -> tuple[list[SubRequest], list[CaseEvent], list[str], CaseState | None]:
     incident_id = msg.similarity.incident_id
     assert incident_id is not None
     categories = {i.category for i in msg.intents}
@@ -706,7 +714,8 @@ def _incident(
     ]
     policy = next((p for p in workflow.incidents if set(p.categories) & categories), None)
     if policy is None:
-        return [], events, [f"incident {incident_id}: no incident policy for {sorted(categories)}"]
+        note = f"incident {incident_id}: no incident policy for {sorted(categories)}"
+        return [], events, [note], None
     category = next(c for c in policy.categories if c in categories)
     intent = next(i for i in msg.intents if i.category == category)
     stores = [e.value for e in _stores_for(msg, intent)] if "store" in policy.bucket_by else []
@@ -722,12 +731,13 @@ def _incident(
     group = workflow.groups[policy.group]
     dep = group.department or workflow.triage_department
     subs: list[SubRequest] = []
+    sub_states: list[SubRequestState] = []
     lang = workflow.default_language
     text = fill(
         workflow.templates_for(lang).custom[policy.template], category=category, store=store_text
     )
     for member in workflow.group_members(policy.group):
-        sub, _ = new_sub_request(
+        sub, sub_state = new_sub_request(
             inc_case,
             workflow,
             now=now,
@@ -742,6 +752,8 @@ def _incident(
             settings=settings,
         )
         subs.append(sub)
+        sub_states.append(sub_state)
+    inc_case = inc_case.model_copy(update={"sub_requests": sub_states})
     detail: dict[str, Any] = {
         "incident_id": incident_id,
         "policy": policy.name,
@@ -759,4 +771,5 @@ def _incident(
             at=now,
         )
     )
-    return subs, events, [f"incident {incident_id}: broadcast to {len(subs)} of {policy.group}"]
+    note = f"incident {incident_id}: broadcast to {len(subs)} of {policy.group}"
+    return subs, events, [note], inc_case

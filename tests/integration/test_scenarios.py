@@ -195,6 +195,23 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Se
         5,
     )
     assert notices, "later reporters are told it is a known issue"
+    await wait_for(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, 20)
+    # Every director answers the broadcast: the incident closes and everyone linked is told.
+    seen: set[str] = set()
+    for sub in broadcast:
+        if sub.sub_request_id not in seen:
+            seen.add(sub.sub_request_id)
+            await resolve_internal(stack, sub, "Проверили свежесть овощей, заменили товар.")
+    linked = {c.message_id for c in classified if c.similarity.incident_id == incident}
+    closed = await wait_for(
+        stack,
+        stack.topic("replies"),
+        Reply,
+        lambda r: r.message_id in linked and r.kind.value == "resolution",
+        len(linked),
+    )
+    assert {r.message_id for r in closed} == linked
+    assert all("Проверили свежесть" in r.text for r in closed)
 
 
 async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox: Outbox) -> None:
