@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from pipeline.app import Context
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "classify"
 CONTACT_WINDOW_S = 30 * 24 * 3600
+SWEEP_INTERVAL_S = 600.0
+#: An open incident with no new report for this long is forgotten by the detector.
+INCIDENT_TTL_S = 24 * 3600.0
 MAX_CONTACTS = 20
 
 
@@ -135,6 +139,44 @@ def install(ctx: Context) -> None:
                     await _reject(ctx, record, msg, exc)
 
     app.agent(ctx.topic("inbound"), name="classify")(classify_agent)
+
+    async def sweep() -> None:
+        # Keeps memory bounded: per-customer state expires on access, idle keys only here.
+        now = utcnow()
+        removed = sweep_tables(dedup_table, contacts_table, incident_table, dedup_cfg, now)
+        if removed:
+            log.info("state sweep removed %d idle keys", removed)
+
+    app.timer(SWEEP_INTERVAL_S)(sweep)
+
+
+def sweep_tables(
+    dedup_table: Any,
+    contacts_table: Any,
+    incident_table: Any,
+    dedup_cfg: dedup.DedupConfig,
+    now: datetime,
+) -> int:
+    """Delete idle keys (no live dedup entry, contact or incident report); returns how many."""
+    removed = 0
+    now_s = now.timestamp()
+    for key, raw in list(dedup_table.items()):
+        state = dedup.expire(dedup.CustomerDedupState.model_validate_json(raw), now, dedup_cfg)
+        if not state.entries:
+            del dedup_table[key]
+            removed += 1
+    for key, raw in list(contacts_table.items()):
+        if all(now_s - float(t) >= CONTACT_WINDOW_S for t in raw.split(",") if t):
+            del contacts_table[key]
+            removed += 1
+    for key, raw in list(incident_table.items()):
+        window = incidents.IncidentWindow.model_validate_json(raw)
+        last = max((r.at for r in window.reports), default=0.0)
+        stale = now_s - last >= INCIDENT_TTL_S
+        if incidents.is_idle(window, now) or stale:
+            del incident_table[key]
+            removed += 1
+    return removed
 
 
 def _with_similarity(

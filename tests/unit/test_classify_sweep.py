@@ -1,0 +1,64 @@
+"""The classify stage's state sweep keeps memory bounded (plain dicts stand in for tables)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pipeline.classify import dedup, incidents
+from pipeline.classify.agents import sweep_tables
+from pipeline.events import Channel, InboundMessage, derive_id
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def _state(at: datetime, text: str) -> str:
+    msg = InboundMessage(
+        message_id=derive_id("msg", "webchat", text),
+        channel=Channel.webchat,
+        channel_message_id=text,
+        customer_id="c",
+        text=text,
+        received_at=at,
+    )
+    return dedup.remember(dedup.CustomerDedupState(), msg, "case", at).model_dump_json()
+
+
+def test_sweep_removes_only_idle_keys() -> None:
+    cfg = dedup.DedupConfig(window_s=3600)
+    dedup_table = {
+        "old": _state(NOW - timedelta(hours=2), "где мой заказ"),
+        "fresh": _state(NOW - timedelta(minutes=5), "where is my order"),
+    }
+    long_ago = (NOW - timedelta(days=40)).timestamp()
+    yesterday = (NOW - timedelta(days=1)).timestamp()
+    contacts = {"old": repr(long_ago), "fresh": f"{long_ago!r},{yesterday!r}"}
+    idle = incidents.IncidentWindow(key="idle")
+    stale_open = incidents.IncidentWindow(
+        key="stale",
+        incident_id="inc_1",
+        reports=[
+            incidents.IncidentReport(
+                message_id="m", customer_id="c", at=(NOW - timedelta(days=2)).timestamp()
+            )
+        ],
+    )
+    live_open = stale_open.model_copy(
+        update={
+            "key": "live",
+            "reports": [
+                incidents.IncidentReport(
+                    message_id="m2", customer_id="c2", at=(NOW - timedelta(minutes=1)).timestamp()
+                )
+            ],
+        }
+    )
+    incident_table = {
+        "idle": idle.model_dump_json(),
+        "stale": stale_open.model_dump_json(),
+        "live": live_open.model_dump_json(),
+    }
+    removed = sweep_tables(dedup_table, contacts, incident_table, cfg, NOW)
+    assert removed == 4
+    assert set(dedup_table) == {"fresh"}
+    assert set(contacts) == {"fresh"}
+    assert set(incident_table) == {"live"}
