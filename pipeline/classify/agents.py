@@ -14,7 +14,8 @@ from typing import Any
 
 from pipeline.app import Context
 from pipeline.classify import dedup, incidents
-from pipeline.errors import DecodeError
+from pipeline.classify.core import Classifier
+from pipeline.errors import ConfigError, DecodeError
 from pipeline.events import (
     ClassifiedMessage,
     InboundMessage,
@@ -22,6 +23,7 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
+from pipeline.route.workflow import load_workflow
 from pipeline.stage import RawRecord, dead_letter_for, decode_record, split_decoded
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 STAGE = "classify"
 CONTACT_WINDOW_S = 30 * 24 * 3600
 SWEEP_INTERVAL_S = 600.0
+RULES_CHECK_INTERVAL_S = 5.0
 #: An open incident with no new report for this long is forgotten by the detector.
 INCIDENT_TTL_S = 24 * 3600.0
 MAX_CONTACTS = 20
@@ -51,11 +54,9 @@ def install(ctx: Context) -> None:
 
     def classifier() -> Any:
         if "classifier" not in state:
-            from pipeline.classify.core import Classifier
-            from pipeline.route.workflow import load_workflow
-
             wf = load_workflow(s.rules_path)
             state["workflow"] = wf
+            state["mtime"] = s.rules_path.stat().st_mtime
             state["classifier"] = Classifier.from_settings(
                 s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
             )
@@ -63,6 +64,26 @@ def install(ctx: Context) -> None:
 
     # Load (or train) the model now, before the worker starts, not in the event loop.
     log.info("classifier %s ready", classifier().version)
+
+    async def reload_rules() -> None:
+        # Tag rules, stores, priority weights and incident policies follow the workflow file;
+        # the model itself stays loaded. A broken file keeps the previous configuration.
+        mtime = s.rules_path.stat().st_mtime
+        if mtime == state["mtime"]:
+            return
+        state["mtime"] = mtime
+        try:
+            wf = load_workflow(s.rules_path)
+        except ConfigError as exc:
+            log.error("workflow changed but is invalid, classify keeps the old one: %s", exc)
+            return
+        state["workflow"] = wf
+        state["classifier"] = Classifier(
+            state["classifier"].model, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
+        )
+        log.info("classify reloaded tag rules, stores and weights from %s", s.rules_path)
+
+    app.timer(RULES_CHECK_INTERVAL_S)(reload_rules)
 
     async def process(records: Sequence[RawRecord]) -> None:
         ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
