@@ -107,6 +107,10 @@ def install(ctx: Context) -> None:
                 else dedup.CustomerDedupState()
             )
             d = dedup.check_duplicate(st, msg, now, dedup_cfg)
+            if d.duplicate_of == msg.message_id:
+                # The same record again (a replay after a crash), not a customer's repeat:
+                # decide it again; the ids derived downstream are the same, sinks drop them.
+                d = dedup.DedupDecision(is_duplicate=False)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
             dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()

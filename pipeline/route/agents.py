@@ -162,6 +162,11 @@ async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Work
         await ctx.send("quality", ev.case_id, ev)
 
 
+def is_news(snapshot: CaseState, stored: CaseState) -> bool:
+    """Whether a route snapshot brings a message the stored case has not seen (not a replay)."""
+    return not set(snapshot.message_ids) <= set(stored.message_ids)
+
+
 def is_incident_case(state: CaseState) -> bool:
     """The case an incident's broadcast is tracked under (``derive_id("case", incident_id)``)."""
     return bool(state.incident_id) and state.case_id == derive_id("case", state.incident_id or "")
@@ -272,6 +277,9 @@ def install(ctx: Context) -> None:
         if record.topic == s.topic("case-state"):
             snap = decode_record(CaseSnapshot, record)
             state = CaseState.model_validate(snap.state)
+            stored = cases_table.get(state.case_id)
+            if stored and not is_news(state, CaseState.model_validate(orjson.loads(stored))):
+                return  # a replayed snapshot must not undo later transitions
             cases_table[state.case_id] = orjson.dumps(snap.state).decode()
             await close_if_incident_resolved(state)
             waiting = pending_table.get(state.case_id)
