@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 import uuid
@@ -27,14 +26,7 @@ from .helpers import (
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-        reason="needs a real Kafka: on the embedded Tansu 0.6 a worker restarted after SIGKILL "
-        "sometimes never resumes consuming after its group join (passed 2 of 4 runs here)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
