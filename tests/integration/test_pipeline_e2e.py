@@ -135,3 +135,40 @@ async def test_audit_finds_no_message_without_outcome(stack: Settings) -> None:
     assert report.inbound >= 1
     assert report.missing == [], report.missing
     assert report.ok
+
+
+@pytest.mark.parametrize(
+    ("topic", "stage"),
+    [
+        ("classified", "route"),
+        ("task-updates", "cases"),
+        ("case-state", "cases"),
+        ("replies", "notify"),
+        ("external", "notify"),
+    ],
+)
+async def test_every_stage_dead_letters_poison_and_keeps_going(
+    stack: Settings, topic: str, stage: str
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    poison = [b"\xc3\x28 bad utf-8", b'{"schema_version": 1}', b"[" * 10_000]
+    pub = bus.Publisher(stack)
+    try:
+        for value in poison:
+            await pub.send_raw(stack.topic(topic), f"poison-{topic}-{run}", value)
+    finally:
+        await pub.close()
+    dead = await wait_for(
+        stack,
+        stack.topic("dlq"),
+        DeadLetter,
+        lambda d: d.key == f"poison-{topic}-{run}",
+        len(poison),
+    )
+    assert len(dead) == len(poison)
+    assert {d.stage for d in dead} == {stage}
+    assert all(d.topic == stack.topic(topic) and d.offset is not None for d in dead)
+    good = _post(stack, "webchat", "How do I track my order?", f"after-{topic}-{run}")
+    assert await wait_for(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == good, 1
+    )
