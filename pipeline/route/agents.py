@@ -203,7 +203,10 @@ def install(ctx: Context) -> None:
 
     async def route_one(record: RawRecord, event: Any, kb_hit: KbMatch | None) -> None:
         if isinstance(event, CaseSnapshot):
-            _store_case(customer_cases, CaseState.model_validate(event.state))
+            try:
+                _store_case(customer_cases, CaseState.model_validate(event.state))
+            except Exception as exc:  # noqa: BLE001 — a bad snapshot must not stop the stream
+                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
             return
         cm: ClassifiedMessage = event
         try:
@@ -271,7 +274,18 @@ def install(ctx: Context) -> None:
     async def route_agent(stream: Any) -> None:
         # Batches, as in classify: the KB lookup is vectorized per batch; order is kept.
         async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
-            await route_batch([RawRecord.from_event(e) for e in events])
+            records = [RawRecord.from_event(e) for e in events]
+            try:
+                await route_batch(records)
+            except Exception as exc:  # last line of defence: every record still ends somewhere
+                log.exception("route batch failed; rejecting its %d records", len(records))
+                for record in records:
+                    try:
+                        cm = decode_record(ClassifiedMessage, record)
+                    except DecodeError:
+                        await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+                        continue
+                    await ctx.reject(STAGE, record, cm.inbound, exc)
 
     async def apply_one(record: RawRecord) -> None:
         if record.topic == s.topic("case-state"):
