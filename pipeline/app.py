@@ -9,17 +9,20 @@ Two things are tuned here because the framework's defaults are wrong for us:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT
 
+from pipeline.bus import Publisher
 from pipeline.codec import encode
 from pipeline.config import Settings
+from pipeline.errors import BrokerUnavailable
 from pipeline.events import DeadLetter, Event, InboundMessage, Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics
 
@@ -61,10 +64,12 @@ class Context:
     metrics: Metrics
     app: AppT
     topics: dict[str, Any] = field(default_factory=dict)
+    publisher: Publisher | None = None
+    pending: list[asyncio.Future[Any]] = field(default_factory=list)
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
-        full = name if name.startswith(self.settings.topic_prefix) else self.settings.topic(name)
+        full = self.full_topic(name)
         if full not in self.topics:
             self.topics[full] = self.app.topic(
                 full,
@@ -92,11 +97,34 @@ class Context:
             use_partitioner=True,
         )
 
+    def full_topic(self, name: str) -> str:
+        """Topic name with the prefix (names that already carry it are kept)."""
+        return name if name.startswith(self.settings.topic_prefix) else self.settings.topic(name)
+
     async def send(self, name: str, key: str | None, event: Event) -> None:
-        """Send an event (JSON bytes) to a topic."""
-        await self.topic(name).send(
-            key=key.encode("utf-8") if key is not None else None, value=encode(event)
-        )
+        """Queue an event (JSON bytes) for a topic; ``flush`` waits for the broker's acks.
+
+        Outputs go through a plain aiokafka producer (acks=all, linger 0): Faust's send path
+        cost ~0.11 ms per record against ~0.03 ms, and a message produces a dozen records.
+        """
+        if self.publisher is None:
+            self.publisher = Publisher(self.settings)
+        fut = await self.publisher.enqueue(self.full_topic(name), key, encode(event))
+        self.pending.append(fut)
+
+    async def flush(self) -> None:
+        """Wait until every queued output is acknowledged; raise if any was not.
+
+        Agents call this before they take the next record, so a source record is
+        acknowledged (and its offset committed) only after its outputs are durable.
+        """
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise BrokerUnavailable(f"{len(errors)} output records not acknowledged: {errors[0]!r}")
 
     async def reject(
         self, stage: str, record: Any, msg: InboundMessage, exc: BaseException
@@ -175,6 +203,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     from pipeline.notify import agents as notify_agents
     from pipeline.route import agents as route_agents
 
+    async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if ctx.publisher is not None:
+            await ctx.publisher.close()
+
+    app.on_before_shutdown.connect(cast(Any, close_publisher))
     classify_agents.install(ctx)
     route_agents.install(ctx)
     notify_agents.install(ctx)

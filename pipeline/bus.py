@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -105,6 +106,17 @@ class Publisher:
             )
         except (KafkaError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"broker did not acknowledge the record: {exc!r}") from exc
+
+    async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
+        """Queue one record; the returned future resolves when the broker acknowledged it."""
+        producer = await self._ensure()
+        try:
+            fut: asyncio.Future[Any] = await producer.send(
+                topic, value=value, key=key.encode("utf-8") if key is not None else None
+            )
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(f"broker refused the record: {exc!r}") from exc
+        return fut
 
     async def close(self) -> None:
         """Flush and stop the producer."""

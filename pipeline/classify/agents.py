@@ -162,6 +162,7 @@ def install(ctx: Context) -> None:
                         await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
                         continue
                     await _reject(ctx, record, msg, exc)
+            await ctx.flush()  # outputs durable before the batch is acknowledged
 
     app.agent(ctx.topic("inbound"), name="classify")(classify_agent)
 

@@ -123,6 +123,7 @@ def install(ctx: Context) -> None:
                 )
             except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
                 await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+            await ctx.flush()
 
     async def external_agent(stream: Any) -> None:
         async for event in stream.events():
@@ -138,6 +139,7 @@ def install(ctx: Context) -> None:
                 await finish(record, receipt, sub.case_id, key, delivered_external, sub.message_id)
             except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
                 await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
+            await ctx.flush()
 
     app.agent(ctx.topic("replies"), name="notify-replies")(replies_agent)
     app.agent(ctx.topic("external"), name="notify-external")(external_agent)

@@ -286,6 +286,7 @@ def install(ctx: Context) -> None:
                         await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
                         continue
                     await ctx.reject(STAGE, record, cm.inbound, exc)
+            await ctx.flush()  # outputs durable before the batch is acknowledged
 
     async def apply_one(record: RawRecord) -> None:
         if record.topic == s.topic("case-state"):
@@ -385,6 +386,7 @@ def install(ctx: Context) -> None:
             except Exception as exc:  # noqa: BLE001 — DLQ the update, keep consuming
                 ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="dead_letter").inc()
                 await ctx.dead_letter(dead_letter_for(CASES_STAGE, record, exc))
+            await ctx.flush()
 
     route_in = app.topic(
         s.topic("classified"),
@@ -418,6 +420,7 @@ def install(ctx: Context) -> None:
                 await save_transition(tr)
             del key
         ctx.metrics.open_cases.set(open_cases)
+        await ctx.flush()
 
     async def rules_watch() -> None:
         rt.reload_if_changed()
