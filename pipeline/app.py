@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -148,6 +149,26 @@ class Context:
                 decided_at=utcnow(),
             ),
         )
+
+    async def reject_all(
+        self,
+        stage: str,
+        records: list[Any],
+        exc: BaseException,
+        inbound_of: Callable[[Any], InboundMessage],
+    ) -> None:
+        """A whole batch failed: each record still ends in the DLQ (and an Outcome if known)."""
+        from pipeline.errors import DecodeError
+        from pipeline.stage import dead_letter_for
+
+        log.error("%s batch failed; rejecting its %d records: %r", stage, len(records), exc)
+        for record in records:
+            try:
+                msg = inbound_of(record)
+            except DecodeError:
+                await self.dead_letter(dead_letter_for(stage, record, exc))
+                continue
+            await self.reject(stage, record, msg, exc)
 
     async def dead_letter(self, dl: DeadLetter) -> None:
         """Send a DeadLetter to the DLQ topic and count it."""

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.app import Context
 from pipeline.classify import dedup, incidents
 from pipeline.classify.core import Classifier
-from pipeline.errors import ConfigError, DecodeError
+from pipeline.errors import ConfigError
 from pipeline.events import (
     ClassifiedMessage,
     InboundMessage,
@@ -24,7 +24,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.route.workflow import load_workflow
-from pipeline.stage import RawRecord, dead_letter_for, decode_record, split_decoded
+from pipeline.stage import RawRecord, decode_record, split_decoded
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +153,11 @@ def install(ctx: Context) -> None:
             try:
                 with ctx.metrics.stage_seconds.labels(stage=STAGE).time():
                     await process(records)
-            except Exception as exc:
-                log.exception("classify batch failed; dead-lettering its %d records", len(records))
-                for record in records:
-                    try:
-                        msg = decode_record(InboundMessage, record)
-                    except DecodeError:
-                        await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
-                        continue
-                    await _reject(ctx, record, msg, exc)
+            except Exception as exc:  # last line of defence: nothing is lost
+                log.exception("classify batch failed")
+                await ctx.reject_all(
+                    STAGE, records, exc, lambda r: decode_record(InboundMessage, r)
+                )
             await ctx.flush()  # outputs durable before the batch is acknowledged
 
     app.agent(ctx.topic("inbound"), name="classify")(classify_agent)

@@ -55,6 +55,7 @@ CASES_STAGE = "cases"
 RECONTACT_WINDOW = timedelta(days=7)
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
+SLA_CHUNK = 100
 RULES_CHECK_INTERVAL_S = 5.0
 MAX_PENDING_UPDATES = 20
 
@@ -278,14 +279,10 @@ def install(ctx: Context) -> None:
             try:
                 await route_batch(records)
             except Exception as exc:  # last line of defence: every record still ends somewhere
-                log.exception("route batch failed; rejecting its %d records", len(records))
-                for record in records:
-                    try:
-                        cm = decode_record(ClassifiedMessage, record)
-                    except DecodeError:
-                        await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
-                        continue
-                    await ctx.reject(STAGE, record, cm.inbound, exc)
+                log.exception("route batch failed")
+                await ctx.reject_all(
+                    STAGE, records, exc, lambda r: decode_record(ClassifiedMessage, r).inbound
+                )
             await ctx.flush()  # outputs durable before the batch is acknowledged
 
     async def apply_one(record: RawRecord) -> None:
@@ -327,8 +324,9 @@ def install(ctx: Context) -> None:
         if incident:
             # The incident's own case answers nobody itself: its reporters' cases do.
             tr = tr.model_copy(update={"replies": []})
-        await emit_transition(ctx, tr, rt.workflow)
+        # State first (synchronously), then the sends, which may yield to other tasks.
         cases_table[tr.state.case_id] = orjson.dumps(tr.state.model_dump(mode="json")).decode()
+        await emit_transition(ctx, tr, rt.workflow)
         if not incident:
             await ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
         elif tr.state.status == "resolved":
@@ -410,15 +408,18 @@ def install(ctx: Context) -> None:
     async def sla_tick() -> None:
         now = utcnow()
         open_cases = 0
-        for key, raw in list(cases_table.items()):
-            state = CaseState.model_validate(orjson.loads(raw))
-            if state.status == "resolved":
+        for n, key in enumerate(list(cases_table.keys())):
+            if n % SLA_CHUNK == 0:
+                await asyncio.sleep(0)  # a long scan must not stall the agents (tail latency)
+            raw = cases_table.get(key)  # re-read: an agent may have changed it meanwhile
+            data = orjson.loads(raw) if raw else None
+            if not data or data.get("status") == "resolved":
                 continue
+            state = CaseState.model_validate(data)
             open_cases += 1
             tr = sla.check_sla(state, rt.workflow, now, settings=s)
             if tr.case_events or tr.sub_requests or tr.replies:
                 await save_transition(tr)
-            del key
         ctx.metrics.open_cases.set(open_cases)
         await ctx.flush()
 
