@@ -1,0 +1,100 @@
+"""`pipeline kb publish` updates the running workers' knowledge base without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.events import ClassifiedMessage, Outcome, Reply
+
+from .helpers import post_json, wait_for
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "Can you gift wrap my order with a handwritten card for my grandmother?"
+
+ARTICLE = """---
+id: gift-wrapping-{tag}
+title:
+  en: Gift wrapping and greeting cards
+  ru: Подарочная упаковка и открытки
+intents: [{intent}]
+link: https://help.example.com/gift-wrapping
+auto_reply: true
+questions:
+  en:
+    - {question}
+    - do you offer gift wrapping with a handwritten card
+    - can the order be gift wrapped
+  ru:
+    - Можно упаковать заказ в подарочную упаковку с открыткой?
+    - есть ли подарочная упаковка
+---
+## ru
+Да: отметьте «Подарочная упаковка» при оформлении заказа, открытку подпишем от руки.
+
+## en
+Yes: tick "Gift wrapping" at checkout and we add a handwritten card.
+"""
+
+
+def _ask(stack: Settings, customer: str) -> str:
+    status, body = post_json(
+        f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
+        {
+            "channel": "webchat",
+            "message_id": uuid.uuid4().hex,
+            "customer": {"id": customer},
+            "text": QUESTION,
+        },
+    )
+    assert status == 202, body
+    assert isinstance(body, dict)
+    return str(body["message_id"])
+
+
+async def test_published_article_answers_without_restart(stack: Settings, tmp_path: Path) -> None:
+    first = _ask(stack, f"gift-{uuid.uuid4().hex[:8]}")
+    [before] = await wait_for(
+        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == first, 1
+    )
+    intent = before.intents[0].label
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    tag = uuid.uuid4().hex[:6]
+    (kb_dir / "gift-wrapping.md").write_text(
+        ARTICLE.format(tag=tag, intent=intent, question=QUESTION), encoding="utf-8"
+    )
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers or "",
+        PIPELINE_TOPIC_PREFIX=stack.topic_prefix,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "kb", "publish", str(kb_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for attempt in range(20):  # the worker follows the topic within about a second
+        mid = _ask(stack, f"gift-{attempt}-{uuid.uuid4().hex[:8]}")
+        [outcome] = await wait_for(
+            stack, stack.topic("outcomes"), Outcome, lambda o, m=mid: o.message_id == m, 1
+        )
+        if outcome.outcome.value == "auto_resolved":
+            break
+        await asyncio.sleep(1)
+    assert outcome.outcome.value == "auto_resolved", outcome
+    [reply] = await wait_for(stack, stack.topic("replies"), Reply, lambda r: r.message_id == mid, 1)
+    assert reply.article_id == f"gift-wrapping-{tag}"
+    assert "handwritten card" in reply.text
