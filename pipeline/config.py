@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Ack wait before 503.")
+    shutdown_grace_s: float = Field(
+        default=15.0, gt=0, description="A worker still stopping after this is ended hard."
+    )
 
     # --- worker
     web_host: str = Field(default="127.0.0.1", description="Worker web bind address.")

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
 from pipeline import bus
 from pipeline.broker import _die_with_parent
@@ -48,9 +50,22 @@ def run_worker(settings: Settings) -> int:
 
     asyncio.run(bus.ensure_topics(settings, departments=departments(settings)))
     ctx = create_app(settings)
+
+    async def arm_watchdog(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Faust's shutdown can hang flushing to a broker that is gone; a stop must stop.
+        timer = threading.Timer(settings.shutdown_grace_s, _force_exit)
+        timer.daemon = True
+        timer.start()
+
+    ctx.app.on_before_shutdown.connect(cast(Any, arm_watchdog))
     worker = faust.Worker(ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
+
+
+def _force_exit() -> None:
+    log.error("shutdown did not finish in time; exiting hard")
+    os._exit(70)
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
