@@ -32,6 +32,7 @@ from pipeline.broker import broker_for, free_port
 from pipeline.codec import encode
 from pipeline.config import Settings
 from pipeline.events import Channel, InboundMessage, derive_id, utcnow
+from pipeline.outbox import Outbox
 from pipeline.runtime import child_env, children, departments, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +155,8 @@ def run_phase(
         }
     )
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
-    env = child_env(s)
+    outbox = Outbox().start()  # replies are really delivered (over HTTP), as in production
+    env = child_env(s, **outbox.env())
     with children() as group:
         if name == "passthrough":
             import subprocess
@@ -174,6 +176,7 @@ def run_phase(
         _, lat = asyncio.run(produce_and_count(s, paced, args.rate))
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
+    outbox.stop()
     return {"msg_s": args.n / secs, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
 
 
