@@ -108,9 +108,7 @@ def install(ctx: Context) -> None:
             )
             d = dedup.check_duplicate(st, msg, now, dedup_cfg)
             if d.duplicate_of == msg.message_id:
-                # The same record again (a replay after a crash), not a customer's repeat:
-                # decide it again; the ids derived downstream are the same, sinks drop them.
-                d = dedup.DedupDecision(is_duplicate=False)
+                d = replayed_decision(st, msg)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
             dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()
@@ -124,18 +122,20 @@ def install(ctx: Context) -> None:
             if not decisions[-1].is_duplicate:
                 times = ([*times, now_s])[-MAX_CONTACTS:]
             contacts_table[key] = ",".join(repr(t) for t in times)
+        classified: list[ClassifiedMessage | None] = []
         try:
-            classified = classifier().classify_batch(msgs, now=now, recent_contacts=recent)
-        except Exception as exc:
+            classified.extend(classifier().classify_batch(msgs, now=now, recent_contacts=recent))
+        except Exception:
             log.exception("batch classification failed; retrying one by one")
             classified = []
             for record, msg in good:
                 try:
-                    classified.extend(classifier().classify_batch([msg], now=now))
+                    classified.extend(
+                        classifier().classify_batch([msg], now=now, recent_contacts=recent)
+                    )
                 except Exception as one_exc:  # noqa: BLE001 — the record goes to the DLQ
                     await _reject(ctx, record, msg, one_exc)
                     classified.append(None)
-            del exc
         for (record, msg), d, cm in zip(good, decisions, classified, strict=True):
             if cm is None:
                 continue
@@ -199,6 +199,22 @@ def sweep_tables(
             del incident_table[key]
             removed += 1
     return removed
+
+
+def replayed_decision(state: dedup.CustomerDedupState, msg: InboundMessage) -> dedup.DedupDecision:
+    """The decision for a record seen before (a replay after a crash), re-derived.
+
+    Not a customer's repeat: the message decides again as it did the first time — a new
+    case, or a duplicate of the case it was linked to — so downstream ids come out the same
+    and the sinks drop what they already sent.
+    """
+    own = next((e for e in state.entries if e.message_id == msg.message_id), None)
+    if own is None or own.case_id in (None, case_id_for(msg.message_id)):
+        return dedup.DedupDecision(is_duplicate=False)
+    first = next(e for e in state.entries if e.case_id == own.case_id)
+    return dedup.DedupDecision(
+        is_duplicate=True, duplicate_of=first.message_id, reason="exact_id", case_id=own.case_id
+    )
 
 
 def _with_similarity(

@@ -62,3 +62,28 @@ def test_sweep_removes_only_idle_keys() -> None:
     assert set(dedup_table) == {"fresh"}
     assert set(contacts) == {"fresh"}
     assert set(incident_table) == {"live"}
+
+
+def test_a_replayed_record_decides_as_it_did_the_first_time() -> None:
+    from pipeline.classify.agents import case_id_for, replayed_decision
+
+    def msg(n: int, text: str) -> InboundMessage:
+        return InboundMessage(
+            message_id=derive_id("msg", "webchat", str(n)),
+            channel=Channel.webchat,
+            channel_message_id=str(n),
+            customer_id="c",
+            text=text,
+            received_at=NOW,
+        )
+
+    first, resend = msg(1, "Где мой заказ 123?"), msg(2, "Где мой заказ 123?")
+    case = case_id_for(first.message_id)
+    state = dedup.remember(dedup.CustomerDedupState(), first, case, NOW)
+    assert dedup.check_duplicate(state, resend, NOW).is_duplicate
+    state = dedup.remember(state, resend, case, NOW)
+    again_first = replayed_decision(state, first)
+    assert not again_first.is_duplicate
+    again_resend = replayed_decision(state, resend)
+    assert again_resend.is_duplicate
+    assert (again_resend.case_id, again_resend.duplicate_of) == (case, first.message_id)
