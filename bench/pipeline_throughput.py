@@ -44,8 +44,10 @@ import os, faust
 from pipeline.app import RouterApp
 from pipeline.config import Settings
 s = Settings()
+datadir = s.data_dir / "bench" / s.app_id
+datadir.mkdir(parents=True, exist_ok=True)
 app = RouterApp(s.app_id, broker=f"kafka://{s.kafka_bootstrap_servers}", store="memory://",
-    datadir=str(s.data_dir / "bench" / s.app_id),
+    datadir=str(datadir),
     web_enabled=False, producer_linger_ms=0, broker_session_timeout=s.session_timeout_s,
     broker_rebalance_timeout=s.session_timeout_s, broker_heartbeat_interval=1.0,
     topic_partitions=s.partitions, consumer_auto_offset_reset="earliest", autodiscover=False)
