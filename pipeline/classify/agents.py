@@ -106,12 +106,11 @@ def install(ctx: Context) -> None:
                 if raw_state
                 else dedup.CustomerDedupState()
             )
-            d = dedup.check_duplicate(st, msg, now, dedup_cfg)
-            if d.duplicate_of == msg.message_id:
-                d = replayed_decision(st, msg)
+            fp = dedup.fingerprint(msg)
+            d = dedup.replayed(st, msg) or dedup.check_duplicate(st, msg, now, dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
-            dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg).model_dump_json()
+            dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg, fp).model_dump_json()
             raw_c = contacts_table.get(key)
             times = [
                 t
@@ -199,22 +198,6 @@ def sweep_tables(
             del incident_table[key]
             removed += 1
     return removed
-
-
-def replayed_decision(state: dedup.CustomerDedupState, msg: InboundMessage) -> dedup.DedupDecision:
-    """The decision for a record seen before (a replay after a crash), re-derived.
-
-    Not a customer's repeat: the message decides again as it did the first time — a new
-    case, or a duplicate of the case it was linked to — so downstream ids come out the same
-    and the sinks drop what they already sent.
-    """
-    own = next((e for e in state.entries if e.message_id == msg.message_id), None)
-    if own is None or own.case_id in (None, case_id_for(msg.message_id)):
-        return dedup.DedupDecision(is_duplicate=False)
-    first = next(e for e in state.entries if e.case_id == own.case_id)
-    return dedup.DedupDecision(
-        is_duplicate=True, duplicate_of=first.message_id, reason="exact_id", case_id=own.case_id
-    )
 
 
 def _with_similarity(

@@ -42,8 +42,10 @@ __all__ = [
     "clean_text",
     "estimate_similarity",
     "expire",
+    "fingerprint",
     "normalize_text",
     "remember",
+    "replayed",
     "shingles",
     "signature",
     "text_hash",
@@ -220,7 +222,11 @@ def expire(state: CustomerDedupState, now: datetime, config: DedupConfig) -> Cus
     return CustomerDedupState(entries=kept)
 
 
-def _fingerprint(msg: InboundMessage) -> tuple[int, list[int], int]:
+Fingerprint = tuple[int, list[int], int]
+
+
+def fingerprint(msg: InboundMessage) -> Fingerprint:
+    """(text hash, MinHash signature, shingle count): compute once, pass to both calls."""
     norm = normalize_text(msg.text)
     sh = shingles(norm)
     return text_hash(norm), signature(sh), len(sh)
@@ -231,6 +237,7 @@ def check_duplicate(
     msg: InboundMessage,
     now: datetime,
     config: DedupConfig | None = None,
+    fp: Fingerprint | None = None,
 ) -> DedupDecision:
     """Is ``msg`` a repeat of a message this customer sent within the window?"""
     cfg = config or DedupConfig()
@@ -247,7 +254,7 @@ def check_duplicate(
                 case_id=e.case_id,
                 similarity=1.0,
             )
-    th, sig, n = _fingerprint(msg)
+    th, sig, n = fp or fingerprint(msg)
     if th:
         for e in reversed(live):
             if e.text_hash == th:
@@ -275,12 +282,36 @@ def check_duplicate(
     return DedupDecision(is_duplicate=False, similarity=round(best_sim, 4))
 
 
+def replayed(state: CustomerDedupState, msg: InboundMessage) -> DedupDecision | None:
+    """The first decision again for a record already remembered (a replay after a crash).
+
+    ``check_duplicate`` calls any remembered id an exact duplicate; for the same record
+    delivered twice by the broker that would give it a second, different decision. Here the
+    record decides as it did: a duplicate of the earlier message that shares its case, or
+    not a duplicate when it opened its case itself. None when ``msg`` was never remembered.
+    """
+    own = next((e for e in state.entries if e.message_id == msg.message_id), None)
+    if own is None:
+        return None
+    first = next((e for e in state.entries if e.case_id == own.case_id), own)
+    if own.case_id is None or first is own:
+        return DedupDecision(is_duplicate=False)
+    return DedupDecision(
+        is_duplicate=True,
+        duplicate_of=first.message_id,
+        reason="exact_id",
+        case_id=own.case_id,
+        similarity=1.0,
+    )
+
+
 def remember(
     state: CustomerDedupState,
     msg: InboundMessage,
     case_id: str | None,
     now: datetime,
     config: DedupConfig | None = None,
+    fp: Fingerprint | None = None,
 ) -> CustomerDedupState:
     """New state with ``msg`` remembered (expired entries dropped, cap applied).
 
@@ -291,7 +322,7 @@ def remember(
     idh = _id_hash(msg)
     if any(e.message_id == msg.message_id or e.id_hash == idh for e in live.entries):
         return live
-    th, sig, n = _fingerprint(msg)
+    th, sig, n = fp or fingerprint(msg)
     entry = DedupEntry(
         message_id=msg.message_id,
         case_id=case_id,

@@ -93,8 +93,11 @@ def _customer_cases(table: Any, customer_id: str) -> list[CaseState]:
     return [CaseState.model_validate(c) for c in orjson.loads(raw)]
 
 
-def _store_case(table: Any, state: CaseState) -> None:
-    cases = [c for c in _customer_cases(table, state.customer_id) if c.case_id != state.case_id]
+def _store_case(table: Any, state: CaseState, known: list[CaseState] | None = None) -> None:
+    """Remember ``state`` among its customer's cases (``known``: already parsed, saves a parse)."""
+    if known is None:
+        known = _customer_cases(table, state.customer_id)
+    cases = [c for c in known if c.case_id != state.case_id]
     cases.append(state)
     cases.sort(key=lambda c: c.updated_at)
     table[state.customer_id] = orjson.dumps(
@@ -228,7 +231,7 @@ def install(ctx: Context) -> None:
             await emit_transition(ctx, decision, rt.workflow)
             _observe_survey(ctx, decision.case_events)
             if decision.case is not None:
-                _store_case(customer_cases, decision.case)
+                _store_case(customer_cases, decision.case, cases)
                 await ctx.send(
                     "case-state", decision.case.case_id, _snapshot(decision.case, "route")
                 )

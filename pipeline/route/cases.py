@@ -342,7 +342,8 @@ def policy_name(workflow: Workflow, department: str, name: str | None) -> str | 
     return workflow.default_sla
 
 
-def _created_event(state: CaseState, sub: SubRequest, now: datetime) -> CaseEvent:
+def created_event(state: CaseState, sub: SubRequest, now: datetime) -> CaseEvent:
+    """The ``sub_request_created`` event of one sub-request."""
     return event(
         state,
         CaseEventType.sub_request_created,
@@ -543,7 +544,7 @@ def apply_customer_reply(
         settings=settings,
     )
     st = st.model_copy(update={"sub_requests": [*st.sub_requests, record]})
-    events.append(_created_event(st, sub, now))
+    events.append(created_event(st, sub, now))
     t = workflow.templates_for(st.language)
     text = fill(t.reopened or t.triage, name=_name(st), case_ref=case_ref(st.case_id))
     ack = reply(

@@ -51,6 +51,7 @@ from pipeline.route.cases import (
     Transition,
     apply_customer_message,
     case_ref,
+    created_event,
     event,
     fill,
     new_sub_request,
@@ -436,24 +437,7 @@ def route_message(
             )
         )
     case = case.model_copy(update={"sub_requests": records})
-    for sub in subs:
-        events.append(
-            event(
-                case,
-                CaseEventType.sub_request_created,
-                now,
-                key=sub.sub_request_id,
-                message_id=msg.message_id,
-                sub_request_id=sub.sub_request_id,
-                detail={
-                    "kind": sub.kind.value,
-                    "department": sub.department,
-                    "recipient": sub.recipient,
-                    "intent": sub.intent,
-                    "sla_due_at": sub.sla_due_at.isoformat() if sub.sla_due_at else None,
-                },
-            )
-        )
+    events.extend(created_event(case, sub, now) for sub in subs)
 
     incident_subs: list[SubRequest] = []
     incident_case: CaseState | None = None

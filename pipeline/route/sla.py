@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
-from pipeline.events import CaseEvent, CaseEventType, Priority, derive_id
+from pipeline.events import CaseEvent, CaseEventType, Priority
 from pipeline.route.workflow import LEVELS, BusinessHours, Level, SlaPolicy, Workflow
 
 if TYPE_CHECKING:
@@ -254,11 +254,14 @@ def _event(
     now: datetime,
     detail: Mapping[str, object],
 ) -> CaseEvent:
-    return CaseEvent(
-        event_id=derive_id("ce", state.case_id, type_.value, sub_request_id, key),
-        case_id=state.case_id,
-        type=type_,
+    from pipeline.route.cases import event
+
+    # derive_id joins its parts with \x1f, so this keeps the ids of (sub_request_id, key)
+    return event(
+        state,
+        type_,
+        now,
+        key=f"{sub_request_id}\x1f{key}",
         sub_request_id=sub_request_id,
         detail=dict(detail),
-        at=now,
     )
