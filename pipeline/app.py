@@ -69,6 +69,8 @@ class Context:
     topics: dict[str, Any] = field(default_factory=dict)
     publisher: Publisher | None = None
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: What stages report about themselves on ``/healthz`` (e.g. the workflow in force).
+    status: dict[str, Any] = field(default_factory=dict)
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
@@ -225,14 +227,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     from pipeline.classify import agents as classify_agents
     from pipeline.notify import agents as notify_agents
     from pipeline.route import agents as route_agents
+    from pipeline.route import live as route_live
 
     async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         if ctx.publisher is not None:
             await ctx.publisher.close()
 
     app.on_before_shutdown.connect(cast(Any, close_publisher))
-    classify_agents.install(ctx)
-    route_agents.install(ctx)
+    live = route_live.install(ctx)
+    classify_agents.install(ctx, live)
+    route_agents.install(ctx, live)
     notify_agents.install(ctx)
     return ctx
 
@@ -248,5 +252,10 @@ def _install_web(ctx: Context) -> None:
     async def healthz(web: Any, request: Any) -> Any:
         assigned: set[TP] = set(app.consumer.assignment()) if app.consumer else set()
         return web.json(
-            {"status": "ok", "app": ctx.settings.app_id, "assigned_partitions": len(assigned)}
+            {
+                "status": "ok",
+                "app": ctx.settings.app_id,
+                "assigned_partitions": len(assigned),
+                **ctx.status,
+            }
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -187,3 +187,17 @@ async def read_all(
                     )
                     last = loop.time()
     return out
+
+
+async def follow(settings: Settings, topic: str, handle: Callable[[Record], None]) -> None:
+    """Call ``handle`` for every record of ``topic``, from the beginning, forever.
+
+    For compacted configuration topics (KB articles, the workflow) that every worker reads
+    in full, outside any consumer group. ``handle`` must not raise for a bad record.
+    """
+    async with reader(settings, topic) as consumer:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    handle(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp))

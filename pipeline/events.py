@@ -445,6 +445,18 @@ class CaseSnapshot(Event):
     at: UtcDatetime = Field(description="When.")
 
 
+class WorkflowPublished(Event):
+    """A workflow file published to the compacted config topic (``pipeline rules publish``).
+
+    Keyed by ``workflow``; every worker follows the topic and runs the newest workflow.
+    """
+
+    text: str = Field(max_length=1_000_000, description="The workflow YAML, as written.")
+    sha256: str = Field(description="SHA-256 of the text (hex), to tell versions apart.")
+    source: str = Field(description="Where it came from (file name), for the logs.")
+    published_at: UtcDatetime = Field(description="When it was published.")
+
+
 #: Every event type on the bus, by schema file name.
 EVENT_TYPES: dict[str, type[Event]] = {
     "InboundMessage": InboundMessage,
@@ -459,4 +471,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "CustomerRecord": CustomerRecord,
     "KbArticle": KbArticle,
     "CaseSnapshot": CaseSnapshot,
+    "WorkflowPublished": WorkflowPublished,
 }

@@ -38,8 +38,7 @@ def departments(settings: Settings) -> list[str]:
         from pipeline.route.workflow import load_workflow
     except ModuleNotFoundError:
         return []
-    wf = load_workflow(settings.rules_path)
-    return sorted(d.topic or name for name, d in wf.departments.items() if d.kind == "internal")
+    return load_workflow(settings.rules_path).task_departments()
 
 
 def run_worker(settings: Settings) -> int:

@@ -39,6 +39,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("case-status", description="CaseSnapshot from the case keeper to route, by customer"),
     TopicSpec("customers", compacted=True, description="CustomerRecord directory, keyed by id"),
     TopicSpec("kb", compacted=True, description="KbArticle, keyed by article_id"),
+    TopicSpec("config", compacted=True, description="WorkflowPublished, keyed by 'workflow'"),
 )
 
 TASKS_PREFIX = "tasks."

@@ -15,7 +15,6 @@ from typing import Any
 from pipeline.app import Context
 from pipeline.classify import dedup, incidents
 from pipeline.classify.core import Classifier
-from pipeline.errors import ConfigError
 from pipeline.events import (
     ClassifiedMessage,
     InboundMessage,
@@ -23,7 +22,8 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
-from pipeline.route.workflow import load_workflow
+from pipeline.route.live import LiveWorkflow
+from pipeline.route.workflow import Workflow
 from pipeline.stage import RawRecord, decode_record, split_decoded
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 STAGE = "classify"
 CONTACT_WINDOW_S = 30 * 24 * 3600
 SWEEP_INTERVAL_S = 600.0
-RULES_CHECK_INTERVAL_S = 5.0
 #: An open incident with no new report for this long is forgotten by the detector.
 INCIDENT_TTL_S = 24 * 3600.0
 MAX_CONTACTS = 20
@@ -42,7 +41,7 @@ def case_id_for(message_id: str) -> str:
     return derive_id("case", message_id)
 
 
-def install(ctx: Context) -> None:
+def install(ctx: Context, live: LiveWorkflow) -> None:
     """Register the classify agent and its tables on the app."""
     app = ctx.app
     s = ctx.settings
@@ -54,9 +53,7 @@ def install(ctx: Context) -> None:
 
     def classifier() -> Any:
         if "classifier" not in state:
-            wf = load_workflow(s.rules_path)
-            state["workflow"] = wf
-            state["mtime"] = s.rules_path.stat().st_mtime
+            wf = live.current
             state["classifier"] = Classifier.from_settings(
                 s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
             )
@@ -65,25 +62,14 @@ def install(ctx: Context) -> None:
     # Load (or train) the model now, before the worker starts, not in the event loop.
     log.info("classifier %s ready", classifier().version)
 
-    async def reload_rules() -> None:
-        # Tag rules, stores, priority weights and incident policies follow the workflow file;
-        # the model itself stays loaded. A broken file keeps the previous configuration.
-        mtime = s.rules_path.stat().st_mtime
-        if mtime == state["mtime"]:
-            return
-        state["mtime"] = mtime
-        try:
-            wf = load_workflow(s.rules_path)
-        except ConfigError as exc:
-            log.error("workflow changed but is invalid, classify keeps the old one: %s", exc)
-            return
-        state["workflow"] = wf
+    def rebuild(wf: Workflow) -> None:
+        # Tag rules, stores and priority weights follow the workflow; the model stays loaded.
         state["classifier"] = Classifier(
             state["classifier"].model, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
         )
-        log.info("classify reloaded tag rules, stores and weights from %s", s.rules_path)
+        log.info("classify took the new tag rules, stores and weights")
 
-    app.timer(RULES_CHECK_INTERVAL_S)(reload_rules)
+    live.on_change(rebuild)
 
     async def process(records: Sequence[RawRecord]) -> None:
         ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
@@ -139,7 +125,7 @@ def install(ctx: Context) -> None:
             if cm is None:
                 continue
             try:
-                policies = state["workflow"].incidents
+                policies = live.current.incidents
                 out = _with_similarity(ctx, cm, d, incident_table, policies)
                 await ctx.send("classified", msg.customer_id, out)
                 ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()

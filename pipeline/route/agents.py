@@ -21,10 +21,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline import bus
 from pipeline.app import Context
-from pipeline.bus import bootstrap
 from pipeline.codec import decode
 from pipeline.errors import DecodeError
 from pipeline.events import (
@@ -43,8 +42,9 @@ from pipeline.route import sla
 from pipeline.route.cases import CaseState, Transition, apply_task_update, open_subs
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
+from pipeline.route.live import LiveWorkflow
 from pipeline.route.surveys import parse_score
-from pipeline.route.workflow import Workflow, load_workflow
+from pipeline.route.workflow import Workflow
 from pipeline.stage import RawRecord, dead_letter_for, decode_record
 from pipeline.topics import task_topic
 
@@ -56,34 +56,21 @@ RECONTACT_WINDOW = timedelta(days=7)
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
 SLA_CHUNK = 100
-RULES_CHECK_INTERVAL_S = 5.0
 MAX_PENDING_UPDATES = 20
 
 
 class Runtime:
-    """The stage's loaded configuration: workflow (hot-reloaded) and KB index (live)."""
+    """The stage's live configuration: the workflow (file or config topic) and the KB index."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, live: LiveWorkflow) -> None:
         self.ctx = ctx
-        path = ctx.settings.rules_path
-        self.workflow: Workflow = load_workflow(path)
-        self._mtime = path.stat().st_mtime
+        self.live = live
         self.kb = KbIndex.from_dir(ctx.settings.kb_dir)
 
-    def reload_if_changed(self) -> bool:
-        """Reload the workflow file when it changed; a bad file keeps the old one."""
-        path = self.ctx.settings.rules_path
-        mtime = path.stat().st_mtime
-        if mtime == self._mtime:
-            return False
-        self._mtime = mtime
-        try:
-            self.workflow = load_workflow(path)
-        except Exception as exc:  # noqa: BLE001 — keep serving with the previous rules
-            log.error("workflow %s changed but is invalid, keeping the old one: %s", path, exc)
-            return False
-        log.info("workflow %s reloaded", path)
-        return True
+    @property
+    def workflow(self) -> Workflow:
+        """The workflow in force now."""
+        return self.live.current
 
 
 def _customer_cases(table: Any, customer_id: str) -> list[CaseState]:
@@ -196,11 +183,11 @@ def _observe_survey(ctx: Context, events: list[CaseEvent]) -> None:
                 ctx.metrics.nps_answers.labels(klass=str(klass)).inc()
 
 
-def install(ctx: Context) -> None:
+def install(ctx: Context, live: LiveWorkflow) -> None:
     """Register the route and case agents, the SLA timer and the config watchers."""
     app = ctx.app
     s = ctx.settings
-    rt = Runtime(ctx)
+    rt = Runtime(ctx, live)
     customer_cases = ctx.table("customer-cases")
     cases_table = ctx.table("cases")
     pending_table = ctx.table("pending-updates")
@@ -426,49 +413,26 @@ def install(ctx: Context) -> None:
         ctx.metrics.open_cases.set(open_cases)
         await ctx.flush()
 
-    async def rules_watch() -> None:
-        rt.reload_if_changed()
-
     async def kb_follow() -> None:
         await follow_kb(ctx, rt)
 
     app.timer(SLA_INTERVAL_S)(sla_tick)
-    app.timer(RULES_CHECK_INTERVAL_S)(rules_watch)
     app.task(kb_follow)
 
 
 async def follow_kb(ctx: Context, rt: Runtime) -> None:
     """Keep the KB index in step with the compacted KB topic (every worker reads all of it)."""
     topic = ctx.settings.topic("kb")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap(ctx.settings),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=ctx.settings.fetch_max_wait_ms,
-    )
-    await consumer.start()
-    try:
-        parts = None
-        while not parts:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                await asyncio.sleep(1.0)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for msgs in batch.values():
-                for m in msgs:
-                    try:
-                        article = decode(KbArticle, m.value)
-                    except DecodeError as exc:
-                        log.error(
-                            "bad KB record at %s[%s]@%s: %s", topic, m.partition, m.offset, exc
-                        )
-                        continue
-                    rt.kb.upsert(article)
-                    log.info("KB article %s updated from the topic", article.article_id)
-    finally:
-        await consumer.stop()
+
+    def take(record: bus.Record) -> None:
+        if record.value is None:
+            return
+        try:
+            article = decode(KbArticle, record.value)
+        except DecodeError as exc:
+            log.error("bad KB record at %s[%s]@%s: %s", topic, record.partition, record.offset, exc)
+            return
+        rt.kb.upsert(article)
+        log.info("KB article %s updated from the topic", article.article_id)
+
+    await bus.follow(ctx.settings, topic, take)

@@ -5,6 +5,7 @@
                                   [--rules FILE] [--now ISO] [--json]
     pipeline rules explain --data FILE [--text-col text] [--rules FILE]   # one JSON line per row
     pipeline rules replay --from TIME [--until TIME] [--rules NEW] [--limit N] [--json]
+    pipeline rules publish FILE    # → compacted config topic: every running worker takes it
 
 ``explain`` never touches Kafka: it runs the classifier, the KB index and ``route_message``
 in-process. Offline there is no history, so duplicate and incident detection are reported
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.bus import Publisher, ensure_topics
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import (
@@ -39,6 +41,7 @@ from pipeline.events import (
     Priority,
     PriorityComponent,
     Span,
+    WorkflowPublished,
     derive_id,
 )
 from pipeline.route.core import RouteDecision, route_message
@@ -100,6 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--json", action="store_true", help="one JSON object")
     r.set_defaults(handler=_replay)
 
+    p = rules_sub.add_parser(
+        "publish",
+        help="validate a workflow file and publish it to the config topic (all workers take it)",
+    )
+    p.add_argument("file", type=Path)
+    p.set_defaults(handler=_publish)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
@@ -121,6 +131,34 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     _out(f"ok: {len(wf.rules)} rules, {len(wf.departments)} departments")
     return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from pipeline.route.live import CONFIG_KEY, published
+
+    try:
+        text = args.file.read_text(encoding="utf-8")
+        wf, record = published(text, str(args.file))
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    settings = get_settings()
+    topic = settings.topic("config")
+    asyncio.run(_send_workflow(settings, topic, CONFIG_KEY, record, wf.task_departments()))
+    _out(f"published {args.file} (sha256 {record.sha256[:12]}) to {topic}")
+    return 0
+
+
+async def _send_workflow(
+    settings: Settings, topic: str, key: str, record: WorkflowPublished, departments: list[str]
+) -> None:
+    # A new department's task topic must exist before a worker routes to it.
+    await ensure_topics(settings, departments=departments)
+    publisher = Publisher(settings)
+    try:
+        await publisher.send(topic, key, record)
+    finally:
+        await publisher.close()
 
 
 # ---------------------------------------------------------------- explain

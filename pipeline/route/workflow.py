@@ -415,6 +415,10 @@ class Workflow(_Model):
 
     # ---- look-ups used by the engine
 
+    def task_departments(self) -> list[str]:
+        """Names of the task topics (without prefix) of the internal departments."""
+        return sorted(d.topic or n for n, d in self.departments.items() if d.kind == "internal")
+
     def store(self, code: str) -> Store | None:
         """Store by code (case-insensitive)."""
         for s in self.stores:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,16 +17,23 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
-from pipeline.events import Outcome, derive_id
+from pipeline.events import Outcome, SubRequest, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children
+from pipeline.topics import task_topic
 
-from .helpers import start_stack, telegram, wait_for
+from .helpers import get_text, start_stack, telegram, wait_for
 
 pytestmark = pytest.mark.integration
 
 LOYALTY = "    then: [{type: internal, department: loyalty-it}]\n"
 TO_CARE = "    then: [{type: internal, department: customer-care}]\n"
+TO_BONUS_DESK = "    then: [{type: internal, department: bonus-desk}]\n"
+NEW_DEPARTMENT = (
+    "departments:\n"
+    "  bonus-desk: {kind: internal, title: {ru: Бонусы, en: Bonuses}, "
+    "hours: {timezone: Europe/Moscow}}\n"
+)
 
 
 @pytest.fixture
@@ -40,6 +48,28 @@ def live_stack(
         yield stack, group, rules
     finally:
         group.stop()
+
+
+def _cli(stack: Settings, rules: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers or "",
+        PIPELINE_TOPIC_PREFIX=stack.topic_prefix,
+        PIPELINE_RULES_PATH=str(rules),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _workflow_sha(stack: Settings) -> str:
+    _, body = get_text(f"http://{stack.web_host}:{stack.web_port}/healthz")
+    return str(json.loads(body)["workflow"]["sha256"])
 
 
 async def _routed(stack: Settings, chat: int, n: int, text: str) -> Outcome:
@@ -76,33 +106,52 @@ async def test_workers_follow_a_changed_workflow_and_replay_shows_it(
     # message would move back from customer-care to loyalty-it.
     old_rules = rules.with_name("old-workflow.yaml")
     old_rules.write_text(original, encoding="utf-8")
-    env = dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers or "",
-        PIPELINE_TOPIC_PREFIX=stack.topic_prefix,
-        PIPELINE_RULES_PATH=str(rules),
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "rules",
-            "replay",
-            "--from",
-            start.isoformat(),
-            "--rules",
-            str(old_rules),
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = _cli(
+        stack, rules, "rules", "replay", "--from", start.isoformat(), "--rules", str(old_rules),
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["messages"] >= 2
     assert report["after"].get("loyalty-it", 0) > report["before"].get("loyalty-it", 0)
     assert report["changed"] >= 2
+
+
+async def test_a_workflow_published_to_the_config_topic_reaches_the_running_worker(
+    live_stack: tuple[Settings, Children, Path],
+) -> None:
+    stack, _, rules = live_stack
+    chat = 6_500_000 + int(uuid.uuid4().int % 100_000)
+    text = "Мне не начислили бонусы на карту лояльности за покупку"
+    assert (await _routed(stack, chat, 1, text)).departments == ["loyalty-it"]
+
+    # A department the worker has never heard of, in a file the worker cannot see.
+    original = rules.read_text(encoding="utf-8")
+    assert LOYALTY in original and "departments:\n" in original
+    published = rules.parent / "published" / "workflow.yaml"
+    published.parent.mkdir()
+    published.write_text(
+        original.replace(LOYALTY, TO_BONUS_DESK).replace("departments:\n", NEW_DEPARTMENT, 1),
+        encoding="utf-8",
+    )
+    broken = rules.parent / "broken.yaml"
+    broken.write_text(original.replace(LOYALTY, TO_BONUS_DESK), encoding="utf-8")
+    refused = _cli(stack, rules, "rules", "publish", str(broken))
+    assert refused.returncode == 1 and "bonus-desk" in refused.stderr, refused.stderr
+
+    proc = _cli(stack, rules, "rules", "publish", str(published))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert stack.topic("config") in proc.stdout
+    want = hashlib.sha256(published.read_bytes()).hexdigest()
+    assert want[:12] in proc.stdout
+    deadline = time.monotonic() + 60
+    while _workflow_sha(stack) != want and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker follows the config topic as it is written
+    assert _workflow_sha(stack) == want
+    after = await _routed(stack, chat + 1, 1, text)
+    assert after.departments == ["bonus-desk"], after
+    mid = derive_id("msg", "telegram", f"{chat + 1}:1")
+    tasks = await wait_for(
+        stack, task_topic(stack, "bonus-desk"), SubRequest, lambda s: s.message_id == mid, 1
+    )
+    assert tasks and tasks[0].department == "bonus-desk"

@@ -1,0 +1,144 @@
+"""The workflow a running worker uses: its file, or a newer one published to the config topic.
+
+Every stage of a worker reads ``LiveWorkflow.current``. Two things replace it while the
+worker runs, and **the newest wins**:
+
+* the file at ``PIPELINE_RULES_PATH``, checked every few seconds (its modification time);
+* ``WorkflowPublished`` records on the compacted ``config`` topic (``pipeline rules
+  publish FILE``), which every worker reads in full, so all hosts run the same rules
+  without sharing a file system.
+
+A published workflow replaces the file's when it was published after the file was last
+changed; an edit of the file after that wins again. A workflow that does not validate is
+logged and ignored: the previous one keeps serving. Listeners (the classifier rebuilding
+its tag rules, stores and weights) are called after each change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline import bus
+from pipeline.app import Context
+from pipeline.codec import decode
+from pipeline.errors import ConfigError, DecodeError
+from pipeline.events import WorkflowPublished
+from pipeline.route.workflow import Workflow, load_workflow, parse_workflow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CONFIG_KEY", "LiveWorkflow", "install", "published"]
+
+#: Key of the workflow record on the compacted config topic.
+CONFIG_KEY = "workflow"
+FILE_CHECK_INTERVAL_S = 5.0
+
+
+def published(
+    text: str, source: str, *, now: datetime | None = None
+) -> tuple[Workflow, WorkflowPublished]:
+    """Workflow ``text`` validated (ConfigError if bad) and its config-topic record."""
+    wf = parse_workflow(text, source=source)
+    return wf, WorkflowPublished(
+        text=text,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        source=source,
+        published_at=now or datetime.now(UTC),
+    )
+
+
+class LiveWorkflow:
+    """The current workflow of this worker and where it came from."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = path.stat().st_mtime
+        self.current: Workflow = load_workflow(path)
+        #: When the current workflow was written (file mtime or publication time), epoch s.
+        self.written_at: float = self._mtime
+        self.origin = f"file {path}"
+        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        self._listeners: list[Callable[[Workflow], None]] = []
+
+    def on_change(self, listener: Callable[[Workflow], None]) -> None:
+        """Call ``listener(workflow)`` after every change."""
+        self._listeners.append(listener)
+
+    def _replace(self, wf: Workflow, written_at: float, origin: str, sha256: str) -> None:
+        self.current = wf
+        self.written_at = written_at
+        self.origin = origin
+        self.sha256 = sha256
+        log.info("workflow now from %s (sha256 %s)", origin, sha256[:12])
+        for listener in self._listeners:
+            listener(wf)
+
+    def poll_file(self) -> bool:
+        """Take the file when it changed since it was last seen (and is newer than current)."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError as exc:
+            log.error("workflow %s cannot be read, keeping the current one: %s", self.path, exc)
+            return False
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        if mtime <= self.written_at:
+            return False
+        try:
+            data = self.path.read_bytes()
+            wf = parse_workflow(data.decode("utf-8"), source=str(self.path))
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            log.error("workflow %s changed but is invalid, keeping the old one: %s", self.path, exc)
+            return False
+        self._replace(wf, mtime, f"file {self.path}", hashlib.sha256(data).hexdigest())
+        return True
+
+    def apply(self, record: WorkflowPublished) -> bool:
+        """Take a published workflow when it is newer than the current one and valid."""
+        at = record.published_at.timestamp()
+        sha = hashlib.sha256(record.text.encode("utf-8")).hexdigest()
+        if sha == self.sha256 or at <= self.written_at:
+            return False
+        try:
+            wf = parse_workflow(record.text, source=f"config topic ({record.source})")
+        except ConfigError as exc:
+            log.error("published workflow is invalid, keeping the current one: %s", exc)
+            return False
+        self._replace(wf, at, f"config topic ({record.source})", sha)
+        return True
+
+
+def install(ctx: Context) -> LiveWorkflow:
+    """The worker's live workflow, with a timer on the file and a task on the config topic."""
+    live = LiveWorkflow(ctx.settings.rules_path)
+    topic = ctx.settings.topic("config")
+
+    def report(_: Workflow | None = None) -> None:
+        # Operators (and tests) can see which workflow every worker runs.
+        ctx.status["workflow"] = {"sha256": live.sha256, "origin": live.origin}
+
+    report()
+    live.on_change(report)
+
+    def take(record: bus.Record) -> None:
+        if record.key != CONFIG_KEY.encode() or record.value is None:
+            return  # another kind of configuration, or a tombstone: nothing to apply
+        try:
+            live.apply(decode(WorkflowPublished, record.value))
+        except DecodeError as exc:
+            log.error("bad record at %s[%s]@%s: %s", topic, record.partition, record.offset, exc)
+
+    async def watch_file() -> None:
+        live.poll_file()
+
+    async def follow_config() -> None:
+        await bus.follow(ctx.settings, topic, take)
+
+    ctx.app.timer(FILE_CHECK_INTERVAL_S)(watch_file)
+    ctx.app.task(follow_config)
+    return live

@@ -1,0 +1,102 @@
+"""The live workflow: the file or the config topic, the newest wins, a bad one never replaces."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.route.live import LiveWorkflow, published
+from pipeline.route.workflow import Workflow
+from tests.unit.test_route_workflow import MINIMAL
+
+TO_CARE = MINIMAL.replace("department: loyalty-it", "department: triage")
+
+
+def _at(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def _write(path: Path, text: str, mtime: float) -> None:
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, (mtime, mtime))
+
+
+def _target(wf: Workflow) -> str:
+    return wf.rules[0].then[0].department or ""
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> LiveWorkflow:
+    path = tmp_path / "workflow.yaml"
+    _write(path, MINIMAL, 1_000_000.0)
+    return LiveWorkflow(path)
+
+
+def test_a_newer_publication_replaces_the_file_and_calls_listeners(live: LiveWorkflow) -> None:
+    seen: list[str] = []
+    live.on_change(lambda wf: seen.append(_target(wf)))
+    _, record = published(TO_CARE, "new.yaml", now=_at(1_000_100.0))
+    assert live.apply(record)
+    assert _target(live.current) == "triage"
+    assert seen == ["triage"]
+    assert live.origin == "config topic (new.yaml)"
+    assert not live.apply(record), "the same text again is not a change"
+    assert seen == ["triage"]
+
+
+def test_a_publication_older_than_the_file_is_not_taken(live: LiveWorkflow) -> None:
+    _, record = published(TO_CARE, "old.yaml", now=_at(999_000.0))
+    assert not live.apply(record)
+    assert _target(live.current) == "loyalty-it"
+
+
+def test_a_file_edited_after_the_publication_wins_again(live: LiveWorkflow) -> None:
+    _, record = published(TO_CARE, "new.yaml", now=_at(1_000_100.0))
+    live.apply(record)
+    assert not live.poll_file(), "the file did not change"
+    _write(live.path, MINIMAL.replace("name: loyalty", "name: loyalty2"), 1_000_200.0)
+    assert live.poll_file()
+    assert live.current.rules[0].name == "loyalty2"
+    assert live.origin.startswith("file ")
+
+
+def test_a_file_touched_before_the_publication_does_not_undo_it(live: LiveWorkflow) -> None:
+    _, record = published(TO_CARE, "new.yaml", now=_at(1_000_100.0))
+    live.apply(record)
+    _write(live.path, MINIMAL, 1_000_050.0)  # e.g. restored from a backup with its old time
+    assert not live.poll_file()
+    assert _target(live.current) == "triage"
+
+
+def test_invalid_workflows_keep_the_current_one(
+    live: LiveWorkflow, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = MINIMAL.replace("department: loyalty-it", "department: nowhere")
+    with pytest.raises(ConfigError, match="nowhere"):
+        published(bad, "bad.yaml")
+    # A record that bypassed the CLI (another producer) is validated again by the worker.
+    _, good = published(MINIMAL, "x.yaml", now=_at(1_000_100.0))
+    forged = good.model_copy(update={"text": bad})
+    assert not live.apply(forged)
+    _write(live.path, "version: 1\nrules: [", 1_000_300.0)
+    assert not live.poll_file()
+    live.path.unlink()
+    assert not live.poll_file()
+    assert _target(live.current) == "loyalty-it"
+    assert "keeping" in caplog.text
+
+
+def test_rules_publish_refuses_an_invalid_file_before_touching_kafka(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL.replace("kind: internal}", "kind: sideways}", 1), encoding="utf-8")
+    assert main(["rules", "publish", str(bad)]) == 1
+    assert "bad.yaml:3" in capsys.readouterr().err
