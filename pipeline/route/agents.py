@@ -39,7 +39,13 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.route import sla
-from pipeline.route.cases import CaseState, Transition, apply_task_update, open_subs
+from pipeline.route.cases import (
+    CaseState,
+    Transition,
+    apply_task_update,
+    merge_snapshot,
+    open_subs,
+)
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
 from pipeline.route.live import LiveWorkflow
@@ -280,9 +286,15 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
             snap = decode_record(CaseSnapshot, record)
             state = CaseState.model_validate(snap.state)
             stored = cases_table.get(state.case_id)
-            if stored and not is_news(state, CaseState.model_validate(orjson.loads(stored))):
-                return  # a replayed snapshot must not undo later transitions
-            cases_table[state.case_id] = orjson.dumps(snap.state).decode()
+            if stored:
+                known = CaseState.model_validate(orjson.loads(stored))
+                if not is_news(state, known):
+                    return  # a replayed snapshot must not undo later transitions
+                merged = merge_snapshot(known, state)
+                if merged != state:  # route's view lagged: give it the keeper's state back
+                    await ctx.send("case-status", merged.customer_id, _snapshot(merged, "cases"))
+                state = merged
+            cases_table[state.case_id] = orjson.dumps(state.model_dump(mode="json")).decode()
             await close_if_incident_resolved(state)
             waiting = pending_table.get(state.case_id)
             if waiting:

@@ -51,6 +51,7 @@ __all__ = [
     "case_ref",
     "customer_summary",
     "fill",
+    "merge_snapshot",
     "new_sub_request",
 ]
 
@@ -641,3 +642,53 @@ def apply_customer_message(
 def open_subs(state: CaseState) -> Sequence[SubRequestState]:
     """Tracked sub-requests that are not closed yet."""
     return [s for s in state.sub_requests if s.blocking and s.status not in TERMINAL]
+
+
+_PROGRESS: dict[str, int] = {"open": 0, "acknowledged": 1, "in_progress": 2}
+
+
+def _progress(sub: SubRequestState) -> tuple[int, datetime]:
+    floor = datetime.min.replace(tzinfo=sub.created_at.tzinfo)
+    return _PROGRESS.get(sub.status, 3), sub.updated_at or floor
+
+
+def merge_snapshot(stored: CaseState, incoming: CaseState) -> CaseState:
+    """Route's new state of a case (it took a new message) merged into the keeper's state.
+
+    Route computes ``incoming`` from its own view of the case, which lags behind the keeper's
+    by the case-status records still in flight. Progress the keeper made meanwhile must
+    survive: sub-requests keep their furthest state, seen updates and the message history
+    are united, and a resolution (with its survey) of the same round stands unless route
+    opened new work.
+    """
+    subs = {s.sub_request_id: s for s in incoming.sub_requests}
+    for sub in stored.sub_requests:
+        mine = subs.get(sub.sub_request_id)
+        if mine is None or _progress(sub) > _progress(mine):
+            subs[sub.sub_request_id] = sub
+    order = list(dict.fromkeys([*(s.sub_request_id for s in stored.sub_requests), *subs]))
+    merged = incoming.model_copy(
+        update={
+            "sub_requests": [subs[i] for i in order],
+            "seen_update_ids": list(
+                dict.fromkeys([*stored.seen_update_ids, *incoming.seen_update_ids])
+            ),
+            "message_ids": list(dict.fromkeys([*stored.message_ids, *incoming.message_ids])),
+            "updated_at": max(stored.updated_at, incoming.updated_at),
+        }
+    )
+    same_round = stored.round == incoming.round
+    if same_round and stored.survey is not None and (
+        incoming.survey is None or (stored.survey.answered and not incoming.survey.answered)
+    ):
+        merged = merged.model_copy(update={"survey": stored.survey})
+    if (
+        same_round
+        and stored.status == "resolved"
+        and incoming.status != "resolved"
+        and not open_subs(merged)
+    ):
+        merged = merged.model_copy(
+            update={"status": stored.status, "resolved_at": stored.resolved_at}
+        )
+    return merged

@@ -25,6 +25,7 @@ from pipeline.route.cases import (
     apply_customer_message,
     apply_customer_reply,
     apply_task_update,
+    merge_snapshot,
 )
 from pipeline.route.core import route_message
 from pipeline.route.kb import KbMatch
@@ -298,3 +299,49 @@ def test_incident_broadcast_and_notice() -> None:
         s.sub_request_id for s in subs
     ]
     assert CaseEventType.incident_linked in [e.type for e in later.case_events]
+
+
+def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state() -> None:
+    wf = default_workflow()
+    d = route_message(seed_message(), wf, now=NOW)
+    assert d.case is not None
+    first, second = d.case.sub_requests
+    more = message("Есть новости?", [intent("Есть новости?", "Есть новости?", "unknown",
+                                           "UNKNOWN")], key="more")
+    # Route appends the follow-up to the case as it saw it (both sub-requests open) ...
+    routed = apply_customer_reply(d.case, more.inbound, wf, now=NOW).state
+    # ... while the keeper had already applied the first department's answer.
+    kept = apply_task_update(d.case, update(d.case, first.sub_request_id, "u1", "Готово"), wf,
+                             now=NOW).state
+    merged = merge_snapshot(kept, routed)
+    assert merged.sub(first.sub_request_id).status == "resolved"  # type: ignore[union-attr]
+    assert merged.sub(second.sub_request_id).status == "open"  # type: ignore[union-attr]
+    assert merged.seen_update_ids == ["u1"]
+    assert more.message_id in merged.message_ids and merged.status == "open"
+
+    # The keeper resolved the whole case meanwhile: the resolution stands.
+    done = apply_task_update(kept, update(kept, second.sub_request_id, "u2", "Сняли"), wf,
+                             now=NOW).state
+    assert done.status == "resolved"
+    merged = merge_snapshot(done, routed)
+    assert merged.status == "resolved" and merged.resolved_at == done.resolved_at
+    assert merged.survey == done.survey and more.message_id in merged.message_ids
+    assert merge_snapshot(done, done) == done
+
+
+def test_merge_keeps_new_work_that_route_opened() -> None:
+    wf = default_workflow()
+    d = route_message(seed_message(), wf, now=NOW)
+    assert d.case is not None
+    first, second = d.case.sub_requests
+    angry = message("Ваш ответ не помог", [intent("Ваш ответ не помог", "Ваш ответ не помог",
+                                                   "unknown", "UNKNOWN")], key="angry")
+    routed = apply_customer_reply(d.case, angry.inbound, wf, now=NOW).state  # + triage
+    kept = d.case
+    for n, sub in enumerate((first, second)):
+        kept = apply_task_update(kept, update(kept, sub.sub_request_id, f"u{n}", "ok"), wf,
+                                 now=NOW).state
+    assert kept.status == "resolved"
+    merged = merge_snapshot(kept, routed)
+    assert [s.status for s in merged.sub_requests] == ["resolved", "resolved", "open"]
+    assert merged.status == "open"  # the triage sub-request is still to be done
