@@ -26,6 +26,7 @@ from pipeline.events import (
 )
 from pipeline.notify.compose import compose_external
 from pipeline.notify.delivery import Deliverer
+from pipeline.notify.ratelimit import RateLimiter, rate_share
 from pipeline.stage import RawRecord, dead_letter_for, decode_record
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,18 @@ def install(ctx: Context) -> None:
     delivered_replies = ctx.table("delivered-replies")
     delivered_external = ctx.table("delivered-external")
     holder: dict[str, Deliverer] = {}
+    limiter = RateLimiter(s.delivery_rate_limits)
+    inputs = {s.topic("replies"), s.topic("external")}
 
     async def deliverer() -> Deliverer:
         if "d" not in holder:
-            holder["d"] = Deliverer(s, aiohttp.ClientSession())
+            holder["d"] = Deliverer(s, aiohttp.ClientSession(), limiter=limiter)
         return holder["d"]
+
+    async def take_share(sender: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
+        # The platforms' limits are per deployment: each worker sends its share of them.
+        limiter.set_share(rate_share(assigned, inputs, s.partitions))
+        log.info("delivery rate limits at %.0f%% of the configured ones", limiter.share * 100)
 
     async def finish(
         record: RawRecord,
@@ -148,4 +156,5 @@ def install(ctx: Context) -> None:
         if "d" in holder:
             await holder["d"].session.close()
 
-    app.on_before_shutdown.connect(cast(Any, close_session))  # faust types it too narrowly
+    app.on_before_shutdown.connect(cast(Any, close_session))
+    app.on_partitions_assigned.connect(cast(Any, take_share))  # faust types it too narrowly

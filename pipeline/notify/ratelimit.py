@@ -8,17 +8,21 @@ a rate is not limited. The clock and sleep are injected so tests need no real ti
 
 A bucket reserves a token at once and returns how long the caller must wait for it, so
 concurrent callers queue fairly in arrival order (tokens may go negative = queue depth).
+
+The limits are the platforms' limits for the whole deployment. With several workers, each
+worker runs its ``share`` of them: the fraction of the notify topics' partitions it holds
+(set again at every rebalance), so together they stay under the platform's limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 from pipeline.errors import ConfigError
 
-__all__ = ["RateLimiter", "TokenBucket"]
+__all__ = ["RateLimiter", "TokenBucket", "rate_share"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -63,8 +67,19 @@ class RateLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        self._rates = dict(rates)
         self._buckets = {name: TokenBucket(rate, clock=clock) for name, rate in rates.items()}
         self._sleep = sleep
+        self.share = 1.0
+
+    def set_share(self, share: float) -> None:
+        """Run ``share`` (0 < share <= 1) of the configured rates: this worker's part of them."""
+        if not 0 < share <= 1:
+            raise ConfigError(f"share must be in (0, 1], got {share}")
+        self.share = share
+        for name, bucket in self._buckets.items():
+            bucket.rate = self._rates[name] * share
+            bucket.burst = max(1.0, bucket.rate)
 
     def reserve(self, transport: str) -> float:
         """Reserve a send on ``transport``; seconds to wait first (0 when unlimited)."""
@@ -77,3 +92,16 @@ class RateLimiter:
         if delay > 0:
             await self._sleep(delay)
         return delay
+
+
+def rate_share(
+    assigned: Iterable[tuple[str, int]], topics: Collection[str], partitions: int
+) -> float:
+    """A worker's share of the limits: the fraction of ``topics``' partitions it holds.
+
+    At least one partition's worth, so retries of a worker that just lost its partitions
+    still go out.
+    """
+    held = sum(1 for topic, _ in set(assigned) if topic in topics)
+    total = max(1, len(topics) * partitions)
+    return min(1.0, max(held, 1) / total)

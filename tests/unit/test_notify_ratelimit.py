@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
-from pipeline.notify.ratelimit import RateLimiter, TokenBucket
+from pipeline.notify.ratelimit import RateLimiter, TokenBucket, rate_share
 
 
 class FakeClock:
@@ -79,3 +79,29 @@ async def test_sustained_rate_matches_setting() -> None:
         await limiter.acquire("telegram")
     # 25 burst + 250 at 25/s = 10 s of fake time
     assert clock.now - start == pytest.approx(10.0)
+
+
+def test_share_is_the_fraction_of_notify_partitions_held() -> None:
+    topics = {"care.replies", "care.external"}
+    held = [("care.replies", 0), ("care.external", 0), ("care.inbound", 0), ("care.inbound", 1)]
+    assert rate_share(held, topics, 2) == 0.5
+    assert rate_share([(t, p) for t in topics for p in (0, 1)], topics, 2) == 1.0
+    assert rate_share([], topics, 2) == 0.25  # never zero: retries must still go out
+    assert rate_share([("care.inbound", 0)], topics, 1) == 0.5
+
+
+async def test_two_workers_with_half_each_send_at_the_configured_rate_together() -> None:
+    clock = FakeClock()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    workers = [RateLimiter({"telegram": 20.0}, clock=clock, sleep=sleep) for _ in range(2)]
+    for w in workers:
+        w.set_share(0.5)
+    start = clock.now
+    for _ in range(10 + 100):  # burst of 10, then 100 at 10/s
+        await workers[0].acquire("telegram")
+    assert clock.now - start == pytest.approx(10.0)
+    with pytest.raises(ConfigError):
+        workers[1].set_share(0.0)
