@@ -7,6 +7,7 @@ sub-requests) drops ids already delivered, so a replay or restart sends nothing 
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, cast
 
@@ -122,10 +123,15 @@ def install(ctx: Context) -> None:
             try:
                 reply = decode_record(Reply, record)
                 key = reply.customer_id
-                if reply.reply_id in _delivered(delivered_replies, key):
+                done = _delivered(delivered_replies, key)
+                if reply.reply_id in done:
                     receipt = skipped(reply.reply_id, reply.channel.value)
                 else:
-                    receipt = await (await deliverer()).deliver_reply(reply)
+                    receipt = await (await deliverer()).deliver_reply(
+                        reply,
+                        sent_parts=done,
+                        on_part=functools.partial(_remember, delivered_replies, key),
+                    )
                 await finish(
                     record, receipt, reply.case_id, key, delivered_replies, reply.message_id
                 )

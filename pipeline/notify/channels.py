@@ -52,6 +52,7 @@ __all__ = [
     "Target",
     "Transport",
     "message_text",
+    "reply_parts",
     "resolve_target",
     "send_chatwoot",
     "send_email",
@@ -59,6 +60,7 @@ __all__ = [
     "send_telegram",
     "send_twilio",
     "send_webhook",
+    "split_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ Transport = Literal["telegram", "chatwoot", "twilio", "email", "webhook"]
 
 TELEGRAM_MAX_CHARS = 4096  # sendMessage text limit
 TWILIO_MAX_CHARS = 1600  # Messages API Body limit
+_MAX_CHARS: dict[str, int] = {"telegram": TELEGRAM_MAX_CHARS, "twilio": TWILIO_MAX_CHARS}
 _EXCERPT = 300
 
 _TRANSPORTS: dict[Channel, Transport] = {
@@ -119,15 +122,53 @@ def resolve_target(reply: Reply, settings: Settings) -> Target:
     )
 
 
-def message_text(reply: Reply, limit: int | None = None) -> str:
-    """The reply's text with its link appended, cut to ``limit`` characters."""
+def message_text(reply: Reply) -> str:
+    """The reply's text with its link appended."""
     text = reply.text
     if reply.link and reply.link not in text:
         text = f"{text}\n{reply.link}"
-    if limit is not None and len(text) > limit:
-        log.warning("reply %s truncated from %d to %d chars", reply.reply_id, len(text), limit)
-        text = text[: limit - 1] + "…"
     return text
+
+
+#: Where a long text may be split, best first: paragraph, line, sentence, word.
+_BREAKS: tuple[str, ...] = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """``text`` in parts of at most ``limit`` characters, cut at the best break in each.
+
+    A part ends at a paragraph, line, sentence or word break when one lies in the second
+    half of the window; only a text without any is cut mid-word. Joined, the parts give the
+    text back up to the whitespace at the cuts.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be positive, got {limit}")
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = limit
+        for sep in _BREAKS:
+            at = window.rfind(sep)
+            if at >= limit // 2:
+                cut = at + len(sep.rstrip()) if sep.strip() else at
+                break
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+def reply_parts(reply: Reply, transport: str) -> list[str]:
+    """The texts to send for ``reply``: more than one when it is over the platform's limit."""
+    text = message_text(reply)
+    limit = _MAX_CHARS.get(transport)
+    if limit is None or len(text) <= limit:
+        return [text]
+    parts = split_text(text, limit)
+    log.info("reply %s (%d chars) goes out in %d parts", reply.reply_id, len(text), len(parts))
+    return parts
 
 
 # ---------------------------------------------------------------- HTTP
@@ -349,15 +390,20 @@ async def send_reply(
     reply: Reply,
     *,
     target: Target | None = None,
+    text: str | None = None,
 ) -> str:
-    """One delivery attempt of ``reply`` in its channel; the platform's message id."""
+    """One delivery attempt of ``reply`` (or of ``text``, one of its parts) in its channel.
+
+    Returns the platform's message id.
+    """
     target = target or resolve_target(reply, settings)
+    text = message_text(reply) if text is None else text
     if target.transport == "telegram":
         return await send_telegram(
             session,
             settings,
             target.address,
-            message_text(reply, TELEGRAM_MAX_CHARS),
+            text,
             reply_to_message_id=reply.reply_to.get("message_id"),
         )
     if target.transport == "chatwoot":
@@ -365,7 +411,7 @@ async def send_reply(
             session,
             settings,
             target.address,
-            message_text(reply),
+            text,
             account_id=reply.reply_to.get("account_id"),
         )
     if target.transport == "twilio":
@@ -373,7 +419,7 @@ async def send_reply(
             session,
             settings,
             target.address,
-            message_text(reply, TWILIO_MAX_CHARS),
+            text,
             from_number=reply.reply_to.get("service_number") or None,
         )
     if target.transport == "email":

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from email.message import EmailMessage
 
@@ -30,7 +30,7 @@ import aiohttp
 from pipeline.config import Settings
 from pipeline.errors import DeliveryError
 from pipeline.events import DeliveryReceipt, Reply, SubRequest, utcnow
-from pipeline.notify.channels import resolve_target, send_email, send_reply
+from pipeline.notify.channels import reply_parts, resolve_target, send_email, send_reply
 from pipeline.notify.ratelimit import Clock, RateLimiter, Sleep
 
 __all__ = ["Deliverer", "backoff_delay", "retry_delay"]
@@ -83,18 +83,51 @@ class Deliverer:
             settings.delivery_rate_limits, clock=clock, sleep=sleep
         )
 
-    async def deliver_reply(self, reply: Reply) -> DeliveryReceipt:
-        """Send ``reply`` in its channel; a delivered or failed receipt keyed by reply id."""
+    async def deliver_reply(
+        self,
+        reply: Reply,
+        *,
+        sent_parts: Collection[str] = (),
+        on_part: Callable[[str], None] | None = None,
+    ) -> DeliveryReceipt:
+        """Send ``reply`` in its channel; a delivered or failed receipt keyed by reply id.
+
+        A text over the platform's limit goes out in parts, in order, with ids
+        ``<reply_id>#<n>``: parts named in ``sent_parts`` are not sent again, and ``on_part``
+        is called after each part is accepted, so a replay after a crash resumes where the
+        sending stopped. The first part that fails ends the delivery (failed receipt).
+        """
         try:
             target = resolve_target(reply, self.settings)
         except DeliveryError as exc:
             return self._receipt(reply.reply_id, reply.channel.value, 0, exc)
-        return await self._run(
-            reply.reply_id,
-            reply.channel.value,
-            target.transport,
-            lambda: send_reply(self.session, self.settings, reply, target=target),
-        )
+        parts = reply_parts(reply, target.transport)
+        if len(parts) == 1:
+            return await self._run(
+                reply.reply_id,
+                reply.channel.value,
+                target.transport,
+                lambda: send_reply(self.session, self.settings, reply, target=target),
+            )
+
+        def attempt(text: str) -> Callable[[], Awaitable[str]]:
+            return lambda: send_reply(self.session, self.settings, reply, target=target, text=text)
+
+        attempts = 0
+        for n, text in enumerate(parts, start=1):
+            part_id = f"{reply.reply_id}#{n}"
+            if part_id in sent_parts:
+                continue
+            receipt = await self._run(part_id, reply.channel.value, target.transport, attempt(text))
+            attempts += receipt.attempts
+            if receipt.status != "delivered":
+                error = f"part {n} of {len(parts)}: {receipt.error}"
+                return receipt.model_copy(
+                    update={"delivery_id": reply.reply_id, "attempts": attempts, "error": error}
+                )
+            if on_part is not None:
+                on_part(part_id)
+        return self._receipt(reply.reply_id, reply.channel.value, attempts, None)
 
     async def deliver_external(
         self, sub_request: SubRequest, email_message: EmailMessage

@@ -290,6 +290,21 @@ async def test_telegram_send_message_format(
     }
 
 
+async def test_a_reply_over_telegrams_limit_arrives_in_ordered_parts(
+    platforms: tuple[FakePlatforms, str], session: aiohttp.ClientSession
+) -> None:
+    fake, url = platforms
+    paragraph = ("Мы проверили все ваши заказы за год, вот что мы нашли. " * 10).strip()
+    text = "\n\n".join(f"{n}. {paragraph}" for n in range(1, 21))
+    assert len(text) > 2 * 4096
+    reply = make_reply(Channel.telegram, {"chat_id": "42"}, text=text)
+    receipt = await deliverer(make_settings(url), session, FakeSleep()).deliver_reply(reply)
+    assert receipt.status == "delivered" and receipt.delivery_id == reply.reply_id
+    bodies = [orjson.loads(r.body)["text"] for r in fake.requests]
+    assert len(bodies) == 3 and all(len(b) <= 4096 for b in bodies)
+    assert "\n\n".join(bodies) == text  # cut between paragraphs, nothing lost, in order
+
+
 async def test_chatwoot_create_message_format(
     platforms: tuple[FakePlatforms, str], session: aiohttp.ClientSession
 ) -> None:

@@ -8,13 +8,21 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from pipeline.config import Settings
 from pipeline.errors import DeliveryError
 from pipeline.events import Channel, Priority, Reply, ReplyKind, SubRequest, SubRequestKind
 from pipeline.notify import channels, delivery
-from pipeline.notify.channels import Target, message_text, resolve_target
+from pipeline.notify.channels import (
+    Target,
+    message_text,
+    reply_parts,
+    resolve_target,
+    split_text,
+)
 from pipeline.notify.delivery import Deliverer, backoff_delay, retry_delay
 from pipeline.notify.ratelimit import RateLimiter
 
@@ -257,16 +265,88 @@ def test_webhook_channels_need_configured_url() -> None:
     assert resolve_target(reply, s) == Target("webhook", "http://127.0.0.1:9/hook")
 
 
-def test_message_text_appends_link_and_truncates() -> None:
+def test_message_text_appends_the_link_once() -> None:
     reply = make_reply(Channel.telegram, {}, text="Ответ", link="https://kb/1")
     assert message_text(reply) == "Ответ\nhttps://kb/1"
     assert (
         message_text(make_reply(Channel.telegram, {}, text="see https://kb/1", link="https://kb/1"))
         == "see https://kb/1"
     )
-    long = make_reply(Channel.sms, {}, text="я" * 2000)
-    cut = message_text(long, 1600)
-    assert len(cut) == 1600 and cut.endswith("…")
+
+
+PARAGRAPH = "Мы проверили ваш заказ. Курьер приедет завтра с 10 до 14 часов! Спасибо за терпение."
+
+
+def test_split_text_cuts_at_the_best_break_and_loses_nothing() -> None:
+    text = "\n\n".join([PARAGRAPH] * 40)
+    parts = split_text(text, 1600)
+    assert len(parts) > 1 and all(0 < len(p) <= 1600 for p in parts)
+    assert all(p.endswith("терпение.") for p in parts)  # whole paragraphs
+    assert "\n\n".join(parts) == text
+    words = " ".join(["слово"] * 1000)
+    parts = split_text(words, 100)
+    assert all(p.startswith("слово") and p.endswith("слово") for p in parts)
+    assert " ".join(parts) == words
+    assert split_text("я" * 250, 100) == ["я" * 100, "я" * 100, "я" * 50]  # no break at all
+    assert split_text("", 10) == [""] and split_text("short", 10) == ["short"]
+
+
+@given(st.text(max_size=3000), st.integers(min_value=1, max_value=500))
+def test_split_text_parts_fit_and_keep_every_non_space_character(text: str, limit: int) -> None:
+    parts = split_text(text, limit)
+    assert all(len(p) <= limit for p in parts)
+    assert "".join("".join(parts).split()) == "".join(text.split())
+
+
+def test_reply_parts_follow_the_platform_limit() -> None:
+    long = make_reply(Channel.telegram, {}, text="\n".join([PARAGRAPH] * 100))
+    assert [len(p) <= channels.TELEGRAM_MAX_CHARS for p in reply_parts(long, "telegram")] == [
+        True, True, True
+    ]
+    assert len(reply_parts(long, "twilio")) == 6
+    assert reply_parts(long, "chatwoot") == [message_text(long)]
+
+
+async def test_a_long_reply_goes_out_in_parts_and_resumes_after_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[str] = []
+    fail_at: set[int] = set()
+
+    async def fake_send_reply(
+        _session: Any, _s: Settings, _r: Reply, *, target: Target, text: str | None = None
+    ) -> str:
+        if len(sent) in fail_at:
+            raise DeliveryError("bad request", status=400, transient=False)
+        sent.append(text or "")
+        return str(len(sent))
+
+    monkeypatch.setattr(delivery, "send_reply", fake_send_reply)
+    reply = make_reply(Channel.sms, {"phone": "+79161234567"}, text="\n".join([PARAGRAPH] * 60))
+    parts = reply_parts(reply, "twilio")
+    assert len(parts) == 4
+    remembered: list[str] = []
+    receipt = await deliverer(settings(), Sleeps(), MaxRng()).deliver_reply(
+        reply, on_part=remembered.append
+    )
+    assert receipt.status == "delivered" and receipt.delivery_id == reply.reply_id
+    assert sent == parts and receipt.attempts == 4
+    assert remembered == [f"{reply.reply_id}#{n}" for n in (1, 2, 3, 4)]
+
+    # A replay after a crash that came after part 2: only parts 3 and 4 go out again.
+    sent.clear()
+    receipt = await deliverer(settings(), Sleeps(), MaxRng()).deliver_reply(
+        reply, sent_parts=remembered[:2]
+    )
+    assert receipt.status == "delivered" and sent == parts[2:]
+
+    # A part the platform refuses ends the delivery; the parts after it are not sent.
+    sent.clear()
+    fail_at.add(1)
+    receipt = await deliverer(settings(), Sleeps(), MaxRng()).deliver_reply(reply)
+    assert receipt.status == "failed" and sent == parts[:1]
+    assert receipt.error is not None and receipt.error.startswith("part 2 of 4:")
+    assert receipt.delivery_id == reply.reply_id
 
 
 def test_retry_after_parsing() -> None:
