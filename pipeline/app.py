@@ -224,6 +224,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     ctx = Context(settings=settings, metrics=metrics or Metrics(), app=app)
     _install_web(ctx)
+    from pipeline import lag
     from pipeline.classify import agents as classify_agents
     from pipeline.notify import agents as notify_agents
     from pipeline.route import agents as route_agents
@@ -238,6 +239,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     classify_agents.install(ctx, live)
     route_agents.install(ctx, live)
     notify_agents.install(ctx)
+    lag.install(ctx)
     return ctx
 
 
@@ -251,11 +253,13 @@ def _install_web(ctx: Context) -> None:
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         assigned: set[TP] = set(app.consumer.assignment()) if app.consumer else set()
+        stalled = "stalled" in ctx.status
         return web.json(
             {
-                "status": "ok",
+                "status": "stalled" if stalled else "ok",
                 "app": ctx.settings.app_id,
                 "assigned_partitions": len(assigned),
                 **ctx.status,
-            }
+            },
+            status=503 if stalled else 200,
         )

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=15.0, gt=0, description="A worker still stopping after this is ended hard."
     )
+    lag_interval_s: float = Field(default=15.0, gt=0, description="Consumer lag measured every.")
+    stall_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="An input partition with records waiting and no progress for this long "
+        "is stalled: /healthz answers 503 so a supervisor restarts the worker.",
+    )
 
     # --- worker
     web_host: str = Field(default="127.0.0.1", description="Worker web bind address.")

@@ -79,6 +79,17 @@ class Metrics:
             registry=r,
         )
         self.open_cases = Gauge("pipeline_open_cases", "Cases not yet resolved.", registry=r)
+        self.consumer_lag = Gauge(
+            "pipeline_consumer_lag",
+            "Records waiting in this worker's input partitions, by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.consumer_stalled = Gauge(
+            "pipeline_consumer_stalled",
+            "Input partitions with records waiting and no progress for stall_after_s.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """Prometheus text exposition of this registry."""

@@ -86,6 +86,7 @@ def start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings, 
             "ingest_port": free_port(),
             "smtp_port": free_port(),
             "session_timeout_s": 6.0,
+            "lag_interval_s": 1.0,
         }
     )
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))

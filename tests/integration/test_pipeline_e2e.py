@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import time
 import uuid
 
 import orjson
@@ -125,7 +127,14 @@ async def test_metrics_and_health_are_served(stack: Settings) -> None:
     assert 'pipeline_messages_total{outcome="classified",stage="classify"}' in text
     assert "pipeline_end_to_end_seconds_count" in text
     status, health = get_text(f"http://{stack.web_host}:{stack.web_port}/healthz")
-    assert status == 200 and '"ok"' in health
+    assert status == 200 and json.loads(health)["status"] == "ok"
+    # Consumer lag per input topic, measured against the broker's end offsets.
+    deadline = time.monotonic() + 30
+    while f'pipeline_consumer_lag{{topic="{stack.topic("inbound")}"}}' not in text:
+        assert time.monotonic() < deadline, "no consumer lag series"
+        time.sleep(0.5)
+        _, text = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
+    assert "pipeline_consumer_stalled 0.0" in text
 
 
 async def test_audit_finds_no_message_without_outcome(stack: Settings) -> None:

@@ -1,0 +1,114 @@
+"""Consumer lag and stall detection for the worker's input topics.
+
+Every ``lag_interval_s`` the worker asks the broker for the end offset of each input
+partition it holds and compares it with its consumer's position. The difference goes to
+``pipeline_consumer_lag{topic}``. A partition whose position has not moved for
+``stall_after_s`` while records wait behind it is **stalled**: the worker logs which one,
+sets ``pipeline_consumer_stalled``, and ``/healthz`` answers 503, so a supervisor
+(systemd, a Kubernetes liveness probe) restarts it. Nothing is restarted from inside.
+
+The bookkeeping (``ProgressTracker``) is pure; ``install`` is the thin timer around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from pipeline.app import Context
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Progress", "ProgressTracker", "install"]
+
+
+@dataclass
+class Progress:
+    """What is known of one partition: position, end offset, when the position last moved."""
+
+    position: int
+    end: int
+    moved_at: float
+
+
+class ProgressTracker:
+    """Positions and end offsets of the partitions a worker holds, over time."""
+
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self.partitions: dict[tuple[str, int], Progress] = {}
+
+    def observe(self, tp: tuple[str, int], position: int, end: int, now: float) -> None:
+        """Record a reading; the clock restarts when the position moves or had caught up."""
+        old = self.partitions.get(tp)
+        if old is None or old.position != position or old.end == old.position:
+            self.partitions[tp] = Progress(position, end, now)
+        else:
+            self.partitions[tp] = Progress(position, end, old.moved_at)
+
+    def keep_only(self, held: set[tuple[str, int]]) -> None:
+        """Forget partitions this worker no longer holds (after a rebalance)."""
+        for tp in set(self.partitions) - held:
+            del self.partitions[tp]
+
+    def lag_by_topic(self) -> dict[str, int]:
+        """Records waiting behind the consumer, per topic."""
+        lag: dict[str, int] = {}
+        for (topic, _), p in self.partitions.items():
+            lag[topic] = lag.get(topic, 0) + max(0, p.end - p.position)
+        return lag
+
+    def stalled(self, now: float) -> list[tuple[str, int]]:
+        """Partitions with records waiting and a position that has not moved for too long."""
+        return sorted(
+            tp
+            for tp, p in self.partitions.items()
+            if p.end > p.position and now - p.moved_at >= self.stall_after_s
+        )
+
+
+def install(ctx: Context) -> ProgressTracker:
+    """A timer that measures the lag of the worker's input partitions and spots stalls."""
+    app = ctx.app
+    s = ctx.settings
+    tracker = ProgressTracker(s.stall_after_s)
+
+    async def measure() -> None:
+        consumer = app.consumer
+        changelogs = set(app.tables.changelog_topics)
+        held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
+        if not held:
+            return
+        try:
+            ends = await asyncio.wait_for(consumer.highwaters(*held), s.request_timeout_s)
+            positions = {
+                tp: await asyncio.wait_for(consumer.position(tp), s.request_timeout_s)
+                for tp in held
+            }
+        except (TimeoutError, OSError) as exc:  # broker away: try again at the next tick
+            log.warning("consumer lag not measured: %r", exc)
+            return
+        now = time.monotonic()
+        tracker.keep_only({(tp.topic, tp.partition) for tp in held})
+        for tp in held:
+            position = positions.get(tp)
+            if position is not None and tp in ends:
+                tracker.observe((tp.topic, tp.partition), position, ends[tp], now)
+        for topic, lag in tracker.lag_by_topic().items():
+            ctx.metrics.consumer_lag.labels(topic=topic).set(lag)
+        stalled = tracker.stalled(now)
+        ctx.metrics.consumer_stalled.set(len(stalled))
+        if stalled:
+            ctx.status["stalled"] = [f"{t}[{p}]" for t, p in stalled]
+            log.error(
+                "consumer stalled for %.0f s with records waiting on %s: restart this worker",
+                s.stall_after_s,
+                ", ".join(ctx.status["stalled"]),
+            )
+        else:
+            ctx.status.pop("stalled", None)
+
+    app.timer(s.lag_interval_s)(measure)
+    return tracker

@@ -1,0 +1,51 @@
+"""Consumer lag and stall detection: the pure bookkeeping, with a fake clock."""
+
+from __future__ import annotations
+
+from pipeline.lag import ProgressTracker
+
+TP = ("care.inbound", 0)
+OTHER = ("care.inbound", 1)
+
+
+def test_lag_is_end_minus_position_per_topic() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe(TP, 10, 15, now=0)
+    t.observe(OTHER, 7, 7, now=0)
+    t.observe(("care.replies", 0), 3, 4, now=0)
+    assert t.lag_by_topic() == {"care.inbound": 5, "care.replies": 1}
+
+
+def test_a_position_that_does_not_move_with_records_waiting_is_a_stall() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe(TP, 10, 15, now=0)
+    t.observe(TP, 10, 16, now=59)
+    assert t.stalled(now=59) == []
+    t.observe(TP, 10, 16, now=60)
+    assert t.stalled(now=60) == [TP]
+    t.observe(TP, 11, 16, now=61)  # it moved: the clock starts again
+    assert t.stalled(now=61) == []
+    assert t.stalled(now=120) == []
+    assert t.stalled(now=121) == [TP]
+
+
+def test_an_idle_partition_is_not_stalled_and_waiting_starts_the_clock() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe(TP, 10, 10, now=0)
+    t.observe(TP, 10, 10, now=500)
+    assert t.stalled(now=500) == []
+    t.observe(TP, 10, 12, now=1000)  # records arrive after a long idle time
+    assert t.stalled(now=1000) == []
+    t.observe(TP, 10, 12, now=1059)
+    assert t.stalled(now=1059) == []
+    t.observe(TP, 10, 12, now=1060)
+    assert t.stalled(now=1060) == [TP]
+
+
+def test_partitions_given_away_are_forgotten() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe(TP, 1, 5, now=0)
+    t.observe(OTHER, 1, 5, now=0)
+    t.keep_only({OTHER})
+    assert t.stalled(now=100) == [OTHER]
+    assert t.lag_by_topic() == {"care.inbound": 4}
