@@ -7,6 +7,8 @@ Two things are tuned here because the framework's defaults are wrong for us:
   bad record reaches the DLQ instead of being skipped by Faust's ``on_decode_error``.
 - Outputs go through one plain aiokafka producer (``Context.send``/``flush``), cheaper per
   record than Faust's send path; agents flush before taking the next record or batch.
+- Faust's recovery cleared the agents' queues after fetching had resumed, losing records
+  that arrived while a worker started: ``pipeline.recovery`` reorders it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable
 from pipeline.events import DeadLetter, Event, InboundMessage, Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics
+from pipeline.recovery import RouterTableManager
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +223,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
         recovery_consistency_check=False,
         table_cleanup_interval=30.0,
         autodiscover=False,
+        TableManager=RouterTableManager,  # closes a race that lost records (recovery.py)
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     ctx = Context(settings=settings, metrics=metrics or Metrics(), app=app)
