@@ -276,8 +276,12 @@ def new_sub_request(
     blocking: bool = True,
     message_id: str | None = None,
     settings: Settings | None = None,
+    language: str | None = None,
 ) -> tuple[SubRequest, SubRequestState]:
     """Build a sub-request of the case with deadlines, and the case's record of it.
+
+    ``language``: of the text to the recipient; default the external party's configured
+    language, else the customer's.
 
     The id is derived from the message id, the intent and the target (``key`` adds what
     distinguishes re-routes and notifications), so a replay derives the same id.
@@ -310,7 +314,7 @@ def new_sub_request(
         priority=prio,
         customer=state.customer,
         customer_summary=customer_summary(state),
-        language=state.language,
+        language=language or workflow.party_language(department) or state.language,
         reply_token=token if kind != "internal" else None,
         sla_due_at=due,
         created_at=now,

@@ -146,6 +146,7 @@ class _Target:
     department: str
     recipient: str | None = None
     text: str | None = None
+    language: str | None = None
 
 
 @dataclass
@@ -233,14 +234,16 @@ def _plan_intent(
                 group = workflow.groups[act.group]
                 dep = group.department or workflow.triage_department
                 text = None
+                lang = workflow.party_language(dep, act.group)
                 if act.template:
+                    lang = lang or workflow.default_language
                     text = fill(
-                        workflow.templates_for(workflow.default_language).custom[act.template],
+                        workflow.custom_template(act.template, lang),
                         category=intent.category,
                         store=", ".join(e.value for e in _stores_for(msg, intent)) or "-",
                     )
                 for member in workflow.group_members(act.group):
-                    plan.targets.append(_Target("broadcast", dep, member, text))
+                    plan.targets.append(_Target("broadcast", dep, member, text, lang))
             elif isinstance(act, SetPriorityAction):
                 override = msg.priority.model_copy(update={"level": act.level})
             elif isinstance(act, SlaAction):
@@ -404,6 +407,7 @@ def route_message(
                 priority=priority,
                 sla_policy=plan.sla,
                 settings=settings,
+                language=tgt.language,
             )
             if any(s.sub_request_id == sub.sub_request_id for s in subs):
                 continue  # the same intent label twice in one message, same target
@@ -413,7 +417,7 @@ def route_message(
                 f"{tgt.kind}:{tgt.department}" + (f":{tgt.recipient}" if tgt.recipient else "")
             )
         if plan.auto_reply is not None:
-            text = workflow.templates_for(case.language).custom[plan.auto_reply]
+            text = workflow.custom_template(plan.auto_reply, case.language)
             replies.append(
                 reply(
                     case,
@@ -716,9 +720,9 @@ def _incident(
     dep = group.department or workflow.triage_department
     subs: list[SubRequest] = []
     sub_states: list[SubRequestState] = []
-    lang = workflow.default_language
+    lang = workflow.party_language(dep, policy.group) or workflow.default_language
     text = fill(
-        workflow.templates_for(lang).custom[policy.template], category=category, store=store_text
+        workflow.custom_template(policy.template, lang), category=category, store=store_text
     )
     for member in workflow.group_members(policy.group):
         sub, sub_state = new_sub_request(
@@ -734,6 +738,7 @@ def _incident(
             key="incident",
             message_id=incident_id,
             settings=settings,
+            language=lang,
         )
         subs.append(sub)
         sub_states.append(sub_state)

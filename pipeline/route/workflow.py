@@ -184,6 +184,9 @@ class ExternalDepartment(_Model):
     contacts: list[str] = Field(default_factory=list, description="Fixed addresses.")
     hours: BusinessHours | None = None
     supervisor: str | None = None
+    language: str | None = Field(
+        default=None, description="Language of e-mails to this party (default: the customer's)."
+    )
 
 
 Department = Annotated[InternalDepartment | ExternalDepartment, Field(discriminator="kind")]
@@ -198,6 +201,11 @@ class Group(_Model):
     )
     department: str | None = Field(
         default=None, description="Department the broadcast sub-requests are tracked under."
+    )
+    language: str | None = Field(
+        default=None,
+        description="Language of broadcasts to this group (default: the department's, "
+        "then default_language).",
     )
 
 
@@ -415,6 +423,16 @@ class Workflow(_Model):
 
     # ---- look-ups used by the engine
 
+    def party_language(self, department: str, group: str | None = None) -> str | None:
+        """Language set for mail to an external party or a broadcast group, if any."""
+        g = self.groups.get(group) if group else None
+        if g is not None and g.language:
+            return g.language
+        dep = self.departments.get(department)
+        if isinstance(dep, ExternalDepartment) and dep.language:
+            return dep.language
+        return None
+
     def task_departments(self) -> list[str]:
         """Names of the task topics (without prefix) of the internal departments."""
         return sorted(d.topic or n for n, d in self.departments.items() if d.kind == "internal")
@@ -450,6 +468,14 @@ class Workflow(_Model):
     def templates_for(self, language: str) -> LanguageTemplates:
         """Templates of the language, else of the default language."""
         return self.templates.get(language) or self.templates[self.default_language]
+
+    def custom_template(self, name: str, language: str) -> str:
+        """Custom template ``name`` in the language, else in the default language, else any."""
+        for lang in (language, self.default_language, *self.templates):
+            templates = self.templates.get(lang)
+            if templates is not None and name in templates.custom:
+                return templates.custom[name]
+        raise KeyError(name)
 
     def sla_policy_for(self, department: str, name: str | None = None) -> SlaPolicy | None:
         """Named policy, else the department's, else the default one."""
@@ -487,9 +513,13 @@ def _references(wf: Workflow) -> Iterator[tuple[Loc, str]]:
     for name, dep in deps.items():
         if isinstance(dep, ExternalDepartment) and not dep.directory and not dep.contacts:
             yield ("departments", name), "external department needs a directory or contacts"
+        if isinstance(dep, ExternalDepartment) and dep.language not in (None, *wf.templates):
+            yield ("departments", name, "language"), f"no templates for {dep.language!r}"
     for gname, group in wf.groups.items():
         if group.department is not None and group.department not in deps:
             yield ("groups", gname, "department"), f"unknown department {group.department!r}"
+        if group.language not in (None, *wf.templates):
+            yield ("groups", gname, "language"), f"no templates for {group.language!r}"
     seen: set[str] = set()
     for i, rule in enumerate(wf.rules):
         if rule.name in seen:

@@ -25,6 +25,7 @@ from pipeline.route.cases import (
     apply_customer_message,
     apply_customer_reply,
     apply_task_update,
+    fill,
     merge_snapshot,
 )
 from pipeline.route.core import route_message
@@ -124,6 +125,10 @@ def test_english_seed_and_promoter() -> None:
     d = route_message(msg, wf, now=NOW)
     assert d.replies[0].text.startswith("Hello, John! We have received")
     assert "Store director, Loyalty programme IT" in d.replies[0].text
+    # The customer writes English; the store's director is written to in the staff language
+    # the workflow sets for that party; the loyalty team sees the customer's language.
+    langs = {s.kind: s.language for s in d.sub_requests}
+    assert langs == {SubRequestKind.external: "ru", SubRequestKind.internal: "en"}
     case = d.case
     assert case is not None
     for n, sub in enumerate(d.sub_requests):
@@ -345,3 +350,29 @@ def test_merge_keeps_new_work_that_route_opened() -> None:
     merged = merge_snapshot(kept, routed)
     assert [s.status for s in merged.sub_requests] == ["resolved", "resolved", "open"]
     assert merged.status == "open"  # the triage sub-request is still to be done
+
+
+def test_broadcast_language_follows_the_group_then_the_default() -> None:
+    wf = default_workflow()
+    sim = Similarity(incident_id="inc_2")
+    ru = route_message(seed_message(similarity=sim), wf, now=NOW).incident_sub_requests
+    assert {s.language for s in ru} == {"ru"}
+    group = wf.groups["store_directors"].model_copy(update={"language": "en"})
+    en_wf = wf.model_copy(update={"groups": {**wf.groups, "store_directors": group}})
+    en = route_message(seed_message(similarity=sim), en_wf, now=NOW).incident_sub_requests
+    assert {s.language for s in en} == {"en"}
+    assert en[0].text != ru[0].text and en[0].text == fill(
+        en_wf.custom_template("check_freshness", "en"), category="STORE_QUALITY",
+        store="SPB-012")
+
+
+def test_a_party_language_without_templates_is_refused() -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.route.workflow import parse_workflow
+    from tests.unit.test_route_workflow import MINIMAL
+
+    bad = MINIMAL.replace(
+        "templates:", "groups:\n  g: {members: [a@example.com], language: de}\ntemplates:"
+    )
+    with pytest.raises(ConfigError, match="groups.g.language: no templates for 'de'"):
+        parse_workflow(bad)
