@@ -1,9 +1,13 @@
-"""A worker killed (SIGKILL) mid-scenario and restarted sends nothing twice (invariant 3)."""
+"""A worker killed (SIGKILL) mid-scenario and restarted sends nothing twice (invariant 3).
+
+The department and the director answer while the worker is down, so their updates are
+waiting when the replacement starts: this is what exposed Faust's recovery race (records
+fetched during start-up dropped from the agents' queues; see ``pipeline.recovery``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 import uuid
@@ -27,15 +31,7 @@ from .helpers import (
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and not os.environ.get("FORCE_RESTART"),
-        reason="needs a real Kafka: on the embedded Tansu 0.6 the restarted worker sometimes "
-        "never resumes consuming after its group join (7 of 9 runs passed; the failures sent "
-        "nothing at all, never anything twice)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -78,21 +74,22 @@ async def test_killed_worker_sends_nothing_twice(
     )
     await until_delivered(lambda: next((i for i in outbox.snapshot() if i.to == str(chat)), None))
 
-    # Kill the worker hard, mid-scenario, and start a new one with the same app id.
+    # Kill the worker hard, mid-scenario. The department and the director answer while it
+    # is down, so their updates wait in the topic for the worker that replaces it.
     name, worker = group.procs[0]
     assert name == "worker"
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
     group.procs = [(n, p) for n, p in group.procs if p is not worker]
+    await resolve_internal(stack, internal[0], "Бонусы начислены.")
+    director = external[0].recipient or "director@example.com"
+    reply_by_mail(stack, director, mail.reply_to or "", "Творог сняли с продажи.\n")
     # Tansu does not rebalance a live member when a dead one's session expires, so the
     # replacement joins only after the dead member is gone (as a supervisor's back-off would).
     time.sleep(stack.session_timeout_s + 2)
     group.start("worker", ["worker"], child_env(stack, **outbox.env()))
     wait_http(f"http://{stack.web_host}:{stack.web_port}/healthz", 180, group)
 
-    await resolve_internal(stack, internal[0], "Бонусы начислены.")
-    director = external[0].recipient or "director@example.com"
-    reply_by_mail(stack, director, mail.reply_to or "", "Творог сняли с продажи.\n")
     await until_delivered(
         lambda: next(
             (i for i in outbox.snapshot() if i.to == str(chat) and "Творог сняли" in i.text),
