@@ -11,8 +11,10 @@ was never answered (the test hung in about one run of five on the embedded broke
 
 ``RouterRecovery`` does the same steps with the queues cleared *first*, while the stream
 partitions are still paused (Faust pauses every assigned partition when a rebalance starts),
-so nothing fetched for the new assignment can be cleared. Records fetched before the seek
-may be seen twice; every stage is idempotent on replay (DESIGN.md invariant 3).
+so nothing fetched for the new assignment can be cleared, and every stream partition then
+reads from its committed offset, or from its start when nothing is committed (Faust left
+those where their last fetch stopped). Records may be seen twice; every stage is idempotent
+on replay (DESIGN.md invariant 3).
 """
 
 from __future__ import annotations
@@ -58,10 +60,19 @@ class RouterRecovery(Recovery):
         # the new assignment is fetched, not after.
         app.flow_control.resume()
         consumer.resume_flow()
-        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+        consumer.resume_partitions(streams)
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            # Faust seeks only partitions with a committed offset above 0; one kept through a
+            # rebalance with nothing committed yet would go on from where its fetch stopped,
+            # past the records just cleared. Read it from the start instead (duplicates are
+            # harmless, gaps are not).
+            committed = cast(Any, consumer)._committed_offset
+            for tp in sorted(streams):
+                if not committed.get(tp):
+                    await consumer.seek(tp, 0)
         self.completed.set()
         await app._fetcher.maybe_start()
         self.tables.on_actives_ready()

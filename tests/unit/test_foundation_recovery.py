@@ -10,6 +10,7 @@ from faust.types import TP
 from pipeline.recovery import RouterRecovery
 
 STREAM = TP("care.task-updates", 0)
+COMMITTED = TP("care.task-updates", 1)
 CHANGELOG = TP("care-router-cases-changelog", 0)
 
 
@@ -24,14 +25,19 @@ def _fake_app(calls: list[str]) -> SimpleNamespace:
     async def seek() -> None:
         calls.append("perform_seek")
 
+    async def seek_one(tp: TP, offset: int) -> None:
+        calls.append(f"seek {tp.topic}[{tp.partition}] {offset}")
+
     async def noop(*args: Any, **kwargs: Any) -> None:
         return None
 
     consumer = SimpleNamespace(
-        assignment=lambda: {STREAM, CHANGELOG},
+        assignment=lambda: {STREAM, CHANGELOG, COMMITTED},
         resume_partitions=record("resume_partitions"),
         resume_flow=record("resume_flow"),
         perform_seek=seek,
+        seek=seek_one,
+        _committed_offset={TP("care.task-updates", 1): 7},
     )
     return SimpleNamespace(
         conf=SimpleNamespace(stream_recovery_delay=0.0, broker_request_timeout=5.0),
@@ -58,11 +64,15 @@ async def test_queues_are_cleared_before_stream_partitions_resume() -> None:
     calls: list[str] = []
     recovery = RouterRecovery(_fake_app(calls), _fake_tables())  # type: ignore[arg-type]
     await recovery.on_recovery_completed(generation_id=3)
-    resume = f"resume_partitions{[tuple(STREAM)]}"
-    assert resume in calls, calls  # only the stream partition, not the changelog
+    resume = f"resume_partitions{[tuple(STREAM), tuple(COMMITTED)]}"
+    assert resume in calls, calls  # only the stream partitions, not the changelog
     assert calls.index("clear_queues") < calls.index(resume) < calls.index("perform_seek")
+    # the partition with nothing committed reads from its start; the other stays sought
+    assert calls[calls.index("perform_seek") + 1 :] == [
+        "seek care.task-updates[0] 0", "rebalance_end"
+    ]
     assert calls.count("clear_queues") == 1, "cleared again after fetching resumed"
-    assert calls[-1] == "rebalance_end" and recovery.completed.is_set()
+    assert recovery.completed.is_set()
 
 
 async def test_a_newer_rebalance_leaves_the_partitions_alone() -> None:

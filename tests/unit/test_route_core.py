@@ -374,5 +374,5 @@ def test_a_party_language_without_templates_is_refused() -> None:
     bad = MINIMAL.replace(
         "templates:", "groups:\n  g: {members: [a@example.com], language: de}\ntemplates:"
     )
-    with pytest.raises(ConfigError, match="groups.g.language: no templates for 'de'"):
+    with pytest.raises(ConfigError, match=r"groups\.g\.language: no templates for 'de'"):
         parse_workflow(bad)
