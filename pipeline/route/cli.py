@@ -97,7 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--from", dest="from_", required=True, help="ISO time (UTC if no zone)")
     r.add_argument("--until", default=None, help="ISO time (default: up to the end)")
     r.add_argument("--rules", type=Path, default=None, help="new workflow (default: current)")
-    r.add_argument("--current", type=Path, default=None, help="current workflow (settings)")
+    r.add_argument(
+        "--current",
+        type=Path,
+        default=None,
+        help="current workflow (default: what the workers run: the file, or a newer published one)",
+    )
     r.add_argument("--limit", type=int, default=10_000, help="max messages")
     r.add_argument("--examples", type=int, default=10, help="changed messages to show")
     r.add_argument("--json", action="store_true", help="one JSON object")
@@ -695,8 +700,15 @@ async def read_inbound(
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from pipeline.route.live import workflow_in_force
+
     settings = get_settings()
-    current = load_workflow(args.current or settings.rules_path)
+    if args.current:
+        current = load_workflow(args.current)
+    else:
+        live = asyncio.run(workflow_in_force(settings))
+        current = live.current
+        log.info("current workflow: %s (sha256 %s)", live.origin, live.sha256[:12])
     new = load_workflow(args.rules) if args.rules else current
     since = _parse_time(args.from_)
     until = _parse_time(args.until) if args.until else None

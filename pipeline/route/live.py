@@ -16,6 +16,7 @@ its tag rules, stores and weights) are called after each change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -25,13 +26,14 @@ from pathlib import Path
 from pipeline import bus
 from pipeline.app import Context
 from pipeline.codec import decode
+from pipeline.config import Settings
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.events import WorkflowPublished
 from pipeline.route.workflow import Workflow, load_workflow, parse_workflow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_KEY", "LiveWorkflow", "install", "published"]
+__all__ = ["CONFIG_KEY", "LiveWorkflow", "install", "published", "workflow_in_force"]
 
 #: Key of the workflow record on the compacted config topic.
 CONFIG_KEY = "workflow"
@@ -113,6 +115,25 @@ class LiveWorkflow:
         return True
 
 
+def _take(live: LiveWorkflow, record: bus.Record) -> None:
+    if record.key != CONFIG_KEY.encode() or record.value is None:
+        return  # another kind of configuration, or a tombstone: nothing to apply
+    try:
+        live.apply(decode(WorkflowPublished, record.value))
+    except DecodeError as exc:
+        log.error("bad record at %s[%s]@%s: %s", record.topic, record.partition, record.offset, exc)
+
+
+async def workflow_in_force(settings: Settings) -> LiveWorkflow:
+    """The workflow the workers run now: the file, or a newer one on the config topic."""
+    live = LiveWorkflow(settings.rules_path)
+    topic = settings.topic("config")
+    await bus.ensure_topics(settings, [topic])
+    for record in await bus.read_all(settings, [topic]):
+        _take(live, record)
+    return live
+
+
 def install(ctx: Context) -> LiveWorkflow:
     """The worker's live workflow, with a timer on the file and a task on the config topic."""
     live = LiveWorkflow(ctx.settings.rules_path)
@@ -125,19 +146,11 @@ def install(ctx: Context) -> LiveWorkflow:
     report()
     live.on_change(report)
 
-    def take(record: bus.Record) -> None:
-        if record.key != CONFIG_KEY.encode() or record.value is None:
-            return  # another kind of configuration, or a tombstone: nothing to apply
-        try:
-            live.apply(decode(WorkflowPublished, record.value))
-        except DecodeError as exc:
-            log.error("bad record at %s[%s]@%s: %s", topic, record.partition, record.offset, exc)
-
     async def watch_file() -> None:
         live.poll_file()
 
     async def follow_config() -> None:
-        await bus.follow(ctx.settings, topic, take)
+        await bus.follow(ctx.settings, topic, functools.partial(_take, live))
 
     ctx.app.timer(FILE_CHECK_INTERVAL_S)(watch_file)
     ctx.app.task(follow_config)

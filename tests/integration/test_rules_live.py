@@ -121,6 +121,7 @@ async def test_a_workflow_published_to_the_config_topic_reaches_the_running_work
     live_stack: tuple[Settings, Children, Path],
 ) -> None:
     stack, _, rules = live_stack
+    start = datetime.now(UTC) - timedelta(seconds=5)
     chat = 6_500_000 + int(uuid.uuid4().int % 100_000)
     text = "Мне не начислили бонусы на карту лояльности за покупку"
     assert (await _routed(stack, chat, 1, text)).departments == ["loyalty-it"]
@@ -155,3 +156,10 @@ async def test_a_workflow_published_to_the_config_topic_reaches_the_running_work
         stack, task_topic(stack, "bonus-desk"), SubRequest, lambda s: s.message_id == mid, 1
     )
     assert tasks and tasks[0].department == "bonus-desk"
+
+    # `rules replay` compares against what the workers run (the published workflow), not the
+    # file: the file would have sent both messages to loyalty-it.
+    replay = _cli(stack, rules, "rules", "replay", "--from", start.isoformat(), "--json")
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    report = json.loads(replay.stdout.strip().splitlines()[-1])
+    assert report["before"].get("bonus-desk", 0) >= 2, report
