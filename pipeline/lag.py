@@ -17,6 +17,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from aiokafka.errors import KafkaError
+from faust.exceptions import ConsumerNotStarted
+
 from pipeline.app import Context
 
 log = logging.getLogger(__name__)
@@ -78,16 +81,17 @@ def install(ctx: Context) -> ProgressTracker:
     async def measure() -> None:
         consumer = app.consumer
         changelogs = set(app.tables.changelog_topics)
-        held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
-        if not held:
-            return
         try:
+            held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
+            if not held:
+                return
             ends = await asyncio.wait_for(consumer.highwaters(*held), s.request_timeout_s)
             positions = {
                 tp: await asyncio.wait_for(consumer.position(tp), s.request_timeout_s)
                 for tp in held
             }
-        except (TimeoutError, OSError) as exc:  # broker away: try again at the next tick
+        except (TimeoutError, OSError, KafkaError, ConsumerNotStarted) as exc:
+            # Not started yet, a rebalance in between, or the broker away: next tick.
             log.warning("consumer lag not measured: %r", exc)
             return
         now = time.monotonic()
