@@ -14,6 +14,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import random
 import signal
 import socket
 import struct
@@ -50,12 +51,41 @@ def tansu_binary() -> Path:
     return path
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago."""
+    """A port that was free a moment ago, below the kernel's ephemeral range.
+
+    The caller binds it later. A port from the ephemeral range (``bind(host, 0)``) can be
+    taken meanwhile by any outgoing connection's local end, which made a child fail with
+    "address already in use" now and then; ports below that range are not handed out by the
+    kernel. Ports already returned by this process are not returned again.
+    """
+    low = max(1024, _ephemeral_low() - 12_000)
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
 
 
 def _die_with_parent() -> None:

@@ -93,3 +93,11 @@ def test_embedded_broker_stops_without_orphans() -> None:
         assert metadata_ready(b.host, b.port)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
+    from pipeline.broker import _ephemeral_low
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= p < _ephemeral_low() for p in ports)
