@@ -1,0 +1,245 @@
+"""The real Faust agents in ``test_context``: records in, outputs captured in memory (no Kafka).
+
+The agents run with their real tables (memory store); what they send goes to an in-memory
+publisher in place of the aiokafka one (``Context.publisher``, the seam). Faust's producer is
+never started, so the one thing patched is its key → partition lookup for table changelogs.
+The chain is the seed scenario: classify → route → the case keeper → the combined answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from faust.types import TP, Message
+
+from pipeline.app import Context, create_app
+from pipeline.codec import decode, encode
+from pipeline.config import Settings
+from pipeline.events import (
+    CaseSnapshot,
+    ClassifiedMessage,
+    CustomerProfile,
+    DeadLetter,
+    Event,
+    InboundMessage,
+    Outcome,
+    OutcomeKind,
+    Reply,
+    ReplyKind,
+    SubRequest,
+    TaskStatus,
+    TaskUpdate,
+    utcnow,
+)
+from pipeline.ingest.channels import parse_telegram
+from pipeline.ingest.message import ParsedMessage, build_inbound
+
+SEED = (
+    "Добрый день. В магазине на Садовой, 12 продают несвежие огурцы. "
+    "А ещё на кассе не списались бонусы с карты лояльности."
+)
+
+
+@dataclass
+class MemoryPublisher:
+    """Stands in for ``bus.Publisher``: every record is kept, every ack is immediate."""
+
+    records: list[tuple[str, str | None, bytes]] = field(default_factory=list)
+
+    async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
+        self.records.append((topic, key, value))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def close(self) -> None:
+        return None
+
+    def take(self, topic: str, model: type[Any]) -> list[Any]:
+        """Decode and remove the records sent to ``topic``."""
+        mine = [r for r in self.records if r[0] == topic]
+        self.records = [r for r in self.records if r[0] != topic]
+        return [decode(model, value) for _, _, value in mine]
+
+
+@pytest.fixture
+async def ctx(tmp_path: Any) -> AsyncIterator[Context]:
+    settings = Settings(
+        kafka_bootstrap_servers="127.0.0.1:9",  # never contacted
+        topic_prefix="tc.",
+        app_id="test-context",
+        data_dir=Settings().data_dir,  # shares the cached default model with the other tiers
+    )
+    context = create_app(settings)
+    context.publisher = MemoryPublisher()  # type: ignore[assignment]
+    app = context.app
+    app.finalize()
+    app.flow_control.resume()
+    # Table changelogs ask Faust's (unstarted) producer for a key's partition.
+    app.producer.key_partition = lambda topic, key: TP(topic, 0)  # type: ignore[method-assign]
+    yield context
+
+
+def _out(ctx: Context) -> MemoryPublisher:
+    assert isinstance(ctx.publisher, MemoryPublisher)
+    return ctx.publisher
+
+
+async def _feed(
+    ctx: Context,
+    agent: str,
+    records: list[tuple[str, str, bytes | Event]],
+    until: Callable[[], bool],
+) -> None:
+    """Put (topic, key, value) records into a running copy of ``agent``; wait for ``until``.
+
+    Like ``AgentTestWrapper.put``, but with the source topic named: our agents read two topics
+    each and tell them apart by name. (``put(wait=True)`` returns when a value enters a
+    non-yielding agent, not when the agent is done with it, so the test waits for outputs.)
+    """
+    async with ctx.app.agents[agent].test_context() as running:
+        wrapper: Any = running
+        channel = wrapper.stream().channel
+        for topic, key, value in records:
+            raw = value if isinstance(value, bytes) else encode(value)
+            message = Message(
+                topic=ctx.settings.topic(topic),
+                partition=0,
+                offset=wrapper.sent_offset,
+                timestamp=time.time(),
+                timestamp_type=0,
+                headers=None,
+                key=key.encode(),
+                value=raw,
+                checksum=b"",
+                serialized_key_size=0,
+                serialized_value_size=0,
+                generation_id=ctx.app.consumer_generation_id,  # else the stream drops it
+            )
+            await channel.put(await channel.decode(message))
+            wrapper.sent_offset += 1
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline, f"{agent} did not produce what was expected"
+            await asyncio.sleep(0.01)
+
+
+def _count(ctx: Context, topic: str) -> Callable[[], int]:
+    out = _out(ctx)
+    return lambda: sum(1 for r in out.records if r[0] == ctx.settings.topic(topic))
+
+
+def _telegram(settings: Settings, chat: int, text: str, msg_id: int = 1) -> InboundMessage:
+    update = {
+        "update_id": chat * 100 + msg_id,
+        "message": {
+            "message_id": msg_id,
+            "date": int(utcnow().timestamp()),
+            "chat": {"id": chat, "type": "private"},
+            "from": {"id": chat, "is_bot": False, "first_name": "Анна"},
+            "text": text,
+        },
+    }
+    parsed = parse_telegram(update)
+    assert isinstance(parsed, ParsedMessage), parsed
+    profile = CustomerProfile(customer_id=f"tg-{chat}", name="Анна")
+    return build_inbound(parsed, profile, settings, utcnow())
+
+
+async def test_the_seed_scenario_through_the_real_agents(ctx: Context) -> None:
+    out = _out(ctx)
+    inbound = _telegram(ctx.settings, 7001, SEED)
+    key = inbound.customer_id
+
+    # classify: two requests, the store resolved, nothing else yet
+    classified = _count(ctx, "classified")
+    await _feed(ctx, "classify", [("inbound", key, inbound)], lambda: classified() == 1)
+    [cm] = out.take(ctx.settings.topic("classified"), ClassifiedMessage)
+    assert [i.category for i in cm.intents] == ["STORE_QUALITY", "LOYALTY"]
+    assert any(e.kind == "store" and e.value == "SPB-012" for e in cm.entities)
+
+    # the same record again (a redelivery) derives the same decision; the customer sending
+    # the same text again is a duplicate of it, in the same case (the dedup table)
+    resent = _telegram(ctx.settings, 7001, SEED, msg_id=2)
+    await _feed(
+        ctx,
+        "classify",
+        [("inbound", key, inbound), ("inbound", key, resent)],
+        lambda: classified() == 2,
+    )
+    replay, dup = out.take(ctx.settings.topic("classified"), ClassifiedMessage)
+    assert replay.similarity == cm.similarity
+    assert dup.similarity.duplicate_of == inbound.message_id
+    assert dup.similarity.case_id == cm.similarity.case_id
+
+    # route: one case, an internal and an external sub-request, an acknowledgement
+    outcomes = _count(ctx, "outcomes")
+    await _feed(ctx, "route", [("classified", key, cm)], lambda: outcomes() == 1)
+    [outcome] = out.take(ctx.settings.topic("outcomes"), Outcome)
+    assert outcome.outcome is OutcomeKind.routed
+    internal = out.take(ctx.settings.topic("tasks.loyalty-it"), SubRequest)
+    external = out.take(ctx.settings.topic("external"), SubRequest)
+    assert len(internal) == 1 and len(external) == 1
+    assert external[0].recipient == "director.spb-sadovaya@example.com"
+    [ack] = out.take(ctx.settings.topic("replies"), Reply)
+    assert ack.kind is ReplyKind.acknowledgement
+    [snapshot] = out.take(ctx.settings.topic("case-state"), CaseSnapshot)
+
+    # the case keeper: the snapshot, then both answers → ONE combined answer
+    updates = [
+        TaskUpdate(
+            update_id=f"u{n}",
+            sub_request_id=sub.sub_request_id,
+            case_id=sub.case_id,
+            status=TaskStatus.resolved,
+            resolution=text,
+            author="test",
+            source=source,  # type: ignore[arg-type]
+            at=utcnow(),
+        )
+        for n, (sub, text, source) in enumerate(
+            [
+                (internal[0], "Бонусы начислены.", "department"),
+                (external[0], "Огурцы сняли с продажи.", "email"),
+            ]
+        )
+    ]
+    await _feed(
+        ctx,
+        "cases",
+        [("case-state", snapshot.case_id, snapshot)]
+        + [("task-updates", u.case_id, u) for u in updates]
+        + [("task-updates", updates[0].case_id, updates[0])],  # a department retries
+        lambda: ctx.metrics.messages.labels(stage="cases", outcome="applied")._value.get() >= 4,
+    )
+    replies = out.take(ctx.settings.topic("replies"), Reply)
+    answers = [r for r in replies if r.kind is ReplyKind.resolution]
+    assert len(answers) == 1
+    assert "Бонусы начислены." in answers[0].text and "Огурцы сняли" in answers[0].text
+    assert answers[0].reply_to == inbound.reply_to  # in the channel the customer wrote from
+    assert any(r.kind is ReplyKind.survey for r in replies)
+
+
+async def test_poison_is_dead_lettered_and_the_agent_goes_on(ctx: Context) -> None:
+    out = _out(ctx)
+    good = _telegram(ctx.settings, 7002, "Где мой заказ 12345?")
+    poison = [b"\xff\xfe not utf-8", b"{broken json", b'{"schema_version": 1}', b"null"]
+    await _feed(
+        ctx,
+        "classify",
+        [("inbound", "p", value) for value in poison] + [("inbound", good.customer_id, good)],
+        lambda: _count(ctx, "classified")() == 1,
+    )
+    dead = out.take(ctx.settings.topic("dlq"), DeadLetter)
+    assert len(dead) == len(poison) and {d.stage for d in dead} == {"classify"}
+    assert all(d.topic == ctx.settings.topic("inbound") and d.offset is not None for d in dead)
+    assert len(out.take(ctx.settings.topic("classified"), ClassifiedMessage)) == 1
+    dlq = _count(ctx, "dlq")
+    await _feed(ctx, "cases", [("task-updates", "c", b"{not an update")], lambda: dlq() == 1)
+    [dl] = out.take(ctx.settings.topic("dlq"), DeadLetter)
+    assert dl.stage == "cases" and dl.error
