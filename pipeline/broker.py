@@ -164,6 +164,10 @@ class EmbeddedBroker:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
+                # Not in the terminal's process group: Ctrl-C must reach the workers first and
+                # the broker only when they are done (its owner stops it), or the workers'
+                # shutdown hangs on a broker that is already gone.
+                start_new_session=True,
             )
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout_s
