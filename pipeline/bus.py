@@ -189,12 +189,28 @@ async def read_all(
     return out
 
 
-async def follow(settings: Settings, topic: str, handle: Callable[[Record], None]) -> None:
+async def follow(
+    settings: Settings,
+    topic: str,
+    handle: Callable[[Record], None],
+    *,
+    retry_s: float = 5.0,
+) -> None:
     """Call ``handle`` for every record of ``topic``, from the beginning, forever.
 
     For compacted configuration topics (KB articles, the workflow) that every worker reads
-    in full, outside any consumer group. ``handle`` must not raise for a bad record.
+    in full, outside any consumer group. ``handle`` must not raise for a bad record and must
+    be idempotent: after a broker error the topic is read again from the beginning.
     """
+    while True:
+        try:
+            await _follow_once(settings, topic, handle)
+        except (KafkaError, BrokerError, OSError) as exc:
+            log.warning("following %s failed (%r); reading it again in %.0f s", topic, exc, retry_s)
+            await asyncio.sleep(retry_s)
+
+
+async def _follow_once(settings: Settings, topic: str, handle: Callable[[Record], None]) -> None:
     async with reader(settings, topic) as consumer:
         while True:
             batch = await consumer.getmany(timeout_ms=1000)

@@ -77,7 +77,10 @@ class LiveWorkflow:
         self.sha256 = sha256
         log.info("workflow now from %s (sha256 %s)", origin, sha256[:12])
         for listener in self._listeners:
-            listener(wf)
+            try:
+                listener(wf)
+            except Exception:  # one stage's failure must not stop the others (logged)
+                log.exception("a stage could not take the new workflow")
 
     def poll_file(self) -> bool:
         """Take the file when it changed since it was last seen (and is newer than current)."""

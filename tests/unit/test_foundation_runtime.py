@@ -101,3 +101,45 @@ def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     assert all(1024 <= p < _ephemeral_low() for p in ports)
+
+
+async def test_follow_reads_the_topic_again_after_a_broker_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import contextlib
+    from collections.abc import AsyncIterator
+    from types import SimpleNamespace
+    from typing import Any
+
+    from aiokafka import TopicPartition
+
+    from pipeline import bus
+    from pipeline.errors import BrokerError
+
+    attempts: list[int] = []
+    seen: list[int] = []
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
+            self.calls += 1
+            if self.calls == 1:
+                tp = TopicPartition("care.config", 0)
+                rec = SimpleNamespace(offset=0, key=b"workflow", value=b"{}", timestamp=1)
+                return {tp: [rec]}
+            raise asyncio.CancelledError  # end the test's endless follow
+
+    @contextlib.asynccontextmanager
+    async def fake_reader(settings: Any, *topics: str) -> AsyncIterator[FakeConsumer]:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise BrokerError("topic 'care.config' has no partitions (does it exist?)")
+        yield FakeConsumer()
+
+    monkeypatch.setattr(bus, "reader", fake_reader)
+    with pytest.raises(asyncio.CancelledError):
+        await bus.follow(Settings(), "care.config", lambda r: seen.append(r.offset), retry_s=0)
+    assert len(attempts) == 2 and seen == [0]
