@@ -153,7 +153,9 @@ def split_text(text: str, limit: int) -> list[str]:
             if at >= limit // 2:
                 cut = at + len(sep.rstrip()) if sep.strip() else at
                 break
-        parts.append(rest[:cut].rstrip())
+        piece = rest[:cut].rstrip()
+        if piece:  # a run of blanks at a cut is not a message of its own
+            parts.append(piece)
         rest = rest[cut:].lstrip()
     if rest or not parts:
         parts.append(rest)

@@ -295,6 +295,10 @@ def test_split_text_cuts_at_the_best_break_and_loses_nothing() -> None:
 def test_split_text_parts_fit_and_keep_every_non_space_character(text: str, limit: int) -> None:
     parts = split_text(text, limit)
     assert all(len(p) <= limit for p in parts)
+    if len(text) <= limit:
+        assert parts == [text]
+    else:
+        assert parts == [""] or all(p.strip() for p in parts)  # no blank message
     assert "".join("".join(parts).split()) == "".join(text.split())
 
 
