@@ -1,11 +1,16 @@
 """Consumer lag and stall detection for the worker's input topics.
 
 Every ``lag_interval_s`` the worker asks the broker for the end offset of each input
-partition it holds and compares it with its consumer's position. The difference goes to
-``pipeline_consumer_lag{topic}``. A partition whose position has not moved for
-``stall_after_s`` while records wait behind it is **stalled**: the worker logs which one,
-sets ``pipeline_consumer_stalled``, and ``/healthz`` answers 503, so a supervisor
-(systemd, a Kubernetes liveness probe) restarts it. Nothing is restarted from inside.
+partition it holds and compares it with what it has *processed*: the offset it last
+committed (Faust commits only what the agents acknowledged), or the partition's first offset
+when it has committed nothing yet. The difference goes to ``pipeline_consumer_lag{topic}``
+(the lag ``kafka-consumer-groups`` would show). A partition whose committed offset has not
+moved for ``stall_after_s`` while records wait behind it is **stalled** — whether the fetch
+stopped or fetched records never reach an agent (the Faust recovery race in
+``pipeline.recovery`` looked exactly like that: fetch position at the end, nothing
+processed). The worker logs which partitions, sets ``pipeline_consumer_stalled``, and
+``/healthz`` answers 503, so a supervisor (systemd, a Kubernetes liveness probe) restarts
+it. Nothing is restarted from inside.
 
 The bookkeeping (``ProgressTracker``) is pure; ``install`` is the thin timer around it.
 """
@@ -16,6 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
@@ -29,7 +35,7 @@ __all__ = ["Progress", "ProgressTracker", "install"]
 
 @dataclass
 class Progress:
-    """What is known of one partition: position, end offset, when the position last moved."""
+    """One partition: processed (committed) offset, end offset, when the former last moved."""
 
     position: int
     end: int
@@ -86,10 +92,15 @@ def install(ctx: Context) -> ProgressTracker:
             if not held:
                 return
             ends = await asyncio.wait_for(consumer.highwaters(*held), s.request_timeout_s)
-            positions = {
-                tp: await asyncio.wait_for(consumer.position(tp), s.request_timeout_s)
-                for tp in held
-            }
+            # Faust's own record of what it committed (faust-streaming is pinned).
+            committed = cast(Any, consumer)._committed_offset
+            positions: dict[Any, int | None] = {tp: committed.get(tp) for tp in held}
+            never = [tp for tp, offset in positions.items() if offset is None]
+            if never:
+                firsts = await asyncio.wait_for(
+                    consumer.earliest_offsets(*never), s.request_timeout_s
+                )
+                positions.update({tp: firsts.get(tp) for tp in never})
         except (TimeoutError, OSError, KafkaError, ConsumerNotStarted) as exc:
             # Not started yet, a rebalance in between, or the broker away: next tick.
             log.warning("consumer lag not measured: %r", exc)

@@ -71,6 +71,8 @@ class Outbox:
         self._runner: web.AppRunner | None = None
         self._smtp: Controller | None = None
         self._ready = threading.Event()
+        #: Seconds the fake Telegram API takes to answer (a slow platform, for tests).
+        self.telegram_delay_s = 0.0
 
     @property
     def http_base(self) -> str:
@@ -113,6 +115,8 @@ class Outbox:
 
         async def telegram(request: web.Request) -> web.Response:
             body = await request.json()
+            if self.telegram_delay_s > 0:
+                await asyncio.sleep(self.telegram_delay_s)
             self.add(
                 OutboxItem("telegram", str(body.get("chat_id")), str(body.get("text")), raw=body)
             )

@@ -1,0 +1,91 @@
+"""A worker whose agent cannot make progress reports itself stalled, then recovers.
+
+The fake Telegram API answers slowly, so the notify agent sits on one delivery while more
+replies wait: the replies partitions' committed offsets stop moving, /healthz turns 503 and
+names them, ``pipeline_consumer_stalled`` counts them; when the platform is fast again the
+backlog drains and the worker is healthy again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.outbox import Outbox
+from pipeline.runtime import Children
+
+from .helpers import get_text, start_stack, telegram
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def slow_platform() -> Iterator[Outbox]:
+    box = Outbox().start()
+    try:
+        yield box
+    finally:
+        box.telegram_delay_s = 0.0
+        box.stop()
+
+
+@pytest.fixture
+def stack_with_slow_platform(
+    broker_settings: Settings, slow_platform: Outbox
+) -> Iterator[tuple[Settings, Children]]:
+    base = broker_settings.model_copy(update={"stall_after_s": 3.0})
+    stack, group = start_stack(base, slow_platform, "st")
+    try:
+        yield stack, group
+    finally:
+        group.stop()
+
+
+def _health(stack: Settings) -> tuple[int, dict[str, object]]:
+    url = f"http://{stack.web_host}:{stack.web_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _wait_health(stack: Settings, status: int, timeout_s: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code, body = _health(stack)
+        if code == status:
+            return body
+        assert time.monotonic() < deadline, (code, body)
+        time.sleep(0.3)
+
+
+def test_a_stuck_agent_turns_healthz_503_and_back(
+    stack_with_slow_platform: tuple[Settings, Children], slow_platform: Outbox
+) -> None:
+    stack, _ = stack_with_slow_platform
+    assert _health(stack)[0] == 200
+    slow_platform.telegram_delay_s = 9.0  # under the 10 s delivery timeout: no retries
+    chat = 8_000_000 + int(uuid.uuid4().int % 100_000)
+    for n in range(1, 4):
+        status, _ = telegram(stack, chat + n, 1, "Где мой заказ 4821?")
+        assert status == 200
+    body = _wait_health(stack, 503)
+    assert body["status"] == "stalled"
+    stalled = body["stalled"]
+    assert isinstance(stalled, list) and stalled
+    assert all(str(p).startswith(stack.topic("replies")) for p in stalled), stalled
+    _, metrics = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
+    assert "pipeline_consumer_stalled 0.0" not in metrics
+
+    slow_platform.telegram_delay_s = 0.0
+    assert _wait_health(stack, 200, timeout_s=90)["status"] == "ok"
+    _, metrics = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
+    assert "pipeline_consumer_stalled 0.0" in metrics
