@@ -23,7 +23,6 @@ from pipeline.config import Settings
 from pipeline.events import (
     CaseSnapshot,
     ClassifiedMessage,
-    CustomerProfile,
     DeadLetter,
     Event,
     InboundMessage,
@@ -36,8 +35,7 @@ from pipeline.events import (
     TaskUpdate,
     utcnow,
 )
-from pipeline.ingest.channels import parse_telegram
-from pipeline.ingest.message import ParsedMessage, build_inbound
+from tests.functional.helpers import telegram_inbound
 
 SEED = (
     "Добрый день. В магазине на Садовой, 12 продают несвежие огурцы. "
@@ -135,20 +133,7 @@ def _count(ctx: Context, topic: str) -> Callable[[], int]:
 
 
 def _telegram(settings: Settings, chat: int, text: str, msg_id: int = 1) -> InboundMessage:
-    update = {
-        "update_id": chat * 100 + msg_id,
-        "message": {
-            "message_id": msg_id,
-            "date": int(utcnow().timestamp()),
-            "chat": {"id": chat, "type": "private"},
-            "from": {"id": chat, "is_bot": False, "first_name": "Анна"},
-            "text": text,
-        },
-    }
-    parsed = parse_telegram(update)
-    assert isinstance(parsed, ParsedMessage), parsed
-    profile = CustomerProfile(customer_id=f"tg-{chat}", name="Анна")
-    return build_inbound(parsed, profile, settings, utcnow())
+    return telegram_inbound(settings, chat, msg_id, text, utcnow(), name="Анна")
 
 
 async def test_the_seed_scenario_through_the_real_agents(ctx: Context) -> None:

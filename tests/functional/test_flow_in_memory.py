@@ -13,15 +13,14 @@ import pytest
 
 from pipeline.classify.core import Classifier
 from pipeline.config import Settings
-from pipeline.events import CustomerProfile, InboundMessage, TaskStatus, TaskUpdate
-from pipeline.ingest.channels import parse_telegram
-from pipeline.ingest.message import ParsedMessage, build_inbound
+from pipeline.events import InboundMessage, TaskStatus, TaskUpdate
 from pipeline.notify.compose import compose_external
 from pipeline.notify.tokens import parse_reply_address
 from pipeline.route.cases import apply_customer_message, apply_task_update
 from pipeline.route.core import route_message
 from pipeline.route.kb import KbIndex
 from pipeline.route.workflow import Workflow, load_workflow
+from tests.functional.helpers import telegram_inbound
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -35,20 +34,7 @@ def parts() -> Iterator[tuple[Settings, Workflow, Classifier, KbIndex]]:
 
 
 def _telegram(settings: Settings, chat: int, msg_id: int, text: str) -> InboundMessage:
-    update = {
-        "update_id": chat + msg_id,
-        "message": {
-            "message_id": msg_id,
-            "date": int(NOW.timestamp()),
-            "chat": {"id": chat, "type": "private"},
-            "from": {"id": chat, "is_bot": False, "first_name": "Ирина"},
-            "text": text,
-        },
-    }
-    parsed = parse_telegram(update)
-    assert isinstance(parsed, ParsedMessage), parsed
-    profile = CustomerProfile(customer_id=f"tg-{chat}", name="Ирина")
-    return build_inbound(parsed, profile, settings, NOW)
+    return telegram_inbound(settings, chat, msg_id, text, NOW)
 
 
 def test_seed_example_end_to_end_in_memory(

@@ -1,0 +1,30 @@
+"""Building inbound messages the way the Telegram adapter does, for the in-memory tiers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pipeline.config import Settings
+from pipeline.events import CustomerProfile, InboundMessage
+from pipeline.ingest.channels import parse_telegram
+from pipeline.ingest.message import ParsedMessage, build_inbound
+
+
+def telegram_inbound(
+    settings: Settings, chat: int, msg_id: int, text: str, at: datetime, name: str = "Ирина"
+) -> InboundMessage:
+    """The InboundMessage the Telegram webhook makes of this update (customer ``tg-<chat>``)."""
+    update = {
+        "update_id": chat * 100 + msg_id,
+        "message": {
+            "message_id": msg_id,
+            "date": int(at.timestamp()),
+            "chat": {"id": chat, "type": "private"},
+            "from": {"id": chat, "is_bot": False, "first_name": name},
+            "text": text,
+        },
+    }
+    parsed = parse_telegram(update)
+    assert isinstance(parsed, ParsedMessage), parsed
+    profile = CustomerProfile(customer_id=f"tg-{chat}", name=name)
+    return build_inbound(parsed, profile, settings, at)
