@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +91,11 @@ class Settings(BaseSettings):
 
     # --- configuration files
     rules_path: Path = Field(default=DEFAULT_CONFIG_DIR / "workflow.yaml")
+    rules_source: Literal["newest", "topic", "file"] = Field(
+        default="newest",
+        description="Which workflow a worker runs: the newest of file and config topic, the "
+        "topic whenever it holds one (hosts whose files may be stale), or only the file.",
+    )
     kb_dir: Path = Field(default=DEFAULT_CONFIG_DIR / "kb")
     customers_path: Path | None = Field(default=None, description="CSV/JSON customer import.")
     model_path: Path | None = Field(

@@ -82,6 +82,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env["PIPELINE_LAG_INTERVAL_S"] = str(settings.lag_interval_s)
     env["PIPELINE_STALL_AFTER_S"] = str(settings.stall_after_s)
     env["PIPELINE_RULES_PATH"] = str(settings.rules_path)
+    env["PIPELINE_RULES_SOURCE"] = settings.rules_source
     env.update(extra)
     return env
 

@@ -9,9 +9,12 @@ worker runs, and **the newest wins**:
   without sharing a file system.
 
 A published workflow replaces the file's when it was published after the file was last
-changed; an edit of the file after that wins again. A workflow that does not validate is
-logged and ignored: the previous one keeps serving. Listeners (the classifier rebuilding
-its tag rules, stores and weights) are called after each change.
+changed; an edit of the file after that wins again. ``PIPELINE_RULES_SOURCE`` changes that
+rule: ``topic`` — a published workflow always wins and file edits are ignored once one is
+known (for hosts whose files may be stale, e.g. an image built after the publication);
+``file`` — the topic is ignored. A workflow that does not validate is logged and ignored: the
+previous one keeps serving. Listeners (the classifier rebuilding its tag rules, stores and
+weights) are called after each change.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pipeline import bus
 from pipeline.app import Context
@@ -38,6 +42,7 @@ __all__ = ["CONFIG_KEY", "LiveWorkflow", "install", "published", "workflow_in_fo
 #: Key of the workflow record on the compacted config topic.
 CONFIG_KEY = "workflow"
 FILE_CHECK_INTERVAL_S = 5.0
+RulesSource = Literal["newest", "topic", "file"]
 
 
 def published(
@@ -56,8 +61,10 @@ def published(
 class LiveWorkflow:
     """The current workflow of this worker and where it came from."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: RulesSource = "newest") -> None:
         self.path = path
+        self.source = source
+        self.from_topic = False
         self._mtime = path.stat().st_mtime
         self.current: Workflow = load_workflow(path)
         #: When the current workflow was written (file mtime or publication time), epoch s.
@@ -71,6 +78,7 @@ class LiveWorkflow:
         self._listeners.append(listener)
 
     def _replace(self, wf: Workflow, written_at: float, origin: str, sha256: str) -> None:
+        self.from_topic = origin.startswith("config topic")
         self.current = wf
         self.written_at = written_at
         self.origin = origin
@@ -92,6 +100,9 @@ class LiveWorkflow:
         if mtime == self._mtime:
             return False
         self._mtime = mtime
+        if self.source == "topic" and self.from_topic:
+            log.warning("workflow %s changed; ignored: the config topic's rules", self.path)
+            return False
         if mtime <= self.written_at:
             return False
         try:
@@ -105,16 +116,24 @@ class LiveWorkflow:
 
     def apply(self, record: WorkflowPublished) -> bool:
         """Take a published workflow when it is newer than the current one and valid."""
+        if self.source == "file":
+            return False
         at = record.published_at.timestamp()
         sha = hashlib.sha256(record.text.encode("utf-8")).hexdigest()
-        if sha == self.sha256 or at <= self.written_at:
+        origin = f"config topic ({record.source})"
+        if sha == self.sha256:
+            if self.source == "topic" and not self.from_topic:
+                self._replace(self.current, at, origin, sha)  # same rules, now the topic's
+                return True
             return False
+        if at <= self.written_at and not (self.source == "topic" and not self.from_topic):
+            return False  # older than what runs (under "topic": older than a published one)
         try:
-            wf = parse_workflow(record.text, source=f"config topic ({record.source})")
+            wf = parse_workflow(record.text, source=origin)
         except ConfigError as exc:
             log.error("published workflow is invalid, keeping the current one: %s", exc)
             return False
-        self._replace(wf, at, f"config topic ({record.source})", sha)
+        self._replace(wf, at, origin, sha)
         return True
 
 
@@ -129,7 +148,7 @@ def _take(live: LiveWorkflow, record: bus.Record) -> None:
 
 async def workflow_in_force(settings: Settings) -> LiveWorkflow:
     """The workflow the workers run now: the file, or a newer one on the config topic."""
-    live = LiveWorkflow(settings.rules_path)
+    live = LiveWorkflow(settings.rules_path, settings.rules_source)
     topic = settings.topic("config")
     await bus.ensure_topics(settings, [topic])
     for record in await bus.read_all(settings, [topic]):
@@ -139,7 +158,7 @@ async def workflow_in_force(settings: Settings) -> LiveWorkflow:
 
 def install(ctx: Context) -> LiveWorkflow:
     """The worker's live workflow, with a timer on the file and a task on the config topic."""
-    live = LiveWorkflow(ctx.settings.rules_path)
+    live = LiveWorkflow(ctx.settings.rules_path, ctx.settings.rules_source)
     topic = ctx.settings.topic("config")
 
     def report(_: Workflow | None = None) -> None:

@@ -100,3 +100,37 @@ def test_rules_publish_refuses_an_invalid_file_before_touching_kafka(
     bad.write_text(MINIMAL.replace("kind: internal}", "kind: sideways}", 1), encoding="utf-8")
     assert main(["rules", "publish", str(bad)]) == 1
     assert "bad.yaml:3" in capsys.readouterr().err
+
+
+def test_under_rules_source_topic_a_published_workflow_always_wins(tmp_path: Path) -> None:
+    path = tmp_path / "workflow.yaml"
+    _write(path, MINIMAL, 2_000_000.0)  # e.g. an image built after the publication
+    live = LiveWorkflow(path, "topic")
+    _, old = published(TO_CARE, "published.yaml", now=_at(1_000_000.0))
+    assert live.apply(old) and _target(live.current) == "triage"
+    _write(path, MINIMAL.replace("name: loyalty", "name: edited"), 3_000_000.0)
+    assert not live.poll_file(), "file edits are ignored once the topic has spoken"
+    assert _target(live.current) == "triage"
+    _, older = published(MINIMAL, "older.yaml", now=_at(500_000.0))
+    assert not live.apply(older), "but an older publication does not replace a newer one"
+
+
+def test_under_rules_source_file_the_topic_is_ignored(live: LiveWorkflow, tmp_path: Path) -> None:
+    path = tmp_path / "only-file.yaml"
+    _write(path, MINIMAL, 1_000_000.0)
+    only_file = LiveWorkflow(path, "file")
+    _, record = published(TO_CARE, "new.yaml", now=_at(9_000_000.0))
+    assert not only_file.apply(record) and _target(only_file.current) == "loyalty-it"
+    assert live.apply(record)  # the default ("newest") takes it
+
+
+def test_under_rules_source_topic_the_same_text_published_still_pins_the_topic(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "workflow.yaml"
+    _write(path, MINIMAL, 2_000_000.0)
+    live = LiveWorkflow(path, "topic")
+    _, same = published(MINIMAL, "same.yaml", now=_at(1_000_000.0))
+    assert live.apply(same) and live.origin == "config topic (same.yaml)"
+    _write(path, TO_CARE, 3_000_000.0)
+    assert not live.poll_file() and _target(live.current) == "loyalty-it"
