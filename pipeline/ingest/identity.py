@@ -98,6 +98,10 @@ class CustomerDirectory:
         """Current profile of a customer."""
         return self._profiles.get(customer_id)
 
+    def updated_at(self, customer_id: str) -> datetime | None:
+        """When the directory's entry of a customer was last written."""
+        return self._updated.get(customer_id)
+
     def identities(self, customer_id: str) -> list[Identity]:
         """Known identities of a customer, sorted."""
         keys = sorted(self._identities.get(customer_id, set()))

@@ -18,6 +18,7 @@ Bad input (not bad credentials) is also dead-lettered with the raw bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -247,6 +248,7 @@ class IngestServer:
         self._create_topics = create_topics
         self._runner: web.AppRunner | None = None
         self._smtp: asyncio.Server | None = None
+        self._follower: asyncio.Task[None] | None = None
         self.http_port = 0
         self.smtp_port = 0
 
@@ -256,6 +258,8 @@ class IngestServer:
             await ensure_topics(self.settings)
         if self._load:
             await self.service.load_directory()
+            # Links and merges made by other ingest processes reach this one as they happen.
+            self._follower = asyncio.create_task(self.service.follow_directory())
         app = create_app(self.settings, self.publisher, service=self.service)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -286,7 +290,12 @@ class IngestServer:
         )
 
     async def stop(self) -> None:
-        """Close both listeners and, when owned, the publisher."""
+        """Close both listeners, stop following the directory and, when owned, the publisher."""
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
         if self._smtp is not None:
             self._smtp.close()
             await self._smtp.wait_closed()

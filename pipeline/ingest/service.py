@@ -14,13 +14,13 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pipeline.bus import Publisher, read_all
-from pipeline.codec import dead_letter
+from pipeline.bus import Publisher, Record, follow, read_all
+from pipeline.codec import dead_letter, decode
 from pipeline.config import Settings
-from pipeline.errors import BrokerUnavailable, InvalidInput
-from pipeline.events import TaskStatus, TaskUpdate, derive_id, utcnow
+from pipeline.errors import BrokerUnavailable, DecodeError, InvalidInput
+from pipeline.events import CustomerRecord, TaskStatus, TaskUpdate, derive_id, utcnow
 from pipeline.ingest.email_parse import ParsedEmail, parse_email, to_parsed_message
 from pipeline.ingest.identity import CustomerDirectory, Resolution, load_customers
 from pipeline.ingest.message import ParsedMessage, build_inbound
@@ -92,6 +92,37 @@ class IngestService:
                 await self._persist(plan)
         log.info("customer directory: %d customers", len(self.directory))
         return len(self.directory)
+
+    def take_record(self, record: Record) -> None:
+        """Apply a customers-topic record another ingest process (or this one) wrote.
+
+        Several ingest processes each keep the directory in memory; following the compacted
+        topic keeps a link or merge made by one visible to the others within moments. Records
+        older than what the directory already holds (this process's own echoes, a re-read
+        from the beginning) are ignored.
+        """
+        if record.key is None:
+            return
+        cid = record.key.decode("utf-8", "replace")
+        known = self.directory.updated_at(cid)
+        if record.value is None:
+            at = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+            if known is not None and at >= known:
+                self.directory.remove(cid)
+            return
+        try:
+            rec = decode(CustomerRecord, record.value)
+        except DecodeError as exc:
+            log.error(
+                "bad record at %s[%s]@%s: %s", record.topic, record.partition, record.offset, exc
+            )
+            return
+        if known is None or rec.updated_at >= known:
+            self.directory.apply(rec)
+
+    async def follow_directory(self) -> None:
+        """Keep the directory in step with the customers topic (runs until cancelled)."""
+        await follow(self.settings, self.settings.topic("customers"), self.take_record)
 
     async def _persist(self, resolution: Resolution) -> None:
         topic = self.settings.topic("customers")

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from pipeline.bus import Publisher, ensure_topics, read_all
 from pipeline.config import Settings
-from pipeline.events import DeadLetter, InboundMessage, TaskUpdate, derive_id
+from pipeline.events import DeadLetter, Identity, InboundMessage, TaskUpdate, derive_id
 from pipeline.ingest.channels import chatwoot_signature, twilio_signature
 from pipeline.ingest.eml import import_path
 from pipeline.ingest.identity import CustomerDirectory
@@ -531,6 +531,39 @@ async def test_provisional_links_survive_restart(kafka: Settings) -> None:
                 assert (await r.json())["customer_id"] == cid
     finally:
         await second.stop()
+
+
+async def test_a_link_made_by_one_ingest_process_reaches_another_running_one(
+    kafka: Settings,
+) -> None:
+    settings = _settings(kafka)
+    a, b = IngestServer(settings), IngestServer(settings)  # ports 0: each binds its own
+    await a.start()
+    await b.start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{a.http_port}") as http:
+            both = {"email": "moves@example.org", "phone": "+7 999 444-55-66"}
+            p1 = {"channel": "webchat", "message_id": "m1", "customer": both, "text": "one"}
+            async with http.post("/ingest", json=p1) as r:
+                cid = (await r.json())["customer_id"]
+        # B never saw that message; it learns the link from the customers topic.
+        email = Identity(kind="email", value="moves@example.org")
+        deadline = asyncio.get_running_loop().time() + 30
+        while b.service.directory.lookup(email) != cid:
+            assert asyncio.get_running_loop().time() < deadline, "B never learned the link"
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{b.http_port}") as http:
+            p2 = {
+                "channel": "webform",
+                "message_id": "m2",
+                "customer": {"email": "moves@example.org"},
+                "text": "two",
+            }
+            async with http.post("/ingest", json=p2) as r:
+                assert (await r.json())["customer_id"] == cid  # not a provisional e-mail id
+    finally:
+        await b.stop()
+        await a.stop()
 
 
 # ---------------------------------------------------------------- eml / mbox import and CLI

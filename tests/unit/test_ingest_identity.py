@@ -164,3 +164,36 @@ def test_reply_address_free_form_ids() -> None:
     s = Settings()
     addr = reply_address("sub 1/ü", "CASE-42", s)
     assert parse_reply_address(addr, s) == ("CASE-42", "sub 1/ü")
+
+
+def test_following_the_topic_ignores_stale_records_and_tombstones() -> None:
+    from pipeline.bus import Publisher, Record
+    from pipeline.events import CustomerProfile, CustomerRecord
+    from pipeline.ingest.service import IngestService
+
+    settings = Settings()
+    service = IngestService(settings, Publisher(settings))
+    t0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    phone = Identity(kind="phone", value="+79994445566")
+    email = Identity(kind="email", value="moves@example.org")
+
+    def rec(ids: list[Identity], at: datetime) -> Record:
+        value = encode(
+            CustomerRecord(
+                profile=CustomerProfile(customer_id="c-1"), identities=ids, updated_at=at
+            )
+        )
+        return Record("care.customers", 0, 0, b"c-1", value, int(at.timestamp() * 1000))
+
+    service.take_record(rec([phone, email], t0 + timedelta(minutes=5)))
+    assert service.directory.lookup(email) == "c-1"
+    service.take_record(rec([phone], t0))  # an older version (a re-read): ignored
+    assert service.directory.lookup(email) == "c-1"
+    old_tombstone = Record("care.customers", 0, 1, b"c-1", None, int(t0.timestamp() * 1000))
+    service.take_record(old_tombstone)
+    assert service.directory.lookup(phone) == "c-1"
+    later = int((t0 + timedelta(minutes=9)).timestamp() * 1000)
+    service.take_record(Record("care.customers", 0, 2, b"c-1", None, later))
+    assert service.directory.lookup(phone) is None
+    service.take_record(Record("care.customers", 0, 3, b"c-2", b"{not json", later))  # logged
+    assert len(service.directory) == 0
