@@ -8,6 +8,11 @@
 2. Latency at a fixed rate (measured first, on an idle worker): messages are produced at
    --rate msg/s for --seconds; each one's end-to-end latency is the time its Outcome was read
    minus the time it was produced.
+3. Fan-out latency (pipeline only): --fanout Russian messages like the seed example, each
+   with a store complaint and a loyalty request, spread over the six stores so that no mass
+   incident forms (threshold 5 per store), at 2 msg/s. Measured per message: produce → the
+   internal SubRequest on tasks.loyalty-it, and produce → the director's e-mail received by the
+   SMTP sink (the external sub-request really delivered).
 Both workers are separate processes with the same fetch wait; the embedded broker is
 started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratio.
 """
@@ -20,6 +25,7 @@ import csv
 import logging
 import os
 import random
+import re
 import sys
 import time
 import uuid
@@ -31,8 +37,8 @@ from pipeline import bus
 from pipeline.broker import broker_for, free_port
 from pipeline.codec import encode
 from pipeline.config import Settings
-from pipeline.events import Channel, InboundMessage, derive_id, utcnow
-from pipeline.outbox import Outbox
+from pipeline.events import Channel, InboundMessage, SubRequest, derive_id, utcnow
+from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import child_env, children, departments, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +144,84 @@ async def produce_and_count(
     return time.perf_counter() - t0, latencies
 
 
+STORES = [
+    "на Садовой, 12",
+    "на Тверской, 7",
+    "на Ленинском, 45",
+    "на Малышева, 30",
+    "на Баумана, 19",
+    "на Красном проспекте, 25",
+]
+GOODS = ["огурцы", "творог", "молоко", "хлеб"]
+
+
+def fanout_messages(n: int, run: str) -> list[InboundMessage]:
+    """Seed-like messages: a store complaint and a loyalty request, stores in turn."""
+    out = []
+    for i in range(n):
+        text = (
+            f"Добрый день. В магазине {STORES[i % len(STORES)]} продают несвежие "
+            f"{GOODS[(i // len(STORES)) % len(GOODS)]}. А ещё на кассе не списались бонусы "
+            "с карты лояльности."
+        )
+        m = make(text, i, run + "f")
+        out.append(m.model_copy(update={"language": "ru", "customer_id": f"fan-{run}-{i}"}))
+    return out
+
+
+async def fanout_latency(
+    s: Settings, msgs: list[InboundMessage], mail_at: dict[str, float], rate: float
+) -> tuple[list[float], list[float]]:
+    """Produce msgs at ``rate``; latencies to the internal task and to the delivered e-mail."""
+    sent_at: dict[str, float] = {}
+    to_task: dict[str, float] = {}
+    external: dict[str, str] = {}  # sub-request id → message id
+    want = {m.message_id for m in msgs}
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        topics = [s.topic("tasks.loyalty-it"), s.topic("external")]
+        async with bus.reader(s, *topics) as c:
+            while not done.is_set():
+                batch = await c.getmany(timeout_ms=100)
+                now = time.perf_counter()
+                for tp, records in batch.items():
+                    for r in records:
+                        sub = SubRequest.model_validate_json(r.value or b"{}")
+                        if sub.message_id not in want:
+                            continue
+                        if tp.topic == s.topic("external"):
+                            external[sub.sub_request_id] = sub.message_id
+                        else:
+                            to_task.setdefault(sub.message_id, now)
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=0, acks=1)
+    await producer.start()
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(1.0)
+    t0 = time.perf_counter()
+    try:
+        for i, m in enumerate(msgs):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent_at[m.message_id] = time.perf_counter()
+            await producer.send(s.topic("inbound"), value=encode(m), key=m.customer_id.encode())
+        deadline = time.perf_counter() + 120
+        while time.perf_counter() < deadline:
+            mailed = {external[sr] for sr in external if sr in mail_at}
+            if len(to_task) == len(msgs) and len(mailed) == len(msgs):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        done.set()
+        await task
+        await producer.stop()
+    task_lat = [to_task[mid] - sent_at[mid] for mid in to_task]
+    mail_lat = [mail_at[sr] - sent_at[mid] for sr, mid in external.items() if sr in mail_at]
+    return task_lat, mail_lat
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -158,7 +242,16 @@ def run_phase(
         }
     )
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
-    outbox = Outbox().start()  # replies are really delivered (over HTTP), as in production
+    mail_at: dict[str, float] = {}
+
+    def arrived(item: OutboxItem) -> None:
+        # External e-mails carry their sub-request id in the subject.
+        for word in re.split(r"[\s\[\]/]+", item.subject or ""):
+            if word.startswith("sr_"):
+                mail_at.setdefault(word, time.perf_counter())
+
+    # replies and e-mails are really delivered (HTTP, SMTP), as in production
+    outbox = Outbox(on_item=arrived).start()
     env = child_env(s, **outbox.env())
     with children() as group:
         if name == "passthrough":
@@ -177,10 +270,25 @@ def run_phase(
         n_rate = int(args.rate * args.seconds)
         paced = [make(pool[(i * 104729) % len(pool)], i, run + "p") for i in range(n_rate)]
         _, lat = asyncio.run(produce_and_count(s, paced, args.rate))
+        fan: dict[str, float] = {}
+        if name == "pipeline" and args.fanout:
+            task_lat, mail_lat = asyncio.run(
+                fanout_latency(s, fanout_messages(args.fanout, run), mail_at, 2.0)
+            )
+            fan = {
+                "fan_n": float(args.fanout),
+                "task_n": float(len(task_lat)),
+                "task_p50": pct(task_lat, 50) * 1000,
+                "task_p99": pct(task_lat, 99) * 1000,
+                "mail_n": float(len(mail_lat)),
+                "mail_p50": pct(mail_lat, 50) * 1000,
+                "mail_p99": pct(mail_lat, 99) * 1000,
+            }
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
     outbox.stop()
-    return {"msg_s": args.n / secs, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+    result = {"msg_s": args.n / secs, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+    return {**result, **fan}
 
 
 def main() -> int:
@@ -188,6 +296,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--fanout", type=int, default=24, help="seed-like messages (0: skip)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pool = texts()
@@ -209,6 +318,14 @@ def main() -> int:
         f"p99 {full['p99_ms']:6.0f} ms\n"
     )
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
+    if "fan_n" in full:
+        out(
+            f"fan-out ({full['fan_n']:.0f} seed-like messages at 2 msg/s): "
+            f"internal task p50 {full['task_p50']:.0f} ms p99 {full['task_p99']:.0f} ms "
+            f"({full['task_n']:.0f} seen); director's e-mail delivered "
+            f"p50 {full['mail_p50']:.0f} ms p99 {full['mail_p99']:.0f} ms "
+            f"({full['mail_n']:.0f} seen)\n"
+        )
     return 0
 
 
