@@ -6,6 +6,7 @@
     pipeline rules explain --data FILE [--text-col text] [--rules FILE]   # one JSON line per row
     pipeline rules replay --from TIME [--until TIME] [--rules NEW] [--limit N] [--json]
     pipeline rules publish FILE    # → compacted config topic: every running worker takes it
+    pipeline rules current [--json | --yaml]   # which workflow the workers run (file or topic)
 
 ``explain`` never touches Kafka: it runs the classifier, the KB index and ``route_message``
 in-process. Offline there is no history, so duplicate and incident detection are reported
@@ -115,6 +116,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("file", type=Path)
     p.set_defaults(handler=_publish)
 
+    cur = rules_sub.add_parser(
+        "current", help="which workflow the workers run now: origin, sha256, or its YAML"
+    )
+    how = cur.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="one JSON object")
+    how.add_argument("--yaml", action="store_true", help="the workflow itself (to edit it)")
+    cur.set_defaults(handler=_current)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
@@ -151,6 +160,19 @@ def _publish(args: argparse.Namespace) -> int:
     topic = settings.topic("config")
     asyncio.run(_send_workflow(settings, topic, CONFIG_KEY, record, wf.task_departments()))
     _out(f"published {args.file} (sha256 {record.sha256[:12]}) to {topic}")
+    return 0
+
+
+def _current(args: argparse.Namespace) -> int:
+    from pipeline.route.live import workflow_in_force
+
+    live = asyncio.run(workflow_in_force(get_settings()))
+    if args.yaml:
+        sys.stdout.write(live.text)
+    elif args.json:
+        _out(json.dumps({"origin": live.origin, "sha256": live.sha256}, ensure_ascii=False))
+    else:
+        _out(f"{live.origin}\nsha256 {live.sha256}")
     return 0
 
 

@@ -45,6 +45,10 @@ FILE_CHECK_INTERVAL_S = 5.0
 RulesSource = Literal["newest", "topic", "file"]
 
 
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def published(
     text: str, source: str, *, now: datetime | None = None
 ) -> tuple[Workflow, WorkflowPublished]:
@@ -52,7 +56,7 @@ def published(
     wf = parse_workflow(text, source=source)
     return wf, WorkflowPublished(
         text=text,
-        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        sha256=_sha(text),
         source=source,
         published_at=now or datetime.now(UTC),
     )
@@ -70,15 +74,20 @@ class LiveWorkflow:
         #: When the current workflow was written (file mtime or publication time), epoch s.
         self.written_at: float = self._mtime
         self.origin = f"file {path}"
-        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        #: The YAML of the current workflow, as written.
+        self.text = path.read_text(encoding="utf-8")
+        self.sha256 = _sha(self.text)
         self._listeners: list[Callable[[Workflow], None]] = []
 
     def on_change(self, listener: Callable[[Workflow], None]) -> None:
         """Call ``listener(workflow)`` after every change."""
         self._listeners.append(listener)
 
-    def _replace(self, wf: Workflow, written_at: float, origin: str, sha256: str) -> None:
+    def _replace(
+        self, wf: Workflow, written_at: float, origin: str, sha256: str, text: str
+    ) -> None:
         self.from_topic = origin.startswith("config topic")
+        self.text = text
         self.current = wf
         self.written_at = written_at
         self.origin = origin
@@ -106,12 +115,12 @@ class LiveWorkflow:
         if mtime <= self.written_at:
             return False
         try:
-            data = self.path.read_bytes()
-            wf = parse_workflow(data.decode("utf-8"), source=str(self.path))
+            text = self.path.read_text(encoding="utf-8")
+            wf = parse_workflow(text, source=str(self.path))
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             log.error("workflow %s changed but is invalid, keeping the old one: %s", self.path, exc)
             return False
-        self._replace(wf, mtime, f"file {self.path}", hashlib.sha256(data).hexdigest())
+        self._replace(wf, mtime, f"file {self.path}", _sha(text), text)
         return True
 
     def apply(self, record: WorkflowPublished) -> bool:
@@ -119,11 +128,11 @@ class LiveWorkflow:
         if self.source == "file":
             return False
         at = record.published_at.timestamp()
-        sha = hashlib.sha256(record.text.encode("utf-8")).hexdigest()
+        sha = _sha(record.text)
         origin = f"config topic ({record.source})"
         if sha == self.sha256:
             if self.source == "topic" and not self.from_topic:
-                self._replace(self.current, at, origin, sha)  # same rules, now the topic's
+                self._replace(self.current, at, origin, sha, record.text)  # same rules, topic's
                 return True
             return False
         if at <= self.written_at and not (self.source == "topic" and not self.from_topic):
@@ -133,7 +142,7 @@ class LiveWorkflow:
         except ConfigError as exc:
             log.error("published workflow is invalid, keeping the current one: %s", exc)
             return False
-        self._replace(wf, at, origin, sha)
+        self._replace(wf, at, origin, sha, record.text)
         return True
 
 

@@ -157,6 +157,14 @@ async def test_a_workflow_published_to_the_config_topic_reaches_the_running_work
     )
     assert tasks and tasks[0].department == "bonus-desk"
 
+    # `rules current` says what the workers run, and gives back the published YAML to edit.
+    current = _cli(stack, rules, "rules", "current", "--json")
+    assert current.returncode == 0, current.stderr[-2000:]
+    info = json.loads(current.stdout.strip().splitlines()[-1])
+    assert info["sha256"] == want and info["origin"].startswith("config topic")
+    yaml_text = _cli(stack, rules, "rules", "current", "--yaml").stdout
+    assert yaml_text == published.read_text(encoding="utf-8")
+
     # `rules replay` compares against what the workers run (the published workflow), not the
     # file: the file would have sent both messages to loyalty-it.
     replay = _cli(stack, rules, "rules", "replay", "--from", start.isoformat(), "--json")
