@@ -1,6 +1,6 @@
 """The one Faust app. Stages install their agents on it (``pipeline.<stage>.agents.install``).
 
-Two things are tuned here because the framework's defaults are wrong for us:
+What is tuned here because the framework's defaults are wrong for us:
 - Faust hard-codes the consumer's ``fetch_max_wait_ms`` at 1500 ms, which on the embedded
   broker adds over a second per hop (DESIGN.md §4): ``settings.fetch_max_wait_ms`` replaces it.
 - Every topic is declared with raw bytes serializers, so decoding happens in our code and a

@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     stall_after_s: float = Field(
         default=300.0,
         gt=0,
-        description="An input partition with records waiting and no progress for this long "
-        "is stalled: /healthz answers 503 so a supervisor restarts the worker.",
+        description="An input partition with records waiting and no processed (committed) "
+        "progress for this long is stalled: /healthz answers 503 so a supervisor restarts "
+        "the worker.",
     )
 
     # --- worker
