@@ -14,7 +14,8 @@
    internal SubRequest on tasks.loyalty-it, and produce → the director's e-mail received by the
    SMTP sink (the external sub-request really delivered).
 Both workers are separate processes with the same fetch wait; the embedded broker is
-started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratio.
+started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, and each
+worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase.
 """
 
 from __future__ import annotations
@@ -222,6 +223,17 @@ async def fanout_latency(
     return task_lat, mail_lat
 
 
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) of a process in MB, from /proc (Linux)."""
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = float(value.split()[0]) / 1024
+    return fields.get("VmRSS", float("nan")), fields.get("VmHWM", float("nan"))
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -284,10 +296,20 @@ def run_phase(
                 "mail_p50": pct(mail_lat, 50) * 1000,
                 "mail_p99": pct(mail_lat, 99) * 1000,
             }
+        pid = group.procs[0][1].pid
+        rss_before, _ = memory_mb(pid)
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
+        rss_after, rss_peak = memory_mb(pid)
     outbox.stop()
-    result = {"msg_s": args.n / secs, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+    result = {
+        "msg_s": args.n / secs,
+        "p50_ms": pct(lat, 50) * 1000,
+        "p99_ms": pct(lat, 99) * 1000,
+        "rss_before": rss_before,
+        "rss_after": rss_after,
+        "rss_peak": rss_peak,
+    }
     return {**result, **fan}
 
 
@@ -318,6 +340,12 @@ def main() -> int:
         f"p99 {full['p99_ms']:6.0f} ms\n"
     )
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
+    for label, r in (("passthrough", base), ("pipeline", full)):
+        out(
+            f"memory {label}: {r['rss_before']:.0f} MB resident before the flat-out phase, "
+            f"{r['rss_after']:.0f} MB after, peak {r['rss_peak']:.0f} MB\n"
+        )
+    out(f"ratio pipeline/passthrough peak memory: {full['rss_peak'] / base['rss_peak']:.2f}\n")
     if "fan_n" in full:
         out(
             f"fan-out ({full['fan_n']:.0f} seed-like messages at 2 msg/s): "
