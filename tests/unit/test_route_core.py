@@ -376,3 +376,41 @@ def test_a_party_language_without_templates_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match=r"groups\.g\.language: no templates for 'de'"):
         parse_workflow(bad)
+
+
+def test_case_sweep_forgets_long_resolved_cases_only() -> None:
+    import orjson
+
+    from pipeline.route.agents import sweep_case_tables
+
+    wf = default_workflow()
+    d = route_message(seed_message(), wf, now=NOW)
+    assert d.case is not None
+    open_case = d.case
+    done = open_case
+    for n, sub in enumerate(open_case.sub_requests):
+        done = apply_task_update(done, update(done, sub.sub_request_id, f"u{n}", "ok"), wf,
+                                 now=NOW).state
+    assert done.status == "resolved" and done.resolved_at is not None
+    old = done.model_copy(update={"case_id": "case-old"})
+
+    def dump(c: CaseState) -> dict[str, object]:
+        return c.model_dump(mode="json")
+
+    cases = {"case-old": orjson.dumps(dump(old)).decode(),
+             open_case.case_id: orjson.dumps(dump(open_case)).decode()}
+    customer = {"cust-1": orjson.dumps([dump(old), dump(open_case)]).decode(),
+                "cust-2": orjson.dumps([dump(old)]).decode()}
+    stale_update = {"at": (NOW - timedelta(days=40)).isoformat()}
+    pending = {"case-gone": orjson.dumps([stale_update]).decode(),
+               open_case.case_id: ""}
+    cutoff = done.resolved_at + timedelta(seconds=1)
+    removed = sweep_case_tables(cases, customer, pending, cutoff)
+    assert set(cases) == {open_case.case_id}  # open cases are never forgotten
+    assert set(customer) == {"cust-1"}
+    assert [c["case_id"] for c in orjson.loads(customer["cust-1"])] == [open_case.case_id]
+    assert set(pending) == {open_case.case_id}
+    assert removed == 3
+    # before the cutoff nothing resolved is touched
+    cases2 = {"case-old": orjson.dumps(dump(old)).decode()}
+    assert sweep_case_tables(cases2, {}, {}, done.resolved_at) == 0 and cases2
