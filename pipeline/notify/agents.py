@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, cast
 
 import aiohttp
@@ -36,15 +37,38 @@ STAGE = "notify"
 MAX_REMEMBERED = 500
 
 
+SWEEP_INTERVAL_S = 600.0
+
+
 def _delivered(table: Any, key: str) -> list[str]:
     raw = table.get(key)
-    return list(orjson.loads(raw)) if raw else []
+    if not raw:
+        return []
+    data = orjson.loads(raw)
+    # {"at": epoch s, "ids": [...]}; a bare list is the format before timestamps were kept
+    return list(data["ids"]) if isinstance(data, dict) else list(data)
 
 
-def _remember(table: Any, key: str, delivery_id: str) -> None:
+def _remember(table: Any, key: str, delivery_id: str, now: float | None = None) -> None:
     ids = _delivered(table, key)
     ids.append(delivery_id)
-    table[key] = orjson.dumps(ids[-MAX_REMEMBERED:]).decode()
+    at = time.time() if now is None else now
+    table[key] = orjson.dumps({"at": at, "ids": ids[-MAX_REMEMBERED:]}).decode()
+
+
+def sweep_delivered(table: Any, cutoff_s: float) -> int:
+    """Forget the delivered ids of keys not written since ``cutoff_s`` (epoch seconds).
+
+    They guard against sending twice when records are replayed, which happens within
+    minutes of a delivery; a key idle for the case retention period is only memory.
+    """
+    removed = 0
+    for key, raw in list(table.items()):
+        data = orjson.loads(raw) if raw else None
+        if not data or (isinstance(data, dict) and float(data.get("at", 0)) < cutoff_s):
+            del table[key]
+            removed += 1
+    return removed
 
 
 def install(ctx: Context) -> None:
@@ -163,4 +187,13 @@ def install(ctx: Context) -> None:
             await holder["d"].session.close()
 
     app.on_before_shutdown.connect(cast(Any, close_session))
-    app.on_partitions_assigned.connect(cast(Any, take_share))  # faust types it too narrowly
+    app.on_partitions_assigned.connect(cast(Any, take_share))
+
+    async def sweep() -> None:
+        cutoff = time.time() - s.case_retention_days * 86_400
+        removed = sweep_delivered(delivered_replies, cutoff)
+        removed += sweep_delivered(delivered_external, cutoff)
+        if removed:
+            log.info("delivery sweep forgot %d idle keys", removed)
+
+    app.timer(SWEEP_INTERVAL_S)(sweep)  # faust types it too narrowly

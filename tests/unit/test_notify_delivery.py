@@ -362,3 +362,20 @@ def test_retry_after_parsing() -> None:
     past = "Wed, 21 Oct 2015 07:28:00 GMT"
     assert channels._retry_after(CIMultiDict({"Retry-After": past}), None) == 0.0
     assert channels._retry_after(CIMultiDict(), None) is None
+
+
+def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
+    import orjson
+
+    from pipeline.notify.agents import _delivered, _remember, sweep_delivered
+
+    table: dict[str, str] = {"legacy": orjson.dumps(["reply_old"]).decode()}
+    assert _delivered(table, "legacy") == ["reply_old"]  # the format before timestamps
+    _remember(table, "cust-1", "reply_1", now=1_000.0)
+    _remember(table, "cust-1", "reply_1#2", now=2_000.0)
+    _remember(table, "cust-2", "reply_2", now=5_000.0)
+    _remember(table, "legacy", "reply_new", now=5_000.0)  # rewritten with a timestamp
+    assert _delivered(table, "cust-1") == ["reply_1", "reply_1#2"]
+    assert _delivered(table, "legacy") == ["reply_old", "reply_new"]
+    assert sweep_delivered(table, cutoff_s=3_000.0) == 1
+    assert set(table) == {"cust-2", "legacy"}
