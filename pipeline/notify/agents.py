@@ -7,6 +7,7 @@ sub-requests) drops ids already delivered, so a replay or restart sends nothing 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -56,14 +57,19 @@ def _remember(table: Any, key: str, delivery_id: str, now: float | None = None) 
     table[key] = orjson.dumps({"at": at, "ids": ids[-MAX_REMEMBERED:]}).decode()
 
 
-def sweep_delivered(table: Any, cutoff_s: float) -> int:
+async def sweep_delivered(table: Any, cutoff_s: float) -> int:
     """Forget the delivered ids of keys not written since ``cutoff_s`` (epoch seconds).
 
     They guard against sending twice when records are replayed, which happens within
     minutes of a delivery; a key idle for the case retention period is only memory.
     """
     removed = 0
-    for key, raw in list(table.items()):
+    for n, key in enumerate(list(table.keys())):
+        if n % 100 == 0:
+            await asyncio.sleep(0)  # a long sweep must not stall the agents
+        raw = table.get(key)
+        if raw is None:
+            continue
         data = orjson.loads(raw) if raw else None
         if not data or (isinstance(data, dict) and float(data.get("at", 0)) < cutoff_s):
             del table[key]
@@ -191,8 +197,8 @@ def install(ctx: Context) -> None:
 
     async def sweep() -> None:
         cutoff = time.time() - s.case_retention_days * 86_400
-        removed = sweep_delivered(delivered_replies, cutoff)
-        removed += sweep_delivered(delivered_external, cutoff)
+        removed = await sweep_delivered(delivered_replies, cutoff)
+        removed += await sweep_delivered(delivered_external, cutoff)
         if removed:
             log.info("delivery sweep forgot %d idle keys", removed)
 

@@ -190,7 +190,7 @@ def _observe_survey(ctx: Context, events: list[CaseEvent]) -> None:
                 ctx.metrics.nps_answers.labels(klass=str(klass)).inc()
 
 
-def sweep_case_tables(
+async def sweep_case_tables(
     cases_table: Any, customer_cases: Any, pending_table: Any, cutoff: datetime
 ) -> int:
     """Forget cases resolved before ``cutoff`` (and updates still waiting for a case that
@@ -200,12 +200,22 @@ def sweep_case_tables(
     ever opened (measured: ~10 KB of worker memory per message).
     """
     removed = 0
-    for key, raw in list(cases_table.items()):
+    for n, key in enumerate(list(cases_table.keys())):
+        if n % SLA_CHUNK == 0:
+            await asyncio.sleep(0)  # a long sweep must not stall the agents
+        raw = cases_table.get(key)  # re-read: an agent may have changed it meanwhile
+        if raw is None:
+            continue
         data = orjson.loads(raw) if raw else None
         if not data or _resolved_before(data, cutoff):
             del cases_table[key]
             removed += 1
-    for key, raw in list(customer_cases.items()):
+    for n, key in enumerate(list(customer_cases.keys())):
+        if n % SLA_CHUNK == 0:
+            await asyncio.sleep(0)
+        raw = customer_cases.get(key)
+        if raw is None:
+            continue
         cases = orjson.loads(raw) if raw else []
         kept = [c for c in cases if not _resolved_before(c, cutoff)]
         if not kept:
@@ -472,7 +482,7 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
 
     async def case_sweep() -> None:
         cutoff = utcnow() - timedelta(days=s.case_retention_days)
-        removed = sweep_case_tables(cases_table, customer_cases, pending_table, cutoff)
+        removed = await sweep_case_tables(cases_table, customer_cases, pending_table, cutoff)
         if removed:
             log.info("case sweep forgot %d entries resolved before %s", removed, cutoff)
 

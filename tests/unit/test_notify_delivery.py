@@ -364,7 +364,7 @@ def test_retry_after_parsing() -> None:
     assert channels._retry_after(CIMultiDict(), None) is None
 
 
-def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
+async def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
     import orjson
 
     from pipeline.notify.agents import _delivered, _remember, sweep_delivered
@@ -377,5 +377,5 @@ def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
     _remember(table, "legacy", "reply_new", now=5_000.0)  # rewritten with a timestamp
     assert _delivered(table, "cust-1") == ["reply_1", "reply_1#2"]
     assert _delivered(table, "legacy") == ["reply_old", "reply_new"]
-    assert sweep_delivered(table, cutoff_s=3_000.0) == 1
+    assert await sweep_delivered(table, cutoff_s=3_000.0) == 1
     assert set(table) == {"cust-2", "legacy"}

@@ -378,7 +378,7 @@ def test_a_party_language_without_templates_is_refused() -> None:
         parse_workflow(bad)
 
 
-def test_case_sweep_forgets_long_resolved_cases_only() -> None:
+async def test_case_sweep_forgets_long_resolved_cases_only() -> None:
     import orjson
 
     from pipeline.route.agents import sweep_case_tables
@@ -405,7 +405,7 @@ def test_case_sweep_forgets_long_resolved_cases_only() -> None:
     pending = {"case-gone": orjson.dumps([stale_update]).decode(),
                open_case.case_id: ""}
     cutoff = done.resolved_at + timedelta(seconds=1)
-    removed = sweep_case_tables(cases, customer, pending, cutoff)
+    removed = await sweep_case_tables(cases, customer, pending, cutoff)
     assert set(cases) == {open_case.case_id}  # open cases are never forgotten
     assert set(customer) == {"cust-1"}
     assert [c["case_id"] for c in orjson.loads(customer["cust-1"])] == [open_case.case_id]
@@ -413,4 +413,4 @@ def test_case_sweep_forgets_long_resolved_cases_only() -> None:
     assert removed == 3
     # before the cutoff nothing resolved is touched
     cases2 = {"case-old": orjson.dumps(dump(old)).decode()}
-    assert sweep_case_tables(cases2, {}, {}, done.resolved_at) == 0 and cases2
+    assert await sweep_case_tables(cases2, {}, {}, done.resolved_at) == 0 and cases2
