@@ -93,7 +93,7 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
                 else dedup.CustomerDedupState()
             )
             fp = dedup.fingerprint(msg)
-            d = dedup.replayed(st, msg) or dedup.check_duplicate(st, msg, now, dedup_cfg, fp)
+            d = dedup.check_duplicate(st, msg, now, dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
             dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg, fp).model_dump_json()

@@ -239,32 +239,27 @@ def check_duplicate(
     config: DedupConfig | None = None,
     fp: Fingerprint | None = None,
 ) -> DedupDecision:
-    """Is ``msg`` a repeat of a message this customer sent within the window?"""
+    """Is ``msg`` a repeat of a message this customer sent within the window?
+
+    A message already remembered (the same record again: a broker redelivery, a replay
+    after a crash) decides as it did the first time (``replayed``), so it keeps one outcome.
+    """
+    again = replayed(state, msg)
+    if again is not None:
+        return again
     cfg = config or DedupConfig()
     live = expire(state, now, cfg).entries
     if not live:
         return DedupDecision(is_duplicate=False)
     idh = _id_hash(msg)
     for e in reversed(live):
-        if e.message_id == msg.message_id or e.id_hash == idh:
-            return DedupDecision(
-                is_duplicate=True,
-                duplicate_of=e.message_id,
-                reason="exact_id",
-                case_id=e.case_id,
-                similarity=1.0,
-            )
+        if e.id_hash == idh:
+            return _duplicate_of(e, "exact_id")
     th, sig, n = fp or fingerprint(msg)
     if th:
         for e in reversed(live):
             if e.text_hash == th:
-                return DedupDecision(
-                    is_duplicate=True,
-                    duplicate_of=e.message_id,
-                    reason="same_text",
-                    case_id=e.case_id,
-                    similarity=1.0,
-                )
+                return _duplicate_of(e, "same_text")
     best: DedupEntry | None = None
     best_sim = 0.0
     for e in reversed(live):  # newest first: ties go to the most recent case
@@ -272,23 +267,27 @@ def check_duplicate(
         if sim > best_sim:
             best, best_sim = e, sim
     if best is not None and best_sim >= cfg.near_threshold:
-        return DedupDecision(
-            is_duplicate=True,
-            duplicate_of=best.message_id,
-            reason="near",
-            case_id=best.case_id,
-            similarity=round(best_sim, 4),
-        )
+        return _duplicate_of(best, "near", round(best_sim, 4))
     return DedupDecision(is_duplicate=False, similarity=round(best_sim, 4))
 
 
-def replayed(state: CustomerDedupState, msg: InboundMessage) -> DedupDecision | None:
-    """The first decision again for a record already remembered (a replay after a crash).
+def _duplicate_of(
+    entry: DedupEntry, reason: DuplicateReason, similarity: float = 1.0
+) -> DedupDecision:
+    return DedupDecision(
+        is_duplicate=True,
+        duplicate_of=entry.message_id,
+        reason=reason,
+        case_id=entry.case_id,
+        similarity=similarity,
+    )
 
-    ``check_duplicate`` calls any remembered id an exact duplicate; for the same record
-    delivered twice by the broker that would give it a second, different decision. Here the
-    record decides as it did: a duplicate of the earlier message that shares its case, or
-    not a duplicate when it opened its case itself. None when ``msg`` was never remembered.
+
+def replayed(state: CustomerDedupState, msg: InboundMessage) -> DedupDecision | None:
+    """The first decision again for a record already remembered; None when it was not.
+
+    The record decides as it did: a duplicate of the earlier message that shares its case,
+    or not a duplicate when it opened its case itself.
     """
     own = next((e for e in state.entries if e.message_id == msg.message_id), None)
     if own is None:
@@ -296,13 +295,7 @@ def replayed(state: CustomerDedupState, msg: InboundMessage) -> DedupDecision | 
     first = next((e for e in state.entries if e.case_id == own.case_id), own)
     if own.case_id is None or first is own:
         return DedupDecision(is_duplicate=False)
-    return DedupDecision(
-        is_duplicate=True,
-        duplicate_of=first.message_id,
-        reason="exact_id",
-        case_id=own.case_id,
-        similarity=1.0,
-    )
+    return _duplicate_of(first, "exact_id").model_copy(update={"case_id": own.case_id})
 
 
 def remember(

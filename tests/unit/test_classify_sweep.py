@@ -82,9 +82,9 @@ def test_a_replayed_record_decides_as_it_did_the_first_time() -> None:
     state = dedup.remember(dedup.CustomerDedupState(), first, case, NOW)
     assert dedup.check_duplicate(state, resend, NOW).is_duplicate
     state = dedup.remember(state, resend, case, NOW)
-    again_first = dedup.replayed(state, first)
-    assert again_first is not None and not again_first.is_duplicate
-    again_resend = dedup.replayed(state, resend)
-    assert again_resend is not None and again_resend.is_duplicate
+    again_first = dedup.check_duplicate(state, first, NOW)
+    assert not again_first.is_duplicate
+    again_resend = dedup.check_duplicate(state, resend, NOW)
+    assert again_resend.is_duplicate and again_resend.reason == "exact_id"
     assert dedup.replayed(state, msg(3, "другое")) is None
     assert (again_resend.case_id, again_resend.duplicate_of) == (case, first.message_id)

@@ -35,13 +35,22 @@ def state_with(m: InboundMessage, case: str = "case-1") -> CustomerDedupState:
     return remember(CustomerDedupState(), m, case, T0)
 
 
-def test_platform_retry_is_exact_id_duplicate() -> None:
+def test_the_same_record_again_decides_as_the_first_time() -> None:
+    # A broker redelivery (or a platform retry with the same message id) must keep one
+    # outcome: it opened case-1 itself, so it is again not a duplicate — of itself or else.
     first = msg("tg-1", "Не пришёл заказ 5521")
     d = check_duplicate(state_with(first), first, T0 + timedelta(seconds=5))
-    assert d.is_duplicate and d.reason == "exact_id"
-    assert d.duplicate_of == "tg-1" and d.case_id == "case-1"
+    assert not d.is_duplicate and d.duplicate_of is None
     # a retry is not remembered twice
     assert len(remember(state_with(first), first, "case-1", T0).entries) == 1
+
+
+def test_the_same_platform_message_under_another_id_is_an_exact_duplicate() -> None:
+    first = msg("tg-1", "Не пришёл заказ 5521")
+    again = first.model_copy(update={"message_id": "tg-1-reimported", "text": "другой текст"})
+    d = check_duplicate(state_with(first), again, T0 + timedelta(seconds=5))
+    assert d.is_duplicate and d.reason == "exact_id"
+    assert d.duplicate_of == "tg-1" and d.case_id == "case-1" and d.similarity == 1.0
 
 
 @pytest.mark.parametrize(
