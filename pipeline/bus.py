@@ -44,8 +44,8 @@ async def ensure_topics(
     wanted = list(names) if names is not None else all_topic_names(settings, departments)
     compacted = compacted_names(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
@@ -60,6 +60,8 @@ async def ensure_topics(
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
+    except (KafkaError, OSError) as exc:
+        raise BrokerUnavailable(f"broker not reachable to create topics: {exc!r}") from exc
     finally:
         await admin.close()
     return wanted
@@ -146,7 +148,11 @@ async def reader(settings: Settings, *topics: str) -> AsyncIterator[AIOKafkaCons
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        await consumer.stop()
+        raise BrokerUnavailable(f"broker not reachable to read {topics}: {exc!r}") from exc
     try:
         parts: list[TopicPartition] = []
         for t in topics:

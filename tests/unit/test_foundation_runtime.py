@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline.broker import EmbeddedBroker, broker_for, free_port, metadata_ready, tansu_binary
-from pipeline.config import Settings
+from pipeline.config import DEFAULT_CONFIG_DIR, Settings
 from pipeline.errors import BrokerError
 from pipeline.events import Outcome
 from pipeline.metrics import Metrics
@@ -143,3 +143,27 @@ async def test_follow_reads_the_topic_again_after_a_broker_error(
     with pytest.raises(asyncio.CancelledError):
         await bus.follow(Settings(), "care.config", lambda r: seen.append(r.offset), retry_s=0)
     assert len(attempts) == 2 and seen == [0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rules", "current"],
+        ["rules", "publish", str(DEFAULT_CONFIG_DIR / "workflow.yaml")],
+        ["rules", "replay", "--from", "2026-11-26T00:00"],
+        ["kb", "publish"],
+    ],
+)
+def test_broker_commands_with_the_broker_down_fail_cleanly(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.cli import main
+    from pipeline.config import get_settings
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")  # nothing there
+    get_settings.cache_clear()
+    try:
+        assert main(argv) == 1  # not a traceback
+    finally:
+        get_settings.cache_clear()
+    assert "BrokerUnavailable" in caplog.text and "not reachable" in caplog.text
