@@ -127,6 +127,22 @@ class Publisher:
             self._producer = None
 
 
+async def publish(
+    settings: Settings, topic: str, records: Iterable[tuple[str | None, Event]]
+) -> int:
+    """Send (key, event) records durably with a short-lived producer (the CLI's publish
+    commands); returns how many were sent."""
+    publisher = Publisher(settings)
+    sent = 0
+    try:
+        for key, event in records:
+            await publisher.send(topic, key, event)
+            sent += 1
+    finally:
+        await publisher.close()
+    return sent
+
+
 @dataclass(frozen=True)
 class Record:
     """A record read back from a topic."""

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.bus import Publisher, ensure_topics
+from pipeline.bus import ensure_topics, publish
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import (
@@ -181,11 +181,7 @@ async def _send_workflow(
 ) -> None:
     # A new department's task topic must exist before a worker routes to it.
     await ensure_topics(settings, departments=departments)
-    publisher = Publisher(settings)
-    try:
-        await publisher.send(topic, key, record)
-    finally:
-        await publisher.close()
+    await publish(settings, topic, [(key, record)])
 
 
 # ---------------------------------------------------------------- explain

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.bus import Publisher, ensure_topics, read_all
+from pipeline.bus import ensure_topics, publish, read_all
 from pipeline.config import get_settings
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import KbArticle, utcnow
@@ -190,10 +190,4 @@ async def _publish_async(articles: list[KbArticle], prune: bool) -> int:
             for aid, alive in sorted(live.items())
             if alive and aid not in keep
         ]
-    publisher = Publisher(settings)
-    try:
-        for art in [*articles, *tombstones]:
-            await publisher.send(topic, art.article_id, art)
-    finally:
-        await publisher.close()
-    return len(articles) + len(tombstones)
+    return await publish(settings, topic, [(a.article_id, a) for a in [*articles, *tombstones]])
