@@ -68,7 +68,6 @@ class LiveWorkflow:
     def __init__(self, path: Path, source: RulesSource = "newest") -> None:
         self.path = path
         self.source = source
-        self.from_topic = False
         self._mtime = path.stat().st_mtime
         self.current: Workflow = load_workflow(path)
         #: When the current workflow was written (file mtime or publication time), epoch s.
@@ -79,6 +78,11 @@ class LiveWorkflow:
         self.sha256 = _sha(self.text)
         self._listeners: list[Callable[[Workflow], None]] = []
 
+    @property
+    def from_topic(self) -> bool:
+        """Whether the workflow in force came from the config topic."""
+        return self.origin.startswith("config topic")
+
     def on_change(self, listener: Callable[[Workflow], None]) -> None:
         """Call ``listener(workflow)`` after every change."""
         self._listeners.append(listener)
@@ -86,7 +90,6 @@ class LiveWorkflow:
     def _replace(
         self, wf: Workflow, written_at: float, origin: str, sha256: str, text: str
     ) -> None:
-        self.from_topic = origin.startswith("config topic")
         self.text = text
         self.current = wf
         self.written_at = written_at
