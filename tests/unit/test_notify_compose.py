@@ -234,24 +234,17 @@ def test_long_cyrillic_subject_keeps_its_spaces_on_the_wire() -> None:
     import email.policy
 
     from pipeline.config import Settings
-    from pipeline.events import Entity, Priority, SubRequest, utcnow
     from pipeline.notify.compose import compose_external
 
-    sub = SubRequest(
+    sub = make_sub_request(
         sub_request_id="sr_9ef938a7292b8085de39dda7",
         case_id="case_211e5ca28f1d203bd4034820",
-        message_id="m",
-        customer_id="c",
-        kind="external",
         department="store-directors",
-        recipient="d@example.com",
-        intent="x",
         category="STORE_QUALITY",
         text="огурцы",
         full_text="огурцы",
         priority=Priority(score=10, level="P4"),
-        language="ru",
-        created_at=utcnow(),
+        sla_due_at=None,
         entities=[Entity(kind="store", value="SPB-012")],
     )
     msg = compose_external(sub, Settings())

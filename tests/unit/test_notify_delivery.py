@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from pipeline.config import Settings
 from pipeline.errors import DeliveryError
-from pipeline.events import Channel, Priority, Reply, ReplyKind, SubRequest, SubRequestKind
+from pipeline.events import Channel, Reply, ReplyKind
 from pipeline.notify import channels, delivery
 from pipeline.notify.channels import (
     Target,
@@ -25,6 +25,7 @@ from pipeline.notify.channels import (
 )
 from pipeline.notify.delivery import Deliverer, backoff_delay, retry_delay
 from pipeline.notify.ratelimit import RateLimiter
+from tests.unit.test_notify_compose import make_sub_request
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -58,24 +59,6 @@ def settings(**update: Any) -> Settings:
     }
     base.update(update)
     return Settings(**base)
-
-
-def make_sub_request() -> SubRequest:
-    return SubRequest(
-        sub_request_id="sr_1",
-        case_id="case_1",
-        message_id="msg_1",
-        customer_id="c1",
-        kind=SubRequestKind.external,
-        department="stores",
-        recipient="d@example.com",
-        intent="quality",
-        category="STORE",
-        text="t",
-        full_text="t",
-        priority=Priority(score=10, level="P4"),
-        created_at=NOW,
-    )
 
 
 def make_reply(channel: Channel, reply_to: dict[str, str], **update: Any) -> Reply:
@@ -147,7 +130,7 @@ async def test_transient_failures_retried_then_delivered(monkeypatch: pytest.Mon
     monkeypatch.setattr(delivery, "send_email", send)
     sleeps, rng = Sleeps(), MaxRng()
     receipt = await deliverer(settings(), sleeps, rng).deliver_external(
-        make_sub_request(), EmailMessage()
+        make_sub_request(sub_request_id="sr_1"), EmailMessage()
     )
     assert receipt.status == "delivered" and receipt.attempts == 3 and receipt.error is None
     assert receipt.delivery_id == "sr_1" and receipt.channel == "email" and receipt.at == NOW
