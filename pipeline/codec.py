@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import TypeVar
 
 import orjson
@@ -49,11 +50,21 @@ def dead_letter(
     key: bytes | None = None,
     message_id: str | None = None,
 ) -> DeadLetter:
-    """Build the DLQ record for a failed source record (invariant 2)."""
-    where = f"{topic}[{partition}]@{offset}"
+    """Build the DLQ record for a failed source record (invariant 2).
+
+    The id is the record's position for a topic record; for a request that never reached a
+    topic (an adapter's rejected input) it is the SHA-256 of the whole raw bytes with the
+    stage, so two different bodies never share an id and a retried one keeps its id.
+    """
+    if topic is not None:
+        origin = f"{topic}[{partition}]@{offset}"
+    else:
+        origin = "sha256:" + hashlib.sha256(raw or b"").hexdigest()
+    field = getattr(error, "field", None)
     return DeadLetter(
-        dead_letter_id=derive_id("dl", stage, where, str(raw)[:64] if topic is None else ""),
+        dead_letter_id=derive_id("dl", stage, origin),
         stage=stage,
+        field=field if isinstance(field, str) else None,
         error_type=type(error).__name__,
         error=str(error)[:2000] or type(error).__name__,
         topic=topic,

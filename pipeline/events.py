@@ -339,8 +339,31 @@ class TaskUpdate(Event):
     status: TaskStatus = Field(description="New status.")
     resolution: str | None = Field(default=None, description="Answer text for the customer.")
     author: str | None = Field(default=None, description="Who wrote it.")
-    source: Literal["department", "email", "system"] = Field(default="department")
+    source: Literal["department", "email", "system", "console"] = Field(
+        default="department",
+        description="department system, e-mail reply, the router itself, or the operator "
+        "console (an agent, or an external party on its signed answer page).",
+    )
     at: UtcDatetime = Field(description="When it was written.")
+
+
+class CaseCommand(Event):
+    """A supervisor's change to a case's sub-requests, applied by the route stage.
+
+    Keyed by case_id. ``reassign`` moves an open sub-request to another department (the old
+    one becomes ``rerouted``); ``add`` opens a new sub-request (e.g. a second department).
+    """
+
+    command_id: str = Field(description="Unique id of this command (dedup key).")
+    case_id: str = Field(description="Case it changes.")
+    action: Literal["reassign", "add"] = Field(description="What to do.")
+    sub_request_id: str | None = Field(
+        default=None, description="Sub-request to reassign (reassign only)."
+    )
+    department: str = Field(min_length=1, description="Department that takes the work.")
+    text: str | None = Field(default=None, description="What the department should do (add).")
+    author: str = Field(description="Who gave the command.")
+    at: UtcDatetime = Field(description="When it was given.")
 
 
 class Reply(Event):
@@ -389,8 +412,14 @@ class Outcome(Event):
 class DeadLetter(Event):
     """A record a stage could not process. Keyed by the source record's key."""
 
-    dead_letter_id: str = Field(description="Deterministic from topic/partition/offset.")
+    dead_letter_id: str = Field(
+        description="Deterministic: from topic/partition/offset, or for a rejected request "
+        "from the SHA-256 of its whole raw bytes and the stage."
+    )
     stage: str = Field(description="Stage that failed: ingest, classify, route, notify...")
+    field: str | None = Field(
+        default=None, description="The offending field, when known (as in the HTTP answer)."
+    )
     error_type: str = Field(description="Exception class name.")
     error: str = Field(description="What went wrong, for a human.")
     topic: str | None = Field(default=None, description="Source topic.")
@@ -463,6 +492,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "ClassifiedMessage": ClassifiedMessage,
     "SubRequest": SubRequest,
     "TaskUpdate": TaskUpdate,
+    "CaseCommand": CaseCommand,
     "Reply": Reply,
     "CaseEvent": CaseEvent,
     "Outcome": Outcome,
