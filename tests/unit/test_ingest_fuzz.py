@@ -1,16 +1,27 @@
-"""Hostile and random input: every parser returns a result or raises InvalidInput, nothing else."""
+"""Hostile and random input: every parser returns a result or raises InvalidInput, nothing else.
+
+Properties checked for every generated input: the parser either returns a ``ParsedMessage`` or
+an ``Ignored`` with a reason, or raises ``InvalidInput`` (or one of its typed subclasses from
+``pipeline.errors``) with a message and a 4xx status; any other exception fails the test. A
+parsed message normalizes into a valid ``InboundMessage`` that round-trips through the codec
+unchanged, and parsing the same input again gives the same message id (the idempotency key).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.codec import decode, encode
 from pipeline.config import Settings
-from pipeline.errors import InvalidInput
+from pipeline.domain.text import clean_text, detect_language, find_pii, normalize_phone
+from pipeline.domain.tokens import parse_reply_address
+from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import CustomerProfile, InboundMessage
 from pipeline.ingest.channels import (
     Ignored,
@@ -23,8 +34,6 @@ from pipeline.ingest.channels import (
 )
 from pipeline.ingest.email_parse import parse_email, to_parsed_message
 from pipeline.ingest.message import ParsedMessage, build_inbound
-from pipeline.ingest.normalize import clean_text, detect_language, find_pii, normalize_phone
-from pipeline.notify.tokens import parse_reply_address
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SETTINGS = Settings()
@@ -59,26 +68,55 @@ def _structured(keys: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
 
 
 def _check(result: ParsedMessage | Ignored) -> None:
-    """A parsed result must also survive normalization into the event model."""
-    if isinstance(result, ParsedMessage):
-        msg = build_inbound(result, CustomerProfile(customer_id="c"), SETTINGS, NOW)
-        assert isinstance(msg, InboundMessage)
-        InboundMessage.model_validate_json(msg.model_dump_json())
+    """``Ignored`` with a reason, or a message that normalizes and round-trips."""
+    assert isinstance(result, ParsedMessage | Ignored), type(result)
+    if isinstance(result, Ignored):
+        assert isinstance(result.reason, str) and result.reason
+        return
+    msg = build_inbound(result, CustomerProfile(customer_id="c"), SETTINGS, NOW)
+    assert msg.message_id == result.message_id and msg.channel == result.channel
+    assert msg.text == clean_text(msg.text) and len(msg.text) <= SETTINGS.max_text_chars
+    assert msg.language in ("ru", "en", "other")
+    assert all(0 <= span.start < span.end <= len(msg.text) for span in msg.pii)
+    assert decode(InboundMessage, encode(msg)) == msg  # the codec loses nothing
+
+
+def _rejected(exc: InvalidInput) -> None:
+    """A typed refusal: says what is wrong and maps to a 4xx answer."""
+    assert str(exc)
+    assert 400 <= exc.status < 500
 
 
 def _run(fn: Any, payload: Any) -> None:
     try:
         result = fn(payload)
-    except InvalidInput:
+    except InvalidInput as exc:  # anything else propagates and fails the test
+        _rejected(exc)
         return
     _check(result)
+    if isinstance(result, ParsedMessage):  # the idempotency key depends on the input only
+        again = fn(payload)
+        assert isinstance(again, ParsedMessage) and again.message_id == result.message_id
 
 
 @FUZZ
 @given(st.binary(max_size=300))
 def test_decode_json_bytes(raw: bytes) -> None:
-    with contextlib.suppress(InvalidInput):
-        decode_json(raw)
+    try:
+        value = decode_json(raw)
+    except DecodeError as exc:
+        _rejected(exc)
+        assert exc.field == "<body>"
+        return
+    # Accepted bytes are UTF-8 JSON and decode to what the standard library reads.
+    assert value == json.loads(raw.decode("utf-8"))
+
+
+@FUZZ
+@given(json_values)
+def test_decode_json_accepts_every_json_document(value: Any) -> None:
+    raw = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    assert decode_json(raw) == value
 
 
 @FUZZ
@@ -169,6 +207,71 @@ def test_voice(payload: Any) -> None:
     _run(parse_voice, payload)
 
 
+# Well-formed input of every channel, with random content: always accepted (so the codec
+# round trip above is exercised on every example, not only on the few random hits).
+_texts = st.text(min_size=1, max_size=300).filter(str.strip)
+_ids = st.integers(min_value=1, max_value=2**53) | st.from_regex(
+    r"[A-Za-z0-9_-]{1,40}", fullmatch=True
+)
+_phones = st.from_regex(r"\+79[0-9]{9}", fullmatch=True)
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "channel": st.sampled_from(["webchat", "webform", "social", "api"]),
+                "message_id": _ids,
+                "customer": st.fixed_dictionaries({"id": _ids}, optional={"name": st.text()}),
+                "text": _texts,
+            },
+            optional={"subject": st.text(max_size=100), "topic": st.text(max_size=50)},
+        ).map(lambda d: ("generic", d)),
+        st.fixed_dictionaries(
+            {
+                "update_id": st.integers(min_value=1, max_value=2**31),
+                "message": st.fixed_dictionaries(
+                    {
+                        "message_id": st.integers(min_value=1, max_value=2**31),
+                        "date": st.integers(min_value=0, max_value=2**31),
+                        "chat": st.fixed_dictionaries(
+                            {"id": st.integers(min_value=1, max_value=2**40)}
+                        ),
+                        "from": st.fixed_dictionaries(
+                            {"is_bot": st.just(False), "first_name": st.text(max_size=30)}
+                        ),
+                        "text": _texts,
+                    }
+                ),
+            }
+        ).map(lambda d: ("telegram", d)),
+        st.fixed_dictionaries(
+            {
+                "MessageSid": st.from_regex(r"SM[0-9a-f]{32}", fullmatch=True),
+                "From": _phones,
+                "To": _phones,
+                "Body": _texts,
+            }
+        ).map(lambda d: ("twilio", d)),
+        st.fixed_dictionaries(
+            {"call_id": _ids, "caller": _phones, "transcript": _texts},
+            optional={"ivr_menu": st.lists(st.sampled_from(["1", "2", "3"]), max_size=3)},
+        ).map(lambda d: ("voice", d)),
+    )
+)
+def test_well_formed_input_is_accepted_and_round_trips(case: tuple[str, Any]) -> None:
+    parser = {
+        "generic": parse_generic,
+        "telegram": parse_telegram,
+        "twilio": parse_twilio,
+        "voice": parse_voice,
+    }[case[0]]
+    result = parser(case[1])
+    assert isinstance(result, ParsedMessage), result
+    _run(parser, case[1])
+
+
 mime_headers = st.lists(
     st.tuples(
         st.sampled_from(
@@ -220,9 +323,10 @@ def test_email_mime(headers: list[tuple[str, str]], body: bytes) -> None:
     for raw in (head + b"\r\n" + body, head + b"\r\n" + parts, body):
         try:
             mail = parse_email(raw)
-        except InvalidInput:
+        except InvalidInput as exc:
+            _rejected(exc)
             continue
-        _check(to_parsed_message(mail, "support@example.com"))
+        _run(lambda m: to_parsed_message(m, "support@example.com"), mail)
 
 
 @FUZZ
@@ -234,5 +338,6 @@ def test_text_helpers_never_crash(text: str) -> None:
     assert lang in ("ru", "en", "other") and 0.0 <= conf <= 1.0
     for span in find_pii(cleaned):
         assert 0 <= span.start < span.end <= len(cleaned)
-    normalize_phone(text)
+    phone = normalize_phone(text)
+    assert phone is None or re.fullmatch(r"\+[1-9][0-9]{7,14}", phone), phone
     assert parse_reply_address(text, SETTINGS) is None or "@" in text
