@@ -1,15 +1,22 @@
 """Priority score 0–100 with its explanation, mapped to P1–P4.
 
 score = base + tier + sentiment·score (+ anger) + urgency + legal/regulator threat
-        + repeat contacts (per contact, capped) + channel,
+        + message tags (``tags``: e.g. food_safety) + repeat contacts (per contact, capped)
+        + channel,
 clamped to [0, 100]; each term is one ``PriorityComponent`` (a clamp adds a ``cap`` term, so the
 components always add up to the score). Levels: P1 ≥ cutoffs["P1"], P2 ≥ cutoffs["P2"],
 P3 ≥ cutoffs["P3"], else P4. All weights and word lists are configuration.
+
+Tags are the classifier's rule tags (``tag_rules`` of the workflow: food_safety, legal_threat…);
+``tags`` gives points per tag, so what the message is about feeds the score, not only how it
+is written. A tag named like a built-in component (``legal_threat``, ``urgency``) counts once:
+when the built-in patterns already scored it, the tag adds nothing.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -57,6 +64,10 @@ class PriorityWeights(BaseModel):
         default_factory=lambda: {k: list(v) for k, v in _DEFAULT_LEGAL.items()},
         description="Language → regexes of legal/regulator threats ('*' = any language).",
     )
+    tags: dict[str, float] = Field(
+        default_factory=dict,
+        description="Points per message tag (the workflow's tag_rules), e.g. food_safety: 35.",
+    )
     repeat_contact: float = Field(default=5.0, ge=0, description="Points per recent contact.")
     repeat_contact_max: float = Field(default=15.0, ge=0, description="Cap of those points.")
     repeat_window_days: int = Field(
@@ -79,6 +90,14 @@ class PriorityWeights(BaseModel):
             raise ValueError(f"cutoffs need P1, P2, P3 (missing {sorted(missing)})")
         if not value["P1"] >= value["P2"] >= value["P3"]:
             raise ValueError("cutoffs must satisfy P1 ≥ P2 ≥ P3")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if v < 0)
+        if bad:
+            raise ValueError(f"tag points must be ≥ 0 (negative: {bad})")
         return value
 
     @field_validator("urgency_patterns", "legal_patterns")
@@ -148,8 +167,9 @@ def score_priority(
     recent_contacts: int = 0,
     sentiment: Sentiment | None = None,
     weights: PriorityWeights | None = None,
+    tags: Sequence[str] = (),
 ) -> Priority:
-    """Priority of a message, one component per contribution."""
+    """Priority of a message, one component per contribution; ``tags``: its rule tags."""
     w = weights or PriorityWeights()
     sentiment = sentiment if sentiment is not None else negative_sentiment(text)
     parts: list[PriorityComponent] = []
@@ -172,6 +192,9 @@ def score_priority(
     legal = _find(text, language, w.legal_patterns)
     if legal:
         add("legal_threat", w.legal_threat, "legal/regulator threat: " + ", ".join(legal[:5]))
+    for tag in dict.fromkeys(tags):
+        if tag in w.tags and all(p.name != tag for p in parts):
+            add(tag, w.tags[tag], f"tag {tag}")
     if recent_contacts > 0:
         add(
             "repeat_contact",
