@@ -12,6 +12,7 @@ it returns exactly the new text. Libraries that are not installed are reported a
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 
 from pipeline.ingest.reply_clean import clean_reply
@@ -88,9 +89,7 @@ def _cleaners() -> dict[str, Callable[[str], str] | str]:
         found["email-reply-parser"] = "not installed"
     try:
         qq = importlib.import_module("quotequail")
-        found["quotequail"] = lambda t: "\n".join(
-            str(text) for new, text in qq.quote(t) if new
-        )
+        found["quotequail"] = lambda t: "\n".join(str(text) for new, text in qq.quote(t) if new)
     except ImportError:
         found["quotequail"] = "not installed"
     return found
@@ -101,7 +100,7 @@ def main() -> None:
     samples = _samples()
     for name, cleaner in _cleaners().items():
         if isinstance(cleaner, str):
-            print(f"{name:26s} {cleaner}")
+            sys.stdout.write(f"{name:26s} {cleaner}\n")
             continue
         right: dict[str, int] = {"ru": 0, "en": 0}
         wrong: list[str] = []
@@ -115,9 +114,9 @@ def main() -> None:
             else:
                 wrong.append(label)
         per = len(samples) // 2
-        print(
+        sys.stdout.write(
             f"{name:26s} ru {right['ru']}/{per}  en {right['en']}/{per}  "
-            f"wrong: {', '.join(wrong) or '-'}"
+            f"wrong: {', '.join(wrong) or '-'}\n"
         )
 
 
