@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -98,7 +98,11 @@ class Settings(BaseSettings):
         "topic whenever it holds one (hosts whose files may be stale), or only the file.",
     )
     kb_dir: Path = Field(default=DEFAULT_CONFIG_DIR / "kb")
-    customers_path: Path | None = Field(default=None, description="CSV/JSON customer import.")
+    customers_path: Path | None = Field(
+        default=DEFAULT_CONFIG_DIR / "customers.csv",
+        description="Customer directory (CSV/JSON: ids, names, tiers, identities) ingest imports "
+        "at start; the shipped demo directory by default, empty → none.",
+    )
     model_path: Path | None = Field(
         default=None,
         description="Trained classifier; unset → default model (trained on first use).",
@@ -153,6 +157,25 @@ class Settings(BaseSettings):
         "resolution (the case-events topic keeps the audit trail).",
     )
     dedup_window_s: float = Field(default=24 * 3600, gt=0)
+
+    # --- case lifecycle
+    thread_window_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="A customer's new message this long after their case's last activity "
+        "(open, or resolved) can still continue that case when it is about it.",
+    )
+    survey_expiry_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="A survey answer later than this after the question is not scored.",
+    )
+
+    @field_validator("customers_path", mode="before")
+    @classmethod
+    def _no_directory(cls, value: object) -> object:
+        # PIPELINE_CUSTOMERS_PATH= (empty) turns the shipped directory off
+        return None if isinstance(value, str) and not value.strip() else value
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""
