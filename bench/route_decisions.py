@@ -34,7 +34,7 @@ from pipeline.events import (
     derive_id,
 )
 from pipeline.route.core import route_message
-from pipeline.route.workflow import load_workflow
+from pipeline.domain.workflow import load_workflow
 
 NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
 

@@ -232,7 +232,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     from pipeline.classify import agents as classify_agents
     from pipeline.notify import agents as notify_agents
     from pipeline.route import agents as route_agents
-    from pipeline.route import live as route_live
+    from pipeline import live_workflow as route_live
 
     async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         if ctx.publisher is not None:

@@ -4,7 +4,7 @@
     pipeline ingest [eml PATH]                           (pipeline.ingest.cli)
     pipeline model train|eval|predict                    (pipeline.classify.cli)
     pipeline kb search|publish                           (pipeline.route.kb_cli)
-    pipeline rules check|explain|replay                  (pipeline.route.cli)
+    pipeline rules check|explain|replay                  (pipeline.rules_cli)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.ingest.cli",
     "pipeline.classify.cli",
     "pipeline.route.kb_cli",
-    "pipeline.route.cli",
+    "pipeline.rules_cli",
 )
 
 

@@ -469,7 +469,7 @@ class CaseSnapshot(Event):
 
     case_id: str = Field(description="Case id.")
     customer_id: str = Field(description="Customer of the case.")
-    state: dict[str, Any] = Field(description="pipeline.route.cases.CaseState as JSON.")
+    state: dict[str, Any] = Field(description="pipeline.domain.cases.CaseState as JSON.")
     by: Literal["route", "cases"] = Field(description="Which agent wrote it.")
     at: UtcDatetime = Field(description="When.")
 

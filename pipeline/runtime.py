@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def departments(settings: Settings) -> list[str]:
     """Department names of the workflow file (for their task topics)."""
     try:
-        from pipeline.route.workflow import load_workflow
+        from pipeline.domain.workflow import load_workflow
     except ModuleNotFoundError:
         return []
     return load_workflow(settings.rules_path).task_departments()

@@ -22,8 +22,8 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
-from pipeline.route.live import LiveWorkflow
-from pipeline.route.workflow import Workflow
+from pipeline.live_workflow import LiveWorkflow
+from pipeline.domain.workflow import Workflow
 from pipeline.stage import RawRecord, decode_record, split_decoded
 
 log = logging.getLogger(__name__)

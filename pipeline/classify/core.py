@@ -21,7 +21,7 @@ from pipeline.classify.model import UNKNOWN, IntentModel, default_model
 from pipeline.classify.priority import PriorityWeights, score_priority
 from pipeline.classify.sentiment import negative_sentiment
 from pipeline.classify.split import split_batch
-from pipeline.classify.tagging import TagRule, apply_tag_rules
+from pipeline.domain.tagging import TagRule, apply_tag_rules
 from pipeline.config import Settings
 from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Intent, Span, utcnow
 

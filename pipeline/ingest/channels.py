@@ -43,7 +43,7 @@ from pipeline.config import Settings
 from pipeline.errors import DecodeError, InvalidInput, Unauthorized
 from pipeline.events import Channel, Identity
 from pipeline.ingest.message import ParsedMessage
-from pipeline.ingest.normalize import (
+from pipeline.domain.text import (
     canonical_channel,
     normalize_email,
     normalize_identity,

@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import Attachment, Channel, Identity
 from pipeline.ingest.message import ParsedMessage
-from pipeline.ingest.normalize import clean_text, normalize_email
+from pipeline.domain.text import clean_text, normalize_email
 
 __all__ = [
     "ParsedEmail",

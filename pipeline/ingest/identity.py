@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import CustomerProfile, CustomerRecord, Identity, derive_id
-from pipeline.ingest.normalize import normalize_identity
+from pipeline.domain.text import normalize_identity
 
 __all__ = ["CustomerDirectory", "Resolution", "load_customers"]
 

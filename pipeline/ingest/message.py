@@ -14,7 +14,7 @@ from pipeline.events import (
     InboundMessage,
     derive_id,
 )
-from pipeline.ingest.normalize import clean_text, detect_language, find_pii, truncate
+from pipeline.domain.text import clean_text, detect_language, find_pii, truncate
 
 __all__ = ["ParsedMessage", "build_inbound", "message_id_for"]
 

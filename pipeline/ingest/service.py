@@ -24,7 +24,7 @@ from pipeline.events import CustomerRecord, TaskStatus, TaskUpdate, derive_id, u
 from pipeline.ingest.email_parse import ParsedEmail, parse_email, to_parsed_message
 from pipeline.ingest.identity import CustomerDirectory, Resolution, load_customers
 from pipeline.ingest.message import ParsedMessage, build_inbound
-from pipeline.notify.tokens import parse_reply_address
+from pipeline.domain.tokens import parse_reply_address
 
 __all__ = ["Accepted", "IngestService", "MailResult"]
 

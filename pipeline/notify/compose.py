@@ -27,7 +27,7 @@ from pipeline.config import Settings
 from pipeline.errors import InvalidInput
 from pipeline.events import Entity, Reply, ReplyKind, SubRequest, SubRequestKind
 from pipeline.notify.redact import mask_card, redact
-from pipeline.notify.tokens import reply_address
+from pipeline.domain.tokens import reply_address
 
 __all__ = [
     "compose_external",

@@ -39,7 +39,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.route import sla
-from pipeline.route.cases import (
+from pipeline.domain.cases import (
     CaseState,
     Transition,
     apply_task_update,
@@ -48,9 +48,9 @@ from pipeline.route.cases import (
 )
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
-from pipeline.route.live import LiveWorkflow
-from pipeline.route.surveys import parse_score
-from pipeline.route.workflow import Workflow
+from pipeline.live_workflow import LiveWorkflow
+from pipeline.domain.surveys import parse_score
+from pipeline.domain.workflow import Workflow
 from pipeline.stage import RawRecord, dead_letter_for, decode_record
 from pipeline.topics import task_topic
 

@@ -9,7 +9,7 @@
    is resolved or the customer says it did not help — a reopen routed to a human.
 3. **Auto-reply**: one intent and a KB match whose ``auto_reply`` fires → the answer is sent,
    the case is opened and closed at once (outcome ``auto_resolved``).
-4. **Routing**: the workflow's rules, per intent (see ``pipeline.route.workflow``), become
+4. **Routing**: the workflow's rules, per intent (see ``pipeline.domain.workflow``), become
    sub-requests: internal (``tasks.<department>``), external (e-mail to the named store's
    director or a fixed address) and broadcast (one per group member); the customer gets an
    acknowledgement (or the incident notice). Outcome ``routed``.
@@ -45,7 +45,7 @@ from pipeline.events import (
     SubRequest,
     derive_id,
 )
-from pipeline.route.cases import (
+from pipeline.domain.cases import (
     CaseState,
     SubRequestState,
     Transition,
@@ -59,7 +59,7 @@ from pipeline.route.cases import (
 )
 from pipeline.route.rules import RuleTrace, match_rules
 from pipeline.route.sla import raise_level
-from pipeline.route.workflow import (
+from pipeline.domain.workflow import (
     AutoReplyAction,
     BroadcastAction,
     EscalateAction,
@@ -319,7 +319,7 @@ def route_message(
 
     ``open_case`` is the customer's case this message belongs to (the agent looks it up
     from ``similarity.case_id`` / ``recontact_of``); ``settings`` only serves reply
-    addresses of external sub-requests (``pipeline.notify.tokens``).
+    addresses of external sub-requests (``pipeline.domain.tokens``).
     """
     sim = msg.similarity
     level = msg.priority.level

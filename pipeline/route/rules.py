@@ -1,6 +1,6 @@
 """Rule evaluation: which rules of the workflow match one intent of a message, and why.
 
-Pure functions. Semantics (see ``pipeline.route.workflow``): rules are evaluated per intent
+Pure functions. Semantics (see ``pipeline.domain.workflow``): rules are evaluated per intent
 in file order; a rule matches when all its conditions hold; a matching rule with
 ``stop: true`` ends the evaluation for that intent. Every evaluated rule yields a
 ``RuleTrace`` with one human-readable ``why`` per condition, for ``rules explain``.
@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.events import ClassifiedMessage, Intent
-from pipeline.route.workflow import (
+from pipeline.domain.workflow import (
     WEEKDAYS,
     Action,
     Conditions,

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
 from pipeline.events import CaseEvent, CaseEventType, Priority
-from pipeline.route.workflow import LEVELS, BusinessHours, Level, SlaPolicy, Workflow
+from pipeline.domain.workflow import LEVELS, BusinessHours, Level, SlaPolicy, Workflow
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
-    from pipeline.route.cases import CaseState, Transition
+    from pipeline.domain.cases import CaseState, Transition
 
 __all__ = ["add_business_time", "check_sla", "deadlines", "raise_level"]
 
@@ -92,7 +92,7 @@ def check_sla(
 
     ``settings`` only serves the reply address of a supervisor e-mail (notify stage).
     """
-    from pipeline.route.cases import Transition, new_sub_request
+    from pipeline.domain.cases import Transition, new_sub_request
 
     events: list[CaseEvent] = []
     new_subs = []
@@ -254,7 +254,7 @@ def _event(
     now: datetime,
     detail: Mapping[str, object],
 ) -> CaseEvent:
-    from pipeline.route.cases import event
+    from pipeline.domain.cases import event
 
     # derive_id joins its parts with \x1f, so this keeps the ids of (sub_request_id, key)
     return event(

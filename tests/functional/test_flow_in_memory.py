@@ -15,11 +15,11 @@ from pipeline.classify.core import Classifier
 from pipeline.config import Settings
 from pipeline.events import InboundMessage, TaskStatus, TaskUpdate
 from pipeline.notify.compose import compose_external
-from pipeline.notify.tokens import parse_reply_address
-from pipeline.route.cases import apply_customer_message, apply_task_update
+from pipeline.domain.tokens import parse_reply_address
+from pipeline.domain.cases import apply_customer_message, apply_task_update
 from pipeline.route.core import route_message
 from pipeline.route.kb import KbIndex
-from pipeline.route.workflow import Workflow, load_workflow
+from pipeline.domain.workflow import Workflow, load_workflow
 from tests.functional.helpers import telegram_inbound
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)

@@ -37,7 +37,7 @@ from pipeline.ingest.eml import import_path
 from pipeline.ingest.identity import CustomerDirectory
 from pipeline.ingest.server import IngestServer, create_app
 from pipeline.ingest.service import IngestService
-from pipeline.notify.tokens import reply_address
+from pipeline.domain.tokens import reply_address
 
 pytestmark = pytest.mark.integration
 

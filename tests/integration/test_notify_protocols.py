@@ -37,7 +37,7 @@ from pipeline.events import (
 )
 from pipeline.notify.compose import compose_external, compose_reply_email
 from pipeline.notify.delivery import Deliverer
-from pipeline.notify.tokens import parse_reply_address
+from pipeline.domain.tokens import parse_reply_address
 
 BOT_TOKEN = "123456:ABC-test_token"
 CHATWOOT_TOKEN = "cw-secret"

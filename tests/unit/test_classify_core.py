@@ -10,7 +10,7 @@ import pytest
 from pipeline.classify.core import Classifier, detect_language
 from pipeline.classify.entities import Store
 from pipeline.classify.model import IntentModel, default_model
-from pipeline.classify.tagging import TagRule
+from pipeline.domain.tagging import TagRule
 from pipeline.config import Settings
 from pipeline.events import Channel, ClassifiedMessage, CustomerProfile, InboundMessage
 

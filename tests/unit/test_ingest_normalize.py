@@ -10,7 +10,7 @@ from pipeline.config import Settings
 from pipeline.errors import InvalidInput
 from pipeline.events import Channel, CustomerProfile, Identity
 from pipeline.ingest.message import ParsedMessage, build_inbound
-from pipeline.ingest.normalize import (
+from pipeline.domain.text import (
     canonical_channel,
     clean_text,
     detect_language,

@@ -22,7 +22,7 @@ from pipeline.events import (
     SubRequestKind,
 )
 from pipeline.notify.compose import compose_external, compose_reply_email, message_id_for
-from pipeline.notify.tokens import parse_reply_address
+from pipeline.domain.tokens import parse_reply_address
 
 SETTINGS = Settings(reply_domain="reply.example.com", mail_from="care@example.com")
 CARD = "4276 1600 1234 5675"

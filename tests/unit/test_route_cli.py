@@ -11,9 +11,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Span
-from pipeline.route import cli as route_cli
-from pipeline.route.cli import Explainer, compare_routing, explain_json, format_explain
-from pipeline.route.workflow import Workflow
+from pipeline import rules_cli as route_cli
+from pipeline.rules_cli import Explainer, compare_routing, explain_json, format_explain
+from pipeline.domain.workflow import Workflow
 from tests.unit.test_route_fixtures import NOW, default_workflow, intent, message
 
 CONTRACT = (

@@ -20,7 +20,7 @@ from pipeline.events import (
     TaskUpdate,
     derive_id,
 )
-from pipeline.route.cases import (
+from pipeline.domain.cases import (
     CaseState,
     apply_customer_message,
     apply_customer_reply,
@@ -368,7 +368,7 @@ def test_broadcast_language_follows_the_group_then_the_default() -> None:
 
 def test_a_party_language_without_templates_is_refused() -> None:
     from pipeline.errors import ConfigError
-    from pipeline.route.workflow import parse_workflow
+    from pipeline.domain.workflow import parse_workflow
     from tests.unit.test_route_workflow import MINIMAL
 
     bad = MINIMAL.replace(

@@ -18,7 +18,7 @@ from pipeline.events import (
     Span,
     derive_id,
 )
-from pipeline.route.workflow import Workflow, load_workflow
+from pipeline.domain.workflow import Workflow, load_workflow
 
 # Tuesday 2026-03-03 10:00 Moscow time (07:00 UTC): inside every department's hours.
 NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)

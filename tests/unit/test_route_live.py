@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.route.live import LiveWorkflow, published
-from pipeline.route.workflow import Workflow
+from pipeline.live_workflow import LiveWorkflow, published
+from pipeline.domain.workflow import Workflow
 from tests.unit.test_route_workflow import MINIMAL
 
 TO_CARE = MINIMAL.replace("department: loyalty-it", "department: triage")

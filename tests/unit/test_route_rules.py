@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pipeline.events import Channel, Entity
 from pipeline.route.core import route_message
 from pipeline.route.rules import match_rules
-from pipeline.route.workflow import Workflow, parse_workflow
+from pipeline.domain.workflow import Workflow, parse_workflow
 from tests.unit.test_route_fixtures import NOW, intent, message
 
 HEAD = """\

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pipeline.events import CaseEventType, SubRequestKind, TaskStatus, TaskUpdate
-from pipeline.route.cases import apply_task_update
+from pipeline.domain.cases import apply_task_update
 from pipeline.route.core import route_message
 from pipeline.route.sla import add_business_time, check_sla
-from pipeline.route.workflow import BusinessHours, parse_workflow
+from pipeline.domain.workflow import BusinessHours, parse_workflow
 from tests.unit.test_route_fixtures import intent, message
 
 MSK = BusinessHours(timezone="Europe/Moscow",

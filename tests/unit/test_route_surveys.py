@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.route.surveys import is_negative, nps_class, parse_score
+from pipeline.domain.surveys import is_negative, nps_class, parse_score
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import DEFAULT_CONFIG_DIR
 from pipeline.errors import ConfigError
-from pipeline.route.workflow import ExternalDepartment, load_workflow, parse_workflow
+from pipeline.domain.workflow import ExternalDepartment, load_workflow, parse_workflow
 from tests.unit.test_route_fixtures import default_workflow
 
 MINIMAL = """\
@@ -109,9 +109,9 @@ def test_rules_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ],
 )
 def test_default_legal_threat_tag_matches_the_word_not_the_stem(text: str, tagged: bool) -> None:
-    from pipeline.classify.tagging import apply_tag_rules
+    from pipeline.domain.tagging import apply_tag_rules
     from pipeline.config import Settings
-    from pipeline.route.workflow import load_workflow
+    from pipeline.domain.workflow import load_workflow
 
     wf = load_workflow(Settings().rules_path)
     assert ("legal_threat" in apply_tag_rules(text, "ru", wf.tag_rules)) is tagged

@@ -46,7 +46,7 @@ from pipeline.events import (
     derive_id,
 )
 from pipeline.route.core import RouteDecision, route_message
-from pipeline.route.workflow import Workflow, load_workflow
+from pipeline.domain.workflow import Workflow, load_workflow
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from pipeline.route.live import CONFIG_KEY, published
+    from pipeline.live_workflow import CONFIG_KEY, published
 
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -164,7 +164,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    from pipeline.route.live import workflow_in_force
+    from pipeline.live_workflow import workflow_in_force
 
     live = asyncio.run(workflow_in_force(get_settings()))
     if args.yaml:
@@ -718,7 +718,7 @@ async def read_inbound(
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from pipeline.route.live import workflow_in_force
+    from pipeline.live_workflow import workflow_in_force
 
     settings = get_settings()
     if args.current:

@@ -33,7 +33,7 @@ from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.events import WorkflowPublished
-from pipeline.route.workflow import Workflow, load_workflow, parse_workflow
+from pipeline.domain.workflow import Workflow, load_workflow, parse_workflow
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from pipeline.classify.entities import Store
 from pipeline.classify.priority import PriorityWeights
-from pipeline.classify.tagging import TagRule
+from pipeline.domain.tagging import TagRule
 from pipeline.errors import ConfigError
 from pipeline.events import Channel
 

@@ -36,8 +36,8 @@ from pipeline.events import (
     derive_id,
 )
 from pipeline.route import sla as _sla
-from pipeline.route.surveys import SurveyKind, is_negative, nps_class, parse_score
-from pipeline.route.workflow import Workflow
+from pipeline.domain.surveys import SurveyKind, is_negative, nps_class, parse_score
+from pipeline.domain.workflow import Workflow
 
 __all__ = [
     "CaseState",
@@ -295,7 +295,7 @@ def new_sub_request(
     first_due, due = _sla.deadlines(policy, prio.level, dep.hours if dep else None, now)
     token = sr_id
     if kind != "internal" and settings is not None:
-        from pipeline.notify.tokens import reply_address
+        from pipeline.domain.tokens import reply_address
 
         token = reply_address(sr_id, state.case_id, settings)
     sub = SubRequest(
