@@ -20,10 +20,11 @@ from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 
+from pipeline.domain.text import clean_text, normalize_email
 from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import Attachment, Channel, Identity
 from pipeline.ingest.message import ParsedMessage
-from pipeline.domain.text import clean_text, normalize_email
+from pipeline.ingest.reply_clean import clean_reply
 
 __all__ = [
     "ParsedEmail",
@@ -130,61 +131,10 @@ def html_to_text(markup: str) -> str:
 
 # ---------------------------------------------------------------- quotes and signatures
 
-_QUOTE_HEADER = re.compile(
-    r"^\s*("
-    r"on\b.{0,200}\bwrote:\s*$"
-    r"|-{2,}\s*original message\s*-{2,}"
-    r"|-{2,}\s*исходное сообщение\s*-{2,}"
-    r"|-{2,}\s*пересылаемое сообщение\s*-{2,}"
-    r"|_{10,}\s*$"
-    r"|.{0,200}\b(написал|написала|написал\(а\)|пишет)\s*:\s*$"
-    r"|(from|от|отправлено|sent):\s.{0,200}$"
-    r")",
-    re.IGNORECASE,
-)
-_SIGNATURE = re.compile(
-    r"^\s*("
-    r"--\s*$"
-    r"|с уважением|с наилучшими пожеланиями|всего доброго|всего хорошего"
-    r"|best regards|kind regards|warm regards|regards|sincerely|cheers|best wishes"
-    r"|sent from my \w+|отправлено с (моего )?\w+|получено с помощью"
-    r")[\s,.!]*",
-    re.IGNORECASE,
-)
-
 
 def strip_quotes_and_signature(text: str) -> str:
     """The new part of a reply: no quoted lines, quoted history or signature block."""
-    lines = text.split("\n")
-    out: list[str] = []
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith(">"):
-            continue
-        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        two_line = nxt.endswith(":") and len(nxt) < 40 and _QUOTE_HEADER.match(f"{line} {nxt}")
-        if two_line or _QUOTE_HEADER.match(line):
-            head = line.strip().lower()
-            is_from = head.startswith(("from:", "от:", "sent:", "отправлено:"))
-            # A lone "From:" line is text; a From/Sent/To/Subject block starts quoted history.
-            if not is_from or _looks_like_header_block(lines, i):
-                break
-        if _SIGNATURE.match(line) and _short_tail(lines, i):
-            break
-        out.append(line)
-    result = "\n".join(out).strip()
-    return result if result else text.strip()
-
-
-def _looks_like_header_block(lines: list[str], i: int) -> bool:
-    window = " ".join(lines[i : i + 5]).lower()
-    keys = ("from:", "sent:", "to:", "subject:", "от:", "кому:", "тема:", "отправлено:")
-    return sum(k in window for k in keys) >= 2
-
-
-def _short_tail(lines: list[str], i: int) -> bool:
-    # A sign-off only counts when little follows it (a name, a phone, a title).
-    rest = [line for line in lines[i + 1 :] if line.strip()]
-    return len(rest) <= 6 and sum(len(line) for line in rest) <= 400
+    return clean_reply(text)
 
 
 # ---------------------------------------------------------------- parsing

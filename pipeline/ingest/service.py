@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 from pipeline.bus import Publisher, Record, follow, read_all
 from pipeline.codec import dead_letter, decode
 from pipeline.config import Settings
+from pipeline.domain.tokens import parse_reply_address
 from pipeline.errors import BrokerUnavailable, DecodeError, InvalidInput
 from pipeline.events import CustomerRecord, TaskStatus, TaskUpdate, derive_id, utcnow
 from pipeline.ingest.email_parse import ParsedEmail, parse_email, to_parsed_message
 from pipeline.ingest.identity import CustomerDirectory, Resolution, load_customers
 from pipeline.ingest.message import ParsedMessage, build_inbound
-from pipeline.domain.tokens import parse_reply_address
+from pipeline.ingest.reply_clean import clean_reply, scrub_reply_addresses
 
 __all__ = ["Accepted", "IngestService", "MailResult"]
 
@@ -248,7 +249,11 @@ class IngestService:
             sub_request_id=sub_request_id,
             case_id=case_id,
             status=TaskStatus.resolved,
-            resolution=mail.text or mail.full_text,
+            # It goes to the customer: no quoted history (with our reply+TOKEN address in
+            # its header), no signature, no token even where the party pasted it.
+            resolution=scrub_reply_addresses(
+                clean_reply(mail.full_text, contact_block=True), self.settings.reply_domain
+            ),
             author=mail.from_address,
             source="email",
             at=mail.date or self._clock(),

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from email.mime.text import MIMEText
+
 import pytest
 
+from pipeline.bus import Publisher
+from pipeline.config import Settings
+from pipeline.domain.tokens import reply_address
+from pipeline.events import Event
 from pipeline.ingest.reply_clean import clean_reply, scrub_reply_addresses
+from pipeline.ingest.service import IngestService
 
 TOKEN = "aeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcai"
 REPLY = f"reply+{TOKEN}@example.com"
@@ -138,3 +145,37 @@ def test_hostile_reply_embedding_the_token_is_scrubbed() -> None:
     assert out.startswith("Готово.")
     other = "Пишите на sadovaya@shop.example.org"
     assert scrub_reply_addresses(other, "example.com") == other
+
+
+class _Captured(Publisher):
+    """Keeps what ingest would publish (this test is about the text, not the broker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.sent: list[Event] = []
+
+    async def send(self, topic: str, key: str | None, event: Event) -> None:
+        self.sent.append(event)
+
+
+async def test_director_answer_becomes_a_clean_task_update() -> None:
+    settings = Settings(reply_domain="example.com")
+    address = reply_address("sr_" + "1" * 24, "case_" + "2" * 24, settings)
+    token = address.split("+", 1)[1].split("@", 1)[0]
+    mail = MIMEText(
+        f"{NEW_RU} Пишите на {address}\n\nИван Петров\nДиректор магазина на Садовой, 12\n"
+        f"+7 (812) 555-01-23\n\nсб, 5 дек. 2026 г. в 16:20, Служба заботы <\n{address}>:\n\n"
+        f"{QUOTED_RU}\n",
+        "plain",
+        "utf-8",
+    )
+    mail["From"] = "director.spb-sadovaya@example.com"
+    mail["To"] = address
+    mail["Subject"] = "Re: Запрос по обращению клиента"
+    mail["Message-ID"] = "<d1@example.org>"
+    publisher = _Captured(settings)
+    result = await IngestService(settings, publisher).accept_email(mail.as_bytes(), [address])
+    (update,) = result.task_updates
+    assert update.resolution == f"{NEW_RU} Пишите на"
+    assert token not in str(update.resolution) and "Петров" not in str(update.resolution)
+    assert publisher.sent == [update]
