@@ -322,7 +322,19 @@ class SubRequest(Event):
     priority: Priority = Field(description="Priority at creation.")
     customer: CustomerProfile | None = Field(default=None, description="Who the customer is.")
     customer_summary: str = Field(default="", description="Short history summary.")
-    language: str = Field(default="other", description="Customer's language.")
+    language: str = Field(
+        default="other",
+        description="Language of the text to the recipient (an external party's own, else the "
+        "customer's).",
+    )
+    customer_language: str | None = Field(
+        default=None,
+        description="The customer's language: the answer that goes back to them should be in it.",
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="What every holder must know about the case: vip, legal_threat.",
+    )
     reply_token: str | None = Field(
         default=None, description="Token an external party's e-mail reply carries."
     )

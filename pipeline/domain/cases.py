@@ -48,6 +48,7 @@ __all__ = [
     "apply_customer_reply",
     "apply_survey_answer",
     "apply_task_update",
+    "case_flags",
     "case_ref",
     "customer_summary",
     "fill",
@@ -188,6 +189,16 @@ def _name(state: CaseState) -> str:
     return f", {state.customer.name}" if state.customer and state.customer.name else ""
 
 
+def case_flags(state: CaseState) -> list[str]:
+    """What every holder of the case must know: a VIP customer, a legal or regulator threat."""
+    flags = []
+    if state.customer is not None and state.customer.tier == "vip":
+        flags.append("vip")
+    if any(c.name == "legal_threat" for c in state.priority.components):
+        flags.append("legal_threat")
+    return flags
+
+
 def customer_summary(state: CaseState) -> str:
     """Short history summary a department reads instead of asking the customer again."""
     p = state.customer
@@ -315,6 +326,8 @@ def new_sub_request(
         customer=state.customer,
         customer_summary=customer_summary(state),
         language=language or workflow.party_language(department) or state.language,
+        customer_language=state.language,
+        flags=case_flags(state),
         reply_token=token if kind != "internal" else None,
         sla_due_at=due,
         created_at=now,

@@ -24,10 +24,10 @@ from datetime import datetime
 from email.message import EmailMessage
 
 from pipeline.config import Settings
+from pipeline.domain.tokens import reply_address
 from pipeline.errors import InvalidInput
 from pipeline.events import Entity, Reply, ReplyKind, SubRequest, SubRequestKind
 from pipeline.notify.redact import mask_card, redact
-from pipeline.domain.tokens import reply_address
 
 __all__ = [
     "compose_external",
@@ -66,6 +66,14 @@ _TEXT: dict[str, dict[str, str]] = {
             "получателя — в нём номер вашего запроса. Данные клиента (номера карт, телефоны, "
             "адреса эл. почты) скрыты."
         ),
+        "customer_language": "Язык клиента",
+        "answer_in": (
+            "Клиент пишет на языке: {language}. Пожалуйста, ответьте на этом языке: "
+            "ваш ответ мы передадим клиенту."
+        ),
+        "flags": "Внимание",
+        "flag_vip": "VIP-клиент",
+        "flag_legal_threat": "клиент упоминает суд или надзорный орган",
         "signature": "С уважением,\nслужба поддержки клиентов",
         "reply_subject_resolution": "Ответ по вашему обращению",
         "reply_subject_survey": "Оцените, пожалуйста, нашу работу",
@@ -97,6 +105,14 @@ _TEXT: dict[str, dict[str, str]] = {
             "straight into the case. Please keep the recipient address — it carries your "
             "request number. Customer data (card numbers, phones, e-mail addresses) is hidden."
         ),
+        "customer_language": "Customer's language",
+        "answer_in": (
+            "The customer writes in {language}. Please answer in {language}: we pass your "
+            "answer on to the customer."
+        ),
+        "flags": "Attention",
+        "flag_vip": "VIP customer",
+        "flag_legal_threat": "the customer mentions court or a regulator",
         "signature": "Kind regards,\nCustomer Support",
         "reply_subject_resolution": "Update on your request",
         "reply_subject_survey": "How did we do?",
@@ -132,6 +148,12 @@ _ENTITY_LABELS: dict[str, dict[str, str]] = {
 }
 
 _SENSITIVE_ENTITY = {"loyalty_card", "card"}
+
+#: Names of the customers' languages, in the language of the mail.
+_LANGUAGE_NAMES: dict[str, dict[str, str]] = {
+    "ru": {"ru": "русский", "en": "английский"},
+    "en": {"ru": "Russian", "en": "English"},
+}
 
 
 def template_language(language: str) -> str:
@@ -208,6 +230,13 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
     )
     if sub_request.sla_due_at is not None:
         lines.append(f"{t['due']}: {_format_due(sub_request.sla_due_at, lang)}")
+    customer_lang = sub_request.customer_language
+    lang_name = _LANGUAGE_NAMES[lang].get(customer_lang or "", customer_lang or "")
+    if lang_name:
+        lines.append(f"{t['customer_language']}: {lang_name}")
+    if sub_request.flags:
+        flags = [t.get(f"flag_{f}", f) for f in sub_request.flags]
+        lines.append(f"{t['flags']}: {', '.join(flags)}")
     span = redact(sub_request.text)
     lines += ["", f"{t['span']}:", _quote(span)]
     details = [e for e in sub_request.entities if e.kind != "store"]
@@ -216,7 +245,10 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
         lines += [f"- {labels.get(e.kind, e.kind)}: {_entity_value(e)}" for e in details]
     if sub_request.full_text.strip() and sub_request.full_text.strip() != sub_request.text.strip():
         lines += ["", f"{t['full_text']}:", _quote(redact(sub_request.full_text))]
-    lines += ["", t["instruction"], "", t["signature"], ""]
+    lines += ["", t["instruction"]]
+    if lang_name:
+        lines += ["", t["answer_in"].format(language=lang_name)]
+    lines += ["", t["signature"], ""]
 
     msg = _new_message("\n".join(lines), lang)
     msg["Subject"] = t["subject"].format(
