@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.classify.cli",
     "pipeline.route.kb_cli",
     "pipeline.rules_cli",
+    "pipeline.console.cli",
 )
 
 

@@ -505,6 +505,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "SubRequest": SubRequest,
     "TaskUpdate": TaskUpdate,
     "CaseCommand": CaseCommand,
+    "CaseCommand": CaseCommand,
     "Reply": Reply,
     "CaseEvent": CaseEvent,
     "Outcome": Outcome,

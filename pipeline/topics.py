@@ -35,7 +35,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("dlq", description="DeadLetter from every stage"),
     TopicSpec("deliveries", description="DeliveryReceipt, keyed by delivery id"),
     TopicSpec("quality", description="CaseEvent for negative survey answers"),
-    TopicSpec("case-state", description="CaseSnapshot from route to the case keeper, by case_id"),
+    TopicSpec(
+        "case-state",
+        compacted=True,  # the newest snapshot of every case: a console rebuilds from it
+        description="CaseSnapshot from route to the case keeper, by case_id",
+    ),
+    TopicSpec("case-commands", description="CaseCommand from the console's supervisors"),
     TopicSpec("case-status", description="CaseSnapshot from the case keeper to route, by customer"),
     TopicSpec("customers", compacted=True, description="CustomerRecord directory, keyed by id"),
     TopicSpec("kb", compacted=True, description="KbArticle, keyed by article_id"),

@@ -405,6 +405,27 @@ def apply_task_update(
             field="sub_request_id",
         )
     status: SubStatus = update.status.value
+    if sub.status in ("resolved", "rejected") and status in ("resolved", "rejected"):
+        # A second answer to a closed sub-request (the external party used both the e-mail
+        # and the answer page): recorded on the trail, not applied — the first one stands.
+        st = state.model_copy(
+            update={"seen_update_ids": [*state.seen_update_ids, update.update_id]}
+        )
+        late = event(
+            st,
+            CaseEventType.task_updated,
+            now,
+            key=update.update_id,
+            sub_request_id=sub.sub_request_id,
+            detail={
+                "status": status,
+                "author": update.author,
+                "source": update.source,
+                "ignored": f"already {sub.status}",
+                "resolution": update.resolution,
+            },
+        )
+        return Transition(state=st, case_events=[late])
     new_sub = sub.model_copy(
         update={
             "status": sub.status if sub.status == "rerouted" and status != "resolved" else status,

@@ -25,8 +25,9 @@ import orjson
 from pipeline import bus
 from pipeline.app import Context
 from pipeline.codec import decode
-from pipeline.errors import DecodeError
+from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import (
+    CaseCommand,
     CaseEvent,
     CaseSnapshot,
     ClassifiedMessage,
@@ -46,6 +47,7 @@ from pipeline.domain.cases import (
     merge_snapshot,
     open_subs,
 )
+from pipeline.route.commands import apply_case_command
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
 from pipeline.live_workflow import LiveWorkflow
@@ -355,6 +357,16 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
                 for raw_update in orjson.loads(waiting):
                     await apply_update(TaskUpdate.model_validate(raw_update))
             return
+        if record.topic == s.topic("case-commands"):  # a supervisor's reassign / add
+            command = decode_record(CaseCommand, record)
+            raw = cases_table.get(command.case_id)
+            if not raw:
+                raise InvalidInput(f"command {command.command_id}: no case {command.case_id}")
+            state = CaseState.model_validate(orjson.loads(raw))
+            await save_transition(
+                apply_case_command(state, command, rt.workflow, now=utcnow(), settings=s)
+            )
+            return
         update = decode_record(TaskUpdate, record)
         if not cases_table.get(update.case_id):
             held = orjson.loads(pending_table.get(update.case_id) or "[]")
@@ -451,6 +463,7 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
     cases_in = app.topic(
         s.topic("case-state"),
         s.topic("task-updates"),
+        s.topic("case-commands"),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",

@@ -1,0 +1,84 @@
+"""Run the console: follow the topics into a fresh read model and serve the pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from pipeline import bus
+from pipeline.config import Settings
+from pipeline.console.auth import load_users
+from pipeline.console.follower import follow
+from pipeline.console.store import Store
+from pipeline.console.web import Console, build_app
+from pipeline.domain.workflow import load_workflow
+
+__all__ = ["db_path", "run_console", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def db_path(settings: Settings) -> Path:
+    """Where this replica keeps its read model (one file per app id and port)."""
+    if settings.console_db_path is not None:
+        return settings.console_db_path
+    return settings.data_dir / "console" / f"{settings.app_id}-{settings.console_port}.sqlite"
+
+
+def _fresh_store(path: Path) -> Store:
+    """A new, empty read model: the projection is rebuilt from the topics at every start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return Store(path)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set."""
+    departments = load_workflow(settings.rules_path).task_departments()
+    await bus.ensure_topics(settings, departments=departments)
+    users = load_users(settings)
+    if not users:
+        log.warning(
+            "no console users configured (PIPELINE_CONSOLE_USERS[_PATH]): nobody can log in"
+        )
+    secret = settings.console_session_secret
+    store = _fresh_store(db_path(settings))
+    console = Console(settings=settings, store=store, users=users, departments=departments)
+    if secret is not None:
+        console.secret = secret.get_secret_value().encode("utf-8")
+    follower = asyncio.create_task(follow(settings, store, departments, console.ready))
+    runner = web.AppRunner(build_app(console), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.console_host, settings.console_port)
+    await site.start()
+    log.info("console: http://%s:%d/", settings.console_host, settings.console_port)
+    try:
+        await stop.wait()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await runner.cleanup()
+        if console.publisher is not None:
+            await console.publisher.close()
+        store.close()
+
+
+def run_console(settings: Settings) -> int:
+    """``pipeline console``: serve until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
+    return 0
