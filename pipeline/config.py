@@ -85,9 +85,33 @@ class Settings(BaseSettings):
     telegram_secret_token: SecretStr | None = Field(default=None)
     twilio_auth_token: SecretStr | None = Field(default=None)
     chatwoot_hmac_token: SecretStr | None = Field(default=None)
-    generic_api_token: SecretStr | None = Field(default=None, description="Bearer for /ingest.")
+    generic_api_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /ingest and /webhooks/voice."
+    )
     public_base_url: str = Field(
-        default="http://127.0.0.1:8080", description="URL the platforms call (Twilio signature)."
+        default="http://127.0.0.1:8080",
+        description="URL the platforms call, as they see it (behind a proxy: the proxy's): "
+        "Twilio signs it, and Twilio status callbacks are sent to it.",
+    )
+    whatsapp_app_secret: SecretStr | None = Field(
+        default=None, description="Meta app secret: X-Hub-Signature-256 of WhatsApp webhooks."
+    )
+    whatsapp_verify_token: SecretStr | None = Field(
+        default=None, description="hub.verify_token of the WhatsApp webhook GET handshake."
+    )
+    vk_secret: SecretStr | None = Field(
+        default=None, description="VK Callback API secret key (the 'secret' field)."
+    )
+    vk_confirmation_code: str | None = Field(
+        default=None, description="The string VK's 'confirmation' request must be answered with."
+    )
+    vk_group_id: int | None = Field(
+        default=None, description="VK community id; set → events of other communities refused."
+    )
+    ingest_allow_unauthenticated: bool = Field(
+        default=False,
+        description="Let `pipeline ingest` listen on a non-loopback address although an "
+        "endpoint has no credentials configured.",
     )
 
     # --- configuration files
@@ -107,6 +131,13 @@ class Settings(BaseSettings):
         default=None,
         description="Trained classifier; unset → default model (trained on first use).",
     )
+    model_target_precision: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Abstention: per language, the lowest confidence threshold whose answers "
+        "reach this precision on held-out paraphrase families (chosen at training).",
+    )
 
     # --- notify
     smtp_relay_host: str = Field(default="127.0.0.1")
@@ -122,6 +153,21 @@ class Settings(BaseSettings):
     twilio_api_base_url: str = Field(default="http://127.0.0.1:8083")
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_from_number: str = "+10000000000"
+    whatsapp_api_base_url: str = Field(
+        default="http://127.0.0.1:8084",
+        description="WhatsApp Cloud API base (real: https://graph.facebook.com/v21.0).",
+    )
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_phone_number_id: str | None = Field(
+        default=None, description="Business number to send from when a reply does not say."
+    )
+    vk_api_base_url: str = Field(
+        default="http://127.0.0.1:8085", description="VK API base (real: https://api.vk.com/method)."
+    )
+    vk_access_token: SecretStr | None = Field(
+        default=None, description="Community access token for messages.send."
+    )
+    vk_api_version: str = Field(default="5.199", description="VK API version sent as 'v'.")
     delivery_max_attempts: int = Field(default=5, ge=1)
     delivery_backoff_s: float = Field(default=0.5, gt=0)
     delivery_backoff_max_s: float = Field(
@@ -135,6 +181,8 @@ class Settings(BaseSettings):
             "telegram": 25.0,  # Bot API: ~30 msg/s per bot overall
             "chatwoot": 10.0,
             "twilio": 1.0,  # one long-code number: 1 message segment/s
+            "whatsapp": 20.0,  # Cloud API: 80 msg/s per number; stay well under
+            "vk": 15.0,  # community token: 20 requests/s
             "email": 5.0,
             "webhook": 20.0,
         },

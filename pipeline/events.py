@@ -68,6 +68,8 @@ class Channel(StrEnum):
     """Canonical channel names."""
 
     telegram = "telegram"
+    whatsapp = "whatsapp"
+    vk = "vk"
     chatwoot = "chatwoot"
     sms = "sms"
     voice = "voice"
@@ -182,10 +184,18 @@ class PiiSpan(Span):
 class Attachment(Part):
     """Attachment metadata only: content is never put on the bus."""
 
+    kind: str = Field(
+        default="file",
+        description="photo | document | voice | audio | video | sticker | media | file ...",
+    )
     filename: str | None = Field(default=None, description="File name as sent.")
-    content_type: str = Field(description="MIME type.")
-    size: int = Field(ge=0, description="Size in bytes.")
-    sha256: str = Field(description="Hex SHA-256 of the content.")
+    content_type: str = Field(description="MIME type (application/octet-stream when unknown).")
+    size: int | None = Field(default=None, ge=0, description="Size in bytes, when known.")
+    sha256: str | None = Field(default=None, description="Hex SHA-256 of the content, if known.")
+    platform_file_id: str | None = Field(
+        default=None, description="The platform's file id (Telegram file_id, WhatsApp media id)."
+    )
+    url: str | None = Field(default=None, description="Where the platform serves the file.")
 
 
 class Intent(Part):
@@ -448,9 +458,22 @@ class DeliveryReceipt(Event):
 
     delivery_id: str = Field(description="Reply id or sub-request id delivered.")
     channel: str = Field(description="Channel or 'email'.")
-    status: Literal["delivered", "failed", "skipped_duplicate"] = Field(description="Result.")
-    attempts: int = Field(ge=0, description="Attempts made.")
+    status: Literal["delivered", "failed", "skipped_duplicate", "sent", "read"] = Field(
+        description="Result. 'sent' and 'read' come only from platform status reports."
+    )
+    attempts: int = Field(ge=0, description="Attempts made (0 for a platform status report).")
     error: str | None = Field(default=None, description="Last error, if failed.")
+    source: Literal["notify", "platform"] = Field(
+        default="notify",
+        description="notify: our delivery attempt; platform: the platform's later status "
+        "report (Twilio status callback, WhatsApp statuses[]).",
+    )
+    provider_message_id: str | None = Field(
+        default=None, description="The platform's id of the sent message (SM…, wamid…)."
+    )
+    provider_status: str | None = Field(
+        default=None, description="The platform's own status word (undelivered, read…)."
+    )
     at: UtcDatetime = Field(description="When.")
 
 
@@ -504,7 +527,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "ClassifiedMessage": ClassifiedMessage,
     "SubRequest": SubRequest,
     "TaskUpdate": TaskUpdate,
-    "CaseCommand": CaseCommand,
     "CaseCommand": CaseCommand,
     "Reply": Reply,
     "CaseEvent": CaseEvent,

@@ -1,9 +1,10 @@
 """A local sandbox of the outside world for the demo: platform APIs and an SMTP sink.
 
 It answers the Telegram Bot API ``sendMessage``, the Twilio Messages API, the Chatwoot
-create-message API and the generic outbound webhook over real HTTP, and receives e-mail over
-real SMTP, so the notify stage delivers for real and the demo can show what customers and
-store directors would receive. Everything listens on 127.0.0.1 on free ports.
+create-message API, the WhatsApp Cloud API ``messages`` endpoint, VK ``messages.send`` and
+the generic outbound webhook over real HTTP, and receives e-mail over real SMTP, so the
+notify stage delivers for real and the demo can show what customers and store directors
+would receive. Everything listens on 127.0.0.1 on free ports.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ class Outbox:
             "PIPELINE_TWILIO_API_BASE_URL": self.http_base,
             "PIPELINE_CHATWOOT_API_BASE_URL": self.http_base,
             "PIPELINE_CHATWOOT_API_TOKEN": "demo-token",
+            "PIPELINE_WHATSAPP_API_BASE_URL": f"{self.http_base}/whatsapp",
+            "PIPELINE_WHATSAPP_ACCESS_TOKEN": "demo-token",
+            "PIPELINE_VK_API_BASE_URL": f"{self.http_base}/vk",
+            "PIPELINE_VK_ACCESS_TOKEN": "demo-token",
             "PIPELINE_OUTBOUND_WEBHOOK_URL": f"{self.http_base}/webhook",
             "PIPELINE_SMTP_RELAY_HOST": "127.0.0.1",
             "PIPELINE_SMTP_RELAY_PORT": str(self.smtp_port),
@@ -108,6 +113,7 @@ class Outbox:
     def _app(self) -> web.Application:
         app = web.Application()
         counter = {"n": 0}
+        vk_sent: dict[tuple[str, str], int] = {}
 
         def next_id() -> int:
             counter["n"] += 1
@@ -133,6 +139,39 @@ class Outbox:
             self.add(OutboxItem("chatwoot", conv, str(body.get("content")), raw=body))
             return web.json_response({"id": next_id()})
 
+        async def whatsapp(request: web.Request) -> web.Response:
+            # Cloud API: POST /{phone_number_id}/messages, Bearer token, JSON text message.
+            if not request.headers.get("Authorization", "").startswith("Bearer "):
+                return web.json_response(
+                    {"error": {"message": "Invalid OAuth access token.", "code": 190}}, status=401
+                )
+            body = await request.json()
+            to = str(body.get("to", ""))
+            wamid = f"wamid.{next_id():020d}"
+            text = body.get("text") if isinstance(body.get("text"), dict) else {}
+            item = OutboxItem("whatsapp", to, str(text.get("body")), raw=body)
+            item.raw["phone_number_id"] = request.match_info["phone"]
+            self.add(item)
+            return web.json_response(
+                {
+                    "messaging_product": "whatsapp",
+                    "contacts": [{"input": to, "wa_id": to}],
+                    "messages": [{"id": wamid}],
+                }
+            )
+
+        async def vk(request: web.Request) -> web.Response:
+            # messages.send: like VK, a repeated random_id for a peer sends nothing new.
+            form = await request.post()
+            if not form.get("access_token"):
+                error = {"error_code": 5, "error_msg": "User authorization failed"}
+                return web.json_response({"error": error})
+            key = (str(form.get("peer_id")), str(form.get("random_id")))
+            if key not in vk_sent:
+                vk_sent[key] = next_id()
+                self.add(OutboxItem("vk", key[0], str(form.get("message")), raw=dict(form)))
+            return web.json_response({"response": vk_sent[key]})
+
         async def webhook(request: web.Request) -> web.Response:
             body = await request.json()
             to = str(body.get("customer_id", ""))
@@ -144,6 +183,8 @@ class Outbox:
         app.router.add_post("/bot{token}/sendMessage", telegram)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", twilio)
         app.router.add_post("/api/v1/accounts/{acc}/conversations/{conv}/messages", chatwoot)
+        app.router.add_post("/whatsapp/{phone}/messages", whatsapp)
+        app.router.add_post("/vk/messages.send", vk)
         app.router.add_post("/webhook", webhook)
         return app
 

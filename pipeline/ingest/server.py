@@ -7,7 +7,14 @@ Routes::
     POST /webhooks/chatwoot    Chatwoot message_created                          → 200
     POST /webhooks/twilio      Twilio inbound SMS (form-encoded)                 → 200 TwiML
     POST /webhooks/voice       IVR / voicemail event (JSON, see channels.py)     → 202
+    POST /webhooks/whatsapp    WhatsApp Cloud API messages / statuses            → 200
+    GET  /webhooks/whatsapp    Meta's hub.challenge handshake                    → 200
+    POST /webhooks/vk          VK Callback API (confirmation, message_new)       → 200 "ok"
     GET  /healthz
+
+Twilio status callbacks (``MessageStatus`` without ``Body``) on /webhooks/twilio and WhatsApp
+``statuses[]`` become DeliveryReceipts on the deliveries topic; ``/start`` (and VK's «Начать»)
+is answered with the greeting on the replies topic and not routed.
 
 Every 2xx for a message is sent after the broker acknowledged the InboundMessage.
 Errors are JSON ``{"error", "field"?, "detail"}``: 400 bad input, 401/403 credentials,
@@ -24,8 +31,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Any, Literal, TypeAlias
 
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
@@ -39,7 +45,7 @@ from pipeline.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
-from pipeline.ingest import channels
+from pipeline.ingest import channels, messengers
 from pipeline.ingest.identity import CustomerDirectory
 from pipeline.ingest.message import ParsedMessage
 from pipeline.ingest.service import Accepted, IngestService
@@ -52,7 +58,8 @@ log = logging.getLogger(__name__)
 SERVICE_KEY: web.AppKey[IngestService] = web.AppKey("ingest_service", IngestService)
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
-Parser = Callable[[web.Request, bytes, IngestService], "ParsedMessage | channels.Ignored"]
+Parsed: TypeAlias = channels.Answer | channels.Item | list[channels.Item]
+Parser = Callable[[web.Request, bytes, IngestService], Parsed]
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class _Route:
     content_type: str
     parse: Parser
     success_status: int = 202
-    twiml: bool = False
+    answer: Literal["json", "twiml", "ok"] = "json"
 
 
 def _error(status: int, kind: str, detail: str, field: str | None = None) -> web.Response:
@@ -109,41 +116,40 @@ def _check_content_type(request: web.Request, expected: str) -> None:
 # ---------------------------------------------------------------- per-channel parsing
 
 
-def _parse_generic(request: web.Request, body: bytes, service: IngestService) -> ParsedMessage:
+def _parse_generic(request: web.Request, body: bytes, service: IngestService) -> Parsed:
     channels.check_bearer(request.headers, service.settings)
     return channels.parse_generic(channels.decode_json(body))
 
 
-def _parse_telegram(
-    request: web.Request, body: bytes, service: IngestService
-) -> ParsedMessage | channels.Ignored:
+def _parse_telegram(request: web.Request, body: bytes, service: IngestService) -> Parsed:
     return channels.parse_telegram(channels.decode_json(body))
 
 
-def _parse_chatwoot(
-    request: web.Request, body: bytes, service: IngestService
-) -> ParsedMessage | channels.Ignored:
+def _parse_chatwoot(request: web.Request, body: bytes, service: IngestService) -> Parsed:
     channels.check_chatwoot_signature(request.headers, body, service.settings, time.time())
     return channels.parse_chatwoot(channels.decode_json(body))
 
 
-def _parse_twilio(request: web.Request, body: bytes, service: IngestService) -> ParsedMessage:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"body is not UTF-8 (byte {exc.start})", field="<body>") from exc
-    try:
-        params = dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"invalid form encoding: {exc}", field="<body>") from exc
-    url = service.settings.public_base_url.rstrip("/") + request.path_qs
-    channels.check_twilio_signature(request.headers, url, params, service.settings)
-    return channels.parse_twilio(params)
+def _parse_twilio(request: web.Request, body: bytes, service: IngestService) -> Parsed:
+    pairs = channels.parse_form(body)
+    # The URL as Twilio called it: the public base (a proxy in front) + the raw path and query.
+    url = service.settings.public_base_url.rstrip("/") + request.raw_path
+    channels.check_twilio_signature(request.headers, url, pairs, service.settings)
+    return channels.parse_twilio(dict(pairs), request.query.get("delivery_id"))
 
 
-def _parse_voice(request: web.Request, body: bytes, service: IngestService) -> ParsedMessage:
+def _parse_voice(request: web.Request, body: bytes, service: IngestService) -> Parsed:
     channels.check_bearer(request.headers, service.settings)
     return channels.parse_voice(channels.decode_json(body))
+
+
+def _parse_whatsapp(request: web.Request, body: bytes, service: IngestService) -> Parsed:
+    messengers.check_whatsapp_signature(request.headers, body, service.settings)
+    return messengers.parse_whatsapp(channels.decode_json(body))
+
+
+def _parse_vk(request: web.Request, body: bytes, service: IngestService) -> Parsed:
+    return messengers.parse_vk(channels.decode_json(body), service.settings)
 
 
 ROUTES: dict[str, _Route] = {
@@ -151,10 +157,41 @@ ROUTES: dict[str, _Route] = {
     "/webhooks/telegram": _Route("telegram", "application/json", _parse_telegram, 200),
     "/webhooks/chatwoot": _Route("chatwoot", "application/json", _parse_chatwoot, 200),
     "/webhooks/twilio": _Route(
-        "sms", "application/x-www-form-urlencoded", _parse_twilio, 200, twiml=True
+        "sms", "application/x-www-form-urlencoded", _parse_twilio, 200, answer="twiml"
     ),
     "/webhooks/voice": _Route("voice", "application/json", _parse_voice),
+    "/webhooks/whatsapp": _Route("whatsapp", "application/json", _parse_whatsapp, 200),
+    "/webhooks/vk": _Route("vk", "application/json", _parse_vk, 200, answer="ok"),
 }
+
+
+async def _take(service: IngestService, item: channels.Item) -> dict[str, Any]:
+    """Publish one parsed item; what the answer says about it."""
+    if isinstance(item, channels.Ignored):
+        return {"ignored": item.reason}
+    if isinstance(item, channels.PlatformReceipt):
+        receipt = await service.accept_receipt(item)
+        return {"receipt": receipt.delivery_id, "status": receipt.status}
+    if isinstance(item, channels.BotCommand):
+        reply = await service.answer_command(item)
+        return {"command": item.command, "reply_id": reply.reply_id}
+    accepted: Accepted = await service.accept(item)
+    out: dict[str, Any] = {
+        "message_id": accepted.message_id,
+        "customer_id": accepted.customer_id,
+    }
+    if accepted.duplicate:
+        out["duplicate"] = True
+    return out
+
+
+def _answer(route: _Route, results: list[dict[str, Any]], many: bool) -> web.Response:
+    if route.answer == "twiml":
+        return web.Response(text=TWIML_EMPTY, content_type="text/xml", status=route.success_status)
+    if route.answer == "ok":  # VK retries anything that is not exactly "ok"
+        return web.Response(text="ok", content_type="text/plain", status=route.success_status)
+    payload: dict[str, Any] = {"results": results} if many else results[0]
+    return web.json_response(payload, status=route.success_status)
 
 
 def _handler(route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -174,11 +211,12 @@ def _handler(route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
                 )
             _check_content_type(request, route.content_type)
             parsed = route.parse(request, body, service)
-            if isinstance(parsed, channels.Ignored):
-                return web.json_response({"ignored": parsed.reason}, status=200)
-            if route.channel == "generic":
+            if isinstance(parsed, channels.Answer):
+                return web.Response(text=parsed.text, content_type="text/plain")
+            items = parsed if isinstance(parsed, list) else [parsed]
+            if route.channel == "generic" and isinstance(parsed, ParsedMessage):
                 stage = f"ingest.{parsed.channel.value}"
-            accepted: Accepted = await service.accept(parsed)
+            results = [await _take(service, item) for item in items]
         except Unauthorized as exc:
             log.warning("%s: %s from %s", stage, exc, request.remote)
             return _error(exc.status, _error_kind(exc), str(exc), exc.field)
@@ -191,19 +229,20 @@ def _handler(route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
             resp = _error(503, "broker_unavailable", "the message was not stored; retry later")
             resp.headers["Retry-After"] = retry
             return resp
-        if route.twiml:
-            return web.Response(
-                text=TWIML_EMPTY, content_type="text/xml", status=route.success_status
-            )
-        payload: dict[str, Any] = {
-            "message_id": accepted.message_id,
-            "customer_id": accepted.customer_id,
-        }
-        if accepted.duplicate:
-            payload["duplicate"] = True
-        return web.json_response(payload, status=route.success_status)
+        return _answer(route, results, isinstance(parsed, list))
 
     return handle
+
+
+async def _whatsapp_verify(request: web.Request) -> web.Response:
+    """Meta's subscription handshake: echo ``hub.challenge`` for the right verify token."""
+    service = request.app[SERVICE_KEY]
+    try:
+        challenge = messengers.whatsapp_verify(request.query, service.settings)
+    except InvalidInput as exc:
+        log.warning("ingest.whatsapp: verification refused: %s from %s", exc, request.remote)
+        return _error(exc.status, _error_kind(exc), str(exc), exc.field)
+    return web.Response(text=challenge, content_type="text/plain")
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -224,6 +263,7 @@ def create_app(
     app[SERVICE_KEY] = service or IngestService(settings, publisher, directory)
     for path, route in ROUTES.items():
         app.router.add_post(path, _handler(route))
+    app.router.add_get("/webhooks/whatsapp", _whatsapp_verify)
     app.router.add_get("/healthz", _healthz)
     return app
 

@@ -21,7 +21,18 @@ from pipeline.codec import dead_letter, decode
 from pipeline.config import Settings
 from pipeline.domain.tokens import parse_reply_address
 from pipeline.errors import BrokerUnavailable, DecodeError, InvalidInput
-from pipeline.events import CustomerRecord, TaskStatus, TaskUpdate, derive_id, utcnow
+from pipeline.events import (
+    CustomerRecord,
+    DeliveryReceipt,
+    Reply,
+    ReplyKind,
+    TaskStatus,
+    TaskUpdate,
+    derive_id,
+    utcnow,
+)
+from pipeline.ingest.channels import BotCommand, PlatformReceipt
+from pipeline.ingest.commands import greeting
 from pipeline.ingest.email_parse import ParsedEmail, parse_email, to_parsed_message
 from pipeline.ingest.identity import CustomerDirectory, Resolution, load_customers
 from pipeline.ingest.message import ParsedMessage, build_inbound
@@ -167,17 +178,63 @@ class IngestService:
         self._remember(mid, result.customer_id)
         return result
 
-    async def _publish(self, parsed: ParsedMessage) -> Accepted:
-        now = self._clock()
+    async def _resolve(self, parsed: ParsedMessage, now: datetime) -> Resolution:
+        """The customer of ``parsed``; directory changes are persisted first."""
         async with self._dir_lock:
             resolution = self.directory.resolve(
                 parsed.identities, now=now, name=parsed.name, customer_id=parsed.customer_id
             )
             if resolution.records or resolution.removed:
                 await self._persist(resolution)
+        return resolution
+
+    async def _publish(self, parsed: ParsedMessage) -> Accepted:
+        now = self._clock()
+        resolution = await self._resolve(parsed, now)
         inbound = build_inbound(parsed, resolution.profile, self.settings, now)
         await self.publisher.send(self.settings.topic("inbound"), inbound.customer_id, inbound)
         return Accepted(inbound.message_id, inbound.customer_id)
+
+    async def accept_receipt(self, item: PlatformReceipt) -> DeliveryReceipt:
+        """Publish a platform's status report as a DeliveryReceipt (deliveries topic)."""
+        receipt = DeliveryReceipt(
+            delivery_id=item.delivery_id or item.provider_message_id,
+            channel=item.channel,
+            status=item.status,
+            attempts=0,
+            error=item.error,
+            source="platform",
+            provider_message_id=item.provider_message_id,
+            provider_status=item.provider_status,
+            at=item.at or self._clock(),
+        )
+        await self.publisher.send(self.settings.topic("deliveries"), receipt.delivery_id, receipt)
+        return receipt
+
+    async def answer_command(self, command: BotCommand) -> Reply:
+        """Answer a bot command with the greeting on the replies topic; nothing is routed.
+
+        The customer is resolved (and remembered) as for a message, so the greeting and
+        their later requests share one customer id; the reply id derives from the command
+        message, so a platform retry is not greeted twice.
+        """
+        parsed = command.message
+        now = self._clock()
+        resolution = await self._resolve(parsed, now)
+        language, text = greeting(parsed.language_hint)
+        reply = Reply(
+            reply_id=derive_id("rep", parsed.message_id, "command", command.command),
+            message_id=parsed.message_id,
+            customer_id=resolution.profile.customer_id,
+            channel=parsed.channel,
+            reply_to=dict(parsed.reply_to),
+            language=language,
+            kind=ReplyKind.auto_reply,
+            text=text,
+            created_at=now,
+        )
+        await self.publisher.send(self.settings.topic("replies"), reply.customer_id, reply)
+        return reply
 
     def _remember(self, message_id: str, customer_id: str) -> None:
         self._recent[message_id] = customer_id

@@ -17,6 +17,10 @@ chatwoot           chatwoot   ``conversation_id``; optional ``account_id`` (else
 sms, voice         twilio     ``phone`` (or ``from``); ``service_number`` (the number the
                               customer wrote to) is the sender when present; voice
                               replies go as an SMS to the caller's number
+whatsapp           whatsapp   ``wa_id`` (or ``phone``); ``phone_number_id`` (the business
+                              number written to, else settings); Cloud API ``messages``
+vk                 vk         ``peer_id``; ``messages.send`` with a ``random_id`` derived
+                              from the reply id and the text, so a retry is not sent twice
 email, webform     email      ``address`` (or ``email``); threading: ``message_id``,
                               ``references``, ``subject`` (see ``compose.compose_reply_email``)
 webchat, api,      webhook    none: the JSON ``Reply`` is POSTed to
@@ -31,11 +35,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import hashlib
 import logging
 import smtplib
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -59,21 +65,34 @@ __all__ = [
     "send_reply",
     "send_telegram",
     "send_twilio",
+    "send_vk",
     "send_webhook",
+    "send_whatsapp",
     "split_text",
+    "twilio_status_callback",
+    "vk_random_id",
 ]
 
 log = logging.getLogger(__name__)
 
-Transport = Literal["telegram", "chatwoot", "twilio", "email", "webhook"]
+Transport = Literal["telegram", "chatwoot", "twilio", "whatsapp", "vk", "email", "webhook"]
 
 TELEGRAM_MAX_CHARS = 4096  # sendMessage text limit
 TWILIO_MAX_CHARS = 1600  # Messages API Body limit
-_MAX_CHARS: dict[str, int] = {"telegram": TELEGRAM_MAX_CHARS, "twilio": TWILIO_MAX_CHARS}
+WHATSAPP_MAX_CHARS = 4096  # Cloud API text.body limit
+VK_MAX_CHARS = 4096  # messages.send message limit
+_MAX_CHARS: dict[str, int] = {
+    "telegram": TELEGRAM_MAX_CHARS,
+    "twilio": TWILIO_MAX_CHARS,
+    "whatsapp": WHATSAPP_MAX_CHARS,
+    "vk": VK_MAX_CHARS,
+}
 _EXCERPT = 300
 
 _TRANSPORTS: dict[Channel, Transport] = {
     Channel.telegram: "telegram",
+    Channel.whatsapp: "whatsapp",
+    Channel.vk: "vk",
     Channel.chatwoot: "chatwoot",
     Channel.sms: "twilio",
     Channel.voice: "twilio",
@@ -88,6 +107,8 @@ _ADDRESS_KEYS: dict[Transport, tuple[str, ...]] = {
     "telegram": ("chat_id",),
     "chatwoot": ("conversation_id",),
     "twilio": ("phone", "from"),
+    "whatsapp": ("wa_id", "phone"),
+    "vk": ("peer_id",),
     "email": ("address", "email"),
     "webhook": (),
 }
@@ -295,8 +316,12 @@ async def send_twilio(
     body: str,
     *,
     from_number: str | None = None,
+    status_callback: str | None = None,
 ) -> str:
     """Twilio Messages API (form-encoded, basic auth); returns the message SID.
+
+    ``status_callback``: the URL Twilio posts the message's status to (our ingest's
+    ``/webhooks/twilio?delivery_id=<reply id>``), which becomes a DeliveryReceipt.
 
     ``from_number`` is the number the customer wrote to (``reply_to["service_number"]``),
     so the answer comes from the same number; a ``whatsapp:`` sender makes the
@@ -310,11 +335,101 @@ async def send_twilio(
     if sender.lower().startswith("whatsapp:") and not to.lower().startswith("whatsapp:"):
         to = f"whatsapp:{to}"
     form = {"To": to, "From": sender, "Body": body[:TWILIO_MAX_CHARS]}
+    if status_callback:
+        form["StatusCallback"] = status_callback
     # built by hand: aiohttp.BasicAuth is deprecated in 3.14, encode_basic_auth is too new
     creds = f"{sid}:{settings.twilio_auth_token.get_secret_value()}".encode()
     headers = {"Authorization": "Basic " + base64.b64encode(creds).decode("ascii")}
     payload = await _post(session, url, "twilio Messages", settings, data=form, headers=headers)
     return str(payload.get("sid", "")) if isinstance(payload, dict) else ""
+
+
+async def send_whatsapp(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    to: str,
+    text: str,
+    *,
+    phone_number_id: str | None = None,
+    callback_data: str | None = None,
+) -> str:
+    """WhatsApp Cloud API ``POST /{phone_number_id}/messages`` (text); returns the wamid.
+
+    ``callback_data`` (our reply id) goes as ``biz_opaque_callback_data``: WhatsApp sends it
+    back in the status webhooks, which become DeliveryReceipts under that id.
+    """
+    if settings.whatsapp_access_token is None:
+        raise DeliveryError("whatsapp_access_token is not configured", transient=False)
+    sender = phone_number_id or settings.whatsapp_phone_number_id
+    if not sender:
+        raise DeliveryError("no WhatsApp phone_number_id to send from", transient=False)
+    url = f"{settings.whatsapp_api_base_url.rstrip('/')}/{sender}/messages"
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to.lstrip("+"),
+        "type": "text",
+        "text": {"preview_url": False, "body": text[:WHATSAPP_MAX_CHARS]},
+    }
+    if callback_data:
+        body["biz_opaque_callback_data"] = callback_data[:512]
+    headers = {"Authorization": f"Bearer {settings.whatsapp_access_token.get_secret_value()}"}
+    payload = await _post(session, url, "whatsapp messages", settings, json=body, headers=headers)
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+        raise DeliveryError(f"whatsapp messages: no message id: {str(payload)[:_EXCERPT]}")
+    return str(messages[0].get("id", ""))
+
+
+def vk_random_id(reply_id: str, text: str) -> int:
+    """``random_id`` of ``messages.send``: VK drops a second message with the same one, so it
+    is derived from the reply (and the part's text), never random."""
+    digest = hashlib.sha256(f"{reply_id}\x1f{text}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+#: VK API error codes worth a retry: 1 unknown, 6 too many requests per second,
+#: 9 flood control, 10 internal server error.
+_VK_TRANSIENT = frozenset({1, 6, 9, 10})
+
+
+async def send_vk(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    peer_id: str,
+    text: str,
+    *,
+    random_id: int,
+) -> str:
+    """VK ``messages.send`` (form-encoded, community token); returns the message id."""
+    if settings.vk_access_token is None:
+        raise DeliveryError("vk_access_token is not configured", transient=False)
+    url = f"{settings.vk_api_base_url.rstrip('/')}/messages.send"
+    form = {
+        "peer_id": peer_id,
+        "message": text[:VK_MAX_CHARS],
+        "random_id": str(random_id),
+        "access_token": settings.vk_access_token.get_secret_value(),
+        "v": settings.vk_api_version,
+    }
+    payload = await _post(session, url, "vk messages.send", settings, data=form)
+    # VK answers HTTP 200 with {"error": {...}} for API errors.
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        code = error.get("error_code")
+        raise DeliveryError(
+            f"vk messages.send: error {code}: {str(error.get('error_msg'))[:_EXCERPT]}",
+            transient=code in _VK_TRANSIENT,
+        )
+    if not isinstance(payload, dict) or "response" not in payload:
+        raise DeliveryError(f"vk messages.send: unexpected answer: {str(payload)[:_EXCERPT]}")
+    return str(payload["response"])
+
+
+def twilio_status_callback(settings: Settings, delivery_id: str) -> str:
+    """Where Twilio reports the status of a message we send: the ingest's Twilio webhook."""
+    query = urlencode({"delivery_id": delivery_id})
+    return f"{settings.public_base_url.rstrip('/')}/webhooks/twilio?{query}"
 
 
 async def send_webhook(session: aiohttp.ClientSession, settings: Settings, reply: Reply) -> str:
@@ -423,6 +538,20 @@ async def send_reply(
             target.address,
             text,
             from_number=reply.reply_to.get("service_number") or None,
+            status_callback=twilio_status_callback(settings, reply.reply_id),
+        )
+    if target.transport == "whatsapp":
+        return await send_whatsapp(
+            session,
+            settings,
+            target.address,
+            text,
+            phone_number_id=reply.reply_to.get("phone_number_id") or None,
+            callback_data=reply.reply_id,
+        )
+    if target.transport == "vk":
+        return await send_vk(
+            session, settings, target.address, text, random_id=vk_random_id(reply.reply_id, text)
         )
     if target.transport == "email":
         return await send_email(settings, compose_reply_email(reply, settings))
