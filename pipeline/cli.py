@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.route.kb_cli",
     "pipeline.rules_cli",
     "pipeline.console.cli",
+    "pipeline.console.cli",
 )
 
 

@@ -32,6 +32,8 @@ from pipeline import bus
 from pipeline.broker import broker_for, free_port
 from pipeline.codec import decode
 from pipeline.config import Settings
+from pipeline.console.auth import DEMO_USERS
+from pipeline.console.server import console_env
 from pipeline.errors import DecodeError
 from pipeline.events import (
     CaseEvent,
@@ -201,6 +203,7 @@ def run_demo(settings: Settings, *, serve: bool = True, timeout_s: float = 120.0
             "web_port": _port(settings.web_port),
             "ingest_port": ingest_port,
             "smtp_port": _port(settings.smtp_port),
+            "console_port": _port(settings.console_port),
             "public_base_url": f"http://127.0.0.1:{ingest_port}",
             "twilio_auth_token": settings.twilio_auth_token or SecretStr("demo-twilio-token"),
         }
@@ -224,10 +227,16 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
         else "",
         **outbox.env(),
     )
+    console_url = f"http://{s.console_host}:{s.console_port}"
+    env.update(console_env(s, console_url))
     group.start("worker", ["worker"], env)
     group.start("ingest", ["ingest"], env)
+    group.start("console", ["console"], env)
     wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
     wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
+    wait_http(f"{console_url}/healthz", 60, group)
+    logins = ", ".join(f"{n} / {p}" for n, p, _, _ in DEMO_USERS)
+    out(f"console: {console_url}/  (log in as {logins})")
     out(f"worker: http://{s.web_host}:{s.web_port}  (/metrics, /healthz)")
     out(f"ingest: http://{s.ingest_host}:{s.ingest_port}  smtp: {s.smtp_host}:{s.smtp_port}")
     out(

@@ -528,6 +528,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "SubRequest": SubRequest,
     "TaskUpdate": TaskUpdate,
     "CaseCommand": CaseCommand,
+    "CaseCommand": CaseCommand,
     "Reply": Reply,
     "CaseEvent": CaseEvent,
     "Outcome": Outcome,

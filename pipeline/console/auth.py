@@ -34,6 +34,7 @@ from pipeline.config import Settings
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "DEMO_USERS",
     "Session",
     "User",
     "csrf_token",
@@ -42,6 +43,7 @@ __all__ = [
     "new_session",
     "read_session",
     "session_cookie",
+    "users_json",
     "verify_password",
 ]
 
@@ -69,6 +71,23 @@ class User(BaseModel):
 
 
 _USERS = TypeAdapter(list[User])
+
+#: The demo's and the browser tests' logins: (name, password, role, department).
+DEMO_USERS: tuple[tuple[str, str, Role, str | None], ...] = (
+    ("supervisor", "demo-supervisor", "supervisor", None),
+    ("loyalty", "demo-loyalty", "agent", "loyalty-it"),
+    ("logistics", "demo-logistics", "agent", "logistics"),
+)
+
+
+def users_json(users: tuple[tuple[str, str, Role, str | None], ...]) -> str:
+    """``PIPELINE_CONSOLE_USERS`` for (name, plain password, role, department) tuples."""
+    return orjson.dumps(
+        [
+            {"name": n, "password": hash_password(p), "role": r, "department": d}
+            for n, p, r, d in users
+        ]
+    ).decode()
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:

@@ -12,13 +12,13 @@ from aiohttp import web
 
 from pipeline import bus
 from pipeline.config import Settings
-from pipeline.console.auth import load_users
+from pipeline.console.auth import DEMO_USERS, load_users, users_json
 from pipeline.console.follower import follow
 from pipeline.console.store import Store
 from pipeline.console.web import Console, build_app
 from pipeline.domain.workflow import load_workflow
 
-__all__ = ["db_path", "run_console", "serve"]
+__all__ = ["console_env", "db_path", "run_console", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,17 @@ def db_path(settings: Settings) -> Path:
     if settings.console_db_path is not None:
         return settings.console_db_path
     return settings.data_dir / "console" / f"{settings.app_id}-{settings.console_port}.sqlite"
+
+
+def console_env(settings: Settings, url: str) -> dict[str, str]:
+    """Environment of a demo or test stack's processes for the console: its port, the URL
+    the worker's e-mails link to, and the demo logins (``DEMO_USERS``)."""
+    return {
+        "PIPELINE_CONSOLE_HOST": settings.console_host,
+        "PIPELINE_CONSOLE_PORT": str(settings.console_port),
+        "PIPELINE_CONSOLE_PUBLIC_URL": url,
+        "PIPELINE_CONSOLE_USERS": users_json(DEMO_USERS),
+    }
 
 
 def _fresh_store(path: Path) -> Store:

@@ -40,7 +40,7 @@ from pipeline.domain.links import parse_responder_token
 from pipeline.domain.text import find_pii
 from pipeline.events import CaseCommand, TaskStatus, TaskUpdate, derive_id, utcnow
 
-__all__ = ["Console", "build_app"]
+__all__ = ["CONSOLE", "Console", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,19 @@ class Console:
         if self.publisher is None:
             self.publisher = Publisher(self.settings)
         return self.publisher
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """Who is asking: the session and its user (None before login)."""
+
+    session: Session
+    user: User | None
+
+
+CONSOLE = web.AppKey("console", Console)
+STATE = web.RequestKey("state", RequestState)
+JINJA = web.AppKey("jinja", jinja2.Environment)
 
 
 def _env() -> jinja2.Environment:
@@ -121,8 +134,8 @@ def mask_pii(text: str) -> str:
 def build_app(console: Console) -> web.Application:
     """The aiohttp application of the console."""
     app = web.Application(middlewares=[_headers, _session(console), _guard(console)])
-    app["console"] = console
-    app["jinja"] = _env()
+    app[CONSOLE] = console
+    app[JINJA] = _env()
     r = app.router
     r.add_get("/healthz", _healthz)
     r.add_get("/login", _login_form)
@@ -185,17 +198,15 @@ def _session(console: Console) -> Any:
         fresh = session is None
         if session is None:
             session = new_session("", now, console.settings)
-        request["session"] = session
-        request["user"] = console.users.get(session.user) if session.user else None
+        user = console.users.get(session.user) if session.user else None
+        request[STATE] = RequestState(session, user)
         try:
             resp = await handler(request)
         except web.HTTPException as exc:
-            if fresh and "new_session" not in request:
+            if fresh and COOKIE not in exc.cookies:
                 _set_cookie(exc, console, session)
             raise
-        if "new_session" in request:
-            _set_cookie(resp, console, request["new_session"])
-        elif fresh:
+        if fresh and COOKIE not in resp.cookies:
             _set_cookie(resp, console, session)
         return resp
 
@@ -207,10 +218,10 @@ def _guard(console: Console) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "POST":
             form = await request.post()
-            want = csrf_token(request["session"], console.secret)
+            want = csrf_token(request[STATE].session, console.secret)
             if not secrets.compare_digest(str(form.get("csrf", "")), want):
                 raise web.HTTPForbidden(text="invalid or missing CSRF token; reload the page")
-        if request["user"] is None and not request.path.startswith(PUBLIC):
+        if request[STATE].user is None and not request.path.startswith(PUBLIC):
             raise web.HTTPFound("/login")
         return await handler(request)
 
@@ -221,8 +232,7 @@ def _guard(console: Console) -> Any:
 
 
 def _console(request: web.Request) -> Console:
-    c: Console = request.app["console"]
-    return c
+    return request.app[CONSOLE]
 
 
 async def _home(_: web.Request) -> web.StreamResponse:
@@ -230,15 +240,23 @@ async def _home(_: web.Request) -> web.StreamResponse:
 
 
 def _render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> web.Response:
-    env: jinja2.Environment = request.app["jinja"]
+    env = request.app[JINJA]
     console = _console(request)
     html = env.get_template(name).render(
-        user=request.get("user"),
-        csrf=csrf_token(request["session"], console.secret),
+        user=request[STATE].user,
+        csrf=csrf_token(request[STATE].session, console.secret),
         version=console.store.version,
         **ctx,
     )
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+
+
+def _user(request: web.Request) -> User:
+    """The logged-in user (the guard middleware lets no anonymous request reach a page)."""
+    user = request[STATE].user
+    if user is None:
+        raise web.HTTPFound("/login")
+    return user
 
 
 def _scope(user: User) -> str | None:
@@ -278,9 +296,8 @@ async def _login(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))
     if user is None or not verify_password(password, user.password):
         return _render(request, "login.html", status=401, error="wrong name or password")
-    request["new_session"] = new_session(user.name, utcnow(), console.settings)
     resp = web.HTTPSeeOther("/queue" if user.role == "agent" else "/cases")
-    _set_cookie(resp, console, request["new_session"])
+    _set_cookie(resp, console, new_session(user.name, utcnow(), console.settings))
     raise resp
 
 
@@ -293,7 +310,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
 
 async def _cases(request: web.Request) -> web.Response:
     console = _console(request)
-    user: User = request["user"]
+    user = _user(request)
     q = request.query
     f = CaseFilter(**{k: q.get(k, "")[:200] for k in CaseFilter.__dataclass_fields__})
     rows = console.store.cases(f, department=_scope(user))
@@ -312,7 +329,7 @@ def _visible_case(request: web.Request, case_id: str) -> Any:
     row = console.store.case(case_id)
     if row is None:
         raise web.HTTPNotFound(text="no such case (yet)")
-    if not console.store.case_visible(case_id, _scope(request["user"])):
+    if not console.store.case_visible(case_id, _scope(_user(request))):
         raise web.HTTPForbidden(text="this case belongs to another department")
     return row
 
@@ -348,7 +365,7 @@ async def _case(request: web.Request) -> web.Response:
 
 async def _queue(request: web.Request) -> web.Response:
     console = _console(request)
-    user: User = request["user"]
+    user = _user(request)
     dept = user.department if user.role == "agent" else request.query.get("department", "")
     if user.role == "agent":
         dept = user.department or ""
@@ -368,7 +385,7 @@ def _visible_sub(request: web.Request) -> Any:
     sub = console.store.sub(request.match_info["sub_id"])
     if sub is None:
         raise web.HTTPNotFound(text="no such sub-request (yet)")
-    user: User = request["user"]
+    user = _user(request)
     if not user.sees(sub["department"]):
         raise web.HTTPForbidden(text="this sub-request belongs to another department")
     return sub
@@ -392,7 +409,7 @@ async def _sub(request: web.Request) -> web.Response:
 async def _sub_update(request: web.Request) -> web.StreamResponse:
     console = _console(request)
     sub = _visible_sub(request)
-    user: User = request["user"]
+    user = _user(request)
     form = await request.post()
     status = ACTIONS.get(_form_text(form, "action", 20))
     text = _form_text(form, "text")
@@ -418,7 +435,7 @@ async def _sub_update(request: web.Request) -> web.StreamResponse:
 
 async def _command(request: web.Request) -> web.StreamResponse:
     console = _console(request)
-    user: User = request["user"]
+    user = _user(request)
     if user.role != "supervisor":
         raise web.HTTPForbidden(text="only a supervisor can reassign or add sub-requests")
     case_id = request.match_info["case_id"]
@@ -448,7 +465,7 @@ async def _command(request: web.Request) -> web.StreamResponse:
 
 async def _quality(request: web.Request) -> web.Response:
     console = _console(request)
-    scope = _scope(request["user"])
+    scope = _scope(_user(request))
     return _render(
         request,
         "quality.html",

@@ -24,6 +24,7 @@ from datetime import datetime
 from email.message import EmailMessage
 
 from pipeline.config import Settings
+from pipeline.domain.links import responder_url
 from pipeline.domain.tokens import reply_address
 from pipeline.errors import InvalidInput
 from pipeline.events import Entity, Reply, ReplyKind, SubRequest, SubRequestKind
@@ -66,6 +67,7 @@ _TEXT: dict[str, dict[str, str]] = {
             "получателя — в нём номер вашего запроса. Данные клиента (номера карт, телефоны, "
             "адреса эл. почты) скрыты."
         ),
+        "answer_page": "Или ответьте на странице (без входа в систему): {url}",
         "customer_language": "Язык клиента",
         "answer_in": (
             "Клиент пишет на языке: {language}. Пожалуйста, ответьте на этом языке: "
@@ -105,6 +107,7 @@ _TEXT: dict[str, dict[str, str]] = {
             "straight into the case. Please keep the recipient address — it carries your "
             "request number. Customer data (card numbers, phones, e-mail addresses) is hidden."
         ),
+        "answer_page": "Or answer on this page (no account needed): {url}",
         "customer_language": "Customer's language",
         "answer_in": (
             "The customer writes in {language}. Please answer in {language}: we pass your "
@@ -246,6 +249,11 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
     if sub_request.full_text.strip() and sub_request.full_text.strip() != sub_request.text.strip():
         lines += ["", f"{t['full_text']}:", _quote(redact(sub_request.full_text))]
     lines += ["", t["instruction"]]
+    page = responder_url(
+        sub_request.sub_request_id, sub_request.case_id, sub_request.created_at, settings
+    )
+    if page:  # the console's signed answer page; whichever answer comes first resolves
+        lines += ["", t["answer_page"].format(url=page)]
     if lang_name:
         lines += ["", t["answer_in"].format(language=lang_name)]
     lines += ["", t["signature"], ""]

@@ -48,6 +48,7 @@ from pipeline.domain.cases import (
     open_subs,
 )
 from pipeline.route.commands import apply_case_command
+from pipeline.route.commands import apply_case_command
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
 from pipeline.live_workflow import LiveWorkflow
@@ -367,6 +368,16 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
                 apply_case_command(state, command, rt.workflow, now=utcnow(), settings=s)
             )
             return
+        if record.topic == s.topic("case-commands"):  # a supervisor's reassign / add
+            command = decode_record(CaseCommand, record)
+            raw = cases_table.get(command.case_id)
+            if not raw:
+                raise InvalidInput(f"command {command.command_id}: no case {command.case_id}")
+            state = CaseState.model_validate(orjson.loads(raw))
+            await save_transition(
+                apply_case_command(state, command, rt.workflow, now=utcnow(), settings=s)
+            )
+            return
         update = decode_record(TaskUpdate, record)
         if not cases_table.get(update.case_id):
             held = orjson.loads(pending_table.get(update.case_id) or "[]")
@@ -463,6 +474,7 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
     cases_in = app.topic(
         s.topic("case-state"),
         s.topic("task-updates"),
+        s.topic("case-commands"),
         s.topic("case-commands"),
         key_type=bytes,
         value_type=bytes,
