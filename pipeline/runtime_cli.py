@@ -1,4 +1,4 @@
-"""Sub-commands: demo, worker, schemas, send, audit."""
+"""Sub-commands: demo, worker, schemas, asyncapi, send, audit."""
 
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="directory (default: the repository's schemas/)")
     p.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
     p.set_defaults(handler=_schemas)
+
+    p = sub.add_parser(
+        "asyncapi",
+        help="write the AsyncAPI 3.0 document of the event API (schemas/asyncapi.yaml)",
+        description="Generate the AsyncAPI document from the event models and the topics: "
+        "channels (topics, keys), messages (the JSON Schemas), who sends and who receives.",
+    )
+    p.add_argument("--out", type=Path, help="file (default: schemas/asyncapi.yaml)")
+    p.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    p.set_defaults(handler=_asyncapi)
 
     p = sub.add_parser(
         "send",
@@ -100,6 +110,19 @@ def _schemas(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for path in schema_gen.write(directory):
         sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    from pipeline import asyncapi
+
+    path = args.out or asyncapi.ASYNCAPI_PATH
+    if args.check:
+        if asyncapi.is_stale(path):
+            sys.stderr.write(f"stale: {path} (run: pipeline asyncapi)\n")
+            return 1
+        return 0
+    sys.stdout.write(f"{asyncapi.write(path)}\n")
     return 0
 
 

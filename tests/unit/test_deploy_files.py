@@ -303,3 +303,11 @@ def test_pod_disruption_budgets_select_the_workloads() -> None:
     ):
         selector = pdbs[name]["spec"]["selector"]["matchLabels"]
         assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_package_metadata_uses_the_spdx_license_form() -> None:
+    # The `license = {text = ...}` table is deprecated by setuptools (a build warning).
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    for name in project["license-files"]:
+        assert "Apache License" in (ROOT / name).read_text()
