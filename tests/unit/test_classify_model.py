@@ -183,8 +183,12 @@ def test_cli_train_eval_predict(tmp_path: Path, capsys: pytest.CaptureFixture[st
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 2
     for line in lines:
-        assert set(line) == {"text", "label", "category", "confidence", "abstained"}
-        assert (line["label"] == UNKNOWN) == line["abstained"]
+        assert set(line) == {"text", "label", "category", "confidence", "abstained", "top"}
+        # the best guess stays even when abstained; top: best first, with confidences
+        assert line["label"] in TINY
+        assert line["top"][0] == {"label": line["label"], "confidence": line["confidence"]}
+        confs = [t["confidence"] for t in line["top"]]
+        assert len(line["top"]) == 3 and confs == sorted(confs, reverse=True)
     assert lines[1]["text"] == "не начислили бонусы за покупку"
 
 
