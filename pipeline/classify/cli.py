@@ -69,7 +69,8 @@ def _summary(model: IntentModel) -> str:
         for lang, ls in h.by_language.items():
             lines.append(
                 f"  {lang}: {ls.rows} rows, threshold {ls.threshold:.3f}, coverage "
-                f"{ls.coverage:.4f}, precision {ls.precision:.4f}, top-1 {ls.accuracy:.4f}"
+                f"{ls.coverage:.4f}, precision {ls.precision:.4f}, top-1 {ls.accuracy:.4f}, "
+                f"cascade threshold {model.cascade_threshold_for(lang):.3f}"
             )
     return "\n".join(lines) + "\n"
 

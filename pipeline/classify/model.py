@@ -179,6 +179,7 @@ class ModelMeta(BaseModel):
     temperature: float
     slow_temperature: float = 1.0
     cascade_threshold: float = 1.0
+    cascade_thresholds: dict[str, float] = Field(default_factory=dict, description="Per language.")
     held_out: HeldOut | None
     libraries: dict[str, str]
     trained_at: str
@@ -442,10 +443,10 @@ class IntentModel:
         w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         dense = encode_cached(encoder, x, cache_dir) if encoder is not None else None
         langs = np.array([detect_language(t) for t in x], dtype=object)
-        temperature, slow_temperature = 1.0, 1.0
-        cascade_threshold = 1.0 if encoder is not None else 0.0
-        threshold, held_out = params.min_threshold, None
-        thresholds: dict[str, float] = {}
+        # untuned (no held-out rows): every text takes the slow path when there is one
+        tuned = _Tuned(
+            1.0, 1.0, 1.0 if encoder is not None else 0.0, {}, params.min_threshold, {}, None
+        )
         fitted: _Fitted | None = None
         tr, te = (
             family_split(x, list(labels), test_size=params.holdout, seed=params.seed)
@@ -455,8 +456,6 @@ class IntentModel:
         if len(te) and len(set(y[tr])) >= 2:
             fitted = _fit(params, [x[i] for i in tr], y[tr], w[tr], _rows(dense, tr))
             tuned = _tune(params, fitted, [x[i] for i in te], y[te], langs[te], _rows(dense, te))
-            temperature, slow_temperature, cascade_threshold = tuned[:3]
-            threshold, thresholds, held_out = tuned[3:]
         final = fitted if fitted is not None and not params.refit else None
         if final is None:
             final = _fit(params, x, y, w, dense)
@@ -473,12 +472,13 @@ class IntentModel:
             labels=distinct,
             categories=cats,
             params=params,
-            threshold=threshold,
-            thresholds=thresholds,
-            temperature=temperature,
-            slow_temperature=slow_temperature,
-            cascade_threshold=cascade_threshold,
-            held_out=held_out,
+            threshold=tuned.threshold,
+            thresholds=tuned.thresholds,
+            temperature=tuned.fast_temperature,
+            slow_temperature=tuned.slow_temperature,
+            cascade_threshold=tuned.cascade_threshold,
+            cascade_thresholds=tuned.cascade_thresholds,
+            held_out=tuned.held_out,
             libraries=libs,
             trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
             training_seconds=round(seconds, 3),
@@ -489,8 +489,8 @@ class IntentModel:
             len(x),
             len(distinct),
             seconds,
-            thresholds or threshold,
-            held_out.accuracy if held_out else None,
+            tuned.thresholds or tuned.threshold,
+            tuned.held_out.accuracy if tuned.held_out else None,
         )
         return cls(final.fast, meta, final.slow, encoder)
 
@@ -539,7 +539,13 @@ class IntentModel:
 
     # ------------------------------------------------------------ prediction
 
-    def _decide(self, feats: Any, texts: Sequence[str]) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    def cascade_threshold_for(self, language: str) -> float:
+        """The fast model decides a text of this language when it is at least this sure."""
+        return self.meta.cascade_thresholds.get(language, self.meta.cascade_threshold)
+
+    def _decide(
+        self, feats: Any, texts: Sequence[str], langs: Sequence[str]
+    ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
         """Per-label confidences of the cascade and which rows took the slow path."""
         conf = _confidences(
             _scores(self._estimator.named_steps["clf"], feats), self.meta.temperature
@@ -547,7 +553,8 @@ class IntentModel:
         slow = np.zeros(conf.shape[0], dtype=bool)
         if self._slow is None or self.encoder is None or conf.shape[0] == 0:
             return conf, slow
-        slow = conf.max(axis=1) < self.meta.cascade_threshold
+        cascade = np.array([self.cascade_threshold_for(lang) for lang in langs])
+        slow = conf.max(axis=1) < cascade
         if slow.any():
             rows = np.nonzero(slow)[0]
             dense = self.encoder.encode([texts[i] for i in rows.tolist()])
@@ -560,10 +567,10 @@ class IntentModel:
         if not texts:
             return np.zeros((0, len(self._classes)))
         feats = self._estimator.named_steps["features"].transform(list(texts))
-        return self._decide(feats, texts)[0]
+        return self._decide(feats, texts, [detect_language(t) for t in texts])[0]
 
     def _predictions(
-        self, conf: FloatArray, texts: Sequence[str], slow: npt.NDArray[np.bool_]
+        self, conf: FloatArray, langs: Sequence[str], slow: npt.NDArray[np.bool_]
     ) -> list[Prediction]:
         if conf.shape[0] == 0:
             return []
@@ -573,7 +580,7 @@ class IntentModel:
         classes = self._classes.tolist()
         cats = self._category_of.tolist()
         out: list[Prediction] = []
-        for i, text in enumerate(texts):
+        for i, lang in enumerate(langs):
             idx = order[i].tolist()
             top = tuple(
                 (classes[j], float(c)) for j, c in zip(idx, top_conf[i].tolist(), strict=True)
@@ -582,7 +589,7 @@ class IntentModel:
             cat = cats[idx[0]]
             if label == OUT_OF_SCOPE:
                 out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, UNKNOWN, top, slow[i]))
-            elif c >= self.threshold_for(detect_language(text)):
+            elif c >= self.threshold_for(lang):
                 out.append(Prediction(label, cat, c, False, label, cat, top, slow[i]))
             else:
                 out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat, top, slow[i]))
@@ -593,8 +600,9 @@ class IntentModel:
         if not texts:
             return []
         feats = self._estimator.named_steps["features"].transform(list(texts))
-        conf, slow = self._decide(feats, texts)
-        return self._predictions(conf, texts, slow)
+        langs = [detect_language(t) for t in texts]
+        conf, slow = self._decide(feats, texts, langs)
+        return self._predictions(conf, langs, slow)
 
     def predict_segmented(
         self, segments: Sequence[Sequence[str]]
@@ -627,8 +635,9 @@ class IntentModel:
             )
             blocks.append(self._normalize_blocks(agg @ x_seg))
         all_texts = flat + [" ".join(segments[i]) for i in multi]
-        conf, slow = self._decide(sparse.vstack(blocks).tocsr(), all_texts)
-        preds = self._predictions(conf, all_texts, slow)
+        langs = [detect_language(t) for t in all_texts]
+        conf, slow = self._decide(sparse.vstack(blocks).tocsr(), all_texts, langs)
+        preds = self._predictions(conf, langs, slow)
         seg_preds, whole_preds = preds[: len(flat)], preds[len(flat) :]
         out: list[tuple[Prediction, list[Prediction]]] = []
         k = 0
@@ -676,6 +685,17 @@ def _load_joblib(path: Path) -> Any:
         raise ModelError(f"cannot load {path}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _Tuned:
+    fast_temperature: float
+    slow_temperature: float
+    cascade_threshold: float
+    cascade_thresholds: dict[str, float]
+    threshold: float
+    thresholds: dict[str, float]
+    held_out: HeldOut | None
+
+
 def _tune(
     params: TrainParams,
     fitted: _Fitted,
@@ -683,10 +703,8 @@ def _tune(
     gold_labels: Any,
     langs: Any,
     dense: npt.NDArray[np.float32] | None,
-) -> tuple[float, float, float, float, dict[str, float], HeldOut]:
-    """Temperatures, cascade threshold and abstention thresholds from the held-out families:
-    (fast T, slow T, cascade threshold, all-language threshold, per-language thresholds,
-    held-out metrics)."""
+) -> _Tuned:
+    """Temperatures, cascade and abstention thresholds from the held-out families."""
     classes = list(fitted.fast.classes_)
     feats = fitted.fast.named_steps["features"].transform(texts)
     known = np.array([g in classes for g in gold_labels])
@@ -697,6 +715,7 @@ def _tune(
     fast_best = fast_conf.argmax(axis=1)
     fast_correct = (fast_best == gold) & known
     conf, slow_t, cascade_t = fast_conf, 1.0, 0.0
+    cascade_ts: dict[str, float] = {}
     slow = np.zeros(len(texts), dtype=bool)
     slow_accuracy = 0.0
     if fitted.slow is not None and dense is not None:
@@ -706,7 +725,13 @@ def _tune(
         slow_accuracy = float(((slow_conf.argmax(axis=1) == gold) & known).mean())
         fast_top = fast_conf.max(axis=1)
         cascade_t = threshold_for_precision(fast_top, fast_correct, params.cascade_precision, 0.0)
-        slow = fast_top < cascade_t
+        for lang in LANGUAGES:
+            m = langs == lang
+            if m.sum() >= MIN_LANGUAGE_ROWS:
+                cascade_ts[lang] = threshold_for_precision(
+                    fast_top[m], fast_correct[m], params.cascade_precision, 0.0
+                )
+        slow = fast_top < np.array([cascade_ts.get(lang, cascade_t) for lang in langs])
         conf = np.where(slow[:, None], slow_conf, fast_conf)
     best = conf.argmax(axis=1)
     top = conf.max(axis=1)
@@ -752,7 +777,7 @@ def _tune(
         ece=round(expected_calibration_error(top.tolist(), correct.tolist()), 4),
         by_language=by_language,
     )
-    return fast_t, slow_t, cascade_t, threshold, thresholds, held_out
+    return _Tuned(fast_t, slow_t, cascade_t, cascade_ts, threshold, thresholds, held_out)
 
 # ---------------------------------------------------------------- data files
 
