@@ -1,9 +1,9 @@
 """Pure normalization helpers shared by every channel adapter.
 
-Phones become E.164 (a small normalizer: Russian ``+7``/``8`` numbers and international
-``+CC`` / ``00CC`` numbers), e-mails are lower-cased, text is cleaned (NFC, invisible and
-control characters removed, whitespace collapsed), the language is guessed (ru / en / other)
-from the script and common words, and personal data (payment cards with a Luhn check,
+Phones become E.164 (libphonenumber's metadata through ``phonenumbers``; Russian numbers by
+default), e-mails are lower-cased, text is cleaned (NFC, invisible and control characters
+removed, whitespace collapsed), the language is guessed (ru / en / other) from the script
+and common words, and personal data (payment cards with a Luhn check,
 phones, e-mails) is located as character spans so later stages can redact it.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import UTC, datetime
+
+import phonenumbers
 
 from pipeline.errors import InvalidInput
 from pipeline.events import Channel, Identity, PiiSpan
@@ -58,42 +60,39 @@ def canonical_channel(name: str) -> Channel:
 
 # ---------------------------------------------------------------- identities
 
-_PHONE_JUNK = re.compile(r"[\s().\-‐-―/]")
+_PHONE_PREFIXES = ("tel:", "whatsapp:", "sms:")
 
 
-def normalize_phone(raw: str, default_country: str = "7") -> str | None:
-    """E.164 form of a phone number, or None when it is not a plausible number.
+def normalize_phone(raw: str, default_region: str = "RU") -> str | None:
+    """E.164 form of a valid phone number, or None.
 
-    ``8 916 123-45-67`` and ``9161234567`` are Russian (+7); ``+44 20 7946 0958`` and
-    ``0044...`` keep their country code. Twilio-style ``tel:``/``whatsapp:`` prefixes go.
+    libphonenumber's metadata (the ``phonenumbers`` package) decides with every country's
+    numbering plan: ``8 916 123-45-67`` and ``9161234567`` are Russian (+7) mobiles by the
+    default region, ``+44 20 7946 0958`` / ``0044 20 7946 0958`` keep their country. A
+    number written without a country must be valid in the default region; one written with
+    ``+CC`` needs only the right length for that country (a newly opened range, a test or
+    fiction range such as UK 07700 900xxx is still someone's address). Twilio-style
+    ``tel:``/``whatsapp:``/``sms:`` prefixes go; digits other than ASCII are refused.
     """
-    s = raw.strip().lower()
-    for prefix in ("tel:", "whatsapp:", "sms:"):
-        if s.startswith(prefix):
+    s = raw.strip()
+    for prefix in _PHONE_PREFIXES:
+        if s.lower().startswith(prefix):
             s = s[len(prefix) :]
-    s = _PHONE_JUNK.sub("", s)
-    if not s:
+    if not s or len(s) > 64 or any(ch.isdigit() and not ch.isascii() for ch in s):
         return None
-    plus = s.startswith("+")
-    digits = s[1:] if plus else s
-    if not digits.isascii() or not digits.isdigit():
+    if s.startswith("00"):  # the international prefix most of the world dials
+        s = "+" + s[2:]
+    try:
+        number = phonenumbers.parse(s, default_region)
+    except phonenumbers.NumberParseException:
         return None
-    if not plus and digits.startswith("00"):
-        plus, digits = True, digits[2:]
-    if not plus:
-        if len(digits) == 11 and digits[0] in "78" and default_country == "7":
-            digits = "7" + digits[1:]
-        elif len(digits) == 10 and digits[0] == "9" and default_country == "7":
-            digits = "7" + digits
-        elif len(digits) == 10 and default_country != "7":
-            digits = default_country + digits
-        else:
-            return None
-    if digits.startswith("0") or not 8 <= len(digits) <= 15:
+    international = s.startswith("+")
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if not phonenumbers.is_valid_number(number) and not (
+        international and possible == phonenumbers.ValidationResult.IS_POSSIBLE
+    ):
         return None
-    if digits.startswith("7") and len(digits) != 11:
-        return None
-    return "+" + digits
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 _EMAIL_RE = re.compile(
