@@ -12,7 +12,7 @@ from pipeline.broker import broker_for
 from pipeline.bus import Publisher, ensure_topics
 from pipeline.config import Settings, get_settings
 from pipeline.ingest.eml import import_path
-from pipeline.ingest.server import serve
+from pipeline.ingest.server import check_exposure, serve
 from pipeline.ingest.service import IngestService
 
 __all__ = ["register"]
@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--http-port", type=int, default=None, help="override ingest_port")
     parser.add_argument("--smtp-port", type=int, default=None, help="override smtp_port")
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen on a non-loopback address although an endpoint has no credentials "
+        "(same as PIPELINE_INGEST_ALLOW_UNAUTHENTICATED=true)",
+    )
     parser.set_defaults(handler=_serve)
     inner = parser.add_subparsers(dest="ingest_command", metavar="SUBCOMMAND")
     eml = inner.add_parser(
@@ -40,7 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = get_settings()
-    update: dict[str, int] = {}
+    update: dict[str, int | bool] = {}
+    if getattr(args, "allow_unauthenticated", False):
+        update["ingest_allow_unauthenticated"] = True
     if getattr(args, "http_port", None) is not None:
         update["ingest_port"] = args.http_port
     if getattr(args, "smtp_port", None) is not None:
@@ -49,6 +57,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    check_exposure(_settings(args))  # before a broker is started for nothing
     with broker_for(_settings(args)) as settings:
         try:
             asyncio.run(serve(settings))

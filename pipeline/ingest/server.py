@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ from pipeline.bus import Publisher, ensure_topics
 from pipeline.config import Settings
 from pipeline.errors import (
     BrokerUnavailable,
+    ConfigError,
     DecodeError,
     InvalidInput,
     PayloadTooLarge,
@@ -51,7 +53,15 @@ from pipeline.ingest.message import ParsedMessage
 from pipeline.ingest.service import Accepted, IngestService
 from pipeline.ingest.smtp import SmtpHandler
 
-__all__ = ["SERVICE_KEY", "IngestServer", "create_app", "serve"]
+__all__ = [
+    "CREDENTIALS",
+    "SERVICE_KEY",
+    "IngestServer",
+    "check_exposure",
+    "create_app",
+    "serve",
+    "unauthenticated_endpoints",
+]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +278,50 @@ def create_app(
     return app
 
 
+#: Each HTTP endpoint and the setting that authenticates it.
+CREDENTIALS: dict[str, str] = {
+    "/ingest": "generic_api_token",
+    "/webhooks/voice": "generic_api_token",
+    "/webhooks/telegram": "telegram_secret_token",
+    "/webhooks/chatwoot": "chatwoot_hmac_token",
+    "/webhooks/twilio": "twilio_auth_token",
+    "/webhooks/whatsapp": "whatsapp_app_secret",
+    "/webhooks/vk": "vk_secret",
+}
+
+
+def unauthenticated_endpoints(settings: Settings) -> list[str]:
+    """Endpoints that accept anyone because their credential setting is unset."""
+    return [path for path, name in CREDENTIALS.items() if getattr(settings, name) is None]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or an empty string (every interface)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve unauthenticated endpoints beyond this machine unless allowed.
+
+    On 127.0.0.1 (the default) anything goes; on another address every endpoint needs its
+    credential, or ``PIPELINE_INGEST_ALLOW_UNAUTHENTICATED=true`` said it is meant.
+    """
+    if _is_loopback(settings.ingest_host) or settings.ingest_allow_unauthenticated:
+        return
+    open_ones = unauthenticated_endpoints(settings)
+    if not open_ones:
+        return
+    needed = sorted({f"PIPELINE_{CREDENTIALS[p].upper()}" for p in open_ones})
+    raise ConfigError(
+        f"refusing to listen on {settings.ingest_host}: {', '.join(open_ones)} would accept "
+        f"anyone; set {', '.join(needed)} or PIPELINE_INGEST_ALLOW_UNAUTHENTICATED=true"
+    )
+
+
 class IngestServer:
     """HTTP + SMTP adapters sharing one IngestService; ``start`` / ``stop`` (ports may be 0)."""
 
@@ -294,6 +348,7 @@ class IngestServer:
 
     async def start(self) -> None:
         """Create topics, rebuild the directory, bind HTTP and SMTP."""
+        check_exposure(self.settings)
         if self._create_topics:
             await ensure_topics(self.settings)
         if self._load:
