@@ -61,8 +61,9 @@ def _summary(model: IntentModel) -> str:
     if meta.held_out is not None:
         h = meta.held_out
         lines.append(
-            f"held-out families ({h.rows} rows): top-1 {h.accuracy:.4f} (fast "
-            f"{h.fast_accuracy:.4f}, encoder {h.slow_accuracy:.4f}), macro-F1 "
+            f"held-out families ({h.rows} rows): top-1 {h.accuracy:.4f} (fast alone "
+            f"{h.fast_accuracy:.4f}; on the slow-path rows encoder {h.slow_accuracy:.4f} vs "
+            f"fast {h.fast_accuracy_slow_rows:.4f}), macro-F1 "
             f"{h.macro_f1:.4f}, coverage {1 - h.abstention_rate:.4f} at precision "
             f"{h.accepted_accuracy:.4f}, slow path {h.slow_share:.4f}, ECE {h.ece:.4f}"
         )

