@@ -10,6 +10,14 @@ import pytest
 from pipeline.broker import broker_for
 from pipeline.config import Settings
 
+# Fixtures every tier shares (test modules never import each other; quix-streams' model).
+pytest_plugins = [
+    "tests.plugins.waiting",
+    "tests.plugins.topics",
+    "tests.plugins.stack",
+    "tests.plugins.inbound",
+]
+
 
 @pytest.fixture(scope="session")
 def broker_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from faust.types import TP, Message
 
-from pipeline.app import Context, create_app
+from pipeline.app import create_app
 from pipeline.codec import decode, encode
 from pipeline.config import Settings
+from pipeline.context import Context
 from pipeline.events import (
     CaseSnapshot,
     ClassifiedMessage,
@@ -35,7 +36,10 @@ from pipeline.events import (
     TaskUpdate,
     utcnow,
 )
-from tests.functional.helpers import telegram_inbound
+
+if TYPE_CHECKING:
+    from tests.plugins.inbound import TelegramInbound
+    from tests.plugins.waiting import Patience, Quiet
 
 SEED = (
     "Добрый день. В магазине на Садовой, 12 продают несвежие огурцы. "
@@ -88,17 +92,35 @@ def _out(ctx: Context) -> MemoryPublisher:
     return ctx.publisher
 
 
+Records = list[tuple[str, str, bytes | Event]]
+Feed = Callable[[str, Records, Callable[[], bool]], Awaitable[None]]
+
+
+@pytest.fixture
+def feed(ctx: Context, quiet: Quiet, patience: Patience) -> Feed:
+    """``await feed(agent, records, until)``: see ``_feed``."""
+
+    async def _run(agent: str, records: Records, until: Callable[[], bool]) -> None:
+        await _feed(ctx, agent, records, until, quiet, patience.memory_settle_s)
+
+    return _run
+
+
 async def _feed(
     ctx: Context,
     agent: str,
-    records: list[tuple[str, str, bytes | Event]],
+    records: Records,
     until: Callable[[], bool],
+    quiet: Quiet,
+    settle_s: float,
 ) -> None:
     """Put (topic, key, value) records into a running copy of ``agent``; wait for ``until``.
 
     Like ``AgentTestWrapper.put``, but with the source topic named: our agents read two topics
     each and tell them apart by name. (``put(wait=True)`` returns when a value enters a
     non-yielding agent, not when the agent is done with it, so the test waits for outputs.)
+    Then the agent keeps running until its output has stayed the same for the settle period,
+    so a second copy of an output sent a moment later is seen by the "exactly one" checks.
     """
     async with ctx.app.agents[agent].test_context() as running:
         wrapper: Any = running
@@ -125,6 +147,8 @@ async def _feed(
         while not until():
             assert time.monotonic() < deadline, f"{agent} did not produce what was expected"
             await asyncio.sleep(0.01)
+        out = _out(ctx)
+        await quiet.count(lambda: len(out.records), settle_s=settle_s)
 
 
 def _count(ctx: Context, topic: str) -> Callable[[], int]:
@@ -132,27 +156,37 @@ def _count(ctx: Context, topic: str) -> Callable[[], int]:
     return lambda: sum(1 for r in out.records if r[0] == ctx.settings.topic(topic))
 
 
-def _telegram(settings: Settings, chat: int, text: str, msg_id: int = 1) -> InboundMessage:
-    return telegram_inbound(settings, chat, msg_id, text, utcnow(), name="Анна")
+Telegram = Callable[..., InboundMessage]
 
 
-async def test_the_seed_scenario_through_the_real_agents(ctx: Context) -> None:
+@pytest.fixture
+def tg(telegram_inbound: TelegramInbound) -> Telegram:
+    """``tg(settings, chat, text, msg_id=1)``: a Telegram message from Анна, received now."""
+
+    def _telegram(settings: Settings, chat: int, text: str, msg_id: int = 1) -> InboundMessage:
+        return telegram_inbound(settings, chat, msg_id, text, utcnow(), name="Анна")
+
+    return _telegram
+
+
+async def test_the_seed_scenario_through_the_real_agents(
+    ctx: Context, feed: Feed, tg: Telegram
+) -> None:
     out = _out(ctx)
-    inbound = _telegram(ctx.settings, 7001, SEED)
+    inbound = tg(ctx.settings, 7001, SEED)
     key = inbound.customer_id
 
     # classify: two requests, the store resolved, nothing else yet
     classified = _count(ctx, "classified")
-    await _feed(ctx, "classify", [("inbound", key, inbound)], lambda: classified() == 1)
+    await feed("classify", [("inbound", key, inbound)], lambda: classified() == 1)
     [cm] = out.take(ctx.settings.topic("classified"), ClassifiedMessage)
     assert [i.category for i in cm.intents] == ["STORE_QUALITY", "LOYALTY"]
     assert any(e.kind == "store" and e.value == "SPB-012" for e in cm.entities)
 
     # the same record again (a redelivery) derives the same decision; the customer sending
     # the same text again is a duplicate of it, in the same case (the dedup table)
-    resent = _telegram(ctx.settings, 7001, SEED, msg_id=2)
-    await _feed(
-        ctx,
+    resent = tg(ctx.settings, 7001, SEED, msg_id=2)
+    await feed(
         "classify",
         [("inbound", key, inbound), ("inbound", key, resent)],
         lambda: classified() == 2,
@@ -164,7 +198,7 @@ async def test_the_seed_scenario_through_the_real_agents(ctx: Context) -> None:
 
     # route: one case, an internal and an external sub-request, an acknowledgement
     outcomes = _count(ctx, "outcomes")
-    await _feed(ctx, "route", [("classified", key, cm)], lambda: outcomes() == 1)
+    await feed("route", [("classified", key, cm)], lambda: outcomes() == 1)
     [outcome] = out.take(ctx.settings.topic("outcomes"), Outcome)
     assert outcome.outcome is OutcomeKind.routed
     internal = out.take(ctx.settings.topic("tasks.loyalty-it"), SubRequest)
@@ -194,8 +228,7 @@ async def test_the_seed_scenario_through_the_real_agents(ctx: Context) -> None:
             ]
         )
     ]
-    await _feed(
-        ctx,
+    await feed(
         "cases",
         [("case-state", snapshot.case_id, snapshot)]
         + [("task-updates", u.case_id, u) for u in updates]
@@ -210,12 +243,13 @@ async def test_the_seed_scenario_through_the_real_agents(ctx: Context) -> None:
     assert any(r.kind is ReplyKind.survey for r in replies)
 
 
-async def test_poison_is_dead_lettered_and_the_agent_goes_on(ctx: Context) -> None:
+async def test_poison_is_dead_lettered_and_the_agent_goes_on(
+    ctx: Context, feed: Feed, tg: Telegram
+) -> None:
     out = _out(ctx)
-    good = _telegram(ctx.settings, 7002, "Где мой заказ 12345?")
+    good = tg(ctx.settings, 7002, "Где мой заказ 12345?")
     poison = [b"\xff\xfe not utf-8", b"{broken json", b'{"schema_version": 1}', b"null"]
-    await _feed(
-        ctx,
+    await feed(
         "classify",
         [("inbound", "p", value) for value in poison] + [("inbound", good.customer_id, good)],
         lambda: _count(ctx, "classified")() == 1,
@@ -225,6 +259,6 @@ async def test_poison_is_dead_lettered_and_the_agent_goes_on(ctx: Context) -> No
     assert all(d.topic == ctx.settings.topic("inbound") and d.offset is not None for d in dead)
     assert len(out.take(ctx.settings.topic("classified"), ClassifiedMessage)) == 1
     dlq = _count(ctx, "dlq")
-    await _feed(ctx, "cases", [("task-updates", "c", b"{not an update")], lambda: dlq() == 1)
+    await feed("cases", [("task-updates", "c", b"{not an update")], lambda: dlq() == 1)
     [dl] = out.take(ctx.settings.topic("dlq"), DeadLetter)
     assert dl.stage == "cases" and dl.error

@@ -6,21 +6,24 @@ ingest parser → normalization → classifier (default model) → KB → route 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.classify.core import Classifier
 from pipeline.config import Settings
+from pipeline.domain.cases import apply_customer_message, apply_task_update
+from pipeline.domain.tokens import parse_reply_address
+from pipeline.domain.workflow import Workflow, load_workflow
 from pipeline.events import InboundMessage, TaskStatus, TaskUpdate
 from pipeline.notify.compose import compose_external
-from pipeline.domain.tokens import parse_reply_address
-from pipeline.domain.cases import apply_customer_message, apply_task_update
 from pipeline.route.core import route_message
 from pipeline.route.kb import KbIndex
-from pipeline.domain.workflow import Workflow, load_workflow
-from tests.functional.helpers import telegram_inbound
+
+if TYPE_CHECKING:
+    from tests.plugins.inbound import TelegramInbound
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -33,19 +36,29 @@ def parts() -> Iterator[tuple[Settings, Workflow, Classifier, KbIndex]]:
     yield s, wf, clf, KbIndex.from_dir(s.kb_dir)
 
 
-def _telegram(settings: Settings, chat: int, msg_id: int, text: str) -> InboundMessage:
-    return telegram_inbound(settings, chat, msg_id, text, NOW)
+Telegram = Callable[[Settings, int, int, str], InboundMessage]
+
+
+@pytest.fixture
+def tg(telegram_inbound: TelegramInbound) -> Telegram:
+    """``tg(settings, chat, msg_id, text)``: a Telegram message received at NOW."""
+
+    def _telegram(settings: Settings, chat: int, msg_id: int, text: str) -> InboundMessage:
+        return telegram_inbound(settings, chat, msg_id, text, NOW)
+
+    return _telegram
 
 
 def test_seed_example_end_to_end_in_memory(
     parts: tuple[Settings, Workflow, Classifier, KbIndex],
+    tg: Telegram,
 ) -> None:
     s, wf, clf, _ = parts
     text = (
         "Добрый день! В магазине на Садовой, 12 продают несвежие огурцы, а ещё на кассе "
         "не списались бонусы с карты лояльности."
     )
-    inbound = _telegram(s, 4242, 1, text)
+    inbound = tg(s, 4242, 1, text)
     assert inbound.language == "ru"
     [cm] = clf.classify_batch([inbound], now=NOW)
     assert {i.category for i in cm.intents} == {"STORE_QUALITY", "LOYALTY"}
@@ -90,7 +103,7 @@ def test_seed_example_end_to_end_in_memory(
     assert resolution.channel.value == "telegram"
     assert resolution.reply_to.get("chat_id") == "4242"
     # The NPS answer comes back through the same channel and closes the loop.
-    answer = _telegram(s, 4242, 2, "9")
+    answer = tg(s, 4242, 2, "9")
     tr = apply_customer_message(state, answer, wf, now=NOW + timedelta(hours=3))
     assert tr.state.survey is not None and tr.state.survey.score == 9
     assert tr.state.survey.nps_class == "promoter"
@@ -98,13 +111,14 @@ def test_seed_example_end_to_end_in_memory(
 
 def test_password_question_is_auto_replied_in_memory(
     parts: tuple[Settings, Workflow, Classifier, KbIndex],
+    tg: Telegram,
 ) -> None:
     s, wf, clf, kb = parts
     for lang, text in [
         ("en", "I forgot my password, how do I reset it?"),
         ("ru", "Забыл пароль от личного кабинета, как восстановить?"),
     ]:
-        inbound = _telegram(s, 5151, 1, text)
+        inbound = tg(s, 5151, 1, text)
         [cm] = clf.classify_batch([inbound], now=NOW)
         match = kb.search(text, inbound.language, [i.label for i in cm.intents])
         decision = route_message(cm, wf, now=NOW, kb_match=match, settings=s)

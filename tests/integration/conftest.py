@@ -1,35 +1,31 @@
 """One running stack per test session: the real worker and ingest processes on the real broker.
 
 Tests share it and keep apart by unique customer and message ids; tests that need their own
-topics use the ``kafka`` fixture instead.
+topics use the ``kafka`` fixture, or ``start_stack`` for a stack of their own. The helpers
+(``records``, ``deliveries``, ``post_json``, ``telegram`` ...) are fixtures of the plugins in
+``tests/plugins``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.config import Settings
 from pipeline.outbox import Outbox
 
-from .helpers import start_stack
+if TYPE_CHECKING:
+    from tests.plugins.stack import StartStack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def outbox() -> Iterator[Outbox]:
-    """Local stand-ins for the platform APIs and the mail relay (real HTTP and SMTP)."""
-    box = Outbox().start()
-    try:
-        yield box
-    finally:
-        box.stop()
-
-
-@pytest.fixture(scope="session")
-def stack(broker_settings: Settings, outbox: Outbox) -> Iterator[Settings]:
+def stack(
+    broker_settings: Settings, outbox: Outbox, start_stack: StartStack
+) -> Iterator[Settings]:
     """Settings of a running worker + ingest pair (started once, stopped at session end)."""
     settings, group = start_stack(broker_settings, outbox, "it")
     try:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.config import Settings
 from pipeline.events import ClassifiedMessage, Outcome, Reply
 
-from .helpers import post_json, wait_for
+if TYPE_CHECKING:
+    from tests.plugins.stack import PostJson
+    from tests.plugins.topics import Records
+    from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +48,7 @@ Yes: tick "Gift wrapping" at checkout and we add a handwritten card.
 """
 
 
-def _ask(stack: Settings, customer: str) -> str:
+def _ask(post_json: PostJson, stack: Settings, customer: str) -> str:
     status, body = post_json(
         f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
         {
@@ -60,10 +63,16 @@ def _ask(stack: Settings, customer: str) -> str:
     return str(body["message_id"])
 
 
-async def test_published_article_answers_without_restart(stack: Settings, tmp_path: Path) -> None:
-    first = _ask(stack, f"gift-{uuid.uuid4().hex[:8]}")
-    [before] = await wait_for(
-        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == first, 1
+async def test_published_article_answers_without_restart(
+    stack: Settings,
+    tmp_path: Path,
+    post_json: PostJson,
+    records: Records,
+    wait_until: WaitUntil,
+) -> None:
+    first = _ask(post_json, stack, f"gift-{uuid.uuid4().hex[:8]}")
+    before = await records.first(
+        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == first
     )
     intent = before.intents[0].label
     kb_dir = tmp_path / "kb"
@@ -86,15 +95,19 @@ async def test_published_article_answers_without_restart(stack: Settings, tmp_pa
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for attempt in range(20):  # the worker follows the topic within about a second
-        mid = _ask(stack, f"gift-{attempt}-{uuid.uuid4().hex[:8]}")
-        [outcome] = await wait_for(
-            stack, stack.topic("outcomes"), Outcome, lambda o, m=mid: o.message_id == m, 1
+
+    async def auto_resolved() -> str | None:
+        """Ask again; the message id if the answer now came from the KB."""
+        mid = _ask(post_json, stack, f"gift-{uuid.uuid4().hex[:8]}")
+        outcome = await records.first(
+            stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid
         )
-        if outcome.outcome.value == "auto_resolved":
-            break
-        await asyncio.sleep(1)
-    assert outcome.outcome.value == "auto_resolved", outcome
-    [reply] = await wait_for(stack, stack.topic("replies"), Reply, lambda r: r.message_id == mid, 1)
+        return mid if outcome.outcome.value == "auto_resolved" else None
+
+    # the worker follows the KB topic within about a second
+    mid = await wait_until(
+        auto_resolved, timeout_s=60, what="an answer from the published article", interval_s=1
+    )
+    reply = await records.first(stack, stack.topic("replies"), Reply, lambda r: r.message_id == mid)
     assert reply.article_id == f"gift-wrapping-{tag}"
     assert "handwritten card" in reply.text

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -16,9 +17,14 @@ from pipeline.events import ClassifiedMessage, DeadLetter, Outcome, SubRequest
 from pipeline.runtime import audit
 from pipeline.topics import task_topic
 
-from .helpers import get_text, post_json, wait_for
+if TYPE_CHECKING:
+    from tests.plugins.stack import GetText, PostJson
+    from tests.plugins.topics import Records
+    from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
+
+Post = Callable[[str, str, str], str]
 
 MESSAGES = [
     ("webchat", "I need to cancel my order, it was placed by mistake"),
@@ -32,30 +38,38 @@ MESSAGES = [
 ]
 
 
-def _post(stack: Settings, channel: str, text: str, customer: str) -> str:
-    status, body = post_json(
-        f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
-        {
-            "channel": channel,
-            "message_id": uuid.uuid4().hex,
-            "customer": {"id": customer},
-            "text": text,
-        },
-    )
-    assert status == 202, body
-    return str(body["message_id"])
+@pytest.fixture
+def post(stack: Settings, post_json: PostJson) -> Post:
+    """``post(channel, text, customer)`` sends a generic message; returns its message id."""
+
+    def _post(channel: str, text: str, customer: str) -> str:
+        status, body = post_json(
+            f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
+            {
+                "channel": channel,
+                "message_id": uuid.uuid4().hex,
+                "customer": {"id": customer},
+                "text": text,
+            },
+        )
+        assert status == 202, body
+        return str(body["message_id"])
+
+    return _post
 
 
-async def test_every_message_gets_exactly_one_outcome(stack: Settings) -> None:
+async def test_every_message_gets_exactly_one_outcome(
+    stack: Settings, post: Post, records: Records
+) -> None:
     run = uuid.uuid4().hex[:6]
-    ids = {_post(stack, ch, text, f"e2e-{run}-{i}") for i, (ch, text) in enumerate(MESSAGES)}
-    outcomes = await wait_for(
+    ids = {post(ch, text, f"e2e-{run}-{i}") for i, (ch, text) in enumerate(MESSAGES)}
+    outcomes = await records.settled(
         stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, len(ids)
     )
     assert {o.message_id for o in outcomes} == ids
-    assert len(outcomes) == len(ids)
+    assert len(outcomes) == len(ids), "a message got a second outcome"
     assert all(o.outcome.value in {"routed", "auto_resolved"} for o in outcomes), outcomes
-    classified = await wait_for(
+    classified = await records.wait_for(
         stack,
         stack.topic("classified"),
         ClassifiedMessage,
@@ -72,10 +86,10 @@ async def test_every_message_gets_exactly_one_outcome(stack: Settings) -> None:
         if dept not in {d for d in _internal(stack)}
         else task_topic(stack, dept)
     )
-    subs = await wait_for(
-        stack, topic, SubRequest, lambda s: s.message_id == routed[0].message_id, 1
+    sub = await records.first(
+        stack, topic, SubRequest, lambda s: s.message_id == routed[0].message_id
     )
-    assert subs and subs[0].customer_id == routed[0].customer_id
+    assert sub.customer_id == routed[0].customer_id
 
 
 def _internal(stack: Settings) -> list[str]:
@@ -84,7 +98,9 @@ def _internal(stack: Settings) -> list[str]:
     return departments(stack)
 
 
-async def test_bad_records_go_to_the_dlq_and_the_worker_keeps_going(stack: Settings) -> None:
+async def test_bad_records_go_to_the_dlq_and_the_worker_keeps_going(
+    stack: Settings, post: Post, records: Records
+) -> None:
     run = uuid.uuid4().hex[:8]
     bad_values = [
         b"\xff\xfe\x00 not utf-8",
@@ -99,18 +115,17 @@ async def test_bad_records_go_to_the_dlq_and_the_worker_keeps_going(stack: Setti
             await pub.send_raw(stack.topic("inbound"), f"poison-{run}", value)
     finally:
         await pub.close()
-    good = _post(stack, "webchat", "Please help me track my order", f"after-poison-{run}")
-    outcome = await wait_for(
-        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == good, 1
-    )
-    assert outcome, "the worker kept processing after the poison records"
-    dead = await wait_for(
+    good = post("webchat", "Please help me track my order", f"after-poison-{run}")
+    # the worker kept processing after the poison records
+    await records.first(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == good)
+    dead = await records.settled(
         stack,
         stack.topic("dlq"),
         DeadLetter,
         lambda d: d.key == f"poison-{run}",
         len(bad_values),
     )
+    # each bad record dead-lettered exactly once
     assert sorted(base64.b64decode(d.raw_b64) for d in dead) == sorted(bad_values)
     for d in dead:
         assert d.stage == "classify"
@@ -119,9 +134,11 @@ async def test_bad_records_go_to_the_dlq_and_the_worker_keeps_going(stack: Setti
         assert d.error
 
 
-async def test_metrics_and_health_are_served(stack: Settings) -> None:
-    _post(stack, "webchat", "What payment methods do you accept?", "metrics-probe")
-    await wait_for(stack, stack.topic("outcomes"), Outcome, lambda o: True, 1)
+async def test_metrics_and_health_are_served(
+    stack: Settings, post: Post, records: Records, get_text: GetText, wait_until: WaitUntil
+) -> None:
+    mid = post("webchat", "What payment methods do you accept?", "metrics-probe")
+    await records.first(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
     status, text = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
     assert status == 200
     assert 'pipeline_messages_total{outcome="classified",stage="classify"}' in text
@@ -129,17 +146,21 @@ async def test_metrics_and_health_are_served(stack: Settings) -> None:
     status, health = get_text(f"http://{stack.web_host}:{stack.web_port}/healthz")
     assert status == 200 and json.loads(health)["status"] == "ok"
     # Consumer lag per input topic, measured against the broker's end offsets.
-    deadline = time.monotonic() + 30
-    while f'pipeline_consumer_lag{{topic="{stack.topic("inbound")}"}}' not in text:
-        assert time.monotonic() < deadline, "no consumer lag series"
-        time.sleep(0.5)
+    lag = f'pipeline_consumer_lag{{topic="{stack.topic("inbound")}"}}'
+
+    def with_lag() -> str | None:
         _, text = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
+        return text if lag in text else None
+
+    text = await wait_until(with_lag, timeout_s=30, what="a consumer lag series", interval_s=0.5)
     assert "pipeline_consumer_stalled 0.0" in text
 
 
-async def test_audit_finds_no_message_without_outcome(stack: Settings) -> None:
-    mid = _post(stack, "webchat", "I want to change my shipping address", "audit-probe")
-    await wait_for(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid, 1)
+async def test_audit_finds_no_message_without_outcome(
+    stack: Settings, post: Post, records: Records
+) -> None:
+    mid = post("webchat", "I want to change my shipping address", "audit-probe")
+    await records.first(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
     report = await audit(stack, idle_s=1.0)
     assert report.inbound >= 1
     assert report.missing == [], report.missing
@@ -157,7 +178,7 @@ async def test_audit_finds_no_message_without_outcome(stack: Settings) -> None:
     ],
 )
 async def test_every_stage_dead_letters_poison_and_keeps_going(
-    stack: Settings, topic: str, stage: str
+    stack: Settings, topic: str, stage: str, post: Post, records: Records
 ) -> None:
     run = uuid.uuid4().hex[:8]
     poison = [b"\xc3\x28 bad utf-8", b'{"schema_version": 1}', b"[" * 10_000]
@@ -167,17 +188,15 @@ async def test_every_stage_dead_letters_poison_and_keeps_going(
             await pub.send_raw(stack.topic(topic), f"poison-{topic}-{run}", value)
     finally:
         await pub.close()
-    dead = await wait_for(
+    dead = await records.settled(
         stack,
         stack.topic("dlq"),
         DeadLetter,
         lambda d: d.key == f"poison-{topic}-{run}",
         len(poison),
     )
-    assert len(dead) == len(poison)
+    assert len(dead) == len(poison), "each poison record dead-lettered exactly once"
     assert {d.stage for d in dead} == {stage}
     assert all(d.topic == stack.topic(topic) and d.offset is not None for d in dead)
-    good = _post(stack, "webchat", "How do I track my order?", f"after-{topic}-{run}")
-    assert await wait_for(
-        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == good, 1
-    )
+    good = post("webchat", "How do I track my order?", f"after-{topic}-{run}")
+    await records.first(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == good)

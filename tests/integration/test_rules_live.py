@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,9 +22,14 @@ from pipeline.outbox import Outbox
 from pipeline.runtime import Children
 from pipeline.topics import task_topic
 
-from .helpers import get_text, start_stack, telegram, wait_for
+if TYPE_CHECKING:
+    from tests.plugins.stack import GetText, StartStack, Telegram
+    from tests.plugins.topics import Records
+    from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
+
+Routed = Callable[[Settings, int, int, str], Awaitable[Outcome]]
 
 LOYALTY = "    then: [{type: internal, department: loyalty-it}]\n"
 TO_CARE = "    then: [{type: internal, department: customer-care}]\n"
@@ -38,7 +43,7 @@ NEW_DEPARTMENT = (
 
 @pytest.fixture
 def live_stack(
-    broker_settings: Settings, outbox: Outbox, tmp_path: Path
+    broker_settings: Settings, outbox: Outbox, tmp_path: Path, start_stack: StartStack
 ) -> Iterator[tuple[Settings, Children, Path]]:
     rules = tmp_path / "workflow.yaml"
     shutil.copy(broker_settings.rules_path, rules)
@@ -67,30 +72,38 @@ def _cli(stack: Settings, rules: Path, *args: str) -> subprocess.CompletedProces
     )
 
 
-def _workflow_sha(stack: Settings) -> str:
+def _workflow_sha(get_text: GetText, stack: Settings) -> str:
+    """The sha256 of the workflow the worker runs (from its /healthz)."""
     _, body = get_text(f"http://{stack.web_host}:{stack.web_port}/healthz")
     return str(json.loads(body)["workflow"]["sha256"])
 
 
-async def _routed(stack: Settings, chat: int, n: int, text: str) -> Outcome:
-    status, _ = telegram(stack, chat, n, text)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:{n}")
-    found = await wait_for(
-        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid, 1
-    )
-    assert found
-    return found[0]
+@pytest.fixture
+def routed(telegram: Telegram, records: Records) -> Routed:
+    """``await routed(stack, chat, n, text)``: send a Telegram message; its outcome."""
+
+    async def _routed(stack: Settings, chat: int, n: int, text: str) -> Outcome:
+        status, _ = telegram(stack, chat, n, text)
+        assert status == 200
+        mid = derive_id("msg", "telegram", f"{chat}:{n}")
+        return await records.first(
+            stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid
+        )
+
+    return _routed
 
 
 async def test_workers_follow_a_changed_workflow_and_replay_shows_it(
     live_stack: tuple[Settings, Children, Path],
+    routed: Routed,
+    get_text: GetText,
+    wait_until: WaitUntil,
 ) -> None:
     stack, _, rules = live_stack
     start = datetime.now(UTC) - timedelta(seconds=5)
     chat = 6_000_000 + int(uuid.uuid4().int % 100_000)
     text = "Мне не начислили бонусы на карту лояльности за покупку"
-    before = await _routed(stack, chat, 1, text)
+    before = await routed(stack, chat, 1, text)
     assert before.departments == ["loyalty-it"]
 
     original = rules.read_text(encoding="utf-8")
@@ -98,8 +111,13 @@ async def test_workers_follow_a_changed_workflow_and_replay_shows_it(
     new_rules = rules.with_name("new-workflow.yaml")
     new_rules.write_text(original.replace(LOYALTY, TO_CARE), encoding="utf-8")
     shutil.copy(new_rules, rules)
-    time.sleep(7)  # the workers check the file every 5 s
-    after = await _routed(stack, chat + 1, 1, text)
+    want = hashlib.sha256(new_rules.read_bytes()).hexdigest()
+    await wait_until(  # the workers check the file every 5 s
+        lambda: _workflow_sha(get_text, stack) == want,
+        timeout_s=60,
+        what="the worker running the changed workflow file",
+    )
+    after = await routed(stack, chat + 1, 1, text)
     assert after.departments == ["customer-care"], after
 
     # Replay the traffic since the start against the ORIGINAL rules as "new": the loyalty
@@ -119,12 +137,16 @@ async def test_workers_follow_a_changed_workflow_and_replay_shows_it(
 
 async def test_a_workflow_published_to_the_config_topic_reaches_the_running_worker(
     live_stack: tuple[Settings, Children, Path],
+    routed: Routed,
+    records: Records,
+    get_text: GetText,
+    wait_until: WaitUntil,
 ) -> None:
     stack, _, rules = live_stack
     start = datetime.now(UTC) - timedelta(seconds=5)
     chat = 6_500_000 + int(uuid.uuid4().int % 100_000)
     text = "Мне не начислили бонусы на карту лояльности за покупку"
-    assert (await _routed(stack, chat, 1, text)).departments == ["loyalty-it"]
+    assert (await routed(stack, chat, 1, text)).departments == ["loyalty-it"]
 
     # A department the worker has never heard of, in a file the worker cannot see.
     original = rules.read_text(encoding="utf-8")
@@ -145,17 +167,18 @@ async def test_a_workflow_published_to_the_config_topic_reaches_the_running_work
     assert stack.topic("config") in proc.stdout
     want = hashlib.sha256(published.read_bytes()).hexdigest()
     assert want[:12] in proc.stdout
-    deadline = time.monotonic() + 60
-    while _workflow_sha(stack) != want and time.monotonic() < deadline:
-        time.sleep(0.2)  # the worker follows the config topic as it is written
-    assert _workflow_sha(stack) == want
-    after = await _routed(stack, chat + 1, 1, text)
+    await wait_until(  # the worker follows the config topic as it is written
+        lambda: _workflow_sha(get_text, stack) == want,
+        timeout_s=60,
+        what="the worker running the published workflow",
+    )
+    after = await routed(stack, chat + 1, 1, text)
     assert after.departments == ["bonus-desk"], after
     mid = derive_id("msg", "telegram", f"{chat + 1}:1")
-    tasks = await wait_for(
-        stack, task_topic(stack, "bonus-desk"), SubRequest, lambda s: s.message_id == mid, 1
+    task = await records.first(
+        stack, task_topic(stack, "bonus-desk"), SubRequest, lambda s: s.message_id == mid
     )
-    assert tasks and tasks[0].department == "bonus-desk"
+    assert task.department == "bonus-desk"
 
     # `rules current` says what the workers run, and gives back the published YAML to edit.
     current = _cli(stack, rules, "rules", "current", "--json")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import smtplib
 import uuid
+from collections.abc import Callable
 from email.mime.text import MIMEText
 from email.utils import make_msgid
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,22 +20,31 @@ from pipeline.events import (
     SubRequest,
     derive_id,
 )
-from pipeline.outbox import Outbox
 from pipeline.topics import task_topic
 
-from .helpers import post_json, reply_by_mail, resolve_internal, telegram, until_delivered, wait_for
+if TYPE_CHECKING:
+    from tests.plugins.stack import Deliveries, PostJson, ReplyByMail, ResolveInternal, Telegram
+    from tests.plugins.topics import Records
 
 pytestmark = pytest.mark.integration
 
+Generic = Callable[[dict[str, str], str, str], str]
 
-def _generic(stack: Settings, customer: dict[str, str], text: str, cmid: str) -> str:
-    status, body = post_json(
-        f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
-        {"channel": "webchat", "message_id": cmid, "customer": customer, "text": text},
-    )
-    assert status == 202, body
-    assert isinstance(body, dict)
-    return str(body["message_id"])
+
+@pytest.fixture
+def generic(stack: Settings, post_json: PostJson) -> Generic:
+    """``generic(customer, text, channel_message_id)`` sends a web chat message; its id."""
+
+    def _generic(customer: dict[str, str], text: str, cmid: str) -> str:
+        status, body = post_json(
+            f"http://{stack.ingest_host}:{stack.ingest_port}/ingest",
+            {"channel": "webchat", "message_id": cmid, "customer": customer, "text": text},
+        )
+        assert status == 202, body
+        assert isinstance(body, dict)
+        return str(body["message_id"])
+
+    return _generic
 
 
 def _mail(stack: Settings, sender: str, to: str, text: str, subject: str = "Вопрос") -> str:
@@ -47,43 +58,44 @@ def _mail(stack: Settings, sender: str, to: str, text: str, subject: str = "Во
     return derive_id("msg", "email", mid)
 
 
-async def _outcome(stack: Settings, message_id: str) -> Outcome:
-    found = await wait_for(
-        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == message_id, 1
+async def _outcome(records: Records, stack: Settings, message_id: str) -> Outcome:
+    return await records.first(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == message_id
     )
-    assert found, f"no outcome for {message_id}"
-    return found[0]
 
 
-async def test_platform_retry_and_resend_make_one_case(stack: Settings) -> None:
+async def test_platform_retry_and_resend_make_one_case(
+    stack: Settings, records: Records, telegram: Telegram
+) -> None:
     chat = 7_000_000 + int(uuid.uuid4().int % 100_000)
     text = "Где мой заказ 55123? Его должны были привезти вчера"
     first = [telegram(stack, chat, 1, text) for _ in range(3)]  # the platform retries
     assert all(status == 200 for status, _ in first), first
     mid = derive_id("msg", "telegram", f"{chat}:1")
-    original = await _outcome(stack, mid)
+    original = await _outcome(records, stack, mid)
     assert original.outcome.value == "routed"
     status, _ = telegram(stack, chat, 2, text)  # the customer sends it again
     assert status == 200
-    again = await _outcome(stack, derive_id("msg", "telegram", f"{chat}:2"))
+    again = await _outcome(records, stack, derive_id("msg", "telegram", f"{chat}:2"))
     assert again.outcome.value == "duplicate"
     assert again.case_id == original.case_id
-    outcomes = await wait_for(
-        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid, 2, timeout_s=3
+    outcomes = await records.settled(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid, 1
     )
     assert len(outcomes) == 1, "a platform retry produced a second outcome"
 
 
-async def test_same_customer_chat_then_email_is_one_case(stack: Settings) -> None:
+async def test_same_customer_chat_then_email_is_one_case(
+    stack: Settings, records: Records, generic: Generic
+) -> None:
     run = uuid.uuid4().hex[:8]
     email_addr = f"olga.{run}@example.net"
-    chat_id = _generic(
-        stack,
+    chat_id = generic(
         {"id": f"olga-{run}", "email": email_addr},
         "Здравствуйте! Мне не пришёл возврат денег за заказ 48213, прошло уже две недели.",
         f"chat-{run}",
     )
-    first = await _outcome(stack, chat_id)
+    first = await _outcome(records, stack, chat_id)
     assert first.outcome.value == "routed"
     mail_id = _mail(
         stack,
@@ -92,71 +104,78 @@ async def test_same_customer_chat_then_email_is_one_case(stack: Settings) -> Non
         "Добрый день, мне не пришёл возврат денег за заказ 48213, прошло уже две недели!\n\n"
         "-- \nС уважением,\nОльга",
     )
-    second = await _outcome(stack, mail_id)
+    second = await _outcome(records, stack, mail_id)
     assert second.customer_id == first.customer_id
     assert second.outcome.value == "duplicate"
     assert second.case_id == first.case_id
 
 
-async def test_password_reset_is_answered_from_the_kb_in_both_languages(stack: Settings) -> None:
+async def test_password_reset_is_answered_from_the_kb_in_both_languages(
+    stack: Settings, records: Records, generic: Generic
+) -> None:
     run = uuid.uuid4().hex[:8]
     ids = {
-        "ru": _generic(
-            stack,
+        "ru": generic(
             {"id": f"pw-ru-{run}"},
             "Забыл пароль от личного кабинета, как восстановить?",
             f"pw-ru-{run}",
         ),
-        "en": _generic(
-            stack,
+        "en": generic(
             {"id": f"pw-en-{run}"},
             "I forgot my password, how do I reset it?",
             f"pw-en-{run}",
         ),
     }
     for lang, mid in ids.items():
-        outcome = await _outcome(stack, mid)
+        outcome = await _outcome(records, stack, mid)
         assert outcome.outcome.value == "auto_resolved", (lang, outcome)
-        replies = await wait_for(
-            stack, stack.topic("replies"), Reply, lambda r, m=mid: r.message_id == m, 1
+        reply = await records.first(
+            stack, stack.topic("replies"), Reply, lambda r, m=mid: r.message_id == m
         )
-        assert replies and replies[0].kind.value == "auto_reply"
-        assert replies[0].article_id == "password-recovery"
-        assert replies[0].language == lang
+        assert reply.kind.value == "auto_reply"
+        assert reply.article_id == "password-recovery"
+        assert reply.language == lang
 
 
-async def test_off_topic_question_is_routed_not_auto_replied(stack: Settings) -> None:
-    mid = _generic(
-        stack,
+async def test_off_topic_question_is_routed_not_auto_replied(
+    stack: Settings, records: Records, generic: Generic
+) -> None:
+    mid = generic(
         {"id": f"mars-{uuid.uuid4().hex[:8]}"},
         "What is the weather on Mars today?",
         uuid.uuid4().hex,
     )
-    outcome = await _outcome(stack, mid)
+    outcome = await _outcome(records, stack, mid)
     assert outcome.outcome.value == "routed"
 
 
-async def test_not_helped_after_auto_reply_reopens_and_routes(stack: Settings) -> None:
+async def test_not_helped_after_auto_reply_reopens_and_routes(
+    stack: Settings, records: Records, generic: Generic
+) -> None:
     run = uuid.uuid4().hex[:8]
     customer = {"id": f"nh-{run}"}
-    first = _generic(stack, customer, "I forgot my password, how do I reset it?", f"nh1-{run}")
-    auto = await _outcome(stack, first)
+    first = generic(customer, "I forgot my password, how do I reset it?", f"nh1-{run}")
+    auto = await _outcome(records, stack, first)
     assert auto.outcome.value == "auto_resolved"
-    second = _generic(stack, customer, "Не помогло, ссылка для сброса не приходит", f"nh2-{run}")
-    follow = await _outcome(stack, second)
+    second = generic(customer, "Не помогло, ссылка для сброса не приходит", f"nh2-{run}")
+    follow = await _outcome(records, stack, second)
     assert follow.outcome.value == "routed"
     assert follow.case_id == auto.case_id
-    reopened = await wait_for(
+    await records.first(
         stack,
         stack.topic("case-events"),
         CaseEvent,
         lambda e: e.case_id == auto.case_id and e.type.value == "reopened",
-        1,
     )
-    assert reopened
 
 
-async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Settings) -> None:
+async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
+    stack: Settings,
+    records: Records,
+    generic: Generic,
+    resolve_internal: ResolveInternal,
+    deliveries: Deliveries,
+) -> None:
     run = uuid.uuid4().hex[:8]
     variants = [
         "В магазине на Садовой, 12 продают несвежие огурцы",
@@ -165,29 +184,34 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Se
         "Садовая, 12 — несвежие овощи, огурцы мягкие и с плесенью",
     ]
     ids = [
-        _generic(stack, {"id": f"veg-{run}-{i}"}, variants[i % len(variants)], f"veg-{run}-{i}")
+        generic({"id": f"veg-{run}-{i}"}, variants[i % len(variants)], f"veg-{run}-{i}")
         for i in range(20)
     ]
-    classified = await wait_for(
+    classified = await records.wait_for(
         stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id in ids, 20
     )
     incidents = {c.similarity.incident_id for c in classified if c.similarity.incident_id}
     assert len(incidents) == 1, incidents
     incident = incidents.pop()
-    broadcast = await wait_for(
+    broadcast = await records.settled(
         stack,
         stack.topic("external"),
         SubRequest,
         lambda s: s.kind.value == "broadcast" and s.message_id == incident,
-        50,
-        timeout_s=20,
+        lambda seen: len({s.recipient for s in seen}) >= 2,
     )
     per_recipient = {s.recipient for s in broadcast}
     assert len(per_recipient) >= 2, "a broadcast reaches every store director"
-    assert len({s.sub_request_id for s in broadcast}) == len(per_recipient), (
+    sub_ids = {s.sub_request_id for s in broadcast}
+    assert len(sub_ids) == len(per_recipient), (
         "one tracked sub-request per recipient, emitted once each after dedup by id"
     )
-    notices = await wait_for(
+    mails = await deliveries.settled(
+        lambda i: i.channel == "email" and any(sr in (i.subject or "") for sr in sub_ids),
+        len(sub_ids),
+    )
+    assert len(mails) == len(sub_ids), "each director is e-mailed the broadcast exactly once"
+    notices = await records.wait_for(
         stack,
         stack.topic("replies"),
         Reply,
@@ -195,7 +219,9 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Se
         5,
     )
     assert notices, "later reporters are told it is a known issue"
-    await wait_for(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, 20)
+    await records.wait_for(
+        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, 20
+    )
     # Every director answers the broadcast: the incident closes and everyone linked is told.
     seen: set[str] = set()
     for sub in broadcast:
@@ -203,7 +229,7 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Se
             seen.add(sub.sub_request_id)
             await resolve_internal(stack, sub, "Проверили свежесть овощей, заменили товар.")
     linked = {c.message_id for c in classified if c.similarity.incident_id == incident}
-    closed = await wait_for(
+    closed = await records.settled(
         stack,
         stack.topic("replies"),
         Reply,
@@ -211,10 +237,18 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(stack: Se
         len(linked),
     )
     assert {r.message_id for r in closed} == linked
+    assert len(closed) == len(linked), "everyone linked is told once"
     assert all("Проверили свежесть" in r.text for r in closed)
 
 
-async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox: Outbox) -> None:
+async def test_seed_scenario_fan_out_and_combined_answer(
+    stack: Settings,
+    records: Records,
+    deliveries: Deliveries,
+    telegram: Telegram,
+    resolve_internal: ResolveInternal,
+    reply_by_mail: ReplyByMail,
+) -> None:
     chat = 8_000_000 + int(uuid.uuid4().int % 100_000)
     text = (
         "Добрый день! В магазине на Садовой, 12 продают несвежие огурцы, а ещё на кассе не "
@@ -223,66 +257,45 @@ async def test_seed_scenario_fan_out_and_combined_answer(stack: Settings, outbox
     status, _ = telegram(stack, chat, 1, text)
     assert status == 200
     mid = derive_id("msg", "telegram", f"{chat}:1")
-    outcome = await _outcome(stack, mid)
+    outcome = await _outcome(records, stack, mid)
     assert outcome.outcome.value == "routed"
     assert set(outcome.departments) == {"store-directors", "loyalty-it"}
-    internal = await wait_for(
-        stack, task_topic(stack, "loyalty-it"), SubRequest, lambda s: s.message_id == mid, 1
+    internal = await records.first(
+        stack, task_topic(stack, "loyalty-it"), SubRequest, lambda s: s.message_id == mid
     )
-    external = await wait_for(
-        stack, stack.topic("external"), SubRequest, lambda s: s.message_id == mid, 1
+    external = await records.first(
+        stack, stack.topic("external"), SubRequest, lambda s: s.message_id == mid
     )
-    assert internal and external
-    assert "бонус" in internal[0].text.lower()
-    director = external[0].recipient
+    assert "бонус" in internal.text.lower()
+    director = external.recipient
     assert director and director.startswith("director.")
-    mail = await until_delivered(
-        lambda: next(
-            (
-                i
-                for i in outbox.snapshot()
-                if i.channel == "email" and external[0].sub_request_id in (i.subject or "")
-            ),
-            None,
-        )
+    mail = await deliveries.first(
+        lambda i: i.channel == "email" and external.sub_request_id in (i.subject or ""),
+        "the director's e-mail",
     )
     assert mail.reply_to and mail.reply_to.startswith("reply+")
     assert "огурцы" in mail.text
-    await resolve_internal(stack, internal[0], "Бонусы начислены вручную.")
+    await resolve_internal(stack, internal, "Бонусы начислены вручную.")
     reply_by_mail(
         stack, director, mail.reply_to, "Огурцы заменили, выкладку проверили.\n\n-- \nДиректор"
     )
-    combined = await until_delivered(
-        lambda: next(
-            (
-                i
-                for i in outbox.snapshot()
-                if i.channel == "telegram" and i.to == str(chat) and "Огурцы заменили" in i.text
-            ),
-            None,
-        )
+    combined = await deliveries.first(
+        lambda i: i.channel == "telegram" and i.to == str(chat) and "Огурцы заменили" in i.text,
+        "the combined answer",
     )
     assert "Бонусы начислены вручную" in combined.text, "one answer combines both resolutions"
-    survey = await until_delivered(
-        lambda: next(
-            (
-                i
-                for i in outbox.snapshot()
-                if i.channel == "telegram" and i.to == str(chat) and "0 до 10" in i.text
-            ),
-            None,
-        )
+    await deliveries.first(
+        lambda i: i.channel == "telegram" and i.to == str(chat) and "0 до 10" in i.text,
+        "the survey",
     )
-    assert survey
     status, _ = telegram(stack, chat, 2, "3")
     assert status == 200
-    answered = await wait_for(
-        stack,
-        stack.topic("quality"),
-        CaseEvent,
-        lambda e: e.case_id == outcome.case_id,
-        1,
+    answered = await records.first(
+        stack, stack.topic("quality"), CaseEvent, lambda e: e.case_id == outcome.case_id
     )
-    assert answered and answered[0].detail.get("nps_class") == "detractor"
-    sent_to_chat = [i.text for i in outbox.snapshot() if i.to == str(chat)]
+    assert answered.detail.get("nps_class") == "detractor"
+    # ack, combined answer, survey (and whatever follows the score): each exactly once
+    sent_to_chat = [
+        i.text for i in await deliveries.settled(lambda i: i.to == str(chat), enough=3)
+    ]
     assert len(sent_to_chat) == len(set(sent_to_chat)), "no reply was sent twice"

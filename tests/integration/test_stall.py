@@ -9,11 +9,11 @@ backlog drains and the worker is healthy again.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,7 +21,9 @@ from pipeline.config import Settings
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children
 
-from .helpers import get_text, start_stack, telegram
+if TYPE_CHECKING:
+    from tests.plugins.stack import GetText, StartStack, Telegram
+    from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +40,7 @@ def slow_platform() -> Iterator[Outbox]:
 
 @pytest.fixture
 def stack_with_slow_platform(
-    broker_settings: Settings, slow_platform: Outbox
+    broker_settings: Settings, slow_platform: Outbox, start_stack: StartStack
 ) -> Iterator[tuple[Settings, Children]]:
     # Well above Faust's commit interval (2.8 s), so a busy partition is not taken for stalled.
     base = broker_settings.model_copy(update={"stall_after_s": 6.0})
@@ -58,18 +60,12 @@ def _health(stack: Settings) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
-def _wait_health(stack: Settings, status: int, timeout_s: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        code, body = _health(stack)
-        if code == status:
-            return body
-        assert time.monotonic() < deadline, (code, body)
-        time.sleep(0.3)
-
-
 def test_a_stuck_agent_turns_healthz_503_and_back(
-    stack_with_slow_platform: tuple[Settings, Children], slow_platform: Outbox
+    stack_with_slow_platform: tuple[Settings, Children],
+    slow_platform: Outbox,
+    get_text: GetText,
+    telegram: Telegram,
+    wait_until_sync: WaitUntilSync,
 ) -> None:
     stack, _ = stack_with_slow_platform
     assert _health(stack)[0] == 200
@@ -78,7 +74,12 @@ def test_a_stuck_agent_turns_healthz_503_and_back(
     for n in range(1, 5):
         status, _ = telegram(stack, chat + n, 1, "Где мой заказ 4821?")
         assert status == 200
-    body = _wait_health(stack, 503)
+
+    def health_is(status: int) -> dict[str, object] | None:
+        code, body = _health(stack)
+        return body if code == status else None
+
+    body = wait_until_sync(lambda: health_is(503), timeout_s=60, what="/healthz answering 503")
     assert body["status"] == "stalled"
     stalled = body["stalled"]
     assert isinstance(stalled, list) and stalled
@@ -87,9 +88,11 @@ def test_a_stuck_agent_turns_healthz_503_and_back(
     assert "pipeline_consumer_stalled 0.0" not in metrics
 
     slow_platform.telegram_delay_s = 0.0
-    assert _wait_health(stack, 200, timeout_s=90)["status"] == "ok"
-    deadline = time.monotonic() + 30
-    while "pipeline_consumer_stalled 0.0" not in metrics:
-        assert time.monotonic() < deadline, "the stall gauge did not return to 0"
-        time.sleep(0.3)
-        _, metrics = get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")
+    healthy = wait_until_sync(lambda: health_is(200), timeout_s=90, what="/healthz back to 200")
+    assert healthy["status"] == "ok"
+    wait_until_sync(
+        lambda: "pipeline_consumer_stalled 0.0"
+        in get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")[1],
+        timeout_s=30,
+        what="the stall gauge back to 0",
+    )

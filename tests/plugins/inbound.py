@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+
+import pytest
 
 from pipeline.config import Settings
 from pipeline.events import CustomerProfile, InboundMessage
 from pipeline.ingest.channels import parse_telegram
 from pipeline.ingest.message import ParsedMessage, build_inbound
 
+TelegramInbound = Callable[..., InboundMessage]
 
-def telegram_inbound(
+
+def _telegram_inbound(
     settings: Settings, chat: int, msg_id: int, text: str, at: datetime, name: str = "Ирина"
 ) -> InboundMessage:
     """The InboundMessage the Telegram webhook makes of this update (customer ``tg-<chat>``)."""
@@ -28,3 +33,9 @@ def telegram_inbound(
     assert isinstance(parsed, ParsedMessage), parsed
     profile = CustomerProfile(customer_id=f"tg-{chat}", name=name)
     return build_inbound(parsed, profile, settings, at)
+
+
+@pytest.fixture(scope="session")
+def telegram_inbound() -> TelegramInbound:
+    """``telegram_inbound(settings, chat, msg_id, text, at, name="Ирина") -> InboundMessage``."""
+    return _telegram_inbound

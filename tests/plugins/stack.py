@@ -1,0 +1,224 @@
+"""A running worker + ingest pair on the real broker, and the ways tests talk to it.
+
+Fixtures return the functions (factories, as in quix-streams' ``tests/conftest.py``): HTTP in
+(``post_json``, ``get_text``, ``telegram``), departments and directors answering
+(``resolve_internal``, ``reply_by_mail``), starting a stack of one's own (``start_stack``) and
+watching what reached the outbox (``deliveries``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.mime.text import MIMEText
+from email.utils import make_msgid
+from typing import Any
+
+import pytest
+
+from pipeline import bus
+from pipeline.broker import free_port
+from pipeline.config import Settings
+from pipeline.events import SubRequest, TaskStatus, TaskUpdate, utcnow
+from pipeline.outbox import Outbox, OutboxItem
+from pipeline.runtime import Children, child_env, departments, wait_http
+from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
+
+PostJson = Callable[..., tuple[int, Any]]
+GetText = Callable[[str], tuple[int, str]]
+StartStack = Callable[[Settings, Outbox, str], tuple[Settings, Children]]
+Telegram = Callable[[Settings, int, int, str], tuple[int, Any]]
+ResolveInternal = Callable[[Settings, SubRequest, str], Any]
+ReplyByMail = Callable[[Settings, str, str, str], None]
+
+
+def _post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST JSON; returns (status, parsed body)."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode("utf-8", "replace")
+
+
+def _get_text(url: str) -> tuple[int, str]:
+    """GET a URL; returns (status, body text)."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.status, resp.read().decode()
+
+
+def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings, Children]:
+    """Start a worker + ingest pair on fresh topics; the caller stops the Children."""
+    tag = uuid.uuid4().hex[:8]
+    s = base.model_copy(
+        update={
+            "topic_prefix": f"{prefix}{tag}.",
+            "app_id": f"{prefix}-{tag}",
+            "web_port": free_port(),
+            "ingest_port": free_port(),
+            "smtp_port": free_port(),
+            "session_timeout_s": 6.0,
+            "lag_interval_s": 1.0,
+        }
+    )
+    asyncio.run(bus.ensure_topics(s, departments=departments(s)))
+    group = Children()
+    try:
+        env = child_env(s, **outbox.env())
+        group.start("worker", ["worker"], env)
+        group.start("ingest", ["ingest"], env)
+        wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
+        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 180, group)
+    except BaseException:
+        group.stop()
+        raise
+    return s, group
+
+
+def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, Any]:
+    """Post a Telegram Bot API Update to the ingest webhook."""
+    update = {
+        "update_id": chat * 1000 + msg_id,
+        "message": {
+            "message_id": msg_id,
+            "date": int(time.time()),
+            "chat": {"id": chat, "type": "private"},
+            "from": {"id": chat, "is_bot": False, "first_name": "Тест"},
+            "text": text,
+        },
+    }
+    return _post_json(f"http://{stack.ingest_host}:{stack.ingest_port}/webhooks/telegram", update)
+
+
+async def _resolve_internal(stack: Settings, sub: SubRequest, resolution: str) -> None:
+    """The department answers its sub-request in the system (a TaskUpdate)."""
+    pub = bus.Publisher(stack)
+    try:
+        await pub.send(
+            stack.topic("task-updates"),
+            sub.case_id,
+            TaskUpdate(
+                update_id=f"upd-{sub.sub_request_id}",
+                sub_request_id=sub.sub_request_id,
+                case_id=sub.case_id,
+                status=TaskStatus.resolved,
+                resolution=resolution,
+                at=utcnow(),
+            ),
+        )
+    finally:
+        await pub.close()
+
+
+def _reply_by_mail(stack: Settings, sender: str, to: str, text: str) -> None:
+    """An external party answers the e-mail it got (to its reply+TOKEN address)."""
+    answer = MIMEText(text, "plain", "utf-8")
+    answer["From"] = sender
+    answer["To"] = to
+    answer["Subject"] = "Re: обращение"
+    answer["Message-ID"] = make_msgid(domain="example.com")
+    with smtplib.SMTP(stack.smtp_host, stack.smtp_port, timeout=30) as smtp:
+        smtp.send_message(answer)
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """What reached the outbox (the local stand-in for the platforms and the mail relay)."""
+
+    outbox: Outbox
+    patience: Patience
+
+    async def first(self, match: Callable[[OutboxItem], bool], what: str) -> OutboxItem:
+        """The first delivery matching ``match``; AssertionError naming ``what`` if none comes."""
+        return await poll(
+            lambda: next((i for i in self.outbox.snapshot() if match(i)), None),
+            timeout_s=self.patience.timeout_s,
+            what=f"delivery of {what}",
+        )
+
+    async def settled(
+        self, match: Callable[[OutboxItem], bool], enough: int, settle_s: float | None = None
+    ) -> list[OutboxItem]:
+        """EVERY matching delivery, once there are ``enough`` and no new one came for a while."""
+        taken = 0
+
+        async def fetch() -> Batch[OutboxItem]:
+            nonlocal taken
+            await asyncio.sleep(self.patience.poll_s)
+            items = self.outbox.snapshot()
+            new, taken = items[taken:], len(items)
+            return Batch([i for i in new if match(i)])
+
+        return await collect_until_quiet(
+            fetch,
+            enough=lambda seen: len(seen) >= enough,
+            settle_s=self.patience.settle_s if settle_s is None else settle_s,
+            timeout_s=self.patience.timeout_s,
+        )
+
+
+@pytest.fixture(scope="session")
+def post_json() -> PostJson:
+    """``post_json(url, payload, headers=None) -> (status, parsed body)``."""
+    return _post_json
+
+
+@pytest.fixture(scope="session")
+def get_text() -> GetText:
+    """``get_text(url) -> (status, body text)``."""
+    return _get_text
+
+
+@pytest.fixture(scope="session")
+def start_stack() -> StartStack:
+    """``start_stack(base, outbox, prefix) -> (settings, children)``; the caller stops them."""
+    return _start_stack
+
+
+@pytest.fixture(scope="session")
+def telegram() -> Telegram:
+    """``telegram(stack, chat, msg_id, text)`` posts a Bot API update to the ingest webhook."""
+    return _telegram
+
+
+@pytest.fixture(scope="session")
+def resolve_internal() -> ResolveInternal:
+    """``await resolve_internal(stack, sub, resolution)``: the department's TaskUpdate."""
+    return _resolve_internal
+
+
+@pytest.fixture(scope="session")
+def reply_by_mail() -> ReplyByMail:
+    """``reply_by_mail(stack, sender, to, text)``: an external party answers by e-mail."""
+    return _reply_by_mail
+
+
+@pytest.fixture(scope="session")
+def outbox() -> Iterator[Outbox]:
+    """Local stand-ins for the platform APIs and the mail relay (real HTTP and SMTP)."""
+    box = Outbox().start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def deliveries(outbox: Outbox, patience: Patience) -> Deliveries:
+    """What the session stack delivered to the outbox (``first``, ``settled``)."""
+    return Deliveries(outbox, patience)

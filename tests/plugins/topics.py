@@ -1,0 +1,132 @@
+"""Reading records back from the real topics: at least N, or all of them once the topic is quiet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from pipeline import bus
+from pipeline.codec import decode
+from pipeline.config import Settings
+from pipeline.errors import DecodeError
+from pipeline.events import Event
+from tests.plugins.waiting import Batch, Patience, collect_until_quiet
+
+E = TypeVar("E", bound=Event)
+
+
+async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
+    parts = list(consumer.assignment())
+    ends = await consumer.end_offsets(parts)
+    for tp in parts:
+        if await consumer.position(tp) < ends[tp]:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Records:
+    """Reads a topic from the beginning and decodes the records that match a predicate."""
+
+    patience: Patience
+
+    async def _collect(
+        self,
+        settings: Settings,
+        topic: str,
+        model: type[E],
+        predicate: Callable[[E], bool],
+        enough: Callable[[list[E]], bool],
+        settle_s: float,
+        timeout_s: float,
+    ) -> list[E]:
+        async with bus.reader(settings, topic) as consumer:
+
+            async def fetch() -> Batch[E]:
+                got = await consumer.getmany(timeout_ms=int(self.patience.poll_s * 1000))
+                found: list[E] = []
+                for msgs in got.values():
+                    for m in msgs:
+                        try:
+                            ev = decode(model, m.value)
+                        except DecodeError:
+                            continue
+                        if predicate(ev):
+                            found.append(ev)
+                # Only worth asking the broker when nothing came: a busy reader is not caught up.
+                caught_up = not got and await _caught_up(consumer)
+                return Batch(found, caught_up)
+
+            loop = asyncio.get_running_loop()
+            return await collect_until_quiet(
+                fetch, enough=enough, settle_s=settle_s, timeout_s=timeout_s, clock=loop.time
+            )
+
+    async def wait_for(
+        self,
+        settings: Settings,
+        topic: str,
+        model: type[E],
+        predicate: Callable[[E], bool],
+        count: int,
+        timeout_s: float | None = None,
+    ) -> list[E]:
+        """The first ``count`` matching records (fewer at the deadline): AT LEAST, not exactly.
+
+        For "exactly once" / "nothing twice" use ``settled``.
+        """
+        found = await self._collect(
+            settings,
+            topic,
+            model,
+            predicate,
+            lambda seen: len(seen) >= count,
+            0.0,
+            self.patience.timeout_s if timeout_s is None else timeout_s,
+        )
+        return found[:count]
+
+    async def first(
+        self, settings: Settings, topic: str, model: type[E], predicate: Callable[[E], bool]
+    ) -> E:
+        """The first matching record; AssertionError if none comes before the deadline."""
+        found = await self.wait_for(settings, topic, model, predicate, 1)
+        assert found, f"no matching {model.__name__} on {topic}"
+        return found[0]
+
+    async def settled(
+        self,
+        settings: Settings,
+        topic: str,
+        model: type[E],
+        predicate: Callable[[E], bool],
+        enough: int | Callable[[list[E]], bool],
+        settle_s: float | None = None,
+    ) -> list[E]:
+        """EVERY matching record: read until ``enough`` are there and the topic stays quiet.
+
+        ``enough`` is the expected count or a predicate over what was seen so far. Quiet means
+        no new matching record for the settle period while the reader is at the end of every
+        partition; a duplicate arriving after the expected ones is in the result.
+        """
+        done = (lambda seen: len(seen) >= enough) if isinstance(enough, int) else enough
+        return await self._collect(
+            settings,
+            topic,
+            model,
+            predicate,
+            done,
+            self.patience.settle_s if settle_s is None else settle_s,
+            self.patience.timeout_s,
+        )
+
+
+@pytest.fixture(scope="session")
+def records(patience: Patience) -> Records:
+    """Reads records back from the real topics (``wait_for``, ``first``, ``settled``)."""
+    return Records(patience)
