@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.plugins.topics",
     "tests.plugins.stack",
     "tests.plugins.inbound",
+    "tests.plugins.events",
 ]
 
 

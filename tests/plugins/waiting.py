@@ -161,6 +161,12 @@ class Quiet:
 
 
 @pytest.fixture(scope="session")
+def until_quiet() -> Callable[..., Awaitable[list[Any]]]:
+    """``collect_until_quiet`` itself, for the tests of this plugin."""
+    return collect_until_quiet
+
+
+@pytest.fixture(scope="session")
 def quiet(patience: Patience) -> Quiet:
     """``await quiet.count(current, enough)``: an in-memory count once it has settled."""
     return Quiet(patience)

@@ -6,11 +6,12 @@ import email
 import email.policy
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pipeline.config import Settings
+from pipeline.domain.tokens import parse_reply_address
 from pipeline.errors import InvalidInput
 from pipeline.events import (
     Channel,
@@ -18,46 +19,15 @@ from pipeline.events import (
     Priority,
     Reply,
     ReplyKind,
-    SubRequest,
     SubRequestKind,
 )
 from pipeline.notify.compose import compose_external, compose_reply_email, message_id_for
-from pipeline.domain.tokens import parse_reply_address
+
+if TYPE_CHECKING:
+    from tests.plugins.events import MakeSubRequest
 
 SETTINGS = Settings(reply_domain="reply.example.com", mail_from="care@example.com")
-CARD = "4276 1600 1234 5675"
-RU_TEXT = (
-    f"В магазине 0412 продают несвежие огурцы. Карта {CARD}, "
-    "соседка видела то же, её телефон +7 916 123-45-67."
-)
-EN_TEXT = f"The cucumbers in store 0412 are stale. My card {CARD}, reach me at john@mail.com"
-
-
-def make_sub_request(**update: Any) -> SubRequest:
-    base: dict[str, Any] = {
-        "sub_request_id": "sr_0123456789abcdef01234567",
-        "case_id": "case_89abcdef0123456789abcdef",
-        "message_id": "msg_1",
-        "customer_id": "cust_1",
-        "kind": SubRequestKind.external,
-        "department": "store_ops",
-        "recipient": "director.0412@stores.example.com",
-        "intent": "product_quality",
-        "category": "STORE",
-        "text": RU_TEXT,
-        "full_text": RU_TEXT + " И бонусы не списались.",
-        "entities": [
-            Entity(kind="store", value="0412"),
-            Entity(kind="loyalty_card", value="7000 1234 5678 9012"),
-            Entity(kind="order", value="A-778"),
-        ],
-        "priority": Priority(score=62.0, level="P2"),
-        "language": "ru",
-        "sla_due_at": datetime(2026, 11, 27, 15, 30, tzinfo=UTC),
-        "created_at": datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
-    }
-    base.update(update)
-    return SubRequest(**base)
+EN_TEXT = "The cucumbers in store 0412 are stale. My card {card}, reach me at john@mail.com"
 
 
 def roundtrip(msg: EmailMessage) -> EmailMessage:
@@ -75,7 +45,7 @@ def body(msg: EmailMessage) -> str:
     return content
 
 
-def test_external_ru_headers_and_body() -> None:
+def test_external_ru_headers_and_body(make_sub_request: MakeSubRequest) -> None:
     sr = make_sub_request()
     msg = roundtrip(compose_external(sr, SETTINGS))
     assert msg["To"] == "director.0412@stores.example.com"
@@ -95,15 +65,16 @@ def test_external_ru_headers_and_body() -> None:
     assert "И бонусы не списались." in text  # full text differs from the span: included
 
 
-def test_external_redacts_pii_everywhere() -> None:
+def test_external_redacts_pii_everywhere(make_sub_request: MakeSubRequest) -> None:
     text = body(roundtrip(compose_external(make_sub_request(), SETTINGS)))
     assert "**** **** **** 5675" in text
     assert "1600" not in text and "916 123" not in text and "+* *** ***-**-67" in text
     assert "7000 1234" not in text
 
 
-def test_external_en() -> None:
-    sr = make_sub_request(language="en", text=EN_TEXT, full_text=EN_TEXT)
+def test_external_en(make_sub_request: MakeSubRequest, card_number: str) -> None:
+    en_text = EN_TEXT.format(card=card_number)
+    sr = make_sub_request(language="en", text=en_text, full_text=en_text)
     msg = roundtrip(compose_external(sr, SETTINGS))
     assert msg["Content-Language"] == "en"
     assert "store 0412" in msg["Subject"]
@@ -116,19 +87,19 @@ def test_external_en() -> None:
     assert "The customer's full message" not in text  # same as the span: not repeated
 
 
-def test_other_language_falls_back_to_english() -> None:
+def test_other_language_falls_back_to_english(make_sub_request: MakeSubRequest) -> None:
     msg = compose_external(make_sub_request(language="other"), SETTINGS)
     assert msg["Content-Language"] == "en"
 
 
-def test_reply_to_token_parses_back() -> None:
+def test_reply_to_token_parses_back(make_sub_request: MakeSubRequest) -> None:
     sr = make_sub_request()
     msg = compose_external(sr, SETTINGS)
     assert msg["Reply-To"].endswith("@reply.example.com")
     assert parse_reply_address(msg["Reply-To"], SETTINGS) == (sr.case_id, sr.sub_request_id)
 
 
-def test_message_is_deterministic() -> None:
+def test_message_is_deterministic(make_sub_request: MakeSubRequest) -> None:
     sr = make_sub_request()
     first, second = compose_external(sr, SETTINGS), compose_external(sr, SETTINGS)
     assert bytes(first) == bytes(second)
@@ -143,7 +114,7 @@ def test_message_id_sanitizes_odd_ids() -> None:
     assert message_id_for("a b<c>@d", SETTINGS) == "<a_b_c__d@reply.example.com>"
 
 
-def test_broadcast_wording() -> None:
+def test_broadcast_wording(make_sub_request: MakeSubRequest) -> None:
     ru = body(compose_external(make_sub_request(kind=SubRequestKind.broadcast), SETTINGS))
     en = body(
         compose_external(make_sub_request(kind=SubRequestKind.broadcast, language="en"), SETTINGS)
@@ -152,7 +123,7 @@ def test_broadcast_wording() -> None:
     assert "check the situation on your side" in en
 
 
-def test_without_sla_and_store() -> None:
+def test_without_sla_and_store(make_sub_request: MakeSubRequest) -> None:
     sr = make_sub_request(sla_due_at=None, entities=[], language="en", text="x", full_text="x")
     msg = compose_external(sr, SETTINGS)
     text = body(msg)
@@ -164,7 +135,12 @@ def test_without_sla_and_store() -> None:
     ("update", "field"),
     [({"kind": SubRequestKind.internal}, "kind"), ({"recipient": None}, "recipient")],
 )
-def test_not_emailable_sub_requests_rejected(update: dict[str, Any], field: str) -> None:
+def test_not_emailable_sub_requests_rejected(
+    update: dict[str,
+    Any],
+    field: str,
+    make_sub_request: MakeSubRequest,
+) -> None:
     with pytest.raises(InvalidInput) as info:
         compose_external(make_sub_request(**update), SETTINGS)
     assert info.value.field == field
@@ -229,7 +205,9 @@ def test_reply_email_without_address_rejected() -> None:
         compose_reply_email(make_reply(reply_to={}), SETTINGS)
 
 
-def test_long_cyrillic_subject_keeps_its_spaces_on_the_wire() -> None:
+def test_long_cyrillic_subject_keeps_its_spaces_on_the_wire(
+    make_sub_request: MakeSubRequest,
+) -> None:
     import email
     import email.policy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given
@@ -25,7 +25,9 @@ from pipeline.notify.channels import (
 )
 from pipeline.notify.delivery import Deliverer, backoff_delay, retry_delay
 from pipeline.notify.ratelimit import RateLimiter
-from tests.unit.test_notify_compose import make_sub_request
+
+if TYPE_CHECKING:
+    from tests.plugins.events import MakeSubRequest
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -125,7 +127,10 @@ def test_retry_delay_policy() -> None:
 # ---------------------------------------------------------------- Deliverer
 
 
-async def test_transient_failures_retried_then_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_transient_failures_retried_then_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+    make_sub_request: MakeSubRequest,
+) -> None:
     send = ScriptedSend([DeliveryError("500", status=500), DeliveryError("429", status=429)])
     monkeypatch.setattr(delivery, "send_email", send)
     sleeps, rng = Sleeps(), MaxRng()
@@ -138,7 +143,10 @@ async def test_transient_failures_retried_then_delivered(monkeypatch: pytest.Mon
     assert send.calls == 3
 
 
-async def test_gives_up_after_max_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_gives_up_after_max_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+    make_sub_request: MakeSubRequest,
+) -> None:
     send = ScriptedSend([DeliveryError(f"down {i}", status=503) for i in range(10)])
     monkeypatch.setattr(delivery, "send_email", send)
     sleeps = Sleeps()
@@ -150,7 +158,10 @@ async def test_gives_up_after_max_attempts(monkeypatch: pytest.MonkeyPatch) -> N
     assert sleeps.delays == [0.5, 1.0, 2.0]
 
 
-async def test_permanent_failure_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_permanent_failure_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+    make_sub_request: MakeSubRequest,
+) -> None:
     send = ScriptedSend([DeliveryError("550 no such user", status=550, transient=False)])
     monkeypatch.setattr(delivery, "send_email", send)
     sleeps = Sleeps()
@@ -162,7 +173,10 @@ async def test_permanent_failure_not_retried(monkeypatch: pytest.MonkeyPatch) ->
     assert sleeps.delays == []
 
 
-async def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_retry_after_is_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+    make_sub_request: MakeSubRequest,
+) -> None:
     send = ScriptedSend([DeliveryError("slow down", status=429, retry_after=2.75)])
     monkeypatch.setattr(delivery, "send_email", send)
     sleeps = Sleeps()
@@ -172,7 +186,10 @@ async def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert receipt.status == "delivered" and sleeps.delays == [2.75]
 
 
-async def test_rate_limiter_consulted_before_each_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_rate_limiter_consulted_before_each_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+    make_sub_request: MakeSubRequest,
+) -> None:
     send = ScriptedSend([DeliveryError("500")])
     monkeypatch.setattr(delivery, "send_email", send)
     seen: list[str] = []
