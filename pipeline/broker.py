@@ -125,12 +125,19 @@ def _recv_exact(s: socket.socket, n: int) -> bytes | None:
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1; use as a context manager or call start()/stop()."""
 
-    def __init__(self, port: int | None = None, startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        startup_timeout_s: float = 30.0,
+        log_path: Path | None = None,
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Path | None = None
+        #: Where the broker's own log goes (appended, kept); default: a temporary file.
+        self.log_path = log_path
 
     @property
     def bootstrap_servers(self) -> str:
@@ -146,9 +153,15 @@ class EmbeddedBroker:
         """Start the broker and wait until it answers Metadata requests."""
         binary = tansu_binary()
         url = f"tcp://{self.host}:{self.port}"
-        fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
-        self._log_file = Path(name)
-        with os.fdopen(fd, "wb") as logf:
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            logf = self.log_path.open("ab")
+            self._log_file = self.log_path
+        else:
+            fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+            logf = os.fdopen(fd, "wb")
+            self._log_file = Path(name)
+        with logf:
             self._proc = subprocess.Popen(
                 [
                     str(binary),
@@ -199,7 +212,8 @@ class EmbeddedBroker:
                 proc.kill()
                 proc.wait(timeout=5)
         if self._log_file is not None:
-            self._log_file.unlink(missing_ok=True)
+            if self._log_file != self.log_path:  # a named log is the caller's to keep
+                self._log_file.unlink(missing_ok=True)
             self._log_file = None
 
     def __enter__(self) -> EmbeddedBroker:
@@ -215,10 +229,11 @@ class EmbeddedBroker:
 
 
 @contextlib.contextmanager
-def broker_for(settings: Settings) -> Iterator[Settings]:
-    """Settings pointing at a broker: the configured one, or a fresh embedded Tansu."""
+def broker_for(settings: Settings, log_path: Path | None = None) -> Iterator[Settings]:
+    """Settings pointing at a broker: the configured one, or a fresh embedded Tansu (its log
+    appended to ``log_path`` when given)."""
     if settings.kafka_bootstrap_servers:
         yield settings
         return
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(log_path=log_path) as broker:
         yield settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})

@@ -5,6 +5,7 @@
     pipeline model train|eval|predict                    (pipeline.classify.cli)
     pipeline kb search|publish                           (pipeline.route.kb_cli)
     pipeline rules check|explain|replay                  (pipeline.rules_cli)
+    pipeline tasks list|watch|show|ack|resolve|reject    (pipeline.tasks_cli)
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
+from pipeline.config import get_settings
 from pipeline.errors import PipelineError
+from pipeline.logs import LogFormat, setup_logging
 
 log = logging.getLogger("pipeline")
 
@@ -29,7 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.classify.cli",
     "pipeline.route.kb_cli",
     "pipeline.rules_cli",
-    "pipeline.console.cli",
+    "pipeline.tasks_cli",
     "pipeline.console.cli",
 )
 
@@ -54,15 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_format() -> LogFormat:
+    try:
+        return get_settings().log_format
+    except ValidationError:
+        return "text"  # the command itself reports the bad setting
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(_log_format(), verbose=args.verbose)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         "the worker.",
     )
 
+    # --- logs
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: human-readable lines; json: one JSON object per line (log shippers).",
+    )
+
     # --- worker
     web_host: str = Field(default="127.0.0.1", description="Worker web bind address.")
     web_port: int = Field(default=6066, ge=0, le=65535, description="/metrics, /healthz.")
@@ -195,39 +201,6 @@ class Settings(BaseSettings):
     )
     outbound_webhook_token: SecretStr | None = Field(
         default=None, description="Bearer token sent to the outbound webhook."
-    )
-
-    # --- operator console (pipeline console)
-    console_host: str = Field(default="127.0.0.1", description="Console bind address.")
-    console_port: int = Field(default=8090, ge=0, le=65535, description="Console HTTP port.")
-    console_public_url: str | None = Field(
-        default=None,
-        description="Console URL as external parties reach it; set → e-mails to them carry "
-        "a signed link to the answer page.",
-    )
-    console_link_ttl_days: float = Field(
-        default=14.0, gt=0, description="How long an answer-page link stays valid."
-    )
-    console_users: str | None = Field(
-        default=None,
-        description="Console users as JSON: [{name, password (scrypt hash), role, department}].",
-    )
-    console_users_path: Path | None = Field(
-        default=None, description="File with the console users (JSON, same shape)."
-    )
-    console_session_secret: SecretStr | None = Field(
-        default=None,
-        description="Signs session cookies; the same on every console replica (unset → "
-        "random per process: sessions do not survive a restart).",
-    )
-    console_session_hours: float = Field(default=12.0, gt=0, description="Session lifetime.")
-    console_db_path: Path | None = Field(
-        default=None,
-        description="SQLite read model (rebuilt from the topics at start); unset → a file "
-        "under data_dir.",
-    )
-    console_secure_cookies: bool = Field(
-        default=False, description="Mark cookies Secure (set behind HTTPS)."
     )
 
     # --- operator console (pipeline console)

@@ -34,7 +34,7 @@ from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.console.auth import DEMO_USERS
 from pipeline.console.server import console_env
-from pipeline.errors import DecodeError
+from pipeline.errors import DecodeError, PipelineError
 from pipeline.events import (
     CaseEvent,
     DeadLetter,
@@ -46,6 +46,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.ingest.channels import twilio_signature
+from pipeline.logs import setup_logging
 from pipeline.outbox import Outbox, OutboxItem, describe
 from pipeline.runtime import Children, child_env, children, departments, wait_http
 from pipeline.topics import task_topic
@@ -208,10 +209,21 @@ def run_demo(settings: Settings, *, serve: bool = True, timeout_s: float = 120.0
             "twilio_auth_token": settings.twilio_auth_token or SecretStr("demo-twilio-token"),
         }
     )
+    # The terminal gets progress and results; the framework's, the broker's and the
+    # children's logs go to one file, named first.
+    log_path = settings.data_dir / "logs" / f"demo-{utcnow():%Y%m%d-%H%M%S}.log"
+    setup_logging(settings.log_format, path=log_path)
+    out(f"care-router demo. Logs of the broker, the workers and the framework: {log_path}")
+    if not settings.kafka_bootstrap_servers:
+        out("starting the embedded Kafka-protocol broker (Tansu)...")
     outbox = Outbox().start()
     try:
-        with broker_for(settings) as s, children() as group:
+        with broker_for(settings, log_path) as s, children(log_path) as group:
             return _run(s, group, outbox, serve=serve, timeout_s=timeout_s)
+    except PipelineError as exc:
+        out(f"the demo stopped: {exc}")
+        out(f"what happened before it is in {log_path}")
+        return 1
     finally:
         outbox.stop()
 
@@ -229,12 +241,16 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
     )
     console_url = f"http://{s.console_host}:{s.console_port}"
     env.update(console_env(s, console_url))
+    out("starting the worker, the ingest adapters and the console (the first run also trains")
+    out("the intent classifier from the shipped data: a minute or two)...")
+    started = time.monotonic()
     group.start("worker", ["worker"], env)
     group.start("ingest", ["ingest"], env)
     group.start("console", ["console"], env)
     wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
     wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
     wait_http(f"{console_url}/healthz", 60, group)
+    out(f"ready in {time.monotonic() - started:.0f} s")
     logins = ", ".join(f"{n} / {p}" for n, p, _, _ in DEMO_USERS)
     out(f"console: {console_url}/  (log in as {logins})")
     out(f"worker: http://{s.web_host}:{s.web_port}  (/metrics, /healthz)")
@@ -243,9 +259,13 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
         f"outbox (stand-in for Telegram/Twilio/Chatwoot APIs and the mail relay): "
         f"{outbox.http_base}, smtp :{outbox.smtp_port}"
     )
+    out(f"metrics: curl http://{s.web_host}:{s.web_port}/metrics")
     samples = load_samples()
+    out()
+    out(f"sending {len(samples)} sample messages the way their platforms send them...")
     sent = [send_sample(s, sample, n) for n, sample in enumerate(samples, 1)]
     accepted = {x.message_id for x in sent if x.status < 300}
+    out(f"waiting for the outcomes of {len(accepted)} accepted messages...")
     outcomes, dead = asyncio.run(collect(s, accepted, timeout_s))
     counts: Counter[str] = Counter()
     out()
@@ -264,14 +284,7 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
         counts[o.outcome.value] += 1
         where = ",".join(o.departments) or o.reason
         out(f"  [{x.sample['channel']:8}] {o.outcome.value:13} {where[:28]:28} {text!r}")
-    out()
-    out(
-        f"summary: {len(samples)} samples, "
-        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        + f"; dead letters on the DLQ topic: {len(dead)}"
-    )
     ok = counts["missing"] == 0
-    out("every sample accounted for" if ok else "SOME SAMPLES HAVE NO OUTCOME")
     seed = next((x for x in sent if x.sample.get("source") == "seed"), None)
     if seed is not None and seed.message_id in outcomes:
         out()
@@ -281,7 +294,12 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
         except (TimeoutError, DecodeError, OSError, smtplib.SMTPException) as exc:
             out(f"  could not follow it to the end: {exc!r}")
     out()
-    out(f"metrics: curl http://{s.web_host}:{s.web_port}/metrics")
+    out(
+        f"summary: {len(samples)} samples, "
+        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        + f"; dead letters on the DLQ topic: {len(dead)}"
+    )
+    out("every sample accounted for" if ok else "SOME SAMPLES HAVE NO OUTCOME")
     if serve:
         out("serving; press Ctrl-C to stop")
         try:

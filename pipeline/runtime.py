@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from pipeline import bus
@@ -57,7 +58,10 @@ def run_worker(settings: Settings) -> int:
         timer.start()
 
     ctx.app.on_before_shutdown.connect(cast(Any, arm_watchdog))
-    worker = faust.Worker(ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    # Logging stays as the command set it up (pipeline.logs: text or JSON lines).
+    worker = faust.Worker(
+        ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False, override_logging=False
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -92,15 +96,21 @@ class Children:
     """Child processes started by this one; stopped together."""
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    #: The children's stdout and stderr are appended here; None: this process's own.
+    log_path: Path | None = None
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start ``python -m pipeline.cli ARGS`` as a child."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(self.log_path.open("ab")) if self.log_path else None
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                preexec_fn=_die_with_parent,
+            )
         self.procs.append((name, proc))
         log.info("started %s (pid %s)", name, proc.pid)
         return proc
@@ -127,9 +137,9 @@ class Children:
 
 
 @contextlib.contextmanager
-def children() -> Iterator[Children]:
-    """A group of child processes, always stopped on exit."""
-    group = Children()
+def children(log_path: Path | None = None) -> Iterator[Children]:
+    """A group of child processes, always stopped on exit (their output to ``log_path``)."""
+    group = Children(log_path=log_path)
     try:
         yield group
     finally:
