@@ -388,6 +388,26 @@ class CaseCommand(Event):
     at: UtcDatetime = Field(description="When it was given.")
 
 
+class TaskNotice(Event):
+    """What the holder of an open sub-request must know, on its department's task topic.
+
+    Keyed by case_id, beside the SubRequest records (tell them apart by ``notice_id``):
+    ``customer_message`` — the customer wrote again about this case (never a second task);
+    ``sla_reminder`` — the deadline is close; ``closed`` — the sub-request is no longer
+    needed (another holder answered it).
+    """
+
+    notice_id: str = Field(description="Deterministic id of the notice.")
+    type: Literal["customer_message", "sla_reminder", "closed"] = Field(description="What.")
+    case_id: str = Field(description="Case of the sub-request.")
+    sub_request_id: str = Field(description="Sub-request the holder holds.")
+    department: str = Field(description="Department holding it.")
+    text: str = Field(description="The customer's new text, or what happened.")
+    message_id: str | None = Field(default=None, description="Customer message, if any.")
+    due_at: UtcDatetime | None = Field(default=None, description="Deadline (sla_reminder).")
+    at: UtcDatetime = Field(description="When.")
+
+
 class Reply(Event):
     """A message to the customer, in the channel they wrote from. Keyed by customer_id."""
 
@@ -538,4 +558,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "KbArticle": KbArticle,
     "CaseSnapshot": CaseSnapshot,
     "WorkflowPublished": WorkflowPublished,
+    "TaskNotice": TaskNotice,
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -31,12 +31,15 @@ from pipeline.events import (
     ReplyKind,
     SubRequest,
     SubRequestKind,
+    TaskNotice,
     TaskStatus,
     TaskUpdate,
     derive_id,
 )
 from pipeline.route import sla as _sla
-from pipeline.domain.surveys import SurveyKind, is_negative, nps_class, parse_score
+from pipeline.domain.conversation import is_small_talk
+from pipeline.domain.surveys import SurveyKind, is_negative, nps_class, read_answer
+from pipeline.domain.text import detect_language
 from pipeline.domain.workflow import Workflow
 
 __all__ = [
@@ -46,21 +49,30 @@ __all__ = [
     "Transition",
     "apply_customer_message",
     "apply_customer_reply",
+    "apply_small_talk",
     "apply_survey_answer",
     "apply_task_update",
     "case_flags",
     "case_ref",
+    "customer_notices",
     "customer_summary",
     "fill",
     "merge_snapshot",
     "new_sub_request",
+    "survey_pending",
 ]
 
 log = logging.getLogger(__name__)
 
 CaseStatus = Literal["open", "resolved", "reopened"]
-SubStatus = Literal["open", "acknowledged", "in_progress", "resolved", "rejected", "rerouted"]
-TERMINAL: frozenset[str] = frozenset({"resolved", "rejected", "rerouted"})
+SubStatus = Literal[
+    "open", "acknowledged", "in_progress", "resolved", "rejected", "rerouted", "superseded"
+]
+#: ``superseded``: closed unanswered because another holder answered the same request
+#: (the original recipient after a reroute).
+TERMINAL: frozenset[str] = frozenset({"resolved", "rejected", "rerouted", "superseded"})
+#: Intent of the sub-request asking a human for the final answer (languages mixed, review).
+FINAL_ANSWER = "final_answer"
 
 try:  # the KB stage owns the "did not help" phrase list
     from pipeline.route.kb import is_not_helped as _is_not_helped
@@ -114,6 +126,7 @@ class SurveyState(_State):
     nps_class: Literal["promoter", "passive", "detractor"] | None = None
     negative: bool = False
     answer_message_id: str | None = None
+    asked_again: bool = Field(default=False, description="An unclear score was asked again.")
 
 
 class CaseState(_State):
@@ -160,6 +173,9 @@ class Transition(BaseModel):
     sub_requests: list[SubRequest] = Field(default_factory=list)
     quality_events: list[CaseEvent] = Field(
         default_factory=list, description="Negative survey answers for the quality topic."
+    )
+    notices: list[TaskNotice] = Field(
+        default_factory=list, description="For the holders of open sub-requests (task topics)."
     )
 
 
@@ -383,7 +399,12 @@ def created_event(state: CaseState, sub: SubRequest, now: datetime) -> CaseEvent
 
 
 def apply_task_update(
-    state: CaseState, update: TaskUpdate, workflow: Workflow, *, now: datetime
+    state: CaseState,
+    update: TaskUpdate,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    settings: Settings | None = None,
 ) -> Transition:
     """A department's or external party's update. Idempotent on ``update_id``.
 
@@ -463,26 +484,133 @@ def apply_task_update(
                 detail={"status": status, "resolution": update.resolution},
             )
         )
+    notices: list[TaskNotice] = []
+    if sub.status == "rerouted" and new_sub.status == "resolved":
+        # The original holder answered after all: its answer counts, the copy is closed.
+        st, closed, notices = _supersede_copies(st, sub, now)
+        events += closed
     replies: list[Reply] = []
+    asks: list[SubRequest] = []
     tracked = [s for s in st.sub_requests if s.blocking]
     if st.status != "resolved" and tracked and all(s.status in TERMINAL for s in tracked):
-        st, more_events, replies = _resolve(st, workflow, now)
+        st, more_events, replies, asks = _resolve(st, workflow, now, settings)
         events += more_events
-    return Transition(state=st, case_events=events, replies=replies)
+    return Transition(
+        state=st, case_events=events, replies=replies, sub_requests=asks, notices=notices
+    )
+
+
+def _supersede_copies(
+    state: CaseState, original: SubRequestState, now: datetime
+) -> tuple[CaseState, list[CaseEvent], list[TaskNotice]]:
+    """Close the open sub-requests an SLA reroute made of ``original`` (it was answered)."""
+    copies = {
+        s.sub_request_id
+        for s in state.sub_requests
+        if s.status not in TERMINAL
+        and s.sub_request_id
+        == derive_id(
+            "sr",
+            state.first_message_id,
+            original.intent,
+            s.department,
+            f"reroute:{original.sub_request_id}",
+        )
+    }
+    if not copies:
+        return state, [], []
+    subs = [
+        s.model_copy(update={"status": "superseded", "updated_at": now})
+        if s.sub_request_id in copies
+        else s
+        for s in state.sub_requests
+    ]
+    st = state.model_copy(update={"sub_requests": subs})
+    events: list[CaseEvent] = []
+    notices: list[TaskNotice] = []
+    for s in subs:
+        if s.sub_request_id not in copies:
+            continue
+        events.append(
+            event(
+                st,
+                CaseEventType.task_updated,
+                now,
+                key=f"superseded:{s.sub_request_id}",
+                sub_request_id=s.sub_request_id,
+                detail={"status": "superseded", "answered_by": original.sub_request_id},
+            )
+        )
+        notices.append(
+            TaskNotice(
+                notice_id=derive_id("notice", s.sub_request_id, "closed"),
+                type="closed",
+                case_id=st.case_id,
+                sub_request_id=s.sub_request_id,
+                department=s.department,
+                text=f"Answered by {original.department} ({original.sub_request_id}): "
+                "no action needed.",
+                at=now,
+            )
+        )
+    return st, events, notices
 
 
 def _resolve(
-    state: CaseState, workflow: Workflow, now: datetime
-) -> tuple[CaseState, list[CaseEvent], list[Reply]]:
+    state: CaseState, workflow: Workflow, now: datetime, settings: Settings | None = None
+) -> tuple[CaseState, list[CaseEvent], list[Reply], list[SubRequest]]:
+    """Every tracked sub-request is closed: answer the customer, or first ask a human.
+
+    A human writes the final answer (a ``final_answer`` sub-request) when an answer is in
+    another language than the customer's (no mixed automatic reply), or when something
+    was rejected and the workflow has ``review_rejections``. The wording follows the
+    outcome: ``resolution``, ``partial`` (some done, some not) or ``rejection``; the survey
+    is only asked when every request was done.
+    """
     t = workflow.templates_for(state.language)
-    items = [
-        fill(t.resolution_item, resolution=s.resolution, department=s.department, intent=s.intent)
+    done = [
+        s
         for s in state.sub_requests
         # a reopened case answers with what was done in this round only
-        if s.blocking and s.resolution and s.status != "rerouted" and s.round == state.round
+        if s.blocking
+        and s.round == state.round
+        and s.status in ("resolved", "rejected")
+        and s.intent != FINAL_ANSWER
     ]
+    final = next(
+        (
+            s
+            for s in state.sub_requests
+            if s.intent == FINAL_ANSWER and s.round == state.round and s.resolution
+        ),
+        None,
+    )
+    rejected = [s for s in done if s.status == "rejected"]
+    if final is None:
+        why = _needs_human(state, done, workflow)
+        if why is not None:
+            return _ask_human(state, workflow, now, why, done, settings)
+    if final is not None:
+        items = [fill(t.resolution_item, resolution=final.resolution or "")]
+    else:
+        items = [
+            fill(
+                t.rejection_item if s.status == "rejected" else t.resolution_item,
+                resolution=s.resolution or "—",
+                department=workflow.title(s.department, state.language),
+                intent=s.intent,
+            )
+            for s in done
+            if s.resolution or s.status == "rejected"
+        ]
+    if rejected and len(rejected) == len(done):
+        template, outcome = t.rejection or t.resolution, "rejected"
+    elif rejected:
+        template, outcome = t.partial or t.resolution, "partial"
+    else:
+        template, outcome = t.resolution, "resolved"
     text = fill(
-        t.resolution, name=_name(state), case_ref=case_ref(state.case_id), items="\n".join(items)
+        template, name=_name(state), case_ref=case_ref(state.case_id), items="\n".join(items)
     )
     st = state.model_copy(update={"status": "resolved", "resolved_at": now})
     answer = reply(st, ReplyKind.resolution, text, now, key=f"round{st.round}")
@@ -492,12 +620,12 @@ def _resolve(
             CaseEventType.resolved,
             now,
             key=f"round{st.round}",
-            detail={"reply_id": answer.reply_id, "items": len(items)},
+            detail={"reply_id": answer.reply_id, "items": len(items), "outcome": outcome},
         )
     ]
     replies = [answer]
     policy = workflow.survey_for(st.categories)
-    if policy is not None:
+    if policy is not None and not rejected:
         question = t.survey_csat if policy.kind == "csat" else t.survey_nps
         survey = reply(st, ReplyKind.survey, question, now, key=f"round{st.round}")
         st = st.model_copy(
@@ -513,7 +641,71 @@ def _resolve(
                 detail={"kind": policy.kind, "reply_id": survey.reply_id},
             )
         )
-    return st, events, replies
+    return st, events, replies, []
+
+
+#: An answer counts as written in another language only when the detector is this sure.
+_FOREIGN_CONFIDENCE = 0.6
+
+
+def _needs_human(
+    state: CaseState, done: Sequence[SubRequestState], workflow: Workflow
+) -> str | None:
+    """Why a human must write the final answer ("language", "review"), or None."""
+    for s in done:
+        if s.resolution:
+            lang, confidence = detect_language(s.resolution)
+            if (
+                lang in ("ru", "en")
+                and lang != state.language
+                and confidence >= _FOREIGN_CONFIDENCE
+            ):
+                return "language"
+    if workflow.review_rejections and any(s.status == "rejected" for s in done):
+        return "review"
+    return None
+
+
+def _ask_human(
+    state: CaseState,
+    workflow: Workflow,
+    now: datetime,
+    why: str,
+    done: Sequence[SubRequestState],
+    settings: Settings | None,
+) -> tuple[CaseState, list[CaseEvent], list[Reply], list[SubRequest]]:
+    """A ``final_answer`` sub-request: the case stays open until a human answers it."""
+    department = (
+        workflow.review_rejections
+        if why == "review" and workflow.review_rejections
+        else workflow.triage_department
+    )
+    lines = [
+        f"Write the final answer to the customer in '{state.language}' "
+        + (
+            "(an answer below is in another language)."
+            if why == "language"
+            else "(a request was rejected: review the wording and what happens next)."
+        ),
+        *(f"- {s.department} [{s.status}]: {s.resolution or '—'}" for s in done),
+    ]
+    sub, record = new_sub_request(
+        state,
+        workflow,
+        now=now,
+        kind="internal",
+        department=department,
+        recipient=None,
+        intent=FINAL_ANSWER,
+        category=state.categories[0] if state.categories else "UNKNOWN",
+        text="\n".join(lines),
+        key=f"final:{state.round}",
+        settings=settings,
+    )
+    st = state.model_copy(update={"sub_requests": [*state.sub_requests, record]})
+    created = created_event(st, sub, now)
+    created = created.model_copy(update={"detail": {**created.detail, "why": why}})
+    return st, [created], [], [sub]
 
 
 def apply_customer_reply(
@@ -547,7 +739,7 @@ def apply_customer_reply(
     ]
     not_helped = _is_not_helped(msg.text, msg.language)
     if st.status != "resolved" and not not_helped:
-        return Transition(state=st, case_events=events)
+        return Transition(state=st, case_events=events, notices=customer_notices(st, msg, now))
     if st.status == "resolved":
         st = st.model_copy(
             update={
@@ -597,19 +789,37 @@ def apply_customer_reply(
     return Transition(state=st, case_events=events, replies=[ack], sub_requests=[sub])
 
 
+def survey_pending(state: CaseState, now: datetime, expiry: timedelta | None) -> bool:
+    """A survey question is waiting for its answer (and has not expired)."""
+    survey = state.survey
+    if survey is None or survey.answered:
+        return False
+    return expiry is None or now - survey.sent_at <= expiry
+
+
 def apply_survey_answer(
-    state: CaseState, text: str, message_id: str, *, now: datetime, workflow: Workflow | None = None
+    state: CaseState,
+    text: str,
+    message_id: str,
+    *,
+    now: datetime,
+    workflow: Workflow | None = None,
+    expiry: timedelta | None = None,
 ) -> Transition:
     """Link a survey answer to the case; a negative one is also a quality event.
 
-    Returns the state unchanged when no survey is pending or the text holds no score.
+    Returns the state unchanged when no survey is pending (or it expired: ``expiry``
+    after the question) or the text is not an answer. An unclear score ("пять" to a 0–10
+    question) asks the question again, once; the message joins the case either way.
     """
     survey = state.survey
-    if survey is None or survey.answered:
+    if survey is None or not survey_pending(state, now, expiry):
         return Transition(state=state)
-    score = parse_score(text, survey.kind)
+    score = read_answer(text, survey.kind)
     if score is None:
         return Transition(state=state)
+    if score == "unclear":
+        return _ask_survey_again(state, survey, message_id, now, workflow)
     bucket = nps_class(score) if survey.kind == "nps" else None
     negative = is_negative(survey.kind, score)
     answered = survey.model_copy(
@@ -659,6 +869,75 @@ def apply_survey_answer(
     )
 
 
+def _ask_survey_again(
+    state: CaseState,
+    survey: SurveyState,
+    message_id: str,
+    now: datetime,
+    workflow: Workflow | None,
+) -> Transition:
+    ids = state.message_ids if message_id in state.message_ids else [*state.message_ids, message_id]
+    st = state.model_copy(
+        update={
+            "survey": survey.model_copy(update={"asked_again": True}),
+            "message_ids": ids,
+            "updated_at": now,
+        }
+    )
+    ev = event(
+        st,
+        CaseEventType.message_appended,
+        now,
+        key=message_id,
+        message_id=message_id,
+        detail={"survey": "unclear score", "asked_again": not survey.asked_again},
+    )
+    if survey.asked_again or workflow is None:
+        return Transition(state=st, case_events=[ev])
+    t = workflow.templates_for(st.language)
+    retry = t.survey_retry_csat if survey.kind == "csat" else t.survey_retry_nps
+    question = retry or (t.survey_csat if survey.kind == "csat" else t.survey_nps)
+    again = reply(
+        st, ReplyKind.survey, question, now, key=f"survey-again:{st.round}", message_id=message_id
+    )
+    return Transition(state=st, case_events=[ev], replies=[again])
+
+
+def apply_small_talk(
+    state: CaseState,
+    msg: InboundMessage,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    acknowledge: bool = True,
+) -> Transition:
+    """Thanks or "ок" on a case: kept in its history, acknowledged once it is resolved,
+    never routed (no task, no reopen)."""
+    st = state.model_copy(
+        update={"message_ids": [*state.message_ids, msg.message_id], "updated_at": now}
+    )
+    ev = event(
+        st,
+        CaseEventType.message_appended,
+        now,
+        key=msg.message_id,
+        message_id=msg.message_id,
+        detail={"status": st.status, "small_talk": True},
+    )
+    text = workflow.templates_for(st.language).small_talk
+    if st.status != "resolved" or not text or not acknowledge:
+        return Transition(state=st, case_events=[ev])
+    ack = reply(
+        st,
+        ReplyKind.acknowledgement,
+        fill(text, name=_name(st), case_ref=case_ref(st.case_id)),
+        now,
+        key=f"small-talk:{msg.message_id}",
+        message_id=msg.message_id,
+    )
+    return Transition(state=st, case_events=[ev], replies=[ack])
+
+
 def apply_customer_message(
     state: CaseState,
     msg: InboundMessage,
@@ -667,14 +946,45 @@ def apply_customer_message(
     now: datetime,
     settings: Settings | None = None,
 ) -> Transition:
-    """Dispatch a customer message on an existing case: survey answer or follow-up."""
+    """Dispatch a customer message on an existing case: survey answer, small talk, follow-up.
+
+    A survey answer is scored (or asked again when unclear); thanks and "ок" are
+    acknowledged and never routed; anything else continues the case
+    (``apply_customer_reply``).
+    """
     if msg.message_id in state.message_ids:
         return Transition(state=state)
-    if state.survey is not None and not state.survey.answered:
-        t = apply_survey_answer(state, msg.text, msg.message_id, now=now, workflow=workflow)
+    expiry = timedelta(hours=settings.survey_expiry_hours) if settings is not None else None
+    if survey_pending(state, now, expiry):
+        t = apply_survey_answer(
+            state, msg.text, msg.message_id, now=now, workflow=workflow, expiry=expiry
+        )
         if t.state is not state:
             return t
+    elif state.survey is not None and read_answer(msg.text, state.survey.kind) is not None:
+        # a score for a survey already answered or expired: kept, not scored, not routed
+        return apply_small_talk(state, msg, workflow, now=now, acknowledge=False)
+    if is_small_talk(msg.text):
+        return apply_small_talk(state, msg, workflow, now=now)
     return apply_customer_reply(state, msg, workflow, now=now, settings=settings)
+
+
+def customer_notices(state: CaseState, msg: InboundMessage, now: datetime) -> list[TaskNotice]:
+    """The customer's new message for the holder of every open internal sub-request."""
+    return [
+        TaskNotice(
+            notice_id=derive_id("notice", s.sub_request_id, msg.message_id),
+            type="customer_message",
+            case_id=state.case_id,
+            sub_request_id=s.sub_request_id,
+            department=s.department,
+            text=msg.text,
+            message_id=msg.message_id,
+            at=now,
+        )
+        for s in open_subs(state)
+        if s.kind == SubRequestKind.internal
+    ]
 
 
 def open_subs(state: CaseState) -> Sequence[SubRequestState]:
@@ -716,8 +1026,10 @@ def merge_snapshot(stored: CaseState, incoming: CaseState) -> CaseState:
         }
     )
     same_round = stored.round == incoming.round
-    if same_round and stored.survey is not None and (
-        incoming.survey is None or (stored.survey.answered and not incoming.survey.answered)
+    if (
+        same_round
+        and stored.survey is not None
+        and (incoming.survey is None or (stored.survey.answered and not incoming.survey.answered))
     ):
         merged = merged.model_copy(update={"survey": stored.survey})
     if (

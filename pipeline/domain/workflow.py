@@ -386,6 +386,31 @@ class LanguageTemplates(_Model):
     survey_thanks: str = ""
     triage: str
     reopened: str = ""
+    rejection: str = Field(
+        default="",
+        description="Whole answer when no request could be done: {items} lists rejection_item "
+        "per request, then what happens next (empty → the resolution template).",
+    )
+    partial: str = Field(
+        default="",
+        description="Whole answer when some requests were done and some not: {items} mixes "
+        "resolution_item and rejection_item (empty → the resolution template).",
+    )
+    rejection_item: str = Field(
+        default="• {resolution}",
+        description="One request that could not be done: {department} (its title), "
+        "{resolution} (the department's reason).",
+    )
+    survey_retry_csat: str = Field(default="", description="Asked again after an unclear score.")
+    survey_retry_nps: str = Field(default="", description="Asked again after an unclear score.")
+    small_talk: str = Field(
+        default="", description="Answer to thanks after a resolution or survey (empty → none)."
+    )
+    breach_update: str = Field(
+        default="",
+        description="Short update to the customer when their request breaches its SLA, once "
+        "per case and policy (empty → none).",
+    )
     custom: dict[str, str] = Field(default_factory=dict)
 
 
@@ -420,6 +445,11 @@ class Workflow(_Model):
     surveys: list[SurveyPolicy] = Field(default_factory=list)
     templates: dict[str, LanguageTemplates]
     incidents: list[IncidentPolicy] = Field(default_factory=list)
+    review_rejections: str | None = Field(
+        default=None,
+        description="Department whose human reviews a rejection or partial outcome before the "
+        "customer is told (None: the customer is told at once).",
+    )
 
     # ---- look-ups used by the engine
 
@@ -507,6 +537,8 @@ def _references(wf: Workflow) -> Iterator[tuple[Loc, str]]:
         yield ("triage_department",), f"unknown department {wf.triage_department!r}"
     if wf.default_language not in wf.templates:
         yield ("default_language",), f"no templates for {wf.default_language!r}"
+    if wf.review_rejections is not None and wf.review_rejections not in deps:
+        yield ("review_rejections",), f"unknown department {wf.review_rejections!r}"
     if wf.default_sla is not None and wf.default_sla not in wf.sla_policies:
         yield ("default_sla",), f"unknown SLA policy {wf.default_sla!r}"
     custom = {name for t in wf.templates.values() for name in t.custom}

@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import email
 import email.policy
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
-from pipeline.config import Settings
-from pipeline.domain.cases import case_flags
-from pipeline.events import Priority, PriorityComponent, SubRequestKind
+import pytest
+
+from pipeline.config import DEFAULT_CONFIG_DIR, Settings
+from pipeline.domain.cases import (
+    FINAL_ANSWER,
+    CaseState,
+    Transition,
+    apply_customer_message,
+    apply_task_update,
+    case_flags,
+)
+from pipeline.domain.workflow import Workflow
+from pipeline.events import (
+    InboundMessage,
+    Priority,
+    PriorityComponent,
+    ReplyKind,
+    SubRequest,
+    SubRequestKind,
+    TaskStatus,
+    TaskUpdate,
+)
 from pipeline.notify.compose import compose_external
 from pipeline.route.core import route_message
-from tests.unit.test_route_fixtures import NOW, default_workflow, seed_message
+from pipeline.route.sla import check_sla
+from tests.unit.test_route_fixtures import NOW, default_workflow, message, seed_message
+
+LATER = NOW + timedelta(hours=2)
 
 SETTINGS = Settings(reply_domain="example.com")
 
@@ -50,3 +73,285 @@ def test_vip_and_legal_threat_flags_reach_every_sub_request() -> None:
     assert case_flags(legal) == ["vip", "legal_threat"]
     (external,) = [s for s in d.sub_requests if s.kind is SubRequestKind.external]
     assert "Внимание: VIP-клиент" in _body(compose_external(external, SETTINGS))
+
+
+# ---------------------------------------------------------------- rejections, final answers
+
+
+def _routed(wf: Workflow | None = None, **kw: object) -> tuple[CaseState, list[SubRequest]]:
+    d = route_message(seed_message(**kw), wf or default_workflow(), now=NOW, settings=SETTINGS)
+    assert d.case is not None
+    return d.case, d.sub_requests
+
+
+def _answer(
+    case: CaseState, sub_id: str, text: str, status: TaskStatus = TaskStatus.resolved
+) -> TaskUpdate:
+    return TaskUpdate(
+        update_id=f"upd-{sub_id}-{status.value}",
+        sub_request_id=sub_id,
+        case_id=case.case_id,
+        status=status,
+        resolution=text,
+        at=NOW + timedelta(hours=1),
+    )
+
+
+def _apply_all(
+    case: CaseState, answers: list[TaskUpdate], wf: Workflow | None = None
+) -> tuple[CaseState, list[Transition]]:
+    out = []
+    for upd in answers:
+        tr = apply_task_update(case, upd, wf or default_workflow(), now=LATER, settings=SETTINGS)
+        out.append(tr)
+        case = tr.state
+    return case, out
+
+
+def _by_dept(subs: list[SubRequest]) -> dict[str, SubRequest]:
+    return {s.department: s for s in subs}
+
+
+def test_a_rejection_says_what_could_not_be_done_why_and_what_next_without_a_survey() -> None:
+    case, subs = _routed()
+    dept = _by_dept(subs)
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(
+                case,
+                dept["loyalty-it"].sub_request_id,
+                "Бонусы за акционный товар не начисляются.",
+                TaskStatus.rejected,
+            ),
+            _answer(
+                case,
+                dept["store-directors"].sub_request_id,
+                "Огурцы заменили.",
+                TaskStatus.rejected,
+            ),
+        ],
+    )
+    (answer,) = trs[-1].replies
+    assert answer.kind is ReplyKind.resolution
+    assert "не смогли сделать то, о чём вы просили" in answer.text
+    assert (
+        "• ИТ программы лояльности: не получилось. Причина: Бонусы за акционный товар"
+        in answer.text
+    )
+    assert "Что дальше" in answer.text and "Спасибо, что сообщили" not in answer.text
+    assert case.status == "resolved" and case.survey is None
+
+
+def test_a_partial_outcome_has_its_own_wording_and_no_survey() -> None:
+    case, subs = _routed(language="en")
+    dept = _by_dept(subs)
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(
+                case,
+                dept["loyalty-it"].sub_request_id,
+                "promotional items earn no points.",
+                TaskStatus.rejected,
+            ),
+            _answer(case, dept["store-directors"].sub_request_id, "We replaced the cucumbers."),
+        ],
+    )
+    (answer,) = trs[-1].replies
+    assert "we could not do this. Reason: promotional items earn no points." in answer.text
+    assert "• We replaced the cucumbers." in answer.text and "What happens next" in answer.text
+    assert case.survey is None
+
+
+def test_every_request_done_is_answered_and_surveyed() -> None:
+    case, subs = _routed()
+    dept = _by_dept(subs)
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(case, dept["loyalty-it"].sub_request_id, "Бонусы начислены вручную."),
+            _answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
+        ],
+    )
+    kinds = [r.kind for r in trs[-1].replies]
+    assert kinds == [ReplyKind.resolution, ReplyKind.survey]
+    assert "Спасибо, что сообщили нам" in trs[-1].replies[0].text
+
+
+def test_review_rejections_sends_the_final_answer_to_a_human_first() -> None:
+    wf = default_workflow().model_copy(update={"review_rejections": "customer-care"})
+    case, subs = _routed(wf)
+    dept = _by_dept(subs)
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(
+                case, dept["loyalty-it"].sub_request_id, "Не начисляются.", TaskStatus.rejected
+            ),
+            _answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
+        ],
+        wf,
+    )
+    assert trs[-1].replies == [] and case.status != "resolved"
+    (review,) = trs[-1].sub_requests
+    assert review.department == "customer-care" and review.intent == FINAL_ANSWER
+    assert "Не начисляются." in review.text
+    final = "Огурцы заменили; бонусы за акционный товар по правилам программы не начисляются."
+    case, trs = _apply_all(case, [_answer(case, review.sub_request_id, final)], wf)
+    (answer,) = trs[-1].replies
+    assert final in answer.text and "Что дальше" in answer.text
+    assert "Не начисляются." not in answer.text
+    assert case.status == "resolved" and case.survey is None
+
+
+def test_an_answer_in_another_language_goes_to_a_human_not_a_mixed_reply() -> None:
+    case, subs = _routed(language="en")
+    dept = _by_dept(subs)
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(case, dept["loyalty-it"].sub_request_id, "Points have been added manually."),
+            _answer(
+                case, dept["store-directors"].sub_request_id, "Огурцы заменили, выкладку проверили."
+            ),
+        ],
+    )
+    assert trs[-1].replies == []
+    (ask,) = trs[-1].sub_requests
+    assert ask.department == "triage" and ask.intent == FINAL_ANSWER and "'en'" in ask.text
+    final = "We replaced the cucumbers and added your points manually."
+    case, trs = _apply_all(case, [_answer(case, ask.sub_request_id, final)])
+    answer = trs[-1].replies[0]
+    assert final in answer.text and "Огурцы" not in answer.text and answer.language == "en"
+
+
+def test_a_late_answer_after_a_reroute_closes_the_copy_and_reaches_the_customer() -> None:
+    case, subs = _routed()
+    dept = _by_dept(subs)
+    director = dept["store-directors"]
+    late = NOW + timedelta(days=30)
+    tr = check_sla(case, default_workflow(), late, settings=SETTINGS)
+    copies = [s for s in tr.sub_requests if s.department == "store-ops"]
+    assert len({s.sub_request_id for s in copies}) == 1, "rerouted to store-ops"
+    case = tr.state
+    assert case.sub(director.sub_request_id).status == "rerouted"  # type: ignore[union-attr]
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(case, dept["loyalty-it"].sub_request_id, "Бонусы начислены."),
+            _answer(case, director.sub_request_id, "Огурцы заменили, извините за задержку."),
+        ],
+    )
+    assert case.sub(copies[0].sub_request_id).status == "superseded"  # type: ignore[union-attr]
+    assert {(n.type, n.department) for n in trs[-1].notices} == {("closed", "store-ops")}
+    answer = trs[-1].replies[0]
+    assert "Огурцы заменили, извините за задержку." in answer.text and case.status == "resolved"
+
+
+# ---------------------------------------------------------------- surveys, small talk, follow-ups
+
+
+def _resolved_with_survey() -> CaseState:
+    case, subs = _routed()
+    dept = _by_dept(subs)
+    case, _ = _apply_all(
+        case,
+        [
+            _answer(case, dept["loyalty-it"].sub_request_id, "Бонусы начислены."),
+            _answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
+        ],
+    )
+    assert case.survey is not None and case.survey.kind == "nps"
+    return case
+
+
+def _customer(text: str, key: str, case: CaseState, language: str = "ru") -> InboundMessage:
+    return message(text, [], key=key, language=language, customer=case.customer_id).inbound
+
+
+def test_unclear_score_is_asked_again_once_then_a_clear_one_counts() -> None:
+    case = _resolved_with_survey()
+    wf = default_workflow()
+    tr = apply_customer_message(
+        case, _customer("пять", "s1", case), wf, now=LATER, settings=SETTINGS
+    )
+    (again,) = tr.replies
+    assert "от 0 до 10" in again.text and tr.state.survey and not tr.state.survey.answered
+    assert tr.sub_requests == [] and tr.state.status == "resolved"
+    tr2 = apply_customer_message(
+        tr.state, _customer("five", "s2", case), wf, now=LATER, settings=SETTINGS
+    )
+    assert tr2.replies == [] and tr2.sub_requests == []  # asked once only
+    tr3 = apply_customer_message(
+        tr2.state, _customer("десять", "s3", case), wf, now=LATER, settings=SETTINGS
+    )
+    assert tr3.state.survey and tr3.state.survey.score == 10
+    assert tr3.state.survey.nps_class == "promoter" and tr3.quality_events == []
+
+
+def test_an_expired_survey_is_not_scored() -> None:
+    case = _resolved_with_survey()
+    week = LATER + timedelta(days=7)
+    tr = apply_customer_message(
+        case, _customer("3", "e1", case), default_workflow(), now=week, settings=SETTINGS
+    )
+    assert tr.state.survey and not tr.state.survey.answered and tr.quality_events == []
+    assert tr.sub_requests == [] and tr.replies == [] and tr.state.status == "resolved"
+
+
+@pytest.mark.parametrize("text", ["Спасибо, всё отлично!", "Спасибо!", "Thanks a lot!", "👍"])
+def test_thanks_after_a_survey_is_acknowledged_and_opens_nothing(text: str) -> None:
+    case = _resolved_with_survey()
+    tr = apply_customer_message(
+        case, _customer(text, "t1", case), default_workflow(), now=LATER, settings=SETTINGS
+    )
+    assert tr.sub_requests == [] and tr.state.status == "resolved" and tr.state.round == case.round
+    assert [r.kind for r in tr.replies] == [ReplyKind.acknowledgement]
+    assert "Рады были помочь" in tr.replies[0].text
+
+
+def test_a_follow_up_on_an_open_case_reaches_the_holders_and_makes_no_task() -> None:
+    case, subs = _routed()
+    msg = _customer("Ну что там с моими бонусами?", "f1", case)
+    tr = apply_customer_message(case, msg, default_workflow(), now=LATER, settings=SETTINGS)
+    assert tr.sub_requests == [] and tr.replies == []
+    assert msg.message_id in tr.state.message_ids
+    (notice,) = tr.notices  # the director is external: only loyalty IT reads a task topic
+    assert notice.type == "customer_message" and notice.department == "loyalty-it"
+    assert (
+        notice.text == msg.text
+        and notice.sub_request_id == _by_dept(subs)["loyalty-it"].sub_request_id
+    )
+
+
+# ---------------------------------------------------------------- workflow defaults
+
+
+def test_vip_and_legal_threats_get_the_urgent_sla_explicitly() -> None:
+    wf = default_workflow()
+    rules = {r.name: r for r in wf.rules}
+    for name in ("vip-first", "legal-threat"):
+        assert any(getattr(a, "policy", None) == "urgent" for a in rules[name].then), name
+    case, subs = _routed(tier="vip")
+    policies = {s.department: case.sub(s.sub_request_id).sla_policy for s in subs}  # type: ignore[union-attr]
+    assert policies == {"loyalty-it": "urgent", "store-directors": "urgent"}
+    legal = route_message(seed_message(tags=["legal_threat"]), wf, now=NOW, settings=SETTINGS)
+    assert legal.case is not None
+    assert {s.sla_policy for s in legal.case.sub_requests} == {"urgent"}
+
+
+def test_hours_without_days_mean_weekdays_nine_to_six_as_documented() -> None:
+    wf = default_workflow()
+    hours = wf.departments["loyalty-it"].hours
+    assert hours is not None and hours.days == dict.fromkeys(
+        ("mon", "tue", "wed", "thu", "fri"), "09:00-18:00"
+    )
+    text = (DEFAULT_CONFIG_DIR / "workflow.yaml").read_text(encoding="utf-8")
+    assert "WITHOUT `days` means Monday–Friday 09:00–18:00" in text
+    saturday = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)  # 16:00 in Moscow
+    d = route_message(seed_message(), wf, now=saturday, settings=SETTINGS)
+    assert d.case is not None
+    (loyalty,) = [s for s in d.case.sub_requests if s.department == "loyalty-it"]
+    # P3 on the standard policy: 4 working hours to the first response → Monday 13:00 Moscow
+    assert loyalty.first_response_due_at == datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
