@@ -39,7 +39,6 @@ import importlib.metadata
 import json
 import logging
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -63,6 +62,7 @@ from sklearn.svm import LinearSVC
 
 from pipeline.classify.encoder import Encoder, encode_cached, get_encoder
 from pipeline.classify.families import family_split
+from pipeline.domain.text import detect_language
 from pipeline.errors import ModelError
 
 if TYPE_CHECKING:
@@ -85,17 +85,11 @@ TOP_K = 3
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-_CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
-_LATIN = re.compile(r"[a-z]", re.IGNORECASE)
 
 
-def detect_language(text: str) -> str:
-    """'ru', 'en' or 'other' by the share of Cyrillic and Latin letters."""
-    cyr = len(_CYRILLIC.findall(text))
-    lat = len(_LATIN.findall(text))
-    if cyr == 0 and lat == 0:
-        return "other"
-    return "ru" if cyr >= lat else "en"
+def language_of(text: str) -> str:
+    """'ru', 'en' or 'other': which language's thresholds apply to a text."""
+    return detect_language(text)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +466,7 @@ class IntentModel:
         x = list(texts)
         y = np.array(labels, dtype=object)
         w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-        langs = np.array([detect_language(t) for t in x], dtype=object)
+        langs = np.array([language_of(t) for t in x], dtype=object)
         encode = None
         if encoder is not None:
             enc = encoder
@@ -609,7 +603,7 @@ class IntentModel:
         if not texts:
             return np.zeros((0, len(self._classes)))
         feats = self._estimator.named_steps["features"].transform(list(texts))
-        return self._decide(feats, texts, [detect_language(t) for t in texts])[0]
+        return self._decide(feats, texts, [language_of(t) for t in texts])[0]
 
     def _predictions(
         self, conf: FloatArray, langs: Sequence[str], slow: npt.NDArray[np.bool_]
@@ -642,7 +636,7 @@ class IntentModel:
         if not texts:
             return []
         feats = self._estimator.named_steps["features"].transform(list(texts))
-        langs = [detect_language(t) for t in texts]
+        langs = [language_of(t) for t in texts]
         conf, slow = self._decide(feats, texts, langs)
         return self._predictions(conf, langs, slow)
 
@@ -677,7 +671,7 @@ class IntentModel:
             )
             blocks.append(self._normalize_blocks(agg @ x_seg))
         all_texts = flat + [" ".join(segments[i]) for i in multi]
-        langs = [detect_language(t) for t in all_texts]
+        langs = [language_of(t) for t in all_texts]
         conf, slow = self._decide(sparse.vstack(blocks).tocsr(), all_texts, langs)
         preds = self._predictions(conf, langs, slow)
         seg_preds, whole_preds = preds[: len(flat)], preds[len(flat) :]
@@ -1088,7 +1082,7 @@ def evaluate(model: IntentModel, texts: Sequence[str], gold: Sequence[str]) -> E
         if b != g:
             pairs[(g, b)] = pairs.get((g, b), 0) + 1
     confused = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    langs = [detect_language(t) for t in texts]
+    langs = [language_of(t) for t in texts]
     by_language = {}
     for lang in LANGUAGES:
         rows = [i for i, x in enumerate(langs) if x == lang]
