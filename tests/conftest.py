@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.plugins.stack",
     "tests.plugins.inbound",
     "tests.plugins.events",
+    "tests.plugins.route",
 ]
 
 

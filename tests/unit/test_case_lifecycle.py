@@ -32,7 +32,7 @@ from pipeline.events import (
 from pipeline.notify.compose import compose_external
 from pipeline.route.core import route_message
 from pipeline.route.sla import check_sla
-from tests.unit.test_route_fixtures import NOW, default_workflow, message, seed_message
+from tests.plugins.route import NOW, default_workflow, message, seed_message
 
 LATER = NOW + timedelta(hours=2)
 

@@ -6,15 +6,18 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Span
 from pipeline import rules_cli as route_cli
-from pipeline.rules_cli import Explainer, compare_routing, explain_json, format_explain
+from pipeline.cli import main
 from pipeline.domain.workflow import Workflow
-from tests.unit.test_route_fixtures import NOW, default_workflow, intent, message
+from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Span
+from pipeline.rules_cli import Explainer, compare_routing, explain_json, format_explain
+
+if TYPE_CHECKING:
+    from tests.plugins.route import RouteKit
 
 CONTRACT = (
     "Добрый день. В магазине на Садовой, 12 продавали просроченный йогурт. "
@@ -27,6 +30,9 @@ class StubClassifier:
 
     version = "stub"
 
+    def __init__(self, kit: RouteKit) -> None:
+        self.kit = kit
+
     def classify_batch(
         self, messages: Sequence[InboundMessage], *, now: datetime | None = None
     ) -> list[ClassifiedMessage]:
@@ -36,29 +42,31 @@ class StubClassifier:
             for part in m.text.split(". "):
                 low = part.lower()
                 if "йогурт" in low or "yogh" in low:
-                    intents.append(intent(m.text, part, "product_quality", "STORE_QUALITY"))
+                    intents.append(
+                        self.kit.intent(m.text, part, "product_quality", "STORE_QUALITY")
+                    )
                 elif "бонус" in low or "bonus" in low:
-                    intents.append(intent(m.text, part, "loyalty_points", "LOYALTY"))
+                    intents.append(self.kit.intent(m.text, part, "loyalty_points", "LOYALTY"))
                 elif "invoice" in low or "счёт" in low:
-                    intents.append(intent(m.text, part, "get_invoice", "INVOICES"))
+                    intents.append(self.kit.intent(m.text, part, "get_invoice", "INVOICES"))
             if not intents:
-                intents = [intent(m.text, m.text, "unknown", "UNKNOWN", 0.1)]
+                intents = [self.kit.intent(m.text, m.text, "unknown", "UNKNOWN", 0.1)]
             ents = []
             if "Садов" in m.text:
                 at = m.text.index("Садов")
                 ents.append(Entity(kind="store", value="SPB-012", span=Span(start=at, end=at + 11)))
-            base = message(m.text, intents, entities=ents, language=m.language)
+            base = self.kit.message(m.text, intents, entities=ents, language=m.language)
             out.append(base.model_copy(update={"inbound": m, "message_id": m.message_id,
                                                "customer_id": m.customer_id}))
         return out
 
 
 @pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch) -> Explainer:
-    ex = Explainer(default_workflow(), StubClassifier())
+def stub(kit: RouteKit, monkeypatch: pytest.MonkeyPatch) -> Explainer:
+    ex = Explainer(kit.workflow, StubClassifier(kit))
 
     def from_settings(cls: type[Explainer], settings: object, workflow: Workflow) -> Explainer:
-        return Explainer(workflow, StubClassifier())
+        return Explainer(workflow, StubClassifier(kit))
 
     monkeypatch.setattr(route_cli.Explainer, "from_settings", classmethod(from_settings))
     return ex
@@ -79,8 +87,8 @@ def test_explain_json_contract(stub: Explainer, capsys: pytest.CaptureFixture[st
     assert doc["classification"]["intents"][0]["span"]["start"] == CONTRACT.index("В магазине")
 
 
-def test_explain_text_output(stub: Explainer) -> None:
-    [(cm, match, decision)] = stub.decide([stub.inbound(CONTRACT, now=NOW)], now=NOW)
+def test_explain_text_output(kit: RouteKit, stub: Explainer) -> None:
+    [(cm, match, decision)] = stub.decide([stub.inbound(CONTRACT, now=kit.now)], now=kit.now)
     text = format_explain(explain_json(cm, match, decision))
     assert "[MATCH] #3 store-quality-director for product_quality (stop)" in text
     assert "✓ entity store found: ['SPB-012']" in text
@@ -107,17 +115,17 @@ def test_explain_data_file_one_line_per_row(
     assert main(["rules", "explain", "--data", str(jsonl)]) == 1  # no 'text' key
 
 
-def test_compare_routing_counts_changes() -> None:
-    wf = default_workflow()
+def test_compare_routing_counts_changes(kit: RouteKit) -> None:
+    wf = kit.workflow
     new_rules = [r for r in wf.rules if r.name != "loyalty"]
     new = wf.model_copy(update={"rules": new_rules})
     text = "Не начислили бонусы"
     msgs = [
-        message(text, [intent(text, text, "loyalty_points", "LOYALTY")], key="1"),
-        message("Где счёт?", [intent("Где счёт?", "Где счёт?", "get_invoice", "INVOICES")],
+        kit.message(text, [kit.intent(text, text, "loyalty_points", "LOYALTY")], key="1"),
+        kit.message("Где счёт?", [kit.intent("Где счёт?", "Где счёт?", "get_invoice", "INVOICES")],
                 key="2"),
     ]
-    report = compare_routing(msgs, wf, new, now=NOW)
+    report = compare_routing(msgs, wf, new, now=kit.now)
     assert report.messages == 2 and report.changed == 1
     assert report.before == {"billing": 1, "loyalty-it": 1}
     assert report.after == {"billing": 1, "triage": 1}

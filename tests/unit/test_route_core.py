@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
+from pipeline.domain.cases import (
+    CaseState,
+    apply_customer_message,
+    apply_customer_reply,
+    apply_task_update,
+    fill,
+    merge_snapshot,
+)
 from pipeline.errors import InvalidInput
 from pipeline.events import (
     CaseEventType,
@@ -20,37 +29,31 @@ from pipeline.events import (
     TaskUpdate,
     derive_id,
 )
-from pipeline.domain.cases import (
-    CaseState,
-    apply_customer_message,
-    apply_customer_reply,
-    apply_task_update,
-    fill,
-    merge_snapshot,
-)
 from pipeline.route.core import route_message
 from pipeline.route.kb import KbMatch
-from tests.unit.test_route_fixtures import (
-    NOW,
-    SEED_RU,
-    default_workflow,
-    intent,
-    message,
-    seed_message,
-)
+
+if TYPE_CHECKING:
+    from tests.plugins.route import RouteKit
 
 
-def update(case: CaseState, sub_id: str, uid: str, text: str, source: str = "department"):  # type: ignore[no-untyped-def]
+def update(  # type: ignore[no-untyped-def]
+    kit: RouteKit,
+    case: CaseState,
+    sub_id: str,
+    uid: str,
+    text: str,
+    source: str = "department",
+):
     return TaskUpdate(
         update_id=uid, sub_request_id=sub_id, case_id=case.case_id, status=TaskStatus.resolved,
-        resolution=text, author="x", source=source, at=NOW + timedelta(hours=2),  # type: ignore[arg-type]
+        resolution=text, author="x", source=source, at=kit.now + timedelta(hours=2),  # type: ignore[arg-type]
     )
 
 
-def test_seed_scenario_end_to_end_in_russian() -> None:
-    wf = default_workflow()
-    msg = seed_message()
-    d = route_message(msg, wf, now=NOW)
+def test_seed_scenario_end_to_end_in_russian(kit: RouteKit) -> None:
+    wf = kit.workflow
+    msg = kit.seed_message()
+    d = route_message(msg, wf, now=kit.now)
 
     # one message → one case with two sub-requests: external to the director, internal loyalty
     assert d.outcome.outcome is OutcomeKind.routed
@@ -64,7 +67,7 @@ def test_seed_scenario_end_to_end_in_russian() -> None:
     loyalty = next(s for s in d.sub_requests if s.kind is SubRequestKind.internal)
     # internal carries what the department needs: span, entities, customer, priority, SLA
     assert loyalty.text == "А ещё на кассе не списались бонусы с карты лояльности."
-    assert loyalty.full_text == SEED_RU and loyalty.entities and loyalty.customer is not None
+    assert loyalty.full_text == kit.seed_text and loyalty.entities and loyalty.customer is not None
     assert "Анна" in loyalty.customer_summary and loyalty.sla_due_at is not None
     assert director.text.startswith("В магазине на Садовой, 12") and director.reply_token
     assert director.sub_request_id == derive_id(
@@ -82,14 +85,14 @@ def test_seed_scenario_end_to_end_in_russian() -> None:
     assert case == d.case
 
     # loyalty IT answers inside the system: not everything is done yet → no answer
-    t1 = apply_task_update(case, update(case, loyalty.sub_request_id, "u1",
+    t1 = apply_task_update(case, update(kit, case, loyalty.sub_request_id, "u1",
                                         "Бонусы начислены на карту, проверьте баланс."), wf,
-                           now=NOW + timedelta(hours=2))
+                           now=kit.now + timedelta(hours=2))
     assert t1.replies == [] and t1.state.status == "open"
     # the director answers by e-mail → one combined answer, then the survey (NPS)
-    t2 = apply_task_update(t1.state, update(case, director.sub_request_id, "mail-1",
+    t2 = apply_task_update(t1.state, update(kit, case, director.sub_request_id, "mail-1",
                                             "Просроченный товар снят с полки и заменён.",
-                                            "email"), wf, now=NOW + timedelta(hours=3))
+                                            "email"), wf, now=kit.now + timedelta(hours=3))
     assert t2.state.status == "resolved"
     answer, survey = t2.replies
     assert answer.kind is ReplyKind.resolution and answer.channel is Channel.telegram
@@ -101,9 +104,9 @@ def test_seed_scenario_end_to_end_in_russian() -> None:
         CaseEventType.survey_sent,
     ]
     # the customer answers the survey: a detractor → flagged for the quality topic
-    reply_msg = message("Ну, на 4", [intent("Ну, на 4", "Ну, на 4", "unknown", "UNKNOWN")],
+    reply_msg = kit.message("Ну, на 4", [kit.intent("Ну, на 4", "Ну, на 4", "unknown", "UNKNOWN")],
                         key="survey")
-    d3 = route_message(reply_msg, wf, now=NOW + timedelta(hours=4), open_case=t2.state)
+    d3 = route_message(reply_msg, wf, now=kit.now + timedelta(hours=4), open_case=t2.state)
     assert d3.case is not None and d3.case.survey is not None
     assert (d3.case.survey.score, d3.case.survey.nps_class) == (4, "detractor")
     assert d3.sub_requests == [] and d3.case.status == "resolved"
@@ -111,18 +114,18 @@ def test_seed_scenario_end_to_end_in_russian() -> None:
     assert ev.type is CaseEventType.survey_answered and ev.detail["flag"] == "quality"
 
 
-def test_english_seed_and_promoter() -> None:
-    wf = default_workflow()
+def test_english_seed_and_promoter(kit: RouteKit) -> None:
+    wf = kit.workflow
     text = "The yoghurt at Sadovaya 12 was expired. Also my bonus points were not added."
-    msg = message(
+    msg = kit.message(
         text,
-        [intent(text, "The yoghurt at Sadovaya 12 was expired.", "product_quality",
+        [kit.intent(text, "The yoghurt at Sadovaya 12 was expired.", "product_quality",
                 "STORE_QUALITY"),
-         intent(text, "Also my bonus points were not added.", "loyalty_points", "LOYALTY")],
+         kit.intent(text, "Also my bonus points were not added.", "loyalty_points", "LOYALTY")],
         entities=[Entity(kind="store", value="SPB-012", span=Span(start=15, end=26))],
         language="en", name="John",
     )
-    d = route_message(msg, wf, now=NOW)
+    d = route_message(msg, wf, now=kit.now)
     assert d.replies[0].text.startswith("Hello, John! We have received")
     assert "Store director, Loyalty programme IT" in d.replies[0].text
     # The customer writes English; the store's director is written to in the staff language
@@ -132,61 +135,61 @@ def test_english_seed_and_promoter() -> None:
     case = d.case
     assert case is not None
     for n, sub in enumerate(d.sub_requests):
-        case = apply_task_update(case, update(case, sub.sub_request_id, f"u{n}", f"done {n}"),
-                                 wf, now=NOW).state
+        case = apply_task_update(case, update(kit, case, sub.sub_request_id, f"u{n}", f"done {n}"),
+                                 wf, now=kit.now).state
     assert case.status == "resolved" and case.survey is not None and case.survey.kind == "nps"
-    answer = message("10!", [intent("10!", "10!", "unknown", "UNKNOWN")], language="en",
+    answer = kit.message("10!", [kit.intent("10!", "10!", "unknown", "UNKNOWN")], language="en",
                      key="a")
-    t = apply_customer_message(case, answer.inbound, wf, now=NOW)
+    t = apply_customer_message(case, answer.inbound, wf, now=kit.now)
     assert t.state.survey and t.state.survey.nps_class == "promoter" and t.quality_events == []
     assert t.replies[0].text == "Thank you for your rating!"
 
 
-def test_task_updates_are_idempotent_and_checked() -> None:
-    wf = default_workflow()
-    d = route_message(seed_message(), wf, now=NOW)
+def test_task_updates_are_idempotent_and_checked(kit: RouteKit) -> None:
+    wf = kit.workflow
+    d = route_message(kit.seed_message(), wf, now=kit.now)
     case = d.case
     assert case is not None
     sub = d.sub_requests[0]
-    u = update(case, sub.sub_request_id, "same", "готово")
-    t1 = apply_task_update(case, u, wf, now=NOW)
-    t2 = apply_task_update(t1.state, u, wf, now=NOW)
+    u = update(kit, case, sub.sub_request_id, "same", "готово")
+    t1 = apply_task_update(case, u, wf, now=kit.now)
+    t2 = apply_task_update(t1.state, u, wf, now=kit.now)
     assert t1.case_events and t2.case_events == [] and t2.replies == []
     assert t2.state == t1.state
     with pytest.raises(InvalidInput, match="no sub-request"):
-        apply_task_update(case, update(case, "sr_nope", "x", "y"), wf, now=NOW)
+        apply_task_update(case, update(kit, case, "sr_nope", "x", "y"), wf, now=kit.now)
 
 
-def test_replay_derives_the_same_ids() -> None:
-    wf = default_workflow()
-    a = route_message(seed_message(), wf, now=NOW)
-    b = route_message(seed_message(), wf, now=NOW + timedelta(minutes=5))
+def test_replay_derives_the_same_ids(kit: RouteKit) -> None:
+    wf = kit.workflow
+    a = route_message(kit.seed_message(), wf, now=kit.now)
+    b = route_message(kit.seed_message(), wf, now=kit.now + timedelta(minutes=5))
     assert [s.sub_request_id for s in a.sub_requests] == [s.sub_request_id for s in b.sub_requests]
     assert [r.reply_id for r in a.replies] == [r.reply_id for r in b.replies]
     assert [e.event_id for e in a.case_events] == [e.event_id for e in b.case_events]
 
 
-def test_store_not_named_goes_to_store_ops() -> None:
+def test_store_not_named_goes_to_store_ops(kit: RouteKit) -> None:
     text = "Продают несвежие огурцы!"
-    msg = message(text, [intent(text, text, "product_quality", "STORE_QUALITY")])
-    d = route_message(msg, default_workflow(), now=NOW)
+    msg = kit.message(text, [kit.intent(text, text, "product_quality", "STORE_QUALITY")])
+    d = route_message(msg, kit.workflow, now=kit.now)
     assert [(s.kind, s.department) for s in d.sub_requests] == [
         (SubRequestKind.internal, "store-ops")
     ]
 
 
-def test_duplicate_appends_and_creates_nothing() -> None:
-    wf = default_workflow()
-    first = route_message(seed_message(), wf, now=NOW)
-    dup = seed_message(key="2", similarity=Similarity(
+def test_duplicate_appends_and_creates_nothing(kit: RouteKit) -> None:
+    wf = kit.workflow
+    first = route_message(kit.seed_message(), wf, now=kit.now)
+    dup = kit.seed_message(key="2", similarity=Similarity(
         duplicate_of=first.outcome.message_id, duplicate_reason="same_text",
         case_id=first.outcome.case_id))
-    d = route_message(dup, wf, now=NOW, open_case=first.case)
+    d = route_message(dup, wf, now=kit.now, open_case=first.case)
     assert d.outcome.outcome is OutcomeKind.duplicate and d.sub_requests == [] and d.replies == []
     assert [e.type for e in d.case_events] == [CaseEventType.message_appended]
     assert d.case is not None and dup.message_id in d.case.message_ids
     # without the case at hand the event still names the case
-    d2 = route_message(dup, wf, now=NOW)
+    d2 = route_message(dup, wf, now=kit.now)
     assert d2.case_events[0].case_id == first.outcome.case_id
 
 
@@ -197,36 +200,36 @@ def _kb(auto: bool) -> KbMatch:
                    link="https://example.com/kb/recover-password", reason="confident")
 
 
-def test_kb_auto_reply_single_intent_only() -> None:
-    wf = default_workflow()
+def test_kb_auto_reply_single_intent_only(kit: RouteKit) -> None:
+    wf = kit.workflow
     text = "Забыла пароль от личного кабинета"
-    msg = message(text, [intent(text, text, "recover_password", "ACCOUNT")])
-    d = route_message(msg, wf, now=NOW, kb_match=_kb(True))
+    msg = kit.message(text, [kit.intent(text, text, "recover_password", "ACCOUNT")])
+    d = route_message(msg, wf, now=kit.now, kb_match=_kb(True))
     assert d.outcome.outcome is OutcomeKind.auto_resolved and d.sub_requests == []
     [r] = d.replies
     assert r.kind is ReplyKind.auto_reply and r.article_id == "recover-password" and r.link
     assert d.case is not None and d.case.status == "resolved"
-    assert route_message(msg, wf, now=NOW, kb_match=_kb(False)).outcome.outcome is \
+    assert route_message(msg, wf, now=kit.now, kb_match=_kb(False)).outcome.outcome is \
         OutcomeKind.routed
-    two = seed_message()
-    d2 = route_message(two, wf, now=NOW, kb_match=_kb(True))
+    two = kit.seed_message()
+    d2 = route_message(two, wf, now=kit.now, kb_match=_kb(True))
     assert d2.outcome.outcome is OutcomeKind.routed and len(d2.sub_requests) == 2
     assert any("would auto-reply" in n for n in d2.trace.notes)
 
 
-def test_reopen_on_customer_reply_routes_to_a_human() -> None:
-    wf = default_workflow()
-    d = route_message(seed_message(), wf, now=NOW)
+def test_reopen_on_customer_reply_routes_to_a_human(kit: RouteKit) -> None:
+    wf = kit.workflow
+    d = route_message(kit.seed_message(), wf, now=kit.now)
     case = d.case
     assert case is not None
     for n, sub in enumerate(d.sub_requests):
-        case = apply_task_update(case, update(case, sub.sub_request_id, f"u{n}", "ok"), wf,
-                                 now=NOW).state
+        case = apply_task_update(case, update(kit, case, sub.sub_request_id, f"u{n}", "ok"), wf,
+                                 now=kit.now).state
     assert case.status == "resolved"
-    back = message("Бонусы так и не пришли, не помогло", [intent(
+    back = kit.message("Бонусы так и не пришли, не помогло", [kit.intent(
         "Бонусы так и не пришли, не помогло", "Бонусы так и не пришли, не помогло",
         "loyalty_points", "LOYALTY")], key="back")
-    d2 = route_message(back, wf, now=NOW + timedelta(days=1), open_case=case)
+    d2 = route_message(back, wf, now=kit.now + timedelta(days=1), open_case=case)
     assert d2.case is not None and d2.case.status == "reopened" and d2.case.round == 1
     [sub] = d2.sub_requests
     assert (sub.kind, sub.department) == (SubRequestKind.internal, "triage")
@@ -234,32 +237,34 @@ def test_reopen_on_customer_reply_routes_to_a_human() -> None:
     assert CaseEventType.reopened in [e.type for e in d2.case_events]
     assert d2.replies[0].kind is ReplyKind.acknowledgement
     # the reopened case resolves again with a new answer id
-    again = apply_task_update(d2.case, update(d2.case, sub.sub_request_id, "u9", "Начислили."),
-                              wf, now=NOW + timedelta(days=1))
+    again = apply_task_update(d2.case, update(kit, d2.case, sub.sub_request_id, "u9", "Начислили."),
+                              wf, now=kit.now + timedelta(days=1))
     assert again.state.status == "resolved"
     assert again.replies[0].text.endswith("• Начислили.\nСпасибо, что сообщили нам.")
     assert "• ok" not in again.replies[0].text
     assert again.replies[0].reply_id not in {r.reply_id for r in d.replies}
 
 
-def test_follow_up_on_open_case_only_appends_unless_not_helped() -> None:
-    wf = default_workflow()
-    d = route_message(seed_message(), wf, now=NOW)
+def test_follow_up_on_open_case_only_appends_unless_not_helped(kit: RouteKit) -> None:
+    wf = kit.workflow
+    d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
-    more = message("И чек прилагаю", [intent("И чек прилагаю", "И чек прилагаю", "unknown",
+    more = kit.message("И чек прилагаю", [kit.intent("И чек прилагаю", "И чек прилагаю", "unknown",
                                              "UNKNOWN")], key="more")
-    t = apply_customer_reply(d.case, more.inbound, wf, now=NOW)
+    t = apply_customer_reply(d.case, more.inbound, wf, now=kit.now)
     assert t.sub_requests == [] and t.state.status == "open"
     assert [e.type for e in t.case_events] == [CaseEventType.message_appended]
-    assert apply_customer_reply(t.state, more.inbound, wf, now=NOW).case_events == []
-    angry = message("Ваш ответ не помог", [intent("Ваш ответ не помог", "Ваш ответ не помог",
-                                                   "unknown", "UNKNOWN")], key="angry")
-    t2 = apply_customer_reply(t.state, angry.inbound, wf, now=NOW)
+    assert apply_customer_reply(t.state, more.inbound, wf, now=kit.now).case_events == []
+    not_helped = "Ваш ответ не помог"
+    angry = kit.message(
+        not_helped, [kit.intent(not_helped, not_helped, "unknown", "UNKNOWN")], key="angry"
+    )
+    t2 = apply_customer_reply(t.state, angry.inbound, wf, now=kit.now)
     assert [s.department for s in t2.sub_requests] == ["triage"] and t2.state.status == "open"
 
 
-def test_broadcast_creates_one_tracked_sub_request_per_recipient() -> None:
-    wf = default_workflow()
+def test_broadcast_creates_one_tracked_sub_request_per_recipient(kit: RouteKit) -> None:
+    wf = kit.workflow
     extra = wf.model_copy(update={"rules": [
         *wf.rules[:0],
         wf.rules[0].model_validate({
@@ -269,9 +274,9 @@ def test_broadcast_creates_one_tracked_sub_request_per_recipient() -> None:
         }),
     ]})
     text = "Везде просрочка!"
-    msg = message(text, [intent(text, text, "product_quality", "STORE_QUALITY")],
+    msg = kit.message(text, [kit.intent(text, text, "product_quality", "STORE_QUALITY")],
                   tags=["food_safety"])
-    d = route_message(msg, extra, now=NOW)
+    d = route_message(msg, extra, now=kit.now)
     recipients = [s.recipient for s in d.sub_requests]
     assert len(recipients) == 6 == len(set(recipients))
     assert all(s.kind is SubRequestKind.broadcast for s in d.sub_requests)
@@ -280,24 +285,27 @@ def test_broadcast_creates_one_tracked_sub_request_per_recipient() -> None:
     case = d.case
     assert case is not None
     for n, s in enumerate(d.sub_requests[:5]):
-        case = apply_task_update(case, update(case, s.sub_request_id, f"b{n}", "проверено"), wf,
-                                 now=NOW).state
+        done = update(kit, case, s.sub_request_id, f"b{n}", "проверено")
+        case = apply_task_update(case, done, wf, now=kit.now).state
         assert case.status == "open"  # tracked per recipient: waits for every director
     last = d.sub_requests[5]
-    t = apply_task_update(case, update(case, last.sub_request_id, "b5", "проверено"), wf, now=NOW)
+    done = update(kit, case, last.sub_request_id, "b5", "проверено")
+    t = apply_task_update(case, done, wf, now=kit.now)
     assert t.state.status == "resolved"
 
 
-def test_incident_broadcast_and_notice() -> None:
-    wf = default_workflow()
+def test_incident_broadcast_and_notice(kit: RouteKit) -> None:
+    wf = kit.workflow
     sim = Similarity(incident_id="inc_1")
-    later = route_message(seed_message(similarity=sim), wf, now=NOW)
+    later = route_message(kit.seed_message(similarity=sim), wf, now=kit.now)
     assert later.replies[0].kind is ReplyKind.incident_notice
     assert "уже знаем" in later.replies[0].text
     subs = later.incident_sub_requests
     assert len(subs) == 6 and {s.case_id for s in subs} == {derive_id("case", "inc_1")}
     assert "SPB-012" in subs[0].text
-    first = route_message(seed_message(similarity=sim, key="9"), wf, now=NOW, incident_new=True)
+    first = route_message(
+        kit.seed_message(similarity=sim, key="9"), wf, now=kit.now, incident_new=True
+    )
     assert first.replies[0].kind is ReplyKind.acknowledgement
     # every report of the incident derives the same broadcast ids → sent once by the sink
     assert [s.sub_request_id for s in first.incident_sub_requests] == [
@@ -306,18 +314,18 @@ def test_incident_broadcast_and_notice() -> None:
     assert CaseEventType.incident_linked in [e.type for e in later.case_events]
 
 
-def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state() -> None:
-    wf = default_workflow()
-    d = route_message(seed_message(), wf, now=NOW)
+def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state(kit: RouteKit) -> None:
+    wf = kit.workflow
+    d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
     first, second = d.case.sub_requests
-    more = message("Есть новости?", [intent("Есть новости?", "Есть новости?", "unknown",
+    more = kit.message("Есть новости?", [kit.intent("Есть новости?", "Есть новости?", "unknown",
                                            "UNKNOWN")], key="more")
     # Route appends the follow-up to the case as it saw it (both sub-requests open) ...
-    routed = apply_customer_reply(d.case, more.inbound, wf, now=NOW).state
+    routed = apply_customer_reply(d.case, more.inbound, wf, now=kit.now).state
     # ... while the keeper had already applied the first department's answer.
-    kept = apply_task_update(d.case, update(d.case, first.sub_request_id, "u1", "Готово"), wf,
-                             now=NOW).state
+    kept = apply_task_update(d.case, update(kit, d.case, first.sub_request_id, "u1", "Готово"), wf,
+                             now=kit.now).state
     merged = merge_snapshot(kept, routed)
     assert merged.sub(first.sub_request_id).status == "resolved"  # type: ignore[union-attr]
     assert merged.sub(second.sub_request_id).status == "open"  # type: ignore[union-attr]
@@ -325,8 +333,8 @@ def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state() ->
     assert more.message_id in merged.message_ids and merged.status == "open"
 
     # The keeper resolved the whole case meanwhile: the resolution stands.
-    done = apply_task_update(kept, update(kept, second.sub_request_id, "u2", "Сняли"), wf,
-                             now=NOW).state
+    done = apply_task_update(kept, update(kit, kept, second.sub_request_id, "u2", "Сняли"), wf,
+                             now=kit.now).state
     assert done.status == "resolved"
     merged = merge_snapshot(done, routed)
     assert merged.status == "resolved" and merged.resolved_at == done.resolved_at
@@ -334,63 +342,64 @@ def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state() ->
     assert merge_snapshot(done, done) == done
 
 
-def test_merge_keeps_new_work_that_route_opened() -> None:
-    wf = default_workflow()
-    d = route_message(seed_message(), wf, now=NOW)
+def test_merge_keeps_new_work_that_route_opened(kit: RouteKit) -> None:
+    wf = kit.workflow
+    d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
     first, second = d.case.sub_requests
-    angry = message("Ваш ответ не помог", [intent("Ваш ответ не помог", "Ваш ответ не помог",
-                                                   "unknown", "UNKNOWN")], key="angry")
-    routed = apply_customer_reply(d.case, angry.inbound, wf, now=NOW).state  # + triage
+    not_helped = "Ваш ответ не помог"
+    angry = kit.message(
+        not_helped, [kit.intent(not_helped, not_helped, "unknown", "UNKNOWN")], key="angry"
+    )
+    routed = apply_customer_reply(d.case, angry.inbound, wf, now=kit.now).state  # + triage
     kept = d.case
     for n, sub in enumerate((first, second)):
-        kept = apply_task_update(kept, update(kept, sub.sub_request_id, f"u{n}", "ok"), wf,
-                                 now=NOW).state
+        kept = apply_task_update(kept, update(kit, kept, sub.sub_request_id, f"u{n}", "ok"), wf,
+                                 now=kit.now).state
     assert kept.status == "resolved"
     merged = merge_snapshot(kept, routed)
     assert [s.status for s in merged.sub_requests] == ["resolved", "resolved", "open"]
     assert merged.status == "open"  # the triage sub-request is still to be done
 
 
-def test_broadcast_language_follows_the_group_then_the_default() -> None:
-    wf = default_workflow()
+def test_broadcast_language_follows_the_group_then_the_default(kit: RouteKit) -> None:
+    wf = kit.workflow
     sim = Similarity(incident_id="inc_2")
-    ru = route_message(seed_message(similarity=sim), wf, now=NOW).incident_sub_requests
+    ru = route_message(kit.seed_message(similarity=sim), wf, now=kit.now).incident_sub_requests
     assert {s.language for s in ru} == {"ru"}
     group = wf.groups["store_directors"].model_copy(update={"language": "en"})
     en_wf = wf.model_copy(update={"groups": {**wf.groups, "store_directors": group}})
-    en = route_message(seed_message(similarity=sim), en_wf, now=NOW).incident_sub_requests
+    en = route_message(kit.seed_message(similarity=sim), en_wf, now=kit.now).incident_sub_requests
     assert {s.language for s in en} == {"en"}
     assert en[0].text != ru[0].text and en[0].text == fill(
         en_wf.custom_template("check_freshness", "en"), category="STORE_QUALITY",
         store="SPB-012")
 
 
-def test_a_party_language_without_templates_is_refused() -> None:
-    from pipeline.errors import ConfigError
+def test_a_party_language_without_templates_is_refused(kit: RouteKit) -> None:
     from pipeline.domain.workflow import parse_workflow
-    from tests.unit.test_route_workflow import MINIMAL
+    from pipeline.errors import ConfigError
 
-    bad = MINIMAL.replace(
+    bad = kit.minimal.replace(
         "templates:", "groups:\n  g: {members: [a@example.com], language: de}\ntemplates:"
     )
     with pytest.raises(ConfigError, match=r"groups\.g\.language: no templates for 'de'"):
         parse_workflow(bad)
 
 
-async def test_case_sweep_forgets_long_resolved_cases_only() -> None:
+async def test_case_sweep_forgets_long_resolved_cases_only(kit: RouteKit) -> None:
     import orjson
 
     from pipeline.route.agents import sweep_case_tables
 
-    wf = default_workflow()
-    d = route_message(seed_message(), wf, now=NOW)
+    wf = kit.workflow
+    d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
     open_case = d.case
     done = open_case
     for n, sub in enumerate(open_case.sub_requests):
-        done = apply_task_update(done, update(done, sub.sub_request_id, f"u{n}", "ok"), wf,
-                                 now=NOW).state
+        done = apply_task_update(done, update(kit, done, sub.sub_request_id, f"u{n}", "ok"), wf,
+                                 now=kit.now).state
     assert done.status == "resolved" and done.resolved_at is not None
     old = done.model_copy(update={"case_id": "case-old"})
 
@@ -401,7 +410,7 @@ async def test_case_sweep_forgets_long_resolved_cases_only() -> None:
              open_case.case_id: orjson.dumps(dump(open_case)).decode()}
     customer = {"cust-1": orjson.dumps([dump(old), dump(open_case)]).decode(),
                 "cust-2": orjson.dumps([dump(old)]).decode()}
-    stale_update = {"at": (NOW - timedelta(days=40)).isoformat()}
+    stale_update = {"at": (kit.now - timedelta(days=40)).isoformat()}
     pending = {"case-gone": orjson.dumps([stale_update]).decode(),
                open_case.case_id: ""}
     cutoff = done.resolved_at + timedelta(seconds=1)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from pipeline.events import CaseEventType, SubRequestKind, TaskStatus, TaskUpdate
 from pipeline.domain.cases import apply_task_update
-from pipeline.route.core import route_message
-from pipeline.route.sla import add_business_time, check_sla
+from pipeline.domain.deadlines import add_business_time
 from pipeline.domain.workflow import BusinessHours, parse_workflow
-from tests.unit.test_route_fixtures import intent, message
+from pipeline.events import CaseEventType, SubRequestKind, TaskStatus, TaskUpdate
+from pipeline.route.core import route_message
+from pipeline.route.sla import check_sla
+
+if TYPE_CHECKING:
+    from tests.plugins.route import RouteKit
 
 MSK = BusinessHours(timezone="Europe/Moscow",
                     days={"mon": "09:00-18:00", "tue": "09:00-18:00", "wed": "09:00-18:00",
@@ -62,10 +66,11 @@ default_sla: std
 """)
 
 
-def test_warning_breach_and_escalation_each_once() -> None:
+def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     text = "Не работает вход"
     start = utc(2026, 3, 6, 13)  # Friday 16:00 MSK: 2 working hours left that day
-    d = route_message(message(text, [intent(text, text, "login", "ACCOUNT")]), WF, now=start)
+    msg = kit.message(text, [kit.intent(text, text, "login", "ACCOUNT")])
+    d = route_message(msg, WF, now=start)
     case = d.case
     assert case is not None
     [sub] = case.sub_requests

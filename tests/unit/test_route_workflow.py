@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.cli import main
 from pipeline.config import DEFAULT_CONFIG_DIR
-from pipeline.errors import ConfigError
 from pipeline.domain.workflow import ExternalDepartment, load_workflow, parse_workflow
-from tests.unit.test_route_fixtures import default_workflow
+from pipeline.errors import ConfigError
 
-MINIMAL = """\
-version: 1
-departments:
-  triage: {kind: internal}
-  loyalty-it: {kind: internal, hours: {timezone: Europe/Moscow}}
-templates:
-  ru: {acknowledgement: a, resolution: "{items}", incident_notice: c, survey_csat: d,
-       survey_nps: e, triage: f}
-rules:
-  - name: loyalty
-    when: {category: LOYALTY}
-    then: [{type: internal, department: loyalty-it}]
-"""
+if TYPE_CHECKING:
+    from tests.plugins.route import RouteKit
 
-
-def test_default_workflow_covers_the_taxonomy() -> None:
-    wf = default_workflow()
+def test_default_workflow_covers_the_taxonomy(kit: RouteKit) -> None:
+    wf = kit.workflow
     categories = {c for r in wf.rules for c in (r.when.category or [])}
     for cat in ("ACCOUNT", "ORDER", "PAYMENT", "REFUND", "INVOICE", "DELIVERY", "SHIPPING",
                 "FEEDBACK", "CONTACT", "NEWSLETTER", "CANCELLATION_FEE", "LOYALTY",
@@ -45,8 +33,9 @@ def test_default_workflow_covers_the_taxonomy() -> None:
     assert wf.incidents[0].threshold == 5 and wf.incidents[0].window_minutes == 30
 
 
-def test_minimal_file_and_durations() -> None:
-    wf = parse_workflow(MINIMAL + "sla_policies:\n  s: {resolution: {P1: 2h, P2: 1d, P3: 90}}\n")
+def test_minimal_file_and_durations(kit: RouteKit) -> None:
+    sla = "sla_policies:\n  s: {resolution: {P1: 2h, P2: 1d, P3: 90}}\n"
+    wf = parse_workflow(kit.minimal + sla)
     assert wf.sla_policies["s"].resolution == {"P1": 120, "P2": 1440, "P3": 90}
     assert wf.triage_department == "triage"
 
@@ -57,8 +46,8 @@ def _errors(text: str) -> list[str]:
     return str(exc.value).splitlines()[1:]
 
 
-def test_schema_errors_have_line_numbers() -> None:
-    bad = MINIMAL.replace("category: LOYALTY", "category: LOYALTY, priority: P9").replace(
+def test_schema_errors_have_line_numbers(kit: RouteKit) -> None:
+    bad = kit.minimal.replace("category: LOYALTY", "category: LOYALTY, priority: P9").replace(
         "{timezone: Europe/Moscow}", "{timezone: Mars/Olympus}"
     )
     lines = _errors(bad + "  - name: teleport\n    then: [{type: teleport}]\n")
@@ -67,14 +56,14 @@ def test_schema_errors_have_line_numbers() -> None:
     assert any(x.startswith("wf.yaml:13:") and "teleport" in x for x in lines), lines
 
 
-def test_reference_errors_have_line_numbers() -> None:
-    bad = MINIMAL.replace("department: loyalty-it", "department: nowhere")
+def test_reference_errors_have_line_numbers(kit: RouteKit) -> None:
+    bad = kit.minimal.replace("department: loyalty-it", "department: nowhere")
     lines = _errors(bad)
     assert lines == ["wf.yaml:11: rules.0.then.0: unknown department 'nowhere'"]
 
 
-def test_missing_key_points_at_parent() -> None:
-    lines = _errors(MINIMAL.replace("version: 1\n", ""))
+def test_missing_key_points_at_parent(kit: RouteKit) -> None:
+    lines = _errors(kit.minimal.replace("version: 1\n", ""))
     assert lines[0].startswith("wf.yaml:1: version: Field required")
 
 
@@ -88,13 +77,17 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_workflow(tmp_path / "none.yaml")
 
 
-def test_rules_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rules_check_command(
+    kit: RouteKit,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["rules", "check", str(DEFAULT_CONFIG_DIR / "workflow.yaml")]) == 0
     out = capsys.readouterr().out
-    wf = default_workflow()
+    wf = kit.workflow
     assert out.strip() == f"ok: {len(wf.rules)} rules, {len(wf.departments)} departments"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(MINIMAL.replace("department: loyalty-it", "department: x"), encoding="utf-8")
+    bad.write_text(kit.minimal.replace("department: loyalty-it", "department: x"), encoding="utf-8")
     assert main(["rules", "check", str(bad)]) == 1
     assert f"{bad}:11:" in capsys.readouterr().err
 
@@ -109,8 +102,8 @@ def test_rules_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ],
 )
 def test_default_legal_threat_tag_matches_the_word_not_the_stem(text: str, tagged: bool) -> None:
-    from pipeline.domain.tagging import apply_tag_rules
     from pipeline.config import Settings
+    from pipeline.domain.tagging import apply_tag_rules
     from pipeline.domain.workflow import load_workflow
 
     wf = load_workflow(Settings().rules_path)

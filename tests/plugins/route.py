@@ -1,11 +1,20 @@
-"""Builders shared by the route tests: hand-made ClassifiedMessages and the default workflow."""
+"""Hand-made ClassifiedMessages, the default workflow and a minimal one, for the route tests.
+
+Tests get them through the ``kit`` fixture (a ``RouteKit``): ``kit.now``, ``kit.workflow``,
+``kit.intent(...)``, ``kit.message(...)``, ``kit.seed_message(...)``, ``kit.minimal``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
+
+import pytest
 
 from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.domain.workflow import Workflow, load_workflow
 from pipeline.events import (
     Channel,
     ClassifiedMessage,
@@ -18,7 +27,6 @@ from pipeline.events import (
     Span,
     derive_id,
 )
-from pipeline.domain.workflow import Workflow, load_workflow
 
 # Tuesday 2026-03-03 10:00 Moscow time (07:00 UTC): inside every department's hours.
 NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
@@ -103,3 +111,50 @@ def seed_message(**kw: object) -> ClassifiedMessage:
         ],
         **kw,  # type: ignore[arg-type]
     )
+
+
+# A workflow with one rule, for the parser's and the live-reload tests.
+MINIMAL = """\
+version: 1
+departments:
+  triage: {kind: internal}
+  loyalty-it: {kind: internal, hours: {timezone: Europe/Moscow}}
+templates:
+  ru: {acknowledgement: a, resolution: "{items}", incident_notice: c, survey_csat: d,
+       survey_nps: e, triage: f}
+rules:
+  - name: loyalty
+    when: {category: LOYALTY}
+    then: [{type: internal, department: loyalty-it}]
+"""
+
+
+@dataclass(frozen=True)
+class RouteKit:
+    """The builders above, as one fixture value."""
+
+    now: datetime = NOW
+    seed_text: str = SEED_RU
+    minimal: str = MINIMAL
+
+    @property
+    def workflow(self) -> Workflow:
+        """The shipped default workflow (loaded once)."""
+        return default_workflow()
+
+    def intent(
+        self, text: str, part: str, label: str, category: str, confidence: float = 0.9
+    ) -> Intent:
+        return intent(text, part, label, category, confidence)
+
+    def message(self, text: str, intents: list[Intent], **kw: Any) -> ClassifiedMessage:
+        return message(text, intents, **kw)
+
+    def seed_message(self, **kw: Any) -> ClassifiedMessage:
+        return seed_message(**kw)
+
+
+@pytest.fixture(scope="session")
+def kit() -> RouteKit:
+    """Builders of route-test inputs (see the module docstring)."""
+    return RouteKit()
