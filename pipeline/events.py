@@ -345,6 +345,17 @@ class SubRequest(Event):
         default_factory=list,
         description="What every holder must know about the case: vip, legal_threat.",
     )
+    purpose: Literal["request", "escalation", "alert"] = Field(
+        default="request",
+        description="request: work to do; escalation: a supervisor is told a deadline was "
+        "missed; alert: a supervisor is told about a flagged case (vip, legal_threat).",
+    )
+    breached_deadline: Literal["first_response", "resolution"] | None = Field(
+        default=None, description="escalation: which deadline was missed (sla_due_at)."
+    )
+    timezone: str | None = Field(
+        default=None, description="IANA zone of the department: times are shown in it."
+    )
     reply_token: str | None = Field(
         default=None, description="Token an external party's e-mail reply carries."
     )

@@ -150,6 +150,9 @@ class CaseState(_State):
     seen_update_ids: list[str] = Field(default_factory=list)
     survey: SurveyState | None = None
     incident_id: str | None = None
+    breach_updates: list[str] = Field(
+        default_factory=list, description="SLA policies the customer was told a delay about."
+    )
     opened_at: AwareDatetime
     updated_at: AwareDatetime
     resolved_at: AwareDatetime | None = None
@@ -344,6 +347,7 @@ def new_sub_request(
         language=language or workflow.party_language(department) or state.language,
         customer_language=state.language,
         flags=case_flags(state),
+        timezone=dep.hours.timezone if dep is not None and dep.hours is not None else None,
         reply_token=token if kind != "internal" else None,
         sla_due_at=due,
         created_at=now,

@@ -22,6 +22,7 @@ import email.utils
 import re
 from datetime import datetime
 from email.message import EmailMessage
+from zoneinfo import ZoneInfo
 
 from pipeline.config import Settings
 from pipeline.domain.links import responder_url
@@ -68,6 +69,25 @@ _TEXT: dict[str, dict[str, str]] = {
             "адреса эл. почты) скрыты."
         ),
         "answer_page": "Или ответьте на странице (без входа в систему): {url}",
+        "subject_escalation": (
+            "[{case_id}/{sr_id}] Просрочен срок {deadline}: {department}{priority}"
+        ),
+        "subject_alert": "[{case_id}/{sr_id}] Внимание ({flags}): {department}{priority}",
+        "intro_escalation": (
+            "По обращению клиента истёк срок {deadline} в отделе «{department}». Пожалуйста, "
+            "выясните, кто им занимается, и помогите закрыть его как можно скорее."
+        ),
+        "intro_alert": (
+            "Обращение требует вашего внимания: {flags}. Запрос передан в отдел «{department}»; "
+            "проследите, пожалуйста, чтобы клиенту ответили в срок."
+        ),
+        "deadline_first_response": "первого ответа",
+        "deadline_resolution": "решения",
+        "missed": "Срок истёк",
+        "instruction_notice": (
+            "Это уведомление для руководителя: отвечать на него не обязательно. Ответ на это "
+            "письмо попадёт в карточку обращения."
+        ),
         "customer_language": "Язык клиента",
         "answer_in": (
             "Клиент пишет на языке: {language}. Пожалуйста, ответьте на этом языке: "
@@ -108,6 +128,25 @@ _TEXT: dict[str, dict[str, str]] = {
             "request number. Customer data (card numbers, phones, e-mail addresses) is hidden."
         ),
         "answer_page": "Or answer on this page (no account needed): {url}",
+        "subject_escalation": (
+            "[{case_id}/{sr_id}] Deadline missed ({deadline}): {department}{priority}"
+        ),
+        "subject_alert": "[{case_id}/{sr_id}] Attention ({flags}): {department}{priority}",
+        "intro_escalation": (
+            "The {deadline} deadline of a customer request in the {department} department has "
+            "passed. Please find out who is handling it and help close it as soon as possible."
+        ),
+        "intro_alert": (
+            "A case needs your attention: {flags}. The request went to the {department} "
+            "department; please make sure the customer is answered in time."
+        ),
+        "deadline_first_response": "first response",
+        "deadline_resolution": "resolution",
+        "missed": "Deadline missed",
+        "instruction_notice": (
+            "This is a notice for the supervisor: no answer is needed. A reply to this e-mail "
+            "goes into the case."
+        ),
         "customer_language": "Customer's language",
         "answer_in": (
             "The customer writes in {language}. Please answer in {language}: we pass your "
@@ -169,8 +208,11 @@ def message_id_for(event_id: str, settings: Settings) -> str:
     return f"<{_UNSAFE_ID.sub('_', event_id)}@{settings.reply_domain}>"
 
 
-def _format_due(when: datetime, lang: str) -> str:
-    return when.strftime("%d.%m.%Y %H:%M UTC" if lang == "ru" else "%Y-%m-%d %H:%M UTC")
+def _format_due(when: datetime, lang: str, zone: str | None = None) -> str:
+    """The deadline in the department's timezone (named), else in UTC."""
+    local = when.astimezone(ZoneInfo(zone)) if zone else when
+    stamp = local.strftime("%d.%m.%Y %H:%M" if lang == "ru" else "%Y-%m-%d %H:%M")
+    return f"{stamp} ({zone})" if zone else f"{stamp} UTC"
 
 
 def _quote(text: str) -> str:
@@ -215,12 +257,20 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
     t = _TEXT[lang]
     labels = _ENTITY_LABELS[lang]
     store = _store(sub_request)
-    topic = sub_request.category or sub_request.intent
-
+    purpose = sub_request.purpose
+    flag_names = ", ".join(t.get(f"flag_{f}", f) for f in sub_request.flags)
+    deadline = t.get(f"deadline_{sub_request.breached_deadline}", "")
+    if purpose == "escalation":
+        intro = t["intro_escalation"].format(deadline=deadline, department=sub_request.department)
+    elif purpose == "alert":
+        intro = t["intro_alert"].format(flags=flag_names, department=sub_request.department)
+    else:
+        broadcast = sub_request.kind == SubRequestKind.broadcast
+        intro = t["intro_broadcast" if broadcast else "intro_external"]
     lines = [
         t["greeting"],
         "",
-        t["intro_broadcast" if sub_request.kind == SubRequestKind.broadcast else "intro_external"],
+        intro,
         "",
         f"{t['case']}: {sub_request.case_id}",
         f"{t['sub_request']}: {sub_request.sub_request_id}",
@@ -232,14 +282,14 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
         f"{t['priority']}: {sub_request.priority.level} ({sub_request.priority.score:.0f}/100)"
     )
     if sub_request.sla_due_at is not None:
-        lines.append(f"{t['due']}: {_format_due(sub_request.sla_due_at, lang)}")
+        label = t["missed"] if purpose == "escalation" else t["due"]
+        lines.append(f"{label}: {_format_due(sub_request.sla_due_at, lang, sub_request.timezone)}")
     customer_lang = sub_request.customer_language
     lang_name = _LANGUAGE_NAMES[lang].get(customer_lang or "", customer_lang or "")
     if lang_name:
         lines.append(f"{t['customer_language']}: {lang_name}")
     if sub_request.flags:
-        flags = [t.get(f"flag_{f}", f) for f in sub_request.flags]
-        lines.append(f"{t['flags']}: {', '.join(flags)}")
+        lines.append(f"{t['flags']}: {flag_names}")
     span = redact(sub_request.text)
     lines += ["", f"{t['span']}:", _quote(span)]
     details = [e for e in sub_request.entities if e.kind != "store"]
@@ -248,6 +298,9 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
         lines += [f"- {labels.get(e.kind, e.kind)}: {_entity_value(e)}" for e in details]
     if sub_request.full_text.strip() and sub_request.full_text.strip() != sub_request.text.strip():
         lines += ["", f"{t['full_text']}:", _quote(redact(sub_request.full_text))]
+    if purpose != "request":
+        lines += ["", t["instruction_notice"], "", t["signature"], ""]
+        return _headers(_new_message("\n".join(lines), lang), sub_request, settings, t, store)
     lines += ["", t["instruction"]]
     page = responder_url(
         sub_request.sub_request_id, sub_request.case_id, sub_request.created_at, settings
@@ -258,13 +311,28 @@ def compose_external(sub_request: SubRequest, settings: Settings) -> EmailMessag
         lines += ["", t["answer_in"].format(language=lang_name)]
     lines += ["", t["signature"], ""]
 
-    msg = _new_message("\n".join(lines), lang)
-    msg["Subject"] = t["subject"].format(
+    return _headers(_new_message("\n".join(lines), lang), sub_request, settings, t, store)
+
+
+def _headers(
+    msg: EmailMessage,
+    sub_request: SubRequest,
+    settings: Settings,
+    t: dict[str, str],
+    store: str | None,
+) -> EmailMessage:
+    subject = {"escalation": "subject_escalation", "alert": "subject_alert"}.get(
+        sub_request.purpose, "subject"
+    )
+    msg["Subject"] = t[subject].format(
         case_id=sub_request.case_id,
         sr_id=sub_request.sub_request_id,
-        topic=topic,
+        topic=sub_request.category or sub_request.intent,
         store=t["subject_store"].format(store=store) if store else "",
         priority=f" [{sub_request.priority.level}]",
+        deadline=t.get(f"deadline_{sub_request.breached_deadline}", ""),
+        department=sub_request.department,
+        flags=", ".join(t.get(f"flag_{f}", f) for f in sub_request.flags),
     )
     msg["From"] = settings.mail_from
     msg["To"] = sub_request.recipient

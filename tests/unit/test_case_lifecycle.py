@@ -17,7 +17,9 @@ from pipeline.domain.cases import (
     apply_customer_message,
     apply_task_update,
     case_flags,
+    case_ref,
 )
+from pipeline.domain.delays import breach_update, escalation_request, flag_alerts, sla_reminder
 from pipeline.domain.workflow import Workflow
 from pipeline.events import (
     InboundMessage,
@@ -355,3 +357,67 @@ def test_hours_without_days_mean_weekdays_nine_to_six_as_documented() -> None:
     (loyalty,) = [s for s in d.case.sub_requests if s.department == "loyalty-it"]
     # P3 on the standard policy: 4 working hours to the first response → Monday 13:00 Moscow
     assert loyalty.first_response_due_at == datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- delays and flags
+
+
+def test_breach_update_is_sent_once_per_case_and_policy() -> None:
+    case, _ = _routed()
+    wf = default_workflow()
+    st, replies, events = breach_update(case, wf, "standard", LATER)
+    (update,) = replies
+    assert "дольше, чем мы обещали" in update.text and case_ref(case.case_id) in update.text
+    assert events and st.breach_updates == ["standard"]
+    assert breach_update(st, wf, "standard", LATER)[1] == []
+    assert len(breach_update(st, wf, "stores", LATER)[1]) == 1
+
+
+def test_reminder_goes_to_internal_holders_only() -> None:
+    case, subs = _routed()
+    dept = _by_dept(subs)
+    internal = case.sub(dept["loyalty-it"].sub_request_id)
+    external = case.sub(dept["store-directors"].sub_request_id)
+    assert internal is not None and external is not None
+    notice = sla_reminder(case, internal, "resolution", LATER, NOW)
+    assert notice is not None and notice.type == "sla_reminder" and notice.due_at == LATER
+    assert sla_reminder(case, external, "resolution", LATER, NOW) is None
+
+
+def test_escalation_mail_has_its_own_template_language_and_local_time() -> None:
+    case, subs = _routed()
+    record = case.sub(_by_dept(subs)["loyalty-it"].sub_request_id)
+    assert record is not None
+    due = datetime(2026, 3, 3, 13, 30, tzinfo=UTC)
+    mail, state = escalation_request(
+        case,
+        default_workflow(),
+        record,
+        kind="first_response",
+        due=due,
+        address="loyalty-lead@example.com",
+        priority=case.priority,
+        now=LATER,
+        settings=SETTINGS,
+    )
+    assert mail.purpose == "escalation" and not state.blocking and mail.language == "ru"
+    msg = compose_external(mail, SETTINGS)
+    body = _body(msg)
+    assert str(msg["Subject"]).endswith("Просрочен срок первого ответа: loyalty-it [P3]")
+    assert "Срок истёк: 03.03.2026 16:30 (Europe/Moscow)" in body
+    assert "SLA breach" not in body and "UTC" not in body
+
+
+def test_flagged_cases_alert_the_supervisors_once_each() -> None:
+    d = route_message(seed_message(tier="vip"), default_workflow(), now=NOW, settings=SETTINGS)
+    assert d.case is not None
+    st, alerts, events = flag_alerts(
+        d.case, default_workflow(), d.sub_requests, now=NOW, settings=SETTINGS
+    )
+    assert {a.recipient for a in alerts} == {"loyalty-lead@example.com", "store-ops@example.com"}
+    assert all(a.purpose == "alert" and a.flags == ["vip"] for a in alerts) and len(events) == 2
+    assert all(not s.blocking for s in st.sub_requests[-2:])
+    body = _body(compose_external(alerts[0], SETTINGS))
+    assert "Обращение требует вашего внимания: VIP-клиент" in body
+    plain, _ = _routed()
+    assert flag_alerts(plain, default_workflow(), [], now=NOW, settings=SETTINGS)[1] == []
