@@ -190,9 +190,9 @@ def _port(preferred: int) -> int:
             return free_port()
 
 
-def out(line: str = "") -> None:
+def out(line: str = "", end: str = "\n") -> None:
     """Demo output for the person watching."""
-    sys.stdout.write(line + "\n")
+    sys.stdout.write(line + end)
     sys.stdout.flush()
 
 
@@ -213,14 +213,13 @@ def run_demo(settings: Settings, *, serve: bool = True, timeout_s: float = 120.0
     # children's logs go to one file, named first.
     log_path = settings.data_dir / "logs" / f"demo-{utcnow():%Y%m%d-%H%M%S}.log"
     setup_logging(settings.log_format, path=log_path)
-    out(f"care-router demo. Logs of the broker, the workers and the framework: {log_path}")
-    if not settings.kafka_bootstrap_servers:
-        out("starting the embedded Kafka-protocol broker (Tansu)...")
+    out(f"care-router demo; the logs of the broker, the workers and the framework: {log_path}")
     outbox = Outbox().start()
     try:
         with broker_for(settings, log_path) as s, children(log_path) as group:
             return _run(s, group, outbox, serve=serve, timeout_s=timeout_s)
     except PipelineError as exc:
+        out()
         out(f"the demo stopped: {exc}")
         out(f"what happened before it is in {log_path}")
         return 1
@@ -241,8 +240,7 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
     )
     console_url = f"http://{s.console_host}:{s.console_port}"
     env.update(console_env(s, console_url))
-    out("starting the worker, the ingest adapters and the console (the first run also trains")
-    out("the intent classifier from the shipped data: a minute or two)...")
+    out("starting the worker, ingest and console (a first run trains the classifier)... ", end="")
     started = time.monotonic()
     group.start("worker", ["worker"], env)
     group.start("ingest", ["ingest"], env)
@@ -253,20 +251,21 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
     out(f"ready in {time.monotonic() - started:.0f} s")
     logins = ", ".join(f"{n} / {p}" for n, p, _, _ in DEMO_USERS)
     out(f"console: {console_url}/  (log in as {logins})")
-    out(f"worker: http://{s.web_host}:{s.web_port}  (/metrics, /healthz)")
-    out(f"ingest: http://{s.ingest_host}:{s.ingest_port}  smtp: {s.smtp_host}:{s.smtp_port}")
+    out(
+        f"worker: http://{s.web_host}:{s.web_port}/metrics, /healthz;  "
+        f"ingest: http://{s.ingest_host}:{s.ingest_port}, smtp :{s.smtp_port}"
+    )
     out(
         f"outbox (stand-in for Telegram/Twilio/Chatwoot APIs and the mail relay): "
         f"{outbox.http_base}, smtp :{outbox.smtp_port}"
     )
-    out(f"metrics: curl http://{s.web_host}:{s.web_port}/metrics")
     samples = load_samples()
-    out()
-    out(f"sending {len(samples)} sample messages the way their platforms send them...")
+    out(f"sending {len(samples)} sample messages the way their platforms send them... ", end="")
     sent = [send_sample(s, sample, n) for n, sample in enumerate(samples, 1)]
     accepted = {x.message_id for x in sent if x.status < 300}
-    out(f"waiting for the outcomes of {len(accepted)} accepted messages...")
+    out(f"{len(accepted)} accepted; waiting for their outcomes... ", end="")
     outcomes, dead = asyncio.run(collect(s, accepted, timeout_s))
+    out(f"{len(accepted & outcomes.keys())} in")
     counts: Counter[str] = Counter()
     out()
     out("outcomes:")

@@ -7,6 +7,7 @@
     pipeline rules replay --from TIME [--until TIME] [--rules NEW] [--limit N] [--json]
     pipeline rules publish FILE    # → compacted config topic: every running worker takes it
     pipeline rules current [--json | --yaml]   # which workflow the workers run (file or topic)
+    pipeline rules current --departments [--json]   # its departments and their task topics
 
 ``explain`` never touches Kafka: it runs the classifier, the KB index and ``route_message``
 in-process. Offline there is no history, so duplicate and incident detection are reported
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.bus import ensure_topics, publish
 from pipeline.config import Settings, get_settings
+from pipeline.domain.workflow import Workflow, load_workflow
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import (
     Channel,
@@ -46,7 +48,7 @@ from pipeline.events import (
     derive_id,
 )
 from pipeline.route.core import RouteDecision, route_message
-from pipeline.domain.workflow import Workflow, load_workflow
+from pipeline.topics import task_topic
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     how = cur.add_mutually_exclusive_group()
     how.add_argument("--json", action="store_true", help="one JSON object")
     how.add_argument("--yaml", action="store_true", help="the workflow itself (to edit it)")
+    cur.add_argument(
+        "--departments",
+        action="store_true",
+        help="the departments: name, kind, task topic (internal ones), title; with --json "
+        "one JSON object per line",
+    )
     cur.set_defaults(handler=_current)
 
 
@@ -166,14 +174,33 @@ def _publish(args: argparse.Namespace) -> int:
 def _current(args: argparse.Namespace) -> int:
     from pipeline.live_workflow import workflow_in_force
 
-    live = asyncio.run(workflow_in_force(get_settings()))
-    if args.yaml:
+    settings = get_settings()
+    live = asyncio.run(workflow_in_force(settings))
+    if args.departments:
+        for line in department_lines(live.current, settings, as_json=args.json):
+            _out(line)
+    elif args.yaml:
         sys.stdout.write(live.text)
     elif args.json:
         _out(json.dumps({"origin": live.origin, "sha256": live.sha256}, ensure_ascii=False))
     else:
         _out(f"{live.origin}\nsha256 {live.sha256}")
     return 0
+
+
+def department_lines(wf: Workflow, settings: Settings, *, as_json: bool) -> list[str]:
+    """One line per department (JSON lines with ``as_json``): where its work arrives."""
+    out = []
+    for name, dept in sorted(wf.departments.items()):
+        topic = task_topic(settings, dept.topic or name) if dept.kind == "internal" else None
+        title = dept.title if isinstance(dept.title, str) else " / ".join(dept.title.values())
+        if as_json:
+            doc = {"name": name, "kind": dept.kind, "task_topic": topic, "title": title}
+            out.append(json.dumps(doc, ensure_ascii=False))
+        else:
+            where = topic or "e-mail (external)"
+            out.append(f"{name:16} {dept.kind:8} {where:28} {title}")
+    return out
 
 
 async def _send_workflow(

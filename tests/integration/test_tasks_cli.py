@@ -121,6 +121,13 @@ def test_list_ack_resolve_reject_as_a_department_system(
     asyncio.run(bus.publish(kafka, task_topic(kafka, DEPT), records))
     run = cli(kafka)
 
+    code, out = run("rules", "current", "--departments", "--json")
+    assert code == 0
+    listed_departments = {d["name"]: d for d in map(json.loads, out.splitlines())}
+    assert listed_departments[DEPT]["task_topic"] == task_topic(kafka, DEPT)
+    assert listed_departments["store-directors"]["kind"] == "external"
+    assert {d for d, v in listed_departments.items() if v["task_topic"]} == set(departments(kafka))
+
     code, out = run("tasks", "resolve", done.sub_request_id, "--text", "Уже сделано")
     assert code == 0, out
     code, out = run("tasks", "list", "--department", DEPT, "--json")

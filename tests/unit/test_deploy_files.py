@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.requirements import Requirement
 
@@ -15,39 +15,48 @@ from pipeline.config import Settings
 from pipeline.runtime import departments
 from pipeline.topics import TOPICS
 
-from .deploy_helpers import DEPLOY, ROOT, load_yaml, load_yaml_all, settings_env_names
+if TYPE_CHECKING:
+    from tests.plugins.deploy import DeployKit
 
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s" / "base"
 CARE_SERVICES = ("ingest", "worker-1", "worker-2")
 
 
-def compose() -> dict[str, Any]:
-    doc: dict[str, Any] = load_yaml(COMPOSE)
+def compose(kit: DeployKit) -> dict[str, Any]:
+    doc: dict[str, Any] = kit.load_yaml(COMPOSE)
     return doc
 
 
-def unknown_settings(env: dict[str, Any] | list[str]) -> list[str]:
+def unknown_settings(kit: DeployKit, env: dict[str, Any] | list[str]) -> list[str]:
     """Names of PIPELINE_/KAFKA_ variables the settings model does not read."""
     names = [e.split("=", 1)[0] for e in env] if isinstance(env, list) else list(env)
-    known = settings_env_names()
+    known = kit.settings_env_names()
     return [n for n in names if n.startswith(("PIPELINE_", "KAFKA_")) and n not in known]
 
 
-def test_settings_env_names_are_what_pydantic_reads(monkeypatch: Any) -> None:
-    names = settings_env_names()
+def test_settings_env_names_are_what_pydantic_reads(
+    deploy_kit: DeployKit, monkeypatch: Any
+) -> None:
+    names = deploy_kit.settings_env_names()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "PIPELINE_TOPIC_PREFIX", "PIPELINE_WEB_PORT"} <= names
     assert "PIPELINE_KAFKA_BOOTSTRAP_SERVERS" not in names
     monkeypatch.setenv("PIPELINE_SMTP_RELAY_PORT", "1025")
     assert Settings().smtp_relay_port == 1025
-    assert unknown_settings({"PIPELINE_NO_SUCH_THING": "1"}) == ["PIPELINE_NO_SUCH_THING"]
+    assert unknown_settings(deploy_kit, {"PIPELINE_NO_SUCH_THING": "1"}) == [
+        "PIPELINE_NO_SUCH_THING"
+    ]
 
 
 # ---------------------------------------------------------------- compose
 
 
-def test_compose_runs_kraft_kafka_the_router_monitoring_and_a_mail_catcher() -> None:
-    services = compose()["services"]
+def test_compose_runs_kraft_kafka_the_router_monitoring_and_a_mail_catcher(
+    deploy_kit: DeployKit,
+) -> None:
+    services = compose(deploy_kit)["services"]
     assert {"kafka", "topic-init", *CARE_SERVICES, "prometheus", "grafana", "mailpit"} <= set(
         services
     )
@@ -60,8 +69,10 @@ def test_compose_runs_kraft_kafka_the_router_monitoring_and_a_mail_catcher() -> 
         assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned image"
 
 
-def test_compose_router_services_are_built_from_the_project_dockerfile() -> None:
-    services = compose()["services"]
+def test_compose_router_services_are_built_from_the_project_dockerfile(
+    deploy_kit: DeployKit,
+) -> None:
+    services = compose(deploy_kit)["services"]
     for name in CARE_SERVICES:
         build = services[name]["build"]
         context = (DEPLOY / build["context"]).resolve()
@@ -74,18 +85,18 @@ def test_compose_router_services_are_built_from_the_project_dockerfile() -> None
     assert services["worker-1"]["command"] == services["worker-2"]["command"] == ["worker"]
 
 
-def test_compose_passes_only_settings_the_code_reads() -> None:
-    services = compose()["services"]
+def test_compose_passes_only_settings_the_code_reads(deploy_kit: DeployKit) -> None:
+    services = compose(deploy_kit)["services"]
     for name in (*CARE_SERVICES, "topic-init"):
-        assert unknown_settings(services[name]["environment"]) == [], name
+        assert unknown_settings(deploy_kit, services[name]["environment"]) == [], name
     worker_env = services["worker-1"]["environment"]
     assert worker_env["PIPELINE_SMTP_RELAY_HOST"] == "mailpit"
     assert worker_env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert worker_env["PIPELINE_LOG_FORMAT"] == "json"
 
 
-def test_compose_settings_are_valid_values(monkeypatch: Any) -> None:
-    env = compose()["services"]["worker-1"]["environment"]
+def test_compose_settings_are_valid_values(deploy_kit: DeployKit, monkeypatch: Any) -> None:
+    env = compose(deploy_kit)["services"]["worker-1"]["environment"]
     for name, value in env.items():
         # "${VAR:-default}" is compose's interpolation: the default is what a laptop gets
         monkeypatch.setenv(name, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value))
@@ -94,9 +105,9 @@ def test_compose_settings_are_valid_values(monkeypatch: Any) -> None:
     assert settings.smtp_relay_port == 1025 and settings.log_format == "json"
 
 
-def test_every_file_compose_mounts_exists() -> None:
+def test_every_file_compose_mounts_exists(deploy_kit: DeployKit) -> None:
     mounted = 0
-    for name, svc in compose()["services"].items():
+    for name, svc in compose(deploy_kit)["services"].items():
         for volume in svc.get("volumes", []):
             source = volume.split(":", 1)[0]
             if source.startswith("."):
@@ -105,9 +116,11 @@ def test_every_file_compose_mounts_exists() -> None:
     assert mounted >= 8
 
 
-def test_prometheus_scrapes_every_worker_and_ingest_with_the_alert_rules() -> None:
-    services = compose()["services"]
-    prom = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+def test_prometheus_scrapes_every_worker_and_ingest_with_the_alert_rules(
+    deploy_kit: DeployKit,
+) -> None:
+    services = compose(deploy_kit)["services"]
+    prom = deploy_kit.load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     targets = {
         t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
     }
@@ -118,22 +131,26 @@ def test_prometheus_scrapes_every_worker_and_ingest_with_the_alert_rules() -> No
     assert set(prom["rule_files"]) <= mounts
 
 
-def test_grafana_provisions_the_datasource_and_the_dashboard() -> None:
-    grafana = compose()["services"]["grafana"]
+def test_grafana_provisions_the_datasource_and_the_dashboard(deploy_kit: DeployKit) -> None:
+    grafana = compose(deploy_kit)["services"]["grafana"]
     mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("."))
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
-    provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "care-router.yml")
+    provider = deploy_kit.load_yaml(
+        DEPLOY / "grafana" / "provisioning" / "dashboards" / "care-router.yml"
+    )
     path = provider["providers"][0]["options"]["path"]
     assert mounts["./grafana/dashboards"] == path
     assert (DEPLOY / "grafana" / "dashboards" / "care-router.json").is_file()
-    source = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    source = deploy_kit.load_yaml(
+        DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    )
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 # ---------------------------------------------------------------- topics
 
 
-def script_topics() -> dict[str, bool]:
+def script_topics(deploy_kit: DeployKit) -> dict[str, bool]:
     """Topic name → compacted, from deploy/kafka/create-topics.sh."""
     out: dict[str, bool] = {}
     for line in (DEPLOY / "kafka" / "create-topics.sh").read_text().splitlines():
@@ -143,17 +160,19 @@ def script_topics() -> dict[str, bool]:
     return out
 
 
-def test_topic_script_creates_every_topic_of_the_code_with_its_cleanup_policy() -> None:
+def test_topic_script_creates_every_topic_of_the_code_with_its_cleanup_policy(
+    deploy_kit: DeployKit,
+) -> None:
     expected = {t.name: t.compacted for t in TOPICS}
     expected |= {f"tasks.{d}": False for d in departments(Settings())}
-    assert script_topics() == expected
+    assert script_topics(deploy_kit) == expected
 
 
-def test_topic_script_uses_one_partition_count_and_compose_gives_it() -> None:
+def test_topic_script_uses_one_partition_count_and_compose_gives_it(deploy_kit: DeployKit) -> None:
     text = (DEPLOY / "kafka" / "create-topics.sh").read_text()
     assert '--partitions "$PARTITIONS"' in text
     assert "cleanup.policy=compact" in text
-    services = compose()["services"]
+    services = compose(deploy_kit)["services"]
     init_env = services["topic-init"]["environment"]
     assert (
         init_env["PIPELINE_PARTITIONS"]
@@ -168,7 +187,7 @@ def test_topic_script_uses_one_partition_count_and_compose_gives_it() -> None:
 # ---------------------------------------------------------------- image
 
 
-def test_dockerfile_is_slim_pinned_non_root_and_copies_what_exists() -> None:
+def test_dockerfile_is_slim_pinned_non_root_and_copies_what_exists(deploy_kit: DeployKit) -> None:
     text = (ROOT / "Dockerfile").read_text()
     base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text)
     assert base is not None
@@ -179,7 +198,7 @@ def test_dockerfile_is_slim_pinned_non_root_and_copies_what_exists() -> None:
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), source
     env = dict(re.findall(r"(PIPELINE_[A-Z_]+)=(\S+)", text))
-    assert unknown_settings(env) == []
+    assert unknown_settings(deploy_kit, env) == []
     assert "--constraint deploy/constraints.txt" in text
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "!deploy/constraints.txt" in ignored and ".venv" in ignored
@@ -204,26 +223,26 @@ def test_constraints_pin_every_runtime_dependency() -> None:
 # ---------------------------------------------------------------- kubernetes
 
 
-def k8s_docs() -> list[dict[str, Any]]:
-    kustomization = load_yaml(K8S / "kustomization.yaml")
+def k8s_docs(deploy_kit: DeployKit) -> list[dict[str, Any]]:
+    kustomization = deploy_kit.load_yaml(K8S / "kustomization.yaml")
     docs: list[dict[str, Any]] = []
     for resource in kustomization["resources"]:
         path = K8S / resource
         assert path.is_file(), resource
-        docs += load_yaml_all(path)
+        docs += deploy_kit.load_yaml_all(path)
     return docs
 
 
-def by_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in k8s_docs() if d["kind"] == kind}
+def by_kind(deploy_kit: DeployKit, kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in k8s_docs(deploy_kit) if d["kind"] == kind}
 
 
-def test_kustomization_references_only_files_that_exist() -> None:
-    kustomization = load_yaml(K8S / "kustomization.yaml")
+def test_kustomization_references_only_files_that_exist(deploy_kit: DeployKit) -> None:
+    kustomization = deploy_kit.load_yaml(K8S / "kustomization.yaml")
     for gen in kustomization["configMapGenerator"]:
         for file in gen.get("files", []):
             assert (K8S / file.split("=")[-1]).is_file(), file
-    assert {d["kind"] for d in k8s_docs()} >= {
+    assert {d["kind"] for d in k8s_docs(deploy_kit)} >= {
         "Namespace",
         "Secret",
         "Deployment",
@@ -233,7 +252,9 @@ def test_kustomization_references_only_files_that_exist() -> None:
     }
 
 
-def test_k8s_workflow_is_valid_and_has_the_departments_of_the_topic_script() -> None:
+def test_k8s_workflow_is_valid_and_has_the_departments_of_the_topic_script(
+    deploy_kit: DeployKit,
+) -> None:
     # The base ships a copy of the default workflow (kustomize reads only files below it);
     # an overlay replaces it. Its departments must have their task topics.
     from pipeline.domain.workflow import load_workflow
@@ -241,16 +262,16 @@ def test_k8s_workflow_is_valid_and_has_the_departments_of_the_topic_script() -> 
     deployed = load_workflow(K8S / "workflow.yaml").task_departments()
     assert deployed == departments(Settings.model_construct())
     assert {f"tasks.{d}" for d in deployed} == {
-        t for t in script_topics() if t.startswith("tasks.")
+        t for t in script_topics(deploy_kit) if t.startswith("tasks.")
     }
 
 
-def test_k8s_settings_and_secrets_are_settings_the_code_reads() -> None:
-    kustomization = load_yaml(K8S / "kustomization.yaml")
+def test_k8s_settings_and_secrets_are_settings_the_code_reads(deploy_kit: DeployKit) -> None:
+    kustomization = deploy_kit.load_yaml(K8S / "kustomization.yaml")
     (env,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "care-router-env"]
-    assert unknown_settings(env["literals"]) == []
-    secret = by_kind("Secret")["care-router-secrets"]
-    assert unknown_settings(secret["stringData"]) == []
+    assert unknown_settings(deploy_kit, env["literals"]) == []
+    secret = by_kind(deploy_kit, "Secret")["care-router-secrets"]
+    assert unknown_settings(deploy_kit, secret["stringData"]) == []
     secret_fields = {
         f"PIPELINE_{name.upper()}"
         for name, field in Settings.model_fields.items()
@@ -265,10 +286,12 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def test_ingest_deployment_behind_a_service_and_workers_in_a_statefulset() -> None:
-    ingest = by_kind("Deployment")["ingest"]
-    worker = by_kind("StatefulSet")["worker"]
-    services = by_kind("Service")
+def test_ingest_deployment_behind_a_service_and_workers_in_a_statefulset(
+    deploy_kit: DeployKit,
+) -> None:
+    ingest = by_kind(deploy_kit, "Deployment")["ingest"]
+    worker = by_kind(deploy_kit, "StatefulSet")["worker"]
+    services = by_kind(deploy_kit, "Service")
     labels = ingest["spec"]["template"]["metadata"]["labels"]
     assert services["ingest"]["spec"]["selector"].items() <= labels.items()
     assert worker["spec"]["serviceName"] == "worker"
@@ -288,13 +311,13 @@ def test_ingest_deployment_behind_a_service_and_workers_in_a_statefulset() -> No
             assert mounts["/etc/care-router"] == "workflow"
 
 
-def test_worker_probes_liveness_on_healthz_and_readiness_on_recovery() -> None:
-    worker = by_kind("StatefulSet")["worker"]
+def test_worker_probes_liveness_on_healthz_and_readiness_on_recovery(deploy_kit: DeployKit) -> None:
+    worker = by_kind(deploy_kit, "StatefulSet")["worker"]
     (container,) = pod_spec(worker)["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["web"]
-    kustomization = load_yaml(K8S / "kustomization.yaml")
+    kustomization = deploy_kit.load_yaml(K8S / "kustomization.yaml")
     literals = dict(
         e.split("=", 1) for g in kustomization["configMapGenerator"] for e in g.get("literals", [])
     )
@@ -305,11 +328,11 @@ def test_worker_probes_liveness_on_healthz_and_readiness_on_recovery() -> None:
     assert int(annotations["prometheus.io/port"]) == port
 
 
-def test_pod_disruption_budgets_select_the_workloads() -> None:
-    pdbs = by_kind("PodDisruptionBudget")
+def test_pod_disruption_budgets_select_the_workloads(deploy_kit: DeployKit) -> None:
+    pdbs = by_kind(deploy_kit, "PodDisruptionBudget")
     for name, workload in (
-        ("worker", by_kind("StatefulSet")["worker"]),
-        ("ingest", by_kind("Deployment")["ingest"]),
+        ("worker", by_kind(deploy_kit, "StatefulSet")["worker"]),
+        ("ingest", by_kind(deploy_kit, "Deployment")["ingest"]),
     ):
         selector = pdbs[name]["spec"]["selector"]["matchLabels"]
         assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()

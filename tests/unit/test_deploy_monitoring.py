@@ -7,20 +7,15 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from .deploy_helpers import (
-    DEPLOY,
-    PROMETHEUS_SERIES,
-    exported_series,
-    load_yaml,
-    promql_grouping_labels,
-    promql_series,
-)
+if TYPE_CHECKING:
+    from tests.plugins.deploy import DeployKit
 
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "care-router.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
@@ -48,15 +43,15 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 def alert_rules() -> list[dict[str, Any]]:
     """Every alerting rule of the rule file."""
-    doc = load_yaml(ALERTS)
+    doc = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
     return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
 
 
-def check_series(where: str, expr: str, exported: dict[str, set[str]]) -> list[str]:
+def check_series(kit: DeployKit, where: str, expr: str) -> list[str]:
     """Problems of one query: unknown series, label names no selected series carries."""
-    known = exported | PROMETHEUS_SERIES
+    known = kit.exported_series() | kit.prometheus_series
     problems: list[str] = []
-    selected = promql_series(expr)
+    selected = kit.promql_series(expr)
     if not selected:
         problems.append(f"{where}: selects no series of the code: {expr}")
     for name, labels in selected.items():
@@ -67,29 +62,28 @@ def check_series(where: str, expr: str, exported: dict[str, set[str]]) -> list[s
     carried = set().union(*(known.get(n, set()) for n in selected)) if selected else set()
     problems += [
         f"{where}: grouping by {lbl!r}, which none of its series carries"
-        for lbl in promql_grouping_labels(expr) - carried
+        for lbl in kit.promql_grouping_labels(expr) - carried
     ]
     return problems
 
 
-def test_every_dashboard_query_uses_only_exported_series() -> None:
-    exported = exported_series()
+def test_every_dashboard_query_uses_only_exported_series(deploy_kit: DeployKit) -> None:
     queries = dashboard_queries()
     assert len(queries) >= 15
-    problems = [p for title, expr in queries for p in check_series(title, expr, exported)]
+    problems = [p for title, expr in queries for p in check_series(deploy_kit, title, expr)]
     assert problems == []
 
 
-def test_the_check_catches_a_series_the_code_does_not_export() -> None:
-    exported = exported_series()
-    assert check_series("x", "rate(pipeline_no_such_total[5m])", exported)
-    assert check_series("x", 'sum(pipeline_open_cases{stage="route"})', exported)
-    assert check_series("x", "sum by (channel) (pipeline_open_cases)", exported)
-    assert check_series("x", "sum by (stage) (rate(pipeline_messages_total[5m]))", exported) == []
+def test_the_check_catches_a_series_the_code_does_not_export(deploy_kit: DeployKit) -> None:
+    kit = deploy_kit
+    assert check_series(kit, "x", "rate(pipeline_no_such_total[5m])")
+    assert check_series(kit, "x", 'sum(pipeline_open_cases{stage="route"})')
+    assert check_series(kit, "x", "sum by (channel) (pipeline_open_cases)")
+    assert check_series(kit, "x", "sum by (stage) (rate(pipeline_messages_total[5m]))") == []
 
 
-def test_dashboard_has_the_panels_operators_need() -> None:
-    series = {name for _, expr in dashboard_queries() for name in promql_series(expr)}
+def test_dashboard_has_the_panels_operators_need(deploy_kit: DeployKit) -> None:
+    series = {name for _, expr in dashboard_queries() for name in deploy_kit.promql_series(expr)}
     for needed in (
         "pipeline_messages_total",  # throughput per stage, outcomes, auto-reply rate
         "pipeline_end_to_end_seconds_bucket",  # p50 / p99
@@ -106,7 +100,8 @@ def test_dashboard_has_the_panels_operators_need() -> None:
 
 def test_dashboard_datasource_is_the_provisioned_one() -> None:
     doc = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    datasources = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    source = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    datasources = yaml.safe_load(source.read_text(encoding="utf-8"))
     uid = datasources["datasources"][0]["uid"]
     (var,) = [v for v in doc["templating"]["list"] if v["type"] == "datasource"]
     assert var["current"]["value"] == uid
@@ -117,14 +112,13 @@ def test_dashboard_datasource_is_the_provisioned_one() -> None:
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
-def test_every_alert_uses_only_exported_series_and_has_a_unit_test() -> None:
-    exported = exported_series()
+def test_every_alert_uses_only_exported_series_and_has_a_unit_test(deploy_kit: DeployKit) -> None:
     rules = alert_rules()
-    problems = [p for r in rules for p in check_series(r["alert"], r["expr"], exported)]
+    problems = [p for r in rules for p in check_series(deploy_kit, r["alert"], r["expr"])]
     assert problems == []
     tested = {
         t["alertname"]
-        for group in load_yaml(ALERT_TESTS)["tests"]
+        for group in yaml.safe_load(ALERT_TESTS.read_text(encoding="utf-8"))["tests"]
         for t in group.get("alert_rule_test", [])
         if t.get("exp_alerts")
     }

@@ -1,6 +1,7 @@
 """What the deployment files are checked against: the settings the code reads, the metrics it
-exports, the topics it declares. Container engines cannot run in the test environment, so
-compose, Kubernetes, Prometheus and Grafana files are checked statically against these."""
+exports. Container engines cannot run in the test environment, so compose, Kubernetes,
+Prometheus and Grafana files are checked statically against these (the ``deploy_kit``
+fixture)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
 from pipeline.config import Settings
 from pipeline.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # tests/plugins/deploy.py → the repository
 DEPLOY = ROOT / "deploy"
 
 
@@ -85,3 +87,24 @@ def promql_grouping_labels(expr: str) -> set[str]:
     for group in _GROUPING.findall(expr):
         labels.update(x.strip() for x in group.split(",") if x.strip())
     return labels
+
+
+class DeployKit:
+    """The helpers above, as one fixture: paths, YAML loading, settings and metrics names."""
+
+    root = ROOT
+    deploy = DEPLOY
+    prometheus_series = PROMETHEUS_SERIES
+    load_yaml = staticmethod(load_yaml)
+    load_yaml_all = staticmethod(load_yaml_all)
+    settings_env_names = staticmethod(settings_env_names)
+    exported_series = staticmethod(exported_series)
+    promql_series = staticmethod(promql_series)
+    promql_grouping_labels = staticmethod(promql_grouping_labels)
+
+
+@pytest.fixture(scope="session")
+def deploy_kit() -> DeployKit:
+    """Paths of the repository and deploy/, YAML loading, the settings' env names, the
+    exported series and a PromQL series/label scanner."""
+    return DeployKit()
