@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.plugins.inbound",
     "tests.plugins.events",
     "tests.plugins.route",
+    "tests.plugins.browser",
     "tests.plugins.deploy",
 ]
 

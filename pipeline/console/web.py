@@ -495,6 +495,8 @@ async def _run_pipeline(*args: str) -> tuple[int, str]:
 
 async def _playground(request: web.Request) -> web.Response:
     console = _console(request)
+    if _user(request).role != "supervisor":
+        raise web.HTTPForbidden(text="the rule playground is for supervisors")
     running = Path(console.settings.rules_path).read_text(encoding="utf-8")
     ctx: dict[str, Any] = {
         "text": "",
