@@ -28,20 +28,6 @@ if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; t
     echo "chromium missing and not root: console browser tests skipped (apt-get install chromium chromium-driver)" >&2
   fi
 fi
-# Headless Chromium and its driver (Debian's chromium + chromium-driver) for the console's
-# browser tests; quick when both are there.
-if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-    echo "installing chromium + chromium-driver (console browser tests)" >&2
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq \
-        && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-             --no-install-recommends chromium chromium-driver > /dev/null; }; then
-      echo "could not install chromium: the console browser tests will be skipped" >&2
-    fi
-  else
-    echo "chromium missing and not root: console browser tests skipped (apt-get install chromium chromium-driver)" >&2
-  fi
-fi
 ruff check pipeline tests bench
 mypy
 pipeline schemas --check
