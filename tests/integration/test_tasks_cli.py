@@ -5,6 +5,7 @@ case id); the running router takes them like any other department's answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from pipeline import bus
 from pipeline.cli import main
-from pipeline.codec import decode
+from pipeline.codec import decode, encode
 from pipeline.config import Settings, get_settings
 from pipeline.events import (
     CaseEvent,
@@ -24,16 +25,19 @@ from pipeline.events import (
     SubRequest,
     SubRequestKind,
     TaskNotice,
+    TaskStatus,
     TaskUpdate,
     derive_id,
     utcnow,
 )
 from pipeline.runtime import departments
+from pipeline.tasks_cli import Board, answer, send_updates, watch
 from pipeline.topics import task_topic
 
 if TYPE_CHECKING:
     from tests.plugins.stack import Deliveries, Telegram
     from tests.plugins.topics import Records
+    from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +181,40 @@ def test_list_ack_resolve_reject_as_a_department_system(
     )
     older_updates = [u.status.value for u in updates if u.sub_request_id == older.sub_request_id]
     assert older_updates == ["acknowledged", "resolved"]
+
+
+def test_watch_lists_then_follows_new_sub_requests_and_answers(
+    kafka: Settings, wait_until: WaitUntil
+) -> None:
+    asyncio.run(bus.ensure_topics(kafka, departments=[DEPT]))
+    first, second = _sub(1, minutes_ago=30), _sub(2, minutes_ago=0)
+    lines: list[str] = []
+
+    async def scenario() -> None:
+        await bus.publish(kafka, task_topic(kafka, DEPT), [(first.case_id, first)])
+        watching = asyncio.create_task(watch(kafka, DEPT, lines.append, as_json=True))
+        try:
+            await wait_until(lambda: lines, timeout_s=60, what="the open list")
+            await bus.publish(kafka, task_topic(kafka, DEPT), [(second.case_id, second)])
+            await wait_until(lambda: len(lines) >= 2, timeout_s=60, what="the new sub-request")
+            view = Board()
+            view.take(task_topic(kafka, DEPT), encode(first), {task_topic(kafka, DEPT)})
+            update = answer(view.find(first.sub_request_id), TaskStatus.acknowledged, text=None,
+                            author="it")  # fmt: skip
+            await send_updates(kafka, [update])
+            await wait_until(lambda: len(lines) >= 3, timeout_s=60, what="the answer")
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+
+    asyncio.run(scenario())
+    events = [json.loads(line) for line in lines]
+    assert [(e["event"], e["sub_request_id"], e["status"]) for e in events[:3]] == [
+        ("open", first.sub_request_id, "open"),
+        ("changed", second.sub_request_id, "open"),
+        ("changed", first.sub_request_id, "acknowledged"),
+    ]
 
 
 def test_the_router_takes_an_answer_given_with_pipeline_tasks(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.requirements import Requirement
 
 from pipeline.config import Settings
+from pipeline.ingest.server import check_exposure, unauthenticated_endpoints
 from pipeline.runtime import departments
 from pipeline.topics import TOPICS
 
@@ -103,6 +104,23 @@ def test_compose_settings_are_valid_values(deploy_kit: DeployKit, monkeypatch: A
     settings = Settings()
     assert settings.support_addresses == ["support@example.com"]
     assert settings.smtp_relay_port == 1025 and settings.log_format == "json"
+
+
+def test_compose_ingest_starts_beyond_localhost(deploy_kit: DeployKit, monkeypatch: Any) -> None:
+    env = compose(deploy_kit)["services"]["ingest"]["environment"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value))
+    monkeypatch.setenv("PIPELINE_INGEST_HOST", "0.0.0.0")  # the image's
+    check_exposure(Settings())  # raises ConfigError when ingest would refuse to listen
+    env_files = compose(deploy_kit)["services"]["ingest"]["env_file"]
+    assert all(f["required"] is False for f in env_files)  # optional: the secrets file
+
+
+def test_env_example_names_only_settings(deploy_kit: DeployKit) -> None:
+    lines = (DEPLOY / "care-router.env.example").read_text().splitlines()
+    names = [line.lstrip("# ").split("=", 1)[0] for line in lines if "=" in line]
+    assert len(names) > 15
+    assert unknown_settings(deploy_kit, names) == []
 
 
 def test_every_file_compose_mounts_exists(deploy_kit: DeployKit) -> None:
@@ -279,6 +297,19 @@ def test_k8s_settings_and_secrets_are_settings_the_code_reads(deploy_kit: Deploy
     }
     assert set(secret["stringData"]) <= secret_fields  # secrets only in the Secret
     assert not set(e.split("=")[0] for e in env["literals"]) & secret_fields
+
+
+def test_k8s_ingest_has_every_webhook_credential(deploy_kit: DeployKit, monkeypatch: Any) -> None:
+    kustomization = deploy_kit.load_yaml(K8S / "kustomization.yaml")
+    (env,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "care-router-env"]
+    for name, value in (e.split("=", 1) for e in env["literals"]):
+        monkeypatch.setenv(name, value)
+    for name, value in by_kind(deploy_kit, "Secret")["care-router-secrets"]["stringData"].items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.ingest_host == "0.0.0.0" and not settings.ingest_allow_unauthenticated
+    assert unauthenticated_endpoints(settings) == []
+    check_exposure(settings)
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
