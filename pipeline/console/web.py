@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import orjson
 from aiohttp import web
 
 from pipeline.bus import Publisher
@@ -335,8 +336,6 @@ def _visible_case(request: web.Request, case_id: str) -> Any:
 
 
 async def _case(request: web.Request) -> web.Response:
-    import orjson
-
     console = _console(request)
     case_id = request.match_info["case_id"]
     row = _visible_case(request, case_id)

@@ -9,6 +9,8 @@ another department's sub-request, and hostile customer text renders inert.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import uuid
@@ -19,7 +21,10 @@ import pytest
 
 from pipeline.broker import free_port
 from pipeline.config import Settings
+from pipeline.console.follower import follow
 from pipeline.console.server import console_env
+from pipeline.console.store import Store
+from pipeline.domain.workflow import load_workflow
 from pipeline.events import CaseEvent, Outcome, SubRequest, derive_id
 from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import Children, child_env, wait_http
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     from tests.plugins.browser import Browser
     from tests.plugins.stack import Deliveries, PostJson, ReplyByMail, StartStack, Telegram
     from tests.plugins.topics import Records
+    from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
 
@@ -196,6 +202,27 @@ async def test_department_member_cannot_open_another_departments_sub_request(
     browser.get(f"{url}/cases")
     assert internal.case_id not in browser.text("main")
 
+    # A supervisor adds a sub-request for logistics: the route stage applies the command
+    # and the work reaches the logistics queue (and that agent may now open the case).
+    login(browser, url, "supervisor", "demo-supervisor")
+    browser.open_until(f"{url}/cases/{internal.case_id}", "#command")
+    browser.run("document.querySelector('#command [name=department]').value = 'logistics'")
+    browser.type("#command [name=text]", "Проверить, не задержана ли доставка карты")
+    browser.click("#command button")
+    browser.wait_for(".notice", contains="add", timeout_s=30)
+    login(browser, url, "logistics", "demo-logistics")
+    browser.open_until(f"{url}/queue", ".queue-row")
+    assert "не задержана ли доставка" in browser.text("#queue")
+    browser.get(f"{url}/cases/{internal.case_id}")
+    assert browser.find_all("#case-status"), "logistics now has work in this case"
+    added = await records.first(
+        s,
+        s.topic("case-events"),
+        CaseEvent,
+        lambda e: e.case_id == internal.case_id and e.type.value == "escalated",
+    )
+    assert added.detail["author"] == "supervisor" and added.detail["to"] == "logistics"
+
 
 async def test_hostile_customer_text_renders_inert(
     console: tuple[Settings, str],
@@ -257,3 +284,40 @@ async def test_rule_playground_explains_and_shows_check_errors(
     login(browser, url, "loyalty", "demo-loyalty")
     browser.get(f"{url}/playground")
     assert "supervisor" in browser.text("body"), "agents do not edit rules"
+
+
+async def test_a_new_replica_rebuilds_its_read_model_from_the_topics(
+    console: tuple[Settings, str], telegram: Telegram, records: Records, wait_until: WaitUntil
+) -> None:
+    s, _ = console
+    chat = 8_400_000 + int(uuid.uuid4().int % 100_000)
+    status, _ = telegram(s, chat, 1, SEED)
+    assert status == 200
+    mid = derive_id("msg", "telegram", f"{chat}:1")
+    outcome = await records.first(s, s.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
+    store = Store()  # a replica started after the fact: everything comes from the topics
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        follow(s, store, load_workflow(s.rules_path).task_departments(), ready)
+    )
+    try:
+        case = await wait_until(
+            lambda: store.case(outcome.case_id or ""), timeout_s=120, what="the case row"
+        )
+        assert case["channel"] == "telegram"
+        subs = await wait_until(
+            lambda: (
+                len(store.case_subs(outcome.case_id or "")) == 2
+                and store.case_subs(outcome.case_id or "")
+            ),
+            timeout_s=120,
+            what="both sub-requests",
+        )
+        assert {x["department"] for x in subs} == {"loyalty-it", "store-directors"}
+        assert store.messages([mid]), "the classified message with its explanation"
+        await wait_until(ready.is_set, timeout_s=120, what="caught up")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.close()
