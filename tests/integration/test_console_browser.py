@@ -88,6 +88,18 @@ def login(browser: Browser, url: str, name: str, password: str) -> None:
     browser.wait_for("#whoami", contains=name, timeout_s=30)
 
 
+async def seed_case(
+    s: Settings, telegram: Telegram, records: Records, base: int
+) -> tuple[int, str, Outcome]:
+    """The worked example from a new Telegram chat: (chat, message id, its Outcome)."""
+    chat = base + int(uuid.uuid4().int % 100_000)
+    status, _ = telegram(s, chat, 1, SEED)
+    assert status == 200
+    mid = derive_id("msg", "telegram", f"{chat}:1")
+    outcome = await records.first(s, s.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
+    return chat, mid, outcome
+
+
 async def test_worked_example_through_the_console(
     console: tuple[Settings, str],
     browser: Browser,
@@ -99,11 +111,7 @@ async def test_worked_example_through_the_console(
     s, url = console
     login(browser, url, "supervisor", "demo-supervisor")
     browser.get(f"{url}/cases")
-    chat = 8_100_000 + int(uuid.uuid4().int % 100_000)
-    status, _ = telegram(s, chat, 1, SEED)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:1")
-    outcome = await records.first(s, s.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
+    chat, mid, outcome = await seed_case(s, telegram, records, 8_100_000)
     case_id = outcome.case_id
     assert case_id and set(outcome.departments) == {"store-directors", "loyalty-it"}
     # The open list page shows the new case by itself (live updates, no reload).
@@ -182,10 +190,7 @@ async def test_department_member_cannot_open_another_departments_sub_request(
     records: Records,
 ) -> None:
     s, url = console
-    chat = 8_200_000 + int(uuid.uuid4().int % 100_000)
-    status, _ = telegram(s, chat, 1, SEED)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:1")
+    _, mid, _ = await seed_case(s, telegram, records, 8_200_000)
     internal = await records.first(
         s, task_topic(s, "loyalty-it"), SubRequest, lambda x: x.message_id == mid
     )
@@ -290,11 +295,7 @@ async def test_a_new_replica_rebuilds_its_read_model_from_the_topics(
     console: tuple[Settings, str], telegram: Telegram, records: Records, wait_until: WaitUntil
 ) -> None:
     s, _ = console
-    chat = 8_400_000 + int(uuid.uuid4().int % 100_000)
-    status, _ = telegram(s, chat, 1, SEED)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:1")
-    outcome = await records.first(s, s.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
+    _, mid, outcome = await seed_case(s, telegram, records, 8_400_000)
     store = Store()  # a replica started after the fact: everything comes from the topics
     ready = asyncio.Event()
     task = asyncio.create_task(

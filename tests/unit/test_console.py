@@ -7,7 +7,7 @@ import base64
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -40,12 +40,14 @@ from pipeline.events import (
     Channel,
     CustomerProfile,
     Priority,
-    SubRequest,
     SubRequestKind,
     TaskStatus,
     TaskUpdate,
 )
 from pipeline.route.commands import apply_case_command
+
+if TYPE_CHECKING:
+    from tests.plugins.events import MakeSubRequest
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 HOSTILE_NAME = "Eve <img src=x onerror=alert(1)> \u202egnp.exe"
@@ -165,26 +167,11 @@ def test_responder_link_round_trip_tamper_and_expiry() -> None:
     assert responder_url("sr_store", "case_1", T0, settings()) is None, "no console URL"
 
 
-def test_external_mail_carries_the_answer_page_link() -> None:
+def test_external_mail_carries_the_answer_page_link(make_sub_request: MakeSubRequest) -> None:
     from pipeline.notify.compose import compose_external
 
     s = settings(console_public_url="http://console.test")
-    sub = SubRequest(
-        sub_request_id="sr_store",
-        case_id="case_1",
-        message_id="msg_1",
-        customer_id="cust_1",
-        kind=SubRequestKind.external,
-        department="store-directors",
-        recipient="director@example.com",
-        intent="product_quality",
-        category="QUALITY",
-        text="несвежие огурцы",
-        full_text="несвежие огурцы",
-        priority=Priority(score=40, level="P3"),
-        language="ru",
-        created_at=T0,
-    )
+    sub = make_sub_request(created_at=T0)
     body = compose_external(sub, s).get_content()
     url = re.search(r"http://console\.test/respond/(\S+)", body)
     assert url, body
