@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from threadpoolctl import threadpool_limits
 
 from pipeline.classify.core import Classifier
-from pipeline.classify.entities import Store
 from pipeline.classify.model import default_model, default_training_set
-from pipeline.domain.tagging import TagRule
 from pipeline.config import Settings
+from pipeline.domain.tagging import TagRule
+from pipeline.domain.workflow import Store
 from pipeline.events import Channel, CustomerProfile, InboundMessage
 
 

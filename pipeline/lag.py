@@ -26,7 +26,7 @@ from typing import Any, cast
 from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
 
-from pipeline.app import Context
+from pipeline.context import Context
 
 log = logging.getLogger(__name__)
 

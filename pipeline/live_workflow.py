@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline import bus
-from pipeline.app import Context
 from pipeline.codec import decode
 from pipeline.config import Settings
+from pipeline.context import Context
+from pipeline.domain.workflow import Workflow, load_workflow, parse_workflow
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.events import WorkflowPublished
-from pipeline.domain.workflow import Workflow, load_workflow, parse_workflow
 
 log = logging.getLogger(__name__)
 

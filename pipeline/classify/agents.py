@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pipeline.app import Context
 from pipeline.classify import dedup, incidents
 from pipeline.classify.core import Classifier
+from pipeline.context import Context
+from pipeline.domain.workflow import Workflow
 from pipeline.events import (
     ClassifiedMessage,
     InboundMessage,
@@ -23,7 +24,6 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.live_workflow import LiveWorkflow
-from pipeline.domain.workflow import Workflow
 from pipeline.stage import RawRecord, decode_record, split_decoded
 
 log = logging.getLogger(__name__)

@@ -16,13 +16,15 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from pipeline.classify.entities import Store, StoreMatcher, extract_entities
+from pipeline.classify.entities import StoreMatcher, extract_entities
 from pipeline.classify.model import UNKNOWN, IntentModel, default_model
-from pipeline.classify.priority import PriorityWeights, score_priority
+from pipeline.classify.priority import score_priority
 from pipeline.classify.sentiment import negative_sentiment
 from pipeline.classify.split import split_batch
-from pipeline.domain.tagging import TagRule, apply_tag_rules
 from pipeline.config import Settings
+from pipeline.domain.priority_weights import PriorityWeights
+from pipeline.domain.tagging import TagRule, apply_tag_rules
+from pipeline.domain.workflow import Store
 from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Intent, Span, utcnow
 
 log = logging.getLogger(__name__)

@@ -17,23 +17,8 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from pipeline.domain.workflow import Store
 from pipeline.events import Entity, Span
-
-
-class Store(BaseModel):
-    """One store of the directory."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    code: str = Field(min_length=1, description="Store code, e.g. 'MSK-012'.")
-    name: str = Field(default="", description="Display name.")
-    address: str = Field(default="", description="Street address, e.g. 'ул. Садовая, 12'.")
-    aliases: tuple[str, ...] = Field(default=(), description="Other names customers use.")
-    city: str = Field(default="", description="City.")
-    director_email: str | None = Field(default=None, description="Director's e-mail.")
-
 
 # ---------------------------------------------------------------- orders and cards
 

@@ -18,6 +18,12 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from pipeline.config import Settings
+from pipeline.domain.conversation import is_small_talk
+from pipeline.domain.deadlines import deadlines
+from pipeline.domain.surveys import SurveyKind, is_negative, nps_class, read_answer
+from pipeline.domain.text import detect_language, is_not_helped
+from pipeline.domain.tokens import reply_address
+from pipeline.domain.workflow import Workflow
 from pipeline.errors import InvalidInput
 from pipeline.events import (
     CaseEvent,
@@ -36,11 +42,6 @@ from pipeline.events import (
     TaskUpdate,
     derive_id,
 )
-from pipeline.route import sla as _sla
-from pipeline.domain.conversation import is_small_talk
-from pipeline.domain.surveys import SurveyKind, is_negative, nps_class, read_answer
-from pipeline.domain.text import detect_language
-from pipeline.domain.workflow import Workflow
 
 __all__ = [
     "CaseState",
@@ -73,16 +74,6 @@ SubStatus = Literal[
 TERMINAL: frozenset[str] = frozenset({"resolved", "rejected", "rerouted", "superseded"})
 #: Intent of the sub-request asking a human for the final answer (languages mixed, review).
 FINAL_ANSWER = "final_answer"
-
-try:  # the KB stage owns the "did not help" phrase list
-    from pipeline.route.kb import is_not_helped as _is_not_helped
-except ModuleNotFoundError:  # pragma: no cover - depends on the other helper's module
-    import re
-
-    _NOT_HELPED = re.compile(r"не\s+помог|did\s*n[o']?t\s+help|not\s+help", re.IGNORECASE)
-
-    def _is_not_helped(text: str, language: str = "other") -> bool:
-        return bool(_NOT_HELPED.search(text))
 
 
 class _State(BaseModel):
@@ -322,11 +313,9 @@ def new_sub_request(
     prio = priority or state.priority
     dep = workflow.departments.get(department)
     policy = workflow.sla_policy_for(department, sla_policy) if blocking else None
-    first_due, due = _sla.deadlines(policy, prio.level, dep.hours if dep else None, now)
+    first_due, due = deadlines(policy, prio.level, dep.hours if dep else None, now)
     token = sr_id
     if kind != "internal" and settings is not None:
-        from pipeline.domain.tokens import reply_address
-
         token = reply_address(sr_id, state.case_id, settings)
     sub = SubRequest(
         sub_request_id=sr_id,
@@ -447,6 +436,7 @@ def apply_task_update(
                 "author": update.author,
                 "source": update.source,
                 "ignored": f"already {sub.status}",
+                "update_id": update.update_id,
                 "resolution": update.resolution,
             },
         )
@@ -741,7 +731,7 @@ def apply_customer_reply(
             detail={"status": st.status},
         )
     ]
-    not_helped = _is_not_helped(msg.text, msg.language)
+    not_helped = is_not_helped(msg.text, msg.language)
     if st.status != "resolved" and not not_helped:
         return Transition(state=st, case_events=events, notices=customer_notices(st, msg, now))
     if st.status == "resolved":

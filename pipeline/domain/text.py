@@ -23,6 +23,8 @@ __all__ = [
     "clean_text",
     "detect_language",
     "find_pii",
+    "fold",
+    "is_not_helped",
     "luhn_ok",
     "normalize_email",
     "normalize_identity",
@@ -219,6 +221,38 @@ def detect_language(text: str) -> tuple[str, float]:
         conf = (lat / n) * length * (0.75 + min(share, 0.25))
         return "en", round(min(0.99, conf), 3)
     return "other", round(min(0.95, 1 - (cyr + lat) / n), 3)
+
+
+# ---------------------------------------------------------------- matching
+
+_WS = re.compile(r"\s+")
+
+
+def fold(text: str) -> str:
+    """Text for matching: NFKC, case-folded, ё → е, whitespace collapsed."""
+    t = unicodedata.normalize("NFKC", text).casefold().replace("ё", "е")
+    return _WS.sub(" ", t).strip()
+
+
+_NOT_HELPED = re.compile(
+    r"(не\s+(помогл[оа]?|помогает|помог|сработал[оа]?|работает|получ(ил|ается)ось?|"
+    r"решил[оа]?|решена|решен)|"
+    r"(по-?прежнему|вс[её]\s+(ещ[её]|равно)|опять|снова)\s+не\s+\w+|"
+    r"бесполезн|без\s+толку|не\s+то\b|"
+    r"did\s*n[o']?t\s+(help|work|solve|fix)|did\s+not\s+(help|work|solve|fix)|"
+    r"does\s*n[o']?t\s+(help|work)|does\s+not\s+(help|work)|"
+    r"(still|again)\s+(not|doesn'?t|does\s+not|can'?t|cannot|isn'?t|won'?t)\b|"
+    r"not\s+(helpful|working|solved|fixed)|no\s+help|useless|"
+    r"(problem|issue)\s+(is\s+)?(still|not)\s+(there|solved|fixed|resolved)|"
+    r"that'?s\s+not\s+what\s+i)",
+    re.IGNORECASE,
+)
+
+
+def is_not_helped(text: str, language: str = "other") -> bool:
+    """The customer says the answer did not help ("не помогло", "still not working")."""
+    del language  # both languages are matched: customers switch language mid-thread
+    return bool(_NOT_HELPED.search(fold(text)))
 
 
 # ---------------------------------------------------------------- time

@@ -37,8 +37,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.classify.entities import Store
-from pipeline.classify.priority import PriorityWeights
+from pipeline.domain.priority_weights import PriorityWeights
 from pipeline.domain.tagging import TagRule
 from pipeline.errors import ConfigError
 from pipeline.events import Channel
@@ -190,6 +189,19 @@ class ExternalDepartment(_Model):
 
 
 Department = Annotated[InternalDepartment | ExternalDepartment, Field(discriminator="kind")]
+
+
+class Store(BaseModel):
+    """One store of the directory."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(min_length=1, description="Store code, e.g. 'MSK-012'.")
+    name: str = Field(default="", description="Display name.")
+    address: str = Field(default="", description="Street address, e.g. 'ул. Садовая, 12'.")
+    aliases: tuple[str, ...] = Field(default=(), description="Other names customers use.")
+    city: str = Field(default="", description="City.")
+    director_email: str | None = Field(default=None, description="Director's e-mail.")
 
 
 class Group(_Model):

@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiohttp
 import orjson
 
-from pipeline.app import Context
+from pipeline.context import Context
 from pipeline.errors import DeliveryError
 from pipeline.events import (
     CaseEvent,

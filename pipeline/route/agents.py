@@ -23,8 +23,18 @@ from typing import Any, Literal
 import orjson
 
 from pipeline import bus
-from pipeline.app import Context
 from pipeline.codec import decode
+from pipeline.context import Context
+from pipeline.domain.cases import (
+    CaseState,
+    Transition,
+    apply_task_update,
+    merge_snapshot,
+    open_subs,
+)
+from pipeline.domain.surveys import parse_score
+from pipeline.domain.text import is_not_helped
+from pipeline.domain.workflow import Workflow
 from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import (
     CaseCommand,
@@ -39,21 +49,11 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
+from pipeline.live_workflow import LiveWorkflow
 from pipeline.route import sla
-from pipeline.domain.cases import (
-    CaseState,
-    Transition,
-    apply_task_update,
-    merge_snapshot,
-    open_subs,
-)
-from pipeline.route.commands import apply_case_command
 from pipeline.route.commands import apply_case_command
 from pipeline.route.core import RouteDecision, route_message
-from pipeline.route.kb import KbIndex, KbMatch, is_not_helped
-from pipeline.live_workflow import LiveWorkflow
-from pipeline.domain.surveys import parse_score
-from pipeline.domain.workflow import Workflow
+from pipeline.route.kb import KbIndex, KbMatch
 from pipeline.stage import RawRecord, dead_letter_for, decode_record
 from pipeline.topics import task_topic
 
@@ -368,16 +368,6 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
                 apply_case_command(state, command, rt.workflow, now=utcnow(), settings=s)
             )
             return
-        if record.topic == s.topic("case-commands"):  # a supervisor's reassign / add
-            command = decode_record(CaseCommand, record)
-            raw = cases_table.get(command.case_id)
-            if not raw:
-                raise InvalidInput(f"command {command.command_id}: no case {command.case_id}")
-            state = CaseState.model_validate(orjson.loads(raw))
-            await save_transition(
-                apply_case_command(state, command, rt.workflow, now=utcnow(), settings=s)
-            )
-            return
         update = decode_record(TaskUpdate, record)
         if not cases_table.get(update.case_id):
             held = orjson.loads(pending_table.get(update.case_id) or "[]")
@@ -474,7 +464,6 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
     cases_in = app.topic(
         s.topic("case-state"),
         s.topic("task-updates"),
-        s.topic("case-commands"),
         s.topic("case-commands"),
         key_type=bytes,
         value_type=bytes,

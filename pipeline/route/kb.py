@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from pipeline.domain.text import fold
 from pipeline.errors import ConfigError
 from pipeline.events import KbArticle, utcnow
 
@@ -52,7 +52,6 @@ __all__ = [
     "LabelledQuestion",
     "calibrate",
     "guess_language",
-    "is_not_helped",
     "load_article",
     "load_calibration",
     "load_kb",
@@ -213,14 +212,6 @@ def load_calibration(directory: Path) -> Calibration:
 # ---------------------------------------------------------------- text
 
 
-_WS = re.compile(r"\s+")
-
-
-def _norm(text: str) -> str:
-    t = unicodedata.normalize("NFKC", text).casefold().replace("ё", "е")
-    return _WS.sub(" ", t).strip()
-
-
 _CYR = re.compile(r"[а-яё]", re.IGNORECASE)
 _LAT = re.compile(r"[a-z]", re.IGNORECASE)
 
@@ -232,27 +223,6 @@ def guess_language(text: str) -> str:
     if cyr == 0 and lat == 0:
         return "other"
     return "ru" if cyr >= lat else "en"
-
-
-_NOT_HELPED = re.compile(
-    r"(не\s+(помогл[оа]?|помогает|помог|сработал[оа]?|работает|получ(ил|ается)ось?|"
-    r"решил[оа]?|решена|решен)|"
-    r"(по-?прежнему|вс[её]\s+(ещ[её]|равно)|опять|снова)\s+не\s+\w+|"
-    r"бесполезн|без\s+толку|не\s+то\b|"
-    r"did\s*n[o']?t\s+(help|work|solve|fix)|did\s+not\s+(help|work|solve|fix)|"
-    r"does\s*n[o']?t\s+(help|work)|does\s+not\s+(help|work)|"
-    r"(still|again)\s+(not|doesn'?t|does\s+not|can'?t|cannot|isn'?t|won'?t)\b|"
-    r"not\s+(helpful|working|solved|fixed)|no\s+help|useless|"
-    r"(problem|issue)\s+(is\s+)?(still|not)\s+(there|solved|fixed|resolved)|"
-    r"that'?s\s+not\s+what\s+i)",
-    re.IGNORECASE,
-)
-
-
-def is_not_helped(text: str, language: str = "other") -> bool:
-    """The customer says the answer did not help ("не помогло", "still not working")."""
-    del language  # both languages are matched: customers switch language mid-thread
-    return bool(_NOT_HELPED.search(_norm(text)))
 
 
 # ---------------------------------------------------------------- index
@@ -300,7 +270,7 @@ class KbIndex:
         for i, aid in enumerate(self._ids):
             for qs in self._articles[aid].questions.values():
                 for q in qs:
-                    texts.append(_norm(q))
+                    texts.append(fold(q))
                     owners.append(i)
         self._owners = np.asarray(owners, dtype=np.int64)
         if not texts:
@@ -315,7 +285,7 @@ class KbIndex:
         """Per text: (best article id, calibration features, cosine to nearest question)."""
         if self._vec is None or not texts:
             return [(None, [0.0] * len(FEATURES), 0.0) for _ in texts]
-        sims = (self._vec.transform([_norm(t) for t in texts]) @ self._matrix.T).toarray()
+        sims = (self._vec.transform([fold(t) for t in texts]) @ self._matrix.T).toarray()
         n_art = len(self._ids)
         out: list[tuple[str | None, list[float], float]] = []
         for text, row in zip(texts, sims, strict=True):

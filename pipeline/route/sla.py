@@ -1,8 +1,7 @@
 """SLA: deadlines with business hours, warnings, breaches and escalation.
 
-Pure functions with an injected ``now``. A deadline adds working time only inside the
-department's business hours (in its timezone, skipping closed days); a policy with
-``business_hours: false`` or a department without hours counts wall-clock time.
+Pure functions with an injected ``now``. Deadlines (working time inside business hours) are
+computed by ``pipeline.domain.deadlines`` when a sub-request is created.
 
 ``check_sla(state, workflow, now)`` looks at every open, tracked sub-request of a case and
 emits, each at most once per sub-request and deadline (first response, resolution):
@@ -17,60 +16,17 @@ emits, each at most once per sub-request and deadline (first response, resolutio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
-from zoneinfo import ZoneInfo
+from datetime import datetime
+from typing import Literal
 
+from pipeline.config import Settings
+from pipeline.domain.cases import CaseState, Transition, event, new_sub_request
+from pipeline.domain.workflow import LEVELS, Workflow
 from pipeline.events import CaseEvent, CaseEventType, Priority
-from pipeline.domain.workflow import LEVELS, BusinessHours, Level, SlaPolicy, Workflow
 
-if TYPE_CHECKING:
-    from pipeline.config import Settings
-    from pipeline.domain.cases import CaseState, Transition
-
-__all__ = ["add_business_time", "check_sla", "deadlines", "raise_level"]
+__all__ = ["check_sla", "raise_level"]
 
 DeadlineKind = Literal["first_response", "resolution"]
-_MAX_DAYS = 800  # safety bound of the day walk (at least one open day is validated)
-
-
-def add_business_time(start: datetime, minutes: float, hours: BusinessHours | None) -> datetime:
-    """``start`` plus ``minutes`` of working time (wall-clock when ``hours`` is None)."""
-    if hours is None or minutes <= 0:
-        return start + timedelta(minutes=minutes)
-    zone = ZoneInfo(hours.timezone)
-    t = start.astimezone(zone)
-    remaining = timedelta(minutes=minutes)
-    for _ in range(_MAX_DAYS):
-        span = hours.span(t.weekday())
-        if span is not None:
-            opens = datetime.combine(t.date(), span[0], tzinfo=zone)
-            closes = datetime.combine(t.date(), span[1], tzinfo=zone)
-            if t < opens:
-                t = opens
-            if t < closes:
-                available = closes - t
-                if remaining <= available:
-                    return (t + remaining).astimezone(start.tzinfo)
-                remaining -= available
-        next_day = t.date() + timedelta(days=1)
-        t = datetime.combine(next_day, datetime.min.time(), tzinfo=zone)
-    raise ValueError("business hours leave no working time")  # unreachable when validated
-
-
-def deadlines(
-    policy: SlaPolicy | None, level: Level, hours: BusinessHours | None, start: datetime
-) -> tuple[datetime | None, datetime | None]:
-    """(first-response deadline, resolution deadline) for a priority level."""
-    if policy is None:
-        return None, None
-    h = hours if policy.business_hours else None
-    first = policy.first_response.get(level)
-    res = policy.resolution.get(level)
-    return (
-        add_business_time(start, first, h) if first is not None else None,
-        add_business_time(start, res, h) if res is not None else None,
-    )
 
 
 def raise_level(priority: Priority) -> Priority:
@@ -92,8 +48,6 @@ def check_sla(
 
     ``settings`` only serves the reply address of a supervisor e-mail (notify stage).
     """
-    from pipeline.domain.cases import Transition, new_sub_request
-
     events: list[CaseEvent] = []
     new_subs = []
     subs = list(state.sub_requests)
@@ -254,8 +208,6 @@ def _event(
     now: datetime,
     detail: Mapping[str, object],
 ) -> CaseEvent:
-    from pipeline.domain.cases import event
-
     # derive_id joins its parts with \x1f, so this keeps the ids of (sub_request_id, key)
     return event(
         state,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.classify.core import Classifier, detect_language
-from pipeline.classify.entities import Store
 from pipeline.classify.model import IntentModel, default_model
-from pipeline.domain.tagging import TagRule
 from pipeline.config import Settings
+from pipeline.domain.tagging import TagRule
+from pipeline.domain.workflow import Store
 from pipeline.events import Channel, ClassifiedMessage, CustomerProfile, InboundMessage
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)

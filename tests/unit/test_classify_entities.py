@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from pipeline.classify.entities import Store, StoreMatcher, extract_entities, match_stores
-from pipeline.classify.priority import PriorityWeights, level_of, score_priority
+from pipeline.classify.entities import StoreMatcher, extract_entities, match_stores
+from pipeline.classify.priority import level_of, score_priority
 from pipeline.classify.sentiment import negative_sentiment
+from pipeline.domain.priority_weights import PriorityWeights
 from pipeline.domain.tagging import TagRule, apply_tag_rules
+from pipeline.domain.workflow import Store
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 STORES = [

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.app import Context
 from pipeline.config import Settings
+from pipeline.context import Context
 from pipeline.errors import BrokerUnavailable
 from pipeline.events import Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics

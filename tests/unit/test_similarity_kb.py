@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.domain.text import is_not_helped
 from pipeline.errors import ConfigError
 from pipeline.events import KbArticle, utcnow
-from pipeline.route.kb import KbIndex, is_not_helped, load_calibration, load_kb, parse_article
+from pipeline.route.kb import KbIndex, load_calibration, load_kb, parse_article
 from pipeline.route.kb_cli import register
 
 KB_DIR = DEFAULT_CONFIG_DIR / "kb"

@@ -1,0 +1,151 @@
+"""``Context``: the seam between the agents of every stage and the Faust app.
+
+A stage's ``install(ctx, ...)`` gets one: settings, metrics, the app (to declare agents, tables,
+timers), the shared output producer (``send``/``flush``) and the dead-letter path. Stages
+import this module and the domain, never ``pipeline.app`` (which imports the stages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import AppT
+
+from pipeline.bus import Publisher
+from pipeline.codec import encode
+from pipeline.config import Settings
+from pipeline.errors import BrokerUnavailable, DecodeError
+from pipeline.events import DeadLetter, Event, InboundMessage, Outcome, OutcomeKind, utcnow
+from pipeline.metrics import Metrics
+from pipeline.stage import dead_letter_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What every stage's agents share: settings, metrics and the app."""
+
+    settings: Settings
+    metrics: Metrics
+    app: AppT
+    topics: dict[str, Any] = field(default_factory=dict)
+    publisher: Publisher | None = None
+    pending: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: What stages report about themselves on ``/healthz`` (e.g. the workflow in force).
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def topic(self, name: str) -> Any:
+        """The Faust topic for a logical name (raw bytes in and out)."""
+        full = self.full_topic(name)
+        if full not in self.topics:
+            self.topics[full] = self.app.topic(
+                full,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.settings.partitions,
+            )
+        return self.topics[full]
+
+    def table(self, name: str) -> Any:
+        """A Faust table of JSON text values keyed by str.
+
+        ``use_partitioner``: changelog writes are partitioned by key hash, like the records
+        of the stream (same default partitioner), so the table stays co-partitioned and can
+        be written from batched (``take_events``) processing, which has no current event.
+        """
+        return self.app.Table(
+            name,
+            key_type=str,
+            value_type=str,
+            partitions=self.settings.partitions,
+            default=None,
+            use_partitioner=True,
+        )
+
+    def full_topic(self, name: str) -> str:
+        """Topic name with the prefix (names that already carry it are kept)."""
+        return name if name.startswith(self.settings.topic_prefix) else self.settings.topic(name)
+
+    async def send(self, name: str, key: str | None, event: Event) -> None:
+        """Queue an event (JSON bytes) for a topic; ``flush`` waits for the broker's acks.
+
+        Outputs go through a plain aiokafka producer (acks=all, linger 0): Faust's send path
+        cost ~0.11 ms per record against ~0.03 ms, and a message produces a dozen records.
+        """
+        if self.publisher is None:
+            self.publisher = Publisher(self.settings)
+        fut = await self.publisher.enqueue(self.full_topic(name), key, encode(event))
+        self.pending.append(fut)
+
+    async def flush(self) -> None:
+        """Wait until every queued output is acknowledged; raise if any was not.
+
+        Agents call this before they take the next record, so a source record is
+        acknowledged (and its offset committed) only after its outputs are durable.
+        """
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise BrokerUnavailable(f"{len(errors)} output records not acknowledged: {errors[0]!r}")
+
+    async def reject(
+        self, stage: str, record: Any, msg: InboundMessage, exc: BaseException
+    ) -> None:
+        """A decoded message that failed: DLQ record plus its one ``rejected`` Outcome."""
+        log.error("%s failed for %s at %s: %r", stage, msg.message_id, record.where, exc)
+        self.metrics.messages.labels(stage=stage, outcome="rejected").inc()
+        await self.dead_letter(dead_letter_for(stage, record, exc, msg.message_id))
+        await self.send(
+            "outcomes",
+            msg.message_id,
+            Outcome(
+                message_id=msg.message_id,
+                customer_id=msg.customer_id,
+                outcome=OutcomeKind.rejected,
+                reason=f"{type(exc).__name__}: {exc}"[:500],
+                stage=stage,
+                received_at=msg.received_at,
+                decided_at=utcnow(),
+            ),
+        )
+
+    async def reject_all(
+        self,
+        stage: str,
+        records: list[Any],
+        exc: BaseException,
+        inbound_of: Callable[[Any], InboundMessage],
+    ) -> None:
+        """A whole batch failed: each record still ends in the DLQ (and an Outcome if known)."""
+        log.error("%s batch failed; rejecting its %d records: %r", stage, len(records), exc)
+        for record in records:
+            try:
+                msg = inbound_of(record)
+            except DecodeError:
+                await self.dead_letter(dead_letter_for(stage, record, exc))
+                continue
+            await self.reject(stage, record, msg, exc)
+
+    async def dead_letter(self, dl: DeadLetter) -> None:
+        """Send a DeadLetter to the DLQ topic and count it."""
+        log.error(
+            "dead letter from %s at %s[%s]@%s: %s: %s",
+            dl.stage,
+            dl.topic,
+            dl.partition,
+            dl.offset,
+            dl.error_type,
+            dl.error,
+        )
+        self.metrics.dead_letters.labels(stage=dl.stage).inc()
+        await self.send("dlq", dl.key, dl)
