@@ -83,7 +83,9 @@ def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings,
         group.start("worker", ["worker"], env)
         group.start("ingest", ["ingest"], env)
         wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
-        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 180, group)
+        # A failure bound, not a timing check: the first worker of a session may have to train
+        # the default model (minutes on a loaded machine) before it answers.
+        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 600, group)
     except BaseException:
         group.stop()
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,6 +19,8 @@ from pipeline.events import Event
 from tests.plugins.waiting import Batch, Patience, collect_until_quiet
 
 E = TypeVar("E", bound=Event)
+
+log = logging.getLogger(__name__)
 
 
 async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
@@ -45,6 +48,7 @@ class Records:
         settle_s: float,
         timeout_s: float,
     ) -> list[E]:
+        undecodable: list[DecodeError] = []
         async with bus.reader(settings, topic) as consumer:
 
             async def fetch() -> Batch[E]:
@@ -54,7 +58,8 @@ class Records:
                     for m in msgs:
                         try:
                             ev = decode(model, m.value)
-                        except DecodeError:
+                        except DecodeError as exc:  # another test's record, or a drifted model
+                            undecodable.append(exc)
                             continue
                         if predicate(ev):
                             found.append(ev)
@@ -63,9 +68,19 @@ class Records:
                 return Batch(found, caught_up)
 
             loop = asyncio.get_running_loop()
-            return await collect_until_quiet(
+            found = await collect_until_quiet(
                 fetch, enough=enough, settle_s=settle_s, timeout_s=timeout_s, clock=loop.time
             )
+        if not enough(found) and undecodable:
+            # Say so: "nothing came" and "it came in a shape the test cannot read" differ.
+            log.warning(
+                "%s: %d records are not a %s (first: %s)",
+                topic,
+                len(undecodable),
+                model.__name__,
+                undecodable[0],
+            )
+        return found
 
     async def wait_for(
         self,
