@@ -32,6 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.bus import ensure_topics, publish
+from pipeline.classify.core import Classifier
 from pipeline.config import Settings, get_settings
 from pipeline.domain.workflow import Workflow, load_workflow
 from pipeline.errors import ConfigError, InvalidInput
@@ -40,14 +41,12 @@ from pipeline.events import (
     ClassifiedMessage,
     CustomerProfile,
     InboundMessage,
-    Intent,
-    Priority,
-    PriorityComponent,
-    Span,
     WorkflowPublished,
     derive_id,
 )
+from pipeline.ingest.message import ParsedMessage, build_inbound
 from pipeline.route.core import RouteDecision, route_message
+from pipeline.route.kb import KbIndex
 from pipeline.topics import task_topic
 
 log = logging.getLogger(__name__)
@@ -223,68 +222,6 @@ class _Classifier(Protocol):
     ) -> list[ClassifiedMessage]: ...
 
 
-class _Fallback:
-    """Stand-in while the classifier module is absent: one 'unknown' intent, store entities."""
-
-    version = "unavailable"
-
-    def __init__(self, workflow: Workflow) -> None:
-        self._workflow = workflow
-
-    def classify_batch(
-        self, messages: Sequence[InboundMessage], *, now: datetime | None = None
-    ) -> list[ClassifiedMessage]:
-        at = now or datetime.now(UTC)
-        out = []
-        for m in messages:
-            entities = []
-            try:
-                from pipeline.classify.entities import match_stores
-
-                entities = match_stores(m.text, self._workflow.stores)
-            except ImportError:
-                pass
-            out.append(
-                ClassifiedMessage(
-                    message_id=m.message_id,
-                    customer_id=m.customer_id,
-                    inbound=m,
-                    intents=[
-                        Intent(
-                            label="unknown",
-                            category="UNKNOWN",
-                            confidence=0.0,
-                            span=Span(start=0, end=len(m.text)),
-                            text=m.text,
-                        )
-                    ],
-                    entities=entities,
-                    tags=["unknown"],
-                    priority=Priority(
-                        score=30,
-                        level="P3",
-                        components=[
-                            PriorityComponent(
-                                name="default", points=30, reason="classifier unavailable"
-                            )
-                        ],
-                    ),
-                    model_version=self.version,
-                    classified_at=at,
-                )
-            )
-        return out
-
-
-def _guess_language(text: str) -> str:
-    try:
-        from pipeline.route.kb import guess_language
-    except ImportError:
-        cyr = sum(1 for ch in text if "а" <= ch.lower() <= "я" or ch.lower() == "ё")
-        return "ru" if cyr * 2 >= sum(ch.isalpha() for ch in text) else "en"
-    return guess_language(text)
-
-
 class Explainer:
     """Classifier + KB + workflow, loaded once, for explaining and replaying messages."""
 
@@ -292,7 +229,7 @@ class Explainer:
         self,
         workflow: Workflow,
         classifier: _Classifier,
-        kb: Any | None = None,
+        kb: KbIndex | None = None,
         settings: Settings | None = None,
     ) -> None:
         self.workflow = workflow
@@ -303,31 +240,19 @@ class Explainer:
 
     @classmethod
     def from_settings(cls, settings: Settings, workflow: Workflow) -> Explainer:
-        """The real classifier and KB when their modules are present, else stand-ins."""
+        """The worker's classifier and KB for this workflow (a KB that cannot load is a note)."""
+        classifier = Classifier.from_settings(
+            settings,
+            tag_rules=workflow.tag_rules,
+            stores=workflow.stores,
+            weights=workflow.priority,
+        )
         notes: list[str] = []
-        classifier: _Classifier
+        kb: KbIndex | None = None
         try:
-            from pipeline.classify.core import Classifier
-        except ImportError as exc:
-            notes.append(f"classifier unavailable ({exc}); every message goes to triage")
-            classifier = _Fallback(workflow)
-        else:
-            classifier = Classifier.from_settings(
-                settings,
-                tag_rules=workflow.tag_rules,
-                stores=workflow.stores,
-                weights=workflow.priority,
-            )
-        kb: Any | None = None
-        try:
-            from pipeline.route.kb import KbIndex
-        except ImportError as exc:
-            notes.append(f"knowledge base unavailable ({exc})")
-        else:
-            try:
-                kb = KbIndex.from_dir(settings.kb_dir)
-            except ConfigError as exc:
-                notes.append(f"knowledge base not loaded: {exc}")
+            kb = KbIndex.from_dir(settings.kb_dir)
+        except ConfigError as exc:
+            notes.append(f"knowledge base not loaded: {exc}")
         out = cls(workflow, classifier, kb, settings)
         out.notes = notes
         return out
@@ -344,22 +269,21 @@ class Explainer:
         now: datetime,
         key: str = "",
     ) -> InboundMessage:
-        """The InboundMessage an adapter would have produced for this text."""
-        return InboundMessage(
-            message_id=derive_id("msg", "explain", channel, customer, key, text),
+        """The InboundMessage ingest would produce for this text (``build_inbound``: the same
+        cleaning, truncation, language detection and PII spans); ``language`` overrides the
+        detected language, as an operator's choice."""
+        parsed = ParsedMessage(
             channel=Channel(channel),
-            channel_message_id=key or "explain",
-            customer_id=customer,
-            profile=CustomerProfile(
-                customer_id=customer,
-                tier=tier,
-                segment=segment,
-            ),
+            channel_message_id=key or derive_id("explain", customer, text),
+            identities=(),
             text=text,
-            language=language or _guess_language(text),
-            language_confidence=1.0 if language else 0.8,
-            received_at=now,
+            customer_id=customer,
         )
+        profile = CustomerProfile(customer_id=customer, tier=tier, segment=segment)
+        msg = build_inbound(parsed, profile, self.settings or get_settings(), now)
+        if language is not None:
+            msg = msg.model_copy(update={"language": language, "language_confidence": 1.0})
+        return msg
 
     def decide(
         self, messages: Sequence[InboundMessage], *, now: datetime

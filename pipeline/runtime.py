@@ -27,6 +27,7 @@ from pipeline import bus
 from pipeline.broker import _die_with_parent
 from pipeline.codec import decode
 from pipeline.config import Settings
+from pipeline.domain.workflow import load_workflow
 from pipeline.errors import BrokerError, DecodeError
 from pipeline.events import InboundMessage, Outcome
 
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 def departments(settings: Settings) -> list[str]:
     """Department names of the workflow file (for their task topics)."""
-    try:
-        from pipeline.domain.workflow import load_workflow
-    except ModuleNotFoundError:
-        return []
     return load_workflow(settings.rules_path).task_departments()
 
 

@@ -31,6 +31,29 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import Settings
+from pipeline.domain.cases import (
+    CaseState,
+    SubRequestState,
+    Transition,
+    apply_customer_message,
+    case_ref,
+    created_event,
+    event,
+    fill,
+    new_sub_request,
+    reply,
+)
+from pipeline.domain.workflow import (
+    AutoReplyAction,
+    BroadcastAction,
+    EscalateAction,
+    ExternalAction,
+    InternalAction,
+    SetPriorityAction,
+    SlaAction,
+    TriageAction,
+    Workflow,
+)
 from pipeline.events import (
     CaseEvent,
     CaseEventType,
@@ -45,47 +68,9 @@ from pipeline.events import (
     SubRequest,
     derive_id,
 )
-from pipeline.domain.cases import (
-    CaseState,
-    SubRequestState,
-    Transition,
-    apply_customer_message,
-    case_ref,
-    created_event,
-    event,
-    fill,
-    new_sub_request,
-    reply,
-)
+from pipeline.route.kb import KbMatch
 from pipeline.route.rules import RuleTrace, match_rules
 from pipeline.route.sla import raise_level
-from pipeline.domain.workflow import (
-    AutoReplyAction,
-    BroadcastAction,
-    EscalateAction,
-    ExternalAction,
-    InternalAction,
-    SetPriorityAction,
-    SlaAction,
-    TriageAction,
-    Workflow,
-)
-
-try:
-    from pipeline.route.kb import KbMatch
-except ModuleNotFoundError:  # pragma: no cover - the KB module is another helper's
-
-    class KbMatch(BaseModel):  # type: ignore[no-redef]
-        """Shape of pipeline.route.kb.KbMatch."""
-
-        article_id: str | None = None
-        intents: list[str] = Field(default_factory=list)
-        confidence: float = 0.0
-        auto_reply: bool = False
-        answer: str | None = None
-        link: str | None = None
-        reason: str = ""
-
 
 __all__ = ["STAGE", "IntentTrace", "RouteDecision", "RouteTrace", "route_message"]
 

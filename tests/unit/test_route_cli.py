@@ -132,3 +132,13 @@ def test_compare_routing_counts_changes(kit: RouteKit) -> None:
     [ex] = report.examples
     assert ex.before == ["internal:loyalty-it"] and ex.after == ["internal:triage"]
     assert "triage" in route_cli.format_replay(report)
+
+
+def test_explain_builds_the_message_as_ingest_does(stub: Explainer, kit: RouteKit) -> None:
+    # Same cleaning, language detection and PII spans as the worker (build_inbound).
+    msg = stub.inbound("Де моє замовлення?\u200b  Картка 4111 1111 1111 1111", now=kit.now)
+    assert "\u200b" not in msg.text and "  " not in msg.text
+    assert msg.language == "other"  # Ukrainian: not taken for Russian
+    assert [p.kind for p in msg.pii] == ["card"]
+    forced = stub.inbound("Где мой заказ?", language="en", now=kit.now)
+    assert (forced.language, forced.language_confidence) == ("en", 1.0)
