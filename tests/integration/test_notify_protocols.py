@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -26,10 +26,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
 from pipeline.config import Settings
+from pipeline.domain.tokens import parse_reply_address
 from pipeline.events import (
     Channel,
     Entity,
-    Priority,
     Reply,
     ReplyKind,
     SubRequest,
@@ -37,7 +37,9 @@ from pipeline.events import (
 )
 from pipeline.notify.compose import compose_external, compose_reply_email
 from pipeline.notify.delivery import Deliverer
-from pipeline.domain.tokens import parse_reply_address
+
+if TYPE_CHECKING:
+    from tests.plugins.events import MakeSubRequest
 
 BOT_TOKEN = "123456:ABC-test_token"
 CHATWOOT_TOKEN = "cw-secret"
@@ -234,27 +236,20 @@ def make_reply(channel: Channel, reply_to: dict[str, str], **update: Any) -> Rep
     return Reply(**values)
 
 
-def make_sub_request(**update: Any) -> SubRequest:
-    values: dict[str, Any] = {
-        "sub_request_id": "sr_0123456789abcdef01234567",
-        "case_id": "case_89abcdef0123456789abcdef",
-        "message_id": "msg_1",
-        "customer_id": "cust_1",
-        "kind": SubRequestKind.external,
-        "department": "store_ops",
-        "recipient": "director.0412@stores.example.com",
-        "intent": "product_quality",
-        "category": "STORE",
-        "text": RU_TEXT,
-        "full_text": RU_TEXT,
-        "entities": [Entity(kind="store", value="0412")],
-        "priority": Priority(score=62.0, level="P2"),
-        "language": "ru",
-        "sla_due_at": datetime(2026, 11, 27, 15, 30, tzinfo=UTC),
-        "created_at": NOW,
-    }
-    values.update(update)
-    return SubRequest(**values)
+@pytest.fixture
+def sub_request(make_sub_request: MakeSubRequest) -> MakeSubRequest:
+    """The shared SubRequest builder with this module's text (a named store, card and phone)."""
+
+    def build(**update: Any) -> SubRequest:
+        mine: dict[str, Any] = {
+            "text": RU_TEXT,
+            "full_text": RU_TEXT,
+            "entities": [Entity(kind="store", value="0412")],
+            "created_at": NOW,
+        }
+        return make_sub_request(**(mine | update))
+
+    return build
 
 
 @pytest_asyncio.fixture
@@ -484,11 +479,11 @@ def text_of(msg: EmailMessage) -> str:
 
 
 async def test_external_email_received_by_smtp_server(
-    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession
+    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession, sub_request: MakeSubRequest
 ) -> None:
     sink, port = smtp_server
     settings = make_settings(smtp_port=port)
-    sr = make_sub_request()
+    sr = sub_request()
     receipt = await deliverer(settings, session, FakeSleep()).deliver_external(
         sr, compose_external(sr, settings)
     )
@@ -530,12 +525,12 @@ async def test_reply_email_to_customer_threaded(
 
 
 async def test_smtp_451_then_accepted(
-    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession
+    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession, sub_request: MakeSubRequest
 ) -> None:
     sink, port = smtp_server
     sink.data_replies = ["451 4.3.0 Try again later"]
     settings = make_settings(smtp_port=port)
-    sr = make_sub_request(language="en", text="Stale cucumbers", full_text="Stale cucumbers")
+    sr = sub_request(language="en", text="Stale cucumbers", full_text="Stale cucumbers")
     sleep = FakeSleep()
     receipt = await deliverer(settings, session, sleep).deliver_external(
         sr, compose_external(sr, settings)
@@ -546,12 +541,12 @@ async def test_smtp_451_then_accepted(
 
 
 async def test_smtp_550_recipient_is_permanent(
-    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession
+    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession, sub_request: MakeSubRequest
 ) -> None:
     sink, port = smtp_server
     sink.refused = {"director.0412@stores.example.com"}
     settings = make_settings(smtp_port=port)
-    sr = make_sub_request()
+    sr = sub_request()
     sleep = FakeSleep()
     receipt = await deliverer(settings, session, sleep).deliver_external(
         sr, compose_external(sr, settings)
@@ -563,14 +558,17 @@ async def test_smtp_550_recipient_is_permanent(
 
 @pytest.mark.parametrize("language", ["ru", "en"])
 async def test_broadcast_one_mail_per_recipient(
-    smtp_server: tuple[MailSink, int], session: aiohttp.ClientSession, language: str
+    smtp_server: tuple[MailSink, int],
+    session: aiohttp.ClientSession,
+    language: str,
+    sub_request: MakeSubRequest,
 ) -> None:
     sink, port = smtp_server
     settings = make_settings(smtp_port=port)
     d = deliverer(settings, session, FakeSleep())
     recipients = [f"director.{n:04d}@stores.example.com" for n in (1, 2, 3)]
     for n, rcpt in enumerate(recipients):
-        sr = make_sub_request(
+        sr = sub_request(
             kind=SubRequestKind.broadcast,
             recipient=rcpt,
             sub_request_id=f"sr_{n:024x}",
