@@ -313,6 +313,15 @@ class Store:
         )
         return [TaskUpdate.model_validate_json(r["event"]) for r in rows]
 
+    def ignored_updates(self, case_id: str) -> set[str]:
+        """Ids of the case's task updates the case keeper recorded but did not apply (a
+        second answer to a sub-request already closed)."""
+        return {
+            str(e.detail.get("update_id"))
+            for e in self.timeline(case_id)
+            if e.type.value == "task_updated" and e.detail.get("ignored")
+        }
+
     def replies(self, case_id: str) -> list[Reply]:
         """Replies of a case, oldest first."""
         rows = self.db.execute(

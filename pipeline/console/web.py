@@ -350,6 +350,7 @@ async def _case(request: web.Request) -> web.Response:
         messages=console.store.messages(state.get("message_ids") or []),
         subs=subs,
         updates={s["sub_request_id"]: console.store.updates(s["sub_request_id"]) for s in subs},
+        ignored=console.store.ignored_updates(case_id),
         sub_deliveries={
             s["sub_request_id"]: console.store.deliveries(s["sub_request_id"]) for s in subs
         },
@@ -399,6 +400,7 @@ async def _sub(request: web.Request) -> web.Response:
         sub=sub,
         case=console.store.case(sub["case_id"]),
         updates=console.store.updates(sub["sub_request_id"]),
+        ignored=console.store.ignored_updates(sub["case_id"]),
         nonce=secrets.token_urlsafe(12),
         sent=request.query.get("sent", ""),
         fragment=request.query.get("fragment") == "1",

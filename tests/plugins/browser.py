@@ -67,6 +67,10 @@ class Browser:
         """Open a URL."""
         self._call("POST", "/url", {"url": url})
 
+    def forget_cookies(self) -> None:
+        """Delete every cookie (a new visitor: logged out, a fresh session)."""
+        self._call("DELETE", "/cookie")
+
     def url(self) -> str:
         """The current URL."""
         return str(self._call("GET", "/url"))

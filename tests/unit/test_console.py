@@ -203,6 +203,7 @@ def test_second_answer_to_a_closed_sub_request_is_recorded_not_applied() -> None
     assert sub is not None and sub.resolution == "Огурцы заменили"
     assert [e.type for e in second.case_events] == [CaseEventType.task_updated]
     assert second.case_events[0].detail["ignored"] == "already resolved"
+    assert second.case_events[0].detail["update_id"] == "u2"
     assert not second.replies
     assert "u2" in second.state.seen_update_ids
 
@@ -402,3 +403,11 @@ async def test_responder_page_needs_a_genuine_link(client: TestClient[Any, Any])
     assert 'name="csrf"' in page
     wrong_case = responder_token("sr_loyalty", "case_2", datetime.now(UTC), s)
     assert (await client.get(f"/respond/{wrong_case}")).status == 404
+
+
+async def test_logout_ends_the_session(client: TestClient[Any, Any]) -> None:
+    await login(client, "supervisor", "demo-supervisor")
+    token = await csrf_of(client, "/cases")
+    resp = await client.post("/logout", data={"csrf": token}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.get("/cases", allow_redirects=False)).status == 302
