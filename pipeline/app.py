@@ -128,3 +128,19 @@ def _install_web(ctx: Context) -> None:
             },
             status=503 if stalled else 200,
         )
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        # Ready once partitions are assigned and tables recovered from their changelogs: a
+        # rolling update waits for this before it stops the next worker.
+        recovered = cast(RouterTableManager, app.tables).recovery.completed.is_set()
+        busy = bool(app.rebalancing or app.in_recovery) or not recovered
+        return web.json(
+            {
+                "status": "recovering" if busy else "ready",
+                "rebalancing": bool(app.rebalancing),
+                "in_recovery": bool(app.in_recovery),
+                "recovered": recovered,
+            },
+            status=503 if busy else 200,
+        )

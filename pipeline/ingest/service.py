@@ -37,10 +37,14 @@ from pipeline.ingest.email_parse import ParsedEmail, parse_email, to_parsed_mess
 from pipeline.ingest.identity import CustomerDirectory, Resolution, load_customers
 from pipeline.ingest.message import ParsedMessage, build_inbound
 from pipeline.ingest.reply_clean import clean_reply, scrub_reply_addresses
+from pipeline.metrics import Metrics
 
 __all__ = ["Accepted", "IngestService", "MailResult"]
 
 log = logging.getLogger(__name__)
+
+#: The stage label of the adapters' metrics.
+STAGE = "ingest"
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,12 @@ class IngestService:
         *,
         clock: Callable[[], datetime] = utcnow,
         recent_size: int = 50_000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
+        #: Served on the adapter's /metrics: messages{stage="ingest"}, dead letters.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.directory = directory if directory is not None else CustomerDirectory()
         self._clock = clock
         self._recent: OrderedDict[str, str] = OrderedDict()
@@ -156,10 +163,12 @@ class IngestService:
         known = self._recent.get(mid)
         if known is not None:
             self._recent.move_to_end(mid)
+            self._count("retry")
             return Accepted(mid, known, duplicate=True)
         pending = self._inflight.get(mid)
         if pending is not None:
             first = await asyncio.shield(pending)
+            self._count("retry")
             return Accepted(mid, first.customer_id, duplicate=True)
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._inflight[mid] = future
@@ -176,7 +185,13 @@ class IngestService:
             self._inflight.pop(mid, None)
         future.set_result(result)
         self._remember(mid, result.customer_id)
+        self._count("accepted")
         return result
+
+    def _count(self, outcome: str) -> None:
+        # accepted: published to inbound; retry: a platform's resend answered without a
+        # second record; invalid: answered 4xx and dead-lettered.
+        self.metrics.messages.labels(stage=STAGE, outcome=outcome).inc()
 
     async def _resolve(self, parsed: ParsedMessage, now: datetime) -> Resolution:
         """The customer of ``parsed``; directory changes are persisted first."""
@@ -253,10 +268,13 @@ class IngestService:
             message_id=message_id,
         )
         log.info("rejected %s input: %s: %s", stage, type(error).__name__, error)
+        self._count("invalid")
         try:
             await self.publisher.send(self.settings.topic("dlq"), message_id, record)
         except BrokerUnavailable as exc:
             log.warning("could not dead-letter rejected %s input: %s", stage, exc)
+        else:
+            self.metrics.dead_letters.labels(stage=stage).inc()
 
     # ------------------------------------------------------------ e-mail
 
