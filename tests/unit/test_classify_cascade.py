@@ -176,3 +176,14 @@ def test_family_split_keeps_near_duplicates_on_one_side() -> None:
     assert len(train) + len(test) == len(texts)
     assert not {families[i] for i in train} & {families[i] for i in test}
     assert {labels[i] for i in test} == {"x", "y"}
+
+
+def test_a_chain_of_small_rewordings_is_one_family() -> None:
+    # each text differs from the next by one word of ten (Jaccard ≈ 0.8 with its neighbours);
+    # the first and the last share one word
+    words = [f"w{i}" for i in range(18)]
+    chain = [" ".join(words[i : i + 10]) for i in range(9)]
+    other = "completely unrelated sentence about something else entirely today"
+    families = paraphrase_families([*chain, other], ["x"] * 10)
+    assert len(set(families[:9])) == 1
+    assert families[9] != families[0]
