@@ -164,11 +164,20 @@ async def reader(settings: Settings, *topics: str) -> AsyncIterator[AIOKafkaCons
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
+    starting = asyncio.ensure_future(consumer.start())
     try:
-        await consumer.start()
+        await asyncio.shield(starting)
     except (KafkaError, OSError) as exc:
         await consumer.stop()
         raise BrokerUnavailable(f"broker not reachable to read {topics}: {exc!r}") from exc
+    except asyncio.CancelledError:
+        # Cancelled while connecting (a server stopped right after its start): aiokafka
+        # leaves the bootstrap connection open when cancelled inside start(), so let it
+        # finish, then stop.
+        with contextlib.suppress(KafkaError, OSError):
+            await starting
+        await consumer.stop()
+        raise
     try:
         parts: list[TopicPartition] = []
         for t in topics:

@@ -11,6 +11,7 @@ Routes::
     GET  /webhooks/whatsapp    Meta's hub.challenge handshake                    → 200
     POST /webhooks/vk          VK Callback API (confirmation, message_new)       → 200 "ok"
     GET  /healthz
+    GET  /metrics              Prometheus: messages{stage="ingest"}, dead letters
 
 Twilio status callbacks (``MessageStatus`` without ``Body``) on /webhooks/twilio and WhatsApp
 ``statuses[]`` become DeliveryReceipts on the deliveries topic; ``/start`` (and VK's «Начать»)
@@ -29,13 +30,17 @@ import contextlib
 import ipaddress
 import logging
 import math
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiosmtpd.smtp import SMTP
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipeline.bus import Publisher, ensure_topics
 from pipeline.config import Settings
@@ -79,6 +84,76 @@ class _Route:
     parse: Parser
     success_status: int = 202
     answer: Literal["json", "twiml", "ok"] = "json"
+
+
+# ---------------------------------------------------------------- request ids and quiet logs
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+_REQUEST_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
+#: Errors of the client or its connection, not of ours: one line each, no traceback.
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionResetError, HttpProcessingError)
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters (a log line never carries a body)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else f"{flat[:limit]}… ({len(flat)} chars)"
+
+
+def _request_id(request: web.Request) -> str:
+    given = _REQUEST_ID_CHARS.sub("", request.headers.get("X-Request-Id", ""))[:64]
+    return given or uuid.uuid4().hex[:16]
+
+
+@web.middleware
+async def request_ids(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Give each request an id (``X-Request-Id``, echoed back) and log a client that fails
+    mid-request (closed the connection, sent a malformed body) as one short line."""
+    rid = _request_id(request)
+    request[REQUEST_ID] = rid
+    try:
+        response = await handler(request)
+    except CLIENT_ERRORS as exc:
+        log.warning(
+            "request %s %s %s from %s failed on the client side: %s: %s",
+            rid,
+            request.method,
+            request.path[:100],
+            request.remote,
+            type(exc).__name__,
+            cut(str(exc)),
+        )
+        response = _error(400, "client_error", "the request could not be read")
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+class QuietClientErrors(logging.Filter):
+    """Turns aiohttp's ERROR tracebacks for client-side failures into one cut line.
+
+    A malformed request is rejected by aiohttp's parser before any handler runs, and its
+    log record carried the whole offending buffer (megabytes on one line).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, CLIENT_ERRORS):
+            original = record.getMessage()
+            record.msg = "%s: %s: %s"
+            record.args = (cut(original), type(exc).__name__, cut(str(exc)))
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_aiohttp_logs() -> None:
+    """Install ``QuietClientErrors`` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietClientErrors) for f in server_log.filters):
+        server_log.addFilter(QuietClientErrors())
 
 
 def _error(status: int, kind: str, detail: str, field: str | None = None) -> web.Response:
@@ -260,6 +335,11 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "customers": len(service.directory)})
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICE_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(
     settings: Settings,
     publisher: Publisher,
@@ -269,12 +349,16 @@ def create_app(
 ) -> web.Application:
     """The aiohttp application of every HTTP adapter."""
     # aiohttp's own limit stays above ours so our 413 (with its DLQ record) answers first.
-    app = web.Application(client_max_size=settings.max_message_bytes + 1024)
+    quiet_aiohttp_logs()
+    app = web.Application(
+        client_max_size=settings.max_message_bytes + 1024, middlewares=[request_ids]
+    )
     app[SERVICE_KEY] = service or IngestService(settings, publisher, directory)
     for path, route in ROUTES.items():
         app.router.add_post(path, _handler(route))
     app.router.add_get("/webhooks/whatsapp", _whatsapp_verify)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
