@@ -12,7 +12,6 @@ labels, the tags of the rules that fire, ``unknown`` when any part abstained, ``
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -24,25 +23,15 @@ from pipeline.classify.split import split_batch
 from pipeline.config import Settings
 from pipeline.domain.priority_weights import PriorityWeights
 from pipeline.domain.tagging import TagRule, apply_tag_rules
+from pipeline.domain.text import model_language
 from pipeline.domain.workflow import Store
 from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Intent, Span, utcnow
 
 log = logging.getLogger(__name__)
 
-_CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
-_LATIN = re.compile(r"[a-z]", re.IGNORECASE)
 #: Categories whose requests concern a physical store (the customer's home store is assumed
 #: when the text names none).
 STORE_CATEGORIES = frozenset({"STORE_QUALITY"})
-
-
-def detect_language(text: str) -> str:
-    """'ru', 'en' or 'other' by the share of Cyrillic and Latin letters."""
-    cyr = len(_CYRILLIC.findall(text))
-    lat = len(_LATIN.findall(text))
-    if cyr == 0 and lat == 0:
-        return "other"
-    return "ru" if cyr >= lat else "en"
 
 
 class Classifier:
@@ -104,7 +93,7 @@ class Classifier:
         contacts = recent_contacts or {}
         out: list[ClassifiedMessage] = []
         for msg, text, parts, body in zip(messages, texts, parts_of, in_body, strict=True):
-            language = msg.language if msg.language in ("ru", "en") else detect_language(text)
+            language = model_language(text, msg.language)
             intents = [
                 Intent(
                     label=p.label,

@@ -26,6 +26,7 @@ __all__ = [
     "fold",
     "is_not_helped",
     "luhn_ok",
+    "model_language",
     "normalize_email",
     "normalize_identity",
     "normalize_phone",
@@ -188,19 +189,28 @@ _EN_WORDS = frozenset(
     )
 )
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+#: The languages the models and templates know.
+MODEL_LANGUAGES = ("ru", "en")
 
 
 def _is_cyrillic(ch: str) -> bool:
     return "\u0400" <= ch <= "\u04ff" or "\u0500" <= ch <= "\u052f"
 
 
+def _scripts(letters: list[str]) -> tuple[int, int]:
+    """(Cyrillic letters, Latin letters) among ``letters``."""
+    return sum(1 for ch in letters if _is_cyrillic(ch)), sum(1 for ch in letters if ch.isascii())
+
+
 def detect_language(text: str) -> tuple[str, float]:
-    """('ru' | 'en' | 'other', confidence in [0, 1]) from script counts and common words."""
+    """('ru' | 'en' | 'other', confidence in [0, 1]) from script counts and common words.
+
+    The one language detector: ingest stamps its answer on every message.
+    """
     letters = [ch for ch in text if ch.isalpha()]
     if not letters:
         return "other", 0.0
-    cyr = sum(1 for ch in letters if _is_cyrillic(ch))
-    lat = sum(1 for ch in letters if ch.isascii())
+    cyr, lat = _scripts(letters)
     n = len(letters)
     words = [w.lower() for w in _WORD.findall(text)]
     ru_hits = sum(1 for w in words if w in _RU_WORDS)
@@ -221,6 +231,22 @@ def detect_language(text: str) -> tuple[str, float]:
         conf = (lat / n) * length * (0.75 + min(share, 0.25))
         return "en", round(min(0.99, conf), 3)
     return "other", round(min(0.95, 1 - (cyr + lat) / n), 3)
+
+
+def model_language(text: str, declared: str | None = None) -> str:
+    """The language a ru/en model (classifier, KB) reads ``text`` in.
+
+    ``declared`` (the detector's answer stamped by ingest) when it is ru or en; otherwise the
+    alphabet with more letters in the text (Cyrillic → ru, ties too; Latin → en), so a message
+    detected as 'other' (Ukrainian, a bare order number with one word) is still read by the
+    closer model; 'other' when the text has no Cyrillic or Latin letter at all.
+    """
+    if declared in MODEL_LANGUAGES:
+        return declared
+    cyr, lat = _scripts([ch for ch in text if ch.isalpha()])
+    if cyr == 0 and lat == 0:
+        return "other"
+    return "ru" if cyr >= lat else "en"
 
 
 # ---------------------------------------------------------------- matching

@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from pipeline.domain.text import fold
+from pipeline.domain.text import fold, model_language
 from pipeline.errors import ConfigError
 from pipeline.events import KbArticle, utcnow
 
@@ -51,7 +51,6 @@ __all__ = [
     "KbMatch",
     "LabelledQuestion",
     "calibrate",
-    "guess_language",
     "load_article",
     "load_calibration",
     "load_kb",
@@ -61,7 +60,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-LANGUAGES = ("ru", "en")
 FEATURES = ("best", "margin", "top2_mean", "inv_words")
 
 
@@ -212,19 +210,6 @@ def load_calibration(directory: Path) -> Calibration:
 # ---------------------------------------------------------------- text
 
 
-_CYR = re.compile(r"[а-яё]", re.IGNORECASE)
-_LAT = re.compile(r"[a-z]", re.IGNORECASE)
-
-
-def guess_language(text: str) -> str:
-    """'ru' when Cyrillic letters dominate, 'en' when Latin ones do, else 'other'."""
-    cyr = len(_CYR.findall(text))
-    lat = len(_LAT.findall(text))
-    if cyr == 0 and lat == 0:
-        return "other"
-    return "ru" if cyr >= lat else "en"
-
-
 # ---------------------------------------------------------------- index
 
 
@@ -329,7 +314,7 @@ class KbIndex:
         intents: Sequence[str] | None,
         feat: tuple[str | None, list[float], float],
     ) -> KbMatch:
-        lang = language if language in LANGUAGES else guess_language(text)
+        lang = model_language(text, language)
         threshold = self.calibration.threshold_for(lang)
         aid, feats, sim = feat
         if aid is None or not text.strip():
