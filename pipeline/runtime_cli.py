@@ -41,8 +41,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "schemas",
-        help="write the JSON Schemas of every event into schemas/",
-        description="Generate JSON Schema files from the event contract (pipeline.events).",
+        help="write the JSON Schemas of every event and the AsyncAPI document into schemas/",
+        description="Generate JSON Schema files from the event contract (pipeline.events), "
+        "and schemas/asyncapi.yaml, which embeds them (as `pipeline asyncapi` does).",
     )
     p.add_argument("--out", type=Path, help="directory (default: the repository's schemas/)")
     p.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
@@ -100,15 +101,19 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pipeline import schema_gen
+    from pipeline import asyncapi, schema_gen
 
     directory = args.out or schema_gen.SCHEMA_DIR
+    # The AsyncAPI document embeds the same schemas: it is written and checked with them.
+    document = directory / asyncapi.ASYNCAPI_PATH.name
     if args.check:
         stale = schema_gen.drift(directory)
+        if asyncapi.is_stale(document):
+            stale.append(document.name)
         for name in stale:
-            sys.stderr.write(f"stale: {directory / name}\n")
+            sys.stderr.write(f"stale: {directory / name} (run: pipeline schemas)\n")
         return 1 if stale else 0
-    for path in schema_gen.write(directory):
+    for path in [*schema_gen.write(directory), asyncapi.write(document)]:
         sys.stdout.write(f"{path}\n")
     return 0
 

@@ -127,3 +127,13 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert asyncapi.is_stale(path)
     path.write_text(asyncapi.render(), encoding="utf-8")
     assert not asyncapi.is_stale(path)
+
+
+def test_pipeline_schemas_writes_and_checks_the_document_with_the_schemas(tmp_path: Path) -> None:
+    from pipeline.cli import main
+
+    assert main(["schemas", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "asyncapi.yaml").read_text(encoding="utf-8") == asyncapi.render()
+    assert main(["schemas", "--check", "--out", str(tmp_path)]) == 0
+    (tmp_path / "asyncapi.yaml").write_text("asyncapi: 3.0.0\n", encoding="utf-8")
+    assert main(["schemas", "--check", "--out", str(tmp_path)]) == 1
