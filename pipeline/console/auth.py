@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -35,6 +35,7 @@ from pipeline.errors import ConfigError
 
 __all__ = [
     "DEMO_USERS",
+    "LoginThrottle",
     "Session",
     "User",
     "csrf_token",
@@ -137,6 +138,35 @@ def load_users(settings: Settings) -> dict[str, User]:
         if u.role == "agent" and not u.department:
             raise ConfigError(f"console user {u.name!r} is an agent without a department")
     return {u.name: u for u in users}
+
+
+@dataclass
+class LoginThrottle:
+    """Refuses a login name after ``limit`` failed attempts within ``window`` (per process;
+    scrypt already makes each guess cost ~50 ms, this caps the guesses per name)."""
+
+    limit: int = 5
+    window: timedelta = timedelta(minutes=15)
+    failures: dict[str, list[datetime]] = field(default_factory=dict)
+
+    def blocked(self, name: str, now: datetime) -> bool:
+        """Whether ``name`` may not try now."""
+        recent = [t for t in self.failures.get(name, []) if now - t < self.window]
+        if recent:
+            self.failures[name] = recent
+        else:
+            self.failures.pop(name, None)
+        return len(recent) >= self.limit
+
+    def failed(self, name: str, now: datetime) -> None:
+        """Count a failed attempt."""
+        if len(self.failures) > 10_000:  # a flood of made-up names must not grow memory
+            self.failures.clear()
+        self.failures.setdefault(name, []).append(now)
+
+    def succeeded(self, name: str) -> None:
+        """Forget the failures of a name that logged in."""
+        self.failures.pop(name, None)
 
 
 @dataclass(frozen=True)

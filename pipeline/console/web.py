@@ -28,6 +28,7 @@ from aiohttp import web
 from pipeline.bus import Publisher
 from pipeline.config import Settings
 from pipeline.console.auth import (
+    LoginThrottle,
     Session,
     User,
     csrf_token,
@@ -70,6 +71,7 @@ class Console:
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     publisher: Publisher | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     def pub(self) -> Publisher:
         """The durable producer (started on first use)."""
@@ -293,10 +295,18 @@ async def _login_form(request: web.Request) -> web.Response:
 async def _login(request: web.Request) -> web.StreamResponse:
     console = _console(request)
     form = await request.post()
-    user = console.users.get(_form_text(form, "name", 100))
+    name = _form_text(form, "name", 100)
+    now = utcnow()
+    if console.throttle.blocked(name, now):
+        return _render(
+            request, "login.html", status=429, error="too many failed attempts; try again later"
+        )
+    user = console.users.get(name)
     password = str(form.get("password", ""))
     if user is None or not verify_password(password, user.password):
+        console.throttle.failed(name, now)
         return _render(request, "login.html", status=401, error="wrong name or password")
+    console.throttle.succeeded(name)
     resp = web.HTTPSeeOther("/queue" if user.role == "agent" else "/cases")
     _set_cookie(resp, console, new_session(user.name, utcnow(), console.settings))
     raise resp
@@ -416,6 +426,8 @@ async def _sub_update(request: web.Request) -> web.StreamResponse:
     text = _form_text(form, "text")
     if status is None:
         raise web.HTTPBadRequest(text="unknown action")
+    if sub["kind"] != "internal":
+        raise web.HTTPBadRequest(text="an external party answers by e-mail or its answer page")
     if status == TaskStatus.resolved and not text:
         raise web.HTTPBadRequest(text="an answer for the customer is required to resolve")
     nonce = _form_text(form, "nonce", 64) or secrets.token_urlsafe(12)

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from pipeline.config import Settings
 from pipeline.console.auth import (
     DEMO_USERS,
+    LoginThrottle,
     csrf_token,
     hash_password,
     load_users,
@@ -411,3 +412,36 @@ async def test_logout_ends_the_session(client: TestClient[Any, Any]) -> None:
     resp = await client.post("/logout", data={"csrf": token}, allow_redirects=False)
     assert resp.status == 303
     assert (await client.get("/cases", allow_redirects=False)).status == 302
+
+
+def test_login_throttle_refuses_a_name_after_repeated_failures() -> None:
+    throttle = LoginThrottle(limit=3, window=timedelta(minutes=15))
+    for _ in range(3):
+        assert not throttle.blocked("anna", T0)
+        throttle.failed("anna", T0)
+    assert throttle.blocked("anna", T0 + timedelta(minutes=1))
+    assert not throttle.blocked("ivan", T0), "other names are not affected"
+    assert not throttle.blocked("anna", T0 + timedelta(minutes=16)), "the window passes"
+
+
+async def test_too_many_wrong_passwords_lock_the_name(client: TestClient[Any, Any]) -> None:
+    for _ in range(5):
+        token = await csrf_of(client, "/login")
+        resp = await client.post(
+            "/login", data={"csrf": token, "name": "supervisor", "password": "guess"}
+        )
+        assert resp.status == 401
+    token = await csrf_of(client, "/login")
+    resp = await client.post(
+        "/login", data={"csrf": token, "name": "supervisor", "password": "demo-supervisor"}
+    )
+    assert resp.status == 429, "even the right password waits out the lock"
+
+
+async def test_agents_do_not_answer_for_an_external_party(client: TestClient[Any, Any]) -> None:
+    await login(client, "supervisor", "demo-supervisor")
+    token = await csrf_of(client, "/sub/sr_store")
+    resp = await client.post(
+        "/sub/sr_store", data={"csrf": token, "action": "resolve", "text": "done"}
+    )
+    assert resp.status == 400
