@@ -161,31 +161,44 @@ def wait_http(url: str, timeout_s: float, group: Children | None = None) -> None
 
 @dataclass
 class AuditReport:
-    """Result of checking invariant 1 over the inbound and outcomes topics."""
+    """Result of checking invariant 1 over the inbound and outcomes topics.
+
+    A replay (a restart, a rebalance) re-emits a message's outcome with the same message id:
+    such a repeated record is harmless (consumers deduplicate by id) and is counted apart
+    from a *conflict*, where records of one id disagree on the decision.
+    """
 
     inbound: int
     outcomes: int
     by_outcome: dict[str, int]
     missing: list[str]
+    #: Ids with more than one outcome record that agree on the decision (replays).
     duplicated: list[str]
     undecodable_inbound: int
+    #: Outcome records read for the messages in range (``outcomes`` counts distinct ids).
+    outcome_records: int = 0
+    #: Ids whose outcome records disagree (outcome kind, case or departments).
+    conflicting: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Every inbound message has exactly one distinct outcome."""
-        return not self.missing
+        """Every inbound message has one outcome, and its records agree."""
+        return not self.missing and not self.conflicting
 
 
-async def audit(
-    settings: Settings,
+def _decision(o: Outcome) -> tuple[str, str | None, tuple[str, ...]]:
+    # What a replay must decide again identically; times and reason wording may differ.
+    return (o.outcome.value, o.case_id, tuple(sorted(o.departments)))
+
+
+def audit_records(
+    inbound_records: Sequence[bus.Record],
+    outcome_records: Sequence[bus.Record],
     *,
     since: datetime | None = None,
     until: datetime | None = None,
-    idle_s: float = 2.0,
 ) -> AuditReport:
-    """Prove invariant 1 for a time range: every inbound message id has one outcome."""
-    inbound_records = await bus.read_all(settings, [settings.topic("inbound")], idle_s=idle_s)
-    outcome_records = await bus.read_all(settings, [settings.topic("outcomes")], idle_s=idle_s)
+    """The audit over records already read (pure)."""
     lo = since.timestamp() * 1000 if since else float("-inf")
     hi = until.timestamp() * 1000 if until else float("inf")
     ids: set[str] = set()
@@ -198,6 +211,7 @@ async def audit(
         except DecodeError:
             bad += 1
     seen: Counter[str] = Counter()
+    decisions: dict[str, set[tuple[str, str | None, tuple[str, ...]]]] = {}
     kinds: dict[str, str] = {}
     for r in outcome_records:
         try:
@@ -205,6 +219,7 @@ async def audit(
         except DecodeError:
             continue
         seen[o.message_id] += 1
+        decisions.setdefault(o.message_id, set()).add(_decision(o))
         kinds.setdefault(o.message_id, o.outcome.value)
     by_outcome = Counter(kinds[i] for i in ids if i in kinds)
     return AuditReport(
@@ -212,6 +227,21 @@ async def audit(
         outcomes=sum(1 for i in ids if i in seen),
         by_outcome=dict(by_outcome),
         missing=sorted(i for i in ids if i not in seen),
-        duplicated=sorted(i for i in ids if seen[i] > 1),
+        duplicated=sorted(i for i in ids if seen[i] > 1 and len(decisions[i]) == 1),
         undecodable_inbound=bad,
+        outcome_records=sum(seen[i] for i in ids),
+        conflicting=sorted(i for i in ids if len(decisions.get(i, ())) > 1),
     )
+
+
+async def audit(
+    settings: Settings,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    idle_s: float = 2.0,
+) -> AuditReport:
+    """Prove invariant 1 for a time range: every inbound message id has one outcome."""
+    inbound_records = await bus.read_all(settings, [settings.topic("inbound")], idle_s=idle_s)
+    outcome_records = await bus.read_all(settings, [settings.topic("outcomes")], idle_s=idle_s)
+    return audit_records(inbound_records, outcome_records, since=since, until=until)

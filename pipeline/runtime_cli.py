@@ -75,8 +75,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "audit",
         help="prove that every inbound message has exactly one outcome",
-        description="Read the inbound and outcomes topics and report messages without an "
-        "outcome (invariant 1). Exit 1 if any is missing.",
+        description="Read the inbound and outcomes topics and report distinct messages, "
+        "messages without an outcome (invariant 1), repeated outcome records of one id "
+        "(replays; consumers deduplicate by message id) and conflicting ones. Exit 1 if an "
+        "outcome is missing or conflicting.",
     )
     p.add_argument("--since", type=datetime.fromisoformat, help="ISO time, inclusive")
     p.add_argument("--until", type=datetime.fromisoformat, help="ISO time, inclusive")
@@ -172,11 +174,15 @@ def _audit(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report.__dict__ | {"ok": report.ok}) + "\n")
     else:
         sys.stdout.write(
-            f"inbound {report.inbound}, with outcome {report.outcomes}, "
+            f"messages {report.inbound}, with outcome {report.outcomes}, "
             f"by outcome {report.by_outcome}, missing {len(report.missing)}, "
-            f"repeated {len(report.duplicated)}, undecodable inbound "
-            f"{report.undecodable_inbound}\n"
+            f"outcome records {report.outcome_records}, "
+            f"messages with repeated records (same id, same decision; harmless) "
+            f"{len(report.duplicated)}, conflicting {len(report.conflicting)}, "
+            f"undecodable inbound {report.undecodable_inbound}\n"
         )
         for mid in report.missing[:50]:
             sys.stdout.write(f"missing: {mid}\n")
+        for mid in report.conflicting[:50]:
+            sys.stdout.write(f"conflicting: {mid}\n")
     return 0 if report.ok else 1
