@@ -826,7 +826,7 @@ MAX_TWILIO_MEDIA = 10  # Twilio accepts at most 10 media per message
 
 def _twilio_media(form: Mapping[str, str]) -> tuple[Attachment, ...]:
     raw = form.get("NumMedia", "0").strip() or "0"
-    if not raw.isdigit() or int(raw) > MAX_TWILIO_MEDIA:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_TWILIO_MEDIA:
         raise InvalidInput(f"must be 0..{MAX_TWILIO_MEDIA}", field="NumMedia")
     out: list[Attachment] = []
     for i in range(int(raw)):

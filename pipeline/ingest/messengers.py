@@ -222,7 +222,9 @@ def _whatsapp_message(
     # Anything else (contacts, order, unsupported...) still reaches a person: text-less.
     stamp = _str(msg, "timestamp", f"{where}.timestamp", max_len=20)
     sent_at = (
-        parse_timestamp(int(stamp), f"{where}.timestamp") if stamp and stamp.isdigit() else None
+        parse_timestamp(int(stamp), f"{where}.timestamp")
+        if stamp and stamp.isascii() and stamp.isdigit()
+        else None
     )
     context = _obj(msg.get("context"), f"{where}.context", required=False)
     quoted = _id(context, "id", f"{where}.context.id")
@@ -272,7 +274,9 @@ def _whatsapp_status(status: dict[str, Any], where: str) -> PlatformReceipt | Ig
         provider_status=raw,
         delivery_id=_str(status, "biz_opaque_callback_data", f"{where}.biz_opaque_callback_data"),
         error=error if mapped == "failed" else None,
-        at=parse_timestamp(int(stamp), f"{where}.timestamp") if stamp and stamp.isdigit() else None,
+        at=parse_timestamp(int(stamp), f"{where}.timestamp")
+        if stamp and stamp.isascii() and stamp.isdigit()
+        else None,
     )
 
 
