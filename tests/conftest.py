@@ -12,10 +12,10 @@ from pipeline.config import Settings
 
 # Fixtures every tier shares (test modules never import each other; quix-streams' model).
 pytest_plugins = [
-    "tests.plugins.waiting",
+    "tests.plugins.waiting",  # before the plugins that import it (assertion rewriting)
+    "tests.plugins.inbound",
     "tests.plugins.topics",
     "tests.plugins.stack",
-    "tests.plugins.inbound",
     "tests.plugins.events",
     "tests.plugins.route",
     "tests.plugins.browser",

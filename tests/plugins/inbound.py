@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -15,20 +16,27 @@ from pipeline.ingest.message import ParsedMessage, build_inbound
 TelegramInbound = Callable[..., InboundMessage]
 
 
-def _telegram_inbound(
-    settings: Settings, chat: int, msg_id: int, text: str, at: datetime, name: str = "Ирина"
-) -> InboundMessage:
-    """The InboundMessage the Telegram webhook makes of this update (customer ``tg-<chat>``)."""
-    update = {
-        "update_id": chat * 100 + msg_id,
+def telegram_update(
+    chat: int, msg_id: int, text: str, date: int, name: str, update_id: int
+) -> dict[str, Any]:
+    """A Telegram Bot API ``Update`` with a private-chat text message from a person."""
+    return {
+        "update_id": update_id,
         "message": {
             "message_id": msg_id,
-            "date": int(at.timestamp()),
+            "date": date,
             "chat": {"id": chat, "type": "private"},
             "from": {"id": chat, "is_bot": False, "first_name": name},
             "text": text,
         },
     }
+
+
+def _telegram_inbound(
+    settings: Settings, chat: int, msg_id: int, text: str, at: datetime, name: str = "Ирина"
+) -> InboundMessage:
+    """The InboundMessage the Telegram webhook makes of this update (customer ``tg-<chat>``)."""
+    update = telegram_update(chat, msg_id, text, int(at.timestamp()), name, chat * 100 + msg_id)
     parsed = parse_telegram(update)
     assert isinstance(parsed, ParsedMessage), parsed
     profile = CustomerProfile(customer_id=f"tg-{chat}", name=name)

@@ -29,6 +29,7 @@ from pipeline.config import Settings
 from pipeline.events import SubRequest, TaskStatus, TaskUpdate, utcnow
 from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import Children, child_env, departments, wait_http
+from tests.plugins.inbound import telegram_update
 from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
 
 PostJson = Callable[..., tuple[int, Any]]
@@ -94,16 +95,7 @@ def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings,
 
 def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, Any]:
     """Post a Telegram Bot API Update to the ingest webhook."""
-    update = {
-        "update_id": chat * 1000 + msg_id,
-        "message": {
-            "message_id": msg_id,
-            "date": int(time.time()),
-            "chat": {"id": chat, "type": "private"},
-            "from": {"id": chat, "is_bot": False, "first_name": "Тест"},
-            "text": text,
-        },
-    }
+    update = telegram_update(chat, msg_id, text, int(time.time()), "Тест", chat * 1000 + msg_id)
     return _post_json(f"http://{stack.ingest_host}:{stack.ingest_port}/webhooks/telegram", update)
 
 
