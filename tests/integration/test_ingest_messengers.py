@@ -1,9 +1,8 @@
 """WhatsApp, VK, Twilio status callbacks and bot commands through the real ingest server.
 
 Real HTTP to ``IngestServer`` and the real broker; every assertion reads the records back
-from the topics. Payloads follow the platforms' published formats (sources named in
-tests/unit/test_ingest_messengers.py and test_ingest_channel_edges.py, whose builders are
-repeated here in their published shape).
+from the topics. Payloads follow the platforms' published formats (builders and their
+sources in tests/plugins/payloads.py).
 """
 
 from __future__ import annotations
@@ -24,13 +23,21 @@ from pipeline.events import DeadLetter, DeliveryReceipt, InboundMessage, Reply
 from pipeline.ingest.channels import twilio_signature
 from pipeline.ingest.messengers import whatsapp_signature
 from pipeline.ingest.server import IngestServer
+from tests.plugins.payloads import (
+    META_TEXT,
+    TWILIO_STATUS,
+    VK_GROUP,
+    vk_message_new,
+    whatsapp_image,
+    whatsapp_messages,
+    whatsapp_status,
+)
 
 pytestmark = pytest.mark.integration
 
 APP_SECRET = "meta-app-secret"
 VERIFY_TOKEN = "verify-me"
 VK_SECRET = "vk-secret"
-VK_GROUP = 193668024
 TWILIO_TOKEN = "twilio-auth-token"
 TG_SECRET = "tg-secret"
 PUBLIC = "https://router.example.com"
@@ -85,18 +92,6 @@ async def _replies(settings: Settings) -> list[Reply]:
 # ---------------------------------------------------------------- WhatsApp
 
 
-def _whatsapp(value: dict[str, Any]) -> dict[str, Any]:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "16505551111", "phone_number_id": "123456123"},
-        **value,
-    }
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "0", "changes": [{"field": "messages", "value": value}]}],
-    }
-
-
 async def _post_whatsapp(
     http: aiohttp.ClientSession, payload: dict[str, Any], secret: str = APP_SECRET
 ) -> aiohttp.ClientResponse:
@@ -123,27 +118,8 @@ async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
     async with http.get("/webhooks/whatsapp", params={**query, "hub.verify_token": "x"}) as resp:
         assert resp.status == 403
 
-    messages = _whatsapp(
-        {
-            "contacts": [{"profile": {"name": "test user name"}, "wa_id": "16315551181"}],
-            "messages": [
-                {
-                    "from": "16315551181",
-                    "id": "ABGGFlA5Fpa",
-                    "timestamp": "1504902988",
-                    "type": "text",
-                    "text": {"body": "this is a text message"},
-                },
-                {
-                    "from": "16315551181",
-                    "id": "wamid.img",
-                    "timestamp": "1504902990",
-                    "type": "image",
-                    "image": {"mime_type": "image/jpeg", "sha256": "IMAGE_HASH", "id": "998877"},
-                },
-            ],
-        }
-    )
+    sample = META_TEXT["entry"][0]["changes"][0]["value"]["messages"][0]
+    messages = whatsapp_messages(sample, whatsapp_image("wamid.img", media_id="998877"))
     forged = await _post_whatsapp(http, messages, secret="not-the-secret")
     assert forged.status == 403
     unsigned = await http.post("/webhooks/whatsapp", json=messages)
@@ -152,18 +128,8 @@ async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
     assert resp.status == 200
     assert len((await resp.json())["results"]) == 2
 
-    status = _whatsapp(
-        {
-            "statuses": [
-                {
-                    "id": "wamid.out1",
-                    "status": "delivered",
-                    "timestamp": "1698266945",
-                    "recipient_id": "16315551181",
-                    "biz_opaque_callback_data": "rep_0123456789abcdef01234567",
-                }
-            ]
-        }
+    status = whatsapp_status(
+        id="wamid.out1", status="delivered", biz_opaque_callback_data="rep_0123456789abcdef01234567"
     )
     assert (await _post_whatsapp(http, status)).status == 200
 
@@ -186,29 +152,9 @@ async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
 
 
 def _vk_message(**message: Any) -> dict[str, Any]:
-    msg = {
-        "date": 1586054794,
-        "from_id": 228970688,
-        "id": 135,
-        "out": 0,
-        "peer_id": 228970688,
-        "text": "Здравствуйте! Заказ 5521 так и не привезли",
-        "conversation_message_id": 127,
-        "fwd_messages": [],
-        "important": False,
-        "random_id": 0,
-        "attachments": [],
-        "is_hidden": False,
-        **message,
-    }
-    return {
-        "type": "message_new",
-        "object": {"message": msg, "client_info": {"keyboard": True, "lang_id": 0}},
-        "group_id": VK_GROUP,
-        "event_id": f"ev{msg['conversation_message_id']}",
-        "v": "5.199",
-        "secret": VK_SECRET,
-    }
+    msg = {"text": "Здравствуйте! Заказ 5521 так и не привезли", **message}
+    event_id = f"ev{msg.get('conversation_message_id', 127)}"
+    return vk_message_new(msg, secret=VK_SECRET, event_id=event_id)
 
 
 async def test_vk_confirmation_secret_message_and_start_button(
@@ -244,15 +190,10 @@ async def test_twilio_status_callback_signed_with_the_default_port_becomes_a_rec
     server: IngestServer, http: aiohttp.ClientSession
 ) -> None:
     form = {
-        "SmsSid": "SM5a8d3cc3b3d44a1a9f8f4e4b3a3e2c1d",
+        **TWILIO_STATUS,
         "SmsStatus": "undelivered",
         "MessageStatus": "undelivered",
         "ErrorCode": "30003",
-        "To": "+14155552671",
-        "MessageSid": "SM5a8d3cc3b3d44a1a9f8f4e4b3a3e2c1d",
-        "AccountSid": "AC00000000000000000000000000000000",
-        "From": "+15005550006",
-        "ApiVersion": "2010-04-01",
     }
     path = "/webhooks/twilio?delivery_id=rep_0000000000000000000000aa"
     # Twilio sometimes signs over the URL with the scheme's default port.

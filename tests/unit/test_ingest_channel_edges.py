@@ -32,6 +32,7 @@ from pipeline.ingest.channels import (
     parse_twilio,
 )
 from pipeline.ingest.message import ParsedMessage
+from tests.plugins.payloads import TWILIO_STATUS
 
 
 def _tg(**message: Any) -> dict[str, Any]:
@@ -221,28 +222,16 @@ def test_twilio_media_only_message() -> None:
     assert info.value.field == "MediaUrl0"
 
 
-STATUS = {
-    "SmsSid": "SM5a8d3cc3b3d44a1a9f8f4e4b3a3e2c1d",
-    "SmsStatus": "delivered",
-    "MessageStatus": "delivered",
-    "To": "+14155552671",
-    "MessageSid": "SM5a8d3cc3b3d44a1a9f8f4e4b3a3e2c1d",
-    "AccountSid": "AC00000000000000000000000000000000",
-    "From": "+15005550006",
-    "ApiVersion": "2010-04-01",
-}
-
-
 def test_twilio_status_callbacks_become_receipts() -> None:
-    delivered = parse_twilio(STATUS, "rep_abc")
+    delivered = parse_twilio(TWILIO_STATUS, "rep_abc")
     assert isinstance(delivered, PlatformReceipt)
     assert (delivered.status, delivered.delivery_id, delivered.channel) == (
         "delivered",
         "rep_abc",
         "sms",
     )
-    failed = parse_twilio({**STATUS, "MessageStatus": "undelivered", "ErrorCode": "30003"})
+    failed = parse_twilio({**TWILIO_STATUS, "MessageStatus": "undelivered", "ErrorCode": "30003"})
     assert isinstance(failed, PlatformReceipt) and failed.status == "failed"
     assert failed.error == "twilio undelivered (error 30003)"
     assert failed.delivery_id is None
-    assert isinstance(parse_twilio({**STATUS, "MessageStatus": "queued"}), Ignored)
+    assert isinstance(parse_twilio({**TWILIO_STATUS, "MessageStatus": "queued"}), Ignored)

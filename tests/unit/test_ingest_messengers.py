@@ -1,28 +1,12 @@
 """WhatsApp Cloud API and VK Callback API parsers and auth checks, on published payloads.
 
-Payload sources (shapes and values as published; only ids we must control are replaced):
-
-* WhatsApp text: Meta's sample ``messages`` webhook (App Dashboard › WhatsApp › Configuration ›
-  Webhook fields › messages › Test; the same body as the "Text Messages" example of the Cloud
-  API webhook payload examples): ``"wa_id": "16315551181"``, ``"id": "ABGGFlA5Fpa"``,
-  ``"timestamp": "1504902988"``, ``"body": "this is a text message"``.
-* WhatsApp image / document: the "Media Messages" examples of the same Meta page
-  (``image: {caption, mime_type, sha256, id}``, ``document: {caption, filename, ...}``).
-* WhatsApp statuses: pywa ``tests/data/updates/message_status.json`` (recorded Cloud API
-  webhooks: sent / delivered / read / failed with ``errors[]`` / ``biz_opaque_callback_data``).
-* VK: the Callback API format of dev.vk.com/ru/api/callback/getting-started (``confirmation``
-  with ``group_id``; ``message_new`` with ``object.message`` and ``client_info`` since API
-  5.103), values as in a recorded ``message_new`` (``"date":1586054794, "from_id":228970688,
-  "id":135, "peer_id":228970688, "conversation_message_id":127`` ...); attachments in the
-  documented ``photo`` (``sizes[]``), ``doc`` and ``audio_message`` object formats.
+The payloads and their sources are in ``tests/plugins/payloads.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -39,80 +23,9 @@ from pipeline.ingest.messengers import (
     whatsapp_signature,
     whatsapp_verify,
 )
+from tests.plugins.payloads import META_TEXT, vk_message_new, whatsapp_messages, whatsapp_status
 
 # ---------------------------------------------------------------- WhatsApp
-
-META_TEXT: dict[str, Any] = {
-    "object": "whatsapp_business_account",
-    "entry": [
-        {
-            "id": "0",
-            "changes": [
-                {
-                    "field": "messages",
-                    "value": {
-                        "messaging_product": "whatsapp",
-                        "metadata": {
-                            "display_phone_number": "16505551111",
-                            "phone_number_id": "123456123",
-                        },
-                        "contacts": [
-                            {"profile": {"name": "test user name"}, "wa_id": "16315551181"}
-                        ],
-                        "messages": [
-                            {
-                                "from": "16315551181",
-                                "id": "ABGGFlA5Fpa",
-                                "timestamp": "1504902988",
-                                "type": "text",
-                                "text": {"body": "this is a text message"},
-                            }
-                        ],
-                    },
-                }
-            ],
-        }
-    ],
-}
-
-
-def _with_messages(*messages: dict[str, Any]) -> dict[str, Any]:
-    payload = copy.deepcopy(META_TEXT)
-    payload["entry"][0]["changes"][0]["value"]["messages"] = list(messages)
-    return payload
-
-
-def _status(**over: Any) -> dict[str, Any]:
-    status: dict[str, Any] = {
-        "id": "wamid.xyzxyz",
-        "status": "sent",
-        "timestamp": "1698266945",
-        "recipient_id": "972987654321",
-        "conversation": {"id": "7270432eae37498234f4444b35ffc5", "origin": {"type": "service"}},
-        "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"},
-    }
-    status.update(over)
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "5467539754836534",
-                "changes": [
-                    {
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "972123456789",
-                                "phone_number_id": "1122334455667",
-                            },
-                            "statuses": [status],
-                        },
-                        "field": "messages",
-                    }
-                ],
-            }
-        ],
-    }
 
 
 def test_whatsapp_text_message_from_metas_sample() -> None:
@@ -157,7 +70,7 @@ def test_whatsapp_image_with_caption_and_document_without() -> None:
             "id": "555",
         },
     }
-    first, second = parse_whatsapp(_with_messages(image, document))
+    first, second = parse_whatsapp(whatsapp_messages(image, document))
     assert isinstance(first, ParsedMessage) and isinstance(second, ParsedMessage)
     assert first.text == "Чек из магазина"
     (att,) = first.attachments
@@ -181,7 +94,7 @@ def test_whatsapp_reactions_are_not_requests_but_unknown_types_are() -> None:
         "reaction": {"message_id": "wamid.x", "emoji": "👍"},
     }
     unsupported = {"from": "16315551181", "id": "wamid.u", "timestamp": "1", "type": "unsupported"}
-    ignored, kept = parse_whatsapp(_with_messages(reaction, unsupported))
+    ignored, kept = parse_whatsapp(whatsapp_messages(reaction, unsupported))
     assert isinstance(ignored, Ignored)
     assert isinstance(kept, ParsedMessage) and kept.metadata["whatsapp_type"] == "unsupported"
 
@@ -190,7 +103,7 @@ def test_whatsapp_reactions_are_not_requests_but_unknown_types_are() -> None:
     ("raw", "status"), [("sent", "sent"), ("delivered", "delivered"), ("read", "read")]
 )
 def test_whatsapp_statuses_become_receipts(raw: str, status: str) -> None:
-    (item,) = parse_whatsapp(_status(status=raw, biz_opaque_callback_data="rep_123"))
+    (item,) = parse_whatsapp(whatsapp_status(status=raw, biz_opaque_callback_data="rep_123"))
     assert isinstance(item, PlatformReceipt)
     assert (item.status, item.provider_status, item.delivery_id) == (status, raw, "rep_123")
     assert item.provider_message_id == "wamid.xyzxyz" and item.channel == "whatsapp"
@@ -204,14 +117,14 @@ def test_whatsapp_failed_status_keeps_the_error() -> None:
             "message": "User's number is part of an experiment",
         }
     ]
-    (item,) = parse_whatsapp(_status(status="failed", errors=errors))
+    (item,) = parse_whatsapp(whatsapp_status(status="failed", errors=errors))
     assert isinstance(item, PlatformReceipt) and item.status == "failed"
     assert item.error == "whatsapp error 130472: User's number is part of an experiment"
     assert item.delivery_id is None
 
 
 def test_whatsapp_bad_items_name_the_field() -> None:
-    bad = _with_messages({"id": "wamid.1", "type": "text", "text": {"body": "x"}})
+    bad = whatsapp_messages({"id": "wamid.1", "type": "text", "text": {"body": "x"}})
     with pytest.raises(InvalidInput) as info:
         parse_whatsapp(bad)
     assert info.value.field == "entry[0].changes[0].value.messages[0].from"
@@ -245,42 +158,6 @@ VK_SETTINGS = Settings(
 )
 
 
-def _vk(message: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
-    msg: dict[str, Any] = {
-        "date": 1586054794,
-        "from_id": 228970688,
-        "id": 135,
-        "out": 0,
-        "peer_id": 228970688,
-        "text": "Здравствуйте, не пришёл заказ",
-        "conversation_message_id": 127,
-        "fwd_messages": [],
-        "important": False,
-        "random_id": 0,
-        "attachments": [],
-        "is_hidden": False,
-    }
-    msg.update(message or {})
-    event: dict[str, Any] = {
-        "type": "message_new",
-        "object": {
-            "message": msg,
-            "client_info": {
-                "button_actions": ["text", "vkpay", "open_app", "location", "open_link"],
-                "keyboard": True,
-                "inline_keyboard": True,
-                "lang_id": 0,
-            },
-        },
-        "group_id": 193668024,
-        "event_id": "b0c936fa537622981a096bd5e38a252e7cac0d20",
-        "v": "5.199",
-        "secret": "vk-secret",
-    }
-    event.update(over)
-    return event
-
-
 def test_vk_confirmation_answers_the_configured_string() -> None:
     answer = parse_vk({"type": "confirmation", "group_id": 193668024}, VK_SETTINGS)
     assert answer == Answer("b1357503")
@@ -289,7 +166,7 @@ def test_vk_confirmation_answers_the_configured_string() -> None:
 
 
 def test_vk_message_new() -> None:
-    msg = parse_vk(_vk(), VK_SETTINGS)
+    msg = parse_vk(vk_message_new(), VK_SETTINGS)
     assert isinstance(msg, ParsedMessage)
     assert msg.channel is Channel.vk
     assert msg.channel_message_id == "193668024:228970688:127"
@@ -301,9 +178,9 @@ def test_vk_message_new() -> None:
 
 def test_vk_secret_is_checked() -> None:
     with pytest.raises(Unauthorized) as info:
-        parse_vk(_vk(secret="guess"), VK_SETTINGS)
+        parse_vk(vk_message_new(secret="guess"), VK_SETTINGS)
     assert info.value.status == 403
-    event = _vk()
+    event = vk_message_new()
     del event["secret"]
     with pytest.raises(Unauthorized) as info:
         parse_vk(event, VK_SETTINGS)
@@ -355,7 +232,7 @@ def test_vk_attachments_and_attachment_only() -> None:
             },
         },
     ]
-    msg = parse_vk(_vk({"text": "", "attachments": attachments}), VK_SETTINGS)
+    msg = parse_vk(vk_message_new({"text": "", "attachments": attachments}), VK_SETTINGS)
     assert isinstance(msg, ParsedMessage) and msg.text == ""
     photo, doc, voice = msg.attachments
     assert (photo.kind, photo.url, photo.platform_file_id) == (
@@ -368,12 +245,14 @@ def test_vk_attachments_and_attachment_only() -> None:
 
 
 def test_vk_start_button_and_other_events() -> None:
-    start = parse_vk(_vk({"text": "Начать", "payload": '{"command":"start"}'}), VK_SETTINGS)
+    start = parse_vk(
+        vk_message_new({"text": "Начать", "payload": '{"command":"start"}'}), VK_SETTINGS
+    )
     assert isinstance(start, BotCommand) and start.command == "start"
-    assert isinstance(parse_vk(_vk({"out": 1}), VK_SETTINGS), Ignored)
-    assert isinstance(parse_vk(_vk({"from_id": -193668024}), VK_SETTINGS), Ignored)
+    assert isinstance(parse_vk(vk_message_new({"out": 1}), VK_SETTINGS), Ignored)
+    assert isinstance(parse_vk(vk_message_new({"from_id": -193668024}), VK_SETTINGS), Ignored)
     typing_state = {"type": "message_typing_state", "group_id": 193668024, "secret": "vk-secret"}
     assert isinstance(parse_vk(typing_state, VK_SETTINGS), Ignored)
     with pytest.raises(InvalidInput) as info:
-        parse_vk(_vk({"peer_id": None}), VK_SETTINGS)
+        parse_vk(vk_message_new({"peer_id": None}), VK_SETTINGS)
     assert info.value.field == "object.message.peer_id"
