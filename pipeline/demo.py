@@ -246,7 +246,7 @@ def _run(s: Settings, group: Children, outbox: Outbox, *, serve: bool, timeout_s
     group.start("ingest", ["ingest"], env)
     group.start("console", ["console"], env)
     wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
-    wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
+    wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 600, group)  # a first run trains
     wait_http(f"{console_url}/healthz", 60, group)
     out(f"ready in {time.monotonic() - started:.0f} s")
     logins = ", ".join(f"{n} / {p}" for n, p, _, _ in DEMO_USERS)
