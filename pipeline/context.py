@@ -8,8 +8,9 @@ import this module and the domain, never ``pipeline.app`` (which imports the sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable, DecodeError
 from pipeline.events import DeadLetter, Event, InboundMessage, Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics
-from pipeline.stage import dead_letter_for
+from pipeline.stage import Action, ErrorPolicy, RawRecord, dead_letter_for
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Context:
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
     #: What stages report about themselves on ``/healthz`` (e.g. the workflow in force).
     status: dict[str, Any] = field(default_factory=dict)
+    #: Skip / dead-letter / stop per failure kind, for every stage (``guard``).
+    errors: ErrorPolicy = field(default_factory=ErrorPolicy)
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
@@ -98,11 +101,66 @@ class Context:
         if errors:
             raise BrokerUnavailable(f"{len(errors)} output records not acknowledged: {errors[0]!r}")
 
+    @contextlib.asynccontextmanager
+    async def guard(
+        self, stage: str, record: RawRecord, message: InboundMessage | None = None
+    ) -> AsyncIterator[None]:
+        """Process one record under the error policy (``message``: its decoded message).
+
+        A failure is dead-lettered (with the message's ``rejected`` Outcome when known),
+        skipped or re-raised, as ``errors`` decides; either way the stream goes on.
+        """
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 — the policy decides; ``stop`` re-raises
+            await self.failed(stage, record, exc, message)
+
+    @contextlib.asynccontextmanager
+    async def guard_batch(
+        self,
+        stage: str,
+        records: list[RawRecord],
+        inbound_of: Callable[[RawRecord], InboundMessage],
+    ) -> AsyncIterator[None]:
+        """The last line of defence around a batch: every record still ends somewhere."""
+        try:
+            yield
+        except Exception as exc:
+            action = self.errors.decide(exc)
+            if action is Action.stop:
+                raise
+            log.error("%s batch of %d failed: %r", stage, len(records), exc, exc_info=exc)
+            if action is Action.dead_letter:
+                await self.reject_all(stage, records, exc, inbound_of)
+
+    async def failed(
+        self,
+        stage: str,
+        record: RawRecord,
+        exc: Exception,
+        message: InboundMessage | None = None,
+    ) -> None:
+        """Apply the error policy to one failed record."""
+        action = self.errors.decide(exc)
+        if action is Action.stop:
+            raise exc
+        if action is Action.skip:
+            log.warning("%s skipped %s: %r", stage, record.where, exc)
+            self.metrics.messages.labels(stage=stage, outcome="skipped").inc()
+        elif message is not None:
+            await self.reject(stage, record, message, exc)
+        else:
+            log.error("%s failed at %s: %r", stage, record.where, exc, exc_info=exc)
+            self.metrics.messages.labels(stage=stage, outcome="dead_letter").inc()
+            await self.dead_letter(dead_letter_for(stage, record, exc))
+
     async def reject(
         self, stage: str, record: Any, msg: InboundMessage, exc: BaseException
     ) -> None:
         """A decoded message that failed: DLQ record plus its one ``rejected`` Outcome."""
-        log.error("%s failed for %s at %s: %r", stage, msg.message_id, record.where, exc)
+        log.error(
+            "%s failed for %s at %s: %r", stage, msg.message_id, record.where, exc, exc_info=exc
+        )
         self.metrics.messages.labels(stage=stage, outcome="rejected").inc()
         await self.dead_letter(dead_letter_for(stage, record, exc, msg.message_id))
         await self.send(
@@ -127,7 +185,6 @@ class Context:
         inbound_of: Callable[[Any], InboundMessage],
     ) -> None:
         """A whole batch failed: each record still ends in the DLQ (and an Outcome if known)."""
-        log.error("%s batch failed; rejecting its %d records: %r", stage, len(records), exc)
         for record in records:
             try:
                 msg = inbound_of(record)

@@ -1,19 +1,30 @@
-"""The error policy every agent shares, in one place.
+"""What every stage's agents share: raw records, decoding, the error policy, retention sweeps.
 
-- A record that does not decode or validate → DeadLetter, skip, keep consuming.
-- A record whose processing raises → DeadLetter (+ a ``rejected`` Outcome when the message
-  id is known, so invariant 1 holds), keep consuming.
-- Cancellation and Ctrl-C (BaseException) are never caught: the worker stops cleanly.
+The error policy (``ErrorPolicy``, applied by ``Context.guard``/``guard_batch``) decides, per
+failure kind, what happens to a record whose processing raised — the role of quix-streams'
+``on_processing_error`` callback or FastStream's exception middleware:
+
+- ``dead_letter`` (any ``Exception``, the default): a DeadLetter with ``topic[partition]@offset``,
+  plus the message's one ``rejected`` Outcome when it decoded (invariant 1); keep consuming.
+  A record that does not decode or validate is the common case.
+- ``stop`` (``BrokerError``; cancellation and Ctrl-C, which are not ``Exception``): re-raise,
+  the agent stops before acknowledging the record, which is read again after the restart.
+- ``skip``: log and go on, nothing sent (for kinds a deployment chooses to ignore).
+
+See docs/ARCHITECTURE.md, "Errors".
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pipeline.codec import dead_letter, decode
-from pipeline.errors import DecodeError
+from pipeline.errors import BrokerError, DecodeError
 from pipeline.events import Event
 
 log = logging.getLogger(__name__)
@@ -84,3 +95,55 @@ def split_decoded(
         except DecodeError as exc:
             bad.append(dead_letter_for(stage, record, exc))
     return good, bad
+
+
+class Action(enum.Enum):
+    """What the error policy does with a record whose processing failed."""
+
+    skip = "skip"
+    dead_letter = "dead_letter"
+    stop = "stop"
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """Skip / dead-letter / stop, per failure kind (the first matching rule wins)."""
+
+    stop_on: tuple[type[BaseException], ...] = (BrokerError,)
+    skip_on: tuple[type[BaseException], ...] = ()
+
+    def decide(self, exc: BaseException) -> Action:
+        """The action for this failure."""
+        if not isinstance(exc, Exception) or isinstance(exc, self.stop_on):
+            return Action.stop
+        if isinstance(exc, self.skip_on):
+            return Action.skip
+        return Action.dead_letter
+
+
+#: Keys a retention sweep handles between two yields to the event loop.
+SWEEP_CHUNK = 100
+
+
+async def sweep_table(table: Any, keep: Callable[[str, str], str | None]) -> int:
+    """Apply a retention rule to every key of a table; returns how many keys went.
+
+    ``keep(key, value)`` returns the value to keep (the same text: unchanged; another:
+    rewritten) or None to forget the key. The sweep yields to the event loop every
+    ``SWEEP_CHUNK`` keys (a long sweep must not stall the agents) and re-reads each value,
+    since an agent may have changed or deleted it meanwhile.
+    """
+    removed = 0
+    for n, key in enumerate(list(table.keys())):
+        if n % SWEEP_CHUNK == 0:
+            await asyncio.sleep(0)
+        raw = table.get(key)
+        if raw is None:
+            continue
+        kept = keep(key, raw)
+        if kept is None:
+            del table[key]
+            removed += 1
+        elif kept != raw:
+            table[key] = kept
+    return removed

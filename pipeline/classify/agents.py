@@ -24,7 +24,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.live_workflow import LiveWorkflow
-from pipeline.stage import RawRecord, decode_record, split_decoded
+from pipeline.stage import RawRecord, decode_record, sweep_table
 
 log = logging.getLogger(__name__)
 
@@ -41,123 +41,139 @@ def case_id_for(message_id: str) -> str:
     return derive_id("case", message_id)
 
 
-def install(ctx: Context, live: LiveWorkflow) -> None:
-    """Register the classify agent and its tables on the app."""
-    app = ctx.app
-    s = ctx.settings
-    dedup_table = ctx.table("dedup")
-    contacts_table = ctx.table("contacts")
-    incident_table = ctx.table("incidents")
-    state: dict[str, Any] = {}
-    dedup_cfg = dedup.DedupConfig(window_s=s.dedup_window_s)
+class ClassifyAgent:
+    """The classify agent: dedup and contact counts, the classifier, incidents, send.
 
-    def classifier() -> Any:
-        if "classifier" not in state:
-            wf = live.current
-            state["classifier"] = Classifier.from_settings(
-                s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
-            )
-        return state["classifier"]
+    Single writer of its tables (keyed by customer, co-partitioned with ``inbound``); the
+    classifier is rebuilt when the workflow's tag rules, stores or weights change.
+    """
 
-    # Load (or train) the model now, before the worker starts, not in the event loop.
-    log.info("classifier %s ready", classifier().version)
+    def __init__(self, ctx: Context, live: LiveWorkflow) -> None:
+        self.ctx = ctx
+        self.live = live
+        self.dedup_table = ctx.table("dedup")
+        self.contacts_table = ctx.table("contacts")
+        self.incident_table = ctx.table("incidents")
+        self.dedup_cfg = dedup.DedupConfig(window_s=ctx.settings.dedup_window_s)
+        wf = live.current
+        # Load (or train) the model now, before the worker starts, not in the event loop.
+        self.classifier = Classifier.from_settings(
+            ctx.settings, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
+        )
+        log.info("classifier %s ready", self.classifier.version)
+        live.on_change(self.rebuild)
 
-    def rebuild(wf: Workflow) -> None:
-        # Tag rules, stores and priority weights follow the workflow; the model stays loaded.
-        state["classifier"] = Classifier(
-            state["classifier"].model, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
+    def rebuild(self, wf: Workflow) -> None:
+        """Tag rules, stores and priority weights follow the workflow; the model stays loaded."""
+        self.classifier = Classifier(
+            self.classifier.model, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
         )
         log.info("classify took the new tag rules, stores and weights")
 
-    live.on_change(rebuild)
+    async def run(self, stream: Any) -> None:
+        """The agent loop: batches of raw records; outputs durable before the acknowledgement."""
+        s = self.ctx.settings
+        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+            records = [RawRecord.from_event(e) for e in events]
+            async with self.ctx.guard_batch(
+                STAGE, records, lambda r: decode_record(InboundMessage, r)
+            ):
+                with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
+                    await self.process(records)
+            await self.ctx.flush()
 
-    async def process(records: Sequence[RawRecord]) -> None:
-        ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
-        good, bad = split_decoded(InboundMessage, STAGE, list(records))
-        for dl in bad:
-            ctx.metrics.messages.labels(stage=STAGE, outcome="dead_letter").inc()
-            await ctx.dead_letter(dl)
+    async def process(self, records: Sequence[RawRecord]) -> None:
+        """Decode, dedup, classify and send one batch."""
+        self.ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
+        good: list[tuple[RawRecord, InboundMessage]] = []
+        for record in records:
+            async with self.ctx.guard(STAGE, record):
+                good.append((record, decode_record(InboundMessage, record)))
         if not good:
             return
         now = utcnow()
+        decisions, recent = self.remember([m for _, m in good], now)
+        classified = await self.classify(good, now, recent)
+        policies = self.live.current.incidents
+        for (record, msg), d, cm in zip(good, decisions, classified, strict=True):
+            if cm is None:
+                continue
+            async with self.ctx.guard(STAGE, record, msg):
+                out = _with_similarity(cm, d, self.incident_table, policies)
+                await self.ctx.send("classified", msg.customer_id, out)
+                self.ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
+
+    def remember(
+        self, msgs: Sequence[InboundMessage], now: datetime
+    ) -> tuple[list[dedup.DedupDecision], dict[str, int]]:
+        """Dedup decisions, and each customer's recent contacts (before this message)."""
         now_s = now.timestamp()
-        msgs = [m for _, m in good]
         decisions: list[dedup.DedupDecision] = []
         recent: dict[str, int] = {}
         for msg in msgs:
             key = msg.customer_id
-            raw_state = dedup_table.get(key)
+            raw_state = self.dedup_table.get(key)
             st = (
                 dedup.CustomerDedupState.model_validate_json(raw_state)
                 if raw_state
                 else dedup.CustomerDedupState()
             )
             fp = dedup.fingerprint(msg)
-            d = dedup.check_duplicate(st, msg, now, dedup_cfg, fp)
+            d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
-            dedup_table[key] = dedup.remember(st, msg, case, now, dedup_cfg, fp).model_dump_json()
-            raw_c = contacts_table.get(key)
+            self.dedup_table[key] = dedup.remember(
+                st, msg, case, now, self.dedup_cfg, fp
+            ).model_dump_json()
+            raw_c = self.contacts_table.get(key)
             times = [
                 t
                 for t in (list(map(float, raw_c.split(","))) if raw_c else [])
                 if now_s - t < CONTACT_WINDOW_S
             ]
             recent[msg.customer_id] = len(times)
-            if not decisions[-1].is_duplicate:
+            if not d.is_duplicate:
                 times = ([*times, now_s])[-MAX_CONTACTS:]
-            contacts_table[key] = ",".join(repr(t) for t in times)
-        classified: list[ClassifiedMessage | None] = []
+            self.contacts_table[key] = ",".join(repr(t) for t in times)
+        return decisions, recent
+
+    async def classify(
+        self,
+        good: list[tuple[RawRecord, InboundMessage]],
+        now: datetime,
+        recent: dict[str, int],
+    ) -> list[ClassifiedMessage | None]:
+        """The batch classified; if the batch fails, one by one (a failure: None, rejected)."""
+        msgs = [m for _, m in good]
         try:
-            classified.extend(classifier().classify_batch(msgs, now=now, recent_contacts=recent))
-        except Exception:
+            return list(self.classifier.classify_batch(msgs, now=now, recent_contacts=recent))
+        except Exception:  # retried one by one below, where the error policy applies
             log.exception("batch classification failed; retrying one by one")
-            classified = []
-            for record, msg in good:
-                try:
-                    classified.extend(
-                        classifier().classify_batch([msg], now=now, recent_contacts=recent)
-                    )
-                except Exception as one_exc:  # noqa: BLE001 — the record goes to the DLQ
-                    await _reject(ctx, record, msg, one_exc)
-                    classified.append(None)
-        for (record, msg), d, cm in zip(good, decisions, classified, strict=True):
-            if cm is None:
-                continue
-            try:
-                policies = live.current.incidents
-                out = _with_similarity(ctx, cm, d, incident_table, policies)
-                await ctx.send("classified", msg.customer_id, out)
-                ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
-            except Exception as exc:  # noqa: BLE001 — the record goes to the DLQ
-                await _reject(ctx, record, msg, exc)
+        out: list[ClassifiedMessage | None] = []
+        for record, msg in good:
+            out.append(None)
+            async with self.ctx.guard(STAGE, record, msg):
+                [out[-1]] = self.classifier.classify_batch([msg], now=now, recent_contacts=recent)
+        return out
 
-    async def classify_agent(stream: Any) -> None:
-        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
-            records = [RawRecord.from_event(e) for e in events]
-            try:
-                with ctx.metrics.stage_seconds.labels(stage=STAGE).time():
-                    await process(records)
-            except Exception as exc:  # last line of defence: nothing is lost
-                log.exception("classify batch failed")
-                await ctx.reject_all(
-                    STAGE, records, exc, lambda r: decode_record(InboundMessage, r)
-                )
-            await ctx.flush()  # outputs durable before the batch is acknowledged
-
-    app.agent(ctx.topic("inbound"), name="classify")(classify_agent)
-
-    async def sweep() -> None:
-        # Keeps memory bounded: per-customer state expires on access, idle keys only here.
-        now = utcnow()
-        removed = sweep_tables(dedup_table, contacts_table, incident_table, dedup_cfg, now)
+    async def sweep(self) -> None:
+        """Forget idle keys (keeps memory bounded: per-customer state expires on access)."""
+        removed = await sweep_tables(
+            self.dedup_table, self.contacts_table, self.incident_table, self.dedup_cfg, utcnow()
+        )
         if removed:
             log.info("state sweep removed %d idle keys", removed)
 
-    app.timer(SWEEP_INTERVAL_S)(sweep)
+
+def install(ctx: Context, live: LiveWorkflow) -> ClassifyAgent:
+    """Register the classify agent, its tables and its sweep timer on the app."""
+    agent = ClassifyAgent(ctx, live)
+    ctx.app.agent(ctx.topic("inbound"), name="classify")(agent.run)
+    ctx.app.timer(SWEEP_INTERVAL_S)(agent.sweep)
+    return agent
 
 
-def sweep_tables(
+async def sweep_tables(
     dedup_table: Any,
     contacts_table: Any,
     incident_table: Any,
@@ -165,29 +181,28 @@ def sweep_tables(
     now: datetime,
 ) -> int:
     """Delete idle keys (no live dedup entry, contact or incident report); returns how many."""
-    removed = 0
     now_s = now.timestamp()
-    for key, raw in list(dedup_table.items()):
+
+    def dedup_kept(_: str, raw: str) -> str | None:
         state = dedup.expire(dedup.CustomerDedupState.model_validate_json(raw), now, dedup_cfg)
-        if not state.entries:
-            del dedup_table[key]
-            removed += 1
-    for key, raw in list(contacts_table.items()):
-        if all(now_s - float(t) >= CONTACT_WINDOW_S for t in raw.split(",") if t):
-            del contacts_table[key]
-            removed += 1
-    for key, raw in list(incident_table.items()):
+        return raw if state.entries else None
+
+    def contacts_kept(_: str, raw: str) -> str | None:
+        idle = all(now_s - float(t) >= CONTACT_WINDOW_S for t in raw.split(",") if t)
+        return None if idle else raw
+
+    def incident_kept(_: str, raw: str) -> str | None:
         window = incidents.IncidentWindow.model_validate_json(raw)
         last = max((r.at for r in window.reports), default=0.0)
         stale = now_s - last >= INCIDENT_TTL_S
-        if incidents.is_idle(window, now) or stale:
-            del incident_table[key]
-            removed += 1
-    return removed
+        return None if incidents.is_idle(window, now) or stale else raw
+
+    removed = await sweep_table(dedup_table, dedup_kept)
+    removed += await sweep_table(contacts_table, contacts_kept)
+    return removed + await sweep_table(incident_table, incident_kept)
 
 
 def _with_similarity(
-    ctx: Context,
     cm: ClassifiedMessage,
     d: dedup.DedupDecision,
     incident_table: Any,
@@ -234,7 +249,3 @@ def _incidents(
         if decision.incident_id and found is None:
             found = decision
     return found
-
-
-async def _reject(ctx: Context, record: RawRecord, msg: InboundMessage, exc: BaseException) -> None:
-    await ctx.reject(STAGE, record, msg, exc)

@@ -7,15 +7,16 @@ sub-requests) drops ids already delivered, so a replay or restart sends nothing 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
 
+from pipeline.config import Settings
 from pipeline.context import Context
 from pipeline.errors import DeliveryError
 from pipeline.events import (
@@ -30,7 +31,7 @@ from pipeline.events import (
 from pipeline.notify.compose import compose_external
 from pipeline.notify.delivery import Deliverer
 from pipeline.notify.ratelimit import RateLimiter, rate_share
-from pipeline.stage import RawRecord, dead_letter_for, decode_record
+from pipeline.stage import RawRecord, dead_letter_for, decode_record, sweep_table
 
 log = logging.getLogger(__name__)
 
@@ -63,143 +64,200 @@ async def sweep_delivered(table: Any, cutoff_s: float) -> int:
     They guard against sending twice when records are replayed, which happens within
     minutes of a delivery; a key idle for the case retention period is only memory.
     """
-    removed = 0
-    for n, key in enumerate(list(table.keys())):
-        if n % 100 == 0:
-            await asyncio.sleep(0)  # a long sweep must not stall the agents
-        raw = table.get(key)
-        if raw is None:
-            continue
+
+    def kept(_: str, raw: str) -> str | None:
         data = orjson.loads(raw) if raw else None
-        if not data or (isinstance(data, dict) and float(data.get("at", 0)) < cutoff_s):
-            del table[key]
-            removed += 1
-    return removed
+        stale = not data or (isinstance(data, dict) and float(data.get("at", 0)) < cutoff_s)
+        return None if stale else raw
+
+    return await sweep_table(table, kept)
 
 
-def install(ctx: Context) -> None:
-    """Register the delivery agents."""
-    app = ctx.app
-    s = ctx.settings
-    delivered_replies = ctx.table("delivered-replies")
-    delivered_external = ctx.table("delivered-external")
-    holder: dict[str, Deliverer] = {}
-    limiter = RateLimiter(s.delivery_rate_limits)
-    inputs = {s.topic("replies"), s.topic("external")}
+@dataclass(frozen=True)
+class Item:
+    """One record to deliver, whatever its input: a reply or an external sub-request."""
 
-    async def deliverer() -> Deliverer:
-        if "d" not in holder:
-            holder["d"] = Deliverer(s, aiohttp.ClientSession(), limiter=limiter)
-        return holder["d"]
+    delivery_id: str
+    channel: str
+    key: str  # the stream's key: customer for replies, case for sub-requests
+    case_id: str | None
+    message_id: str | None
 
-    async def take_share(sender: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
-        # The platforms' limits are per deployment: each worker sends its share of them.
-        limiter.set_share(rate_share(assigned, inputs, s.partitions))
-        log.info("delivery rate limits at %.0f%% of the configured ones", limiter.share * 100)
 
-    async def finish(
-        record: RawRecord,
-        receipt: DeliveryReceipt,
-        case_id: str | None,
-        key: str,
-        table: Any,
-        message_id: str | None,
-    ) -> None:
+class Outbound(Protocol):
+    """One delivery input: how to read its records and deliver one of them."""
+
+    name: str
+    topic: str
+    table: Any
+
+    def read(self, record: RawRecord) -> tuple[Item, Any]: ...
+
+    async def deliver(self, event: Any, done: list[str]) -> DeliveryReceipt: ...
+
+
+class DeliveryLoop:
+    """The notify agent for one input: decode, skip what was delivered, deliver, record.
+
+    Effectively-once: ids are deterministic, and the delivered-ids table (keyed like the
+    stream) drops any id already delivered, so a replay or restart sends nothing twice.
+    """
+
+    def __init__(self, ctx: Context, outbound: Outbound) -> None:
+        self.ctx = ctx
+        self.outbound = outbound
+
+    async def run(self, stream: Any) -> None:
+        """The agent loop: one record at a time, outputs durable before the acknowledgement."""
+        async for event in stream.events():
+            record = RawRecord.from_event(event)
+            async with self.ctx.guard(STAGE, record):
+                await self.handle(record)
+            await self.ctx.flush()
+
+    async def handle(self, record: RawRecord) -> None:
+        """Deliver one record (or skip it as a duplicate) and report the receipt."""
+        item, event = self.outbound.read(record)
+        done = _delivered(self.outbound.table, item.key)
+        if item.delivery_id in done:
+            receipt = DeliveryReceipt(
+                delivery_id=item.delivery_id,
+                channel=item.channel,
+                status="skipped_duplicate",
+                attempts=0,
+                at=utcnow(),
+            )
+        else:
+            receipt = await self.outbound.deliver(event, done)
+        await self.finish(record, item, receipt)
+
+    async def finish(self, record: RawRecord, item: Item, receipt: DeliveryReceipt) -> None:
+        """Receipt to ``deliveries``; remember a delivery; DLQ a failure; the case event."""
+        ctx = self.ctx
         ctx.metrics.deliveries.labels(channel=receipt.channel, status=receipt.status).inc()
         await ctx.send("deliveries", receipt.delivery_id, receipt)
         if receipt.status == "delivered":
-            _remember(table, key, receipt.delivery_id)
+            _remember(self.outbound.table, item.key, receipt.delivery_id)
         elif receipt.status == "failed":
             err = DeliveryError(receipt.error or "delivery failed")
-            await ctx.dead_letter(dead_letter_for(STAGE, record, err, message_id))
-        if case_id is not None and receipt.status != "skipped_duplicate":
-            typ = (
-                CaseEventType.reply_sent
-                if receipt.status == "delivered"
-                else CaseEventType.delivery_failed
+            await ctx.dead_letter(dead_letter_for(STAGE, record, err, item.message_id))
+        if item.case_id is not None and receipt.status != "skipped_duplicate":
+            event = _delivery_event(item.case_id, item.message_id, receipt)
+            ctx.metrics.case_events.labels(type=event.type.value).inc()
+            await ctx.send("case-events", item.case_id, event)
+
+
+def _delivery_event(case_id: str, message_id: str | None, receipt: DeliveryReceipt) -> CaseEvent:
+    typ = (
+        CaseEventType.reply_sent if receipt.status == "delivered" else CaseEventType.delivery_failed
+    )
+    return CaseEvent(
+        event_id=derive_id("ce", typ.value, receipt.delivery_id),
+        case_id=case_id,
+        type=typ,
+        message_id=message_id,
+        detail={
+            "delivery_id": receipt.delivery_id,
+            "channel": receipt.channel,
+            "attempts": receipt.attempts,
+            "error": receipt.error,
+            "by": STAGE,
+        },
+        at=utcnow(),
+    )
+
+
+class Senders:
+    """The platform/SMTP deliverer, created on first use (inside the event loop), with the
+    worker's share of the platforms' rate limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limiter = RateLimiter(settings.delivery_rate_limits)
+        self._deliverer: Deliverer | None = None
+
+    def get(self) -> Deliverer:
+        """The deliverer (its HTTP session is opened on first use)."""
+        if self._deliverer is None:
+            self._deliverer = Deliverer(
+                self.settings, aiohttp.ClientSession(), limiter=self.limiter
             )
-            ctx.metrics.case_events.labels(type=typ.value).inc()
-            await ctx.send(
-                "case-events",
-                case_id,
-                CaseEvent(
-                    event_id=derive_id("ce", typ.value, receipt.delivery_id),
-                    case_id=case_id,
-                    type=typ,
-                    message_id=message_id,
-                    detail={
-                        "delivery_id": receipt.delivery_id,
-                        "channel": receipt.channel,
-                        "attempts": receipt.attempts,
-                        "error": receipt.error,
-                        "by": STAGE,
-                    },
-                    at=utcnow(),
-                ),
-            )
+        return self._deliverer
 
-    def skipped(delivery_id: str, channel: str) -> DeliveryReceipt:
-        return DeliveryReceipt(
-            delivery_id=delivery_id,
-            channel=channel,
-            status="skipped_duplicate",
-            attempts=0,
-            at=utcnow(),
-        )
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        """Signal handler: close the HTTP session at shutdown."""
+        if self._deliverer is not None:
+            await self._deliverer.session.close()
 
-    async def replies_agent(stream: Any) -> None:
-        async for event in stream.events():
-            record = RawRecord.from_event(event)
-            try:
-                reply = decode_record(Reply, record)
-                key = reply.customer_id
-                done = _delivered(delivered_replies, key)
-                if reply.reply_id in done:
-                    receipt = skipped(reply.reply_id, reply.channel.value)
-                else:
-                    receipt = await (await deliverer()).deliver_reply(
-                        reply,
-                        sent_parts=done,
-                        on_part=functools.partial(_remember, delivered_replies, key),
-                    )
-                await finish(
-                    record, receipt, reply.case_id, key, delivered_replies, reply.message_id
-                )
-            except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
-                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
-            await ctx.flush()
+    async def take_share(self, sender: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
+        """Signal handler: the platforms' limits are per deployment; each worker sends its
+        share of them (by the input partitions it holds)."""
+        s = self.settings
+        inputs = {s.topic("replies"), s.topic("external")}
+        self.limiter.set_share(rate_share(assigned, inputs, s.partitions))
+        log.info("delivery rate limits at %.0f%% of the configured ones", self.limiter.share * 100)
 
-    async def external_agent(stream: Any) -> None:
-        async for event in stream.events():
-            record = RawRecord.from_event(event)
-            try:
-                sub = decode_record(SubRequest, record)
-                key = sub.case_id
-                if sub.sub_request_id in _delivered(delivered_external, key):
-                    receipt = skipped(sub.sub_request_id, "email")
-                else:
-                    mail = compose_external(sub, s)
-                    receipt = await (await deliverer()).deliver_external(sub, mail)
-                await finish(record, receipt, sub.case_id, key, delivered_external, sub.message_id)
-            except Exception as exc:  # noqa: BLE001 — DLQ and keep consuming
-                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
-            await ctx.flush()
 
-    app.agent(ctx.topic("replies"), name="notify-replies")(replies_agent)
-    app.agent(ctx.topic("external"), name="notify-external")(external_agent)
+@dataclass
+class Replies:
+    """``replies`` → the customer's channel (a long reply's parts are remembered one by one)."""
 
-    async def close_session(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        if "d" in holder:
-            await holder["d"].session.close()
+    senders: Senders
+    table: Any
+    name: str = "notify-replies"
+    topic: str = "replies"
 
-    app.on_before_shutdown.connect(cast(Any, close_session))
-    app.on_partitions_assigned.connect(cast(Any, take_share))
+    def read(self, record: RawRecord) -> tuple[Item, Reply]:
+        reply = decode_record(Reply, record)
+        r = reply
+        return Item(r.reply_id, r.channel.value, r.customer_id, r.case_id, r.message_id), reply
+
+    async def deliver(self, event: Any, done: list[str]) -> DeliveryReceipt:
+        reply: Reply = event
+        on_part = functools.partial(_remember, self.table, reply.customer_id)
+        return await self.senders.get().deliver_reply(reply, sent_parts=done, on_part=on_part)
+
+
+@dataclass
+class External:
+    """``external`` sub-requests → e-mail to the department or the store's director."""
+
+    senders: Senders
+    table: Any
+    name: str = "notify-external"
+    topic: str = "external"
+
+    def read(self, record: RawRecord) -> tuple[Item, SubRequest]:
+        sub = decode_record(SubRequest, record)
+        return Item(sub.sub_request_id, "email", sub.case_id, sub.case_id, sub.message_id), sub
+
+    async def deliver(self, event: Any, done: list[str]) -> DeliveryReceipt:
+        sub: SubRequest = event
+        mail = compose_external(sub, self.senders.settings)
+        return await self.senders.get().deliver_external(sub, mail)
+
+
+def install(ctx: Context) -> list[DeliveryLoop]:
+    """Register the delivery agents (one loop per input), the signals and the sweep."""
+    app = ctx.app
+    senders = Senders(ctx.settings)
+    inputs: list[Outbound] = [
+        Replies(senders, ctx.table("delivered-replies")),
+        External(senders, ctx.table("delivered-external")),
+    ]
+    loops = [DeliveryLoop(ctx, o) for o in inputs]
+    for loop in loops:
+        app.agent(ctx.topic(loop.outbound.topic), name=loop.outbound.name)(loop.run)
+    app.on_before_shutdown.connect(cast(Any, senders.close))
+    app.on_partitions_assigned.connect(cast(Any, senders.take_share))
 
     async def sweep() -> None:
-        cutoff = time.time() - s.case_retention_days * 86_400
-        removed = await sweep_delivered(delivered_replies, cutoff)
-        removed += await sweep_delivered(delivered_external, cutoff)
+        cutoff = time.time() - ctx.settings.case_retention_days * 86_400
+        removed = 0
+        for o in inputs:
+            removed += await sweep_delivered(o.table, cutoff)
         if removed:
             log.info("delivery sweep forgot %d idle keys", removed)
 
-    app.timer(SWEEP_INTERVAL_S)(sweep)  # faust types it too narrowly
+    app.timer(SWEEP_INTERVAL_S)(sweep)
+    return loops

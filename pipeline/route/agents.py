@@ -54,7 +54,7 @@ from pipeline.route import sla
 from pipeline.route.commands import apply_case_command
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch
-from pipeline.stage import RawRecord, dead_letter_for, decode_record
+from pipeline.stage import SWEEP_CHUNK, RawRecord, decode_record, sweep_table
 from pipeline.topics import task_topic
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ CASES_STAGE = "cases"
 RECONTACT_WINDOW = timedelta(days=7)
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
-SLA_CHUNK = 100
 CASE_SWEEP_INTERVAL_S = 600.0
 MAX_PENDING_UPDATES = 20
 
@@ -81,25 +80,6 @@ class Runtime:
     def workflow(self) -> Workflow:
         """The workflow in force now."""
         return self.live.current
-
-
-def _customer_cases(table: Any, customer_id: str) -> list[CaseState]:
-    raw = table.get(customer_id)
-    if not raw:
-        return []
-    return [CaseState.model_validate(c) for c in orjson.loads(raw)]
-
-
-def _store_case(table: Any, state: CaseState, known: list[CaseState] | None = None) -> None:
-    """Remember ``state`` among its customer's cases (``known``: already parsed, saves a parse)."""
-    if known is None:
-        known = _customer_cases(table, state.customer_id)
-    cases = [c for c in known if c.case_id != state.case_id]
-    cases.append(state)
-    cases.sort(key=lambda c: c.updated_at)
-    table[state.customer_id] = orjson.dumps(
-        [c.model_dump(mode="json") for c in cases[-MAX_CASES_PER_CUSTOMER:]]
-    ).decode()
 
 
 def find_case(cm: ClassifiedMessage, cases: list[CaseState]) -> tuple[CaseState | None, bool]:
@@ -202,36 +182,26 @@ async def sweep_case_tables(
     Without it the memory-store tables and their compacted changelogs grow with every case
     ever opened (measured: ~10 KB of worker memory per message).
     """
-    removed = 0
-    for n, key in enumerate(list(cases_table.keys())):
-        if n % SLA_CHUNK == 0:
-            await asyncio.sleep(0)  # a long sweep must not stall the agents
-        raw = cases_table.get(key)  # re-read: an agent may have changed it meanwhile
-        if raw is None:
-            continue
+
+    def case_kept(_: str, raw: str) -> str | None:
         data = orjson.loads(raw) if raw else None
-        if not data or _resolved_before(data, cutoff):
-            del cases_table[key]
-            removed += 1
-    for n, key in enumerate(list(customer_cases.keys())):
-        if n % SLA_CHUNK == 0:
-            await asyncio.sleep(0)
-        raw = customer_cases.get(key)
-        if raw is None:
-            continue
+        return None if not data or _resolved_before(data, cutoff) else raw
+
+    def customer_kept(_: str, raw: str) -> str | None:
         cases = orjson.loads(raw) if raw else []
         kept = [c for c in cases if not _resolved_before(c, cutoff)]
         if not kept:
-            del customer_cases[key]
-            removed += 1
-        elif len(kept) < len(cases):
-            customer_cases[key] = orjson.dumps(kept).decode()
-    for key, raw in list(pending_table.items()):
+            return None
+        return raw if len(kept) == len(cases) else orjson.dumps(kept).decode()
+
+    def pending_kept(key: str, raw: str) -> str | None:
         held = orjson.loads(raw) if raw else []
-        if key not in cases_table and all(_before(u.get("at"), cutoff) for u in held):
-            del pending_table[key]
-            removed += 1
-    return removed
+        gone = key not in cases_table and all(_before(u.get("at"), cutoff) for u in held)
+        return None if gone else raw
+
+    removed = await sweep_table(cases_table, case_kept)
+    removed += await sweep_table(customer_cases, customer_kept)
+    return removed + await sweep_table(pending_table, pending_kept)
 
 
 def _before(value: Any, cutoff: datetime) -> bool:
@@ -244,182 +214,238 @@ def _resolved_before(case: dict[str, Any], cutoff: datetime) -> bool:
     return case.get("status") == "resolved" and _before(case.get("resolved_at"), cutoff)
 
 
-def install(ctx: Context, live: LiveWorkflow) -> None:
-    """Register the route and case agents, the SLA timer and the config watchers."""
-    app = ctx.app
-    s = ctx.settings
-    rt = Runtime(ctx, live)
-    customer_cases = ctx.table("customer-cases")
-    cases_table = ctx.table("cases")
-    pending_table = ctx.table("pending-updates")
+class CustomerCases:
+    """The route agent's table: each customer's recent cases (JSON list), newest last."""
 
-    async def route_one(record: RawRecord, event: Any, kb_hit: KbMatch | None) -> None:
-        if isinstance(event, CaseSnapshot):
-            try:
-                _store_case(customer_cases, CaseState.model_validate(event.state))
-            except Exception as exc:  # noqa: BLE001 — a bad snapshot must not stop the stream
-                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
-            return
-        cm: ClassifiedMessage = event
-        try:
-            cases = _customer_cases(customer_cases, cm.customer_id)
-            open_case, recontact = find_case(cm, cases)
-            if recontact:
-                ctx.metrics.recontacts.inc()
-            kb_match = kb_hit if open_case is None else None
-            decision = route_message(
-                cm,
-                rt.workflow,
-                now=utcnow(),
-                kb_match=kb_match,
-                open_case=open_case,
-                settings=s,
-                incident_new=cm.similarity.incident_new,
-            )
-            await emit_transition(ctx, decision, rt.workflow)
-            _observe_survey(ctx, decision.case_events)
-            if decision.case is not None:
-                _store_case(customer_cases, decision.case, cases)
-                await ctx.send(
-                    "case-state", decision.case.case_id, _snapshot(decision.case, "route")
-                )
-            inc = decision.incident_case
-            if inc is not None and cm.similarity.incident_new:
-                # Only the report that opened the incident creates its case (one writer).
-                await ctx.send("case-state", inc.case_id, _snapshot(inc, "route"))
-            out = decision.outcome
-            await ctx.send("outcomes", out.message_id, out)
-            ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
-            latency = (out.decided_at - cm.inbound.received_at).total_seconds()
-            ctx.metrics.end_to_end.observe(max(latency, 0.0))
-        except Exception as exc:
-            log.exception("route failed for %s at %s", cm.message_id, record.where)
-            await ctx.reject(STAGE, record, cm.inbound, exc)
+    def __init__(self, table: Any) -> None:
+        self.table = table
 
-    async def route_batch(records: list[RawRecord]) -> None:
+    def of(self, customer_id: str) -> list[CaseState]:
+        """The customer's remembered cases."""
+        raw = self.table.get(customer_id)
+        if not raw:
+            return []
+        return [CaseState.model_validate(c) for c in orjson.loads(raw)]
+
+    def store(self, state: CaseState, known: list[CaseState] | None = None) -> None:
+        """Remember ``state`` among its customer's cases (``known``: already parsed)."""
+        if known is None:
+            known = self.of(state.customer_id)
+        cases = [c for c in known if c.case_id != state.case_id]
+        cases.append(state)
+        cases.sort(key=lambda c: c.updated_at)
+        self.table[state.customer_id] = orjson.dumps(
+            [c.model_dump(mode="json") for c in cases[-MAX_CASES_PER_CUSTOMER:]]
+        ).decode()
+
+
+class RouteAgent:
+    """``classified`` + ``case-status`` → decisions: sub-requests, replies, case events,
+    the message's one Outcome, and the case's new state to ``case-state``."""
+
+    def __init__(self, ctx: Context, rt: Runtime, cases: CustomerCases) -> None:
+        self.ctx = ctx
+        self.rt = rt
+        self.cases = cases
+
+    async def run(self, stream: Any) -> None:
+        """Batches, as in classify: the KB lookup is vectorized per batch; order is kept."""
+        s = self.ctx.settings
+        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+            records = [RawRecord.from_event(e) for e in events]
+            async with self.ctx.guard_batch(
+                STAGE, records, lambda r: decode_record(ClassifiedMessage, r).inbound
+            ):
+                await self.handle_batch(records)
+            await self.ctx.flush()  # outputs durable before the batch is acknowledged
+
+    async def handle_batch(self, records: list[RawRecord]) -> None:
+        """Decode (bad records: DLQ), one KB search for the batch, then route in order."""
+        status_topic = self.ctx.settings.topic("case-status")
         decoded: list[tuple[RawRecord, ClassifiedMessage | CaseSnapshot]] = []
         for record in records:
-            try:
-                if record.topic == s.topic("case-status"):
+            async with self.ctx.guard(STAGE, record):
+                if record.topic == status_topic:
                     decoded.append((record, decode_record(CaseSnapshot, record)))
                 else:
                     decoded.append((record, decode_record(ClassifiedMessage, record)))
-            except DecodeError as exc:
-                ctx.metrics.messages.labels(stage=STAGE, outcome="dead_letter").inc()
-                await ctx.dead_letter(dead_letter_for(STAGE, record, exc))
-        # One vectorized KB lookup for the single-intent messages of the batch.
+        hits = self.kb_hits([ev for _, ev in decoded])
+        for i, (record, ev) in enumerate(decoded):
+            with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
+                if isinstance(ev, CaseSnapshot):
+                    async with self.ctx.guard(STAGE, record):
+                        self.cases.store(CaseState.model_validate(ev.state))
+                else:
+                    async with self.ctx.guard(STAGE, record, ev.inbound):
+                        await self.route(ev, hits.get(i))
+
+    def kb_hits(self, events: list[ClassifiedMessage | CaseSnapshot]) -> dict[int, KbMatch]:
+        """One vectorized KB lookup for the single-intent messages (by position)."""
         singles = [
             (i, ev)
-            for i, (_, ev) in enumerate(decoded)
+            for i, ev in enumerate(events)
             if isinstance(ev, ClassifiedMessage) and len(ev.intents) == 1
         ]
-        found = rt.kb.search_many(
+        found = self.rt.kb.search_many(
             [ev.inbound.text for _, ev in singles],
             [ev.inbound.language for _, ev in singles],
             [[it.label for it in ev.intents] for _, ev in singles],
         )
-        hits = {i: m for (i, _), m in zip(singles, found, strict=True)}
-        for i, (record, ev) in enumerate(decoded):
-            with ctx.metrics.stage_seconds.labels(stage=STAGE).time():
-                await route_one(record, ev, hits.get(i))
+        return {i: m for (i, _), m in zip(singles, found, strict=True)}
 
-    async def route_agent(stream: Any) -> None:
-        # Batches, as in classify: the KB lookup is vectorized per batch; order is kept.
-        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
-            records = [RawRecord.from_event(e) for e in events]
-            try:
-                await route_batch(records)
-            except Exception as exc:  # last line of defence: every record still ends somewhere
-                log.exception("route batch failed")
-                await ctx.reject_all(
-                    STAGE, records, exc, lambda r: decode_record(ClassifiedMessage, r).inbound
-                )
-            await ctx.flush()  # outputs durable before the batch is acknowledged
+    async def route(self, cm: ClassifiedMessage, kb_hit: KbMatch | None) -> None:
+        """Route one message and send everything its decision holds."""
+        ctx = self.ctx
+        cases = self.cases.of(cm.customer_id)
+        open_case, recontact = find_case(cm, cases)
+        if recontact:
+            ctx.metrics.recontacts.inc()
+        decision = route_message(
+            cm,
+            self.rt.workflow,
+            now=utcnow(),
+            kb_match=kb_hit if open_case is None else None,
+            open_case=open_case,
+            settings=ctx.settings,
+            incident_new=cm.similarity.incident_new,
+        )
+        await emit_transition(ctx, decision, self.rt.workflow)
+        _observe_survey(ctx, decision.case_events)
+        if decision.case is not None:
+            self.cases.store(decision.case, cases)
+            await ctx.send("case-state", decision.case.case_id, _snapshot(decision.case, "route"))
+        inc = decision.incident_case
+        if inc is not None and cm.similarity.incident_new:
+            # Only the report that opened the incident creates its case (one writer).
+            await ctx.send("case-state", inc.case_id, _snapshot(inc, "route"))
+        out = decision.outcome
+        await ctx.send("outcomes", out.message_id, out)
+        ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
+        latency = (out.decided_at - cm.inbound.received_at).total_seconds()
+        ctx.metrics.end_to_end.observe(max(latency, 0.0))
 
-    async def apply_one(record: RawRecord) -> None:
+
+class CaseKeeper:
+    """``case-state`` + ``task-updates`` + ``case-commands`` → case transitions (single
+    writer of ``cases``); every new state goes back to ``case-status`` for the route agent.
+    Also runs the SLA check over the open cases."""
+
+    def __init__(self, ctx: Context, rt: Runtime, cases_table: Any, pending_table: Any) -> None:
+        self.ctx = ctx
+        self.rt = rt
+        self.table = cases_table
+        self.pending = pending_table
+
+    async def run(self, stream: Any) -> None:
+        """The agent loop: one record at a time, outputs durable before the acknowledgement."""
+        async for event in stream.events():
+            record = RawRecord.from_event(event)
+            async with self.ctx.guard(CASES_STAGE, record):
+                await self.apply(record)
+                self.ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
+            await self.ctx.flush()
+
+    async def apply(self, record: RawRecord) -> None:
+        """Dispatch by input topic."""
+        s = self.ctx.settings
         if record.topic == s.topic("case-state"):
-            snap = decode_record(CaseSnapshot, record)
-            state = CaseState.model_validate(snap.state)
-            stored = cases_table.get(state.case_id)
-            if stored:
-                known = CaseState.model_validate(orjson.loads(stored))
-                if not is_news(state, known):
-                    return  # a replayed snapshot must not undo later transitions
-                merged = merge_snapshot(known, state)
-                if merged != state:  # route's view lagged: give it the keeper's state back
-                    await ctx.send("case-status", merged.customer_id, _snapshot(merged, "cases"))
-                state = merged
-            cases_table[state.case_id] = orjson.dumps(state.model_dump(mode="json")).decode()
-            await close_if_incident_resolved(state)
-            waiting = pending_table.get(state.case_id)
-            if waiting:
-                # Updates that overtook the case's creation (different topics): apply now.
-                pending_table[state.case_id] = ""
-                for raw_update in orjson.loads(waiting):
-                    await apply_update(TaskUpdate.model_validate(raw_update))
-            return
-        if record.topic == s.topic("case-commands"):  # a supervisor's reassign / add
-            command = decode_record(CaseCommand, record)
-            raw = cases_table.get(command.case_id)
-            if not raw:
-                raise InvalidInput(f"command {command.command_id}: no case {command.case_id}")
-            state = CaseState.model_validate(orjson.loads(raw))
-            await save_transition(
-                apply_case_command(state, command, rt.workflow, now=utcnow(), settings=s)
-            )
-            return
-        update = decode_record(TaskUpdate, record)
-        if not cases_table.get(update.case_id):
-            held = orjson.loads(pending_table.get(update.case_id) or "[]")
+            await self.take_snapshot(decode_record(CaseSnapshot, record))
+        elif record.topic == s.topic("case-commands"):  # a supervisor's reassign / add
+            await self.take_command(decode_record(CaseCommand, record))
+        else:
+            await self.take_update(decode_record(TaskUpdate, record))
+
+    def get(self, case_id: str) -> CaseState | None:
+        """The stored case, if any."""
+        raw = self.table.get(case_id)
+        return CaseState.model_validate(orjson.loads(raw)) if raw else None
+
+    async def take_snapshot(self, snap: CaseSnapshot) -> None:
+        """A case state written by route: store it, unless it is a replay of older news."""
+        state = CaseState.model_validate(snap.state)
+        known = self.get(state.case_id)
+        if known is not None:
+            if not is_news(state, known):
+                return  # a replayed snapshot must not undo later transitions
+            merged = merge_snapshot(known, state)
+            if merged != state:  # route's view lagged: give it the keeper's state back
+                await self.ctx.send("case-status", merged.customer_id, _snapshot(merged, "cases"))
+            state = merged
+        self.table[state.case_id] = orjson.dumps(state.model_dump(mode="json")).decode()
+        await self.close_if_incident_resolved(state)
+        waiting = self.pending.get(state.case_id)
+        if waiting:
+            # Updates that overtook the case's creation (different topics): apply now.
+            self.pending[state.case_id] = ""
+            for raw_update in orjson.loads(waiting):
+                await self.apply_update(TaskUpdate.model_validate(raw_update))
+
+    async def take_command(self, command: CaseCommand) -> None:
+        """A supervisor's command on an existing case."""
+        state = self.get(command.case_id)
+        if state is None:
+            raise InvalidInput(f"command {command.command_id}: no case {command.case_id}")
+        tr = apply_case_command(
+            state, command, self.rt.workflow, now=utcnow(), settings=self.ctx.settings
+        )
+        await self.save(tr)
+
+    async def take_update(self, update: TaskUpdate) -> None:
+        """A department's update; held (bounded) when it overtook its case's creation."""
+        if not self.table.get(update.case_id):
+            held = orjson.loads(self.pending.get(update.case_id) or "[]")
             if len(held) >= MAX_PENDING_UPDATES:
                 raise DecodeError(
                     f"task update {update.update_id} for unknown case {update.case_id}"
                 )
             held.append(update.model_dump(mode="json"))
-            pending_table[update.case_id] = orjson.dumps(held).decode()
+            self.pending[update.case_id] = orjson.dumps(held).decode()
             log.warning("task update %s waits for case %s", update.update_id, update.case_id)
             return
-        await apply_update(update)
+        await self.apply_update(update)
 
-    async def apply_update(update: TaskUpdate) -> None:
-        state = CaseState.model_validate(orjson.loads(cases_table[update.case_id]))
-        tr = apply_task_update(state, update, rt.workflow, now=utcnow())
-        await save_transition(tr)
+    async def apply_update(self, update: TaskUpdate) -> None:
+        """Apply a task update to its (stored) case and save the transition."""
+        state = CaseState.model_validate(orjson.loads(self.table[update.case_id]))
+        await self.save(apply_task_update(state, update, self.rt.workflow, now=utcnow()))
 
-    async def save_transition(tr: Transition) -> None:
+    async def save(self, tr: Transition) -> None:
+        """Store the new state (synchronously), then send what the transition holds."""
         incident = is_incident_case(tr.state)
         if incident:
             # The incident's own case answers nobody itself: its reporters' cases do.
             tr = tr.model_copy(update={"replies": []})
-        # State first (synchronously), then the sends, which may yield to other tasks.
-        cases_table[tr.state.case_id] = orjson.dumps(tr.state.model_dump(mode="json")).decode()
-        await emit_transition(ctx, tr, rt.workflow)
+        self.table[tr.state.case_id] = orjson.dumps(tr.state.model_dump(mode="json")).decode()
+        await emit_transition(self.ctx, tr, self.rt.workflow)
         if not incident:
-            await ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
+            await self.ctx.send(
+                "case-status", tr.state.customer_id, _snapshot(tr.state, "cases")
+            )
         elif tr.state.status == "resolved":
-            await close_linked(tr.state)
+            await self.close_linked(tr.state)
 
-    async def close_linked(incident_case: CaseState) -> None:
+    async def close_linked(self, incident_case: CaseState) -> None:
         """Resolve every open case linked to a resolved incident with its resolution."""
         # A scan of this worker's cases: incidents are rare, and their windows already
         # assume one worker (see deploy/README.md).
-        for _, raw in list(cases_table.items()):
+        for _, raw in list(self.table.items()):
             if raw:
-                await close_by_incident(CaseState.model_validate(orjson.loads(raw)), incident_case)
+                state = CaseState.model_validate(orjson.loads(raw))
+                await self.close_by_incident(state, incident_case)
 
-    async def close_if_incident_resolved(state: CaseState) -> None:
+    async def close_if_incident_resolved(self, state: CaseState) -> None:
         """A report opened before its incident was resolved, but reaching us after it."""
         if not state.incident_id or is_incident_case(state):
             return
-        raw = cases_table.get(derive_id("case", state.incident_id))
-        if not raw:
+        incident_case = self.get(derive_id("case", state.incident_id))
+        if incident_case is None:
             return
-        incident_case = CaseState.model_validate(orjson.loads(raw))
         resolved_at = incident_case.resolved_at
         if resolved_at is not None and state.opened_at <= resolved_at:
-            await close_by_incident(state, incident_case)
+            await self.close_by_incident(state, incident_case)
 
-    async def close_by_incident(state: CaseState, incident_case: CaseState) -> None:
+    async def close_by_incident(self, state: CaseState, incident_case: CaseState) -> None:
+        """Resolve the requests of ``state`` the incident is about, with its resolution."""
         if state.incident_id != incident_case.incident_id or is_incident_case(state):
             return
         resolution = (
@@ -429,7 +455,7 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
         # Only the requests the incident is about; a loyalty question in the same message stays.
         categories = {s.category for s in incident_case.sub_requests}
         for sub in [x for x in open_subs(state) if x.category in categories]:
-            await apply_update(
+            await self.apply_update(
                 TaskUpdate(
                     update_id=derive_id("upd", incident_case.case_id, sub.sub_request_id),
                     sub_request_id=sub.sub_request_id,
@@ -442,67 +468,64 @@ def install(ctx: Context, live: LiveWorkflow) -> None:
                 )
             )
 
-    async def cases_agent(stream: Any) -> None:
-        async for event in stream.events():
-            record = RawRecord.from_event(event)
-            try:
-                await apply_one(record)
-                ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
-            except Exception as exc:  # noqa: BLE001 — DLQ the update, keep consuming
-                ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="dead_letter").inc()
-                await ctx.dead_letter(dead_letter_for(CASES_STAGE, record, exc))
-            await ctx.flush()
-
-    route_in = app.topic(
-        s.topic("classified"),
-        s.topic("case-status"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    cases_in = app.topic(
-        s.topic("case-state"),
-        s.topic("task-updates"),
-        s.topic("case-commands"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    app.agent(route_in, name="route")(route_agent)
-    app.agent(cases_in, name="cases")(cases_agent)
-
-    async def sla_tick() -> None:
+    async def check_sla(self) -> None:
+        """Timer: warnings, breaches and escalations due now, over every open case."""
         now = utcnow()
         open_cases = 0
-        for n, key in enumerate(list(cases_table.keys())):
-            if n % SLA_CHUNK == 0:
+        for n, key in enumerate(list(self.table.keys())):
+            if n % SWEEP_CHUNK == 0:
                 await asyncio.sleep(0)  # a long scan must not stall the agents (tail latency)
-            raw = cases_table.get(key)  # re-read: an agent may have changed it meanwhile
+            raw = self.table.get(key)  # re-read: an agent may have changed it meanwhile
             data = orjson.loads(raw) if raw else None
             if not data or data.get("status") == "resolved":
                 continue
-            state = CaseState.model_validate(data)
             open_cases += 1
-            tr = sla.check_sla(state, rt.workflow, now, settings=s)
+            state = CaseState.model_validate(data)
+            tr = sla.check_sla(state, self.rt.workflow, now, settings=self.ctx.settings)
             if tr.case_events or tr.sub_requests or tr.replies:
-                await save_transition(tr)
-        ctx.metrics.open_cases.set(open_cases)
-        await ctx.flush()
+                await self.save(tr)
+        self.ctx.metrics.open_cases.set(open_cases)
+        await self.ctx.flush()
 
-    async def kb_follow() -> None:
-        await follow_kb(ctx, rt)
+
+def _raw_topic(ctx: Context, *names: str) -> Any:
+    """One Faust channel over several raw-bytes topics (one agent reads them all)."""
+    return ctx.app.topic(
+        *(ctx.settings.topic(n) for n in names),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def install(ctx: Context, live: LiveWorkflow) -> tuple[RouteAgent, CaseKeeper]:
+    """Register the route and case agents, the SLA and retention timers and the KB follower."""
+    app = ctx.app
+    rt = Runtime(ctx, live)
+    customer_cases = ctx.table("customer-cases")
+    cases_table = ctx.table("cases")
+    pending_table = ctx.table("pending-updates")
+    router = RouteAgent(ctx, rt, CustomerCases(customer_cases))
+    keeper = CaseKeeper(ctx, rt, cases_table, pending_table)
+    app.agent(_raw_topic(ctx, "classified", "case-status"), name="route")(router.run)
+    app.agent(_raw_topic(ctx, "case-state", "task-updates", "case-commands"), name="cases")(
+        keeper.run
+    )
 
     async def case_sweep() -> None:
-        cutoff = utcnow() - timedelta(days=s.case_retention_days)
+        cutoff = utcnow() - timedelta(days=ctx.settings.case_retention_days)
         removed = await sweep_case_tables(cases_table, customer_cases, pending_table, cutoff)
         if removed:
             log.info("case sweep forgot %d entries resolved before %s", removed, cutoff)
 
-    app.timer(SLA_INTERVAL_S)(sla_tick)
+    async def kb_follow() -> None:
+        await follow_kb(ctx, rt)
+
+    app.timer(SLA_INTERVAL_S)(keeper.check_sla)
     app.timer(CASE_SWEEP_INTERVAL_S)(case_sweep)
     app.task(kb_follow)
+    return router, keeper
 
 
 async def follow_kb(ctx: Context, rt: Runtime) -> None:

@@ -23,7 +23,7 @@ def _state(at: datetime, text: str) -> str:
     return dedup.remember(dedup.CustomerDedupState(), msg, "case", at).model_dump_json()
 
 
-def test_sweep_removes_only_idle_keys() -> None:
+async def test_sweep_removes_only_idle_keys() -> None:
     cfg = dedup.DedupConfig(window_s=3600)
     dedup_table = {
         "old": _state(NOW - timedelta(hours=2), "где мой заказ"),
@@ -57,7 +57,7 @@ def test_sweep_removes_only_idle_keys() -> None:
         "stale": stale_open.model_dump_json(),
         "live": live_open.model_dump_json(),
     }
-    removed = sweep_tables(dedup_table, contacts, incident_table, cfg, NOW)
+    removed = await sweep_tables(dedup_table, contacts, incident_table, cfg, NOW)
     assert removed == 4
     assert set(dedup_table) == {"fresh"}
     assert set(contacts) == {"fresh"}
