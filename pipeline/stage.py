@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pipeline.codec import dead_letter, decode
-from pipeline.errors import BrokerError, DecodeError
+from pipeline.errors import BrokerError
 from pipeline.events import Event
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,6 @@ def dead_letter_for(
         key=record.key,
         message_id=message_id,
     )
-
-
-def split_decoded(
-    model: type[E], stage: str, records: list[RawRecord]
-) -> tuple[list[tuple[RawRecord, E]], list[Any]]:
-    """Decode a batch: (good records with their events, dead letters for the rest)."""
-    good: list[tuple[RawRecord, E]] = []
-    bad: list[Any] = []
-    for record in records:
-        try:
-            good.append((record, decode_record(model, record)))
-        except DecodeError as exc:
-            bad.append(dead_letter_for(stage, record, exc))
-    return good, bad
 
 
 class Action(enum.Enum):

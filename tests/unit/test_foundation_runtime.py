@@ -10,9 +10,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.broker import EmbeddedBroker, broker_for, free_port, metadata_ready, tansu_binary
 from pipeline.config import DEFAULT_CONFIG_DIR, Settings
 from pipeline.errors import BrokerError
-from pipeline.events import Outcome
 from pipeline.metrics import Metrics
-from pipeline.stage import RawRecord, split_decoded
 
 
 def test_settings_read_env_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,19 +42,6 @@ def test_metrics_use_the_injected_registry() -> None:
     assert 'pipeline_messages_total{outcome="routed",stage="route"} 3.0' in text
     assert "pipeline_end_to_end_seconds_bucket" in text
     assert Metrics().render() != m.render()  # a second registry starts from zero
-
-
-def test_split_decoded_sends_each_bad_record_to_the_dlq() -> None:
-    good = Outcome(message_id="m", outcome="routed", stage="t", decided_at="2026-01-01T00:00:00Z")
-    records = [
-        RawRecord("t", 0, 1, b"k", good.model_dump_json().encode()),
-        RawRecord("t", 0, 2, b"k", b"\xff"),
-        RawRecord("t", 1, 3, None, b'{"message_id": 5}'),
-    ]
-    ok, bad = split_decoded(Outcome, "s", records)
-    assert [r.offset for r, _ in ok] == [1]
-    assert [(d.partition, d.offset) for d in bad] == [(0, 2), (1, 3)]
-    assert all(d.stage == "s" for d in bad)
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
