@@ -119,14 +119,17 @@ def _install_web(ctx: Context) -> None:
     async def healthz(web: Any, request: Any) -> Any:
         assigned: set[TP] = set(app.consumer.assignment()) if app.consumer else set()
         stalled = "stalled" in ctx.status
+        # "broker": outputs not acknowledged or lost (Context.flush); "consumer": inputs gone
+        # or unreachable (lag.py). Either is 503 within seconds, not after the stall timer.
+        broken = "broker" in ctx.status or "consumer" in ctx.status
         return web.json(
             {
-                "status": "stalled" if stalled else "ok",
+                "status": "broker" if broken else "stalled" if stalled else "ok",
                 "app": ctx.settings.app_id,
                 "assigned_partitions": len(assigned),
                 **ctx.status,
             },
-            status=503 if stalled else 200,
+            status=503 if stalled or broken else 200,
         )
 
     @app.page("/readyz")

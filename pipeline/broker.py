@@ -20,8 +20,9 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -130,8 +131,11 @@ class EmbeddedBroker:
         port: int | None = None,
         startup_timeout_s: float = 30.0,
         log_path: Path | None = None,
+        on_death: Callable[[], None] | None = None,
     ) -> None:
         self.host = "127.0.0.1"
+        #: Called (from a watcher thread) when the broker exits without being stopped.
+        self.on_death = on_death
         self.port = port or free_port(self.host)
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -191,10 +195,28 @@ class EmbeddedBroker:
                 raise BrokerError(f"embedded broker exited at start-up: {tail}")
             if metadata_ready(self.host, self.port):
                 log.info("embedded Tansu broker ready at %s (pid %s)", url, self._proc.pid)
+                watcher = threading.Thread(
+                    target=self._watch, args=(self._proc,), name="broker-watch", daemon=True
+                )
+                watcher.start()
                 return self
             time.sleep(0.1)
         self.stop()
         raise BrokerError(f"embedded broker did not answer within {self.startup_timeout_s}s")
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        if self._proc is not proc:
+            return  # stopped by its owner
+        log.error(
+            "embedded broker (pid %s) exited with code %s; its in-memory data is gone, so the "
+            "processes using it stop now instead of acknowledging into a void. Broker log: %s",
+            proc.pid,
+            code,
+            self._log_tail(),
+        )
+        if self.on_death is not None:
+            self.on_death()
 
     def _log_tail(self) -> str:
         if self._log_file is None or not self._log_file.exists():
@@ -228,12 +250,22 @@ class EmbeddedBroker:
         self.stop()
 
 
+def terminate_self() -> None:
+    """SIGTERM this process: its own shutdown runs (Faust's, aiohttp's, the demo's), and
+    children started with PR_SET_PDEATHSIG follow it."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def broker_for(settings: Settings, log_path: Path | None = None) -> Iterator[Settings]:
+def broker_for(
+    settings: Settings,
+    log_path: Path | None = None,
+    on_death: Callable[[], None] | None = terminate_self,
+) -> Iterator[Settings]:
     """Settings pointing at a broker: the configured one, or a fresh embedded Tansu (its log
-    appended to ``log_path`` when given)."""
+    appended to ``log_path`` when given) whose death ends this process (``on_death``)."""
     if settings.kafka_bootstrap_servers:
         yield settings
         return
-    with EmbeddedBroker(log_path=log_path) as broker:
+    with EmbeddedBroker(log_path=log_path, on_death=on_death) as broker:
         yield settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})

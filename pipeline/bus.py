@@ -68,12 +68,59 @@ async def ensure_topics(
 
 
 class Publisher:
-    """Durable producer: ``send`` returns only after acks=all, else BrokerUnavailable."""
+    """Durable producer: ``send`` returns only after acks=all, else BrokerUnavailable.
+
+    An acknowledgement is not enough when the broker lost its data: a restarted in-memory
+    broker, or a topic deleted and auto-created again, acknowledges a record into a topic
+    nobody reads from there. The publisher notices — an offset at or below one it was given
+    before in the same partition, or a topic whose partition count changed — and from then on
+    refuses every send (``lost``): the adapter answers 503 and its /healthz fails until it is
+    restarted against a broker whose state is known again.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        #: Why this publisher stopped trusting the broker; None while it does.
+        self.lost: str | None = None
+        self._last_offset: dict[tuple[str, int], int] = {}
+        self._partition_count: dict[str, int] = {}
+
+    def _note_ack(self, fut: asyncio.Future[Any]) -> None:
+        # A done-callback: callbacks run in the order the broker's answers resolved the
+        # futures, so offsets of one partition arrive in order (an awaiting task may not).
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        meta = fut.result()
+        tp = (str(meta.topic), int(meta.partition))
+        offset = int(meta.offset)
+        last = self._last_offset.get(tp)
+        self._last_offset[tp] = offset
+        if last is not None and offset <= last:
+            self._lose(
+                f"{tp[0]}[{tp[1]}] acknowledged offset {offset} after {last}: the topic was "
+                "deleted and created again, or the broker restarted without its data"
+            )
+        cluster = self._producer.client.cluster if self._producer is not None else None
+        parts = cluster.partitions_for_topic(tp[0]) if cluster is not None else None
+        if parts:
+            first = self._partition_count.setdefault(tp[0], len(parts))
+            if len(parts) != first:
+                self._lose(
+                    f"{tp[0]} has {len(parts)} partitions, had {first}: the topic was "
+                    "deleted and created again"
+                )
+
+    def check(self) -> None:
+        """BrokerUnavailable if the broker has lost records it acknowledged to us."""
+        if self.lost is not None:
+            raise BrokerUnavailable(self.lost)
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            log.error("broker lost acknowledged records: %s; not publishing until restart", why)
+            self.lost = why
 
     async def _ensure(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -98,19 +145,19 @@ class Publisher:
 
     async def send_raw(self, topic: str, key: str | None, value: bytes | None) -> None:
         """Publish raw bytes (tests inject malformed records with this)."""
-        producer = await self._ensure()
+        fut = await self.enqueue(topic, key, value)
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(
-                    topic, value=value, key=key.encode("utf-8") if key is not None else None
-                ),
-                self._settings.produce_timeout_s,
-            )
+            await asyncio.wait_for(fut, self._settings.produce_timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"broker did not acknowledge the record: {exc!r}") from exc
+        self.check()
 
-    async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
-        """Queue one record; the returned future resolves when the broker acknowledged it."""
+    async def enqueue(
+        self, topic: str, key: str | None, value: bytes | None
+    ) -> asyncio.Future[Any]:
+        """Queue one record; the returned future resolves when the broker acknowledged it
+        (then ``check`` that the broker has not lost records meanwhile)."""
+        self.check()
         producer = await self._ensure()
         try:
             fut: asyncio.Future[Any] = await producer.send(
@@ -118,6 +165,7 @@ class Publisher:
             )
         except (KafkaError, OSError) as exc:
             raise BrokerUnavailable(f"broker refused the record: {exc!r}") from exc
+        fut.add_done_callback(self._note_ack)
         return fut
 
     async def close(self) -> None:

@@ -99,7 +99,13 @@ class Context:
         results = await asyncio.gather(*pending, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            # /healthz answers 503 at once (not after the stall timer) until outputs flow again.
+            self.status["broker"] = f"{len(errors)} output records not acknowledged"
             raise BrokerUnavailable(f"{len(errors)} output records not acknowledged: {errors[0]!r}")
+        if self.publisher is not None and self.publisher.lost is not None:
+            self.status["broker"] = self.publisher.lost
+            self.publisher.check()
+        self.status.pop("broker", None)
 
     @contextlib.asynccontextmanager
     async def guard(

@@ -48,10 +48,17 @@ class ProgressTracker:
     def __init__(self, stall_after_s: float) -> None:
         self.stall_after_s = stall_after_s
         self.partitions: dict[tuple[str, int], Progress] = {}
+        #: Partitions whose records the broker lost (end went back, or empty below what was
+        #: processed): the topic was deleted and created again, or the broker restarted empty.
+        self.lost: set[tuple[str, int]] = set()
 
     def observe(self, tp: tuple[str, int], position: int, end: int, now: float) -> None:
         """Record a reading; the clock restarts when the position moves or had caught up."""
         old = self.partitions.get(tp)
+        # An end offset never goes back on a broker that keeps its data (Tansu under-reports
+        # it, but monotonically, so only a drop or an empty partition behind us tells).
+        if (old is not None and end < old.end) or (end == 0 and position > 0):
+            self.lost.add(tp)
         if old is None or old.position != position or old.end == old.position:
             self.partitions[tp] = Progress(position, end, now)
         else:
@@ -84,7 +91,10 @@ def install(ctx: Context) -> ProgressTracker:
     s = ctx.settings
     tracker = ProgressTracker(s.stall_after_s)
 
+    failures = 0
+
     async def measure() -> None:
+        nonlocal failures
         consumer = app.consumer
         changelogs = set(app.tables.changelog_topics)
         try:
@@ -102,9 +112,15 @@ def install(ctx: Context) -> ProgressTracker:
                 )
                 positions.update({tp: firsts.get(tp) for tp in never})
         except (TimeoutError, OSError, KafkaError, ConsumerNotStarted) as exc:
-            # Not started yet, a rebalance in between, or the broker away: next tick.
-            log.warning("consumer lag not measured: %r", exc)
+            # Not started yet, a rebalance in between, or the broker away: next tick. Twice in
+            # a row (a topic gone, the broker unreachable) is unhealthy: /healthz says so.
+            failures += 1
+            log.warning("consumer lag not measured (%d in a row): %r", failures, exc)
+            if failures >= 2:
+                ctx.status["consumer"] = f"broker not answering for input partitions: {exc!r}"
             return
+        failures = 0
+        ctx.status.pop("consumer", None)
         now = time.monotonic()
         tracker.keep_only({(tp.topic, tp.partition) for tp in held})
         for tp in held:
@@ -113,6 +129,11 @@ def install(ctx: Context) -> ProgressTracker:
                 tracker.observe((tp.topic, tp.partition), position, ends[tp], now)
         for topic, lag in tracker.lag_by_topic().items():
             ctx.metrics.consumer_lag.labels(topic=topic).set(lag)
+        if tracker.lost:
+            ctx.status["consumer"] = "broker lost records of " + ", ".join(
+                f"{t}[{p}]" for t, p in sorted(tracker.lost)
+            )
+            log.error("%s: restart this worker", ctx.status["consumer"])
         stalled = tracker.stalled(now)
         ctx.metrics.consumer_stalled.set(len(stalled))
         if stalled:

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,20 +47,41 @@ def run_worker(settings: Settings) -> int:
 
     asyncio.run(bus.ensure_topics(settings, departments=departments(settings)))
     ctx = create_app(settings)
+    watchdog = Watchdog(settings.shutdown_grace_s)
+
+    class Worker(faust.Worker):
+        async def stop(self) -> None:
+            # Armed when the stop *starts* (a signal, a crash): Faust's own shutdown hook
+            # fires only after "Wait for streams...", which hangs on a broker that is gone.
+            watchdog.arm()
+            await super().stop()
 
     async def arm_watchdog(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        # Faust's shutdown can hang flushing to a broker that is gone; a stop must stop.
-        timer = threading.Timer(settings.shutdown_grace_s, _force_exit)
-        timer.daemon = True
-        timer.start()
+        watchdog.arm()
 
     ctx.app.on_before_shutdown.connect(cast(Any, arm_watchdog))
     # Logging stays as the command set it up (pipeline.logs: text or JSON lines).
-    worker = faust.Worker(
+    worker = Worker(
         ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False, override_logging=False
     )
     worker.execute_from_commandline()
     return 0
+
+
+class Watchdog:
+    """Ends the process hard when a stop has not finished ``grace_s`` after it began."""
+
+    def __init__(self, grace_s: float, on_expiry: Callable[[], None] | None = None) -> None:
+        self.grace_s = grace_s
+        self._on_expiry = on_expiry or _force_exit
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start the countdown (once; later calls keep the first deadline)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace_s, self._on_expiry)
+            self._timer.daemon = True
+            self._timer.start()
 
 
 def _force_exit() -> None:

@@ -332,6 +332,11 @@ async def _whatsapp_verify(request: web.Request) -> web.Response:
 
 async def _healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
+    lost = service.publisher.lost
+    if lost is not None:
+        # The broker lost records it had acknowledged: every message is refused (503) until
+        # this adapter is restarted; the probe says so, so a supervisor does it.
+        return web.json_response({"status": "broker", "broker": lost}, status=503)
     return web.json_response({"status": "ok", "customers": len(service.directory)})
 
 

@@ -20,6 +20,7 @@ class _Publisher:
     def __init__(self, fail: bool) -> None:
         self.fail = fail
         self.sent: list[tuple[str, str | None]] = []
+        self.lost: str | None = None  # the broker never lost what it acknowledged here
 
     async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
         self.sent.append((topic, key))

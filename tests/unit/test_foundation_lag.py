@@ -49,3 +49,14 @@ def test_partitions_given_away_are_forgotten() -> None:
     t.keep_only({OTHER})
     assert t.stalled(now=100) == [OTHER]
     assert t.lag_by_topic() == {"care.inbound": 4}
+
+
+def test_an_end_offset_that_goes_back_or_empties_behind_us_is_a_loss() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe(TP, 10, 15, now=0)
+    t.observe(TP, 12, 15, now=1)  # Tansu's under-reported end stays put: no loss
+    t.observe(OTHER, 0, 0, now=0)  # a partition nothing was written to yet
+    assert t.lost == set()
+    t.observe(TP, 12, 3, now=2)  # the topic was created again (or the broker restarted)
+    t.observe(OTHER, 4, 0, now=2)  # empty, yet four records were processed from it
+    assert t.lost == {TP, OTHER}
