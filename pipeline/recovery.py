@@ -15,6 +15,15 @@ so nothing fetched for the new assignment can be cleared, and every stream parti
 reads from its committed offset, or from its start when nothing is committed (Faust left
 those where their last fetch stopped). Records may be seen twice; every stage is idempotent
 on replay (DESIGN.md invariant 3).
+
+Recovery also reads each changelog **to its real end**. Faust stops restoring a table at the
+end offset that ListOffsets reports, and Tansu under-reports it (the last batch's base offset
++ 1, DESIGN.md §4): a worker taking over a partition lost the last marks its previous owner
+wrote — the delivered-ids table among them, so replies were sent twice after a rebalance.
+``RouterRecovery`` writes a *fence* to every active changelog partition (a tombstone for a
+key no table uses, acks=all) and restores up to the offset the broker gave the fence, which
+is exact on any broker; every mark the old owner wrote before it lost the partition lies
+before the fence.
 """
 
 from __future__ import annotations
@@ -24,12 +33,40 @@ from typing import Any, cast
 
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.types import TP
 
-__all__ = ["RouterRecovery", "RouterTableManager"]
+__all__ = ["FENCE_KEY", "RouterRecovery", "RouterTableManager"]
+
+#: Key of the fence records (JSON, as the tables' str keys are): no table uses it, and its
+#: tombstone value deletes nothing.
+FENCE_KEY = b'"\\u0000recovery-fence"'
 
 
 class RouterRecovery(Recovery):
-    """``Recovery`` whose flow-control resume (queue clear) comes before the stream resumes."""
+    """``Recovery`` whose flow-control resume (queue clear) comes before the stream resumes,
+    and that restores every active changelog partition up to a fence it wrote."""
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: set[TP], destination: Any, title: str
+    ) -> None:
+        await super()._build_highwaters(consumer, tps, destination, title)
+        fences = await self.write_fences(tps)
+        for tp, offset in fences.items():
+            # Faust's highwater is the last offset to read: the fence's own.
+            destination[tp] = max(int(destination.get(tp, -1)), offset)
+        if fences:
+            self.log.info("Changelogs fenced: restoring up to %s", dict(sorted(fences.items())))
+
+    async def write_fences(self, tps: set[TP]) -> dict[TP, int]:
+        """Write a fence to each changelog partition; the offset the broker gave each one."""
+        producer = cast(Any, self.app).producer
+        metas = await asyncio.gather(
+            *(
+                producer.send_and_wait(tp.topic, FENCE_KEY, None, tp.partition, None, None)
+                for tp in sorted(tps)
+            )
+        )
+        return {tp: int(meta.offset) for tp, meta in zip(sorted(tps), metas, strict=True)}
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Faust 0.15.3's ``on_recovery_completed`` with the flow resumed before the fetch."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from faust.types import TP
 
-from pipeline.recovery import RouterRecovery
+from pipeline.recovery import FENCE_KEY, RouterRecovery
 
 STREAM = TP("care.task-updates", 0)
 COMMITTED = TP("care.task-updates", 1)
@@ -80,3 +82,35 @@ async def test_a_newer_rebalance_leaves_the_partitions_alone() -> None:
     recovery = RouterRecovery(_fake_app(calls), _fake_tables())  # type: ignore[arg-type]
     await recovery.on_recovery_completed(generation_id=2)
     assert calls == [] and not recovery.completed.is_set()
+
+
+async def test_restore_goes_up_to_the_fence_not_the_reported_end() -> None:
+    # Tansu reports a changelog's end as the last batch's base offset + 1 (here 5 where the
+    # partition really holds offsets 0..8): the fence written after it lands at 9, and the
+    # restore must read up to it (Faust's highwater is the last offset to read).
+    sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    async def send_and_wait(
+        topic: str, key: bytes | None, value: bytes | None, partition: int | None, *_: Any
+    ) -> Any:
+        sent.append((topic, key, value, partition))
+        return SimpleNamespace(offset=9 if partition == 0 else 0)
+
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        return {tp: 5 for tp in tps}
+
+    app = _fake_app([])
+    app.producer = SimpleNamespace(send_and_wait=send_and_wait)
+    recovery = RouterRecovery(app, _fake_tables())  # type: ignore[arg-type]
+    empty = TP(CHANGELOG.topic, 1)
+    destination: Counter[TP] = Counter()
+    await recovery._build_highwaters(
+        SimpleNamespace(highwaters=highwaters), {CHANGELOG, empty}, destination, "active"
+    )
+    assert destination == {CHANGELOG: 9, empty: 4}  # never below the reported end
+    assert sorted(sent) == [
+        (CHANGELOG.topic, FENCE_KEY, None, 0),
+        (CHANGELOG.topic, FENCE_KEY, None, 1),
+    ]
+    # the fence is a tombstone of a key no table writes (str keys are JSON on the changelog)
+    assert orjson.loads(FENCE_KEY).startswith("\x00")
