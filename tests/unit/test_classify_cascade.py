@@ -3,8 +3,10 @@ the encoder cascade's slow path, splits by paraphrase family."""
 
 from __future__ import annotations
 
+import csv
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from pipeline.classify.model import (
     TrainParams,
     threshold_for_precision,
 )
+from pipeline.cli import main
 
 TINY: dict[str, list[str]] = {
     "track_order": [
@@ -187,3 +190,27 @@ def test_a_chain_of_small_rewordings_is_one_family() -> None:
     families = paraphrase_families([*chain, other], ["x"] * 10)
     assert len(set(families[:9])) == 1
     assert families[9] != families[0]
+
+
+def test_cli_split_writes_whole_families_to_each_side(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    rows = []
+    for label in ("x", "y"):
+        for fam in range(8):
+            base = " ".join(f"{label}{fam}t{rng.randrange(10**6)}" for _ in range(8))
+            rows += [{"text": base + suffix, "label": label} for suffix in ("", " ok", " ok!")]
+    data = tmp_path / "all.csv"
+    with data.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    assert main(["model", "split", "--data", str(data), "--train", str(train),
+                 "--test", str(test), "--test-size", "0.25"]) == 0  # fmt: skip
+
+    def bases(path: Path) -> set[str]:
+        with path.open(encoding="utf-8") as fh:
+            return {r["text"].split(" ok")[0] for r in csv.DictReader(fh)}
+
+    assert bases(train) and bases(test) and not bases(train) & bases(test)
+    assert len(bases(train) | bases(test)) == 16
