@@ -179,32 +179,57 @@ def observe(
     alike.append(new)
     reports = [*reports, new][-cfg.max_reports :]
     customers = len({r.customer_id for r in alike})
-    member = IncidentMember(message_id=new.message_id, customer_id=new.customer_id, case_id=case_id)
-
     if w.incident_id is not None:
-        if w.similarity_required and not any(
-            _similar(new, r) >= cfg.min_similarity for r in [*alike[:-1], *w.exemplars]
-        ):
-            # Same bucket, different problem: not linked.
-            return w.model_copy(update={"reports": reports}), IncidentDecision(
-                key=key, customers=customers
-            )
-        members, dropped = _add_members(w, [member], cfg)
-        return w.model_copy(
-            update={"reports": reports, "members": members, "members_dropped": dropped}
-        ), IncidentDecision(
-            key=key,
-            incident_id=w.incident_id,
-            threshold_reached=True,
-            customers=customers,
-            linked_message_ids=[new.message_id],
-        )
-
+        return _join(w, key, new, alike, reports, cfg, customers)
     if customers < cfg.threshold:
         return w.model_copy(update={"reports": reports}), IncidentDecision(
             key=key, customers=customers
         )
+    return _open(w, key, alike, reports, cfg, customers, t)
 
+
+def _join(
+    w: IncidentWindow,
+    key: str,
+    new: IncidentReport,
+    alike: list[IncidentReport],
+    reports: list[IncidentReport],
+    cfg: IncidentConfig,
+    customers: int,
+) -> tuple[IncidentWindow, IncidentDecision]:
+    """A report in the bucket of an open incident: linked when it is about the same problem."""
+    if w.similarity_required and not any(
+        _similar(new, r) >= cfg.min_similarity for r in [*alike[:-1], *w.exemplars]
+    ):
+        # Same bucket, different problem: not linked.
+        return w.model_copy(update={"reports": reports}), IncidentDecision(
+            key=key, customers=customers
+        )
+    member = IncidentMember(
+        message_id=new.message_id, customer_id=new.customer_id, case_id=new.case_id
+    )
+    members, dropped = _add_members(w, [member], cfg)
+    return w.model_copy(
+        update={"reports": reports, "members": members, "members_dropped": dropped}
+    ), IncidentDecision(
+        key=key,
+        incident_id=w.incident_id,
+        threshold_reached=True,
+        customers=customers,
+        linked_message_ids=[new.message_id],
+    )
+
+
+def _open(
+    w: IncidentWindow,
+    key: str,
+    alike: list[IncidentReport],
+    reports: list[IncidentReport],
+    cfg: IncidentConfig,
+    customers: int,
+    t: float,
+) -> tuple[IncidentWindow, IncidentDecision]:
+    """The threshold is reached: open the incident, linking every alike report."""
     first = min(alike, key=lambda r: (r.at, r.message_id))
     incident_id = derive_id("inc", first.message_id)
     linked = sorted(alike, key=lambda r: (r.at, r.message_id))

@@ -189,20 +189,8 @@ def _part_text(part: Message) -> str:
     return payload.decode("utf-8", errors="replace")
 
 
-def parse_email(raw: bytes) -> ParsedEmail:
-    """Parse one RFC 5322 message; DecodeError/InvalidInput for unusable mail."""
-    if not raw.strip():
-        raise DecodeError("empty message", field="<message>")
-    try:
-        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-    except (ValueError, TypeError, IndexError, LookupError, AttributeError) as exc:
-        raise DecodeError(f"unparseable MIME: {exc}", field="<message>") from exc
-    modern: EmailMessage | None
-    try:
-        modern = BytesParser(policy=policy.default).parsebytes(raw)
-    except (ValueError, TypeError, IndexError, LookupError, AttributeError):
-        modern = None
-
+def _sender(msg: Message, modern: EmailMessage | None) -> tuple[str, str]:
+    """(display name, normalized address) of From; InvalidInput when there is none."""
     from_raw = _header(modern, "From") if modern is not None else None
     from_raw = from_raw or _header(msg, "From")
     if not from_raw:
@@ -217,29 +205,22 @@ def parse_email(raw: bytes) -> ParsedEmail:
         name = from_raw.split("<")[0].strip().strip('"').strip() if address else name
     if address is None:
         raise InvalidInput(f"From is not an e-mail address: {from_raw[:80]!r}", field="From")
-    to: list[str] = []
-    for header in ("To", "Cc", "Delivered-To", "X-Original-To"):
-        value = (_header(modern, header) if modern is not None else None) or _header(msg, header)
-        for _, a in getaddresses([value or ""]):
-            norm = normalize_email(a)
-            if norm and norm not in to:
-                to.append(norm)
-    subject = (_header(modern, "Subject") if modern is not None else None) or _header(
-        msg, "Subject"
-    )
-    date: datetime | None = None
-    date_raw = _header(msg, "Date")
-    if date_raw:
-        try:
-            date = parsedate_to_datetime(date_raw)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            date = None
-        if date is not None and date.tzinfo is None:
-            date = None
-    message_ids = _msgids(_header(msg, "Message-ID"))
-    in_reply = _msgids(_header(msg, "In-Reply-To"))
-    refs = tuple(_msgids(_header(msg, "References")))[-50:]
+    return name, address
 
+
+def _date(date_raw: str | None) -> datetime | None:
+    """The Date header as an aware datetime (None when absent, invalid or naive)."""
+    if not date_raw:
+        return None
+    try:
+        date = parsedate_to_datetime(date_raw)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return date if date is not None and date.tzinfo is not None else None
+
+
+def _parts(msg: Message) -> tuple[list[str], list[str], list[Attachment]]:
+    """Plain-text parts, HTML parts and attachments (by disposition, name or type)."""
     plain: list[str] = []
     htmls: list[str] = []
     attachments: list[Attachment] = []
@@ -267,7 +248,40 @@ def parse_email(raw: bytes) -> ParsedEmail:
             )
             continue
         (plain if ctype == "text/plain" else htmls).append(_part_text(part))
+    return plain, htmls, attachments
 
+
+def parse_email(raw: bytes) -> ParsedEmail:
+    """Parse one RFC 5322 message; DecodeError/InvalidInput for unusable mail."""
+    if not raw.strip():
+        raise DecodeError("empty message", field="<message>")
+    try:
+        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+    except (ValueError, TypeError, IndexError, LookupError, AttributeError) as exc:
+        raise DecodeError(f"unparseable MIME: {exc}", field="<message>") from exc
+    modern: EmailMessage | None
+    try:
+        modern = BytesParser(policy=policy.default).parsebytes(raw)
+    except (ValueError, TypeError, IndexError, LookupError, AttributeError):
+        modern = None
+
+    name, address = _sender(msg, modern)
+    to: list[str] = []
+    for header in ("To", "Cc", "Delivered-To", "X-Original-To"):
+        value = (_header(modern, header) if modern is not None else None) or _header(msg, header)
+        for _, a in getaddresses([value or ""]):
+            norm = normalize_email(a)
+            if norm and norm not in to:
+                to.append(norm)
+    subject = (_header(modern, "Subject") if modern is not None else None) or _header(
+        msg, "Subject"
+    )
+    date = _date(_header(msg, "Date"))
+    message_ids = _msgids(_header(msg, "Message-ID"))
+    in_reply = _msgids(_header(msg, "In-Reply-To"))
+    refs = tuple(_msgids(_header(msg, "References")))[-50:]
+
+    plain, htmls, attachments = _parts(msg)
     html_only = not plain and bool(htmls)
     body = "\n\n".join(plain) if plain else "\n\n".join(html_to_text(h) for h in htmls)
     full = clean_text(body)
