@@ -183,43 +183,10 @@ def _whatsapp_message(
     if phone is None:
         raise InvalidInput(f"not a phone number: {sender[:40]!r}", field=f"{where}.from")
     mtype = _str(msg, "type", f"{where}.type", required=True, max_len=40) or ""
-    text = ""
-    attachments: tuple[Attachment, ...] = ()
-    metadata = {"whatsapp_type": mtype}
-    if mtype == "text":
-        body = _obj(msg.get("text"), f"{where}.text")
-        text = _str(body, "body", f"{where}.text.body", required=True) or ""
-    elif mtype in _WHATSAPP_MEDIA:
-        media = _obj(msg.get(mtype), f"{where}.{mtype}")
-        text = _str(media, "caption", f"{where}.{mtype}.caption") or ""
-        attachments = (
-            Attachment(
-                kind=mtype,
-                filename=_str(media, "filename", f"{where}.{mtype}.filename", max_len=256),
-                content_type=_str(media, "mime_type", f"{where}.{mtype}.mime_type", max_len=128)
-                or _WHATSAPP_MEDIA[mtype],
-                sha256=_str(media, "sha256", f"{where}.{mtype}.sha256", max_len=128),
-                platform_file_id=_id(media, "id", f"{where}.{mtype}.id", required=True),
-            ),
-        )
-    elif mtype == "button":
-        button = _obj(msg.get("button"), f"{where}.button")
-        text = _str(button, "text", f"{where}.button.text") or ""
-    elif mtype == "interactive":
-        inter = _obj(msg.get("interactive"), f"{where}.interactive")
-        for kind in ("button_reply", "list_reply"):
-            reply = _obj(inter.get(kind), f"{where}.interactive.{kind}", required=False)
-            text = text or _str(reply, "title", f"{where}.interactive.{kind}.title") or ""
-    elif mtype == "location":
-        loc = _obj(msg.get("location"), f"{where}.location")
-        parts = [_str(loc, k, f"{where}.location.{k}", max_len=500) for k in ("name", "address")]
-        text = ", ".join(p for p in parts if p)
-        for k in ("latitude", "longitude"):
-            if isinstance(loc.get(k), int | float) and not isinstance(loc.get(k), bool):
-                metadata[f"location_{k}"] = str(loc[k])
-    elif mtype in ("reaction", "system", "request_welcome"):
+    if mtype in ("reaction", "system", "request_welcome"):
         return Ignored(f"whatsapp {mtype} is not a customer message")
-    # Anything else (contacts, order, unsupported...) still reaches a person: text-less.
+    metadata = {"whatsapp_type": mtype}
+    text, attachments = _whatsapp_content(msg, mtype, where, metadata)
     stamp = _str(msg, "timestamp", f"{where}.timestamp", max_len=20)
     sent_at = (
         parse_timestamp(int(stamp), f"{where}.timestamp")
@@ -251,6 +218,47 @@ def _whatsapp_message(
     )
     command = bot_command(text)
     return BotCommand(command, parsed) if command else parsed
+
+
+def _whatsapp_content(
+    msg: dict[str, Any], mtype: str, where: str, metadata: dict[str, str]
+) -> tuple[str, tuple[Attachment, ...]]:
+    """Text and files of one message by its ``type``; other types (contacts, order,
+    unsupported...) are text-less requests that still reach a person."""
+    if mtype == "text":
+        body = _obj(msg.get("text"), f"{where}.text")
+        return _str(body, "body", f"{where}.text.body", required=True) or "", ()
+    if mtype in _WHATSAPP_MEDIA:
+        at = f"{where}.{mtype}"
+        media = _obj(msg.get(mtype), at)
+        attachment = Attachment(
+            kind=mtype,
+            filename=_str(media, "filename", f"{at}.filename", max_len=256),
+            content_type=_str(media, "mime_type", f"{at}.mime_type", max_len=128)
+            or _WHATSAPP_MEDIA[mtype],
+            sha256=_str(media, "sha256", f"{at}.sha256", max_len=128),
+            platform_file_id=_id(media, "id", f"{at}.id", required=True),
+        )
+        return _str(media, "caption", f"{at}.caption") or "", (attachment,)
+    if mtype == "button":
+        button = _obj(msg.get("button"), f"{where}.button")
+        return _str(button, "text", f"{where}.button.text") or "", ()
+    if mtype == "interactive":
+        inter = _obj(msg.get("interactive"), f"{where}.interactive")
+        for kind in ("button_reply", "list_reply"):
+            reply = _obj(inter.get(kind), f"{where}.interactive.{kind}", required=False)
+            title = _str(reply, "title", f"{where}.interactive.{kind}.title")
+            if title:
+                return title, ()
+        return "", ()
+    if mtype == "location":
+        loc = _obj(msg.get("location"), f"{where}.location")
+        parts = [_str(loc, k, f"{where}.location.{k}", max_len=500) for k in ("name", "address")]
+        for k in ("latitude", "longitude"):
+            if isinstance(loc.get(k), int | float) and not isinstance(loc.get(k), bool):
+                metadata[f"location_{k}"] = str(loc[k])
+        return ", ".join(p for p in parts if p), ()
+    return "", ()
 
 
 def _whatsapp_status(status: dict[str, Any], where: str) -> PlatformReceipt | Ignored:
