@@ -2,7 +2,7 @@
 
 What is tuned here because the framework's defaults are wrong for us:
 - Faust hard-codes the consumer's ``fetch_max_wait_ms`` at 1500 ms, which on the embedded
-  broker adds over a second per hop (DESIGN.md §4): ``settings.fetch_max_wait_ms`` replaces it.
+  broker adds over a second per hop (docs/ARCHITECTURE.md, Broker): it becomes a setting.
 - Every topic is declared with raw bytes serializers, so decoding happens in our code and a
   bad record reaches the DLQ instead of being skipped by Faust's ``on_decode_error``.
 - Outputs go through one plain aiokafka producer (``Context.send``/``flush``), cheaper per
@@ -75,7 +75,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
         datadir=str(data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        producer_linger_ms=0,  # Tansu: linger > 0 broke table recovery (DESIGN.md §4)
+        producer_linger_ms=0,  # Tansu: linger > 0 broke table recovery (ARCHITECTURE.md, Broker)
         producer_acks=-1,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,

@@ -3,7 +3,7 @@
 Started on a free 127.0.0.1 port when ``KAFKA_BOOTSTRAP_SERVERS`` is unset, considered ready
 once it answers a Kafka Metadata request, and stopped on exit: normally, on Ctrl-C, at test
 teardown, and — through PR_SET_PDEATHSIG — even when its parent is killed (no orphans).
-Tansu keeps data in memory only; see DESIGN.md §4 for what else it does not do.
+Tansu keeps data in memory only; see docs/ARCHITECTURE.md, Broker, for what else it does not do.
 """
 
 from __future__ import annotations

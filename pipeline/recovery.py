@@ -14,15 +14,15 @@ partitions are still paused (Faust pauses every assigned partition when a rebala
 so nothing fetched for the new assignment can be cleared, and every stream partition then
 reads from its committed offset, or from its start when nothing is committed (Faust left
 those where their last fetch stopped). Records may be seen twice; every stage is idempotent
-on replay (DESIGN.md invariant 3).
+on replay (docs/ARCHITECTURE.md, Invariants, 3).
 
 Recovery also reads each changelog **to its real end**. Faust stops restoring a table at the
-end offset that ListOffsets reports, and Tansu under-reports it (the last batch's base offset
-+ 1, DESIGN.md §4): a worker taking over a partition lost the last marks its previous owner
-wrote — the delivered-ids table among them, so replies were sent twice after a rebalance.
-``RouterRecovery`` writes a *fence* to every active changelog partition (a tombstone for a
-key no table uses, acks=all) and restores up to the offset the broker gave the fence, which
-is exact on any broker; every mark the old owner wrote before it lost the partition lies
+end offset that ListOffsets reports, and Tansu under-reports it (the last batch's base offset +
+1; docs/ARCHITECTURE.md, Broker): a worker taking over a partition lost the last marks its
+previous owner wrote — the delivered-ids table among them, so replies were sent twice after a
+rebalance. ``RouterRecovery`` writes a *fence* to every active changelog partition (a tombstone
+for a key no table uses, acks=all) and restores up to the offset the broker gave the fence,
+which is exact on any broker; every mark the old owner wrote before it lost the partition lies
 before the fence.
 """
 

@@ -1,8 +1,9 @@
 """Two workers, one SIGKILLed under load, a replacement joins: nothing is sent twice.
 
-Invariant 3 across rebalances (DESIGN.md §7): the survivor takes over the dead worker's
-partitions and, later, hands some to the replacement; both restore the delivered-ids table from
-its changelog. The outbox is counted once the topics and the outbox are quiet.
+Invariant 3 across rebalances (docs/ARCHITECTURE.md, Invariants; Recovery): the survivor takes
+over the dead worker's partitions and, later, hands some to the replacement; both restore the
+delivered-ids table from its changelog. The outbox is counted once the topics and the outbox
+are quiet.
 """
 
 from __future__ import annotations
