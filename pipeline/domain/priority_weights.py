@@ -6,9 +6,9 @@ lists are configuration, validated with the rest of the workflow (``pipeline.dom
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.domain.tagging import valid_regexes
 
 _DEFAULT_URGENCY: dict[str, list[str]] = {
     "ru": [r"срочн\w*", r"немедленн\w*", r"как можно скорее", r"сейчас же", r"безотлагательн\w*",
@@ -88,10 +88,4 @@ class PriorityWeights(BaseModel):
     @field_validator("urgency_patterns", "legal_patterns")
     @classmethod
     def _valid(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for patterns in value.values():
-            for p in patterns:
-                try:
-                    re.compile(p)
-                except re.error as exc:
-                    raise ValueError(f"bad regex {p!r}: {exc}") from exc
-        return value
+        return valid_regexes(value)

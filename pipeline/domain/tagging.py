@@ -15,6 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 ANY_LANGUAGE = "*"
 
 
+def valid_regexes(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Validator of a language → regexes table: every pattern compiles (ValueError if not)."""
+    for lang, patterns in value.items():
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"bad regex for {lang!r}: {p!r}: {exc}") from exc
+    return value
+
+
 class TagRule(BaseModel):
     """One tag and the patterns, per language, that put it on a message."""
 
@@ -32,13 +43,7 @@ class TagRule(BaseModel):
     @field_validator("regexes")
     @classmethod
     def _valid_regexes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for lang, patterns in value.items():
-            for p in patterns:
-                try:
-                    re.compile(p)
-                except re.error as exc:
-                    raise ValueError(f"bad regex for {lang!r}: {p!r}: {exc}") from exc
-        return value
+        return valid_regexes(value)
 
     def model_post_init(self, __context: object) -> None:
         langs = set(self.keywords) | set(self.regexes)
