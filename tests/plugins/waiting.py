@@ -60,21 +60,29 @@ async def collect_until_quiet(
     """Every item ``fetch`` yields until ``enough`` holds and nothing new came for ``settle_s``.
 
     ``fetch`` returns the items that arrived since its last call (waiting up to its own poll
-    interval) and whether the source is caught up; quiet only counts while it is, so a
-    duplicate still unread behind older records is not missed. At ``timeout_s`` it returns
-    what it has: the caller's assertion says what was missing or extra.
+    interval) and whether the source is caught up (has read all there was). Quiet is counted
+    from the later of the last new item and the first time the source was caught up, so a
+    duplicate still unread behind older records, or written just after the reader caught up,
+    is not missed. At ``timeout_s`` it returns what it has: the caller's assertion says what
+    was missing or extra.
     """
     seen: list[T] = []
     deadline = clock() + timeout_s
     last_new = clock()
+    caught_up_at: float | None = None
     while True:
         batch = await fetch()
         now = clock()
         if batch.items:
             seen.extend(batch.items)
             last_new = now
-        if enough(seen) and (settle_s <= 0 or (batch.caught_up and now - last_new >= settle_s)):
-            return seen  # settle_s <= 0: "at least", returned as soon as there are enough
+        if batch.caught_up and caught_up_at is None:
+            caught_up_at = now
+        if enough(seen):
+            if settle_s <= 0:
+                return seen  # "at least": returned as soon as there are enough
+            if caught_up_at is not None and now - max(last_new, caught_up_at) >= settle_s:
+                return seen
         if now >= deadline:
             return seen
 

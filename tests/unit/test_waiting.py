@@ -81,6 +81,16 @@ async def test_quiet_counts_only_while_the_reader_is_caught_up(until_quiet: Unti
     assert seen == ["x", "x"]
 
 
+async def test_quiet_starts_when_the_reader_has_caught_up(until_quiet: UntilQuiet) -> None:
+    # Nothing new while the reader works through older records until t=3; a copy written at
+    # t=4, within the settle period after catching up, is still seen.
+    src = Source([(0.1, "x"), (4.0, "x")], behind_until=3.0)
+    seen = await _collect(
+        until_quiet, src, enough=lambda s: len(s) >= 1, settle_s=2.0, timeout_s=60
+    )
+    assert seen == ["x", "x"]
+
+
 async def test_at_the_deadline_it_returns_what_it_has(until_quiet: UntilQuiet) -> None:
     src = Source([(0.1, "only-one")])
     seen = await _collect(
