@@ -64,6 +64,7 @@ def run_worker(settings: Settings) -> int:
     worker = Worker(
         ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False, override_logging=False
     )
+    worker.spinner = None  # its terminal escapes would land among the (JSON) log lines
     worker.execute_from_commandline()
     return 0
 
