@@ -4,11 +4,18 @@ every setting they pass is one the settings model reads, and the topics match th
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import kubernetes_validate
+import pytest
+import yaml
+from compose_spec import PyCompose
 from packaging.requirements import Requirement
 
 from pipeline.config import Settings
@@ -19,6 +26,8 @@ from pipeline.topics import TOPICS
 if TYPE_CHECKING:
     from tests.plugins.deploy import DeployKit
 
+KUBECTL = shutil.which("kubectl")
+K8S_VERSION = "1.31"
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -68,6 +77,17 @@ def test_compose_runs_kraft_kafka_the_router_monitoring_and_a_mail_catcher(
     for name, svc in services.items():
         image = svc.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned image"
+
+
+def test_compose_file_passes_the_compose_specification_parser() -> None:
+    # compose_spec (Rust, the Compose Specification) on the document as docker compose reads
+    # it: YAML merge keys resolved by the YAML loader first.
+    document = json.dumps(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")))
+    parsed = PyCompose.from_json(document)
+    assert set(parsed.service_names()) >= {"kafka", "ingest", "worker-1", "worker-2"}
+    broken = document.replace('"service_completed_successfully"', '"service_finished"')
+    with pytest.raises(ValueError, match="service_finished"):
+        PyCompose.from_json(broken)
 
 
 def test_compose_router_services_are_built_from_the_project_dockerfile(
@@ -253,6 +273,42 @@ def k8s_docs(deploy_kit: DeployKit) -> list[dict[str, Any]]:
 
 def by_kind(deploy_kit: DeployKit, kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in k8s_docs(deploy_kit) if d["kind"] == kind}
+
+
+def test_k8s_resources_are_valid_kubernetes_objects(deploy_kit: DeployKit) -> None:
+    docs = k8s_docs(deploy_kit)
+    for doc in docs:
+        # strict: an unknown field (a typo) is an error, as kubectl --validate=strict says
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (worker,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    worker["spec"]["podManagmentPolicy"] = "Parallel"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, K8S_VERSION, strict=True)
+
+
+@pytest.mark.skipif(
+    KUBECTL is None,
+    reason="kubectl not installed (it is not in Debian's archive): the kustomize rendering "
+    "check is skipped; the resources are still validated against the Kubernetes schemas",
+)
+def test_kustomize_renders_the_base_with_its_generated_config_maps() -> None:
+    assert KUBECTL is not None
+    done = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    rendered = [d for d in yaml.safe_load_all(done.stdout) if d]
+    maps = {d["metadata"]["name"] for d in rendered if d["kind"] == "ConfigMap"}
+    assert {m.rsplit("-", 1)[0] for m in maps} == {"care-router-env", "care-router-workflow"}
+    for doc in rendered:
+        assert doc["metadata"].get("namespace", "care-router") == "care-router"
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            spec = doc["spec"]["template"]["spec"]
+            refs = {r["configMapRef"]["name"] for c in spec["containers"] for r in c["envFrom"]
+                    if "configMapRef" in r}  # fmt: skip
+            mounted = {v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v}
+            assert refs | mounted <= maps, "kustomize rewrote the references to hashed names"
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_kustomization_references_only_files_that_exist(deploy_kit: DeployKit) -> None:
