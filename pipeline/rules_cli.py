@@ -71,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     c = rules_sub.add_parser("check", help="validate a workflow file (errors with line numbers)")
     c.add_argument("file", type=Path)
+    c.add_argument("--json", action="store_true", help="one JSON object (errors too)")
     c.set_defaults(handler=_check)
 
     e = rules_sub.add_parser(
@@ -148,9 +149,16 @@ def _check(args: argparse.Namespace) -> int:
     try:
         wf = load_workflow(args.file)
     except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
+        if args.json:
+            _out(json.dumps({"ok": False, "error": str(exc)}, ensure_ascii=False))
+        else:
+            sys.stderr.write(f"{exc}\n")
         return 1
-    _out(f"ok: {len(wf.rules)} rules, {len(wf.departments)} departments")
+    if args.json:
+        doc = {"ok": True, "rules": len(wf.rules), "departments": sorted(wf.departments)}
+        _out(json.dumps(doc, ensure_ascii=False))
+    else:
+        _out(f"ok: {len(wf.rules)} rules, {len(wf.departments)} departments")
     return 0
 
 

@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     p.add_argument("--email", help="customer e-mail")
     p.add_argument("--message-id", help="channel message id (default: random)")
     p.add_argument("--url", help="ingest base URL (default: from settings)")
+    p.add_argument("--json", action="store_true", help='{"status": HTTP status, "answer": ...}')
     p.set_defaults(handler=_send)
 
     p = sub.add_parser(
@@ -152,14 +153,25 @@ def _send(args: argparse.Namespace) -> int:
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            sys.stdout.write(f"{resp.status} {resp.read().decode()}\n")
+            _sent(resp.status, resp.read().decode(), as_json=args.json)
             return 0
     except urllib.error.HTTPError as exc:
-        sys.stdout.write(f"{exc.code} {exc.read().decode()}\n")
+        _sent(exc.code, exc.read().decode(), as_json=args.json)
         return 1
     except urllib.error.URLError as exc:
         sys.stderr.write(f"ingest not reachable at {base}: {exc.reason}\n")
         return 1
+
+
+def _sent(status: int, body: str, *, as_json: bool) -> None:
+    if not as_json:
+        sys.stdout.write(f"{status} {body}\n")
+        return
+    try:
+        answer: Any = json.loads(body)
+    except ValueError:
+        answer = body
+    sys.stdout.write(json.dumps({"status": status, "answer": answer}, ensure_ascii=False) + "\n")
 
 
 def _audit(args: argparse.Namespace) -> int:

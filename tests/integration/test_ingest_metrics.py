@@ -3,6 +3,8 @@ accepted messages, platform retries and invalid input, counted on the real broke
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -60,3 +62,18 @@ async def test_ingest_counts_accepted_retried_and_invalid_messages(server: Inges
     assert list(dead.values()) == [1.0]
     ((_, labels),) = dead
     assert dict(labels)["stage"].startswith("ingest")
+
+
+async def test_send_json_prints_the_adapters_answer(
+    server: IngestServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    base = f"http://127.0.0.1:{server.http_port}"
+    argv = ["send", "--json", "--url", base, "--customer", "json-cli", "Где мой заказ 4821?"]
+    assert await asyncio.to_thread(main, argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == 202 and doc["answer"]["message_id"].startswith("msg_")
+    assert await asyncio.to_thread(main, ["send", "--json", "--url", base, " "]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == 400 and doc["answer"]["field"] == "text"
