@@ -30,6 +30,7 @@ from pipeline.classify.model import (
     default_params,
     encodings_dir,
     evaluate,
+    language_of,
     read_table,
     train_default_model,
 )
@@ -193,7 +194,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     rows = read_table(args.data)
     texts, labels = columns(rows, args.data, args.text_col, args.label_col)
-    train, test = family_split(texts, labels, test_size=args.test_size, seed=args.seed)
+    train, test = family_split(
+        texts,
+        labels,
+        test_size=args.test_size,
+        seed=args.seed,
+        strata=[language_of(t) for t in texts],
+    )
     fields = list(rows[0].keys()) if rows else [args.text_col, args.label_col]
     for path, idx in ((args.train, train), (args.test, test)):
         path.parent.mkdir(parents=True, exist_ok=True)

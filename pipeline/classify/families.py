@@ -87,21 +87,24 @@ def family_split(
     test_size: float,
     seed: int = 0,
     families: Sequence[int] | None = None,
+    strata: Sequence[str] | None = None,
 ) -> tuple[IntArray, IntArray]:
-    """(train, test) row indices; whole families go to test per label, in a seeded random
-    order, while the label's test share stays within ``test_size`` (the first family may take it
-    to twice that). A label with a single family stays in training."""
+    """(train, test) row indices; whole families go to test per label (and per stratum, e.g.
+    language, when given), in a seeded random order, while the group's test share stays within
+    ``test_size`` (the first family may take it to twice that). A group with a single family
+    stays in training. Without strata, a label whose English rows are one big family would
+    send all of its few Russian rows to the test side."""
     fam = list(families) if families is not None else paraphrase_families(texts, labels)
     rng = np.random.default_rng(seed)
     members: dict[int, list[int]] = defaultdict(list)
     for i, f in enumerate(fam):
         members[f].append(i)
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for f in members:
-        by_label[labels[f]].append(f)
+    by_group: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for f in members:  # a family is one label; its first row's stratum stands for it
+        by_group[(labels[f], strata[f] if strata is not None else "")].append(f)
     test: list[int] = []
-    for label in sorted(by_label):
-        fams = by_label[label]
+    for group in sorted(by_group):
+        fams = by_group[group]
         if len(fams) < 2:
             continue
         total = sum(len(members[f]) for f in fams)

@@ -132,6 +132,12 @@ class TrainParams(BaseModel):
         "corpora repeat themselves.",
     )
     cascade_precision: float = Field(default=0.98, gt=0, le=1)
+    precision_z: float = Field(
+        default=1.0,
+        ge=0,
+        description="Abstention thresholds: the Wilson lower bound of the held-out precision, "
+        "this many standard errors down, must reach target_precision.",
+    )
     refit: bool = True
     seed: int = 0
 
@@ -350,13 +356,23 @@ def _fit_temperature(scores: FloatArray, gold: npt.NDArray[np.int64]) -> float:
 
 
 def threshold_for_precision(
-    conf: FloatArray, correct: npt.NDArray[np.bool_], target: float, floor: float
+    conf: FloatArray,
+    correct: npt.NDArray[np.bool_],
+    target: float,
+    floor: float,
+    z: float = 0.0,
 ) -> float:
     """Lowest threshold whose accepted predictions (confidence ≥ it) reach ``target``
-    precision, never below ``floor``; nothing reaches it: above every confidence seen."""
+    precision, never below ``floor``; nothing reaches it: above every confidence seen.
+    ``z`` > 0: the precision's Wilson lower bound (z standard errors) must reach the target,
+    so a small held-out set does not set a threshold that only happened to look precise."""
     order = np.argsort(-conf, kind="stable")
     hits = np.cumsum(correct[order])
-    precision = hits / np.arange(1, len(order) + 1)
+    n = np.arange(1, len(order) + 1)
+    p = hits / n
+    precision = (
+        p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    ) / (1 + z * z / n)
     ok = np.nonzero(precision >= target)[0]
     if len(ok) == 0:
         return max(floor, float(np.nextafter(conf.max(), 2.0)) if len(conf) else 1.0)
@@ -485,7 +501,9 @@ class IntentModel:
         )
         fitted: _Fitted | None = None
         tr, te = (
-            family_split(x, list(labels), test_size=params.holdout, seed=params.seed)
+            family_split(
+                x, list(labels), test_size=params.holdout, seed=params.seed, strata=list(langs)
+            )
             if params.holdout > 0
             else (np.arange(len(x)), np.zeros(0, dtype=np.int64))
         )
@@ -784,15 +802,16 @@ def _tune(
     pred = [classes[i] for i in best]
     answers = np.array([p != OUT_OF_SCOPE for p in pred])
     floor = params.min_threshold
+    z = params.precision_z
     threshold = threshold_for_precision(
-        top[answers], correct[answers], params.target_precision, floor
+        top[answers], correct[answers], params.target_precision, floor, z
     )
     thresholds: dict[str, float] = {}
     for lang in LANGUAGES:
         m = answers & (langs == lang)
         if m.sum() >= MIN_LANGUAGE_ROWS:
             thresholds[lang] = threshold_for_precision(
-                top[m], correct[m], params.target_precision, floor
+                top[m], correct[m], params.target_precision, floor, z
             )
     row_threshold = np.array([thresholds.get(lang, threshold) for lang in langs])
     accepted = answers & (top >= row_threshold)

@@ -89,6 +89,10 @@ def test_threshold_for_precision_is_the_lowest_reaching_the_target() -> None:
     assert threshold_for_precision(conf, correct, 0.8, 0.75) == 0.75  # the floor wins
     none_right = np.zeros(6, dtype=bool)
     assert threshold_for_precision(conf, none_right, 0.95, 0.0) > 0.99  # nothing answered
+    # with a confidence bound (Wilson, z standard errors) few answers prove less
+    assert threshold_for_precision(conf, correct, 0.7, 0.0) == 0.7
+    assert threshold_for_precision(conf, correct, 0.7, 0.0, z=1.0) == 0.9
+    assert threshold_for_precision(conf, correct, 0.7, 0.0, z=3.0) > 0.99
 
 
 def _noisy_bilingual(seed: int) -> tuple[list[str], list[str]]:
