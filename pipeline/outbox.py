@@ -4,25 +4,32 @@ It answers the Telegram Bot API ``sendMessage``, the Twilio Messages API, the Ch
 create-message API, the WhatsApp Cloud API ``messages`` endpoint, VK ``messages.send`` and
 the generic outbound webhook over real HTTP, and receives e-mail over real SMTP, so the
 notify stage delivers for real and the demo can show what customers and store directors
-would receive. Everything listens on 127.0.0.1 on free ports.
+would receive. Like Twilio, it reports each SMS's progress (``sent``, ``delivered``) to the
+message's ``StatusCallback``, signed with the auth token the request authenticated with. Everything listens on 127.0.0.1 on free ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from pipeline.broker import free_port
+from pipeline.ingest.channels import twilio_signature
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Outbox:
         app = web.Application()
         counter = {"n": 0}
         vk_sent: dict[tuple[str, str], int] = {}
+        reporting: set[asyncio.Task[None]] = set()
 
         def next_id() -> int:
             counter["n"] += 1
@@ -130,8 +138,18 @@ class Outbox:
 
         async def twilio(request: web.Request) -> web.Response:
             form = await request.post()
+            sid = f"SM{next_id():032d}"
             self.add(OutboxItem("sms", str(form.get("To")), str(form.get("Body")), raw=dict(form)))
-            return web.json_response({"sid": f"SM{next_id():032d}"}, status=201)
+            callback = str(form.get("StatusCallback") or "")
+            if callback:
+                # Like Twilio: report the message's progress to its StatusCallback, signed
+                # with the account's auth token (the Basic-auth password of this request).
+                token = _basic_password(request.headers.get("Authorization", ""))
+                fields = {k: str(form.get(k, "")) for k in ("To", "From")}
+                task = asyncio.create_task(_report_twilio_status(callback, sid, fields, token))
+                reporting.add(task)
+                task.add_done_callback(reporting.discard)
+            return web.json_response({"sid": sid, "status": "queued"}, status=201)
 
         async def chatwoot(request: web.Request) -> web.Response:
             body = await request.json()
@@ -219,6 +237,39 @@ class Outbox:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop = None
+
+
+def _basic_password(header: str) -> str:
+    """The password of an ``Authorization: Basic`` header ("" when there is none)."""
+    if not header.lower().startswith("basic "):
+        return ""
+    try:
+        decoded = base64.b64decode(header[6:].strip()).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
+
+
+async def _report_twilio_status(url: str, sid: str, fields: dict[str, str], token: str) -> None:
+    """POST ``sent`` then ``delivered`` to a StatusCallback as Twilio does (form, signed)."""
+    async with aiohttp.ClientSession() as session:
+        for status in ("sent", "delivered"):
+            form = {
+                "MessageSid": sid,
+                "SmsSid": sid,
+                "MessageStatus": status,
+                "SmsStatus": status,
+                "AccountSid": "AC00000000000000000000000000000000",
+                "ApiVersion": "2010-04-01",
+                **fields,
+            }
+            headers = {"X-Twilio-Signature": twilio_signature(token, url, form)}
+            try:
+                async with session.post(url, data=form, headers=headers) as resp:
+                    await resp.read()
+            except aiohttp.ClientError as exc:
+                log.warning("outbox: status callback to %s failed: %s", url, exc)
+                return
 
 
 def describe(item: OutboxItem) -> str:

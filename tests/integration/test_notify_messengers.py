@@ -3,7 +3,8 @@
 ``pipeline.outbox.Outbox`` answers the WhatsApp Cloud API ``POST /{phone_number_id}/messages``
 and VK ``messages.send`` over real HTTP (and, like VK, sends nothing for a repeated
 ``random_id``); the real ``Deliverer`` sends to it with the settings the outbox gives the
-workers. No broker is needed.
+workers. The last test closes the loop through the real ingest server and broker: the
+Twilio stand-in's status callbacks come back as DeliveryReceipts of the reply.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
+from pipeline.broker import free_port
+from pipeline.bus import read_all
 from pipeline.config import Settings
-from pipeline.events import Channel, Reply, ReplyKind
+from pipeline.events import Channel, DeliveryReceipt, Reply, ReplyKind
+from pipeline.ingest.server import IngestServer
 from pipeline.notify.channels import VK_MAX_CHARS, vk_random_id
 from pipeline.notify.delivery import Deliverer
 from pipeline.outbox import Outbox
@@ -98,3 +103,53 @@ async def test_vk_reply_retried_is_sent_once_and_long_replies_in_parts(
     parts = _items(outbox, "vk")[1:]
     assert len(parts) == 2 and all(len(p.text) <= VK_MAX_CHARS for p in parts)
     assert len({p.raw["random_id"] for p in parts}) == 2
+
+
+async def test_sms_status_callbacks_come_back_as_receipts_of_the_reply(
+    outbox: Outbox, kafka: Settings
+) -> None:
+    # The whole loop over real HTTP: notify sends the SMS with a StatusCallback to the ingest,
+    # the Twilio stand-in reports sent/delivered there, signed; the ingest publishes receipts.
+    port = free_port()
+    env = {k.removeprefix("PIPELINE_").lower(): v for k, v in outbox.env().items()}
+    settings = kafka.model_copy(
+        update={
+            **Settings.model_validate(env).model_dump(include=set(env)),
+            "ingest_port": port,
+            "smtp_port": 0,
+            "public_base_url": f"http://127.0.0.1:{port}",
+            "twilio_auth_token": SecretStr("tw-token"),
+            "customers_path": None,
+            "delivery_rate_limits": {},
+        }
+    )
+    server = IngestServer(settings)
+    await server.start()
+    try:
+        reply = _reply(
+            Channel.sms,
+            {"phone": "+79161234567", "service_number": "+15005550006"},
+            "Ваш заказ 5521 доставят завтра.",
+            reply_id="rep_sms_status_1",
+        )
+        async with aiohttp.ClientSession() as session:
+            receipt = await Deliverer(settings, session).deliver_reply(reply)
+        assert receipt.status == "delivered", receipt.error
+        got = await records_until(settings, 2)
+    finally:
+        await server.stop()
+    assert [(r.delivery_id, r.status, r.source) for r in got] == [
+        ("rep_sms_status_1", "sent", "platform"),
+        ("rep_sms_status_1", "delivered", "platform"),
+    ]
+    assert got[0].provider_message_id == got[1].provider_message_id
+    assert got[0].provider_message_id.startswith("SM")
+
+
+async def records_until(settings: Settings, n: int) -> list[DeliveryReceipt]:
+    """The deliveries topic once it holds ``n`` receipts (the callbacks are asynchronous)."""
+    for _ in range(300):
+        raw = await read_all(settings, [settings.topic("deliveries")], idle_s=0.3)
+        if len(raw) >= n:
+            return [DeliveryReceipt.model_validate_json(r.value or b"") for r in raw]
+    return [DeliveryReceipt.model_validate_json(r.value or b"") for r in raw]
