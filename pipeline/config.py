@@ -7,6 +7,7 @@ broker is started (``pipeline.broker``).
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -267,6 +268,16 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""
         return f"{self.topic_prefix}{name}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine only; names are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every interface)
 
 
 @lru_cache(maxsize=1)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import re
@@ -43,7 +42,7 @@ from aiosmtpd.smtp import SMTP
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipeline.bus import Publisher, ensure_topics
-from pipeline.config import Settings
+from pipeline.config import Settings, is_loopback_host
 from pipeline.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -384,22 +383,13 @@ def unauthenticated_endpoints(settings: Settings) -> list[str]:
     return [path for path, name in CREDENTIALS.items() if getattr(settings, name) is None]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name or an empty string (every interface)
-
-
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve unauthenticated endpoints beyond this machine unless allowed.
 
     On 127.0.0.1 (the default) anything goes; on another address every endpoint needs its
     credential, or ``PIPELINE_INGEST_ALLOW_UNAUTHENTICATED=true`` said it is meant.
     """
-    if _is_loopback(settings.ingest_host) or settings.ingest_allow_unauthenticated:
+    if is_loopback_host(settings.ingest_host) or settings.ingest_allow_unauthenticated:
         return
     open_ones = unauthenticated_endpoints(settings)
     if not open_ones:

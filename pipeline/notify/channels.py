@@ -41,13 +41,13 @@ import smtplib
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
 
 from pipeline.codec import encode
-from pipeline.config import Settings
+from pipeline.config import Settings, is_loopback_host
 from pipeline.errors import DeliveryError
 from pipeline.events import Channel, Reply, utcnow
 from pipeline.notify.compose import compose_reply_email
@@ -426,10 +426,20 @@ async def send_vk(
     return str(payload["response"])
 
 
-def twilio_status_callback(settings: Settings, delivery_id: str) -> str:
-    """Where Twilio reports the status of a message we send: the ingest's Twilio webhook."""
+def twilio_status_callback(settings: Settings, delivery_id: str) -> str | None:
+    """Where Twilio reports the status of a message we send: the ingest's Twilio webhook.
+
+    None when that cannot work: the real Twilio cannot call back a loopback
+    ``PIPELINE_PUBLIC_BASE_URL`` (the default), only a local stand-in can.
+    """
+    if _loopback(settings.public_base_url) and not _loopback(settings.twilio_api_base_url):
+        return None
     query = urlencode({"delivery_id": delivery_id})
     return f"{settings.public_base_url.rstrip('/')}/webhooks/twilio?{query}"
+
+
+def _loopback(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 async def send_webhook(session: aiohttp.ClientSession, settings: Settings, reply: Reply) -> str:
