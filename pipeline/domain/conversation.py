@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SMALL_TALK_MAX_CHARS", "is_small_talk", "is_status_question", "mentions_case_ref"]
+__all__ = [
+    "FOLLOW_UP_MAX_CHARS",
+    "SMALL_TALK_MAX_CHARS",
+    "is_small_talk",
+    "is_status_question",
+    "mentions_case_ref",
+]
 
 SMALL_TALK_MAX_CHARS = 80
 FOLLOW_UP_MAX_CHARS = 160

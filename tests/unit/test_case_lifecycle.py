@@ -20,9 +20,12 @@ from pipeline.domain.cases import (
     case_ref,
 )
 from pipeline.domain.delays import breach_update, escalation_request, flag_alerts, sla_reminder
+from pipeline.domain.threads import match_thread
 from pipeline.domain.workflow import Workflow
 from pipeline.events import (
+    ClassifiedMessage,
     InboundMessage,
+    Intent,
     Priority,
     PriorityComponent,
     ReplyKind,
@@ -34,7 +37,7 @@ from pipeline.events import (
 from pipeline.notify.compose import compose_external
 from pipeline.route.core import route_message
 from pipeline.route.sla import check_sla
-from tests.plugins.route import NOW, default_workflow, message, seed_message
+from tests.plugins.route import NOW, default_workflow, intent, message, seed_message
 
 LATER = NOW + timedelta(hours=2)
 
@@ -357,6 +360,71 @@ def test_hours_without_days_mean_weekdays_nine_to_six_as_documented() -> None:
     (loyalty,) = [s for s in d.case.sub_requests if s.department == "loyalty-it"]
     # P3 on the standard policy: 4 working hours to the first response → Monday 13:00 Moscow
     assert loyalty.first_response_due_at == datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- threads
+
+WINDOW = timedelta(hours=72)
+
+
+def _classified(
+    text: str, key: str, case: CaseState, *intents: Intent, **kw: object
+) -> ClassifiedMessage:
+    return message(
+        text,
+        list(intents) or [intent(text, text, "unknown", "UNKNOWN", 0.2)],
+        key=key,
+        customer=case.customer_id,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Ну что там с моими бонусами?", "follow_up"),
+        ("Бонусы так и не списались, когда ответите?", "follow_up"),
+        ("Спасибо!", "small_talk"),
+        ("а можно побыстрее", "follow_up"),
+    ],
+)
+def test_follow_ups_on_an_open_case_join_it(text: str, reason: str) -> None:
+    case, _ = _routed()
+    found = match_thread(_classified(text, "k", case), [case], window=WINDOW)
+    assert found.case is case and found.reason == reason and not found.recontact
+
+
+def test_the_same_request_and_the_case_number_join_the_case() -> None:
+    case, _ = _routed()
+    text = "Бонусы по карте не списались"
+    loyalty = intent(text, text, "loyalty_points", "LOYALTY")
+    assert match_thread(_classified(text, "k", case, loyalty), [case], window=WINDOW).reason == (
+        "same_request"
+    )
+    ref = f"По обращению № {case_ref(case.case_id)}: есть новости о сроках доставки заказа"
+    by_ref = _classified(ref, "r", case, intent(ref, ref, "delivery_period", "DELIVERY"))
+    assert match_thread(by_ref, [case], window=WINDOW).reason == "case_ref"
+
+
+def test_a_new_request_opens_a_new_case_even_with_one_open() -> None:
+    case, _ = _routed()
+    text = "Хочу вернуть деньги за заказ 48213, товар не подошёл, оформите возврат пожалуйста"
+    refund = intent(text, text, "get_refund", "REFUND")
+    assert match_thread(_classified(text, "n", case, refund), [case], window=WINDOW).case is None
+
+
+def test_after_resolution_thanks_join_a_new_request_does_not_and_the_window_ends() -> None:
+    case = _resolved_with_survey()
+    thanks = _classified("Спасибо, всё отлично!", "t", case)
+    assert match_thread(thanks, [case], window=WINDOW).reason == "small_talk"
+    why = "Почему отказали? Бонусы же положены"
+    assert match_thread(_classified(why, "w", case), [case], window=WINDOW).recontact
+    text = "Как изменить адрес доставки заказа?"
+    other = _classified(text, "o", case, intent(text, text, "change_shipping_address", "SHIPPING"))
+    assert match_thread(other, [case], window=WINDOW).case is None
+    inbound = thanks.inbound.model_copy(update={"received_at": LATER + timedelta(days=4)})
+    too_late = thanks.model_copy(update={"inbound": inbound})
+    assert match_thread(too_late, [case], window=WINDOW).case is None
 
 
 # ---------------------------------------------------------------- delays and flags
