@@ -248,7 +248,7 @@ class Settings(BaseSettings):
 
     # --- case lifecycle
     thread_window_hours: float = Field(
-        default=72.0,
+        default=168.0,
         gt=0,
         description="A customer's new message this long after their case's last activity "
         "(open, or resolved) can still continue that case when it is about it.",

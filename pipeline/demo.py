@@ -40,6 +40,7 @@ from pipeline.events import (
     DeadLetter,
     Outcome,
     SubRequest,
+    TaskNotice,
     TaskStatus,
     TaskUpdate,
     derive_id,
@@ -332,6 +333,7 @@ async def follow_seed(s: Settings, outbox: Outbox, seed: Sent, outcome: Outcome)
             continue
         if sub.message_id == seed.message_id:
             subs.append(sub)
+    await follow_up(s, seed, outcome)
     pub = bus.Publisher(s)
     try:
         for sub in subs:
@@ -373,9 +375,14 @@ async def follow_seed(s: Settings, outbox: Outbox, seed: Sent, outcome: Outcome)
             director_mail,
             f"e-mail to {recipient}",
         )
+        # As Gmail writes it: a signature without "-- " and the quoted request below a
+        # header carrying our reply+TOKEN address; the customer gets the first paragraph only.
+        quoted = "\n".join(f"> {line}" for line in mail.text.splitlines())
         answer = MIMEText(
             "Добрый день! Проверили выкладку и сроки годности, несвежие огурцы сняты с "
-            "продажи и заменены.\n\n-- \nДиректор магазина",
+            "продажи и заменены.\n\nИрина Соколова\nДиректор магазина на Садовой, 12\n"
+            f"+7 (812) 555-01-23\n\nсб, 5 дек. 2026 г. в 16:20, Служба заботы <\n"
+            f"{mail.reply_to}>:\n\n{quoted}\n",
             "plain",
             "utf-8",
         )
@@ -414,6 +421,32 @@ async def follow_seed(s: Settings, outbox: Outbox, seed: Sent, outcome: Outcome)
     out(f"  the customer answers '10' in Telegram (HTTP {sent.status})")
     events = await _wait_case_event(s, outcome.case_id or "", "survey_answered")
     out(f"  survey answer linked to the case: {events.detail}")
+
+
+async def follow_up(s: Settings, seed: Sent, outcome: Outcome) -> None:
+    """The customer asks again before anyone answered: the message joins the open case."""
+    chat, n = seed.channel_message_id.split(":", 1)
+    text = "Ну что там с моими бонусами?"
+    again = {"channel": "telegram", "language": "ru", "customer": seed.sample["customer"]}
+    sent = send_sample(s, {**again, "text": text}, int(n) + 500, chat_id=int(chat))
+    out(f"  the customer asks again before any answer: {text!r} (HTTP {sent.status})")
+    topics = [task_topic(s, d) for d in departments(s)]
+    deadline = time.monotonic() + 60.0
+    async with bus.reader(s, *topics) as c:
+        while time.monotonic() < deadline:
+            for msgs in (await c.getmany(timeout_ms=300)).values():
+                for m in msgs:
+                    try:
+                        notice = decode(TaskNotice, m.value)
+                    except DecodeError:
+                        continue
+                    if notice.case_id == outcome.case_id and notice.message_id == sent.message_id:
+                        out(
+                            f"  → added to case {notice.case_id}, no second task: "
+                            f"{notice.department} sees it as a {notice.type} notice"
+                        )
+                        return
+    raise TimeoutError(f"the follow-up never reached the holders of {outcome.case_id}")
 
 
 async def _wait_case_event(s: Settings, case_id: str, kind: str) -> CaseEvent:

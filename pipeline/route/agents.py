@@ -24,6 +24,7 @@ import orjson
 
 from pipeline import bus
 from pipeline.codec import decode
+from pipeline.config import Settings
 from pipeline.context import Context
 from pipeline.domain.cases import (
     CaseState,
@@ -32,8 +33,8 @@ from pipeline.domain.cases import (
     merge_snapshot,
     open_subs,
 )
-from pipeline.domain.surveys import parse_score
 from pipeline.domain.text import is_not_helped
+from pipeline.domain.threads import match_thread
 from pipeline.domain.workflow import Workflow
 from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import (
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "route"
 CASES_STAGE = "cases"
-RECONTACT_WINDOW = timedelta(days=7)
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
 CASE_SWEEP_INTERVAL_S = 600.0
@@ -82,36 +82,18 @@ class Runtime:
         return self.live.current
 
 
-def find_case(cm: ClassifiedMessage, cases: list[CaseState]) -> tuple[CaseState | None, bool]:
+def find_case(
+    cm: ClassifiedMessage, cases: list[CaseState], settings: Settings
+) -> tuple[CaseState | None, bool]:
     """The customer's case this message continues, and whether it is a recontact."""
-    sim = cm.similarity
-    by_id = {c.case_id: c for c in cases}
-    if sim.duplicate_of is not None:
-        return by_id.get(sim.case_id or ""), False
-    if not cases:
-        return None, False
-    latest = max(cases, key=lambda c: c.updated_at)
-    inbound = cm.inbound
-    now = inbound.received_at
-    survey = latest.survey
-    pending = survey is not None and not survey.answered
-    if pending and survey and parse_score(inbound.text, survey.kind) is not None:
-        return latest, False
-    recent = [
-        c
-        for c in cases
-        if c.status == "resolved" and c.resolved_at and now - c.resolved_at <= RECONTACT_WINDOW
-    ]
-    if not recent:
-        return None, False
-    last = max(recent, key=lambda c: c.updated_at)
-    if is_not_helped(inbound.text, inbound.language):
-        return last, True
-    topics = {i.category for i in cm.intents if i.label != "unknown"}
-    same_topic = [c for c in recent if topics & set(c.categories)]
-    if same_topic:
-        return max(same_topic, key=lambda c: c.updated_at), True
-    return None, False
+    found = match_thread(
+        cm,
+        cases,
+        window=timedelta(hours=settings.thread_window_hours),
+        survey_expiry=timedelta(hours=settings.survey_expiry_hours),
+        not_helped=is_not_helped,
+    )
+    return found.case, found.recontact
 
 
 async def emit_sub_requests(ctx: Context, subs: list[SubRequest], wf: Workflow) -> None:
@@ -141,6 +123,12 @@ async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Work
         await ctx.send("case-events", ev.case_id, ev)
     for ev in tr.quality_events:
         await ctx.send("quality", ev.case_id, ev)
+    for notice in tr.notices:  # to the holder, beside the sub-request on its task topic
+        dept = wf.departments.get(notice.department)
+        if dept is not None and dept.kind == "internal":
+            await ctx.send(
+                task_topic(ctx.settings, dept.topic or notice.department), notice.case_id, notice
+            )
 
 
 def is_news(snapshot: CaseState, stored: CaseState) -> bool:
@@ -297,7 +285,7 @@ class RouteAgent:
         """Route one message and send everything its decision holds."""
         ctx = self.ctx
         cases = self.cases.of(cm.customer_id)
-        open_case, recontact = find_case(cm, cases)
+        open_case, recontact = find_case(cm, cases, ctx.settings)
         if recontact:
             ctx.metrics.recontacts.inc()
         decision = route_message(
@@ -407,7 +395,11 @@ class CaseKeeper:
     async def apply_update(self, update: TaskUpdate) -> None:
         """Apply a task update to its (stored) case and save the transition."""
         state = CaseState.model_validate(orjson.loads(self.table[update.case_id]))
-        await self.save(apply_task_update(state, update, self.rt.workflow, now=utcnow()))
+        await self.save(
+            apply_task_update(
+                state, update, self.rt.workflow, now=utcnow(), settings=self.ctx.settings
+            )
+        )
 
     async def save(self, tr: Transition) -> None:
         """Store the new state (synchronously), then send what the transition holds."""
@@ -418,9 +410,7 @@ class CaseKeeper:
         self.table[tr.state.case_id] = orjson.dumps(tr.state.model_dump(mode="json")).decode()
         await emit_transition(self.ctx, tr, self.rt.workflow)
         if not incident:
-            await self.ctx.send(
-                "case-status", tr.state.customer_id, _snapshot(tr.state, "cases")
-            )
+            await self.ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
         elif tr.state.status == "resolved":
             await self.close_linked(tr.state)
 

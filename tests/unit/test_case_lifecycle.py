@@ -65,7 +65,8 @@ def test_director_mail_states_the_customers_language_and_asks_for_it() -> None:
 def test_vip_and_legal_threat_flags_reach_every_sub_request() -> None:
     d = route_message(seed_message(tier="vip"), default_workflow(), now=NOW, settings=SETTINGS)
     assert d.case is not None and case_flags(d.case) == ["vip"]
-    assert all(s.flags == ["vip"] for s in d.sub_requests) and len(d.sub_requests) == 2
+    assert all(s.flags == ["vip"] for s in d.sub_requests) and len(d.sub_requests) == 4
+    assert sorted(s.purpose for s in d.sub_requests) == ["alert", "alert", "request", "request"]
     legal = d.case.model_copy(
         update={
             "priority": Priority(
@@ -76,7 +77,9 @@ def test_vip_and_legal_threat_flags_reach_every_sub_request() -> None:
         }
     )
     assert case_flags(legal) == ["vip", "legal_threat"]
-    (external,) = [s for s in d.sub_requests if s.kind is SubRequestKind.external]
+    (external,) = [
+        s for s in d.sub_requests if s.kind is SubRequestKind.external and s.purpose == "request"
+    ]
     assert "Внимание: VIP-клиент" in _body(compose_external(external, SETTINGS))
 
 
@@ -339,11 +342,15 @@ def test_vip_and_legal_threats_get_the_urgent_sla_explicitly() -> None:
     for name in ("vip-first", "legal-threat"):
         assert any(getattr(a, "policy", None) == "urgent" for a in rules[name].then), name
     case, subs = _routed(tier="vip")
-    policies = {s.department: case.sub(s.sub_request_id).sla_policy for s in subs}  # type: ignore[union-attr]
+    policies = {
+        s.department: case.sub(s.sub_request_id).sla_policy  # type: ignore[union-attr]
+        for s in subs
+        if s.purpose == "request"
+    }
     assert policies == {"loyalty-it": "urgent", "store-directors": "urgent"}
     legal = route_message(seed_message(tags=["legal_threat"]), wf, now=NOW, settings=SETTINGS)
     assert legal.case is not None
-    assert {s.sla_policy for s in legal.case.sub_requests} == {"urgent"}
+    assert {s.sla_policy for s in legal.case.sub_requests if s.blocking} == {"urgent"}
 
 
 def test_hours_without_days_mean_weekdays_nine_to_six_as_documented() -> None:
@@ -422,6 +429,11 @@ def test_after_resolution_thanks_join_a_new_request_does_not_and_the_window_ends
     text = "Как изменить адрес доставки заказа?"
     other = _classified(text, "o", case, intent(text, text, "change_shipping_address", "SHIPPING"))
     assert match_thread(other, [case], window=WINDOW).case is None
+    helped = _classified("Не помогло, бонусов так и нет", "h", case)
+    found = match_thread(
+        helped, [case], window=WINDOW, not_helped=lambda text, lang: "не помогло" in text.lower()
+    )
+    assert found.reason == "not_helped" and found.recontact
     inbound = thanks.inbound.model_copy(update={"received_at": LATER + timedelta(days=4)})
     too_late = thanks.model_copy(update={"inbound": inbound})
     assert match_thread(too_late, [case], window=WINDOW).case is None

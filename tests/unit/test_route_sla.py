@@ -111,7 +111,8 @@ def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     rerouted, notice = t.sub_requests
     assert (rerouted.kind, rerouted.department) == (SubRequestKind.internal, "backup")
     assert (notice.kind, notice.recipient) == (SubRequestKind.external, "boss@example.com")
-    assert "SLA breach" in notice.text
+    assert notice.purpose == "escalation" and notice.breached_deadline == "resolution"
+    assert notice.sla_due_at == sub.due_at  # the missed deadline, shown in local time
     states = {s.sub_request_id: s for s in t.state.sub_requests}
     assert states[sub.sub_request_id].status == "rerouted"
     assert states[notice.sub_request_id].blocking is False
