@@ -49,6 +49,7 @@ from pipeline.domain.workflow import (
     BroadcastAction,
     EscalateAction,
     ExternalAction,
+    IncidentPolicy,
     InternalAction,
     SetPriorityAction,
     SlaAction,
@@ -310,34 +311,96 @@ def route_message(
     ``open_case`` is the customer's case this message belongs to (the agent looks it up
     from ``similarity.case_id`` / ``recontact_of``); ``settings`` only serves reply
     addresses of external sub-requests (``pipeline.domain.tokens``).
+
+    Phases: 1. a duplicate joins its case; 2. a follow-up goes to its open case; 3. a KB
+    article answers a single request; 4. the rules plan each intent (targets, priority);
+    5. the plans become sub-requests and template replies; 6. an incident links the case;
+    7. the customer's answer and the Outcome.
     """
     sim = msg.similarity
-    level = msg.priority.level
-    if sim.duplicate_of is not None:
+    if sim.duplicate_of is not None:  # 1.
         return _duplicate(msg, now, open_case)
-    if open_case is not None:
+    if open_case is not None:  # 2.
         tr = apply_customer_message(open_case, msg.inbound, workflow, now=now, settings=settings)
         return _follow_up(msg, now, open_case, tr)
-
     case = _new_case(msg, workflow, now)
     notes: list[str] = []
     if sim.recontact_of is not None:
         notes.append(f"recontact of case {sim.recontact_of}, but the case was not supplied")
+    answer_from = _kb_answer(msg, kb_match, notes)  # 3.
+    if answer_from is not None:
+        return _auto_reply(msg, now, case, answer_from, msg.priority.level)
+    plans, priority = _plan_all(msg, workflow, now)  # 4.
+    case = case.model_copy(update={"priority": priority})
+    events = _opening_events(msg, case, now)
+    built = _build(plans, msg, case, workflow, now, settings)  # 5.
+    case = case.model_copy(update={"sub_requests": built.records})
+    events.extend(created_event(case, sub, now) for sub in built.subs)
+    # a VIP or a legal threat: the supervisors of the departments involved are alerted
+    case, alerts, alert_events = flag_alerts(case, workflow, built.subs, now=now, settings=settings)
+    events += alert_events
+    incident_subs: list[SubRequest] = []
+    incident_case: CaseState | None = None
+    if sim.incident_id is not None:  # 6.
+        incident_subs, inc_events, inc_notes, incident_case = _incident(
+            msg, workflow, case, now, settings
+        )
+        events, notes = events + inc_events, notes + inc_notes
+    if built.subs:  # 7.
+        answer, depts = _acknowledge(msg, case, workflow, now, built.subs, incident_new)
+        replies = [*built.replies, answer]
+        reason = f"{len(built.subs)} sub-request(s) for {len(plans)} request(s)"
+        outcome = _outcome(
+            msg, OutcomeKind.routed, now, case_id=case.case_id, departments=depts, reason=reason
+        )
+    else:  # every intent was answered by an auto-reply template
+        case = case.model_copy(update={"status": "resolved", "resolved_at": now})
+        events.append(_auto_resolved_event(msg, case, now))
+        replies = built.replies
+        reason = "answered by rule templates"
+        outcome = _outcome(
+            msg, OutcomeKind.auto_resolved, now, case_id=case.case_id, departments=[], reason=reason
+        )
+    return RouteDecision(
+        outcome=outcome,
+        case=case,
+        sub_requests=built.subs + alerts,
+        replies=replies,
+        case_events=events,
+        incident_sub_requests=incident_subs,
+        incident_case=incident_case,
+        trace=RouteTrace(
+            path="routed",
+            intents=built.traces,
+            priority_before=msg.priority.level,
+            priority_after=priority.level,
+            notes=notes,
+        ),
+    )
 
-    # 3. auto-reply from the knowledge base
+
+def _kb_answer(
+    msg: ClassifiedMessage, kb_match: KbMatch | None, notes: list[str]
+) -> KbMatch | None:
+    """The KB match that auto-replies (one request only); otherwise a note says why not."""
     if kb_match is not None and kb_match.auto_reply and kb_match.answer:
         if len(msg.intents) == 1:
-            return _auto_reply(msg, now, case, kb_match, level)
+            return kb_match
         notes.append(
             f"KB article {kb_match.article_id} would auto-reply, but the message has "
             f"{len(msg.intents)} requests: routing all of them"
         )
     elif kb_match is not None:
         notes.append(f"KB: {kb_match.reason or 'no auto-reply'}")
-    elif sim.auto_reply:
+    elif msg.similarity.auto_reply:
         notes.append("similarity says auto-reply but no KB match was supplied: routing")
+    return None
 
-    # 4. rules, per intent
+
+def _plan_all(
+    msg: ClassifiedMessage, workflow: Workflow, now: datetime
+) -> tuple[list[_Plan], Priority]:
+    """The rules' plan for each intent, and the message's priority after their overrides."""
     plans: list[_Plan] = []
     overrides: list[Priority] = []
     escalations = 0
@@ -347,12 +410,13 @@ def route_message(
         if override is not None:
             overrides.append(override)
         escalations = max(escalations, esc)  # message-level: not once per intent
-    priority = _merge_priority(msg.priority, overrides, escalations)
-    case = case.model_copy(update={"priority": priority})
+    return plans, _merge_priority(msg.priority, overrides, escalations)
 
-    subs: list[SubRequest] = []
-    records: list[SubRequestState] = []
-    events: list[CaseEvent] = [
+
+def _opening_events(msg: ClassifiedMessage, case: CaseState, now: datetime) -> list[CaseEvent]:
+    """``opened``, and ``escalated`` when the rules changed the priority level."""
+    level = msg.priority.level
+    events = [
         event(
             case,
             CaseEventType.opened,
@@ -363,11 +427,11 @@ def route_message(
                 "channel": case.channel.value,
                 "language": case.language,
                 "categories": case.categories,
-                "priority": priority.level,
+                "priority": case.priority.level,
             },
         )
     ]
-    if priority.level != level:
+    if case.priority.level != level:
         events.append(
             event(
                 case,
@@ -375,11 +439,32 @@ def route_message(
                 now,
                 key="rules",
                 message_id=msg.message_id,
-                detail={"from": level, "to": priority.level, "by": "rules"},
+                detail={"from": level, "to": case.priority.level, "by": "rules"},
             )
         )
-    replies: list[Reply] = []
-    intent_traces: list[IntentTrace] = []
+    return events
+
+
+@dataclass
+class _Built:
+    """What the plans of a message become."""
+
+    subs: list[SubRequest] = field(default_factory=list)
+    records: list[SubRequestState] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    traces: list[IntentTrace] = field(default_factory=list)
+
+
+def _build(
+    plans: list[_Plan],
+    msg: ClassifiedMessage,
+    case: CaseState,
+    workflow: Workflow,
+    now: datetime,
+    settings: Settings | None,
+) -> _Built:
+    """Sub-requests (one per intent and target) and template replies, with their traces."""
+    built = _Built()
     for plan in plans:
         targets: list[str] = []
         for tgt in plan.targets:
@@ -394,21 +479,21 @@ def route_message(
                 category=plan.intent.category,
                 text=tgt.text or plan.intent.text,
                 key="",
-                priority=priority,
+                priority=case.priority,
                 sla_policy=plan.sla,
                 settings=settings,
                 language=tgt.language,
             )
-            if any(s.sub_request_id == sub.sub_request_id for s in subs):
+            if any(s.sub_request_id == sub.sub_request_id for s in built.subs):
                 continue  # the same intent label twice in one message, same target
-            subs.append(sub)
-            records.append(rec)
+            built.subs.append(sub)
+            built.records.append(rec)
             targets.append(
                 f"{tgt.kind}:{tgt.department}" + (f":{tgt.recipient}" if tgt.recipient else "")
             )
         if plan.auto_reply is not None:
             text = workflow.custom_template(plan.auto_reply, case.language)
-            replies.append(
+            built.replies.append(
                 reply(
                     case,
                     ReplyKind.auto_reply,
@@ -419,7 +504,7 @@ def route_message(
                 )
             )
             targets.append(f"auto_reply:{plan.auto_reply}")
-        intent_traces.append(
+        built.traces.append(
             IntentTrace(
                 intent=plan.intent.label,
                 category=plan.intent.category,
@@ -430,91 +515,51 @@ def route_message(
                 notes=plan.trace_notes,
             )
         )
-    case = case.model_copy(update={"sub_requests": records})
-    events.extend(created_event(case, sub, now) for sub in subs)
-    # a VIP or a legal threat: the supervisors of the departments involved are alerted
-    case, alerts, alert_events = flag_alerts(case, workflow, subs, now=now, settings=settings)
-    events += alert_events
+    return built
 
-    incident_subs: list[SubRequest] = []
-    incident_case: CaseState | None = None
+
+def _acknowledge(
+    msg: ClassifiedMessage,
+    case: CaseState,
+    workflow: Workflow,
+    now: datetime,
+    subs: list[SubRequest],
+    incident_new: bool,
+) -> tuple[Reply, list[str]]:
+    """The customer's answer to a routed message, and the departments it went to."""
     t = workflow.templates_for(case.language)
     departments = list(dict.fromkeys(s.department for s in subs))
-    if sim.incident_id is not None:
-        incident_subs, inc_events, inc_notes, incident_case = _incident(
-            msg, workflow, case, now, settings
-        )
-        events += inc_events
-        notes += inc_notes
-    if not subs:
-        # every intent was answered by an auto-reply template
-        case = case.model_copy(update={"status": "resolved", "resolved_at": now})
-        events.append(
-            event(
-                case,
-                CaseEventType.auto_resolved,
-                now,
-                key="template",
-                message_id=msg.message_id,
-                detail={"by": "rule template"},
-            )
-        )
-        outcome = _outcome(
-            msg,
-            OutcomeKind.auto_resolved,
-            now,
-            case_id=case.case_id,
-            departments=[],
-            reason="answered by rule templates",
-        )
+    if msg.similarity.incident_id is not None and not incident_new:
+        text, kind_note, rkind = t.incident_notice, "incident_notice", ReplyKind.incident_notice
+    elif set(departments) == {workflow.triage_department}:
+        text, kind_note, rkind = t.triage, "triage", ReplyKind.acknowledgement
     else:
-        if sim.incident_id is not None and not incident_new:
-            text, kind_note = t.incident_notice, "incident_notice"
-            rkind = ReplyKind.incident_notice
-        elif set(departments) == {workflow.triage_department}:
-            text, kind_note, rkind = t.triage, "triage", ReplyKind.acknowledgement
-        else:
-            text, kind_note, rkind = t.acknowledgement, "acknowledgement", ReplyKind.acknowledgement
-        titles = [workflow.title(s.department, case.language) for s in subs]
-        replies.append(
-            reply(
-                case,
-                rkind,
-                fill(
-                    text,
-                    name=_name(case),
-                    case_ref=case_ref(case.case_id),
-                    departments=", ".join(dict.fromkeys(titles)),
-                ),
-                now,
-                key=kind_note,
-                message_id=msg.message_id,
-            )
-        )
-        outcome = _outcome(
-            msg,
-            OutcomeKind.routed,
-            now,
-            case_id=case.case_id,
-            departments=departments,
-            reason=f"{len(subs)} sub-request(s) for {len(plans)} request(s)",
-        )
-    trace = RouteTrace(
-        path="routed",
-        intents=intent_traces,
-        priority_before=level,
-        priority_after=priority.level,
-        notes=notes,
+        text, kind_note, rkind = t.acknowledgement, "acknowledgement", ReplyKind.acknowledgement
+    titles = [workflow.title(s.department, case.language) for s in subs]
+    answer = reply(
+        case,
+        rkind,
+        fill(
+            text,
+            name=_name(case),
+            case_ref=case_ref(case.case_id),
+            departments=", ".join(dict.fromkeys(titles)),
+        ),
+        now,
+        key=kind_note,
+        message_id=msg.message_id,
     )
-    return RouteDecision(
-        outcome=outcome,
-        case=case,
-        sub_requests=subs + alerts,
-        replies=replies,
-        case_events=events,
-        incident_sub_requests=incident_subs,
-        incident_case=incident_case,
-        trace=trace,
+    return answer, departments
+
+
+def _auto_resolved_event(msg: ClassifiedMessage, case: CaseState, now: datetime) -> CaseEvent:
+    return event(
+        case,
+        CaseEventType.auto_resolved,
+        now,
+        key="template",
+        message_id=msg.message_id,
+        detail={"by": "rule template"},
     )
 
 
@@ -674,6 +719,44 @@ def _auto_reply(
     )
 
 
+def _broadcast(
+    workflow: Workflow,
+    policy: IncidentPolicy,
+    inc_case: CaseState,
+    category: str,
+    store_text: str,
+    now: datetime,
+    settings: Settings | None,
+) -> tuple[list[SubRequest], list[SubRequestState]]:
+    """One broadcast sub-request per member of the incident policy's group."""
+    dep = workflow.groups[policy.group].department or workflow.triage_department
+    lang = workflow.party_language(dep, policy.group) or workflow.default_language
+    text = fill(
+        workflow.custom_template(policy.template, lang), category=category, store=store_text
+    )
+    subs: list[SubRequest] = []
+    sub_states: list[SubRequestState] = []
+    for member in workflow.group_members(policy.group):
+        sub, sub_state = new_sub_request(
+            inc_case,
+            workflow,
+            now=now,
+            kind="broadcast",
+            department=dep,
+            recipient=member,
+            intent=f"incident:{policy.name}",
+            category=category,
+            text=text,
+            key="incident",
+            message_id=inc_case.first_message_id,
+            settings=settings,
+            language=lang,
+        )
+        subs.append(sub)
+        sub_states.append(sub_state)
+    return subs, sub_states
+
+
 def _incident(
     msg: ClassifiedMessage,
     workflow: Workflow,
@@ -710,32 +793,7 @@ def _incident(
             "message_ids": [incident_id],
         }
     )
-    group = workflow.groups[policy.group]
-    dep = group.department or workflow.triage_department
-    subs: list[SubRequest] = []
-    sub_states: list[SubRequestState] = []
-    lang = workflow.party_language(dep, policy.group) or workflow.default_language
-    text = fill(
-        workflow.custom_template(policy.template, lang), category=category, store=store_text
-    )
-    for member in workflow.group_members(policy.group):
-        sub, sub_state = new_sub_request(
-            inc_case,
-            workflow,
-            now=now,
-            kind="broadcast",
-            department=dep,
-            recipient=member,
-            intent=f"incident:{policy.name}",
-            category=category,
-            text=text,
-            key="incident",
-            message_id=incident_id,
-            settings=settings,
-            language=lang,
-        )
-        subs.append(sub)
-        sub_states.append(sub_state)
+    subs, sub_states = _broadcast(workflow, policy, inc_case, category, store_text, now, settings)
     inc_case = inc_case.model_copy(update={"sub_requests": sub_states})
     detail: dict[str, Any] = {
         "incident_id": incident_id,
