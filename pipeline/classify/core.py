@@ -105,11 +105,12 @@ class Classifier:
                 for p in parts
             ]
             rule_text = f"{msg.subject}\n{msg.text}" if msg.subject else msg.text
+            rule_tags = apply_tag_rules(rule_text, language, self.tag_rules)
             tags: list[str] = []
             for tag in (
                 *(i.category for i in intents if i.label != UNKNOWN),
                 *(i.label for i in intents if i.label != UNKNOWN),
-                *apply_tag_rules(rule_text, language, self.tag_rules),
+                *rule_tags,
                 *([UNKNOWN] if any(i.label == UNKNOWN for i in intents) else []),
                 f"lang:{language}",
             ):
@@ -131,6 +132,7 @@ class Classifier:
                 recent_contacts=contacts.get(msg.customer_id, 0),
                 sentiment=negative_sentiment(rule_text),
                 weights=self.weights,
+                tags=rule_tags,
             )
             out.append(
                 ClassifiedMessage(

@@ -602,6 +602,11 @@ def _references(wf: Workflow) -> Iterator[tuple[Loc, str]]:
                     ("sla_policies", pname, "escalation", k),
                     f"reroute needs a known department, got {step.department!r}",
                 )
+    if wf.priority is not None:
+        rule_tags = {r.tag for r in wf.tag_rules}
+        for tag in wf.priority.tags:
+            if tag not in rule_tags:
+                yield ("priority", "tags", tag), f"no tag rule adds the tag {tag!r}"
     for k, inc in enumerate(wf.incidents):
         if inc.group not in wf.groups:
             yield ("incidents", k, "group"), f"unknown group {inc.group!r}"
