@@ -524,6 +524,11 @@ class KbArticle(Event):
     questions: dict[str, list[str]] = Field(description="Example questions per language.")
     answer: dict[str, str] = Field(description="Answer per language (ru, en).")
     intents: list[str] = Field(default_factory=list, description="Eligible intents.")
+    not_intents: list[str] = Field(
+        default_factory=list,
+        description="Near-miss intents this article must never answer (e.g. a registration "
+        "problem for 'how to create an account').",
+    )
     link: str | None = Field(default=None, description="Public link to the article.")
     auto_reply: bool = Field(default=True, description="Whether it may be sent automatically.")
     deleted: bool = Field(default=False, description="Tombstone: remove from the index.")
@@ -558,7 +563,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "ClassifiedMessage": ClassifiedMessage,
     "SubRequest": SubRequest,
     "TaskUpdate": TaskUpdate,
-    "CaseCommand": CaseCommand,
     "CaseCommand": CaseCommand,
     "Reply": Reply,
     "CaseEvent": CaseEvent,

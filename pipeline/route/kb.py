@@ -6,6 +6,7 @@ Articles are Markdown files with YAML front matter (``pipeline/resources/kb/*.md
     id: password-recovery
     title: {en: ..., ru: ...}
     intents: [recover_password]          # eligible classifier intents
+    not_intents: [registration_problems] # near misses it must never answer
     link: https://help.example.com/...
     auto_reply: true
     questions: {en: [...], ru: [...]}    # many, varied example questions
@@ -20,8 +21,22 @@ n-grams (both languages in one space: robust to typos and Russian inflection), t
 article the best cosine, and turns [best, best − runner-up, mean of the best article's
 top-2] into a confidence with a logistic model fitted on labelled questions
 (``calibrate``). The auto-reply threshold comes from ``calibration.json`` next to the
-articles; it was chosen on one half of a labelled set for ≥ 95 % precision and checked on
-the other half (bench/similarity_kb.py).
+articles; it was chosen on a calibration part of grouped held-out data (paraphrase families
+kept on one side) for ≥ 95 % precision and is reported on a separate test part
+(bench/similarity_kb.py says which).
+
+An article answers only when all of these hold (``_decide``):
+
+* the classifier's intents are given and are exactly one known intent: a message with two
+  requests (or one request and an unrecognised part) is never half auto-replied — every part
+  is routed;
+* that intent is one the article declares (``intents``) and not one of its near misses
+  (``not_intents``: a registration *problem* is not "how to create an account", a refund
+  *request* is not the refund *policy*);
+* the retrieval agrees: the best article by similarity is this one, with a calibrated
+  confidence at or above the language's threshold.
+
+Without intents (``pipeline kb search`` without ``--intent``) only the retrieval decides.
 """
 
 from __future__ import annotations
@@ -93,15 +108,25 @@ class Calibration(BaseModel):
     coef: list[float] = Field(default_factory=lambda: [12.0, 6.0, 0.0, 0.0])
     intercept: float = -7.0
     threshold: float = Field(default=0.9, ge=0.0, le=1.0, description="Default threshold.")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Per language.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per language, the retrieval alone (no intents)."
+    )
+    intent_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per language, when the classifier's one intent is eligible for the article "
+        "(the two agree, so the retrieval needs less on its own).",
+    )
     target_precision: float = 0.95
+    intent_target_precision: float = 0.95
     report: dict[str, Any] = Field(default_factory=dict, description="Figures at calibration.")
 
     def confidence(self, feats: Sequence[float]) -> float:
         z = self.intercept + sum(c * f for c, f in zip(self.coef, feats, strict=True))
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
-    def threshold_for(self, language: str) -> float:
+    def threshold_for(self, language: str, with_intent: bool = False) -> float:
+        if with_intent and language in self.intent_thresholds:
+            return self.intent_thresholds[language]
         return self.thresholds.get(language, self.threshold)
 
 
@@ -118,6 +143,9 @@ class LabelledQuestion:
 
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?(.*)\Z", re.DOTALL)
+_FRONT_KEYS = frozenset(
+    {"id", "title", "intents", "not_intents", "link", "auto_reply", "questions"}
+)
 _SECTION = re.compile(r"^##\s+(\w+)\s*$", re.MULTILINE)
 
 
@@ -132,7 +160,7 @@ def parse_article(source: str, name: str = "<string>") -> KbArticle:
         raise ConfigError(f"{name}: bad YAML front matter: {exc}") from exc
     if not isinstance(meta, dict):
         raise ConfigError(f"{name}: front matter must be a mapping")
-    unknown = set(meta) - {"id", "title", "intents", "link", "auto_reply", "questions"}
+    unknown = set(meta) - _FRONT_KEYS
     if unknown:
         raise ConfigError(f"{name}: unknown front-matter keys {sorted(unknown)}")
     answers: dict[str, str] = {}
@@ -149,6 +177,7 @@ def parse_article(source: str, name: str = "<string>") -> KbArticle:
             questions=meta.get("questions") or {},
             answer=answers,
             intents=meta.get("intents") or [],
+            not_intents=meta.get("not_intents") or [],
             link=meta.get("link"),
             auto_reply=meta.get("auto_reply", True),
             updated_at=utcnow(),
@@ -159,6 +188,9 @@ def parse_article(source: str, name: str = "<string>") -> KbArticle:
         raise ConfigError(f"{name}: {where}: {first.get('msg')}") from exc
     if not article.article_id:
         raise ConfigError(f"{name}: missing 'id'")
+    both = sorted(set(article.intents) & set(article.not_intents))
+    if both:
+        raise ConfigError(f"{name}: intents {both} are both eligible and near misses")
     if not any(article.questions.values()):
         raise ConfigError(f"{name}: no example questions")
     for lang in article.questions:
@@ -315,7 +347,7 @@ class KbIndex:
         feat: tuple[str | None, list[float], float],
     ) -> KbMatch:
         lang = model_language(text, language)
-        threshold = self.calibration.threshold_for(lang)
+        threshold = self.calibration.threshold_for(lang, with_intent=intents is not None)
         aid, feats, sim = feat
         if aid is None or not text.strip():
             return KbMatch(
@@ -333,11 +365,18 @@ class KbIndex:
         )
         reasons: list[str] = []
         if intents is not None:
-            labels = [i for i in intents if i and i != "unknown"]
-            if len(labels) != 1:
-                reasons.append(f"message has {len(labels)} known intents, auto-reply needs one")
-            elif labels[0] not in art.intents:
-                reasons.append(f"intent {labels[0]!r} is not eligible for this article")
+            labels = [i or "unknown" for i in intents]
+            known = [i for i in labels if i != "unknown"]
+            if len(labels) != 1 or not known:
+                # two requests, or one plus a part nobody recognised: never half-answered
+                reasons.append(
+                    f"message has {len(labels)} request(s), {len(known)} recognised; "
+                    "auto-reply needs exactly one recognised request"
+                )
+            elif known[0] in art.not_intents:
+                reasons.append(f"intent {known[0]!r} is a near miss this article must not answer")
+            elif known[0] not in art.intents:
+                reasons.append(f"intent {known[0]!r} is not eligible for this article")
         if not art.auto_reply:
             reasons.append("article does not allow auto-reply")
         if conf < threshold:
@@ -392,12 +431,17 @@ def calibrate(
     target_precision: float = 0.95,
     margin: float = 0.01,
     min_accepted: int = 20,
+    eligible: Sequence[bool] | None = None,
+    intent_target_precision: float = 0.95,
 ) -> Calibration:
     """Fit the confidence model and per-language thresholds on labelled questions.
 
     A threshold is the lowest confidence at which the accepted questions of that language
     still have precision ≥ ``target_precision + margin`` (the margin absorbs the
-    difference between the calibration half and unseen data).
+    difference between the calibration part and unseen data). ``eligible``: per example,
+    whether the classifier's requests let the auto-reply through (see ``_decide``); then the
+    ``intent_thresholds`` are chosen the same way for the precision of that whole decision,
+    at ``intent_target_precision``.
     """
     feats = index.features([e.text for e in examples])
     x = np.asarray([f[1] for f in feats], dtype=np.float64)
@@ -411,20 +455,32 @@ def calibrate(
     coef, intercept = _fit_logistic(x, y)
     base = Calibration(coef=coef, intercept=intercept)
     conf = np.asarray([base.confidence(row) for row in x])
-    thresholds: dict[str, float] = {}
     langs = np.asarray([e.language for e in examples])
-    for lang in sorted(set(langs.tolist())):
-        sel = langs == lang
-        thresholds[lang] = _lowest_threshold(
-            conf[sel], y[sel], target_precision + margin, min(min_accepted, int(y[sel].sum()))
-        )
+
+    def per_language(gate: np.ndarray, target: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for lang in sorted(set(langs.tolist())):
+            sel = (langs == lang) & gate
+            out[lang] = _lowest_threshold(
+                conf[sel], y[sel], target + margin, min(min_accepted, int(y[sel].sum()))
+            )
+        return out
+
+    thresholds = per_language(np.ones(len(examples), dtype=bool), target_precision)
+    intent_thresholds = (
+        per_language(np.asarray(eligible, dtype=bool), intent_target_precision)
+        if eligible is not None
+        else {}
+    )
     default = max(thresholds.values()) if thresholds else base.threshold
     return Calibration(
         coef=coef,
         intercept=intercept,
         threshold=default,
         thresholds=thresholds,
+        intent_thresholds=intent_thresholds,
         target_precision=target_precision,
+        intent_target_precision=intent_target_precision,
     )
 
 
