@@ -11,6 +11,21 @@
    (greetings, fragments) join their neighbour; adjacent segments with the same label merge.
    One group left means a single-intent message: it stays whole, labelled by the whole-text
    prediction.
+4. ``refine`` looks for a boundary the list of connectives does not know: inside every part it
+   tries each clause boundary (sentence end, new line, semicolon, comma, dash, "и"/"а"/"но",
+   "and"/"but") as a cut, classifies the two sides (one vectorized call per batch), and keeps
+   the cut when both sides are confidently different requests: neither side out of scope, the
+   model's best labels differ, the surer side reaches ``clause_strong`` × the model's own
+   per-language abstention threshold (calibrated for precision) and the other
+   ``clause_threshold`` × it, both have ≥ ``clause_min_words`` words, and the second does not
+   point back ("когда её привезут?"). Relative to the model's own thresholds, the rule
+   survives a retrained model with another confidence scale. A side the model abstains on
+   still splits, but stays ``unknown``, as at a connective. Of several
+   such cuts the one whose weaker side is the most confident wins; each side may be cut once
+   more (``MAX_CLAUSE_DEPTH``). A single request whose clauses are vague ("…, can you show
+   them") stays whole because its vague clause is not confident on its own.
+   The thresholds were chosen on messages composed with one set of connectives and are
+   reported on another set they never saw (bench/split_eval.py).
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction
+from pipeline.domain.text import detect_language
 
 #: Connectives that start a new request wherever they stand after a space.
 STRONG_CONNECTIVES: tuple[str, ...] = (
@@ -115,6 +131,24 @@ _ABBREV = frozenset(
     }
 )
 _SENT_END_RE = re.compile(r"[.!?…]+[\"»)]*\s+|\n+|;\s*")
+#: Clause boundaries inside a part where a second request may start (``refine``): a comma not
+#: before a number ("Садовой, 12"), a colon or dash, or the space before "и"/"а"/"но"/"and"/"but".
+_CLAUSE_RE = re.compile(r"[,:](?!\s*\d)\s*|\s[—–-]\s+|\s+(?=(?:и|а|но|and|but)\s)", re.IGNORECASE)
+#: Russian pronouns that point back to the clause before ("когда её привезут?"): a side after
+#: a clause cut that has one continues the same request. (English "it"/"them" are too often
+#: the request's own object: "I forgot my password, how do I reset it?")
+_REFERS_BACK_RE = re.compile(r"(?<!\w)(?:её|ее|его|их|него|неё|нее|ним|ней|них)(?!\w)", re.I)
+#: Shares of the model's per-language abstention threshold the less sure / the surer side of
+#: a clause cut need (1.0: the model would answer that side); chosen on the TUNED connectives
+#: of bench/split_eval.py.
+CLAUSE_THRESHOLD = 0.3
+CLAUSE_STRONG = 0.7
+#: Words each side of a clause cut needs ("как сделать?" is not a request of its own).
+CLAUSE_MIN_WORDS = 3
+#: How many times a part may be cut at clause boundaries (2: up to four parts).
+MAX_CLAUSE_DEPTH = 2
+#: At most this many clause boundaries are tried per part (bounds the cost of long e-mails).
+MAX_CLAUSE_CUTS = 16
 _WORD_RE = re.compile(r"\w+")
 _LEAD_RE = re.compile(r"^[\s,;:.!?—–-]+")
 _TRAIL_RE = re.compile(r"[\s,;:—–-]+$")
@@ -263,6 +297,94 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     return (s, e) if e > s else (start, end)
 
 
+def _clause_cuts(text: str, start: int, end: int) -> list[int]:
+    """Clause boundaries strictly inside ``[start, end)`` (sentence ends included)."""
+    piece = text[start:end]
+    cuts = {start + c for c in _cut_points(piece)}
+    cuts.update(start + m.end() for m in _CLAUSE_RE.finditer(piece))
+    return sorted(c for c in cuts if start < c < end)[:MAX_CLAUSE_CUTS]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    part: int
+    left: tuple[int, int]
+    right: tuple[int, int]
+
+
+def _sides(text: str, part: Part, at: int, min_words: int) -> _Cut | None:
+    left_end = at - len(text[part.start : at]) + len(text[part.start : at].rstrip(" \t\n,;:—–-"))
+    right_start = at + _content_offset(text[at : part.end])
+    if _words(text[part.start : left_end]) < min_words:
+        return None
+    right = text[right_start : part.end]
+    if _words(right) < min_words or _REFERS_BACK_RE.search(right):
+        return None
+    return _Cut(-1, (part.start, left_end), (right_start, part.end))
+
+
+def refine(
+    model: IntentModel,
+    texts: Sequence[str],
+    parts_of: Sequence[list[Part]],
+    *,
+    clause_threshold: float = CLAUSE_THRESHOLD,
+    clause_strong: float = CLAUSE_STRONG,
+    min_words: int = CLAUSE_MIN_WORDS,
+    depth: int = MAX_CLAUSE_DEPTH,
+) -> list[list[Part]]:
+    """Cut parts at clause boundaries where both sides are confidently different requests
+    (see module doc); one vectorized predict per round over every candidate side."""
+    out = [list(parts) for parts in parts_of]
+    todo = [[True] * len(parts) for parts in out]
+    for _ in range(depth):
+        cuts: list[tuple[int, _Cut]] = []
+        for ti, (text, parts) in enumerate(zip(texts, out, strict=True)):
+            for pi, part in enumerate(parts):
+                if not todo[ti][pi]:
+                    continue
+                for at in _clause_cuts(text, part.start, part.end):
+                    cut = _sides(text, part, at, min_words)
+                    if cut is not None:
+                        cuts.append((ti, _Cut(pi, cut.left, cut.right)))
+        if not cuts:
+            break
+        flat = [texts[ti][a:b] for ti, c in cuts for a, b in (c.left, c.right)]
+        preds = model.predict_batch(flat)
+        best: dict[tuple[int, int], tuple[float, _Cut, Prediction, Prediction]] = {}
+        for k, (ti, cut) in enumerate(cuts):
+            left, right = preds[2 * k], preds[2 * k + 1]
+            if OUT_OF_SCOPE in (left.best, right.best) or left.best == right.best:
+                continue
+            # each side against the model's own threshold for its language
+            share = [
+                p.confidence / max(1e-9, model.threshold_for(detect_language(t)[0]))
+                for p, t in ((left, flat[2 * k]), (right, flat[2 * k + 1]))
+            ]
+            strength = min(share)
+            if strength < clause_threshold or max(share) < clause_strong:
+                continue
+            key = (ti, cut.part)
+            if key not in best or strength > best[key][0]:
+                best[key] = (strength, cut, left, right)
+        for ti, parts in enumerate(out):
+            new_parts: list[Part] = []
+            new_todo: list[bool] = []
+            for pi, part in enumerate(parts):
+                found = best.get((ti, pi))
+                if found is None:
+                    new_parts.append(part)
+                    new_todo.append(False)
+                    continue
+                _, cut, left, right = found
+                for (a, b), p in ((cut.left, left), (cut.right, right)):
+                    new_parts.append(Part(a, b, p.label, p.category, p.confidence, p.abstained))
+                    new_todo.append(True)
+            out[ti] = new_parts
+            todo[ti] = new_todo
+    return out
+
+
 def split_batch(
     model: IntentModel,
     texts: Sequence[str],
@@ -270,9 +392,13 @@ def split_batch(
     split_threshold: float = 0.6,
     connective_threshold: float = 0.3,
     min_words: int = 2,
+    clause_threshold: float | None = CLAUSE_THRESHOLD,
+    clause_strong: float = CLAUSE_STRONG,
+    clause_min_words: int = CLAUSE_MIN_WORDS,
 ) -> list[list[Part]]:
     """Split many texts with one vectorized predict over all their segments (the whole-text
-    vectors are derived from the segments', see ``IntentModel.predict_segmented``)."""
+    vectors are derived from the segments', see ``IntentModel.predict_segmented``), then
+    ``refine`` the parts at clause boundaries (``clause_threshold=None``: connectives only)."""
     segs = [segment(t) for t in texts]
     results = model.predict_segmented(
         [[seg.text for seg in ss] or [t] for t, ss in zip(texts, segs, strict=True)]
@@ -294,7 +420,16 @@ def split_batch(
         else:
             s, e = _trim(t, 0, len(t))
             out.append([Part(s, e, whole.label, whole.category, whole.confidence, whole.abstained)])
-    return out
+    if clause_threshold is None:
+        return out
+    return refine(
+        model,
+        texts,
+        out,
+        clause_threshold=clause_threshold,
+        clause_strong=clause_strong,
+        min_words=clause_min_words,
+    )
 
 
 def split_intents(model: IntentModel, text: str) -> list[Part]:
@@ -303,11 +438,13 @@ def split_intents(model: IntentModel, text: str) -> list[Part]:
 
 
 __all__ = [
+    "CLAUSE_THRESHOLD",
     "CONNECTIVES",
     "UNKNOWN",
     "Part",
     "Segment",
     "merge",
+    "refine",
     "segment",
     "split_batch",
     "split_intents",

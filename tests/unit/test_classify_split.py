@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from pipeline.classify.model import UNKNOWN, IntentModel, Prediction, default_model
-from pipeline.classify.split import merge, segment, split_batch, split_intents
+from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction, default_model
+from pipeline.classify.split import Part, merge, refine, segment, split_batch, split_intents
 from pipeline.config import Settings
 
 SEED_EXAMPLE = (
@@ -130,3 +130,96 @@ def test_merge_rules_without_a_model() -> None:
     # without the connective the weak tail just joins the previous request
     parts = merge(text, segs[:3], preds[:3], whole)
     assert [p.label for p in parts] == ["track_order"]
+
+
+@pytest.mark.parametrize(
+    ("text", "labels"),
+    [
+        (  # a plain "и", no listed connective
+            "В магазине на Садовой, 12 продают несвежие огурцы и на кассе не списались бонусы "
+            "с карты лояльности",
+            ["product_quality", "loyalty_points"],
+        ),
+        ("I want to cancel my order and I need a copy of my invoice",  # a plain "and"
+         ["cancel_order", "check_invoices"]),
+        ("I forgot my password, how can I unsubscribe from your newsletter?",  # a comma
+         ["recover_password", "newsletter_subscription"]),
+        ("Не могу войти в личный кабинет, забыл пароль, и отпишите меня от рассылки",
+         ["recover_password", "newsletter_subscription"]),
+        ("Где мой заказ 5521\nКак поменять адрес доставки?",  # a new line
+         ["track_order", "change_shipping_address"]),
+    ],
+)  # fmt: skip
+def test_clause_boundaries_split_without_a_connective(
+    model: IntentModel, text: str, labels: list[str]
+) -> None:
+    parts = split_intents(model, text)
+    assert [p.label for p in parts] == labels
+    assert all(a.end <= b.start for a, b in itertools.pairwise(parts))
+    # the same text without the clause step: the connective list alone misses it
+    if "\n" not in text:
+        assert len(split_batch(model, [text], clause_threshold=None)[0]) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I bought bread and milk yesterday and the milk was sour",
+        "Забыл пароль, помогите восстановить доступ к аккаунту",
+        "Please cancel my order, I don't need it anymore",
+        "Отмена заказа, как сделать?",
+        "Хочу изменить адрес доставки в заказе, я переехал на ул. Ленина, д. 5.",
+        "Посылка опаздывает уже на неделю, когда её привезут?",  # "её" points back
+    ],
+)
+def test_single_requests_with_clauses_stay_whole(model: IntentModel, text: str) -> None:
+    (part,) = split_intents(model, text)
+    assert (part.start, part.end) == (0, len(text.rstrip()))
+
+
+def test_clause_cut_needs_both_sides_confidently_different() -> None:
+    class Fixed:
+        """A model whose sides are the given predictions (one pair per candidate cut) and
+        whose abstention threshold is 0.8 in every language."""
+
+        def __init__(self, left: Prediction, right: Prediction) -> None:
+            self.pair = [left, right]
+
+        def predict_batch(self, texts: list[str]) -> list[Prediction]:
+            return self.pair * (len(texts) // 2)
+
+        def threshold_for(self, language: str) -> float:
+            return 0.8
+
+    text = "where is my parcel, I want my money back"
+    whole = [Part(0, len(text), "track_order", "ORDER", 0.9, False)]
+    cases = [
+        (_p("track", 0.95), _p("refund", 0.3, True), 2),  # sure + fairly sure, different: cut
+        (_p("track", 0.95), _p("refund", 0.2, True), 1),  # one side unsure (< 0.3 x 0.8)
+        (_p("track", 0.5, True), _p("refund", 0.5, True), 1),  # neither sure (< 0.7 x 0.8)
+        (_p("track", 0.95), _p("track", 0.95), 1),  # the same request
+        (_p("track", 0.95), _p(OUT_OF_SCOPE, 0.99), 1),  # an off-topic side
+    ]
+    for left, right, n in cases:
+        (parts,) = refine(Fixed(left, right), [text], [whole])  # type: ignore[arg-type]
+        assert len(parts) == n, (left, right)
+    sure = Fixed(_p("track", 0.95), _p("refund", 0.6))
+    (parts,) = refine(sure, [text], [whole])  # type: ignore[arg-type]
+    assert [text[p.start : p.end] for p in parts] == ["where is my parcel", "I want my money back"]
+
+
+def test_a_side_that_points_back_is_not_a_new_request() -> None:
+    class Sure:
+        def predict_batch(self, texts: list[str]) -> list[Prediction]:
+            return [_p(f"label{i}", 0.99) for i in range(len(texts))]
+
+        def threshold_for(self, language: str) -> float:
+            return 0.5
+
+    text = "Посылка опаздывает уже на неделю, когда её привезут?"
+    whole = [Part(0, len(text), "track_order", "ORDER", 0.9, False)]
+    (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
+    assert parts == whole
+    text = "Посылка опаздывает уже на неделю, отпишите меня от рассылки"
+    (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
+    assert len(parts) == 2
