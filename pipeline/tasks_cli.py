@@ -429,7 +429,7 @@ def _answer(args: argparse.Namespace) -> int:
     view = board.find(args.id)
     status: TaskStatus = args.status
     text = getattr(args, "text", None) or getattr(args, "reason", None)
-    author = args.author or f"{getpass.getuser()}@{view.sub.department}"
+    author = args.author or f"{_user()}@{view.sub.department}"
     update = answer(view, status, text=text, author=author)
     asyncio.run(send_updates(settings, [update]))
     if args.json:
@@ -437,6 +437,13 @@ def _answer(args: argparse.Namespace) -> int:
     else:
         _out(f"{status.value}: {view.sub.sub_request_id} (case {view.sub.case_id})")
     return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry or $USER
+        return "pipeline-tasks"
 
 
 async def send_updates(settings: Settings, updates: Iterable[TaskUpdate]) -> int:
