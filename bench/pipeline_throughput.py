@@ -48,7 +48,7 @@ SAMPLES = ROOT / "pipeline" / "resources" / "samples" / "messages.jsonl"
 
 PASSTHROUGH = """
 import os, faust
-from pipeline.app import RouterApp
+from pipeline.faust_app import RouterApp
 from pipeline.config import Settings
 s = Settings()
 datadir = s.data_dir / "bench" / s.app_id

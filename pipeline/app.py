@@ -2,7 +2,7 @@
 
 What is tuned here because the framework's defaults are wrong for us:
 - Faust hard-codes the consumer's ``fetch_max_wait_ms`` at 1500 ms, which on the embedded
-  broker adds over a second per hop (docs/ARCHITECTURE.md, Broker): it becomes a setting.
+  broker adds over a second per hop: ``faust_app.RouterApp`` makes it a setting.
 - Every topic is declared with raw bytes serializers, so decoding happens in our code and a
   bad record reaches the DLQ instead of being skipped by Faust's ``on_decode_error``.
 - Outputs go through one plain aiokafka producer (``Context.send``/``flush``), cheaper per
@@ -16,9 +16,6 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-import faust
-from aiokafka import AIOKafkaConsumer
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from pipeline import lag, live_workflow
@@ -26,39 +23,13 @@ from pipeline.classify.agents import install as install_classify
 from pipeline.config import Settings
 from pipeline.context import Context
 from pipeline.errors import BrokerError
+from pipeline.faust_app import RouterApp
 from pipeline.metrics import Metrics
 from pipeline.notify.agents import install as install_notify
 from pipeline.recovery import RouterTableManager
 from pipeline.route.agents import install as install_route
 
 log = logging.getLogger(__name__)
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
-        consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
-        wait_ms = int(getattr(self.app, "fetch_max_wait_ms", 100))
-        # aiokafka reads this attribute when it builds its Fetcher in start().
-        consumer._fetch_max_wait_ms = wait_ms
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class RouterApp(faust.App):
-    """faust.App whose Kafka consumer honours ``fetch_max_wait_ms``."""
-
-    fetch_max_wait_ms: int = 100
-
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
