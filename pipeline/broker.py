@@ -113,6 +113,15 @@ def metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
     return bool(got == correlation and size >= 4)
 
 
+def any_broker_answers(bootstrap_servers: str, timeout: float = 1.0) -> bool:
+    """True when one of the ``host:port[,host:port...]`` brokers answers a Metadata request."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if host and port.isdigit() and metadata_ready(host.strip("[]"), int(port), timeout):
+            return True
+    return False
+
+
 def _recv_exact(s: socket.socket, n: int) -> bytes | None:
     buf = b""
     while len(buf) < n:

@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.exceptions import ConsumerNotStarted
 
+from pipeline.broker import any_broker_answers
 from pipeline.context import Context
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,12 @@ def install(ctx: Context) -> ProgressTracker:
         consumer = app.consumer
         changelogs = set(app.tables.changelog_topics)
         try:
+            # A dead broker also empties the assignment (nothing to measure below), so ask
+            # it directly first.
+            if not await asyncio.to_thread(
+                any_broker_answers, s.kafka_bootstrap_servers or "", s.request_timeout_s
+            ):
+                raise KafkaConnectionError(f"no broker answers at {s.kafka_bootstrap_servers}")
             held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
             if not held:
                 return

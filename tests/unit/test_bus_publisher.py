@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.broker import any_broker_answers, free_port
 from pipeline.bus import Publisher
 from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable
@@ -54,3 +55,8 @@ async def test_a_failed_send_is_not_a_loss() -> None:
     fut.set_exception(ConnectionError("down"))
     pub._note_ack(fut)
     assert pub.lost is None
+
+
+def test_no_broker_answers_on_a_closed_port_or_a_malformed_address() -> None:
+    port = free_port()  # nothing listens there
+    assert not any_broker_answers(f"127.0.0.1:{port}, not-an-address", timeout=0.5)

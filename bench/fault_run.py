@@ -1,0 +1,244 @@
+"""Fault run: two workers, one SIGKILLed under load, a replacement joins; what reached customers.
+
+    python bench/fault_run.py [--runs 3] [--messages 600] [--customers 120] [--rate 30]
+                              [--kill-at 0.4] [--partitions 4] [--incident 12]
+
+Per run (fresh topics and consumer group on one broker — the embedded Tansu unless
+KAFKA_BOOTSTRAP_SERVERS is set — and the local outbox as the platforms and the mail relay):
+ingest and two workers start; real Bitext utterances are posted as Telegram updates at
+--rate msg/s from --customers customers (each customer's messages numbered 1, 2, ...),
+with --incident store complaints from as many other customers, 3 messages apart, mixed in
+at the start; worker 1 is SIGKILLed after --kill-at of the load; after the load, once the
+dead member's session is over, a replacement joins (a second rebalance). When every message
+has an outcome and the outcomes topic and the outbox have been quiet for --settle-s, it prints:
+
+- missing outcomes, messages with repeated outcome records (same id, same decision: a
+  replay, harmless), conflicting outcomes (pipeline audit's figures);
+- replies sent twice: Telegram deliveries with the same chat, the same message answered
+  (reply_to_message_id) and the same text, counted beyond the first;
+- incidents opened (distinct incident ids with incident_new on the classified topic), and
+  broadcast e-mails per director at the outbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from pipeline import bus
+from pipeline.broker import broker_for, free_port
+from pipeline.codec import decode
+from pipeline.config import Settings
+from pipeline.errors import DecodeError
+from pipeline.events import ClassifiedMessage, derive_id
+from pipeline.outbox import Outbox, OutboxItem
+from pipeline.runtime import audit_records, child_env, children, departments, wait_http
+from tests.plugins.inbound import telegram_update
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "bitext_customer_support" / "bitext_20k_utterances.csv"
+#: The opening of a broadcast e-mail (pipeline/notify/compose.py), in each language.
+BROADCAST = ("Мы получаем похожие обращения", "We are receiving similar customer requests")
+COMPLAINT = "В магазине на Тверской, 7 продают просроченный творог, уже третий раз."
+
+
+def out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def texts(n: int, seed: int) -> list[str]:
+    with DATA.open(encoding="utf-8") as f:
+        rows = [r["utterance"] for r in csv.DictReader(f)]
+    return random.Random(seed).sample(rows, n)
+
+
+@dataclass
+class Figures:
+    messages: int
+    missing: int
+    repeated: int
+    conflicting: int
+    replies: int
+    sent_twice: int
+    incidents: int
+    broadcasts_per_director: dict[str, int]
+
+
+async def post_load(
+    s: Settings, plan: list[tuple[int, int, str]], rate: float, on_progress: object
+) -> list[str]:
+    """Post every (chat, message number, text) at ``rate``; returns the accepted message ids."""
+    url = f"http://{s.ingest_host}:{s.ingest_port}/webhooks/telegram"
+    accepted: list[str] = []
+    start = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        for n, (chat, num, text) in enumerate(plan):
+            await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+            assert callable(on_progress)
+            on_progress(n)
+            update = telegram_update(chat, num, text, int(time.time()), "Fault", chat * 1000 + num)
+            for _ in range(20):  # 503 + Retry-After while a worker dies does not concern ingest
+                async with session.post(url, json=update) as resp:
+                    if resp.status == 200:
+                        accepted.append(derive_id("msg", "telegram", f"{chat}:{num}"))
+                        break
+                await asyncio.sleep(1.0)
+    return accepted
+
+
+async def settle(s: Settings, outbox: Outbox, ids: set[str], settle_s: float) -> None:
+    """Until every message has an outcome and outcomes and outbox stayed still ``settle_s``."""
+    last = (-1, -1)
+    still_since = time.monotonic()
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        records = await bus.read_all(s, [s.topic("outcomes")], idle_s=1.0)
+        now = (len(records), len(outbox.snapshot()))
+        seen = {r.key.decode("utf-8", "replace") for r in records if r.key}  # message ids
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif ids <= seen and time.monotonic() - still_since >= settle_s:
+            return
+        await asyncio.sleep(2.0)
+    out("  (gave up waiting for the topics to settle after 900 s)")
+
+
+def figures(
+    s: Settings,
+    outbox: list[OutboxItem],
+    chats: set[str],
+    inbound: list[bus.Record],
+    outcomes: list[bus.Record],
+    classified: list[bus.Record],
+) -> Figures:
+    report = audit_records(inbound, outcomes)
+    replies = [i for i in outbox if i.channel == "telegram" and i.to in chats]
+    sends = Counter((i.to, str(i.raw.get("reply_to_message_id")), i.text) for i in replies)
+    incidents: set[str] = set()
+    for r in classified:
+        try:
+            c = decode(ClassifiedMessage, r.value)
+        except DecodeError:
+            continue
+        if c.similarity.incident_id and c.similarity.incident_new:
+            incidents.add(c.similarity.incident_id)
+    broadcast = Counter(
+        i.to for i in outbox if i.channel == "email" and any(m in i.text for m in BROADCAST)
+    )
+    return Figures(
+        messages=report.inbound,
+        missing=len(report.missing),
+        repeated=len(report.duplicated),
+        conflicting=len(report.conflicting),
+        replies=len(replies),
+        sent_twice=sum(n - 1 for n in sends.values() if n > 1),
+        incidents=len(incidents),
+        broadcasts_per_director=dict(broadcast),
+    )
+
+
+async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run: int) -> Figures:
+    tag = uuid.uuid4().hex[:6]
+    s = base.model_copy(
+        update={
+            "topic_prefix": f"fault{tag}.",
+            "app_id": f"fault-{tag}",
+            "partitions": args.partitions,
+            "web_port": free_port(),
+            "ingest_port": free_port(),
+            "smtp_port": free_port(),
+            "session_timeout_s": 6.0,
+            "lag_interval_s": 2.0,
+        }
+    )
+    await bus.ensure_topics(s, departments=departments(s))
+    rng = random.Random(run)
+    chat0 = 6_000_000 + rng.randrange(100_000) * 1000
+    load = texts(args.messages, seed=run)
+    counts: Counter[int] = Counter()
+    plan: list[tuple[int, int, str]] = []
+    for text in load:
+        chat = chat0 + rng.randrange(args.customers)
+        counts[chat] += 1
+        plan.append((chat, counts[chat], text))
+    for k in range(args.incident):  # other customers, 3 messages apart, from the start
+        plan.insert(3 * k, (chat0 + args.customers + k, 1, COMPLAINT))
+    chats = {str(c) for c, _, _ in plan}
+    log_path = Path(args.log_dir) / f"fault-{tag}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with children(log_path) as group:
+        env = child_env(s, **outbox.env())
+        second = free_port()
+        group.start("ingest", ["ingest"], env)
+        first_worker = group.start("worker", ["worker"], env)
+        group.start("worker-2", ["worker", "--web-port", str(second)], env)
+        wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 120, group)
+        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 600, group)
+        wait_http(f"http://{s.web_host}:{second}/healthz", 600, group)
+        kill_at = int(len(plan) * args.kill_at)
+
+        def progress(n: int) -> None:
+            if n == kill_at and first_worker.poll() is None:
+                first_worker.send_signal(signal.SIGKILL)
+                first_worker.wait()
+                group.procs = [(nm, p) for nm, p in group.procs if p is not first_worker]
+                out(f"  run {run}: worker 1 SIGKILLed after {n} of {len(plan)} messages")
+
+        accepted = await post_load(s, plan, args.rate, progress)
+        await asyncio.sleep(s.session_timeout_s + 2)
+        group.start("worker", ["worker"], env)
+        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 600, group)
+        out(f"  run {run}: replacement joined; waiting for the topics and the outbox to settle")
+        await settle(s, outbox, set(accepted), args.settle_s)
+        inbound = await bus.read_all(s, [s.topic("inbound")], idle_s=2.0, max_s=120)
+        outcomes = await bus.read_all(s, [s.topic("outcomes")], idle_s=2.0, max_s=120)
+        classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0, max_s=120)
+    return figures(s, outbox.snapshot(), chats, inbound, outcomes, classified)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    outbox = Outbox().start()
+    try:
+        with broker_for(Settings()) as base:
+            for run in range(1, args.runs + 1):
+                f = await one_run(base, outbox, args, run)
+                out(
+                    f"run {run}: messages {f.messages}, missing outcomes {f.missing}, "
+                    f"messages with repeated outcome records {f.repeated}, conflicting "
+                    f"{f.conflicting}, replies delivered {f.replies}, replies sent twice "
+                    f"{f.sent_twice}, incidents {f.incidents}, broadcast e-mails per director "
+                    f"{sorted(f.broadcasts_per_director.values()) or '-'}"
+                )
+    finally:
+        outbox.stop()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--messages", type=int, default=600)
+    p.add_argument("--customers", type=int, default=120)
+    p.add_argument("--rate", type=float, default=30.0)
+    p.add_argument("--kill-at", type=float, default=0.4)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--incident", type=int, default=12, help="store complaints mixed in")
+    p.add_argument("--settle-s", type=float, default=10.0)
+    p.add_argument("--log-dir", default="/tmp/fault-run", help="children's logs")
+    return asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""A broker that dies and comes back empty: no 2xx for a message that is not stored afterwards.
+
+Its own embedded Tansu (not the session's), killed with SIGKILL and started again on the same
+port — in memory, so it comes back without topics, offsets or groups, like a Kafka cluster
+whose topics were deleted and auto-created again. What ingest acknowledged before the kill
+is gone with the broker's memory (that is Tansu's nature, docs/ARCHITECTURE.md, Broker); what it
+acknowledges afterwards must be readable, and ingest and the worker must say they are
+unhealthy, and the worker must stop when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pipeline import bus
+from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.codec import decode
+from pipeline.config import Settings
+from pipeline.errors import DecodeError
+from pipeline.events import InboundMessage, derive_id
+from pipeline.outbox import Outbox
+from pipeline.runtime import Children, child_env, departments, wait_http
+from tests.plugins.waiting import poll
+
+if TYPE_CHECKING:
+    from tests.plugins.stack import Telegram
+
+pytestmark = pytest.mark.integration
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@pytest.fixture
+def own_broker(broker_settings: Settings) -> Iterator[tuple[EmbeddedBroker, Settings]]:
+    broker = EmbeddedBroker().start()
+    tag = uuid.uuid4().hex[:8]
+    s = broker_settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": broker.bootstrap_servers,
+            "topic_prefix": f"bl{tag}.",
+            "app_id": f"bl-{tag}",
+            "web_port": free_port(),
+            "ingest_port": free_port(),
+            "smtp_port": free_port(),
+            "session_timeout_s": 6.0,
+            "lag_interval_s": 1.0,
+        }
+    )
+    try:
+        yield broker, s
+    finally:
+        broker.stop()
+
+
+async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_void(
+    own_broker: tuple[EmbeddedBroker, Settings], outbox: Outbox, telegram: Telegram
+) -> None:
+    broker, s = own_broker
+    await bus.ensure_topics(s, departments=departments(s))
+    # child_env passes the broker and ports; these two are the test's own.
+    with_env = child_env(
+        s, **outbox.env(), PIPELINE_PRODUCE_TIMEOUT_S="3", PIPELINE_SHUTDOWN_GRACE_S="10"
+    )
+    group = Children()
+    try:
+        group.start("ingest", ["ingest"], with_env)
+        group.start("worker", ["worker"], with_env)
+        ingest = f"http://{s.ingest_host}:{s.ingest_port}/healthz"
+        worker = f"http://{s.web_host}:{s.web_port}/healthz"
+        wait_http(ingest, 60, group)
+        # Ready: partitions assigned and tables recovered (a failure bound: the model may be
+        # trained first). /healthz alone answers while Faust is still starting.
+        wait_http(f"http://{s.web_host}:{s.web_port}/readyz", 600, group)
+        name, proc = group.procs[1]
+        assert name == "worker"
+
+        def loud() -> bool:
+            # Unhealthy on its probe, or ended (a supervisor restarts it either way).
+            return proc.poll() is not None or _status(worker) == 503
+
+        chat = 7_000_000 + int(uuid.uuid4().int % 900_000)
+        for n in range(1, 9):  # every partition of inbound has records before the loss
+            status, _ = telegram(s, chat + n, 1, "Где мой заказ?")
+            assert status == 200
+
+        tansu, broker._proc = broker._proc, None  # stopped by the test, not "died"
+        assert tansu is not None
+        tansu.kill()
+        tansu.wait()
+        await poll(loud, timeout_s=120, what="worker /healthz 503 (or the worker ended)")
+        broker.start()  # same port, empty
+        # The topics come back empty too (an operator's create-topics, a worker's start): the
+        # case where a produce succeeds again and an ack could go into the void.
+        await bus.ensure_topics(s, departments=departments(s))
+
+        accepted: list[str] = []
+        refused = 0
+        for n in range(9, 41):
+            status, _ = telegram(s, chat + n, 1, "Не пришёл возврат денег.")
+            if status == 200:
+                accepted.append(derive_id("msg", "telegram", f"{chat + n}:1"))
+            else:
+                assert status == 503, status
+                refused += 1
+        assert refused > 0  # the loss was noticed, not acknowledged through
+        assert _status(ingest) == 503
+        stored: set[str] = set()
+        for r in await bus.read_all(s, [s.topic("inbound")], idle_s=2.0):
+            try:
+                stored.add(decode(InboundMessage, r.value).message_id)
+            except DecodeError:
+                continue
+        assert set(accepted) <= stored, sorted(set(accepted) - stored)
+        assert loud()
+
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        # A failure bound well above shutdown_grace_s: the watchdog ends a stuck stop.
+        code = await asyncio.to_thread(proc.wait, 120)
+        assert code is not None
+    finally:
+        group.stop()
