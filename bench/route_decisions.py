@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 
 from pipeline.config import DEFAULT_CONFIG_DIR
+from pipeline.domain.workflow import load_workflow
 from pipeline.events import (
     Channel,
     ClassifiedMessage,
@@ -34,7 +35,6 @@ from pipeline.events import (
     derive_id,
 )
 from pipeline.route.core import route_message
-from pipeline.domain.workflow import load_workflow
 
 NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
 

@@ -5,7 +5,8 @@ create-message API, the WhatsApp Cloud API ``messages`` endpoint, VK ``messages.
 the generic outbound webhook over real HTTP, and receives e-mail over real SMTP, so the
 notify stage delivers for real and the demo can show what customers and store directors
 would receive. Like Twilio, it reports each SMS's progress (``sent``, ``delivered``) to the
-message's ``StatusCallback``, signed with the auth token the request authenticated with. Everything listens on 127.0.0.1 on free ports.
+message's ``StatusCallback``, signed with the auth token the request authenticated with.
+Everything listens on 127.0.0.1 on free ports.
 """
 
 from __future__ import annotations

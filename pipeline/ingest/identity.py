@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from pipeline.domain.text import normalize_identity
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import CustomerProfile, CustomerRecord, Identity, derive_id
-from pipeline.domain.text import normalize_identity
 
 __all__ = ["CustomerDirectory", "Resolution", "load_customers"]
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pipeline.config import Settings
+from pipeline.domain.text import clean_text, detect_language, find_pii, truncate
 from pipeline.events import (
     Attachment,
     Channel,
@@ -14,7 +15,6 @@ from pipeline.events import (
     InboundMessage,
     derive_id,
 )
-from pipeline.domain.text import clean_text, detect_language, find_pii, truncate
 
 __all__ = ["ParsedMessage", "build_inbound", "message_id_for"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from pipeline.events import PiiSpan
 from pipeline.domain.text import find_pii, normalize_email, normalize_phone
+from pipeline.events import PiiSpan
 
 __all__ = ["DEFAULT_KINDS", "find_pii", "mask_card", "mask_email", "mask_phone", "redact"]
 

@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.events import ClassifiedMessage, Intent
 from pipeline.domain.workflow import (
     WEEKDAYS,
     Action,
@@ -22,6 +21,7 @@ from pipeline.domain.workflow import (
     Workflow,
     _parse_span,
 )
+from pipeline.events import ClassifiedMessage, Intent
 
 __all__ = ["ConditionResult", "RuleTrace", "check_conditions", "describe_action", "match_rules"]
 

@@ -31,13 +31,13 @@ from pydantic import SecretStr
 
 from pipeline.bus import Publisher, ensure_topics, read_all
 from pipeline.config import Settings
+from pipeline.domain.tokens import reply_address
 from pipeline.events import DeadLetter, Identity, InboundMessage, TaskUpdate, derive_id
 from pipeline.ingest.channels import chatwoot_signature, twilio_signature
 from pipeline.ingest.eml import import_path
 from pipeline.ingest.identity import CustomerDirectory
 from pipeline.ingest.server import IngestServer, create_app
 from pipeline.ingest.service import IngestService
-from pipeline.domain.tokens import reply_address
 
 pytestmark = pytest.mark.integration
 

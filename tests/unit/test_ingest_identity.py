@@ -11,10 +11,10 @@ from pydantic import SecretStr
 
 from pipeline.codec import encode
 from pipeline.config import Settings
+from pipeline.domain.tokens import parse_reply_address, reply_address, reply_token
 from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import Identity, derive_id
 from pipeline.ingest.identity import CustomerDirectory, load_customers
-from pipeline.domain.tokens import parse_reply_address, reply_address, reply_token
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 SAMPLE = Path(__file__).resolve().parents[2] / "pipeline" / "resources" / "customers.csv"

@@ -7,9 +7,6 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.config import Settings
-from pipeline.errors import InvalidInput
-from pipeline.events import Channel, CustomerProfile, Identity
-from pipeline.ingest.message import ParsedMessage, build_inbound
 from pipeline.domain.text import (
     canonical_channel,
     clean_text,
@@ -22,6 +19,9 @@ from pipeline.domain.text import (
     parse_timestamp,
     truncate,
 )
+from pipeline.errors import InvalidInput
+from pipeline.events import Channel, CustomerProfile, Identity
+from pipeline.ingest.message import ParsedMessage, build_inbound
 
 
 @pytest.mark.parametrize(

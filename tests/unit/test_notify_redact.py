@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.events import PiiSpan
 from pipeline.domain.text import luhn_ok
+from pipeline.events import PiiSpan
 from pipeline.notify.redact import find_pii, mask_card, mask_email, mask_phone, redact
 
 VALID_CARD = "4276 1600 1234 5675"  # passes Luhn
