@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import csv
 import random
+import re
 import signal
 import sys
 import time
@@ -48,6 +49,8 @@ from tests.plugins.inbound import telegram_update
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "bitext_customer_support" / "bitext_20k_utterances.csv"
+#: pipeline.recovery's line after each table restore.
+SHORT = re.compile(r"the reported end was short on (\d+) of (\d+) partitions, by (\d+) records")
 #: The opening of a broadcast e-mail (pipeline/notify/compose.py), in each language.
 BROADCAST = ("Мы получаем похожие обращения", "We are receiving similar customer requests")
 COMPLAINT = "В магазине на Тверской, 7 продают просроченный творог, уже третий раз."
@@ -205,6 +208,12 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
         inbound = await bus.read_all(s, [s.topic("inbound")], idle_s=2.0, max_s=120)
         outcomes = await bus.read_all(s, [s.topic("outcomes")], idle_s=2.0, max_s=120)
         classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0, max_s=120)
+    short = [m.groups() for m in SHORT.finditer(log_path.read_text(errors="replace"))]
+    out(
+        f"  run {run}: {len(short)} table restores; the broker's reported end was short on "
+        f"{sum(int(p) for p, _, _ in short)} of {sum(int(t) for _, t, _ in short)} changelog "
+        f"partitions, by {sum(int(r) for _, _, r in short)} records (read anyway: the fence)"
+    )
     return figures(s, outbox.snapshot(), chats, inbound, outcomes, classified)
 
 

@@ -51,11 +51,22 @@ class RouterRecovery(Recovery):
     ) -> None:
         await super()._build_highwaters(consumer, tps, destination, title)
         fences = await self.write_fences(tps)
+        # Records before the fence that Faust's highwater (the last offset ListOffsets gave)
+        # would have left unread.
+        short = {tp: offset - 1 - int(destination.get(tp, -1)) for tp, offset in fences.items()}
+        missed = {tp: n for tp, n in short.items() if n > 0}
         for tp, offset in fences.items():
             # Faust's highwater is the last offset to read: the fence's own.
             destination[tp] = max(int(destination.get(tp, -1)), offset)
         if fences:
-            self.log.info("Changelogs fenced: restoring up to %s", dict(sorted(fences.items())))
+            self.log.info(
+                "Changelogs fenced: restoring up to %s; the reported end was short on %d of %d "
+                "partitions, by %d records",
+                dict(sorted(fences.items())),
+                len(missed),
+                len(fences),
+                sum(missed.values()),
+            )
 
     async def write_fences(self, tps: set[TP]) -> dict[TP, int]:
         """Write a fence to each changelog partition; the offset the broker gave each one."""
