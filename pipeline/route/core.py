@@ -346,21 +346,9 @@ def route_message(
             msg, workflow, case, now, settings
         )
         events, notes = events + inc_events, notes + inc_notes
-    if built.subs:  # 7.
-        answer, depts = _acknowledge(msg, case, workflow, now, built.subs, incident_new)
-        replies = [*built.replies, answer]
-        reason = f"{len(built.subs)} sub-request(s) for {len(plans)} request(s)"
-        outcome = _outcome(
-            msg, OutcomeKind.routed, now, case_id=case.case_id, departments=depts, reason=reason
-        )
-    else:  # every intent was answered by an auto-reply template
-        case = case.model_copy(update={"status": "resolved", "resolved_at": now})
+    case, replies, outcome = _answer(msg, case, workflow, now, built, len(plans), incident_new)
+    if not built.subs:  # 7. (resolved by the templates alone)
         events.append(_auto_resolved_event(msg, case, now))
-        replies = built.replies
-        reason = "answered by rule templates"
-        outcome = _outcome(
-            msg, OutcomeKind.auto_resolved, now, case_id=case.case_id, departments=[], reason=reason
-        )
     return RouteDecision(
         outcome=outcome,
         case=case,
@@ -516,6 +504,31 @@ def _build(
             )
         )
     return built
+
+
+def _answer(
+    msg: ClassifiedMessage,
+    case: CaseState,
+    workflow: Workflow,
+    now: datetime,
+    built: _Built,
+    requests: int,
+    incident_new: bool,
+) -> tuple[CaseState, list[Reply], Outcome]:
+    """Phase 7: acknowledge a routed message, or resolve one every template answered."""
+    if not built.subs:  # every intent was answered by an auto-reply template
+        case = case.model_copy(update={"status": "resolved", "resolved_at": now})
+        reason = "answered by rule templates"
+        outcome = _outcome(
+            msg, OutcomeKind.auto_resolved, now, case_id=case.case_id, departments=[], reason=reason
+        )
+        return case, built.replies, outcome
+    answer, depts = _acknowledge(msg, case, workflow, now, built.subs, incident_new)
+    reason = f"{len(built.subs)} sub-request(s) for {requests} request(s)"
+    outcome = _outcome(
+        msg, OutcomeKind.routed, now, case_id=case.case_id, departments=depts, reason=reason
+    )
+    return case, [*built.replies, answer], outcome
 
 
 def _acknowledge(
