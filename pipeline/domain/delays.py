@@ -107,27 +107,51 @@ def escalation_request(
     settings: Settings | None,
 ) -> tuple[SubRequest, SubRequestState]:
     """The supervisor's escalation e-mail about ``sub`` (untracked: the case does not wait)."""
-    made, record = new_sub_request(
+    made, record = _supervisor_mail(
         state,
         workflow,
-        now=now,
-        kind="external",
-        department=sub.department,
-        recipient=address,
-        intent=sub.intent,
-        category=sub.category,
-        text=sub.text,
+        sub,
+        address=address,
         key=f"supervisor:{kind}:{sub.sub_request_id}",
         priority=priority,
-        blocking=False,
-        sla_policy=None,
+        now=now,
         settings=settings,
-        language=workflow.party_language(sub.department) or workflow.default_language,
     )
     made = made.model_copy(
         update={"purpose": "escalation", "breached_deadline": kind, "sla_due_at": due}
     )
     return made, record
+
+
+def _supervisor_mail(
+    state: CaseState,
+    workflow: Workflow,
+    about: SubRequestState | SubRequest,
+    *,
+    address: str,
+    key: str,
+    priority: Priority,
+    now: datetime,
+    settings: Settings | None,
+) -> tuple[SubRequest, SubRequestState]:
+    """An untracked mail to a supervisor about one request, in the supervisor's language."""
+    return new_sub_request(
+        state,
+        workflow,
+        now=now,
+        kind="external",
+        department=about.department,
+        recipient=address,
+        intent=about.intent,
+        category=about.category,
+        text=about.text,
+        key=key,
+        priority=priority,
+        blocking=False,
+        sla_policy=None,
+        settings=settings,
+        language=workflow.party_language(about.department) or workflow.default_language,
+    )
 
 
 def flag_alerts(
@@ -151,22 +175,15 @@ def flag_alerts(
         if not address or address in seen:
             continue
         seen.add(address)
-        alert, record = new_sub_request(
+        alert, record = _supervisor_mail(
             state,
             workflow,
-            now=now,
-            kind="external",
-            department=sub.department,
-            recipient=address,
-            intent=sub.intent,
-            category=sub.category,
-            text=sub.text,
+            sub,
+            address=address,
             key="alert",
             priority=state.priority,
-            blocking=False,
-            sla_policy=None,
+            now=now,
             settings=settings,
-            language=workflow.party_language(sub.department) or workflow.default_language,
         )
         made.append(alert.model_copy(update={"purpose": "alert", "sla_due_at": sub.sla_due_at}))
         records.append(record)

@@ -21,9 +21,7 @@ from pipeline.events import (
     SubRequest,
     TaskNotice,
     TaskStatus,
-    TaskUpdate,
     derive_id,
-    utcnow,
 )
 from pipeline.outbox import Outbox
 from pipeline.topics import task_topic
@@ -69,29 +67,6 @@ async def _subs(stack: Settings, records: Records, case_id: str, count: int) -> 
         )
     assert len(found) == count, found
     return found
-
-
-async def _answer(
-    stack: Settings, sub: SubRequest, text: str, status: TaskStatus = TaskStatus.resolved
-) -> None:
-    from pipeline import bus
-
-    pub = bus.Publisher(stack)
-    try:
-        await pub.send(
-            stack.topic("task-updates"),
-            sub.case_id,
-            TaskUpdate(
-                update_id=f"upd-{sub.sub_request_id}-{status.value}",
-                sub_request_id=sub.sub_request_id,
-                case_id=sub.case_id,
-                status=status,
-                resolution=text,
-                at=utcnow(),
-            ),
-        )
-    finally:
-        await pub.close()
 
 
 def _gmail_reply(stack: Settings, director: str, reply_to: str, body: str) -> None:
@@ -176,18 +151,22 @@ async def test_a_follow_up_on_an_open_case_adds_to_it(
 
 
 async def test_a_rejection_says_so_and_asks_no_survey(
-    stack: Settings, records: Records, deliveries: Deliveries, telegram: Telegram
+    stack: Settings,
+    records: Records,
+    deliveries: Deliveries,
+    telegram: Telegram,
+    resolve_internal: ResolveInternal,
 ) -> None:
     chat = _chat()
     outcome = await _routed(stack, records, telegram, chat, 1, SEED)
     assert outcome.case_id
     for sub in await _subs(stack, records, outcome.case_id, 2):
         if sub.department == "loyalty-it":
-            await _answer(
+            await resolve_internal(
                 stack, sub, "бонусы за акционные товары не начисляются.", TaskStatus.rejected
             )
         else:
-            await _answer(stack, sub, "Огурцы заменили.")
+            await resolve_internal(stack, sub, "Огурцы заменили.")
     answer = await deliveries.first(
         lambda i: _to(chat)(i) and "Причина" in i.text, "the partial answer"
     )
@@ -200,13 +179,19 @@ async def test_a_rejection_says_so_and_asks_no_survey(
 
 
 async def test_thanks_after_a_survey_opens_nothing(
-    stack: Settings, records: Records, deliveries: Deliveries, telegram: Telegram
+    stack: Settings,
+    records: Records,
+    deliveries: Deliveries,
+    telegram: Telegram,
+    resolve_internal: ResolveInternal,
 ) -> None:
     chat = _chat()
     outcome = await _routed(stack, records, telegram, chat, 1, SEED)
     assert outcome.case_id
     for sub in await _subs(stack, records, outcome.case_id, 2):
-        await _answer(stack, sub, "Готово." if sub.kind.value == "internal" else "Заменили.")
+        await resolve_internal(
+            stack, sub, "Готово." if sub.kind.value == "internal" else "Заменили."
+        )
     await deliveries.first(lambda i: _to(chat)(i) and "0 до 10" in i.text, "the survey")
     thanks = await _routed(stack, records, telegram, chat, 2, "Спасибо, всё отлично!")
     later = await _routed(stack, records, telegram, chat, 3, "Спасибо!")
@@ -264,7 +249,11 @@ def sla_stack(
 
 
 async def test_delays_are_told_and_a_late_answer_after_a_reroute_reaches_the_customer(
-    sla_stack: Settings, records: Records, deliveries: Deliveries, telegram: Telegram
+    sla_stack: Settings,
+    records: Records,
+    deliveries: Deliveries,
+    telegram: Telegram,
+    resolve_internal: ResolveInternal,
 ) -> None:
     s = sla_stack
     chat = _chat()
@@ -313,7 +302,7 @@ async def test_delays_are_told_and_a_late_answer_after_a_reroute_reaches_the_cus
     )
     assert len(updates) == 1, "one update per case and policy"
     # loyalty IT answers after all: the customer gets it, the rerouted copy is closed
-    await _answer(s, task, "Бонусы начислены вручную, извините за задержку.")
+    await resolve_internal(s, task, "Бонусы начислены вручную, извините за задержку.")
     answer = await deliveries.first(
         lambda i: _to(chat)(i) and "извините за задержку" in i.text, "the late answer"
     )

@@ -36,7 +36,7 @@ PostJson = Callable[..., tuple[int, Any]]
 GetText = Callable[[str], tuple[int, str]]
 StartStack = Callable[[Settings, Outbox, str], tuple[Settings, Children]]
 Telegram = Callable[[Settings, int, int, str], tuple[int, Any]]
-ResolveInternal = Callable[[Settings, SubRequest, str], Any]
+ResolveInternal = Callable[..., Any]
 ReplyByMail = Callable[[Settings, str, str, str], None]
 
 
@@ -99,18 +99,22 @@ def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, 
     return _post_json(f"http://{stack.ingest_host}:{stack.ingest_port}/webhooks/telegram", update)
 
 
-async def _resolve_internal(stack: Settings, sub: SubRequest, resolution: str) -> None:
-    """The department answers its sub-request in the system (a TaskUpdate)."""
+async def _resolve_internal(
+    stack: Settings, sub: SubRequest, resolution: str, status: TaskStatus = TaskStatus.resolved
+) -> None:
+    """The department answers its sub-request in the system (a TaskUpdate; ``status``
+    rejected: ``resolution`` is the reason)."""
     pub = bus.Publisher(stack)
     try:
         await pub.send(
             stack.topic("task-updates"),
             sub.case_id,
             TaskUpdate(
-                update_id=f"upd-{sub.sub_request_id}",
+                update_id=f"upd-{sub.sub_request_id}"
+                + ("" if status is TaskStatus.resolved else f"-{status.value}"),
                 sub_request_id=sub.sub_request_id,
                 case_id=sub.case_id,
-                status=TaskStatus.resolved,
+                status=status,
                 resolution=resolution,
                 at=utcnow(),
             ),
@@ -192,7 +196,8 @@ def telegram() -> Telegram:
 
 @pytest.fixture(scope="session")
 def resolve_internal() -> ResolveInternal:
-    """``await resolve_internal(stack, sub, resolution)``: the department's TaskUpdate."""
+    """``await resolve_internal(stack, sub, resolution, status=resolved)``: the department's
+    TaskUpdate."""
     return _resolve_internal
 
 
