@@ -401,23 +401,25 @@ def _plan_all(
     return plans, _merge_priority(msg.priority, overrides, escalations)
 
 
+def _opened_event(
+    msg: ClassifiedMessage, case: CaseState, now: datetime, **detail: Any
+) -> CaseEvent:
+    """The case's ``opened`` event (channel, language, and what the caller adds)."""
+    return event(
+        case,
+        CaseEventType.opened,
+        now,
+        key="opened",
+        message_id=msg.message_id,
+        detail={"channel": case.channel.value, "language": case.language, **detail},
+    )
+
+
 def _opening_events(msg: ClassifiedMessage, case: CaseState, now: datetime) -> list[CaseEvent]:
     """``opened``, and ``escalated`` when the rules changed the priority level."""
     level = msg.priority.level
     events = [
-        event(
-            case,
-            CaseEventType.opened,
-            now,
-            key="opened",
-            message_id=msg.message_id,
-            detail={
-                "channel": case.channel.value,
-                "language": case.language,
-                "categories": case.categories,
-                "priority": case.priority.level,
-            },
-        )
+        _opened_event(msg, case, now, categories=case.categories, priority=case.priority.level)
     ]
     if case.priority.level != level:
         events.append(
@@ -682,14 +684,7 @@ def _auto_reply(
         link=kb.link,
     )
     events = [
-        event(
-            case,
-            CaseEventType.opened,
-            now,
-            key="opened",
-            message_id=msg.message_id,
-            detail={"channel": case.channel.value, "language": case.language},
-        ),
+        _opened_event(msg, case, now),
         event(
             case,
             CaseEventType.auto_resolved,
