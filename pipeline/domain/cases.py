@@ -22,7 +22,7 @@ from pipeline.domain.conversation import is_small_talk
 from pipeline.domain.deadlines import deadlines
 from pipeline.domain.surveys import SurveyKind, is_negative, nps_class, read_answer
 from pipeline.domain.text import detect_language, is_not_helped
-from pipeline.domain.tokens import reply_address
+from pipeline.domain.tokens import reply_address, scrub_tokens
 from pipeline.domain.workflow import Workflow
 from pipeline.errors import InvalidInput
 from pipeline.events import (
@@ -584,13 +584,15 @@ def _resolve(
         why = _needs_human(state, done, workflow)
         if why is not None:
             return _ask_human(state, workflow, now, why, done, settings)
+    # whatever a holder wrote, a reply token never reaches the customer
+    domain = settings.reply_domain if settings is not None else None
     if final is not None:
-        items = [fill(t.resolution_item, resolution=final.resolution or "")]
+        items = [fill(t.resolution_item, resolution=scrub_tokens(final.resolution or "", domain))]
     else:
         items = [
             fill(
                 t.rejection_item if s.status == "rejected" else t.resolution_item,
-                resolution=s.resolution or "—",
+                resolution=scrub_tokens(s.resolution or "", domain) or "—",
                 department=workflow.title(s.department, state.language),
                 intent=s.intent,
             )

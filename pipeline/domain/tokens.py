@@ -20,7 +20,7 @@ import re
 
 from pipeline.config import Settings
 
-__all__ = ["parse_reply_address", "reply_address", "reply_token"]
+__all__ = ["parse_reply_address", "reply_address", "reply_token", "scrub_tokens"]
 
 _LOCAL_PREFIX = "reply+"
 _MAC_BYTES = 6
@@ -116,3 +116,21 @@ def parse_reply_address(addr: str, settings: Settings) -> tuple[str, str] | None
     if pos != len(payload):
         return None
     return case_id, sub_request_id
+
+
+_TOKEN_RUN = re.compile(r"\b[a-z2-7]{20,}\b")
+
+
+def scrub_tokens(text: str, reply_domain: str | None = None) -> str:
+    """``text`` without ``reply+…@`` addresses, addresses of ``reply_domain`` or bare tokens.
+
+    Whatever reaches a customer goes through it: a token lets its holder answer as the
+    external party. Tokens are lower-case base32 runs of 20+ characters: no Russian or
+    English word is that long in that alphabet.
+    """
+    ours = rf"|[\w.+\-]+@{re.escape(reply_domain.lower())}" if reply_domain else ""
+    addr = re.compile(rf"<?(?:mailto:)?(?:reply\+[\w.\-+]*@[\w.\-]+{ours})>?", re.IGNORECASE)
+    out = addr.sub("", text)
+    out = _TOKEN_RUN.sub("", out)
+    out = re.sub(r"[ \t]{2,}", " ", out)
+    return re.sub(r"[ \t]+([,.;:!?)])", r"\1", out).strip()

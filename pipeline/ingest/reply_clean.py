@@ -21,8 +21,8 @@ No maintained library covers this: mail-parser-reply (MIT) knows 13 languages bu
 Russian, email-reply-parser (MIT, GitHub's port) and quotequail (MIT) only the English
 "On … wrote:" forms; ``bench/email_reply_clean.py`` runs all of them on the same samples.
 
-``scrub_reply_addresses`` removes our ``reply+TOKEN@`` addresses and bare tokens from a
-text, so an answer that embeds them (a quote header we did not recognise, a hostile copy)
+``pipeline.domain.tokens.scrub_tokens`` then removes our ``reply+TOKEN@`` addresses and bare
+tokens, so an answer that embeds them (a quote header we did not recognise, a hostile copy)
 cannot hand the token to the customer.
 """
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["clean_reply", "scrub_reply_addresses"]
+__all__ = ["clean_reply"]
 
 _MONTH = (
     r"(?:янв|фев|мар|апр|ма[йя]|июн|июл|авг|сен|окт|ноя|дек"
@@ -182,22 +182,3 @@ def clean_reply(text: str, *, contact_block: bool = False) -> str:
         out = ["\n".join(p) + "\n" for p in pars]
     result = "\n".join(out).strip()
     return result if result else text.strip()
-
-
-_TOKEN_RUN = re.compile(r"\b[a-z2-7]{20,}\b")
-
-
-def scrub_reply_addresses(text: str, reply_domain: str) -> str:
-    """``text`` without ``reply+…@`` addresses, addresses of ``reply_domain`` or bare tokens.
-
-    Tokens are lower-case base32 runs of 20+ characters (``pipeline.domain.tokens``): no
-    Russian or English word is that long in that alphabet.
-    """
-    domain = re.escape(reply_domain.lower())
-    addr = re.compile(
-        rf"<?(?:mailto:)?(?:reply\+[\w.\-+]*@[\w.\-]+|[\w.+\-]+@{domain})>?", re.IGNORECASE
-    )
-    out = addr.sub("", text)
-    out = _TOKEN_RUN.sub("", out)
-    out = re.sub(r"[ \t]{2,}", " ", out)
-    return re.sub(r"[ \t]+([,.;:!?)])", r"\1", out).strip()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pipeline.bus import Publisher, Record, follow, read_all
 from pipeline.codec import dead_letter, decode
 from pipeline.config import Settings
-from pipeline.domain.tokens import parse_reply_address
+from pipeline.domain.tokens import parse_reply_address, scrub_tokens
 from pipeline.errors import BrokerUnavailable, DecodeError, InvalidInput
 from pipeline.events import (
     CustomerRecord,
@@ -36,7 +36,7 @@ from pipeline.ingest.commands import greeting
 from pipeline.ingest.email_parse import ParsedEmail, parse_email, to_parsed_message
 from pipeline.ingest.identity import CustomerDirectory, Resolution, load_customers
 from pipeline.ingest.message import ParsedMessage, build_inbound
-from pipeline.ingest.reply_clean import clean_reply, scrub_reply_addresses
+from pipeline.ingest.reply_clean import clean_reply
 from pipeline.metrics import Metrics
 
 __all__ = ["Accepted", "IngestService", "MailResult"]
@@ -326,7 +326,7 @@ class IngestService:
             status=TaskStatus.resolved,
             # It goes to the customer: no quoted history (with our reply+TOKEN address in
             # its header), no signature, no token even where the party pasted it.
-            resolution=scrub_reply_addresses(
+            resolution=scrub_tokens(
                 clean_reply(mail.full_text, contact_block=True), self.settings.reply_domain
             ),
             author=mail.from_address,

@@ -501,3 +501,22 @@ def test_flagged_cases_alert_the_supervisors_once_each() -> None:
     assert "Обращение требует вашего внимания: VIP-клиент" in body
     plain, _ = _routed()
     assert flag_alerts(plain, default_workflow(), [], now=NOW, settings=SETTINGS)[1] == []
+
+
+def test_no_reply_token_reaches_the_customer_whoever_pasted_it() -> None:
+    case, subs = _routed()
+    dept = _by_dept(subs)
+    token = "aeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcai"
+    case, trs = _apply_all(
+        case,
+        [
+            _answer(
+                case,
+                dept["loyalty-it"].sub_request_id,
+                f"Начислили. Директору пишите на reply+{token}@example.com",
+            ),
+            _answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
+        ],
+    )
+    answer = trs[-1].replies[0].text
+    assert "Начислили." in answer and token not in answer and "reply+" not in answer

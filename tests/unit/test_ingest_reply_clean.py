@@ -8,9 +8,9 @@ import pytest
 
 from pipeline.bus import Publisher
 from pipeline.config import Settings
-from pipeline.domain.tokens import reply_address
+from pipeline.domain.tokens import reply_address, scrub_tokens
 from pipeline.events import Event
-from pipeline.ingest.reply_clean import clean_reply, scrub_reply_addresses
+from pipeline.ingest.reply_clean import clean_reply
 from pipeline.ingest.service import IngestService
 
 TOKEN = "aeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcai"
@@ -140,11 +140,12 @@ def test_hostile_reply_embedding_the_token_is_scrubbed() -> None:
         f"Готово. Если что, пишите прямо на {REPLY} или <mailto:{REPLY}>, "
         f"токен {TOKEN}, а копию на care@example.com."
     )
-    out = scrub_reply_addresses(hostile, "example.com")
+    out = scrub_tokens(hostile, "example.com")
     assert TOKEN not in out and "reply+" not in out and "care@example.com" not in out
     assert out.startswith("Готово.")
     other = "Пишите на sadovaya@shop.example.org"
-    assert scrub_reply_addresses(other, "example.com") == other
+    assert scrub_tokens(other, "example.com") == other
+    assert "reply+" not in scrub_tokens(hostile) and TOKEN not in scrub_tokens(hostile)
 
 
 class _Captured(Publisher):
