@@ -52,6 +52,7 @@ class MemoryPublisher:
     """Stands in for ``bus.Publisher``: every record is kept, every ack is immediate."""
 
     records: list[tuple[str, str | None, bytes]] = field(default_factory=list)
+    lost: str | None = None  # a broker that never loses what it acknowledged
 
     async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
         self.records.append((topic, key, value))
