@@ -8,9 +8,6 @@ backlog drains and the worker is healthy again.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -22,7 +19,7 @@ from pipeline.outbox import Outbox
 from pipeline.runtime import Children
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetText, StartStack, Telegram
+    from tests.plugins.stack import GetJson, GetText, StartStack, Telegram
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
@@ -51,24 +48,17 @@ def stack_with_slow_platform(
         group.stop()
 
 
-def _health(stack: Settings) -> tuple[int, dict[str, object]]:
-    url = f"http://{stack.web_host}:{stack.web_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_a_stuck_agent_turns_healthz_503_and_back(
     stack_with_slow_platform: tuple[Settings, Children],
     slow_platform: Outbox,
     get_text: GetText,
+    get_json: GetJson,
     telegram: Telegram,
     wait_until_sync: WaitUntilSync,
 ) -> None:
     stack, _ = stack_with_slow_platform
-    assert _health(stack)[0] == 200
+    healthz = f"http://{stack.web_host}:{stack.web_port}/healthz"
+    assert get_json(healthz)[0] == 200
     slow_platform.telegram_delay_s = 9.0  # under the 10 s delivery timeout: no retries
     chat = 8_000_000 + int(uuid.uuid4().int % 100_000)
     for n in range(1, 5):
@@ -76,7 +66,7 @@ def test_a_stuck_agent_turns_healthz_503_and_back(
         assert status == 200
 
     def health_is(status: int) -> dict[str, object] | None:
-        code, body = _health(stack)
+        code, body = get_json(healthz)
         return body if code == status else None
 
     body = wait_until_sync(lambda: health_is(503), timeout_s=60, what="/healthz answering 503")
@@ -91,8 +81,10 @@ def test_a_stuck_agent_turns_healthz_503_and_back(
     healthy = wait_until_sync(lambda: health_is(200), timeout_s=90, what="/healthz back to 200")
     assert healthy["status"] == "ok"
     wait_until_sync(
-        lambda: "pipeline_consumer_stalled 0.0"
-        in get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")[1],
+        lambda: (
+            "pipeline_consumer_stalled 0.0"
+            in get_text(f"http://{stack.web_host}:{stack.web_port}/metrics")[1]
+        ),
         timeout_s=30,
         what="the stall gauge back to 0",
     )

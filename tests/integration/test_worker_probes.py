@@ -4,39 +4,29 @@ recovered its tables."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.config import Settings
 
 if TYPE_CHECKING:
+    from tests.plugins.stack import GetJson
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
 
 
-def _probe(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_worker_turns_ready_after_recovery_and_stays_live(
-    stack: Settings, wait_until_sync: WaitUntilSync
+    stack: Settings, get_json: GetJson, wait_until_sync: WaitUntilSync
 ) -> None:
     base = f"http://{stack.web_host}:{stack.web_port}"
     status, doc = wait_until_sync(
-        lambda: (got := _probe(f"{base}/readyz"))[0] == 200 and got,
+        lambda: (got := get_json(f"{base}/readyz"))[0] == 200 and got,
         timeout_s=120,
         what="/readyz answering 200",
     )
     assert doc == {"status": "ready", "rebalancing": False, "in_recovery": False, "recovered": True}
-    status, health = _probe(f"{base}/healthz")
+    status, health = get_json(f"{base}/healthz")
     assert status == 200 and health["status"] == "ok"
     assert health["assigned_partitions"] > 0

@@ -34,6 +34,7 @@ from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
 
 PostJson = Callable[..., tuple[int, Any]]
 GetText = Callable[[str], tuple[int, str]]
+GetJson = Callable[[str], tuple[int, Any]]
 StartStack = Callable[[Settings, Outbox, str], tuple[Settings, Children]]
 Telegram = Callable[[Settings, int, int, str], tuple[int, Any]]
 ResolveInternal = Callable[..., Any]
@@ -61,6 +62,15 @@ def _get_text(url: str) -> tuple[int, str]:
     """GET a URL; returns (status, body text)."""
     with urllib.request.urlopen(url, timeout=30) as resp:
         return resp.status, resp.read().decode()
+
+
+def _get_json(url: str) -> tuple[int, Any]:
+    """GET a JSON endpoint; returns (status, parsed body), error statuses too (a 503 probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings, Children]:
@@ -180,6 +190,12 @@ def post_json() -> PostJson:
 def get_text() -> GetText:
     """``get_text(url) -> (status, body text)``."""
     return _get_text
+
+
+@pytest.fixture(scope="session")
+def get_json() -> GetJson:
+    """``get_json(url) -> (status, parsed body)``, for a 503 as well (health probes)."""
+    return _get_json
 
 
 @pytest.fixture(scope="session")
