@@ -29,6 +29,7 @@ of singles kept whole.
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import sys
 import time
@@ -174,6 +175,13 @@ def main() -> int:
     ap.add_argument("--connectives", choices=("held-out", "tuned", "both"), default="both")
     ap.add_argument("--show", type=int, default=0, help="print N wrong examples per language")
     ap.add_argument("--cache", type=Path, default=None, help="save/load the trained model here")
+    ap.add_argument(
+        "--dump",
+        type=Path,
+        default=None,
+        help="write the HELD-OUT-connective messages as CSV (text, language, requests) for "
+        "`pipeline rules explain --json --data FILE` with PIPELINE_MODEL_PATH=the --cache model",
+    )
     args = ap.parse_args()
     out = sys.stdout.write
     t0 = time.perf_counter()
@@ -192,6 +200,11 @@ def main() -> int:
     sets = {"held-out": HELD_OUT, "tuned": TUNED}
     for name in ("held-out", "tuned") if args.connectives == "both" else (args.connectives,):
         samples = compose(pool, sets[name], args.n, args.seed)
+        if args.dump is not None and name == "held-out":
+            with args.dump.open("w", encoding="utf-8", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["language", "requests", "text"])
+                w.writerows([s.lang, len(s.labels), s.text] for s in samples)
         t0 = time.perf_counter()
         predicted = split_batch(model, [s.text for s in samples])
         secs = time.perf_counter() - t0

@@ -17,8 +17,9 @@
    the cut when both sides are confidently different requests: neither side out of scope, the
    model's best labels differ, the surer side reaches ``clause_strong`` × the model's own
    per-language abstention threshold (calibrated for precision) and the other
-   ``clause_threshold`` × it, both have ≥ ``clause_min_words`` words, and the second does not
-   point back ("когда её привезут?"). Relative to the model's own thresholds, the rule
+   ``clause_threshold`` × it, both have ≥ ``clause_min_words`` words, the first is not a
+   condition ("Если не вернёте деньги, …") and the second, when short, does not point back
+   ("когда её привезут?"). Relative to the model's own thresholds, the rule
    survives a retrained model with another confidence scale. A side the model abstains on
    still splits, but stays ``unknown``, as at a connective. Of several
    such cuts the one whose weaker side is the most confident wins; each side may be cut once
@@ -134,10 +135,20 @@ _SENT_END_RE = re.compile(r"[.!?…]+[\"»)]*\s+|\n+|;\s*")
 #: Clause boundaries inside a part where a second request may start (``refine``): a comma not
 #: before a number ("Садовой, 12"), a colon or dash, or the space before "и"/"а"/"но"/"and"/"but".
 _CLAUSE_RE = re.compile(r"[,:](?!\s*\d)\s*|\s[—–-]\s+|\s+(?=(?:и|а|но|and|but)\s)", re.IGNORECASE)
-#: Russian pronouns that point back to the clause before ("когда её привезут?"): a side after
-#: a clause cut that has one continues the same request. (English "it"/"them" are too often
-#: the request's own object: "I forgot my password, how do I reset it?")
-_REFERS_BACK_RE = re.compile(r"(?<!\w)(?:её|ее|его|их|него|неё|нее|ним|ней|них)(?!\w)", re.I)
+#: Pronouns that point back to the clause before: a SHORT side after a clause cut that has one
+#: ("когда её привезут?", "tell me how I can do it") continues the same request; a longer one
+#: usually names its own object ("my account was hacked, how do I get it back?").
+_REFERS_BACK_RE = re.compile(
+    r"(?<!\w)(?:её|ее|его|их|него|неё|нее|ним|ней|них|it|them)(?!\w)", re.IGNORECASE
+)
+REFERS_BACK_MAX_WORDS = 7
+#: A clause that starts with a subordinator ("Если не вернёте деньги, …", "If it fails, …")
+#: is a condition of what follows, not a request of its own.
+_SUBORDINATE_RE = re.compile(
+    r"\s*(?:если|когда|пока|хотя|так как|потому что|раз уж|if|when|while|although|because|"
+    r"since|unless|once)\b",
+    re.IGNORECASE,
+)
 #: Shares of the model's per-language abstention threshold the less sure / the surer side of
 #: a clause cut need (1.0: the model would answer that side); chosen on the TUNED connectives
 #: of bench/split_eval.py.
@@ -315,10 +326,12 @@ class _Cut:
 def _sides(text: str, part: Part, at: int, min_words: int) -> _Cut | None:
     left_end = at - len(text[part.start : at]) + len(text[part.start : at].rstrip(" \t\n,;:—–-"))
     right_start = at + _content_offset(text[at : part.end])
-    if _words(text[part.start : left_end]) < min_words:
+    left = text[part.start : left_end]
+    if _words(left) < min_words or _SUBORDINATE_RE.match(left):
         return None
     right = text[right_start : part.end]
-    if _words(right) < min_words or _REFERS_BACK_RE.search(right):
+    n = _words(right)
+    if n < min_words or (n <= REFERS_BACK_MAX_WORDS and _REFERS_BACK_RE.search(right)):
         return None
     return _Cut(-1, (part.start, left_end), (right_start, part.end))
 

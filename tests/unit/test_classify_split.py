@@ -223,3 +223,20 @@ def test_a_side_that_points_back_is_not_a_new_request() -> None:
     text = "Посылка опаздывает уже на неделю, отпишите меня от рассылки"
     (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
     assert len(parts) == 2
+
+
+def test_a_condition_is_not_a_request_of_its_own() -> None:
+    class Sure:
+        def predict_batch(self, texts: list[str]) -> list[Prediction]:
+            return [_p(f"label{i}", 0.99) for i in range(len(texts))]
+
+        def threshold_for(self, language: str) -> float:
+            return 0.5
+
+    for text in (
+        "Если не вернёте деньги, подам в суд и напишу жалобу в Роспотребнадзор",
+        "If you do not refund me by Friday, I will file a complaint with the regulator",
+    ):
+        whole = [Part(0, len(text), "complaint", "FEEDBACK", 0.9, False)]
+        (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
+        assert parts == whole, text
