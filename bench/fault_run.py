@@ -15,7 +15,8 @@ has an outcome and the outcomes topic and the outbox have been quiet for --settl
 - missing outcomes, messages with repeated outcome records (same id, same decision: a
   replay, harmless), conflicting outcomes (pipeline audit's figures);
 - replies sent twice: Telegram deliveries with the same chat, the same message answered
-  (reply_to_message_id) and the same text, counted beyond the first;
+  (reply_to_message_id) and the same text, counted beyond the first; and customer messages
+  answered with two or more different texts (a decision taken twice, e.g. on lost state);
 - incidents opened (distinct incident ids with incident_new on the classified topic), and
   broadcast e-mails per director at the outbox.
 """
@@ -75,6 +76,9 @@ class Figures:
     conflicting: int
     replies: int
     sent_twice: int
+    #: Customer messages that got two or more *different* replies (a decision taken twice,
+    #: or a message with several requests answered in several replies).
+    answered_apart: int
     incidents: int
     broadcasts_per_director: dict[str, int]
 
@@ -129,6 +133,9 @@ def figures(
     report = audit_records(inbound, outcomes)
     replies = [i for i in outbox if i.channel == "telegram" and i.to in chats]
     sends = Counter((i.to, str(i.raw.get("reply_to_message_id")), i.text) for i in replies)
+    texts_per_message: dict[tuple[str, str], set[str]] = {}
+    for to, answered, text in sends:
+        texts_per_message.setdefault((to, answered), set()).add(text)
     incidents: set[str] = set()
     for r in classified:
         try:
@@ -147,6 +154,7 @@ def figures(
         conflicting=len(report.conflicting),
         replies=len(replies),
         sent_twice=sum(n - 1 for n in sends.values() if n > 1),
+        answered_apart=sum(1 for t in texts_per_message.values() if len(t) > 1),
         incidents=len(incidents),
         broadcasts_per_director=dict(broadcast),
     )
@@ -227,7 +235,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"run {run}: messages {f.messages}, missing outcomes {f.missing}, "
                     f"messages with repeated outcome records {f.repeated}, conflicting "
                     f"{f.conflicting}, replies delivered {f.replies}, replies sent twice "
-                    f"{f.sent_twice}, incidents {f.incidents}, broadcast e-mails per director "
+                    f"{f.sent_twice}, messages with 2+ different reply texts "
+                    f"{f.answered_apart}, incidents {f.incidents}, broadcast e-mails per director "
                     f"{sorted(f.broadcasts_per_director.values()) or '-'}"
                 )
     finally:
