@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -78,6 +79,18 @@ def test_embedded_broker_stops_without_orphans() -> None:
         assert metadata_ready(b.host, b.port)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_an_embedded_broker_that_dies_calls_on_death_and_a_stopped_one_does_not() -> None:
+    died = threading.Event()
+    with EmbeddedBroker(on_death=died.set) as b:
+        assert b._proc is not None
+        b._proc.kill()  # the broker dies under its owner
+        assert died.wait(timeout=30), "on_death was not called"
+    stopped = threading.Event()
+    with EmbeddedBroker(on_death=stopped.set):
+        pass  # stopped by its owner: not a death
+    assert not stopped.wait(timeout=1)
 
 
 def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
