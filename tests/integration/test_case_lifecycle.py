@@ -3,11 +3,8 @@ rejections, surveys, and delays on a copy of the workflow with minute-long SLAs.
 
 from __future__ import annotations
 
-import smtplib
 import uuid
 from collections.abc import Iterator
-from email.mime.text import MIMEText
-from email.utils import make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +24,13 @@ from pipeline.outbox import Outbox
 from pipeline.topics import task_topic
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import Deliveries, ResolveInternal, StartStack, Telegram
+    from tests.plugins.stack import (
+        Deliveries,
+        ReplyByMail,
+        ResolveInternal,
+        StartStack,
+        Telegram,
+    )
     from tests.plugins.topics import Records
 
 pytestmark = pytest.mark.integration
@@ -69,22 +72,13 @@ async def _subs(stack: Settings, records: Records, case_id: str, count: int) -> 
     return found
 
 
-def _gmail_reply(stack: Settings, director: str, reply_to: str, body: str) -> None:
-    mail = MIMEText(body, "plain", "utf-8")
-    mail["From"] = director
-    mail["To"] = reply_to
-    mail["Subject"] = "Re: Запрос по обращению клиента"
-    mail["Message-ID"] = make_msgid(domain="example.org")
-    with smtplib.SMTP(stack.smtp_host, stack.smtp_port, timeout=30) as smtp:
-        smtp.send_message(mail)
-
-
 async def test_director_reply_reaches_the_customer_as_its_first_paragraph_only(
     stack: Settings,
     records: Records,
     deliveries: Deliveries,
     telegram: Telegram,
     resolve_internal: ResolveInternal,
+    reply_by_mail: ReplyByMail,
 ) -> None:
     chat = _chat()
     outcome = await _routed(stack, records, telegram, chat, 1, SEED)
@@ -101,7 +95,7 @@ async def test_director_reply_reaches_the_customer_as_its_first_paragraph_only(
     token = mail.reply_to.split("+", 1)[1].split("@", 1)[0]
     await resolve_internal(stack, internal, "Бонусы начислены вручную.")
     first = "Огурцы сняли с продажи и заменили, выкладку проверили."
-    _gmail_reply(
+    reply_by_mail(
         stack,
         external.recipient,
         mail.reply_to,
