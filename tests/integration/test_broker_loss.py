@@ -28,10 +28,10 @@ from pipeline.errors import DecodeError
 from pipeline.events import InboundMessage, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children, child_env, departments, wait_http
-from tests.plugins.waiting import poll
 
 if TYPE_CHECKING:
     from tests.plugins.stack import Telegram
+    from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,10 @@ def own_broker(broker_settings: Settings) -> Iterator[tuple[EmbeddedBroker, Sett
 
 
 async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_void(
-    own_broker: tuple[EmbeddedBroker, Settings], outbox: Outbox, telegram: Telegram
+    own_broker: tuple[EmbeddedBroker, Settings],
+    outbox: Outbox,
+    telegram: Telegram,
+    wait_until: WaitUntil,
 ) -> None:
     broker, s = own_broker
     await bus.ensure_topics(s, departments=departments(s))
@@ -103,7 +106,7 @@ async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_v
         assert tansu is not None
         tansu.kill()
         tansu.wait()
-        await poll(loud, timeout_s=120, what="worker /healthz 503 (or the worker ended)")
+        await wait_until(loud, timeout_s=120, what="worker /healthz 503 (or the worker ended)")
         broker.start()  # same port, empty
         # The topics come back empty too (an operator's create-topics, a worker's start): the
         # case where a produce succeeds again and an ack could go into the void.
