@@ -600,9 +600,14 @@ class IntentModel:
         return self.meta.cascade_thresholds.get(language, self.meta.cascade_threshold)
 
     def _decide(
-        self, feats: Any, texts: Sequence[str], langs: Sequence[str]
+        self,
+        feats: Any,
+        texts: Sequence[str],
+        langs: Sequence[str],
+        eligible: npt.NDArray[np.bool_] | None = None,
     ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-        """Per-label confidences of the cascade and which rows took the slow path."""
+        """Per-label confidences of the cascade and which rows took the slow path (only
+        ``eligible`` rows may, when given)."""
         conf = _confidences(
             _scores(self._estimator.named_steps["clf"], feats), self.meta.temperature
         )
@@ -611,6 +616,8 @@ class IntentModel:
             return conf, slow
         cascade = np.array([self.cascade_threshold_for(lang) for lang in langs])
         slow = conf.max(axis=1) < cascade
+        if eligible is not None:
+            slow &= eligible
         if slow.any():
             rows = np.nonzero(slow)[0]
             dense = self.encoder.encode([texts[i] for i in rows.tolist()])
@@ -651,13 +658,16 @@ class IntentModel:
                 out.append(Prediction(UNKNOWN, UNKNOWN, c, True, label, cat, top, slow[i]))
         return out
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        """One vectorized predict over all texts (the slow path on the unsure ones only)."""
+    def predict_batch(self, texts: Sequence[str], *, cascade: bool = True) -> list[Prediction]:
+        """One vectorized predict over all texts (the slow path on the unsure ones only).
+        ``cascade=False``: the fast model alone, for candidate texts that are not final
+        decisions (e.g. the sides of a possible cut), where encoding would cost most."""
         if not texts:
             return []
         feats = self._estimator.named_steps["features"].transform(list(texts))
         langs = [language_of(t) for t in texts]
-        conf, slow = self._decide(feats, texts, langs)
+        eligible = None if cascade else np.zeros(len(texts), dtype=bool)
+        conf, slow = self._decide(feats, texts, langs, eligible)
         return self._predictions(conf, langs, slow)
 
     def predict_segmented(
@@ -670,8 +680,13 @@ class IntentModel:
         TF-IDF block is L2-normalized, as the vectorizer does): character n-grams never cross
         a word, so this is the whole text's vector up to the connective words, the word
         n-grams across segment boundaries and sublinear TF of repeated terms. It saves
-        vectorizing every multi-part message twice. Whole texts that take the slow path are
-        encoded as their segments joined by spaces."""
+        vectorizing every multi-part message twice.
+
+        Only whole texts may take the slow path (a multi-part text is encoded as its segments
+        joined by spaces); the candidate segments of a multi-part text are decided by the fast
+        model: measured on a realistic mix the split produces ~2 rows per message, and encoding
+        every unsure candidate halved the stage's throughput (bench/
+        classify_cascade_throughput.py)."""
         flat = [t for segs in segments for t in segs]
         if not flat:
             return [(self._empty(), []) for _ in segments]
@@ -692,7 +707,11 @@ class IntentModel:
             blocks.append(self._normalize_blocks(agg @ x_seg))
         all_texts = flat + [" ".join(segments[i]) for i in multi]
         langs = [language_of(t) for t in all_texts]
-        conf, slow = self._decide(sparse.vstack(blocks).tocsr(), all_texts, langs)
+        single = np.zeros(len(all_texts), dtype=bool)
+        for i, segs in enumerate(segments):
+            if len(segs) == 1:
+                single[offsets[i]] = True
+        conf, slow = self._decide(sparse.vstack(blocks).tocsr(), all_texts, langs, single)
         preds = self._predictions(conf, langs, slow)
         seg_preds, whole_preds = preds[: len(flat)], preds[len(flat) :]
         out: list[tuple[Prediction, list[Prediction]]] = []
