@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -30,20 +28,10 @@ from pipeline.outbox import Outbox
 from pipeline.runtime import Children, child_env, departments, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import Telegram
+    from tests.plugins.stack import GetJson, Telegram
     from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return 0
 
 
 @pytest.fixture
@@ -73,6 +61,7 @@ async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_v
     outbox: Outbox,
     telegram: Telegram,
     wait_until: WaitUntil,
+    get_json: GetJson,
 ) -> None:
     broker, s = own_broker
     await bus.ensure_topics(s, departments=departments(s))
@@ -95,7 +84,10 @@ async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_v
 
         def loud() -> bool:
             # Unhealthy on its probe, or ended (a supervisor restarts it either way).
-            return proc.poll() is not None or _status(worker) == 503
+            try:
+                return proc.poll() is not None or get_json(worker)[0] == 503
+            except OSError:  # it was ending while asked
+                return proc.poll() is not None
 
         chat = 7_000_000 + int(uuid.uuid4().int % 900_000)
         for n in range(1, 9):  # every partition of inbound has records before the loss
@@ -122,7 +114,7 @@ async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_v
                 assert status == 503, status
                 refused += 1
         assert refused > 0  # the loss was noticed, not acknowledged through
-        assert _status(ingest) == 503
+        assert get_json(ingest)[0] == 503
         stored: set[str] = set()
         for r in await bus.read_all(s, [s.topic("inbound")], idle_s=2.0):
             try:
