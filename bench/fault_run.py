@@ -15,10 +15,11 @@ has an outcome and the outcomes topic and the outbox have been quiet for --settl
 - missing outcomes, messages with repeated outcome records (same id, same decision: a
   replay, harmless), conflicting outcomes (pipeline audit's figures);
 - replies sent twice: Telegram deliveries with the same chat, the same message answered
-  (reply_to_message_id) and the same text, counted beyond the first; and customer messages
-  answered with two or more different texts (a decision taken twice, e.g. on lost state);
-- incidents opened (distinct incident ids with incident_new on the classified topic), and
-  broadcast e-mails per director at the outbox.
+  (reply_to_message_id when the platform call carries it) and the same text, counted beyond
+  the first; and messages with two or more reply ids on the replies topic (a decision taken
+  twice, e.g. on lost state, or several requests answered apart);
+- incidents (distinct incident ids on the classified topic), and broadcast e-mails per
+  director at the outbox in this run.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pipeline.broker import broker_for, free_port
 from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.errors import DecodeError
-from pipeline.events import ClassifiedMessage, derive_id
+from pipeline.events import ClassifiedMessage, Reply, derive_id
 from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import audit_records, child_env, children, departments, wait_http
 from tests.plugins.inbound import telegram_update
@@ -76,8 +77,8 @@ class Figures:
     conflicting: int
     replies: int
     sent_twice: int
-    #: Customer messages that got two or more *different* replies (a decision taken twice,
-    #: or a message with several requests answered in several replies).
+    #: Customer messages with two or more reply ids on the replies topic (a decision taken
+    #: twice, or a message with several requests answered in several replies).
     answered_apart: int
     incidents: int
     broadcasts_per_director: dict[str, int]
@@ -129,20 +130,25 @@ def figures(
     inbound: list[bus.Record],
     outcomes: list[bus.Record],
     classified: list[bus.Record],
+    reply_records: list[bus.Record],
 ) -> Figures:
     report = audit_records(inbound, outcomes)
     replies = [i for i in outbox if i.channel == "telegram" and i.to in chats]
     sends = Counter((i.to, str(i.raw.get("reply_to_message_id")), i.text) for i in replies)
-    texts_per_message: dict[tuple[str, str], set[str]] = {}
-    for to, answered, text in sends:
-        texts_per_message.setdefault((to, answered), set()).add(text)
+    reply_ids: dict[str, set[str]] = {}
+    for r in reply_records:
+        try:
+            rep = decode(Reply, r.value)
+        except DecodeError:
+            continue
+        reply_ids.setdefault(rep.message_id, set()).add(rep.reply_id)
     incidents: set[str] = set()
     for r in classified:
         try:
             c = decode(ClassifiedMessage, r.value)
         except DecodeError:
             continue
-        if c.similarity.incident_id and c.similarity.incident_new:
+        if c.similarity.incident_id:  # opened here or joined: every id is an incident
             incidents.add(c.similarity.incident_id)
     broadcast = Counter(
         i.to for i in outbox if i.channel == "email" and any(m in i.text for m in BROADCAST)
@@ -154,7 +160,7 @@ def figures(
         conflicting=len(report.conflicting),
         replies=len(replies),
         sent_twice=sum(n - 1 for n in sends.values() if n > 1),
-        answered_apart=sum(1 for t in texts_per_message.values() if len(t) > 1),
+        answered_apart=sum(1 for ids in reply_ids.values() if len(ids) > 1),
         incidents=len(incidents),
         broadcasts_per_director=dict(broadcast),
     )
@@ -175,6 +181,7 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
         }
     )
     await bus.ensure_topics(s, departments=departments(s))
+    first_item = len(outbox.snapshot())
     rng = random.Random(run)
     chat0 = 6_000_000 + rng.randrange(100_000) * 1000
     load = texts(args.messages, seed=run)
@@ -216,13 +223,15 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
         inbound = await bus.read_all(s, [s.topic("inbound")], idle_s=2.0, max_s=120)
         outcomes = await bus.read_all(s, [s.topic("outcomes")], idle_s=2.0, max_s=120)
         classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0, max_s=120)
+        reply_records = await bus.read_all(s, [s.topic("replies")], idle_s=2.0, max_s=120)
     short = [m.groups() for m in SHORT.finditer(log_path.read_text(errors="replace"))]
     out(
         f"  run {run}: {len(short)} table restores; the broker's reported end was short on "
         f"{sum(int(p) for p, _, _ in short)} of {sum(int(t) for _, t, _ in short)} changelog "
         f"partitions, by {sum(int(r) for _, _, r in short)} records (read anyway: the fence)"
     )
-    return figures(s, outbox.snapshot(), chats, inbound, outcomes, classified)
+    this_run = outbox.snapshot()[first_item:]  # the outbox serves every run
+    return figures(s, this_run, chats, inbound, outcomes, classified, reply_records)
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -235,7 +244,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"run {run}: messages {f.messages}, missing outcomes {f.missing}, "
                     f"messages with repeated outcome records {f.repeated}, conflicting "
                     f"{f.conflicting}, replies delivered {f.replies}, replies sent twice "
-                    f"{f.sent_twice}, messages with 2+ different reply texts "
+                    f"{f.sent_twice}, messages with 2+ reply ids "
                     f"{f.answered_apart}, incidents {f.incidents}, broadcast e-mails per director "
                     f"{sorted(f.broadcasts_per_director.values()) or '-'}"
                 )
