@@ -26,12 +26,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from classify_throughput import as_message  # bench/ is this script's directory
 from threadpoolctl import threadpool_limits
 
 from pipeline.classify.core import Classifier
 from pipeline.classify.model import IntentModel, default_model, default_training_set
 from pipeline.config import Settings
-from pipeline.events import Channel, CustomerProfile, InboundMessage
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
@@ -82,18 +82,7 @@ def main() -> int:
     texts = build_mix(args.messages, args.seed, args.data_dir)
     batches = [texts[i : i + args.batch] for i in range(0, len(texts), args.batch)]
     now = datetime.now(UTC)
-    msgs = [
-        InboundMessage(
-            message_id=f"m{i}",
-            channel=Channel.telegram,
-            channel_message_id=str(i),
-            customer_id=f"c{i % 500}",
-            profile=CustomerProfile(customer_id=f"c{i % 500}", tier="gold"),
-            text=t,
-            received_at=now,
-        )
-        for i, t in enumerate(texts)
-    ]
+    msgs = [as_message(i, t, "other", now) for i, t in enumerate(texts)]  # language detected
     classifier = Classifier(model)
     fast_classifier = Classifier(fast)
     with threadpool_limits(limits=1):

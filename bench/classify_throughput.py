@@ -29,6 +29,20 @@ from pipeline.domain.workflow import Store
 from pipeline.events import Channel, CustomerProfile, InboundMessage
 
 
+def as_message(i: int, text: str, language: str, now: datetime) -> InboundMessage:
+    """The i-th benchmark message: a Telegram message of one of 500 gold-tier customers."""
+    return InboundMessage(
+        message_id=f"m{i}",
+        channel=Channel.telegram,
+        channel_message_id=str(i),
+        customer_id=f"c{i % 500}",
+        profile=CustomerProfile(customer_id=f"c{i % 500}", tier="gold"),
+        text=text,
+        language=language,
+        received_at=now,
+    )
+
+
 def build_messages(n: int, seed: int) -> list[InboundMessage]:
     ts = default_training_set()
     rng = random.Random(seed)
@@ -40,18 +54,7 @@ def build_messages(n: int, seed: int) -> list[InboundMessage]:
         if i % 3 == 0:
             other, _ = rng.choice(pool)
             text = f"{text.rstrip('.!?')}, {'а ещё' if lang == 'ru' else 'and also'} {other}"
-        out.append(
-            InboundMessage(
-                message_id=f"m{i}",
-                channel=Channel.telegram,
-                channel_message_id=str(i),
-                customer_id=f"c{i % 500}",
-                profile=CustomerProfile(customer_id=f"c{i % 500}", tier="gold"),
-                text=text,
-                language=lang,
-                received_at=now,
-            )
-        )
+        out.append(as_message(i, text, lang, now))
     return out
 
 
