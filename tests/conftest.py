@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.plugins.route",
     "tests.plugins.browser",
     "tests.plugins.deploy",
+    "tests.plugins.payloads",
 ]
 
 

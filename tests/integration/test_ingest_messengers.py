@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -23,15 +23,9 @@ from pipeline.events import DeadLetter, DeliveryReceipt, InboundMessage, Reply
 from pipeline.ingest.channels import twilio_signature
 from pipeline.ingest.messengers import whatsapp_signature
 from pipeline.ingest.server import IngestServer
-from tests.plugins.payloads import (
-    META_TEXT,
-    TWILIO_STATUS,
-    VK_GROUP,
-    vk_message_new,
-    whatsapp_image,
-    whatsapp_messages,
-    whatsapp_status,
-)
+
+if TYPE_CHECKING:
+    from tests.plugins.payloads import Payloads
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +38,7 @@ PUBLIC = "https://router.example.com"
 
 
 @pytest.fixture
-async def server(kafka: Settings) -> AsyncIterator[IngestServer]:
+async def server(payloads: Payloads, kafka: Settings) -> AsyncIterator[IngestServer]:
     settings = kafka.model_copy(
         update={
             "ingest_port": 0,
@@ -53,7 +47,7 @@ async def server(kafka: Settings) -> AsyncIterator[IngestServer]:
             "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
             "vk_secret": SecretStr(VK_SECRET),
             "vk_confirmation_code": "b1357503",
-            "vk_group_id": VK_GROUP,
+            "vk_group_id": payloads.VK_GROUP,
             "twilio_auth_token": SecretStr(TWILIO_TOKEN),
             "telegram_secret_token": SecretStr(TG_SECRET),
             "public_base_url": PUBLIC,
@@ -106,7 +100,7 @@ async def _post_whatsapp(
 
 
 async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
-    server: IngestServer, http: aiohttp.ClientSession
+    payloads: Payloads, server: IngestServer, http: aiohttp.ClientSession
 ) -> None:
     query = {
         "hub.mode": "subscribe",
@@ -118,8 +112,10 @@ async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
     async with http.get("/webhooks/whatsapp", params={**query, "hub.verify_token": "x"}) as resp:
         assert resp.status == 403
 
-    sample = META_TEXT["entry"][0]["changes"][0]["value"]["messages"][0]
-    messages = whatsapp_messages(sample, whatsapp_image("wamid.img", media_id="998877"))
+    sample = payloads.META_TEXT["entry"][0]["changes"][0]["value"]["messages"][0]
+    messages = payloads.whatsapp_messages(
+        sample, payloads.whatsapp_image("wamid.img", media_id="998877")
+    )
     forged = await _post_whatsapp(http, messages, secret="not-the-secret")
     assert forged.status == 403
     unsigned = await http.post("/webhooks/whatsapp", json=messages)
@@ -128,7 +124,7 @@ async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
     assert resp.status == 200
     assert len((await resp.json())["results"]) == 2
 
-    status = whatsapp_status(
+    status = payloads.whatsapp_status(
         id="wamid.out1", status="delivered", biz_opaque_callback_data="rep_0123456789abcdef01234567"
     )
     assert (await _post_whatsapp(http, status)).status == 200
@@ -151,31 +147,33 @@ async def test_whatsapp_handshake_forgery_messages_media_and_statuses(
 # ---------------------------------------------------------------- VK
 
 
-def _vk_message(**message: Any) -> dict[str, Any]:
+def _vk_message(payloads: Payloads, **message: Any) -> dict[str, Any]:
     msg = {"text": "Здравствуйте! Заказ 5521 так и не привезли", **message}
     event_id = f"ev{msg.get('conversation_message_id', 127)}"
-    return vk_message_new(msg, secret=VK_SECRET, event_id=event_id)
+    return payloads.vk_message_new(msg, secret=VK_SECRET, event_id=event_id)
 
 
 async def test_vk_confirmation_secret_message_and_start_button(
-    server: IngestServer, http: aiohttp.ClientSession
+    payloads: Payloads, server: IngestServer, http: aiohttp.ClientSession
 ) -> None:
-    confirm = {"type": "confirmation", "group_id": VK_GROUP}
+    confirm = {"type": "confirmation", "group_id": payloads.VK_GROUP}
     async with http.post("/webhooks/vk", json=confirm) as resp:
         assert resp.status == 200 and await resp.text() == "b1357503"
-    async with http.post("/webhooks/vk", json={**_vk_message(), "secret": "guess"}) as resp:
+    async with http.post("/webhooks/vk", json={**_vk_message(payloads), "secret": "guess"}) as resp:
         assert resp.status == 403
     for _ in range(2):  # VK repeats an event that was not answered "ok" in time
-        async with http.post("/webhooks/vk", json=_vk_message()) as resp:
+        async with http.post("/webhooks/vk", json=_vk_message(payloads)) as resp:
             assert resp.status == 200 and await resp.text() == "ok"
-    start = _vk_message(text="Начать", payload='{"command":"start"}', conversation_message_id=128)
+    start = _vk_message(
+        payloads, text="Начать", payload='{"command":"start"}', conversation_message_id=128
+    )
     async with http.post("/webhooks/vk", json=start) as resp:
         assert resp.status == 200 and await resp.text() == "ok"
 
     (msg,) = await _inbound(server.settings)
     assert msg.channel.value == "vk" and msg.reply_to == {
         "peer_id": "228970688",
-        "group_id": str(VK_GROUP),
+        "group_id": str(payloads.VK_GROUP),
     }
     (greeting,) = await _replies(server.settings)
     assert greeting.channel.value == "vk" and greeting.language == "ru"
@@ -187,10 +185,10 @@ async def test_vk_confirmation_secret_message_and_start_button(
 
 
 async def test_twilio_status_callback_signed_with_the_default_port_becomes_a_receipt(
-    server: IngestServer, http: aiohttp.ClientSession
+    payloads: Payloads, server: IngestServer, http: aiohttp.ClientSession
 ) -> None:
     form = {
-        **TWILIO_STATUS,
+        **payloads.TWILIO_STATUS,
         "SmsStatus": "undelivered",
         "MessageStatus": "undelivered",
         "ErrorCode": "30003",
@@ -263,9 +261,9 @@ async def test_telegram_start_is_greeted_and_a_photo_is_a_request(
 
 
 async def test_rejected_bodies_get_distinct_dead_letter_ids_naming_the_field(
-    server: IngestServer, http: aiohttp.ClientSession
+    payloads: Payloads, server: IngestServer, http: aiohttp.ClientSession
 ) -> None:
-    prefix = _vk_message()
+    prefix = _vk_message(payloads)
     bodies = []
     for bad in (None, [], {"x": 1}):  # same first 64+ characters, different peer_id
         event = orjson.loads(orjson.dumps(prefix))

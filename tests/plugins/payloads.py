@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 META_TEXT: dict[str, Any] = {
     "object": "whatsapp_business_account",
     "entry": [
@@ -166,3 +168,21 @@ TWILIO_STATUS: dict[str, str] = {
     "From": "+15005550006",
     "ApiVersion": "2010-04-01",
 }
+
+
+class Payloads:
+    """The published payloads and their builders, as the ``payloads`` fixture hands them out."""
+
+    META_TEXT = META_TEXT
+    TWILIO_STATUS = TWILIO_STATUS
+    VK_GROUP = VK_GROUP
+    whatsapp_messages = staticmethod(whatsapp_messages)
+    whatsapp_image = staticmethod(whatsapp_image)
+    whatsapp_status = staticmethod(whatsapp_status)
+    vk_message_new = staticmethod(vk_message_new)
+
+
+@pytest.fixture
+def payloads() -> Payloads:
+    """Webhook payloads in the platforms' published formats (sources in the module docstring)."""
+    return Payloads()

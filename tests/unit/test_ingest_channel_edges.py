@@ -16,7 +16,7 @@ Sources of the payload shapes:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,7 +32,9 @@ from pipeline.ingest.channels import (
     parse_twilio,
 )
 from pipeline.ingest.message import ParsedMessage
-from tests.plugins.payloads import TWILIO_STATUS
+
+if TYPE_CHECKING:
+    from tests.plugins.payloads import Payloads
 
 
 def _tg(**message: Any) -> dict[str, Any]:
@@ -222,16 +224,18 @@ def test_twilio_media_only_message() -> None:
     assert info.value.field == "MediaUrl0"
 
 
-def test_twilio_status_callbacks_become_receipts() -> None:
-    delivered = parse_twilio(TWILIO_STATUS, "rep_abc")
+def test_twilio_status_callbacks_become_receipts(payloads: Payloads) -> None:
+    delivered = parse_twilio(payloads.TWILIO_STATUS, "rep_abc")
     assert isinstance(delivered, PlatformReceipt)
     assert (delivered.status, delivered.delivery_id, delivered.channel) == (
         "delivered",
         "rep_abc",
         "sms",
     )
-    failed = parse_twilio({**TWILIO_STATUS, "MessageStatus": "undelivered", "ErrorCode": "30003"})
+    failed = parse_twilio(
+        {**payloads.TWILIO_STATUS, "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    )
     assert isinstance(failed, PlatformReceipt) and failed.status == "failed"
     assert failed.error == "twilio undelivered (error 30003)"
     assert failed.delivery_id is None
-    assert isinstance(parse_twilio({**TWILIO_STATUS, "MessageStatus": "queued"}), Ignored)
+    assert isinstance(parse_twilio({**payloads.TWILIO_STATUS, "MessageStatus": "queued"}), Ignored)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import SecretStr
@@ -23,13 +24,15 @@ from pipeline.ingest.messengers import (
     whatsapp_signature,
     whatsapp_verify,
 )
-from tests.plugins.payloads import META_TEXT, vk_message_new, whatsapp_messages, whatsapp_status
+
+if TYPE_CHECKING:
+    from tests.plugins.payloads import Payloads
 
 # ---------------------------------------------------------------- WhatsApp
 
 
-def test_whatsapp_text_message_from_metas_sample() -> None:
-    (item,) = parse_whatsapp(META_TEXT)
+def test_whatsapp_text_message_from_metas_sample(payloads: Payloads) -> None:
+    (item,) = parse_whatsapp(payloads.META_TEXT)
     assert isinstance(item, ParsedMessage)
     assert item.channel is Channel.whatsapp
     assert item.channel_message_id == "ABGGFlA5Fpa"
@@ -45,7 +48,7 @@ def test_whatsapp_text_message_from_metas_sample() -> None:
     assert item.sent_at is not None and int(item.sent_at.timestamp()) == 1504902988
 
 
-def test_whatsapp_image_with_caption_and_document_without() -> None:
+def test_whatsapp_image_with_caption_and_document_without(payloads: Payloads) -> None:
     image = {
         "from": "16315551181",
         "id": "wamid.img",
@@ -70,7 +73,7 @@ def test_whatsapp_image_with_caption_and_document_without() -> None:
             "id": "555",
         },
     }
-    first, second = parse_whatsapp(whatsapp_messages(image, document))
+    first, second = parse_whatsapp(payloads.whatsapp_messages(image, document))
     assert isinstance(first, ParsedMessage) and isinstance(second, ParsedMessage)
     assert first.text == "Чек из магазина"
     (att,) = first.attachments
@@ -85,7 +88,7 @@ def test_whatsapp_image_with_caption_and_document_without() -> None:
     assert second.attachments[0].filename == "invoice.pdf"
 
 
-def test_whatsapp_reactions_are_not_requests_but_unknown_types_are() -> None:
+def test_whatsapp_reactions_are_not_requests_but_unknown_types_are(payloads: Payloads) -> None:
     reaction = {
         "from": "16315551181",
         "id": "wamid.r",
@@ -94,7 +97,7 @@ def test_whatsapp_reactions_are_not_requests_but_unknown_types_are() -> None:
         "reaction": {"message_id": "wamid.x", "emoji": "👍"},
     }
     unsupported = {"from": "16315551181", "id": "wamid.u", "timestamp": "1", "type": "unsupported"}
-    ignored, kept = parse_whatsapp(whatsapp_messages(reaction, unsupported))
+    ignored, kept = parse_whatsapp(payloads.whatsapp_messages(reaction, unsupported))
     assert isinstance(ignored, Ignored)
     assert isinstance(kept, ParsedMessage) and kept.metadata["whatsapp_type"] == "unsupported"
 
@@ -102,14 +105,16 @@ def test_whatsapp_reactions_are_not_requests_but_unknown_types_are() -> None:
 @pytest.mark.parametrize(
     ("raw", "status"), [("sent", "sent"), ("delivered", "delivered"), ("read", "read")]
 )
-def test_whatsapp_statuses_become_receipts(raw: str, status: str) -> None:
-    (item,) = parse_whatsapp(whatsapp_status(status=raw, biz_opaque_callback_data="rep_123"))
+def test_whatsapp_statuses_become_receipts(payloads: Payloads, raw: str, status: str) -> None:
+    (item,) = parse_whatsapp(
+        payloads.whatsapp_status(status=raw, biz_opaque_callback_data="rep_123")
+    )
     assert isinstance(item, PlatformReceipt)
     assert (item.status, item.provider_status, item.delivery_id) == (status, raw, "rep_123")
     assert item.provider_message_id == "wamid.xyzxyz" and item.channel == "whatsapp"
 
 
-def test_whatsapp_failed_status_keeps_the_error() -> None:
+def test_whatsapp_failed_status_keeps_the_error(payloads: Payloads) -> None:
     errors = [
         {
             "code": 130472,
@@ -117,14 +122,14 @@ def test_whatsapp_failed_status_keeps_the_error() -> None:
             "message": "User's number is part of an experiment",
         }
     ]
-    (item,) = parse_whatsapp(whatsapp_status(status="failed", errors=errors))
+    (item,) = parse_whatsapp(payloads.whatsapp_status(status="failed", errors=errors))
     assert isinstance(item, PlatformReceipt) and item.status == "failed"
     assert item.error == "whatsapp error 130472: User's number is part of an experiment"
     assert item.delivery_id is None
 
 
-def test_whatsapp_bad_items_name_the_field() -> None:
-    bad = whatsapp_messages({"id": "wamid.1", "type": "text", "text": {"body": "x"}})
+def test_whatsapp_bad_items_name_the_field(payloads: Payloads) -> None:
+    bad = payloads.whatsapp_messages({"id": "wamid.1", "type": "text", "text": {"body": "x"}})
     with pytest.raises(InvalidInput) as info:
         parse_whatsapp(bad)
     assert info.value.field == "entry[0].changes[0].value.messages[0].from"
@@ -165,8 +170,8 @@ def test_vk_confirmation_answers_the_configured_string() -> None:
         parse_vk({"type": "confirmation", "group_id": 1}, VK_SETTINGS)  # another community
 
 
-def test_vk_message_new() -> None:
-    msg = parse_vk(vk_message_new(), VK_SETTINGS)
+def test_vk_message_new(payloads: Payloads) -> None:
+    msg = parse_vk(payloads.vk_message_new(), VK_SETTINGS)
     assert isinstance(msg, ParsedMessage)
     assert msg.channel is Channel.vk
     assert msg.channel_message_id == "193668024:228970688:127"
@@ -176,18 +181,18 @@ def test_vk_message_new() -> None:
     assert msg.sent_at is not None and int(msg.sent_at.timestamp()) == 1586054794
 
 
-def test_vk_secret_is_checked() -> None:
+def test_vk_secret_is_checked(payloads: Payloads) -> None:
     with pytest.raises(Unauthorized) as info:
-        parse_vk(vk_message_new(secret="guess"), VK_SETTINGS)
+        parse_vk(payloads.vk_message_new(secret="guess"), VK_SETTINGS)
     assert info.value.status == 403
-    event = vk_message_new()
+    event = payloads.vk_message_new()
     del event["secret"]
     with pytest.raises(Unauthorized) as info:
         parse_vk(event, VK_SETTINGS)
     assert info.value.status == 401
 
 
-def test_vk_attachments_and_attachment_only() -> None:
+def test_vk_attachments_and_attachment_only(payloads: Payloads) -> None:
     attachments = [
         {
             "type": "photo",
@@ -232,7 +237,7 @@ def test_vk_attachments_and_attachment_only() -> None:
             },
         },
     ]
-    msg = parse_vk(vk_message_new({"text": "", "attachments": attachments}), VK_SETTINGS)
+    msg = parse_vk(payloads.vk_message_new({"text": "", "attachments": attachments}), VK_SETTINGS)
     assert isinstance(msg, ParsedMessage) and msg.text == ""
     photo, doc, voice = msg.attachments
     assert (photo.kind, photo.url, photo.platform_file_id) == (
@@ -244,15 +249,17 @@ def test_vk_attachments_and_attachment_only() -> None:
     assert (voice.kind, voice.content_type) == ("audio_message", "audio/ogg")
 
 
-def test_vk_start_button_and_other_events() -> None:
+def test_vk_start_button_and_other_events(payloads: Payloads) -> None:
     start = parse_vk(
-        vk_message_new({"text": "Начать", "payload": '{"command":"start"}'}), VK_SETTINGS
+        payloads.vk_message_new({"text": "Начать", "payload": '{"command":"start"}'}), VK_SETTINGS
     )
     assert isinstance(start, BotCommand) and start.command == "start"
-    assert isinstance(parse_vk(vk_message_new({"out": 1}), VK_SETTINGS), Ignored)
-    assert isinstance(parse_vk(vk_message_new({"from_id": -193668024}), VK_SETTINGS), Ignored)
+    assert isinstance(parse_vk(payloads.vk_message_new({"out": 1}), VK_SETTINGS), Ignored)
+    assert isinstance(
+        parse_vk(payloads.vk_message_new({"from_id": -193668024}), VK_SETTINGS), Ignored
+    )
     typing_state = {"type": "message_typing_state", "group_id": 193668024, "secret": "vk-secret"}
     assert isinstance(parse_vk(typing_state, VK_SETTINGS), Ignored)
     with pytest.raises(InvalidInput) as info:
-        parse_vk(vk_message_new({"peer_id": None}), VK_SETTINGS)
+        parse_vk(payloads.vk_message_new({"peer_id": None}), VK_SETTINGS)
     assert info.value.field == "object.message.peer_id"
