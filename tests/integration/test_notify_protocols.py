@@ -331,7 +331,15 @@ async def test_twilio_messages_format(
     auth = base64.b64decode(req.headers["Authorization"].removeprefix("Basic ")).decode()
     assert auth == f"{TWILIO_SID}:{TWILIO_TOKEN}"
     form = parse_qs(req.body.decode("ascii"), strict_parsing=True)
-    assert form == {"To": ["+79161234567"], "From": ["+15005550006"], "Body": [reply.text]}
+    assert form == {
+        "To": ["+79161234567"],
+        "From": ["+15005550006"],
+        "Body": [reply.text],
+        # Twilio reports the SMS's progress to our ingest, keyed by the reply id
+        "StatusCallback": [
+            f"http://127.0.0.1:8080/webhooks/twilio?delivery_id={reply.reply_id}"
+        ],
+    }
 
 
 async def test_twilio_answers_from_the_number_the_customer_wrote_to(
