@@ -21,30 +21,32 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-QUESTION = "Can you gift wrap my order with a handwritten card for my grandmother?"
+# a request the classifier recognises (review) that no shipped article answers: an article
+# answers only the intents it declares (issue 10), so the new one declares this one
+QUESTION = "Can you tell me how to leave a review for the product I bought?"
 
 ARTICLE = """---
-id: gift-wrapping-{tag}
+id: product-reviews-{tag}
 title:
-  en: Gift wrapping and greeting cards
-  ru: Подарочная упаковка и открытки
+  en: Reviews of products you bought
+  ru: Отзывы о купленных товарах
 intents: [{intent}]
-link: https://help.example.com/gift-wrapping
+link: https://help.example.com/reviews
 auto_reply: true
 questions:
   en:
     - {question}
-    - do you offer gift wrapping with a handwritten card
-    - can the order be gift wrapped
+    - where do I write a review of a product
+    - how can I rate an item I ordered
   ru:
-    - Можно упаковать заказ в подарочную упаковку с открыткой?
-    - есть ли подарочная упаковка
+    - Как оставить отзыв о купленном товаре?
+    - где написать отзыв на товар
 ---
 ## ru
-Да: отметьте «Подарочная упаковка» при оформлении заказа, открытку подпишем от руки.
+Откройте заказ в личном кабинете и нажмите «Оставить отзыв» рядом с товаром.
 
 ## en
-Yes: tick "Gift wrapping" at checkout and we add a handwritten card.
+Open the order in your account and press "Write a review" next to the item.
 """
 
 
@@ -70,15 +72,16 @@ async def test_published_article_answers_without_restart(
     records: Records,
     wait_until: WaitUntil,
 ) -> None:
-    first = _ask(post_json, stack, f"gift-{uuid.uuid4().hex[:8]}")
+    first = _ask(post_json, stack, f"review-{uuid.uuid4().hex[:8]}")
     before = await records.first(
         stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == first
     )
     intent = before.intents[0].label
+    assert intent == "review", before.intents  # the premise: a recognised, unanswered intent
     kb_dir = tmp_path / "kb"
     kb_dir.mkdir()
     tag = uuid.uuid4().hex[:6]
-    (kb_dir / "gift-wrapping.md").write_text(
+    (kb_dir / "product-reviews.md").write_text(
         ARTICLE.format(tag=tag, intent=intent, question=QUESTION), encoding="utf-8"
     )
     env = dict(
@@ -98,7 +101,7 @@ async def test_published_article_answers_without_restart(
 
     async def auto_resolved() -> str | None:
         """Ask again; the message id if the answer now came from the KB."""
-        mid = _ask(post_json, stack, f"gift-{uuid.uuid4().hex[:8]}")
+        mid = _ask(post_json, stack, f"review-{uuid.uuid4().hex[:8]}")
         outcome = await records.first(
             stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid
         )
@@ -109,5 +112,5 @@ async def test_published_article_answers_without_restart(
         auto_resolved, timeout_s=60, what="an answer from the published article", interval_s=1
     )
     reply = await records.first(stack, stack.topic("replies"), Reply, lambda r: r.message_id == mid)
-    assert reply.article_id == f"gift-wrapping-{tag}"
-    assert "handwritten card" in reply.text
+    assert reply.article_id == f"product-reviews-{tag}"
+    assert "Write a review" in reply.text
