@@ -44,7 +44,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,6 @@ TOP_K = 3
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
 
 
 def language_of(text: str) -> str:
@@ -370,9 +369,9 @@ def threshold_for_precision(
     hits = np.cumsum(correct[order])
     n = np.arange(1, len(order) + 1)
     p = hits / n
-    precision = (
-        p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    ) / (1 + z * z / n)
+    precision = (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (
+        1 + z * z / n
+    )
     ok = np.nonzero(precision >= target)[0]
     if len(ok) == 0:
         return max(floor, float(np.nextafter(conf.max(), 2.0)) if len(conf) else 1.0)
@@ -469,16 +468,7 @@ class IntentModel:
         per-language thresholds there, refit on everything. ``cache_dir``: where the
         training texts' sentence encodings may be cached."""
         params = params or TrainParams()
-        if len(texts) != len(labels):
-            raise ModelError(f"{len(texts)} texts but {len(labels)} labels")
-        distinct = sorted(set(labels))
-        if len(distinct) < 2:
-            raise ModelError(f"need at least 2 distinct labels to train, got {distinct}")
-        if UNKNOWN in distinct:
-            raise ModelError(f"'{UNKNOWN}' is reserved for abstention and cannot be a label")
-        cats = {label: (categories or {}).get(label, label) for label in distinct}
-        if OUT_OF_SCOPE in cats:
-            cats[OUT_OF_SCOPE] = UNKNOWN
+        cats = _label_categories(texts, labels, categories)
         started = time.perf_counter()
         encoder = get_encoder(params.encoder) if params.encoder else None
         x = list(texts)
@@ -515,39 +505,7 @@ class IntentModel:
         final = fitted if fitted is not None and not params.refit else None
         if final is None:
             final = _fit(params, x, y, w, slow_rows, encode)
-        seconds = time.perf_counter() - started
-        libs = library_versions()
-        sha = data_sha256(x, list(labels), cats)
-        version_src = json.dumps(
-            [sha, params.model_dump(mode="json"), {k: libs[k] for k in ("sklearn", "numpy")}]
-        )
-        meta = ModelMeta(
-            version="intent-" + hashlib.sha256(version_src.encode()).hexdigest()[:12],
-            data_sha256=sha,
-            rows=len(x),
-            labels=distinct,
-            categories=cats,
-            params=params,
-            threshold=tuned.threshold,
-            thresholds=tuned.thresholds,
-            temperature=tuned.fast_temperature,
-            slow_temperature=tuned.slow_temperature,
-            cascade_threshold=tuned.cascade_threshold,
-            cascade_thresholds=tuned.cascade_thresholds,
-            held_out=tuned.held_out,
-            libraries=libs,
-            trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            training_seconds=round(seconds, 3),
-        )
-        log.info(
-            "trained %s on %d rows, %d labels in %.1fs (thresholds %s, held-out %s)",
-            meta.version,
-            len(x),
-            len(distinct),
-            seconds,
-            tuned.thresholds or tuned.threshold,
-            tuned.held_out.accuracy if tuned.held_out else None,
-        )
+        meta = _model_meta(params, x, list(labels), cats, tuned, time.perf_counter() - started)
         return cls(final.fast, meta, final.slow, encoder)
 
     # ------------------------------------------------------------ persistence
@@ -767,6 +725,68 @@ class _Tuned:
     held_out: HeldOut | None
 
 
+def _label_categories(
+    texts: Sequence[str], labels: Sequence[str], categories: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Each distinct label's category; ModelError for data no model can learn."""
+    if len(texts) != len(labels):
+        raise ModelError(f"{len(texts)} texts but {len(labels)} labels")
+    distinct = sorted(set(labels))
+    if len(distinct) < 2:
+        raise ModelError(f"need at least 2 distinct labels to train, got {distinct}")
+    if UNKNOWN in distinct:
+        raise ModelError(f"'{UNKNOWN}' is reserved for abstention and cannot be a label")
+    cats = {label: (categories or {}).get(label, label) for label in distinct}
+    if OUT_OF_SCOPE in cats:
+        cats[OUT_OF_SCOPE] = UNKNOWN
+    return cats
+
+
+def _model_meta(
+    params: TrainParams,
+    texts: list[str],
+    labels: list[str],
+    cats: dict[str, str],
+    tuned: _Tuned,
+    seconds: float,
+) -> ModelMeta:
+    """What a trained model records about itself (version = data + params + libraries)."""
+    libs = library_versions()
+    sha = data_sha256(texts, labels, cats)
+    version_src = json.dumps(
+        [sha, params.model_dump(mode="json"), {k: libs[k] for k in ("sklearn", "numpy")}]
+    )
+    distinct = sorted(set(labels))
+    meta = ModelMeta(
+        version="intent-" + hashlib.sha256(version_src.encode()).hexdigest()[:12],
+        data_sha256=sha,
+        rows=len(texts),
+        labels=distinct,
+        categories=cats,
+        params=params,
+        threshold=tuned.threshold,
+        thresholds=tuned.thresholds,
+        temperature=tuned.fast_temperature,
+        slow_temperature=tuned.slow_temperature,
+        cascade_threshold=tuned.cascade_threshold,
+        cascade_thresholds=tuned.cascade_thresholds,
+        held_out=tuned.held_out,
+        libraries=libs,
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        training_seconds=round(seconds, 3),
+    )
+    log.info(
+        "trained %s on %d rows, %d labels in %.1fs (thresholds %s, held-out %s)",
+        meta.version,
+        len(texts),
+        len(distinct),
+        seconds,
+        tuned.thresholds or tuned.threshold,
+        tuned.held_out.accuracy if tuned.held_out else None,
+    )
+    return meta
+
+
 def _tune(
     params: TrainParams,
     fitted: _Fitted,
@@ -785,36 +805,12 @@ def _tune(
     fast_conf = _confidences(fast_scores, fast_t)
     fast_best = fast_conf.argmax(axis=1)
     fast_correct = (fast_best == gold) & known
-    conf, slow_t, cascade_t = fast_conf, 1.0, 0.0
-    cascade_ts: dict[str, float] = {}
-    slow = np.zeros(len(texts), dtype=bool)
-    slow_accuracy = fast_on_slow = 0.0
+    slow_path = _SlowPath(fast_conf, np.zeros(len(texts), dtype=bool))
     if fitted.slow is not None and encode is not None:
-        # the cascade threshold depends on the fast model alone; only the rows below it are
-        # encoded, and the slow model's temperature is fitted where it is used
-        fast_top = fast_conf.max(axis=1)
-        cascade_t = threshold_for_precision(fast_top, fast_correct, params.cascade_precision, 0.0)
-        for lang in LANGUAGES:
-            m = langs == lang
-            if m.sum() >= MIN_LANGUAGE_ROWS:
-                cascade_ts[lang] = threshold_for_precision(
-                    fast_top[m], fast_correct[m], params.cascade_precision, 0.0
-                )
-        slow = fast_top < np.array([cascade_ts.get(lang, cascade_t) for lang in langs])
-        rows = np.nonzero(slow)[0]
-        if len(rows):
-            dense = encode([texts[i] for i in rows.tolist()])
-            slow_scores = _scores(
-                fitted.slow, _with_dense(feats.tocsr()[rows], dense, params.dense_weight)
-            )
-            fit_on = known[rows]
-            if fit_on.sum() >= MIN_LANGUAGE_ROWS:
-                slow_t = _fit_temperature(slow_scores[fit_on], gold[rows][fit_on])
-            slow_conf = _confidences(slow_scores, slow_t)
-            conf = fast_conf.copy()
-            conf[rows] = slow_conf
-            slow_accuracy = float(((slow_conf.argmax(axis=1) == gold[rows]) & known[rows]).mean())
-            fast_on_slow = float(fast_correct[rows].mean())
+        slow_path = _tune_slow_path(
+            params, fitted.slow, feats, texts, langs, fast_conf, fast_correct, known, gold, encode
+        )
+    conf, slow = slow_path.conf, slow_path.slow
     best = conf.argmax(axis=1)
     top = conf.max(axis=1)
     correct = (best == gold) & known
@@ -834,7 +830,97 @@ def _tune(
             )
     row_threshold = np.array([thresholds.get(lang, threshold) for lang in langs])
     accepted = answers & (top >= row_threshold)
-    by_language = {
+    held_out = HeldOut(
+        rows=len(texts),
+        accuracy=round(float(correct.mean()), 4),
+        macro_f1=round(_macro_f1(list(gold_labels), pred), 4),
+        abstention_rate=round(float(1 - accepted.mean()), 4),
+        accepted_accuracy=round(float(correct[accepted].mean()), 4) if accepted.any() else 0.0,
+        temperature=fast_t,
+        fast_accuracy=round(float(fast_correct.mean()), 4),
+        slow_accuracy=round(slow_path.accuracy, 4),
+        fast_accuracy_slow_rows=round(slow_path.fast_accuracy, 4),
+        slow_share=round(float(slow.mean()), 4),
+        ece=round(expected_calibration_error(top.tolist(), correct.tolist()), 4),
+        by_language=_by_language(langs, accepted, correct, thresholds, threshold),
+    )
+    return _Tuned(
+        fast_t,
+        slow_path.temperature,
+        slow_path.cascade_threshold,
+        slow_path.cascade_thresholds,
+        threshold,
+        thresholds,
+        held_out,
+    )
+
+
+@dataclass
+class _SlowPath:
+    """What tuning the cascade found: the held-out confidences after it, and its thresholds."""
+
+    conf: FloatArray
+    slow: npt.NDArray[np.bool_]
+    temperature: float = 1.0
+    cascade_threshold: float = 0.0
+    cascade_thresholds: dict[str, float] = field(default_factory=dict)
+    accuracy: float = 0.0  # the slow model's, on the rows it decided
+    fast_accuracy: float = 0.0  # the fast model's, on those rows
+
+
+def _tune_slow_path(
+    params: TrainParams,
+    slow_model: Any,
+    feats: Any,
+    texts: list[str],
+    langs: Any,
+    fast_conf: FloatArray,
+    fast_correct: npt.NDArray[np.bool_],
+    known: npt.NDArray[np.bool_],
+    gold: npt.NDArray[np.int64],
+    encode: Callable[[list[str]], npt.NDArray[np.float32]],
+) -> _SlowPath:
+    """The cascade threshold depends on the fast model alone; only the rows below it are
+    encoded, and the slow model's temperature is fitted where it is used."""
+    fast_top = fast_conf.max(axis=1)
+    out = _SlowPath(fast_conf, np.zeros(len(texts), dtype=bool))
+    out.cascade_threshold = threshold_for_precision(
+        fast_top, fast_correct, params.cascade_precision, 0.0
+    )
+    for lang in LANGUAGES:
+        m = langs == lang
+        if m.sum() >= MIN_LANGUAGE_ROWS:
+            out.cascade_thresholds[lang] = threshold_for_precision(
+                fast_top[m], fast_correct[m], params.cascade_precision, 0.0
+            )
+    out.slow = fast_top < np.array(
+        [out.cascade_thresholds.get(lang, out.cascade_threshold) for lang in langs]
+    )
+    rows = np.nonzero(out.slow)[0]
+    if not len(rows):
+        return out
+    dense = encode([texts[i] for i in rows.tolist()])
+    slow_scores = _scores(slow_model, _with_dense(feats.tocsr()[rows], dense, params.dense_weight))
+    fit_on = known[rows]
+    if fit_on.sum() >= MIN_LANGUAGE_ROWS:
+        out.temperature = _fit_temperature(slow_scores[fit_on], gold[rows][fit_on])
+    slow_conf = _confidences(slow_scores, out.temperature)
+    out.conf = fast_conf.copy()
+    out.conf[rows] = slow_conf
+    out.accuracy = float(((slow_conf.argmax(axis=1) == gold[rows]) & known[rows]).mean())
+    out.fast_accuracy = float(fast_correct[rows].mean())
+    return out
+
+
+def _by_language(
+    langs: Any,
+    accepted: npt.NDArray[np.bool_],
+    correct: npt.NDArray[np.bool_],
+    thresholds: dict[str, float],
+    threshold: float,
+) -> dict[str, LanguageScores]:
+    """Held-out scores per language at that language's own threshold."""
+    return {
         lang: LanguageScores(
             rows=int(m.sum()),
             threshold=thresholds.get(lang, threshold),
@@ -847,21 +933,7 @@ def _tune(
         for lang in LANGUAGES
         if (m := langs == lang).any()
     }
-    held_out = HeldOut(
-        rows=len(texts),
-        accuracy=round(float(correct.mean()), 4),
-        macro_f1=round(_macro_f1(list(gold_labels), pred), 4),
-        abstention_rate=round(float(1 - accepted.mean()), 4),
-        accepted_accuracy=round(float(correct[accepted].mean()), 4) if accepted.any() else 0.0,
-        temperature=fast_t,
-        fast_accuracy=round(float(fast_correct.mean()), 4),
-        slow_accuracy=round(slow_accuracy, 4),
-        fast_accuracy_slow_rows=round(fast_on_slow, 4),
-        slow_share=round(float(slow.mean()), 4),
-        ece=round(expected_calibration_error(top.tolist(), correct.tolist()), 4),
-        by_language=by_language,
-    )
-    return _Tuned(fast_t, slow_t, cascade_t, cascade_ts, threshold, thresholds, held_out)
+
 
 # ---------------------------------------------------------------- data files
 
@@ -1081,9 +1153,7 @@ def reliability_table(
     out: list[ReliabilityBin] = []
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
-        m = [
-            i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == 1.0)
-        ]
+        m = [i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == 1.0)]
         if m:
             out.append(
                 ReliabilityBin(

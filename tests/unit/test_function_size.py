@@ -17,12 +17,7 @@ MAX_LINES = 80
 STAGES = ("ingest", "classify", "route", "notify", "console")
 
 #: ``package/module.py:function`` → why it may be longer.
-ALLOWED: dict[str, str] = {
-    # Issue 10 rewrites the intent model's training and tuning (classify/model.py was being
-    # changed by its owner when this test was written); its owner splits these two.
-    "classify/model.py:_tune": "in rework under issue 10 (model evaluation)",
-    "classify/model.py:train": "in rework under issue 10 (model evaluation)",
-}
+ALLOWED: dict[str, str] = {}
 
 
 def long_functions(root: Path = ROOT, limit: int = MAX_LINES) -> dict[str, int]:
