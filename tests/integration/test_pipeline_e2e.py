@@ -67,7 +67,14 @@ async def test_every_message_gets_exactly_one_outcome(
         stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, len(ids)
     )
     assert {o.message_id for o in outcomes} == ids
-    assert len(outcomes) == len(ids), "a message got a second outcome"
+    # One decision per message id. A worker that replays records it had not committed (a
+    # rebalance at start-up) re-emits the SAME outcome record — consumers deduplicate by id
+    # (README, For department systems) and the audit counts it as "repeated"; a second,
+    # different decision for one id would be a real error.
+    decisions = {
+        (o.message_id, o.outcome.value, o.case_id, tuple(o.departments)) for o in outcomes
+    }
+    assert len(decisions) == len(ids), "a message got a second, different outcome"
     assert all(o.outcome.value in {"routed", "auto_resolved"} for o in outcomes), outcomes
     classified = await records.wait_for(
         stack,
