@@ -107,10 +107,7 @@ async def emit_sub_requests(ctx: Context, subs: list[SubRequest], wf: Workflow) 
     """Internal ones to their department's task topic, the others to e-mail (external)."""
     for sub in subs:
         dept = wf.departments.get(sub.department)
-        internal = (
-            sub.kind == SubRequestKind.internal and dept is not None and dept.kind == "internal"
-        )
-        if internal and dept is not None and dept.kind == "internal":
+        if sub.kind == SubRequestKind.internal and dept is not None and dept.kind == "internal":
             topic = task_topic(ctx.settings, dept.topic or sub.department)
         else:
             topic = ctx.settings.topic("external")
