@@ -30,6 +30,7 @@ from pipeline.events import (
     Outcome,
     Reply,
     SubRequest,
+    TaskNotice,
     TaskUpdate,
 )
 
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS subs (
     priority TEXT, score REAL, due_at TEXT, created_at TEXT, event TEXT);
 CREATE INDEX IF NOT EXISTS subs_case ON subs(case_id);
 CREATE INDEX IF NOT EXISTS subs_dept ON subs(department, status);
+CREATE TABLE IF NOT EXISTS notices (
+    notice_id TEXT PRIMARY KEY, case_id TEXT, sub_request_id TEXT, type TEXT, at TEXT,
+    event TEXT);
+CREATE INDEX IF NOT EXISTS notices_sub ON notices(sub_request_id);
 CREATE TABLE IF NOT EXISTS messages (
     message_id TEXT PRIMARY KEY, customer_id TEXT, event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS updates (
@@ -116,7 +121,9 @@ class Store:
         try:
             if topic in ("case-state", "case-status"):
                 self._snapshot(decode(CaseSnapshot, value))
-            elif topic.startswith("tasks.") or topic == "external":
+            elif topic.startswith("tasks."):
+                self._task_record(value)
+            elif topic == "external":
                 self._sub_request(decode(SubRequest, value))
             elif topic == "classified":
                 cm = decode(ClassifiedMessage, value)
@@ -215,6 +222,15 @@ class Store:
                     s.get("created_at"),
                 ),
             )
+
+    def _task_record(self, value: bytes) -> None:
+        # A task topic carries two kinds (events.TaskNotice): only a notice has a notice_id,
+        # and both models forbid unknown fields, so a record is decoded as what it is.
+        if b'"notice_id"' in value:
+            n = decode(TaskNotice, value)
+            self._put("notices", n.notice_id, n.case_id, n.sub_request_id, n.type, n.at, _json(n))
+        else:
+            self._sub_request(decode(SubRequest, value))
 
     def _sub_request(self, sub: SubRequest) -> None:
         self.db.execute(
@@ -322,6 +338,14 @@ class Store:
             if e.type.value == "task_updated" and e.detail.get("ignored")
         }
 
+    def notices(self, sub_request_id: str) -> list[TaskNotice]:
+        """What the holder of a sub-request was told (the customer wrote again, a reminder,
+        closed), oldest first."""
+        rows = self.db.execute(
+            "SELECT event FROM notices WHERE sub_request_id=? ORDER BY at", (sub_request_id,)
+        )
+        return [TaskNotice.model_validate_json(r["event"]) for r in rows]
+
     def replies(self, case_id: str) -> list[Reply]:
         """Replies of a case, oldest first."""
         rows = self.db.execute(
@@ -342,10 +366,14 @@ class Store:
         return [CaseEvent.model_validate_json(r["event"]) for r in rows]
 
     def queue(self, department: str) -> list[sqlite3.Row]:
-        """A department's open sub-requests: most urgent first, then oldest."""
+        """A department's open sub-requests: most urgent first, then oldest; with how many
+        times the customer wrote again about each (``customer_messages``)."""
         return list(
             self.db.execute(
-                f"""SELECT * FROM subs WHERE department=? AND status IN
+                f"""SELECT s.*, (SELECT count(*) FROM notices n
+                        WHERE n.sub_request_id=s.sub_request_id AND n.type='customer_message')
+                        AS customer_messages
+                    FROM subs s WHERE department=? AND status IN
                     ({",".join("?" * len(_OPEN))}) AND kind='internal'
                     ORDER BY priority, created_at""",
                 (department, *_OPEN),

@@ -360,6 +360,7 @@ async def _case(request: web.Request) -> web.Response:
         messages=console.store.messages(state.get("message_ids") or []),
         subs=subs,
         updates={s["sub_request_id"]: console.store.updates(s["sub_request_id"]) for s in subs},
+        notices={s["sub_request_id"]: console.store.notices(s["sub_request_id"]) for s in subs},
         ignored=console.store.ignored_updates(case_id),
         sub_deliveries={
             s["sub_request_id"]: console.store.deliveries(s["sub_request_id"]) for s in subs
@@ -410,6 +411,7 @@ async def _sub(request: web.Request) -> web.Response:
         sub=sub,
         case=console.store.case(sub["case_id"]),
         updates=console.store.updates(sub["sub_request_id"]),
+        notices=console.store.notices(sub["sub_request_id"]),
         ignored=console.store.ignored_updates(sub["case_id"]),
         nonce=secrets.token_urlsafe(12),
         sent=request.query.get("sent", ""),

@@ -4,7 +4,8 @@ The worked example end to end: the case appears in the list (live, without a rel
 loyalty-IT agent answers in the console, the store director answers on the signed page linked
 from the e-mail, the customer gets one combined answer, the director's later e-mail reply is
 recorded but not applied, and the survey answer shows. Also: a department member cannot open
-another department's sub-request, and hostile customer text renders inert.
+another department's sub-request but sees on its own when the customer wrote again, and hostile
+customer text renders inert.
 """
 
 from __future__ import annotations
@@ -190,12 +191,18 @@ async def test_department_member_cannot_open_another_departments_sub_request(
     records: Records,
 ) -> None:
     s, url = console
-    _, mid, _ = await seed_case(s, telegram, records, 8_200_000)
+    chat, mid, _ = await seed_case(s, telegram, records, 8_200_000)
     internal = await records.first(
         s, task_topic(s, "loyalty-it"), SubRequest, lambda x: x.message_id == mid
     )
     login(browser, url, "loyalty", "demo-loyalty")
     browser.open_until(f"{url}/sub/{internal.sub_request_id}", "#sub-status")
+    # The customer writes again: the holder's open task page shows it, with the text (a
+    # TaskNotice on the task topic, issue 17), by itself.
+    status, _ = telegram(s, chat, 2, "Ну что там с моими бонусами?")
+    assert status == 200
+    told = browser.wait_for("#notices", contains="Ну что там с моими бонусами?")
+    assert "the customer wrote again" in told, told
     browser.get(f"{url}/cases/{internal.case_id}")
     assert browser.find_all("#case-status"), "an agent opens the cases of their department"
     login(browser, url, "logistics", "demo-logistics")

@@ -42,6 +42,7 @@ from pipeline.events import (
     CustomerProfile,
     Priority,
     SubRequestKind,
+    TaskNotice,
     TaskStatus,
     TaskUpdate,
 )
@@ -301,6 +302,35 @@ def test_store_is_idempotent_per_event_id() -> None:
     assert len(store.sla_events("loyalty-it")) == 1 and store.sla_events("logistics") == []
 
 
+def notice(kind: Any = "customer_message", text: str = "Ну что там с бонусами?") -> bytes:
+    """A TaskNotice for the holder of ``sr_loyalty`` (issue 17), as it is on the task topic."""
+    return TaskNotice(
+        notice_id=f"notice_{kind}", type=kind, case_id="case_1", sub_request_id="sr_loyalty",
+        department="loyalty-it", text=text, message_id="msg_2", at=T0 + timedelta(minutes=7),
+    ).model_dump_json().encode()  # fmt: skip
+
+
+def test_store_reads_both_kinds_of_task_records(make_sub_request: MakeSubRequest) -> None:
+    store = Store()
+    store.apply("case-state", snapshot(case_state()))
+    sub = make_sub_request(
+        sub_request_id="sr_loyalty", case_id="case_1", kind=SubRequestKind.internal,
+        department="loyalty-it", recipient=None, created_at=T0,
+    )  # fmt: skip
+    assert store.apply("tasks.loyalty-it", notice()), "a notice is not a bad SubRequest"
+    assert store.apply("tasks.loyalty-it", sub.model_dump_json().encode())
+    assert store.apply("tasks.loyalty-it", notice())  # replayed: still one
+    assert store.apply("tasks.loyalty-it", notice("sla_reminder", "срок скоро"))
+    assert [(n.type, n.text) for n in store.notices("sr_loyalty")] == [
+        ("customer_message", "Ну что там с бонусами?"),
+        ("sla_reminder", "срок скоро"),
+    ]
+    (row,) = store.queue("loyalty-it")
+    assert row["customer_messages"] == 1, "the queue counts the customer's new messages"
+    assert row["score"] == sub.priority.score, "the SubRequest itself was projected"
+    assert not store.apply("tasks.loyalty-it", b'{"notice_id": "n"}'), "a bad notice is skipped"
+
+
 def test_visible_marks_bidi_controls_and_mask_hides_card_numbers() -> None:
     assert visible("a\u202eb\u2066c") == "a[U+202E]b[U+2066]c"
     masked = mask_pii("карта 4111 1111 1111 1111, тел. +7 916 123-45-67")
@@ -372,6 +402,22 @@ async def test_hostile_customer_text_is_escaped(client: TestClient[Any, Any]) ->
     assert "&lt;img src=x onerror=alert(1)&gt; [U+202E]gnp.exe" in page
     page = await (await client.get("/sub/sr_loyalty")).text()
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+
+
+async def test_the_customer_writing_again_shows_on_the_case_and_task_pages(
+    client: TestClient[Any, Any],
+) -> None:
+    await login(client, "loyalty", "demo-loyalty")
+    page = await (await client.get("/sub/sr_loyalty")).text()
+    assert "wrote again" not in page
+    console = client.server.app[CONSOLE]
+    console.store.apply("tasks.loyalty-it", notice(text=f"Ну что там? {HOSTILE_TEXT}"))
+    for path in ("/sub/sr_loyalty", "/cases/case_1"):
+        page = await (await client.get(path)).text()
+        assert 'the customer wrote again: <q dir="auto">Ну что там? &lt;script&gt;' in page, path
+        assert "<script>alert" not in page, path
+    page = await (await client.get("/queue")).text()
+    assert "+1 new from the customer" in page
 
 
 async def test_an_agent_sees_only_their_department(client: TestClient[Any, Any]) -> None:
