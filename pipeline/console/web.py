@@ -40,7 +40,7 @@ from pipeline.console.auth import (
 from pipeline.console.store import CaseFilter, Store
 from pipeline.domain.links import parse_responder_token
 from pipeline.domain.text import find_pii
-from pipeline.events import CaseCommand, TaskStatus, TaskUpdate, derive_id, utcnow
+from pipeline.events import CaseCommand, Channel, TaskStatus, TaskUpdate, derive_id, utcnow
 
 __all__ = ["CONSOLE", "Console", "build_app"]
 
@@ -489,23 +489,41 @@ async def _quality(request: web.Request) -> web.Response:
     )
 
 
-async def _run_pipeline(*args: str) -> tuple[int, str]:
-    """Run a ``pipeline`` CLI command (the playground shows exactly what the CLI says)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+@dataclass(frozen=True)
+class CliRun:
+    """What a ``pipeline`` command run by the playground said, and whether it succeeded."""
+
+    ok: bool
+    output: str
+
+
+async def _run_pipeline(*args: str) -> CliRun:
+    """Run a ``pipeline`` CLI command (the playground shows exactly what the CLI says); a
+    command that could not start, failed or hung says so in its first line."""
+    command = "pipeline " + " ".join(args[:2])
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        log.error("playground: cannot start %s: %r", command, exc)
+        return CliRun(False, f"{command} could not be started: {exc}")
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), EXPLAIN_TIMEOUT_S)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return 1, "timed out"
-    return proc.returncode or 0, out.decode("utf-8", "replace")
+        log.warning("playground: %s killed after %.0f s", command, EXPLAIN_TIMEOUT_S)
+        return CliRun(False, f"{command} did not finish within {EXPLAIN_TIMEOUT_S:.0f} s")
+    text = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        return CliRun(False, f"{command} failed (exit code {proc.returncode}):\n{text}")
+    return CliRun(True, text)
 
 
 async def _playground(request: web.Request) -> web.Response:
@@ -520,6 +538,7 @@ async def _playground(request: web.Request) -> web.Response:
         "workflow": running,
         "check": None,
         "explain": None,
+        "channels": [c.value for c in Channel],
     }
     if request.method == "POST":
         form = await request.post()
@@ -531,10 +550,10 @@ async def _playground(request: web.Request) -> web.Response:
         with tempfile.TemporaryDirectory() as tmp:
             rules = Path(tmp) / "workflow.yaml"
             rules.write_text(ctx["workflow"], encoding="utf-8")
-            code, out = await _run_pipeline("rules", "check", str(rules))
-            ctx["check"] = {"ok": code == 0, "output": out.replace(str(rules), "workflow.yaml")}
-            if code == 0 and ctx["text"]:
-                _, ctx["explain"] = await _run_pipeline(
+            check = await _run_pipeline("rules", "check", str(rules))
+            ctx["check"] = CliRun(check.ok, check.output.replace(str(rules), "workflow.yaml"))
+            if check.ok and ctx["text"]:
+                ctx["explain"] = await _run_pipeline(
                     "rules", "explain", "--rules", str(rules), "--channel", ctx["channel"],
                     "--tier", ctx["tier"], "--", ctx["text"],
                 )  # fmt: skip

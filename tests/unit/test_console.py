@@ -491,3 +491,43 @@ async def test_agents_do_not_answer_for_an_external_party(client: TestClient[Any
         "/sub/sr_store", data={"csrf": token, "action": "resolve", "text": "done"}
     )
     assert resp.status == 400
+
+
+# ---------------------------------------------------------------- rule playground (real CLI)
+
+
+async def playground(client: TestClient[Any, Any], **form: str) -> tuple[int, str]:
+    """POST the playground form as a supervisor, with the running workflow unless given."""
+    await login(client, "supervisor", "demo-supervisor")
+    rules = client.app[CONSOLE].settings.rules_path
+    data = {"csrf": await csrf_of(client, "/playground"), "tier": "standard",
+            "workflow": rules.read_text(encoding="utf-8"), **form}  # fmt: skip
+    resp = await client.post("/playground", data=data)
+    return resp.status, await resp.text()
+
+
+async def test_playground_says_when_the_explain_command_fails(
+    client: TestClient[Any, Any],
+) -> None:
+    # A channel the CLI does not know: the real `pipeline rules explain` exits 2 (argparse).
+    status, page = await playground(client, text="бонусы не списались", channel="pigeon")
+    assert status == 200
+    assert '<pre id="pg-check" class="ok">ok:' in page, "the workflow itself is fine"
+    explained = re.search(r'<pre id="pg-explain" class="error">([^<]*)</pre>', page)
+    assert explained, page
+    first, rest = explained.group(1).split("\n", 1)
+    assert first == "pipeline rules explain failed (exit code 2):"
+    assert "invalid choice: &#39;pigeon&#39;" in rest
+
+
+async def test_playground_says_when_the_command_cannot_start(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-python"))
+    status, page = await playground(client, text="бонусы", channel="telegram")
+    assert status == 200, "an error on the page, not a 500"
+    checked = re.search(r'<pre id="pg-check" class="error">([^<]*)</pre>', page)
+    assert checked, page
+    assert checked.group(1).startswith("pipeline rules check could not be started: ")
+    assert "no-python" in checked.group(1)
+    assert 'id="pg-explain"' not in page
