@@ -14,6 +14,11 @@ activity (an open case is always live):
    open case, else the latest one.
 
 Anything else is a new request and opens a new case, even from a customer with an open one.
+
+A message never continues the case it opened itself: a replay (a worker died after the case
+was stored, before the source offset was committed; a rebalance) sees the state its first
+pass wrote and must decide again as that pass did, not as a follow-up on its own case (which
+gave the message a second, conflicting Outcome and a second reply).
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ def match_thread(
 
     ``not_helped(text, language)``: the "did not help" detector of the caller's choice.
     """
+    cases = [c for c in cases if c.first_message_id != cm.message_id]  # a replay's own case
     sim = cm.similarity
     if sim.duplicate_of is not None:
         return ThreadMatch(next((c for c in cases if c.case_id == sim.case_id), None), "duplicate")

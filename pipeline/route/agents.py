@@ -85,17 +85,10 @@ class Runtime:
 def find_case(
     cm: ClassifiedMessage, cases: list[CaseState], settings: Settings
 ) -> tuple[CaseState | None, bool]:
-    """The customer's case this message continues, and whether it is a recontact.
-
-    A case this very message opened is not one it continues: a replay (the worker died after
-    the case was stored, before the source offset was committed; a rebalance) sees the state
-    its first pass wrote, and must decide again as that pass did — not as a follow-up, which
-    gave the message a second, conflicting Outcome.
-    """
-    before = [c for c in cases if c.first_message_id != cm.message_id]
+    """The customer's case this message continues, and whether it is a recontact."""
     found = match_thread(
         cm,
-        before,
+        cases,
         window=timedelta(hours=settings.thread_window_hours),
         survey_expiry=timedelta(hours=settings.survey_expiry_hours),
         not_helped=is_not_helped,

@@ -446,6 +446,24 @@ def test_the_same_request_and_the_case_number_join_the_case(lc: Lifecycle) -> No
     assert match_thread(by_ref, [case], window=WINDOW).reason == "case_ref"
 
 
+def test_a_replay_does_not_continue_the_case_it_opened(lc: Lifecycle) -> None:
+    # After a rebalance the table already holds the case this very message opened: without
+    # the rule it matched that case as the "same request" and was routed again as a
+    # follow-up (a second, conflicting Outcome and a second reply).
+    cm = lc.kit.seed_message()
+    settings = Settings(rules_path=DEFAULT_CONFIG_DIR / "workflow.yaml")
+    first = route_message(cm, lc.kit.workflow, now=lc.kit.now, settings=settings)
+    assert first.case is not None and first.case.first_message_id == cm.message_id
+    assert match_thread(cm, [first.case], window=WINDOW).case is None
+    again = route_message(cm, lc.kit.workflow, now=lc.kit.now, open_case=None, settings=settings)
+    assert again.outcome.outcome == first.outcome.outcome
+    assert again.outcome.case_id == first.outcome.case_id
+    assert sorted(again.outcome.departments) == sorted(first.outcome.departments)
+    # another message about the same request still joins it
+    other = cm.model_copy(update={"message_id": "m-other"})
+    assert match_thread(other, [first.case], window=WINDOW).reason == "same_request"
+
+
 def test_a_new_request_opens_a_new_case_even_with_one_open(lc: Lifecycle) -> None:
     case, _ = lc.routed()
     text = "Хочу вернуть деньги за заказ 48213, товар не подошёл, оформите возврат пожалуйста"
