@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -88,6 +89,10 @@ def test_vip_and_legal_threat_flags_reach_every_sub_request(lc: Lifecycle) -> No
 # ---------------------------------------------------------------- rejections, final answers
 
 
+#: Both departments of the seed case done: loyalty IT and the store director.
+SEED_DONE = {"loyalty-it": "Бонусы начислены вручную.", "store-directors": "Огурцы заменили."}
+
+
 def _by_dept(subs: list[SubRequest]) -> dict[str, SubRequest]:
     return {s.department: s for s in subs}
 
@@ -140,16 +145,32 @@ class Lifecycle:
             case = tr.state
         return case, out
 
-    def resolved_with_survey(self) -> CaseState:
-        case, subs = self.routed()
+    def answered(
+        self,
+        answers: Mapping[str, str],
+        *,
+        rejected: Collection[str] = (),
+        wf: Workflow | None = None,
+        **kw: object,
+    ) -> tuple[CaseState, list[Transition]]:
+        """The seed case (routed with ``kw``) after each department in ``answers`` answered
+        its sub-request with that text, in that order: a rejection for those in ``rejected``,
+        else a resolution."""
+        case, subs = self.routed(wf, **kw)
         dept = _by_dept(subs)
-        case, _ = self.apply_all(
-            case,
-            [
-                self.answer(case, dept["loyalty-it"].sub_request_id, "Бонусы начислены."),
-                self.answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
-            ],
-        )
+        updates = [
+            self.answer(
+                case,
+                dept[name].sub_request_id,
+                text,
+                TaskStatus.rejected if name in rejected else TaskStatus.resolved,
+            )
+            for name, text in answers.items()
+        ]
+        return self.apply_all(case, updates, wf)
+
+    def resolved_with_survey(self) -> CaseState:
+        case, _ = self.answered(SEED_DONE)
         assert case.survey is not None and case.survey.kind == "nps"
         return case
 
@@ -180,24 +201,12 @@ def lc(kit: RouteKit) -> Lifecycle:
 def test_a_rejection_says_what_could_not_be_done_why_and_what_next_without_a_survey(
     lc: Lifecycle,
 ) -> None:
-    case, subs = lc.routed()
-    dept = _by_dept(subs)
-    case, trs = lc.apply_all(
-        case,
-        [
-            lc.answer(
-                case,
-                dept["loyalty-it"].sub_request_id,
-                "Бонусы за акционный товар не начисляются.",
-                TaskStatus.rejected,
-            ),
-            lc.answer(
-                case,
-                dept["store-directors"].sub_request_id,
-                "Огурцы заменили.",
-                TaskStatus.rejected,
-            ),
-        ],
+    case, trs = lc.answered(
+        {
+            "loyalty-it": "Бонусы за акционный товар не начисляются.",
+            "store-directors": "Огурцы заменили.",
+        },
+        rejected={"loyalty-it", "store-directors"},
     )
     (answer,) = trs[-1].replies
     assert answer.kind is ReplyKind.resolution
@@ -211,19 +220,13 @@ def test_a_rejection_says_what_could_not_be_done_why_and_what_next_without_a_sur
 
 
 def test_a_partial_outcome_has_its_own_wording_and_no_survey(lc: Lifecycle) -> None:
-    case, subs = lc.routed(language="en")
-    dept = _by_dept(subs)
-    case, trs = lc.apply_all(
-        case,
-        [
-            lc.answer(
-                case,
-                dept["loyalty-it"].sub_request_id,
-                "promotional items earn no points.",
-                TaskStatus.rejected,
-            ),
-            lc.answer(case, dept["store-directors"].sub_request_id, "We replaced the cucumbers."),
-        ],
+    case, trs = lc.answered(
+        {
+            "loyalty-it": "promotional items earn no points.",
+            "store-directors": "We replaced the cucumbers.",
+        },
+        rejected={"loyalty-it"},
+        language="en",
     )
     (answer,) = trs[-1].replies
     assert "we could not do this. Reason: promotional items earn no points." in answer.text
@@ -232,15 +235,7 @@ def test_a_partial_outcome_has_its_own_wording_and_no_survey(lc: Lifecycle) -> N
 
 
 def test_every_request_done_is_answered_and_surveyed(lc: Lifecycle) -> None:
-    case, subs = lc.routed()
-    dept = _by_dept(subs)
-    case, trs = lc.apply_all(
-        case,
-        [
-            lc.answer(case, dept["loyalty-it"].sub_request_id, "Бонусы начислены вручную."),
-            lc.answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
-        ],
-    )
+    _, trs = lc.answered(SEED_DONE)
     kinds = [r.kind for r in trs[-1].replies]
     assert kinds == [ReplyKind.resolution, ReplyKind.survey]
     assert "Спасибо, что сообщили нам" in trs[-1].replies[0].text
@@ -248,17 +243,10 @@ def test_every_request_done_is_answered_and_surveyed(lc: Lifecycle) -> None:
 
 def test_review_rejections_sends_the_final_answer_to_a_human_first(lc: Lifecycle) -> None:
     wf = lc.wf.model_copy(update={"review_rejections": "customer-care"})
-    case, subs = lc.routed(wf)
-    dept = _by_dept(subs)
-    case, trs = lc.apply_all(
-        case,
-        [
-            lc.answer(
-                case, dept["loyalty-it"].sub_request_id, "Не начисляются.", TaskStatus.rejected
-            ),
-            lc.answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
-        ],
-        wf,
+    case, trs = lc.answered(
+        {"loyalty-it": "Не начисляются.", "store-directors": "Огурцы заменили."},
+        rejected={"loyalty-it"},
+        wf=wf,
     )
     assert trs[-1].replies == [] and case.status != "resolved"
     (review,) = trs[-1].sub_requests
@@ -273,16 +261,12 @@ def test_review_rejections_sends_the_final_answer_to_a_human_first(lc: Lifecycle
 
 
 def test_an_answer_in_another_language_goes_to_a_human_not_a_mixed_reply(lc: Lifecycle) -> None:
-    case, subs = lc.routed(language="en")
-    dept = _by_dept(subs)
-    case, trs = lc.apply_all(
-        case,
-        [
-            lc.answer(case, dept["loyalty-it"].sub_request_id, "Points have been added manually."),
-            lc.answer(
-                case, dept["store-directors"].sub_request_id, "Огурцы заменили, выкладку проверили."
-            ),
-        ],
+    case, trs = lc.answered(
+        {
+            "loyalty-it": "Points have been added manually.",
+            "store-directors": "Огурцы заменили, выкладку проверили.",
+        },
+        language="en",
     )
     assert trs[-1].replies == []
     (ask,) = trs[-1].sub_requests
@@ -557,19 +541,12 @@ def test_flagged_cases_alert_the_supervisors_once_each(lc: Lifecycle) -> None:
 
 
 def test_no_reply_token_reaches_the_customer_whoever_pasted_it(lc: Lifecycle) -> None:
-    case, subs = lc.routed()
-    dept = _by_dept(subs)
     token = "aeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcai"
-    case, trs = lc.apply_all(
-        case,
-        [
-            lc.answer(
-                case,
-                dept["loyalty-it"].sub_request_id,
-                f"Начислили. Директору пишите на reply+{token}@example.com",
-            ),
-            lc.answer(case, dept["store-directors"].sub_request_id, "Огурцы заменили."),
-        ],
+    _, trs = lc.answered(
+        {
+            "loyalty-it": f"Начислили. Директору пишите на reply+{token}@example.com",
+            "store-directors": "Огурцы заменили.",
+        },
     )
     answer = trs[-1].replies[0].text
     assert "Начислили." in answer and token not in answer and "reply+" not in answer
