@@ -15,7 +15,9 @@
    SMTP sink (the external sub-request really delivered).
 Both workers are separate processes with the same fetch wait; the embedded broker is
 started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, and each
-worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase.
+worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase, and
+the records per message: every record on the run's topics and the worker's table changelogs
+once the worker is quiet, divided by the messages produced to inbound in all phases.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline import bus
 from pipeline.broker import broker_for, free_port
@@ -223,6 +225,32 @@ async def fanout_latency(
     return task_lat, mail_lat
 
 
+async def count_records(s: Settings) -> dict[str, int]:
+    """Records on every topic of the run (its prefix) and of the worker's app id (table
+    changelogs), by topic name without the prefix; read until the counts stop moving."""
+    probe = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers)
+    await probe.start()
+    try:
+        names = sorted(
+            t
+            for t in await probe.topics()
+            if t.startswith(s.topic_prefix) or (t.startswith(s.app_id) and "__assignor" not in t)
+        )
+    finally:
+        await probe.stop()
+    counts: dict[str, int] = {}
+    while True:  # outputs still in flight (deliveries, case updates) count too
+        records = await bus.read_all(s, names, idle_s=2.0, max_s=120.0)
+        now: dict[str, int] = {}
+        for r in records:
+            name = r.topic.removeprefix(s.topic_prefix).removeprefix(s.app_id + "-")
+            now[name] = now.get(name, 0) + 1
+        if now == counts:
+            return counts
+        counts = now
+        await asyncio.sleep(2.0)
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(resident, peak resident) of a process in MB, from /proc (Linux)."""
     fields: dict[str, float] = {}
@@ -301,6 +329,7 @@ def run_phase(
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
         rss_after, rss_peak = memory_mb(pid)
+        records = asyncio.run(count_records(s))
     outbox.stop()
     result = {
         "msg_s": args.n / secs,
@@ -310,7 +339,10 @@ def run_phase(
         "rss_after": rss_after,
         "rss_peak": rss_peak,
     }
-    return {**result, **fan}
+    # Every message of every phase (warm-up, paced, fan-out, flat-out) went in on inbound.
+    messages = max(records.get("inbound", 0), 1)
+    per = {f"rec:{t}": n / messages for t, n in records.items()}
+    return {**result, **fan, "rec_total": sum(records.values()) / messages, **per}
 
 
 def main() -> int:
@@ -346,6 +378,13 @@ def main() -> int:
             f"{r['rss_after']:.0f} MB after, peak {r['rss_peak']:.0f} MB\n"
         )
     out(f"ratio pipeline/passthrough peak memory: {full['rss_peak'] / base['rss_peak']:.2f}\n")
+    for label, r in (("passthrough", base), ("pipeline", full)):
+        top = sorted(((v, k[4:]) for k, v in r.items() if k.startswith("rec:")), reverse=True)
+        out(
+            f"records per message {label}: {r['rec_total']:.2f} (every topic incl. changelogs: "
+            + ", ".join(f"{name} {v:.2f}" for v, name in top)
+            + ")\n"
+        )
     if "fan_n" in full:
         out(
             f"fan-out ({full['fan_n']:.0f} seed-like messages at 2 msg/s): "

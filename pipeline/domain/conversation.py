@@ -138,7 +138,8 @@ def is_status_question(text: str) -> bool:
 
 def mentions_case_ref(text: str, ref: str) -> bool:
     """Whether the text quotes a case reference (``cases.case_ref``), e.g. "№ 1A2B3C4D"."""
-    return (
-        bool(ref)
-        and re.search(rf"(?<![0-9A-Za-z]){re.escape(ref)}(?![0-9A-Za-z])", text, re.I) is not None
-    )
+    if not ref or ref.lower() not in text.lower():
+        # The regex (compiled per reference: a cache miss for nearly every case) only when the
+        # reference is there at all: it took a fifth of the route agent's time.
+        return False
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(ref)}(?![0-9A-Za-z])", text, re.I) is not None

@@ -22,6 +22,7 @@ from pipeline.domain.cases import (
     case_flags,
     case_ref,
 )
+from pipeline.domain.conversation import mentions_case_ref
 from pipeline.domain.delays import breach_update, escalation_request, flag_alerts, sla_reminder
 from pipeline.domain.threads import match_thread
 from pipeline.domain.workflow import Workflow
@@ -550,3 +551,17 @@ def test_no_reply_token_reaches_the_customer_whoever_pasted_it(lc: Lifecycle) ->
     )
     answer = trs[-1].replies[0].text
     assert "Начислили." in answer and token not in answer and "reply+" not in answer
+
+
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [
+        ("По обращению № 1A2B3C4D: есть новости?", True),
+        ("about case 1a2b3c4d please", True),  # the customer may type it in lower case
+        ("order X1A2B3C4D9 is late", False),  # inside a longer token
+        ("no reference here", False),
+    ],
+)
+def test_a_case_reference_is_quoted_only_as_a_whole_token(text: str, quoted: bool) -> None:
+    assert mentions_case_ref(text, "1A2B3C4D") is quoted
+    assert not mentions_case_ref(text, ""), "no reference, nothing quoted"
