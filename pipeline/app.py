@@ -28,6 +28,7 @@ from pipeline.metrics import Metrics
 from pipeline.notify.agents import install as install_notify
 from pipeline.recovery import RouterTableManager
 from pipeline.route.agents import install as install_route
+from pipeline.topics import compacted_names
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
         TableManager=RouterTableManager,  # closes a race that lost records (recovery.py)
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.compacted_topics = frozenset(compacted_names(settings))
     ctx = Context(settings=settings, metrics=metrics or Metrics(), app=app)
     _install_web(ctx)
     async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -89,7 +91,10 @@ def _install_web(ctx: Context) -> None:
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         assigned: set[TP] = set(app.consumer.assignment()) if app.consumer else set()
-        stalled = "stalled" in ctx.status
+        held = getattr(app.consumer, "held", None) if app.consumer else None
+        if held:  # an agent crashed: the consumer commits nothing more (faust_app._Consumer)
+            ctx.status["commits"] = held
+        stalled = "stalled" in ctx.status or "commits" in ctx.status
         # "broker": outputs not acknowledged or lost (Context.flush); "consumer": inputs gone
         # or unreachable (lag.py). Either is 503 within seconds, not after the stall timer.
         broken = "broker" in ctx.status or "consumer" in ctx.status

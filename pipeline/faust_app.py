@@ -1,18 +1,63 @@
-"""``RouterApp``: the faust.App of the workers, with Faust's fetch wait made a setting.
+"""``RouterApp``: the faust.App of the workers, with Faust's fetch wait made a setting and a
+consumer that commits only what the agents acknowledged.
 
 Faust hard-codes the consumer's ``fetch_max_wait_ms`` at 1500 ms, which on the embedded broker
 adds over a second per hop (docs/ARCHITECTURE.md, Broker). Kept apart from ``pipeline.app``
 (which imports every stage) so a bare baseline app (bench/pipeline_throughput.py) imports
 only this.
+
+**Commits (faust-streaming 0.15.3, pinned).** Faust's consumer computes the offset to commit
+from the offsets the agents acknowledged, and three of its rules can commit past a record that
+was never processed (docs/ARCHITECTURE.md, Recovery; issue 11's silent loss):
+
+- a jump between the last offset it handed to the agents and the next fetched one is a *gap*
+  that counts as acknowledged (``_add_gap``): meant for compaction and transaction markers,
+  but a fetch position that got ahead of what was delivered (a seek racing a fetch at the end
+  of a rebalance) makes it skip real records;
+- with nothing committed yet (committed offset None or 0) any acknowledged run is committed,
+  wherever it starts (``_new_offset`` tests ``if committed_offset:``);
+- with a committed offset C, a run starting at C + 1 is committed although C is not
+  acknowledged (``min(acked) - committed > 1``; the committed offset is the *next* to read).
+
+``_Consumer`` commits the end of the unbroken run of acknowledged offsets that starts at the
+committed offset, or where this assignment began reading the partition (``committable``), and
+counts gaps only on compacted topics. A record it cannot account for holds the commit back:
+the lag grows and the stall detector (``pipeline.lag``) makes it loud, instead of a silent
+skip. And once an agent crashed, nothing more is committed: Faust's ``take_events`` acknowledges
+its whole buffer in a ``finally`` when the agent's loop dies (a batch whose outputs were not
+acknowledged, ``BrokerUnavailable``), and Faust then commits on the task error.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+
+def committable(acked: Iterable[int], start: int | None) -> tuple[int | None, list[int]]:
+    """The offset to commit for a partition and the acknowledgements left for later.
+
+    ``start`` is the first offset not yet committed (the committed offset, or where this
+    assignment began reading); None: unknown, so nothing is committed. The offset is the end
+    of the unbroken run of acknowledged offsets from ``start``; None when ``start`` itself is
+    not acknowledged. Offsets below ``start`` are dropped (already committed).
+    """
+    pending = sorted({o for o in acked if start is None or o >= start})
+    if start is None:
+        return None, pending
+    end = start
+    for offset in pending:
+        if offset != end:
+            break
+        end += 1
+    if end == start:
+        return None, pending
+    return end, [o for o in pending if o >= end]
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -25,8 +70,87 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer that never commits past a record the agents did not acknowledge."""
+
+    #: Why commits stopped for good (an agent crashed); None while they flow.
+    held: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Where this assignment began reading a partition with nothing committed.
+        self.read_from: dict[TP, int] = {}
+        #: The start offset a held-back commit was last logged for, per partition.
+        self._held_back: dict[TP, int | None] = {}
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Seek, and remember the offset as where reading this partition began."""
+        await super().seek(partition, offset)
+        self.read_from[partition] = offset
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Forget where revoked partitions began (Faust forgets its own offsets of them)."""
+        for tp in revoked:
+            self.read_from.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        gaps = self._gap.get(tp)
+        if gaps:  # compacted topics only (see _add_gap): Faust's rule, kept
+            top = max(acked)
+            for interval in sorted(gaps.overlap(0, top), key=lambda i: i.begin):
+                acked.extend(range(interval.begin, interval.end))
+            gaps.chop(0, max(acked) + 1)
+        committed = self._committed_offset[tp]
+        start = committed if committed is not None else self.read_from.get(tp)
+        offset, rest = committable(acked, start)
+        self._acked_index[tp].difference_update(set(acked) - set(rest))
+        acked[:] = rest
+        if offset is None and rest and self._held_back.get(tp) != start:
+            # Faust would have committed here (issue 11's silent loss): say so, once.
+            self._held_back[tp] = start
+            self.log.warning(
+                "%s[%d]: offsets %d.. acknowledged but %s not: commit held back",
+                tp.topic,
+                tp.partition,
+                rest[0],
+                "where reading began is unknown" if start is None else f"offset {start}",
+            )
+        return offset
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        compacted = cast(RouterApp, self.app).compacted_topics
+        if tp.topic in compacted:
+            await faust_aiokafka.Consumer._add_gap(self, tp, offset_from, offset_to)
+            return
+        # Offsets are contiguous on a topic that is not compacted (we write no transactions):
+        # the fetch position ran ahead of what reached the agents. Not counted as processed;
+        # if they never arrive the commit stays behind and the stall detector says so.
+        self.log.warning(
+            "fetched offset %d of %s[%d] after %d: offsets %d..%d not counted as processed",
+            offset_to,
+            tp.topic,
+            tp.partition,
+            offset_from - 1,
+            offset_from,
+            offset_to - 1,
+        )
+
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        if self.held is not None:
+            return {}
+        return super()._filter_committable_offsets(tps)
+
+    async def on_task_error(self, exc: BaseException) -> None:
+        """An agent crashed: commit nothing more (Faust would commit what it acknowledged)."""
+        if self.held is None:
+            self.held = f"an agent crashed: {exc!r}"
+            self.log.error("%s; no offset is committed any more: restart this worker", self.held)
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -34,9 +158,13 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class RouterApp(faust.App):
-    """faust.App whose Kafka consumer honours ``fetch_max_wait_ms``."""
+    """faust.App whose Kafka consumer honours ``fetch_max_wait_ms`` and commits only what
+    the agents acknowledged."""
 
     fetch_max_wait_ms: int = 100
+    #: Full names of the compacted topics (``pipeline.topics``): the only ones whose offsets
+    #: may jump (see ``_Consumer._add_gap``).
+    compacted_topics: frozenset[str] = frozenset()
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

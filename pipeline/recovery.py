@@ -12,9 +12,9 @@ was never answered (the test hung in about one run of five on the embedded broke
 ``RouterRecovery`` does the same steps with the queues cleared *first*, while the stream
 partitions are still paused (Faust pauses every assigned partition when a rebalance starts),
 so nothing fetched for the new assignment can be cleared, and every stream partition then
-reads from its committed offset, or from its start when nothing is committed (Faust left
-those where their last fetch stopped). Records may be seen twice; every stage is idempotent
-on replay (docs/ARCHITECTURE.md, Invariants, 3).
+reads from its committed offset, or from its first offset when nothing is committed (Faust
+left those where their last fetch stopped); records flow again only after every seek. Records
+may be seen twice; every stage is idempotent on replay (docs/ARCHITECTURE.md, Invariants, 3).
 
 Recovery also reads each changelog **to its real end**. Faust stops restoring a table at the
 end offset that ListOffsets reports, and Tansu under-reports it (the last batch's base offset +
@@ -104,10 +104,9 @@ class RouterRecovery(Recovery):
                 generation_id,
             )
             return
-        # The fix: clear the queues (and let records flow) before any stream partition of
-        # the new assignment is fetched, not after.
+        # The fix: clear the queues before any stream partition of the new assignment is
+        # fetched, not after.
         app.flow_control.resume()
-        consumer.resume_flow()
         streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
         consumer.resume_partitions(streams)
         if assignment:
@@ -115,12 +114,20 @@ class RouterRecovery(Recovery):
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
             # Faust seeks only partitions with a committed offset above 0; one kept through a
             # rebalance with nothing committed yet would go on from where its fetch stopped,
-            # past the records just cleared. Read it from the start instead (duplicates are
-            # harmless, gaps are not).
+            # past the records just cleared. Read it from its first offset instead
+            # (duplicates are harmless, gaps are not); the consumer commits from there.
             committed = cast(Any, consumer)._committed_offset
-            for tp in sorted(streams):
-                if not committed.get(tp):
-                    await consumer.seek(tp, 0)
+            fresh = sorted(tp for tp in streams if not committed.get(tp))
+            if fresh:
+                firsts = await asyncio.wait_for(
+                    consumer.earliest_offsets(*fresh), app.conf.broker_request_timeout
+                )
+                for tp in fresh:
+                    await consumer.seek(tp, int(firsts.get(tp) or 0))
+        # Records flow only now. A fetch racing the seeks above could hand the agents
+        # records from the old position after a seek; Faust then takes them as read and
+        # drops the records the seek re-fetches below them (faust_app: commits).
+        consumer.resume_flow()
         self.completed.set()
         await app._fetcher.maybe_start()
         self.tables.on_actives_ready()
