@@ -31,6 +31,7 @@ DEPARTMENT_CHANNEL = "tasks"
 PARTIES: dict[str, str] = {
     "ingest": "the ingest adapters (pipeline ingest): webhooks, SMTP, .eml import",
     "classify": "the classify stage of the workers",
+    "incidents": "the incident detector of the workers (one owner per incident bucket)",
     "route": "the route stage of the workers (rules, fan-out, case state, SLA)",
     "cases": "the case keeper of the workers (case state per case id)",
     "notify": "the notify stage of the workers (replies and external e-mail)",
@@ -54,7 +55,12 @@ class ChannelDoc:
 #: Every topic of ``pipeline.topics.TOPICS`` plus the department task topics.
 CHANNELS: dict[str, ChannelDoc] = {
     "inbound": ChannelDoc(("InboundMessage",), "customer id", ("ingest",), ("classify",)),
-    "classified": ChannelDoc(("ClassifiedMessage",), "customer id", ("classify",), ("route",)),
+    "classified": ChannelDoc(
+        ("ClassifiedMessage",), "customer id", ("classify", "incidents"), ("route",)
+    ),
+    "incident-signals": ChannelDoc(
+        ("IncidentSignal",), "incident bucket", ("classify",), ("incidents",)
+    ),
     DEPARTMENT_CHANNEL: ChannelDoc(
         ("SubRequest", "TaskNotice"), "case id", ("route",), ("departments",)
     ),

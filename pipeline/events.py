@@ -8,6 +8,7 @@ Flow::
 
     InboundMessage ─► ClassifiedMessage ─► SubRequest (tasks.<dept> | external)
                                         └► Reply (auto-reply, resolution, survey)
+    InboundMessage ─► IncidentSignal (by bucket) ─► ClassifiedMessage   (incident categories)
     TaskUpdate ─► case state ─► CaseEvent, Reply
     every accepted message ─► exactly one Outcome;  bad records ─► DeadLetter
 """
@@ -312,6 +313,22 @@ class ClassifiedMessage(Event):
     classified_at: UtcDatetime = Field(description="When it was classified.")
 
 
+class IncidentSignal(Event):
+    """A classified message on its way through the incident detector. Keyed by ``bucket``.
+
+    The detector of a bucket (the one owner of its partition, whatever the number of
+    workers) sets the message's incident fields and forwards it to ``classified``.
+    """
+
+    bucket: str = Field(description="Incident bucket: category + store, or category + intent.")
+    similarity_required: bool = Field(
+        description="Reports must look alike (no store named): MinHash similarity is compared."
+    )
+    threshold: int = Field(ge=2, description="Distinct customers that open an incident.")
+    window_s: float = Field(gt=0, description="Reports older than this (seconds) expire.")
+    message: ClassifiedMessage = Field(description="The message, incident fields not yet set.")
+
+
 class SubRequest(Event):
     """A piece of work for one department or external party. Keyed by case_id."""
 
@@ -574,4 +591,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "CaseSnapshot": CaseSnapshot,
     "WorkflowPublished": WorkflowPublished,
     "TaskNotice": TaskNotice,
+    "IncidentSignal": IncidentSignal,
 }

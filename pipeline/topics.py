@@ -25,6 +25,10 @@ class TopicSpec:
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("inbound", description="InboundMessage, keyed by customer_id"),
     TopicSpec("classified", description="ClassifiedMessage, keyed by customer_id"),
+    TopicSpec(
+        "incident-signals",
+        description="IncidentSignal (a message in an incident bucket), keyed by bucket",
+    ),
     TopicSpec("external", description="SubRequest for external parties (e-mail), keyed by case_id"),
     TopicSpec("replies", description="Reply to customers, keyed by customer_id"),
     TopicSpec(

@@ -1,8 +1,10 @@
-"""Classify stage agent: inbound → dedup, classify (in batches), incidents → classified.
+"""Classify stage agent: inbound → dedup, classify (in batches) → classified.
 
-Thin shell: decode, call the pure cores (``dedup``, ``core.Classifier``, ``incidents``),
-send, count. State lives in Faust tables keyed by customer id (co-partitioned with the
-inbound topic); the incident windows are keyed by bucket (see the note in ``_incidents``).
+Thin shell: decode, call the pure cores (``dedup``, ``core.Classifier``), send, count. State
+lives in Faust tables keyed by customer id (co-partitioned with the inbound topic). A message
+of an incident category goes to ``incident-signals`` keyed by its bucket instead
+(``incidents.signal_for``): the detector that owns the bucket decides it and forwards it to
+``classified`` (``incident_agent``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pipeline.classify import dedup, incidents
+from pipeline.classify import dedup, incident_agent, incidents
 from pipeline.classify.core import Classifier
 from pipeline.context import Context
 from pipeline.domain.workflow import Workflow
@@ -31,8 +33,6 @@ log = logging.getLogger(__name__)
 STAGE = "classify"
 CONTACT_WINDOW_S = 30 * 24 * 3600
 SWEEP_INTERVAL_S = 600.0
-#: An open incident with no new report for this long is forgotten by the detector.
-INCIDENT_TTL_S = 24 * 3600.0
 MAX_CONTACTS = 20
 
 
@@ -42,7 +42,7 @@ def case_id_for(message_id: str) -> str:
 
 
 class ClassifyAgent:
-    """The classify agent: dedup and contact counts, the classifier, incidents, send.
+    """The classify agent: dedup and contact counts, the classifier, send.
 
     Single writer of its tables (keyed by customer, co-partitioned with ``inbound``); the
     classifier is rebuilt when the workflow's tag rules, stores or weights change.
@@ -53,7 +53,6 @@ class ClassifyAgent:
         self.live = live
         self.dedup_table = ctx.table("dedup")
         self.contacts_table = ctx.table("contacts")
-        self.incident_table = ctx.table("incidents")
         self.dedup_cfg = dedup.DedupConfig(window_s=ctx.settings.dedup_window_s)
         wf = live.current
         # Load (or train) the model now, before the worker starts, not in the event loop.
@@ -99,8 +98,12 @@ class ClassifyAgent:
             if cm is None:
                 continue
             async with self.ctx.guard(STAGE, record, msg):
-                out = _with_similarity(cm, d, self.incident_table, policies)
-                await self.ctx.send("classified", msg.customer_id, out)
+                out = _with_similarity(cm, d)
+                signal = incidents.signal_for(out, policies)
+                if signal is None:
+                    await self.ctx.send("classified", msg.customer_id, out)
+                else:  # its bucket's one detector decides (incident_agent)
+                    await self.ctx.send("incident-signals", signal.bucket, signal)
                 self.ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
 
     def remember(
@@ -159,28 +162,29 @@ class ClassifyAgent:
     async def sweep(self) -> None:
         """Forget idle keys (keeps memory bounded: per-customer state expires on access)."""
         removed = await sweep_tables(
-            self.dedup_table, self.contacts_table, self.incident_table, self.dedup_cfg, utcnow()
+            self.dedup_table, self.contacts_table, self.dedup_cfg, utcnow()
         )
         if removed:
             log.info("state sweep removed %d idle keys", removed)
 
 
 def install(ctx: Context, live: LiveWorkflow) -> ClassifyAgent:
-    """Register the classify agent, its tables and its sweep timer on the app."""
+    """Register the classify agent, its tables and its sweep timer on the app, and the
+    incident detector it feeds."""
     agent = ClassifyAgent(ctx, live)
     ctx.app.agent(ctx.topic("inbound"), name="classify")(agent.run)
     ctx.app.timer(SWEEP_INTERVAL_S)(agent.sweep)
+    incident_agent.install(ctx)
     return agent
 
 
 async def sweep_tables(
     dedup_table: Any,
     contacts_table: Any,
-    incident_table: Any,
     dedup_cfg: dedup.DedupConfig,
     now: datetime,
 ) -> int:
-    """Delete idle keys (no live dedup entry, contact or incident report); returns how many."""
+    """Delete idle keys (no live dedup entry or contact); returns how many."""
     now_s = now.timestamp()
 
     def dedup_kept(_: str, raw: str) -> str | None:
@@ -191,61 +195,15 @@ async def sweep_tables(
         idle = all(now_s - float(t) >= CONTACT_WINDOW_S for t in raw.split(",") if t)
         return None if idle else raw
 
-    def incident_kept(_: str, raw: str) -> str | None:
-        window = incidents.IncidentWindow.model_validate_json(raw)
-        last = max((r.at for r in window.reports), default=0.0)
-        stale = now_s - last >= INCIDENT_TTL_S
-        return None if incidents.is_idle(window, now) or stale else raw
-
     removed = await sweep_table(dedup_table, dedup_kept)
-    removed += await sweep_table(contacts_table, contacts_kept)
-    return removed + await sweep_table(incident_table, incident_kept)
+    return removed + await sweep_table(contacts_table, contacts_kept)
 
 
-def _with_similarity(
-    cm: ClassifiedMessage,
-    d: dedup.DedupDecision,
-    incident_table: Any,
-    policies: Sequence[Any],
-) -> ClassifiedMessage:
-    case_id = d.case_id if d.is_duplicate else case_id_for(cm.message_id)
-    decision = None
-    if not d.is_duplicate:
-        decision = _incidents(cm, incident_table, policies, case_id)
+def _with_similarity(cm: ClassifiedMessage, d: dedup.DedupDecision) -> ClassifiedMessage:
+    """The dedup decision on the message (the incident fields are the detector's)."""
     sim = Similarity(
         duplicate_of=d.duplicate_of,
         duplicate_reason=d.reason,
-        case_id=case_id,
-        incident_id=decision.incident_id if decision else None,
-        incident_new=bool(decision and decision.is_new),
+        case_id=d.case_id if d.is_duplicate else case_id_for(cm.message_id),
     )
     return cm.model_copy(update={"similarity": sim})
-
-
-def _incidents(
-    cm: ClassifiedMessage, table: Any, policies: Sequence[Any], case_id: str | None
-) -> incidents.IncidentDecision | None:
-    """Observe the message in the buckets of categories that have an incident policy.
-
-    Incident windows span customers, so their key is not the stream's key: this is
-    correct with one worker; several workers would need a repartition by bucket first.
-    """
-    now = cm.inbound.received_at
-    found: incidents.IncidentDecision | None = None
-    for key, similarity_required in incidents.bucket_keys(cm):
-        category = key.split("|", 1)[0]
-        policy = next((p for p in policies if category in p.categories), None)
-        if policy is None:
-            continue
-        cfg = incidents.IncidentConfig(
-            threshold=policy.threshold, window_s=policy.window_minutes * 60
-        )
-        raw = table.get(key)
-        window = incidents.IncidentWindow.model_validate_json(raw) if raw else None
-        window, decision = incidents.observe(
-            window, key, cm, now, cfg, similarity_required=similarity_required, case_id=case_id
-        )
-        table[key] = window.model_dump_json()
-        if decision.incident_id and found is None:
-            found = decision
-    return found

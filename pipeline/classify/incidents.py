@@ -10,16 +10,22 @@ When ``threshold`` distinct customers report within ``window_s`` an incident ope
 is derived from the earliest report's message id (a replay derives the same id). Later
 reports join it (the worker answers "known issue") until ``close_incident`` — called when
 the parent case is resolved — returns everyone to notify, one entry per customer.
+
+Across workers: ``signal_for`` names the one bucket a message is decided in; classify sends
+the ``IncidentSignal`` keyed by that bucket, so one detector owns each bucket whatever the
+number of workers, and ``decide`` (its whole step) sets the message's incident fields.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.classify.dedup import estimate_similarity, normalize_text, shingles, signature
-from pipeline.events import ClassifiedMessage, derive_id
+from pipeline.domain.workflow import IncidentPolicy
+from pipeline.events import ClassifiedMessage, IncidentSignal, derive_id
 
 __all__ = [
     "IncidentClosure",
@@ -30,8 +36,10 @@ __all__ = [
     "IncidentWindow",
     "bucket_keys",
     "close_incident",
+    "decide",
     "is_idle",
     "observe",
+    "signal_for",
 ]
 
 
@@ -70,6 +78,9 @@ class IncidentMember(BaseModel):
     message_id: str
     customer_id: str
     case_id: str | None = None
+    at_opening: bool = Field(
+        default=False, description="Linked when the incident opened (reported before it)."
+    )
 
 
 class IncidentWindow(BaseModel):
@@ -82,6 +93,9 @@ class IncidentWindow(BaseModel):
     reports: list[IncidentReport] = Field(default_factory=list)
     incident_id: str | None = None
     opened_at: float | None = None
+    opened_by: str | None = Field(
+        default=None, description="The message whose report reached the threshold."
+    )
     members: list[IncidentMember] = Field(default_factory=list)
     members_dropped: int = Field(default=0, description="Linked messages over the cap.")
     exemplars: list[IncidentReport] = Field(
@@ -154,13 +168,8 @@ def observe(
     reports = [r for r in w.reports if r.at >= cutoff]
 
     seen = {r.message_id for r in reports} | {m.message_id for m in w.members}
-    if msg.message_id in seen:  # replay: same answer, no change
-        return w, IncidentDecision(
-            key=key,
-            incident_id=w.incident_id,
-            threshold_reached=w.incident_id is not None,
-            customers=len({r.customer_id for r in reports}),
-        )
+    if msg.message_id in seen:  # replay: the answer of the first pass, no change
+        return w, _replayed(w, key, msg.message_id, reports)
 
     norm = normalize_text(msg.inbound.text)
     sh = shingles(norm)
@@ -185,7 +194,27 @@ def observe(
         return w.model_copy(update={"reports": reports}), IncidentDecision(
             key=key, customers=customers
         )
-    return _open(w, key, alike, reports, cfg, customers, t)
+    return _open(w, key, new, alike, reports, cfg, customers)
+
+
+def _replayed(
+    w: IncidentWindow, key: str, message_id: str, reports: list[IncidentReport]
+) -> IncidentDecision:
+    """A message seen before gets the decision its first pass got (invariant 3).
+
+    The opener opens again (its first pass may not have reached route: the broadcast has the
+    same ids); a report from before the incident stays outside it, as it was routed.
+    """
+    opener = w.incident_id is not None and w.opened_by == message_id
+    member = next((m for m in w.members if m.message_id == message_id), None)
+    joined = opener or (member is not None and not member.at_opening)
+    return IncidentDecision(
+        key=key,
+        incident_id=w.incident_id if joined else None,
+        is_new=opener,
+        threshold_reached=w.incident_id is not None,
+        customers=len({r.customer_id for r in reports}),
+    )
 
 
 def _join(
@@ -223,11 +252,11 @@ def _join(
 def _open(
     w: IncidentWindow,
     key: str,
+    new: IncidentReport,
     alike: list[IncidentReport],
     reports: list[IncidentReport],
     cfg: IncidentConfig,
     customers: int,
-    t: float,
 ) -> tuple[IncidentWindow, IncidentDecision]:
     """The threshold is reached: open the incident, linking every alike report."""
     first = min(alike, key=lambda r: (r.at, r.message_id))
@@ -236,7 +265,12 @@ def _open(
     members, dropped = _add_members(
         w,
         [
-            IncidentMember(message_id=r.message_id, customer_id=r.customer_id, case_id=r.case_id)
+            IncidentMember(
+                message_id=r.message_id,
+                customer_id=r.customer_id,
+                case_id=r.case_id,
+                at_opening=True,
+            )
             for r in linked
         ],
         cfg,
@@ -245,7 +279,8 @@ def _open(
         update={
             "reports": reports,
             "incident_id": incident_id,
-            "opened_at": t,
+            "opened_at": new.at,
+            "opened_by": new.message_id,
             "members": members,
             "members_dropped": dropped,
             "exemplars": linked[:_EXEMPLARS],
@@ -290,6 +325,7 @@ def close_incident(window: IncidentWindow) -> tuple[IncidentWindow, IncidentClos
             "reports": [],
             "incident_id": None,
             "opened_at": None,
+            "opened_by": None,
             "members": [],
             "members_dropped": 0,
             "exemplars": [],
@@ -303,3 +339,48 @@ def is_idle(window: IncidentWindow, now: datetime, config: IncidentConfig | None
     cfg = config or IncidentConfig()
     cutoff = now.timestamp() - cfg.window_s
     return window.incident_id is None and all(r.at < cutoff for r in window.reports)
+
+
+def signal_for(msg: ClassifiedMessage, policies: Sequence[IncidentPolicy]) -> IncidentSignal | None:
+    """The message on its way to its bucket's detector, or None (no incident policy covers it).
+
+    One bucket per message: the first of ``bucket_keys`` whose category has a policy, so one
+    detector decides it (a message naming two stores counts toward the first one).
+    """
+    for key, similarity_required in bucket_keys(msg):
+        category = key.split("|", 1)[0]
+        policy = next((p for p in policies if category in p.categories), None)
+        if policy is not None:
+            return IncidentSignal(
+                bucket=key,
+                similarity_required=similarity_required,
+                threshold=policy.threshold,
+                window_s=policy.window_minutes * 60,
+                message=msg,
+            )
+    return None
+
+
+def decide(
+    window: IncidentWindow | None, signal: IncidentSignal
+) -> tuple[IncidentWindow | None, ClassifiedMessage]:
+    """The detector's step: the bucket's new state and the message with its incident fields.
+
+    A duplicate passes through untouched (it joins its case, not the window); it travels the
+    same way as its original only to stay behind it on the bucket's partition.
+    """
+    msg = signal.message
+    if msg.similarity.duplicate_of is not None:
+        return window, msg
+    cfg = IncidentConfig(threshold=signal.threshold, window_s=signal.window_s)
+    window, d = observe(
+        window,
+        signal.bucket,
+        msg,
+        msg.inbound.received_at,
+        cfg,
+        similarity_required=signal.similarity_required,
+        case_id=msg.similarity.case_id,
+    )
+    sim = msg.similarity.model_copy(update={"incident_id": d.incident_id, "incident_new": d.is_new})
+    return window, msg.model_copy(update={"similarity": sim})

@@ -15,16 +15,18 @@
    acknowledgement (or the incident notice). Outcome ``routed``.
 
 Incidents: when ``similarity.incident_id`` is set and an incident policy covers the
-category, the group broadcast is emitted under the incident's own case
-(``derive_id("case", incident_id)``) with ids derived from the incident and the recipient,
-so every report of the incident yields the same ids and the sink sends it once. The
-customer gets the incident notice unless ``incident_new`` says this report opened the
-incident.
+category, the report that opened the incident (``incident_new``) emits the group broadcast
+under the incident's own case (``derive_id("case", incident_id)``), with ids derived from the
+incident and the recipient (a replay yields the same ids; the sink sends them once). Every
+report of the incident is linked to it (``incident_linked``) and sends nothing of its own to
+a recipient the broadcast reaches (``_cover``): its case keeps that sub-request, without
+deadlines, so the incident's resolution closes it. A later reporter gets the incident notice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -334,6 +336,8 @@ def route_message(
     case = case.model_copy(update={"priority": priority})
     events = _opening_events(msg, case, now)
     built = _build(plans, msg, case, workflow, now, settings)  # 5.
+    built, cover_notes = _cover(built, msg, workflow)  # the incident broadcast reaches them
+    notes += cover_notes
     case = case.model_copy(update={"sub_requests": built.records})
     events.extend(created_event(case, sub, now) for sub in built.subs)
     # a VIP or a legal threat: the supervisors of the departments involved are alerted
@@ -343,11 +347,11 @@ def route_message(
     incident_case: CaseState | None = None
     if sim.incident_id is not None:  # 6.
         incident_subs, inc_events, inc_notes, incident_case = _incident(
-            msg, workflow, case, now, settings
+            msg, workflow, case, now, settings, incident_new
         )
         events, notes = events + inc_events, notes + inc_notes
     case, replies, outcome = _answer(msg, case, workflow, now, built, len(plans), incident_new)
-    if not built.subs:  # 7. (resolved by the templates alone)
+    if not built.records:  # 7. (resolved by the templates alone)
         events.append(_auto_resolved_event(msg, case, now))
     return RouteDecision(
         outcome=outcome,
@@ -518,15 +522,15 @@ def _answer(
     incident_new: bool,
 ) -> tuple[CaseState, list[Reply], Outcome]:
     """Phase 7: acknowledge a routed message, or resolve one every template answered."""
-    if not built.subs:  # every intent was answered by an auto-reply template
+    if not built.records:  # every intent was answered by an auto-reply template
         case = case.model_copy(update={"status": "resolved", "resolved_at": now})
         reason = "answered by rule templates"
         outcome = _outcome(
             msg, OutcomeKind.auto_resolved, now, case_id=case.case_id, departments=[], reason=reason
         )
         return case, built.replies, outcome
-    answer, depts = _acknowledge(msg, case, workflow, now, built.subs, incident_new)
-    reason = f"{len(built.subs)} sub-request(s) for {requests} request(s)"
+    answer, depts = _acknowledge(msg, case, workflow, now, built.records, incident_new)
+    reason = f"{len(built.records)} sub-request(s) for {requests} request(s)"
     outcome = _outcome(
         msg, OutcomeKind.routed, now, case_id=case.case_id, departments=depts, reason=reason
     )
@@ -538,7 +542,7 @@ def _acknowledge(
     case: CaseState,
     workflow: Workflow,
     now: datetime,
-    subs: list[SubRequest],
+    subs: Sequence[SubRequestState],
     incident_new: bool,
 ) -> tuple[Reply, list[str]]:
     """The customer's answer to a routed message, and the departments it went to."""
@@ -765,13 +769,50 @@ def _broadcast(
     return subs, sub_states
 
 
+def _incident_policy(msg: ClassifiedMessage, workflow: Workflow) -> IncidentPolicy | None:
+    """The incident policy that covers one of the message's categories."""
+    categories = {i.category for i in msg.intents}
+    return next((p for p in workflow.incidents if set(p.categories) & categories), None)
+
+
+def _cover(built: _Built, msg: ClassifiedMessage, workflow: Workflow) -> tuple[_Built, list[str]]:
+    """A report of an incident sends nothing of its own to a recipient its broadcast reaches.
+
+    The sub-request stays on the case, without deadlines (the broadcast's own sub-requests
+    carry them), so the incident's resolution still closes it and the reporter is answered.
+    """
+    incident_id = msg.similarity.incident_id
+    policy = _incident_policy(msg, workflow) if incident_id else None
+    if policy is None:
+        return built, []
+    reached = set(workflow.group_members(policy.group))
+    covered = {
+        s.sub_request_id
+        for s in built.subs
+        if s.category in policy.categories and s.recipient in reached
+    }
+    if not covered:
+        return built, []
+    records = [
+        r.model_copy(update={"first_response_due_at": None, "due_at": None})
+        if r.sub_request_id in covered
+        else r
+        for r in built.records
+    ]
+    subs = [s for s in built.subs if s.sub_request_id not in covered]
+    note = f"incident {incident_id}: {len(covered)} recipient(s) reached by its broadcast"
+    return replace(built, subs=subs, records=records), [note]
+
+
 def _incident(
     msg: ClassifiedMessage,
     workflow: Workflow,
     case: CaseState,
     now: datetime,
     settings: Settings | None,
+    incident_new: bool,
 ) -> tuple[list[SubRequest], list[CaseEvent], list[str], CaseState | None]:
+    """The case's link to the incident; the report that opened it also emits the broadcast."""
     incident_id = msg.similarity.incident_id
     assert incident_id is not None
     categories = {i.category for i in msg.intents}
@@ -785,10 +826,12 @@ def _incident(
             detail={"incident_id": incident_id},
         )
     ]
-    policy = next((p for p in workflow.incidents if set(p.categories) & categories), None)
+    policy = _incident_policy(msg, workflow)
     if policy is None:
         note = f"incident {incident_id}: no incident policy for {sorted(categories)}"
         return [], events, [note], None
+    if not incident_new:  # the broadcast went out once, with the report that opened it
+        return [], events, [f"incident {incident_id}: linked (broadcast already sent)"], None
     category = next(c for c in policy.categories if c in categories)
     intent = next(i for i in msg.intents if i.category == category)
     stores = [e.value for e in _stores_for(msg, intent)] if "store" in policy.bucket_by else []

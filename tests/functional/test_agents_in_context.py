@@ -27,6 +27,7 @@ from pipeline.events import (
     DeadLetter,
     Event,
     InboundMessage,
+    IncidentSignal,
     Outcome,
     OutcomeKind,
     Reply,
@@ -177,12 +178,17 @@ async def test_the_seed_scenario_through_the_real_agents(
     inbound = tg(ctx.settings, 7001, SEED)
     key = inbound.customer_id
 
-    # classify: two requests, the store resolved, nothing else yet
-    classified = _count(ctx, "classified")
-    await feed("classify", [("inbound", key, inbound)], lambda: classified() == 1)
+    # classify: two requests, the store resolved; a store-quality complaint goes to its
+    # incident bucket's detector first, keyed by the bucket, which forwards it to route
+    signals, classified = _count(ctx, "incident-signals"), _count(ctx, "classified")
+    await feed("classify", [("inbound", key, inbound)], lambda: signals() == 1)
+    [signal] = out.take(ctx.settings.topic("incident-signals"), IncidentSignal)
+    assert signal.bucket == "STORE_QUALITY|store:SPB-012" and classified() == 0
+    await feed("incidents", [("incident-signals", signal.bucket, signal)], classified)
     [cm] = out.take(ctx.settings.topic("classified"), ClassifiedMessage)
     assert [i.category for i in cm.intents] == ["STORE_QUALITY", "LOYALTY"]
     assert any(e.kind == "store" and e.value == "SPB-012" for e in cm.entities)
+    assert cm.similarity.incident_id is None  # one reporter is not an incident
 
     # the same record again (a redelivery) derives the same decision; the customer sending
     # the same text again is a duplicate of it, in the same case (the dedup table)
@@ -190,6 +196,12 @@ async def test_the_seed_scenario_through_the_real_agents(
     await feed(
         "classify",
         [("inbound", key, inbound), ("inbound", key, resent)],
+        lambda: signals() == 2,
+    )
+    again = out.take(ctx.settings.topic("incident-signals"), IncidentSignal)
+    await feed(
+        "incidents",
+        [("incident-signals", s.bucket, s) for s in again],
         lambda: classified() == 2,
     )
     replay, dup = out.take(ctx.settings.topic("classified"), ClassifiedMessage)

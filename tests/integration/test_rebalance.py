@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.broker import free_port
 from pipeline.config import Settings
 from pipeline.events import Outcome, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children, audit, child_env, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import Deliveries, StartStack, Telegram
+    from tests.plugins.stack import AddWorker, Deliveries, StartStack, Telegram
     from tests.plugins.topics import Records
 
 pytestmark = pytest.mark.integration
@@ -46,15 +45,12 @@ TEXTS = [
 
 @pytest.fixture
 def two_workers(
-    broker_settings: Settings, outbox: Outbox, start_stack: StartStack
+    broker_settings: Settings, outbox: Outbox, start_stack: StartStack, add_worker: AddWorker
 ) -> Iterator[tuple[Settings, Children]]:
     # 4 partitions: each worker owns some of every topic, and the handovers move several.
     stack, group = start_stack(broker_settings.model_copy(update={"partitions": 4}), outbox, "rb")
     try:
-        port = free_port()
-        env = child_env(stack, **outbox.env())
-        group.start("worker-2", ["worker", "--web-port", str(port)], env)
-        wait_http(f"http://{stack.web_host}:{port}/healthz", 180, group)
+        add_worker(stack, group, outbox)
         yield stack, group
     finally:
         group.stop()

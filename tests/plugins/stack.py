@@ -2,20 +2,22 @@
 
 Fixtures return the functions (factories, as in quix-streams' ``tests/conftest.py``): HTTP in
 (``post_json``, ``get_text``, ``telegram``), departments and directors answering
-(``resolve_internal``, ``reply_by_mail``), starting a stack of one's own (``start_stack``) and
+(``resolve_internal``, ``reply_by_mail``), a customer's case from its first message to every
+answer (``cases``), starting a stack of one's own (``start_stack``, ``running_stack``) and
 watching what reached the outbox (``deliveries``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import smtplib
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.mime.text import MIMEText
 from email.utils import make_msgid
@@ -26,16 +28,20 @@ import pytest
 from pipeline import bus
 from pipeline.broker import free_port
 from pipeline.config import Settings
-from pipeline.events import SubRequest, TaskStatus, TaskUpdate, utcnow
+from pipeline.events import Outcome, SubRequest, TaskStatus, TaskUpdate, derive_id, utcnow
 from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import Children, child_env, departments, wait_http
+from pipeline.topics import task_topic
 from tests.plugins.inbound import telegram_update
+from tests.plugins.topics import Records
 from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
 
 PostJson = Callable[..., tuple[int, Any]]
 GetText = Callable[[str], tuple[int, str]]
 GetJson = Callable[[str], tuple[int, Any]]
 StartStack = Callable[[Settings, Outbox, str], tuple[Settings, Children]]
+RunningStack = Callable[..., contextlib.AbstractContextManager[tuple[Settings, Children]]]
+AddWorker = Callable[[Settings, Children, Outbox], int]
 Telegram = Callable[[Settings, int, int, str], tuple[int, Any]]
 ResolveInternal = Callable[..., Any]
 ReplyByMail = Callable[[Settings, str, str, str], None]
@@ -73,8 +79,11 @@ def _get_json(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings, Children]:
-    """Start a worker + ingest pair on fresh topics; the caller stops the Children."""
+def _start_stack(
+    base: Settings, outbox: Outbox, prefix: str, **env: str
+) -> tuple[Settings, Children]:
+    """Start a worker + ingest pair on fresh topics (``env``: more for their environment);
+    the caller stops the Children."""
     tag = uuid.uuid4().hex[:8]
     s = base.model_copy(
         update={
@@ -90,9 +99,9 @@ def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings,
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
     group = Children()
     try:
-        env = child_env(s, **outbox.env())
-        group.start("worker", ["worker"], env)
-        group.start("ingest", ["ingest"], env)
+        children = child_env(s, **outbox.env(), **env)
+        group.start("worker", ["worker"], children)
+        group.start("ingest", ["ingest"], children)
         wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
         # A failure bound, not a timing check: the first worker of a session may have to train
         # the default model (minutes on a loaded machine) before it answers.
@@ -101,6 +110,28 @@ def _start_stack(base: Settings, outbox: Outbox, prefix: str) -> tuple[Settings,
         group.stop()
         raise
     return s, group
+
+
+def _add_worker(stack: Settings, group: Children, outbox: Outbox) -> int:
+    """Start one more worker in the stack's consumer group; its web port, once it answers."""
+    port = free_port()
+    name = f"worker-{sum(1 for n, _ in group.procs if n.startswith('worker')) + 1}"
+    group.start(name, ["worker", "--web-port", str(port)], child_env(stack, **outbox.env()))
+    # A failure bound (model loading on a loaded machine), not a timing check.
+    wait_http(f"http://{stack.web_host}:{port}/healthz", 600, group)
+    return port
+
+
+@contextlib.contextmanager
+def _running_stack(
+    base: Settings, outbox: Outbox, prefix: str, **env: str
+) -> Iterator[tuple[Settings, Children]]:
+    """``_start_stack`` for the ``with`` block: the pair is stopped when it ends."""
+    s, group = _start_stack(base, outbox, prefix, **env)
+    try:
+        yield s, group
+    finally:
+        group.stop()
 
 
 def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, Any]:
@@ -142,6 +173,81 @@ def _reply_by_mail(stack: Settings, sender: str, to: str, text: str) -> None:
     answer["Message-ID"] = make_msgid(domain="example.com")
     with smtplib.SMTP(stack.smtp_host, stack.smtp_port, timeout=30) as smtp:
         smtp.send_message(answer)
+
+
+@dataclass(frozen=True)
+class OpenCase:
+    """A customer's first message on a Telegram chat, its Outcome and its sub-requests."""
+
+    chat: int
+    outcome: Outcome
+    subs: list[SubRequest]
+
+    @property
+    def case_id(self) -> str:
+        assert self.outcome.case_id, self.outcome
+        return self.outcome.case_id
+
+    def sub(self, department: str) -> SubRequest:
+        """The case's sub-request for ``department``."""
+        (sub,) = [s for s in self.subs if s.department == department]
+        return sub
+
+
+@dataclass(frozen=True)
+class Cases:
+    """A customer writes on Telegram and the departments answer: on the real stack."""
+
+    records: Records
+
+    async def message(self, stack: Settings, chat: int, n: int, text: str) -> Outcome:
+        """Message ``n`` of ``chat``, once routed: its Outcome."""
+        status, _ = _telegram(stack, chat, n, text)
+        assert status == 200
+        mid = derive_id("msg", "telegram", f"{chat}:{n}")
+        return await self.records.first(
+            stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid
+        )
+
+    async def open(self, stack: Settings, text: str) -> OpenCase:
+        """A new customer's first message and the sub-requests it made, one for every
+        department of its Outcome (read from their task topics and ``external``)."""
+        chat = 9_000_000 + int(uuid.uuid4().int % 900_000)
+        outcome = await self.message(stack, chat, 1, text)
+        case_id = outcome.case_id
+        assert case_id, outcome
+        internal = set(departments(stack))
+
+        def of(dept: str) -> Callable[[SubRequest], bool]:
+            return lambda s: s.case_id == case_id and s.department == dept
+
+        subs = [
+            await self.records.first(
+                stack,
+                task_topic(stack, dept) if dept in internal else stack.topic("external"),
+                SubRequest,
+                of(dept),
+            )
+            for dept in outcome.departments
+        ]
+        return OpenCase(chat, outcome, subs)
+
+    async def answer_all(
+        self,
+        stack: Settings,
+        case: OpenCase,
+        resolved: Mapping[str, str],
+        rejected: Mapping[str, str] | None = None,
+    ) -> None:
+        """Every sub-request of the case answered in the system (TaskUpdates): with the text
+        for its department in ``resolved``, or rejected with the reason in ``rejected``."""
+        rejected = rejected or {}
+        assert {s.department for s in case.subs} == {*resolved, *rejected}, case.subs
+        for sub in case.subs:
+            if sub.department in rejected:
+                await _resolve_internal(stack, sub, rejected[sub.department], TaskStatus.rejected)
+            else:
+                await _resolve_internal(stack, sub, resolved[sub.department])
 
 
 @dataclass(frozen=True)
@@ -202,6 +308,26 @@ def get_json() -> GetJson:
 def start_stack() -> StartStack:
     """``start_stack(base, outbox, prefix) -> (settings, children)``; the caller stops them."""
     return _start_stack
+
+
+@pytest.fixture(scope="session")
+def add_worker() -> AddWorker:
+    """``add_worker(stack, children, outbox) -> web port``: one more worker in the group."""
+    return _add_worker
+
+
+@pytest.fixture(scope="session")
+def running_stack() -> RunningStack:
+    """``with running_stack(base, outbox, prefix, **env) as (settings, children):`` a worker +
+    ingest pair of one's own, stopped when the block ends."""
+    return _running_stack
+
+
+@pytest.fixture(scope="session")
+def cases(records: Records) -> Cases:
+    """``await cases.open(stack, text)``, ``cases.message(stack, chat, n, text)``,
+    ``cases.answer_all(stack, case, resolved, rejected)``: a customer's case on the stack."""
+    return Cases(records)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.classify import dedup, incidents
 from pipeline.classify.agents import sweep_tables
+from pipeline.classify.incident_agent import sweep_windows
 from pipeline.events import Channel, InboundMessage, derive_id
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -57,10 +58,10 @@ async def test_sweep_removes_only_idle_keys() -> None:
         "stale": stale_open.model_dump_json(),
         "live": live_open.model_dump_json(),
     }
-    removed = await sweep_tables(dedup_table, contacts, incident_table, cfg, NOW)
-    assert removed == 4
+    assert await sweep_tables(dedup_table, contacts, cfg, NOW) == 2
     assert set(dedup_table) == {"fresh"}
     assert set(contacts) == {"fresh"}
+    assert await sweep_windows(incident_table, NOW) == 2  # the detector's own sweep
     assert set(incident_table) == {"live"}
 
 

@@ -294,24 +294,32 @@ def test_broadcast_creates_one_tracked_sub_request_per_recipient(kit: RouteKit) 
     assert t.state.status == "resolved"
 
 
-def test_incident_broadcast_and_notice(kit: RouteKit) -> None:
+def test_incident_broadcast_once_and_no_own_mail_to_a_recipient_it_reaches(kit: RouteKit) -> None:
     wf = kit.workflow
+    director = "director.spb-sadovaya@example.com"
     sim = Similarity(incident_id="inc_1")
-    later = route_message(kit.seed_message(similarity=sim), wf, now=kit.now)
-    assert later.replies[0].kind is ReplyKind.incident_notice
-    assert "уже знаем" in later.replies[0].text
-    subs = later.incident_sub_requests
-    assert len(subs) == 6 and {s.case_id for s in subs} == {derive_id("case", "inc_1")}
-    assert "SPB-012" in subs[0].text
     first = route_message(
         kit.seed_message(similarity=sim, key="9"), wf, now=kit.now, incident_new=True
     )
     assert first.replies[0].kind is ReplyKind.acknowledgement
-    # every report of the incident derives the same broadcast ids → sent once by the sink
-    assert [s.sub_request_id for s in first.incident_sub_requests] == [
-        s.sub_request_id for s in subs
-    ]
+    subs = first.incident_sub_requests
+    assert len(subs) == 6 and {s.case_id for s in subs} == {derive_id("case", "inc_1")}
+    assert director in {s.recipient for s in subs} and "SPB-012" in subs[0].text
+    assert first.incident_case is not None
+    later = route_message(kit.seed_message(similarity=sim), wf, now=kit.now)
+    assert later.replies[0].kind is ReplyKind.incident_notice
+    assert "уже знаем" in later.replies[0].text
+    assert later.incident_sub_requests == [] and later.incident_case is None  # sent once
     assert CaseEventType.incident_linked in [e.type for e in later.case_events]
+    for d in (first, later):
+        # The broadcast reaches the store's director: no e-mail of the report's own; the
+        # loyalty request of the same message still goes to its department.
+        assert [s.department for s in d.sub_requests] == ["loyalty-it"]
+        assert d.case is not None and d.outcome.outcome is OutcomeKind.routed
+        [own] = [s for s in d.case.sub_requests if s.recipient == director]
+        assert own.status == "open" and own.due_at is None and own.first_response_due_at is None
+    without = route_message(kit.seed_message(key="8"), wf, now=kit.now)
+    assert director in {s.recipient for s in without.sub_requests}  # no incident: e-mailed
 
 
 def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state(kit: RouteKit) -> None:
@@ -365,11 +373,15 @@ def test_merge_keeps_new_work_that_route_opened(kit: RouteKit) -> None:
 def test_broadcast_language_follows_the_group_then_the_default(kit: RouteKit) -> None:
     wf = kit.workflow
     sim = Similarity(incident_id="inc_2")
-    ru = route_message(kit.seed_message(similarity=sim), wf, now=kit.now).incident_sub_requests
+    ru = route_message(
+        kit.seed_message(similarity=sim), wf, now=kit.now, incident_new=True
+    ).incident_sub_requests
     assert {s.language for s in ru} == {"ru"}
     group = wf.groups["store_directors"].model_copy(update={"language": "en"})
     en_wf = wf.model_copy(update={"groups": {**wf.groups, "store_directors": group}})
-    en = route_message(kit.seed_message(similarity=sim), en_wf, now=kit.now).incident_sub_requests
+    en = route_message(
+        kit.seed_message(similarity=sim), en_wf, now=kit.now, incident_new=True
+    ).incident_sub_requests
     assert {s.language for s in en} == {"en"}
     assert en[0].text != ru[0].text and en[0].text == fill(
         en_wf.custom_template("check_freshness", "en"), category="STORE_QUALITY",

@@ -9,15 +9,19 @@ from pipeline.classify.incidents import (
     IncidentWindow,
     bucket_keys,
     close_incident,
+    decide,
     is_idle,
     observe,
+    signal_for,
 )
+from pipeline.domain.workflow import IncidentPolicy
 from pipeline.events import (
     ClassifiedMessage,
     Entity,
     InboundMessage,
     Intent,
     Priority,
+    Similarity,
     Span,
     derive_id,
 )
@@ -146,17 +150,77 @@ def test_without_store_reports_must_look_alike() -> None:
     assert d.incident_id is not None
 
 
-def test_replay_is_idempotent() -> None:
+def test_a_replay_decides_as_the_first_pass_did() -> None:
     w: IncidentWindow | None = None
-    for i in range(5):
+    first: dict[str, tuple[str | None, bool]] = {}
+    for i in range(7):
         w, d = observe(
             w, "k", classified(f"m{i}", f"c{i}", STALE_RU[0]), T0, similarity_required=False
         )
-    assert w is not None and d.is_new
-    w2, d2 = observe(w, "k", classified("m4", "c4", STALE_RU[0]), T0, similarity_required=False)
-    assert w2 == w and not d2.is_new and d2.incident_id == d.incident_id
+        first[f"m{i}"] = (d.incident_id, d.is_new)
+    assert w is not None
+    assert [first[f"m{i}"][1] for i in range(7)] == [False] * 4 + [True, False, False]
+    for i in range(7):  # early reports stay outside; the opener opens again (same ids)
+        w2, d2 = observe(
+            w, "k", classified(f"m{i}", f"c{i}", STALE_RU[0]), T0, similarity_required=False
+        )
+        assert w2 == w and (d2.incident_id, d2.is_new) == first[f"m{i}"]
 
 
 def test_close_without_incident_is_noop() -> None:
     w = IncidentWindow(key="k")
     assert close_incident(w) == (w, None)
+
+
+POLICY = IncidentPolicy(
+    name="freshness",
+    categories=["QUALITY"],
+    threshold=5,
+    window_minutes=30,
+    group="store_directors",
+    template="check_freshness",
+)
+
+
+def test_a_message_goes_to_the_one_bucket_its_policy_covers() -> None:
+    m = classified("m1", "c1", STALE_RU[0])
+    signal = signal_for(m, [POLICY])
+    assert signal is not None and signal.message == m
+    assert (signal.bucket, signal.similarity_required) == ("QUALITY|store:S12", False)
+    assert (signal.threshold, signal.window_s) == (5, 1800)
+    other = POLICY.model_copy(update={"categories": ["DELIVERY"]})
+    assert signal_for(m, [other]) is None  # no policy covers it: straight to route
+    two = m.model_copy(update={"entities": [*m.entities, Entity(kind="store", value="S07")]})
+    signal = signal_for(two, [POLICY])
+    assert signal is not None and signal.bucket == "QUALITY|store:S07"  # one bucket only
+
+
+def test_twelve_reporters_of_one_store_one_incident_linked_after_it_opened() -> None:
+    """The detector's steps for one bucket: whichever worker owns the bucket's partition
+    sees every reporter, so the decisions are these, whatever the number of workers."""
+    window: IncidentWindow | None = None
+    routed: list[ClassifiedMessage] = []
+    for i in range(12):
+        m = classified(f"m{i}", f"c{i}", STALE_RU[i % 4])
+        m = m.model_copy(update={"similarity": Similarity(case_id=derive_id("case", f"m{i}"))})
+        signal = signal_for(m, [POLICY])
+        assert signal is not None and signal.bucket == "QUALITY|store:S12"
+        window, out = decide(window, signal)
+        routed.append(out)
+    sims = [m.similarity for m in routed]
+    assert [s.incident_new for s in sims] == [False] * 4 + [True] + [False] * 7
+    assert {s.incident_id for s in sims[4:]} == {derive_id("inc", "m0")}
+    assert all(s.incident_id is None for s in sims[:4])  # routed before it opened
+    assert all(s.case_id == derive_id("case", f"m{i}") for i, s in enumerate(sims))
+    assert window is not None
+    _, closure = close_incident(window)
+    assert closure is not None and len(closure.notify) == 12
+
+
+def test_a_duplicate_passes_the_detector_untouched() -> None:
+    dup = classified("m9", "c1", STALE_RU[0]).model_copy(
+        update={"similarity": Similarity(duplicate_of="m1", case_id="case_1")}
+    )
+    signal = signal_for(dup, [POLICY])
+    assert signal is not None
+    assert decide(None, signal) == (None, dup)
