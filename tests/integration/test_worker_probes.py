@@ -1,14 +1,22 @@
 """The worker's probes as Kubernetes uses them (deploy/k8s/base/worker.yaml): liveness on
-/healthz, readiness on /readyz, which turns 200 once the worker holds its partitions and has
-recovered its tables."""
+/healthz, readiness on /readyz, which answers 503 while the worker joins its group and recovers
+its tables and turns 200 once it holds its partitions and has recovered them. The starting
+worker also shows its log in JSON lines (``PIPELINE_LOG_FORMAT=json``), Faust's own included."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pipeline import bus
+from pipeline.broker import free_port
 from pipeline.config import Settings
+from pipeline.runtime import child_env, children, departments
 
 if TYPE_CHECKING:
     from tests.plugins.stack import GetJson
@@ -30,3 +38,45 @@ def test_worker_turns_ready_after_recovery_and_stays_live(
     status, health = get_json(f"{base}/healthz")
     assert status == 200 and health["status"] == "ok"
     assert health["assigned_partitions"] > 0
+
+
+def test_a_starting_worker_answers_503_until_recovered_and_logs_json_lines(
+    broker_settings: Settings, tmp_path: Path, get_json: GetJson, wait_until_sync: WaitUntilSync
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    s = broker_settings.model_copy(
+        update={
+            "topic_prefix": f"rz{tag}.",
+            "app_id": f"rz-{tag}",
+            "web_port": free_port(),
+            "session_timeout_s": 6.0,
+        }
+    )
+    asyncio.run(bus.ensure_topics(s, departments=departments(s)))
+    readyz = f"http://{s.web_host}:{s.web_port}/readyz"
+    seen: list[tuple[int, Any]] = []
+
+    def answer() -> tuple[int, Any] | None:
+        try:
+            seen.append(get_json(readyz))
+        except OSError:
+            return None  # not listening yet
+        return seen[-1] if seen[-1][0] == 200 else None
+
+    log_path = tmp_path / "worker.log"
+    with children(log_path) as group:
+        group.start("worker", ["worker"], child_env(s, PIPELINE_LOG_FORMAT="json"))
+        # The web server starts before the consumer joins its group (Faust's boot order), and
+        # a new group's first join alone takes seconds: the first answers are 503.
+        wait_until_sync(answer, timeout_s=600, what="/readyz answering 200", interval_s=0.05)
+    status, doc = seen[0]
+    assert status == 503, seen[:3]
+    assert doc["status"] == "recovering" and doc["recovered"] is False, doc
+    assert seen[-1] == (
+        200,
+        {"status": "ready", "rebalancing": False, "in_recovery": False, "recovered": True},
+    )
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    docs = [json.loads(line) for line in lines]  # every line the worker wrote is one JSON object
+    assert docs and all({"time", "level", "logger", "message"} <= d.keys() for d in docs)
+    assert any(d["logger"].startswith(("faust", "mode")) for d in docs), "Faust's own lines too"
