@@ -12,6 +12,15 @@ processed). The worker logs which partitions, sets ``pipeline_consumer_stalled``
 ``/healthz`` answers 503, so a supervisor (systemd, a Kubernetes liveness probe) restarts
 it. Nothing is restarted from inside.
 
+The same timer notices a broker that **lost** records, and that stays unhealthy until the
+worker is restarted (its tables and positions belong to data that is gone): an input
+partition's end offset that went back, or is 0 below a processed position, or the group's
+committed offset (asked from the broker, ``GroupOffsets``) that went back or vanished — an
+in-memory broker restarted empty, a topic deleted and created again. The committed offsets are
+remembered across rebalances, so a partition that comes back after the broker did is checked
+too. (A committed offset beyond the reported end is not a sign of its own: Tansu under-reports
+ends, docs/ARCHITECTURE.md, Broker.)
+
 The bookkeeping (``ProgressTracker``) is pure; ``install`` is the thin timer around it.
 """
 
@@ -20,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.exceptions import ConsumerNotStarted
 
@@ -50,8 +61,12 @@ class ProgressTracker:
         self.stall_after_s = stall_after_s
         self.partitions: dict[tuple[str, int], Progress] = {}
         #: Partitions whose records the broker lost (end went back, or empty below what was
-        #: processed): the topic was deleted and created again, or the broker restarted empty.
+        #: processed, or the group's committed offset went back or vanished): the topic was
+        #: deleted and created again, or the broker restarted empty. Never cleared.
         self.lost: set[tuple[str, int]] = set()
+        #: The highest offset the group ever committed per partition, kept across rebalances
+        #: (whoever holds a partition, its committed offset only moves forward).
+        self.committed_high: dict[tuple[str, int], int] = {}
 
     def observe(self, tp: tuple[str, int], position: int, end: int, now: float) -> None:
         """Record a reading; the clock restarts when the position moves or had caught up."""
@@ -64,6 +79,22 @@ class ProgressTracker:
             self.partitions[tp] = Progress(position, end, now)
         else:
             self.partitions[tp] = Progress(position, end, old.moved_at)
+
+    def observe_committed(self, tp: tuple[str, int], committed: int | None) -> None:
+        """Record the group's committed offset as the broker reports it (None: none)."""
+        high = self.committed_high.get(tp, 0)
+        if committed is None or committed < high:
+            if high > 0:
+                self.lost.add(tp)
+            return
+        self.committed_high[tp] = committed
+
+    def committed_by_topic(self) -> dict[str, int]:
+        """The highest committed offsets seen, summed per topic."""
+        total: dict[str, int] = {}
+        for (topic, _), offset in self.committed_high.items():
+            total[topic] = total.get(topic, 0) + offset
+        return total
 
     def keep_only(self, held: set[tuple[str, int]]) -> None:
         """Forget partitions this worker no longer holds (after a rebalance)."""
@@ -86,6 +117,34 @@ class ProgressTracker:
         )
 
 
+class GroupOffsets:
+    """The consumer group's committed offsets, as the broker has them (not as Faust does)."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.group_id = group_id
+        self._probe: AIOKafkaConsumer | None = None
+
+    async def committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """Committed offset per partition; None where the group has none."""
+        if self._probe is None:
+            # Never subscribes, so it never joins the group; it only reads its offsets.
+            probe = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+            )
+            await probe.start()
+            self._probe = probe
+        return {tp: await self._probe.committed(TopicPartition(*tp)) for tp in sorted(tps)}
+
+    async def close(self) -> None:
+        """Drop the connection (a new one is made on the next call)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await probe.stop()
+
+
 def install(ctx: Context) -> ProgressTracker:
     """A timer that measures the lag of the worker's input partitions and spots stalls."""
     app = ctx.app
@@ -93,6 +152,7 @@ def install(ctx: Context) -> ProgressTracker:
     tracker = ProgressTracker(s.stall_after_s)
 
     failures = 0
+    group = GroupOffsets(s.kafka_bootstrap_servers or "", str(app.conf.id))
 
     async def measure() -> None:
         nonlocal failures
@@ -106,26 +166,37 @@ def install(ctx: Context) -> ProgressTracker:
             ):
                 raise KafkaConnectionError(f"no broker answers at {s.kafka_bootstrap_servers}")
             held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
-            if not held:
-                return
-            ends = await asyncio.wait_for(consumer.highwaters(*held), s.request_timeout_s)
-            # Faust's own record of what it committed (faust-streaming is pinned).
-            committed = cast(Any, consumer)._committed_offset
-            positions: dict[Any, int | None] = {tp: committed.get(tp) for tp in held}
-            never = [tp for tp, offset in positions.items() if offset is None]
-            if never:
-                firsts = await asyncio.wait_for(
-                    consumer.earliest_offsets(*never), s.request_timeout_s
-                )
-                positions.update({tp: firsts.get(tp) for tp in never})
+            ends: Mapping[Any, int] = {}
+            positions: dict[Any, int | None] = {}
+            if held:
+                ends = await asyncio.wait_for(consumer.highwaters(*held), s.request_timeout_s)
+                # Faust's own record of what it committed (faust-streaming is pinned); read
+                # before the group's offsets below, so those are at least as new.
+                committed = cast(Any, consumer)._committed_offset
+                positions = {tp: committed.get(tp) for tp in held}
+                never = [tp for tp, offset in positions.items() if offset is None]
+                if never:
+                    firsts = await asyncio.wait_for(
+                        consumer.earliest_offsets(*never), s.request_timeout_s
+                    )
+                    positions.update({tp: firsts.get(tp) for tp in never})
+            # The group's committed offsets, also of partitions held before (a broker that
+            # restarted empty forgets them, whatever the assignment looks like now).
+            asked = {(tp.topic, tp.partition) for tp in held} | set(tracker.committed_high)
+            by_group = await asyncio.wait_for(group.committed(asked), s.request_timeout_s)
         except (TimeoutError, OSError, KafkaError, ConsumerNotStarted) as exc:
             # Not started yet, a rebalance in between, or the broker away: next tick. Twice in
             # a row (a topic gone, the broker unreachable) is unhealthy: /healthz says so.
+            await group.close()
             failures += 1
             log.warning("consumer lag not measured (%d in a row): %r", failures, exc)
             if failures >= 2:
                 ctx.status["consumer"] = f"broker not answering for input partitions: {exc!r}"
             return
+        for gtp, offset in by_group.items():
+            tracker.observe_committed(gtp, offset)
+        for topic, total in tracker.committed_by_topic().items():
+            ctx.metrics.consumer_committed.labels(topic=topic).set(total)
         failures = 0
         ctx.status.pop("consumer", None)
         now = time.monotonic()
@@ -153,5 +224,9 @@ def install(ctx: Context) -> ProgressTracker:
         else:
             ctx.status.pop("stalled", None)
 
+    async def close_group(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await group.close()
+
+    app.on_before_shutdown.connect(cast(Any, close_group))
     app.timer(s.lag_interval_s)(measure)
     return tracker

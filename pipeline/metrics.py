@@ -85,6 +85,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.consumer_committed = Gauge(
+            "pipeline_consumer_committed",
+            "Offsets the worker's group committed in its input topics, as the broker reports "
+            "them (summed over the partitions this worker held); a drop means lost records.",
+            ["topic"],
+            registry=r,
+        )
         self.consumer_stalled = Gauge(
             "pipeline_consumer_stalled",
             "Input partitions with records waiting and no progress for stall_after_s.",

@@ -60,3 +60,21 @@ def test_an_end_offset_that_goes_back_or_empties_behind_us_is_a_loss() -> None:
     t.observe(TP, 12, 3, now=2)  # the topic was created again (or the broker restarted)
     t.observe(OTHER, 4, 0, now=2)  # empty, yet four records were processed from it
     assert t.lost == {TP, OTHER}
+
+
+def test_a_committed_offset_that_goes_back_or_vanishes_is_a_loss_for_good() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe_committed(TP, None)  # nothing committed yet
+    t.observe_committed(TP, 0)
+    t.observe_committed(OTHER, 4)
+    t.observe_committed(OTHER, 6)
+    assert t.lost == set() and t.committed_high == {TP: 0, OTHER: 6}
+    t.observe_committed(TP, 3)
+    t.observe_committed(OTHER, None)  # the broker restarted empty: the group is gone
+    assert t.lost == {OTHER}
+    t.observe_committed(TP, 1)  # went back
+    t.observe_committed(OTHER, 9)  # committed again on the new broker: still lost
+    assert t.lost == {TP, OTHER}
+    t.keep_only(set())  # given away: the loss and the highs are not forgotten
+    assert t.lost == {TP, OTHER} and t.committed_high == {TP: 3, OTHER: 9}
+    assert t.committed_by_topic() == {"care.inbound": 12}
