@@ -70,7 +70,7 @@ CHANNELS: dict[str, ChannelDoc] = {
     ),
     "replies": ChannelDoc(("Reply",), "customer id", ("route",), ("notify",)),
     "case-events": ChannelDoc(
-        ("CaseEvent",), "case id", ("route", "cases", "notify"), ("console", "monitoring")
+        ("CaseEvents",), "case id", ("route", "cases", "notify"), ("console", "monitoring")
     ),
     "outcomes": ChannelDoc(
         ("Outcome",), "message id", ("ingest", "classify", "route"), ("monitoring",)

@@ -10,7 +10,7 @@ import orjson
 from pydantic import ValidationError
 
 from pipeline.errors import DecodeError
-from pipeline.events import DeadLetter, Event, derive_id, utcnow
+from pipeline.events import CaseEvent, CaseEvents, DeadLetter, Event, derive_id, utcnow
 
 E = TypeVar("E", bound=Event)
 
@@ -37,6 +37,15 @@ def decode(model: type[E], raw: bytes | None) -> E:
             f"invalid {model.__name__}: {where}: {first.get('msg')} ({exc.error_count()} errors)",
             field=where,
         ) from exc
+
+
+def decode_case_events(raw: bytes | None) -> list[CaseEvent]:
+    """The events of one ``case-events`` record: a ``CaseEvents`` batch, or a single
+    ``CaseEvent`` (written before the batches, and still readable)."""
+    try:
+        return decode(CaseEvents, raw).events
+    except DecodeError:
+        return [decode(CaseEvent, raw)]
 
 
 def dead_letter(

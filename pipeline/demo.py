@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from pipeline import bus
 from pipeline.broker import broker_for, free_port
-from pipeline.codec import decode
+from pipeline.codec import decode, decode_case_events
 from pipeline.config import Settings
 from pipeline.console.auth import DEMO_USERS
 from pipeline.console.server import console_env
@@ -466,9 +466,10 @@ async def _collect_case_events(
             for msgs in batch.values():
                 for m in msgs:
                     try:
-                        ev = decode(CaseEvent, m.value)
+                        events = decode_case_events(m.value)
                     except DecodeError:
                         continue
-                    if ev.case_id == case_id and ev.type.value == kind:
-                        return ev
+                    for ev in events:
+                        if ev.case_id == case_id and ev.type.value == kind:
+                            return ev
     return None

@@ -465,6 +465,14 @@ class CaseEvent(Event):
     at: UtcDatetime = Field(description="When it happened.")
 
 
+class CaseEvents(Event):
+    """The case events of one transition of one case, in order: one record on ``case-events``
+    (keyed by case_id) instead of one per event. Readers take ``events``."""
+
+    case_id: str = Field(description="Case id (every event's).")
+    events: list[CaseEvent] = Field(min_length=1, description="The events, oldest first.")
+
+
 class Outcome(Event):
     """The one terminal outcome of an accepted inbound message. Keyed by message_id."""
 
@@ -583,6 +591,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "CaseCommand": CaseCommand,
     "Reply": Reply,
     "CaseEvent": CaseEvent,
+    "CaseEvents": CaseEvents,
     "Outcome": Outcome,
     "DeadLetter": DeadLetter,
     "DeliveryReceipt": DeliveryReceipt,

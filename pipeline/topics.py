@@ -34,7 +34,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "task-updates", description="TaskUpdate from departments and e-mail, keyed by case_id"
     ),
-    TopicSpec("case-events", description="CaseEvent audit trail, keyed by case_id"),
+    TopicSpec("case-events", description="CaseEvents (a transition's audit trail), by case_id"),
     TopicSpec("outcomes", description="Outcome, one per accepted message, keyed by message_id"),
     TopicSpec("dlq", description="DeadLetter from every stage"),
     TopicSpec("deliveries", description="DeliveryReceipt, keyed by delivery id"),

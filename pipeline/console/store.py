@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from pipeline.codec import decode
+from pipeline.codec import decode, decode_case_events
 from pipeline.errors import DecodeError
 from pipeline.events import (
     CaseEvent,
@@ -138,8 +138,8 @@ class Store:
                 d = decode(DeliveryReceipt, value)
                 self._put("deliveries", d.delivery_id, d.status, d.at, _json(d))
             elif topic == "case-events":
-                e = decode(CaseEvent, value)
-                self._put("events", e.event_id, e.case_id, e.type.value, e.at, _json(e))
+                for e in decode_case_events(value):
+                    self._put("events", e.event_id, e.case_id, e.type.value, e.at, _json(e))
             elif topic == "quality":
                 q = decode(CaseEvent, value)
                 self._put("quality", q.event_id, q.case_id, q.at, _json(q))

@@ -21,6 +21,7 @@ from pipeline.context import Context
 from pipeline.errors import DeliveryError
 from pipeline.events import (
     CaseEvent,
+    CaseEvents,
     CaseEventType,
     DeliveryReceipt,
     Reply,
@@ -144,7 +145,8 @@ class DeliveryLoop:
         if item.case_id is not None and receipt.status != "skipped_duplicate":
             event = _delivery_event(item.case_id, item.message_id, receipt)
             ctx.metrics.case_events.labels(type=event.type.value).inc()
-            await ctx.send("case-events", item.case_id, event)
+            batch = CaseEvents(case_id=item.case_id, events=[event])  # the topic's one shape
+            await ctx.send("case-events", item.case_id, batch)
 
 
 def _delivery_event(case_id: str, message_id: str | None, receipt: DeliveryReceipt) -> CaseEvent:

@@ -40,6 +40,7 @@ from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import (
     CaseCommand,
     CaseEvent,
+    CaseEvents,
     CaseSnapshot,
     ClassifiedMessage,
     KbArticle,
@@ -108,6 +109,16 @@ async def emit_sub_requests(ctx: Context, subs: list[SubRequest], wf: Workflow) 
         await ctx.send(topic, sub.case_id, sub)
 
 
+async def emit_case_events(ctx: Context, events: list[CaseEvent]) -> None:
+    """One ``CaseEvents`` record per case: a transition's events travel together."""
+    by_case: dict[str, list[CaseEvent]] = {}
+    for ev in events:
+        ctx.metrics.case_events.labels(type=ev.type.value).inc()
+        by_case.setdefault(ev.case_id, []).append(ev)
+    for case_id, batch in by_case.items():
+        await ctx.send("case-events", case_id, CaseEvents(case_id=case_id, events=batch))
+
+
 async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Workflow) -> None:
     """Send the sub-requests, replies and case events of a decision or transition."""
     await emit_sub_requests(ctx, list(tr.sub_requests), wf)
@@ -115,9 +126,7 @@ async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Work
         await emit_sub_requests(ctx, list(tr.incident_sub_requests), wf)
     for reply in tr.replies:
         await ctx.send("replies", reply.customer_id, reply)
-    for ev in tr.case_events:
-        ctx.metrics.case_events.labels(type=ev.type.value).inc()
-        await ctx.send("case-events", ev.case_id, ev)
+    await emit_case_events(ctx, tr.case_events)
     for ev in tr.quality_events:
         await ctx.send("quality", ev.case_id, ev)
     for notice in tr.notices:  # to the holder, beside the sub-request on its task topic

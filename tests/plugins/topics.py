@@ -6,16 +6,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from pipeline import bus
-from pipeline.codec import decode
+from pipeline.codec import decode, decode_case_events
 from pipeline.config import Settings
 from pipeline.errors import DecodeError
-from pipeline.events import Event
+from pipeline.events import CaseEvent, Event
 from tests.plugins.waiting import Batch, Patience, collect_until_quiet
 
 E = TypeVar("E", bound=Event)
@@ -30,6 +30,13 @@ async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
         if await consumer.position(tp) < ends[tp]:
             return False
     return True
+
+
+def _decoded(model: type[E], raw: bytes | None) -> list[E]:
+    """A record's events: ``case-events`` carries a transition's CaseEvents in one record."""
+    if model is CaseEvent:
+        return cast("list[E]", decode_case_events(raw))
+    return [decode(model, raw)]
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,11 @@ class Records:
                 for msgs in got.values():
                     for m in msgs:
                         try:
-                            ev = decode(model, m.value)
+                            events = _decoded(model, m.value)
                         except DecodeError as exc:  # another test's record, or a drifted model
                             undecodable.append(exc)
                             continue
-                        if predicate(ev):
-                            found.append(ev)
+                        found.extend(ev for ev in events if predicate(ev))
                 # Only worth asking the broker when nothing came: a busy reader is not caught up.
                 caught_up = not got and await _caught_up(consumer)
                 return Batch(found, caught_up)

@@ -36,6 +36,7 @@ from pipeline.errors import ConfigError, InvalidInput
 from pipeline.events import (
     CaseCommand,
     CaseEvent,
+    CaseEvents,
     CaseEventType,
     CaseSnapshot,
     Channel,
@@ -302,6 +303,21 @@ def test_store_is_idempotent_per_event_id() -> None:
     assert len(store.sla_events("loyalty-it")) == 1 and store.sla_events("logistics") == []
 
 
+def test_store_reads_a_transition_s_events_from_one_record() -> None:
+    store = Store()
+    opened = CaseEvent(event_id="ce_o", case_id="case_1", type=CaseEventType.opened, at=T0)
+    created = opened.model_copy(
+        update={"event_id": "ce_c", "type": CaseEventType.sub_request_created}
+    )
+    batch = CaseEvents(case_id="case_1", events=[opened, created])
+    for _ in range(2):  # a replayed batch adds nothing
+        assert store.apply("case-events", batch.model_dump_json().encode())
+    assert [e.type for e in store.timeline("case_1")] == [
+        CaseEventType.opened,
+        CaseEventType.sub_request_created,
+    ]
+
+
 def notice(kind: Any = "customer_message", text: str = "Ну что там с бонусами?") -> bytes:
     """A TaskNotice for the holder of ``sr_loyalty`` (issue 17), as it is on the task topic."""
     return TaskNotice(
@@ -410,7 +426,7 @@ async def test_the_customer_writing_again_shows_on_the_case_and_task_pages(
     await login(client, "loyalty", "demo-loyalty")
     page = await (await client.get("/sub/sr_loyalty")).text()
     assert "wrote again" not in page
-    console = client.server.app[CONSOLE]
+    console = client.app[CONSOLE]
     console.store.apply("tasks.loyalty-it", notice(text=f"Ну что там? {HOSTILE_TEXT}"))
     for path in ("/sub/sr_loyalty", "/cases/case_1"):
         page = await (await client.get(path)).text()
