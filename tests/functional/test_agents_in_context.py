@@ -22,6 +22,8 @@ from pipeline.codec import decode, encode
 from pipeline.config import Settings
 from pipeline.context import Context
 from pipeline.events import (
+    CaseEvents,
+    CaseEventType,
     CaseSnapshot,
     ClassifiedMessage,
     DeadLetter,
@@ -221,6 +223,14 @@ async def test_the_seed_scenario_through_the_real_agents(
     [ack] = out.take(ctx.settings.topic("replies"), Reply)
     assert ack.kind is ReplyKind.acknowledgement
     [snapshot] = out.take(ctx.settings.topic("case-state"), CaseSnapshot)
+    # the decision's case events travel together: one record for the case, in order
+    [trail] = out.take(ctx.settings.topic("case-events"), CaseEvents)
+    assert trail.case_id == outcome.case_id
+    assert [e.type for e in trail.events] == [
+        CaseEventType.opened,
+        CaseEventType.sub_request_created,
+        CaseEventType.sub_request_created,
+    ]
 
     # the case keeper: the snapshot, then both answers → ONE combined answer
     updates = [
