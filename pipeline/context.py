@@ -62,8 +62,13 @@ class Context:
         ``use_partitioner``: changelog writes are partitioned by key hash, like the records
         of the stream (same default partitioner), so the table stays co-partitioned and can
         be written from batched (``take_events``) processing, which has no current event.
+        That holds only when the changelog key has the stream key's bytes: Faust would
+        JSON-encode a str key (``"c42"`` with its quotes hashes elsewhere than ``c42``), so
+        a worker taking over a stream partition restored the marks of other customers and
+        missed its own — replies sent twice and cases decided again after a rebalance
+        (issue 11). Keys are written raw (UTF-8), as ``bus.Publisher`` writes the streams'.
         """
-        return self.app.Table(
+        table: Any = self.app.Table(
             name,
             key_type=str,
             value_type=str,
@@ -71,6 +76,8 @@ class Context:
             default=None,
             use_partitioner=True,
         )
+        table.key_serializer = "raw"  # before its store and changelog topic are made (lazily)
+        return table
 
     def full_topic(self, name: str) -> str:
         """Topic name with the prefix (names that already carry it are kept)."""

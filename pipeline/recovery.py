@@ -38,9 +38,9 @@ from faust.types import TP
 
 __all__ = ["FENCE_KEY", "RouterRecovery", "RouterTableManager"]
 
-#: Key of the fence records (JSON, as the tables' str keys are): no table uses it, and its
-#: tombstone value deletes nothing.
-FENCE_KEY = b'"\\u0000recovery-fence"'
+#: Key of the fence records (raw UTF-8, as the tables' keys are, ``Context.table``): no
+#: table uses it, and its tombstone value deletes nothing.
+FENCE_KEY = b"\x00recovery-fence"
 
 
 class RouterRecovery(Recovery):
