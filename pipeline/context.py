@@ -76,7 +76,10 @@ class Context:
             default=None,
             use_partitioner=True,
         )
-        table.key_serializer = "raw"  # before its store and changelog topic are made (lazily)
+        # Faust derives the key serializer from key_type (JSON for str) and makes the changelog
+        # topic (which decodes the restored records) as it registers the table: both again.
+        table.key_serializer = "raw"
+        table.changelog_topic = table._new_changelog_topic()
         return table
 
     def full_topic(self, name: str) -> str:
