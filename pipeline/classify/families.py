@@ -121,3 +121,35 @@ def family_split(
     mask = np.ones(len(fam), dtype=bool)
     mask[test_idx] = False
     return np.nonzero(mask)[0].astype(np.int64), test_idx
+
+
+def family_folds(
+    labels: Sequence[str],
+    families: Sequence[int],
+    *,
+    folds: int,
+    seed: int = 0,
+    strata: Sequence[str] | None = None,
+) -> list[IntArray]:
+    """Held-out row indices of ``folds`` disjoint folds (cross-validation by family): per label
+    (and stratum), the families in a seeded random order each go to the fold holding the fewest
+    of that group's rows so far. A group with a single family is in no fold (it stays in
+    training, as in ``family_split``)."""
+    rng = np.random.default_rng(seed)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, f in enumerate(families):
+        members[f].append(i)
+    by_group: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for f in members:
+        by_group[(labels[f], strata[f] if strata is not None else "")].append(f)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    for group in sorted(by_group):
+        fams = by_group[group]
+        if len(fams) < 2:
+            continue
+        sizes = [0] * folds
+        for k in rng.permutation(len(fams)):
+            fold = sizes.index(min(sizes))
+            out[fold].extend(members[fams[k]])
+            sizes[fold] += len(members[fams[k]])
+    return [np.array(sorted(rows), dtype=np.int64) for rows in out]

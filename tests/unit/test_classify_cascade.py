@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.classify.encoder import Encoder, Float32Array
-from pipeline.classify.families import family_split, paraphrase_families
+from pipeline.classify.families import family_folds, family_split, paraphrase_families
 from pipeline.classify.model import (
     UNKNOWN,
     IntentModel,
@@ -218,3 +218,37 @@ def test_cli_split_writes_whole_families_to_each_side(tmp_path: Path) -> None:
 
     assert bases(train) and bases(test) and not bases(train) & bases(test)
     assert len(bases(train) | bases(test)) == 16
+
+
+def test_family_folds_are_disjoint_keep_families_whole_and_cover_every_label() -> None:
+    texts, labels = [], []
+    rng = random.Random(3)
+    for label in ("x", "y", "z"):
+        for fam in range(7):
+            base = f"{label} family {fam} " + " ".join(f"t{rng.randrange(10**6)}" for _ in range(6))
+            for k in range(1 + fam % 3):
+                texts.append(base + ("!" * k))
+                labels.append(label)
+    texts.append("a single family label")
+    labels.append("w")
+    families = paraphrase_families(texts, labels)
+    folds = family_folds(labels, families, folds=5, seed=0)
+    held = [i for fold in folds for i in fold.tolist()]
+    assert len(held) == len(set(held)) == len(texts) - 1  # every row once, but the lone family
+    for fold in folds:
+        inside = {families[i] for i in fold}
+        outside = {families[i] for i in range(len(texts)) if i not in set(fold.tolist())}
+        assert not inside & outside
+        assert {labels[i] for i in fold} == {"x", "y", "z"}
+
+
+def test_a_small_training_set_is_tuned_on_every_row_by_cross_validation() -> None:
+    texts, labels = _noisy_bilingual(0)
+    params = TrainParams(encoder=None, target_precision=0.9, holdout=0.25)
+    one_part = IntentModel.train(
+        texts, labels, params=params.model_copy(update={"calibration_rows": 0})
+    )
+    cross = IntentModel.train(texts, labels, params=params)  # 300 held-out rows < 1500
+    assert one_part.meta.held_out is not None and cross.meta.held_out is not None
+    assert one_part.meta.held_out.rows < len(texts) * 0.4
+    assert cross.meta.held_out.rows == len(texts)
