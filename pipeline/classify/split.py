@@ -15,18 +15,22 @@
    tries each clause boundary (sentence end, new line, semicolon, comma, dash, "и"/"а"/"но",
    "and"/"but") as a cut, classifies the two sides (one vectorized call per batch), and keeps
    the cut when both sides are confidently different requests: neither side out of scope, the
-   model's best labels differ, the surer side reaches ``clause_strong`` × the model's own
-   per-language abstention threshold (calibrated for precision) and the other
-   ``clause_threshold`` × it, both have ≥ ``clause_min_words`` words, the first is not a
-   condition ("Если не вернёте деньги, …") and the second, when short, does not point back
-   ("когда её привезут?"). Relative to the model's own thresholds, the rule
-   survives a retrained model with another confidence scale. A side the model abstains on
-   still splits, but stays ``unknown``, as at a connective. Of several
-   such cuts the one whose weaker side is the most confident wins; each side may be cut once
-   more (``MAX_CLAUSE_DEPTH``). A single request whose clauses are vague ("…, can you show
-   them") stays whole because its vague clause is not confident on its own.
+   model's best labels differ, and each side reaches ``clause_threshold`` (0.8) × the model's
+   own per-language abstention threshold (calibrated for precision), so a side the model
+   would not answer on its own — a vague "…, can you help me?" — does not cut. Relative to
+   the model's own thresholds, the rule survives a retrained model with another confidence
+   scale. Before any model reads them, sides that cannot be a request of their own are
+   dropped: fewer than ``clause_min_words`` words; a condition ("Если не вернёте деньги,
+   …"); closed-class words only ("could you help me?", "как это сделать?"); and a short side
+   (≤ ``SHORT_SIDE_WORDS``) that points back ("когда её привезут?") or is a bare reference — a
+   number without a verb or a question ("…, чек от 12 ноября": the keyword "чек" is not a
+   second request). Of several such cuts the one whose weaker side is the most confident
+   wins; each side may be cut once more (``MAX_CLAUSE_DEPTH``).
+   Cost: the fast model reads every side; the cascade's slow encoder re-reads only the sides
+   it is unsure of of the cuts the fast model already reads as two different requests.
    The thresholds were chosen on messages composed with one set of connectives and are
-   reported on another set they never saw (bench/split_eval.py).
+   reported on another set they never saw, and on hand-written singles and pairs
+   (bench/split_eval.py, bench/split_singles.csv).
 """
 
 from __future__ import annotations
@@ -135,13 +139,33 @@ _SENT_END_RE = re.compile(r"[.!?…]+[\"»)]*\s+|\n+|;\s*")
 #: Clause boundaries inside a part where a second request may start (``refine``): a comma not
 #: before a number ("Садовой, 12"), a colon or dash, or the space before "и"/"а"/"но"/"and"/"but".
 _CLAUSE_RE = re.compile(r"[,:](?!\s*\d)\s*|\s[—–-]\s+|\s+(?=(?:и|а|но|and|but)\s)", re.IGNORECASE)
-#: Pronouns that point back to the clause before: a SHORT side after a clause cut that has one
-#: ("когда её привезут?", "tell me how I can do it") continues the same request; a longer one
-#: usually names its own object ("my account was hacked, how do I get it back?").
+#: A SHORT side of a clause cut (up to this many words) that depends on the other side
+#: continues the same request; a longer one usually names its own object ("my account was
+#: hacked, how do I get it back?"). It depends when it points back or is a bare reference.
+SHORT_SIDE_WORDS = 7
+#: Pronouns and demonstratives that point back to the clause before ("когда её привезут?",
+#: "как это сделать?", "how do I do that?").
 _REFERS_BACK_RE = re.compile(
-    r"(?<!\w)(?:её|ее|его|их|него|неё|нее|ним|ней|них|it|them)(?!\w)", re.IGNORECASE
+    r"(?<!\w)(?:её|ее|его|их|него|неё|нее|ним|ней|них|это|этого|этом|этим|этому|"
+    r"it|them|this|that|these|those)(?!\w)",
+    re.IGNORECASE,
 )
-REFERS_BACK_MAX_WORDS = 7
+#: A bare reference: a number (order, receipt, card, date, amount) in a side without a finite
+#: verb or a question ("…, чек от 12 ноября", "…, card number 7781 2201") identifies what the
+#: other side is about; a keyword in it ("чек", "receipt") is not a second request.
+_NUMBER_RE = re.compile(r"\d|№")
+#: What makes a clause a request of its own rather than a noun phrase: a question, a question
+#: word, a modal or auxiliary, a subject pronoun, or (Russian) a finite verb or infinitive
+#: ending. English participles ("dated", "ending in") are left out: they qualify nouns.
+_PREDICATE_RE = re.compile(
+    r"\?|(?<!\w)(?:где|когда|как|почему|зачем|сколько|что|какой|какая|какие|куда|ли|нужен|"
+    r"нужна|нужно|нужны|надо|можно|нельзя|прошу|хочу|пожалуйста|what|where|when|why|how|"
+    r"which|who|i|you|we|me|my|our|your|am|is|are|was|were|be|been|do|does|did|can|could|"
+    r"would|will|should|might|must|have|has|had|need|needs|want|wants|please|let)(?!\w)"
+    r"|\w(?:ть|ться|тся|ешь|ишь|ете|ите|йте|ем|ет|ёт|ит|ут|ют|ят|ат|л|ла|ло|ли|лся|лась|лось|"
+    r"лись)(?!\w)",
+    re.IGNORECASE,
+)
 #: A clause that starts with a subordinator ("Если не вернёте деньги, …", "If it fails, …")
 #: is a condition of what follows, not a request of its own.
 _SUBORDINATE_RE = re.compile(
@@ -149,11 +173,11 @@ _SUBORDINATE_RE = re.compile(
     r"since|unless|once)\b",
     re.IGNORECASE,
 )
-#: Shares of the model's per-language abstention threshold the less sure / the surer side of
-#: a clause cut need (1.0: the model would answer that side); chosen on the TUNED connectives
-#: of bench/split_eval.py.
-CLAUSE_THRESHOLD = 0.3
-CLAUSE_STRONG = 0.7
+#: Share of the model's per-language abstention threshold EACH side of a clause cut needs
+#: (1.0: the model would answer that side). Chosen on the TUNED connectives of
+#: bench/split_eval.py (0.3 let "…, can you help me?" cut 5 % of English singles; 0.7–1.0
+#: score alike there, 0.8 best).
+CLAUSE_THRESHOLD = 0.8
 #: Words each side of a clause cut needs ("как сделать?" is not a request of its own).
 CLAUSE_MIN_WORDS = 3
 #: How many times a part may be cut at clause boundaries (2: up to four parts).
@@ -323,17 +347,104 @@ class _Cut:
     right: tuple[int, int]
 
 
+#: Closed-class words: pronouns, auxiliaries, modals, question words, politeness and the
+#: verbs of asking for help. A side made of these alone ("could you help me?", "what should I
+#: do?", "подскажите, пожалуйста", "как мне быть?") names no request of its own.
+_CLOSED_CLASS = """
+    i me my you u your we us our it this that a an the to for with out of on in about
+    can could would will should shall do does did is are am be please help assist assistance
+    support tell advise explain show what how why where when which who there any anything
+    something anyone someone know let like want need thanks thank so now then just also again
+    я мне меня мой моя моё мое мои вы вам вас ты тебе тебя мы нам нас это этим этом то
+    как что где когда почему зачем ли же бы ну вот с по на в о об за для к у и а но
+    можно можете можешь могли могу может помогите помочь помощь подскажите подскажи
+    подсказать скажите скажи объясните пожалуйста спасибо заранее сделать делать быть
+    нужно надо хочу хотел хотела есть кто нибудь
+"""
+_FUNCTION_WORDS = frozenset(_CLOSED_CLASS.split())
+
+
+def _bare_reference(side: str) -> bool:
+    return bool(_NUMBER_RE.search(side)) and not _PREDICATE_RE.search(side)
+
+
+def _no_content(side: str) -> bool:
+    return all(w.lower() in _FUNCTION_WORDS for w in _WORD_RE.findall(side))
+
+
 def _sides(text: str, part: Part, at: int, min_words: int) -> _Cut | None:
+    """The two sides of a cut, or None when one cannot be a request of its own (too short,
+    a condition, or a short side that points back or is a bare reference)."""
     left_end = at - len(text[part.start : at]) + len(text[part.start : at].rstrip(" \t\n,;:—–-"))
     right_start = at + _content_offset(text[at : part.end])
     left = text[part.start : left_end]
-    if _words(left) < min_words or _SUBORDINATE_RE.match(left):
-        return None
     right = text[right_start : part.end]
-    n = _words(right)
-    if n < min_words or (n <= REFERS_BACK_MAX_WORDS and _REFERS_BACK_RE.search(right)):
+    nl, nr = _words(left), _words(right)
+    if min(nl, nr) < min_words or _SUBORDINATE_RE.match(left):
+        return None
+    if nr <= SHORT_SIDE_WORDS and (_REFERS_BACK_RE.search(right) or _bare_reference(right)):
+        return None
+    if nl <= SHORT_SIDE_WORDS and _bare_reference(left):
+        return None
+    if _no_content(left) or _no_content(right):
         return None
     return _Cut(-1, (part.start, left_end), (right_start, part.end))
+
+
+def _candidates(
+    texts: Sequence[str], parts_of: Sequence[list[Part]], todo: Sequence[list[bool]], min_words: int
+) -> list[tuple[int, _Cut]]:
+    """(text index, cut) of every clause boundary of the parts still to look at."""
+    cuts: list[tuple[int, _Cut]] = []
+    for ti, (text, parts) in enumerate(zip(texts, parts_of, strict=True)):
+        for pi, part in enumerate(parts):
+            if not todo[ti][pi]:
+                continue
+            for at in _clause_cuts(text, part.start, part.end):
+                cut = _sides(text, part, at, min_words)
+                if cut is not None:
+                    cuts.append((ti, _Cut(pi, cut.left, cut.right)))
+    return cuts
+
+
+def _different(left: Prediction, right: Prediction) -> bool:
+    """The two sides read as two different in-scope requests."""
+    return OUT_OF_SCOPE not in (left.best, right.best) and left.best != right.best
+
+
+def _strength(model: IntentModel, sides: Sequence[tuple[Prediction, str]]) -> float:
+    """The weaker side's confidence as a share of the model's own threshold for its language;
+    0 when the sides are not two different in-scope requests."""
+    (left, _), (right, _) = sides
+    if not _different(left, right):
+        return 0.0
+    return min(
+        p.confidence / max(1e-9, model.threshold_for(detect_language(t)[0])) for p, t in sides
+    )
+
+
+def _judge(
+    model: IntentModel, flat: Sequence[str], prefilter: bool
+) -> list[tuple[float, Prediction, Prediction]]:
+    """(strength, left, right) per cut (``flat``: the sides of every cut, left then right).
+
+    The fast model reads every side; the cascade's slow encoder then re-reads only the sides
+    the fast model is unsure of AND only of the cuts the fast model already reads as two
+    different in-scope requests: a cut it reads as one request (or an off-topic side) is
+    dropped without encoding. ``prefilter=False``: the cascade reads every side."""
+    preds = model.predict_batch(flat, cascade=not prefilter)
+    if prefilter:
+        unsure = [
+            i
+            for k in range(0, len(flat), 2)
+            if _different(preds[k], preds[k + 1])
+            for i in (k, k + 1)
+            if preds[i].confidence < model.cascade_threshold_for(detect_language(flat[i])[0])
+        ]
+        for i, p in zip(unsure, model.predict_batch([flat[i] for i in unsure]), strict=True):
+            preds[i] = p
+    pairs = [((preds[k], flat[k]), (preds[k + 1], flat[k + 1])) for k in range(0, len(flat), 2)]
+    return [(_strength(model, sides), sides[0][0], sides[1][0]) for sides in pairs]
 
 
 def refine(
@@ -342,43 +453,25 @@ def refine(
     parts_of: Sequence[list[Part]],
     *,
     clause_threshold: float = CLAUSE_THRESHOLD,
-    clause_strong: float = CLAUSE_STRONG,
     min_words: int = CLAUSE_MIN_WORDS,
     depth: int = MAX_CLAUSE_DEPTH,
+    prefilter: bool = True,
 ) -> list[list[Part]]:
     """Cut parts at clause boundaries where both sides are confidently different requests
     (see module doc); one vectorized predict per round over every candidate side."""
     out = [list(parts) for parts in parts_of]
     todo = [[True] * len(parts) for parts in out]
     for _ in range(depth):
-        cuts: list[tuple[int, _Cut]] = []
-        for ti, (text, parts) in enumerate(zip(texts, out, strict=True)):
-            for pi, part in enumerate(parts):
-                if not todo[ti][pi]:
-                    continue
-                for at in _clause_cuts(text, part.start, part.end):
-                    cut = _sides(text, part, at, min_words)
-                    if cut is not None:
-                        cuts.append((ti, _Cut(pi, cut.left, cut.right)))
+        cuts = _candidates(texts, out, todo, min_words)
         if not cuts:
             break
         flat = [texts[ti][a:b] for ti, c in cuts for a, b in (c.left, c.right)]
-        preds = model.predict_batch(flat)
         best: dict[tuple[int, int], tuple[float, _Cut, Prediction, Prediction]] = {}
-        for k, (ti, cut) in enumerate(cuts):
-            left, right = preds[2 * k], preds[2 * k + 1]
-            if OUT_OF_SCOPE in (left.best, right.best) or left.best == right.best:
-                continue
-            # each side against the model's own threshold for its language
-            share = [
-                p.confidence / max(1e-9, model.threshold_for(detect_language(t)[0]))
-                for p, t in ((left, flat[2 * k]), (right, flat[2 * k + 1]))
-            ]
-            strength = min(share)
-            if strength < clause_threshold or max(share) < clause_strong:
-                continue
+        for (ti, cut), (strength, left, right) in zip(
+            cuts, _judge(model, flat, prefilter), strict=True
+        ):
             key = (ti, cut.part)
-            if key not in best or strength > best[key][0]:
+            if strength >= clause_threshold and (key not in best or strength > best[key][0]):
                 best[key] = (strength, cut, left, right)
         for ti, parts in enumerate(out):
             new_parts: list[Part] = []
@@ -406,8 +499,8 @@ def split_batch(
     connective_threshold: float = 0.3,
     min_words: int = 2,
     clause_threshold: float | None = CLAUSE_THRESHOLD,
-    clause_strong: float = CLAUSE_STRONG,
     clause_min_words: int = CLAUSE_MIN_WORDS,
+    clause_prefilter: bool = True,
 ) -> list[list[Part]]:
     """Split many texts with one vectorized predict over all their segments (the whole-text
     vectors are derived from the segments', see ``IntentModel.predict_segmented``), then
@@ -440,8 +533,8 @@ def split_batch(
         texts,
         out,
         clause_threshold=clause_threshold,
-        clause_strong=clause_strong,
         min_words=clause_min_words,
+        prefilter=clause_prefilter,
     )
 
 

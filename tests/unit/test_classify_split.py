@@ -170,6 +170,16 @@ def test_clause_boundaries_split_without_a_connective(
         "Отмена заказа, как сделать?",
         "Хочу изменить адрес доставки в заказе, я переехал на ул. Ленина, д. 5.",
         "Посылка опаздывает уже на неделю, когда её привезут?",  # "её" points back
+        # the demo's two over-cuts (a vague clause; a receipt date read as an invoice request)
+        "I want to see the ticket delivery options , can you help me?",
+        "Мне не начислили баллы за покупку по карте лояльности, чек от 12 ноября.",
+        # written alike, never tuned on
+        "What delivery options do you have for Spain, could you help me?",
+        "Хочу отказаться от аккаунта, как это сделать?",
+        "Баллы не начислились, чек на 2 340 рублей.",
+        "My loyalty points are missing, a purchase of 56 dollars.",
+        "I didn't get loyalty points for my purchase, receipt dated 4 April.",
+        "Не проходит оплата картой, карта Мир, банк Тинькофф.",
     ],
 )
 def test_single_requests_with_clauses_stay_whole(model: IntentModel, text: str) -> None:
@@ -177,45 +187,56 @@ def test_single_requests_with_clauses_stay_whole(model: IntentModel, text: str) 
     assert (part.start, part.end) == (0, len(text.rstrip()))
 
 
+class Fixed:
+    """A stand-in model for "where is my parcel, I want my money back": the left side reads as
+    ``left``, anything else as ``right`` (by the fast model and by the cascade alike);
+    abstention threshold 0.8, cascade threshold 0.9."""
+
+    def __init__(self, left: Prediction, right: Prediction) -> None:
+        self.pair = [left, right]
+
+    def predict_batch(self, texts: list[str], *, cascade: bool = True) -> list[Prediction]:
+        return [self.pair[0] if t == "where is my parcel" else self.pair[1] for t in texts]
+
+    def threshold_for(self, language: str) -> float:
+        return 0.8
+
+    def cascade_threshold_for(self, language: str) -> float:
+        return 0.9
+
+
 def test_clause_cut_needs_both_sides_confidently_different() -> None:
-    class Fixed:
-        """A model whose sides are the given predictions (one pair per candidate cut) and
-        whose abstention threshold is 0.8 in every language."""
-
-        def __init__(self, left: Prediction, right: Prediction) -> None:
-            self.pair = [left, right]
-
-        def predict_batch(self, texts: list[str]) -> list[Prediction]:
-            return self.pair * (len(texts) // 2)
-
-        def threshold_for(self, language: str) -> float:
-            return 0.8
-
     text = "where is my parcel, I want my money back"
     whole = [Part(0, len(text), "track_order", "ORDER", 0.9, False)]
     cases = [
-        (_p("track", 0.95), _p("refund", 0.3, True), 2),  # sure + fairly sure, different: cut
-        (_p("track", 0.95), _p("refund", 0.2, True), 1),  # one side unsure (< 0.3 x 0.8)
-        (_p("track", 0.5, True), _p("refund", 0.5, True), 1),  # neither sure (< 0.7 x 0.8)
+        (_p("track", 0.95), _p("refund", 0.7, True), 2),  # sure + nearly sure, different: cut
+        (_p("track", 0.95), _p("refund", 0.6, True), 1),  # one side unsure (< 0.8 x 0.8)
+        (_p("track", 0.6, True), _p("refund", 0.6, True), 1),  # neither sure
         (_p("track", 0.95), _p("track", 0.95), 1),  # the same request
         (_p("track", 0.95), _p(OUT_OF_SCOPE, 0.99), 1),  # an off-topic side
     ]
     for left, right, n in cases:
         (parts,) = refine(Fixed(left, right), [text], [whole])  # type: ignore[arg-type]
         assert len(parts) == n, (left, right)
-    sure = Fixed(_p("track", 0.95), _p("refund", 0.6))
+    sure = Fixed(_p("track", 0.95), _p("refund", 0.85))
     (parts,) = refine(sure, [text], [whole])  # type: ignore[arg-type]
     assert [text[p.start : p.end] for p in parts] == ["where is my parcel", "I want my money back"]
 
 
+class Sure:
+    """A stand-in model sure of a different label on every text."""
+
+    def predict_batch(self, texts: list[str], *, cascade: bool = True) -> list[Prediction]:
+        return [_p(f"label{i}", 0.99) for i in range(len(texts))]
+
+    def threshold_for(self, language: str) -> float:
+        return 0.5
+
+    def cascade_threshold_for(self, language: str) -> float:
+        return 0.9
+
+
 def test_a_side_that_points_back_is_not_a_new_request() -> None:
-    class Sure:
-        def predict_batch(self, texts: list[str]) -> list[Prediction]:
-            return [_p(f"label{i}", 0.99) for i in range(len(texts))]
-
-        def threshold_for(self, language: str) -> float:
-            return 0.5
-
     text = "Посылка опаздывает уже на неделю, когда её привезут?"
     whole = [Part(0, len(text), "track_order", "ORDER", 0.9, False)]
     (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
@@ -226,13 +247,6 @@ def test_a_side_that_points_back_is_not_a_new_request() -> None:
 
 
 def test_a_condition_is_not_a_request_of_its_own() -> None:
-    class Sure:
-        def predict_batch(self, texts: list[str]) -> list[Prediction]:
-            return [_p(f"label{i}", 0.99) for i in range(len(texts))]
-
-        def threshold_for(self, language: str) -> float:
-            return 0.5
-
     for text in (
         "Если не вернёте деньги, подам в суд и напишу жалобу в Роспотребнадзор",
         "If you do not refund me by Friday, I will file a complaint with the regulator",
@@ -240,3 +254,51 @@ def test_a_condition_is_not_a_request_of_its_own() -> None:
         whole = [Part(0, len(text), "complaint", "FEEDBACK", 0.9, False)]
         (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
         assert parts == whole, text
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("Мне не начислили баллы за покупку, чек от 12 ноября.", False),  # a bare reference
+        ("My points are missing, card number 7781 2201", False),
+        ("Баллы не начислились, отмените заказ 5521", True),  # a request with a number
+        ("Where is my parcel, where is my invoice for order 3391?", True),
+        ("I want to see the delivery options, could you help me?", False),  # no content word
+        ("Хочу удалить аккаунт, подскажите, пожалуйста", False),
+        ("Хочу удалить аккаунт, как это сделать?", False),  # "это" points back
+    ],
+)
+def test_a_side_that_is_no_request_of_its_own_never_cuts(text: str, cut: bool) -> None:
+    whole = [Part(0, len(text), "x", "X", 0.9, False)]
+    (parts,) = refine(Sure(), [text], [whole])  # type: ignore[arg-type]
+    assert (len(parts) > 1) is cut
+
+
+def test_the_slow_path_reads_only_unsure_sides_of_cuts_read_as_two_requests() -> None:
+    class Counting(Fixed):
+        def __init__(self, left: Prediction, right: Prediction) -> None:
+            super().__init__(left, right)
+            self.slow: list[str] = []
+
+        def predict_batch(self, texts: list[str], *, cascade: bool = True) -> list[Prediction]:
+            if cascade:  # the slow path: the right side turns sure
+                self.slow += texts
+                return [_p(p.best, 0.99) for p in super().predict_batch(texts)]
+            return super().predict_batch(texts)
+
+    text = "where is my parcel, I want my money back"
+    whole = [Part(0, len(text), "track_order", "ORDER", 0.9, False)]
+    # the fast model sees one request: nothing is encoded, no cut
+    same = Counting(_p("track", 0.95), _p("track", 0.4, True))
+    assert refine(same, [text], [whole]) == [whole]  # type: ignore[arg-type]
+    assert same.slow == []
+    # two requests, the right side unsure: only that side is re-read, and then it cuts
+    two = Counting(_p("track", 0.95), _p("refund", 0.4, True))
+    (parts,) = refine(two, [text], [whole])  # type: ignore[arg-type]
+    assert two.slow == ["I want my money back"]
+    assert [(p.label, p.confidence) for p in parts] == [("track", 0.95), ("refund", 0.99)]
+    assert [text[p.start : p.end] for p in parts] == ["where is my parcel", "I want my money back"]
+    # without the pre-filter the cascade reads every side of every cut
+    every = Counting(_p("track", 0.95), _p("track", 0.4, True))
+    refine(every, [text], [whole], prefilter=False)  # type: ignore[arg-type]
+    assert every.slow == ["where is my parcel", "I want my money back"]
