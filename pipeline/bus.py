@@ -123,6 +123,8 @@ class Publisher:
             self.lost = why
 
     async def _ensure(self) -> AIOKafkaProducer:
+        if self._producer is not None:  # the per-record path: no lock once started
+            return self._producer
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
