@@ -15,6 +15,15 @@ from pipeline.ingest.message import ParsedMessage, build_inbound
 
 TelegramInbound = Callable[..., InboundMessage]
 
+#: One complaint about the store on Садовая, 12 (SPB-012) in several wordings: a wave of them
+#: from different customers is one incident (tests and bench/incident_workers.py).
+STORE_COMPLAINTS = (
+    "В магазине на Садовой, 12 продают несвежие огурцы",
+    "На Садовой, 12 опять гнилые овощи на полке",
+    "Магазин на Садовой 12: помидоры и огурцы испорченные, просроченные",
+    "Садовая, 12 — несвежие овощи, огурцы мягкие и с плесенью",
+)
+
 
 def telegram_update(
     chat: int, msg_id: int, text: str, date: int, name: str, update_id: int
@@ -47,3 +56,9 @@ def _telegram_inbound(
 def telegram_inbound() -> TelegramInbound:
     """``telegram_inbound(settings, chat, msg_id, text, at, name="Ирина") -> InboundMessage``."""
     return _telegram_inbound
+
+
+@pytest.fixture(scope="session")
+def store_complaints() -> tuple[str, ...]:
+    """Wordings of one complaint about the store SPB-012 (Садовая, 12)."""
+    return STORE_COMPLAINTS
