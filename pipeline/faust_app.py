@@ -23,11 +23,10 @@ was never processed (docs/ARCHITECTURE.md, Recovery; issue 11's silent loss):
 committed offset, or where this assignment began reading the partition (``committable``), and
 counts gaps only on compacted topics. A record it cannot account for holds the commit back:
 the lag grows and the stall detector (``pipeline.lag``) makes it loud, instead of a silent
-skip; a jump on a topic that is not compacted stops the commits and makes ``/healthz`` 503 at
-once (a restart re-reads from the committed offset). And once an agent crashed, nothing more
-is committed: Faust's ``take_events`` acknowledges its whole buffer in a ``finally`` when the
-agent's loop dies (a batch whose outputs were not acknowledged, ``BrokerUnavailable``), and
-Faust then commits on the task error.
+skip. And once an agent crashed, nothing more is committed: Faust's ``take_events``
+acknowledges its whole buffer in a ``finally`` when the agent's loop dies (a batch whose
+outputs were not acknowledged, ``BrokerUnavailable``), and Faust then commits on the task
+error.
 """
 
 from __future__ import annotations
@@ -131,10 +130,10 @@ class _Consumer(faust_aiokafka.Consumer):
             await faust_aiokafka.Consumer._add_gap(self, tp, offset_from, offset_to)
             return
         # Offsets are contiguous on a topic that is not compacted (we write no transactions):
-        # the fetch position ran ahead of what reached the agents (seen after a rebalance:
-        # committed 64, first record fetched 186). Not counted as processed, so the commit
-        # stays behind them; and this worker says it must be restarted, which re-reads them
-        # from the committed offset (Faust's read offset would drop them if fetched again).
+        # the fetch position ran ahead of what reached the agents, or (at a recovery) the
+        # seek set Faust's read offset back below records it had already handed over. Not
+        # counted as processed: if they were handed over they are acknowledged for real, if
+        # not the commit stays behind them and the stall detector says so.
         self.log.warning(
             "fetched offset %d of %s[%d] after %d: offsets %d..%d not counted as processed",
             offset_to,
@@ -144,12 +143,6 @@ class _Consumer(faust_aiokafka.Consumer):
             offset_from,
             offset_to - 1,
         )
-        if self.held is None:
-            self.held = (
-                f"the fetch skipped offsets {offset_from - 1}..{offset_to - 1} of "
-                f"{tp.topic}[{tp.partition}]"
-            )
-            self.log.error("%s; no offset is committed any more: restart this worker", self.held)
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         if self.held is not None:
