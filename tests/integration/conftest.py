@@ -1,7 +1,7 @@
 """One running stack per test session: the real worker and ingest processes on the real broker.
 
 Tests share it and keep apart by unique customer and message ids; tests that need their own
-topics use the ``kafka`` fixture, or ``start_stack`` for a stack of their own. The helpers
+topics use the ``kafka`` fixture, or ``running_stack`` for a stack of their own. The helpers
 (``records``, ``deliveries``, ``post_json``, ``telegram`` ...) are fixtures of the plugins in
 ``tests/plugins``.
 """
@@ -17,18 +17,15 @@ from pipeline.config import Settings
 from pipeline.outbox import Outbox
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import StartStack
+    from tests.plugins.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
 def stack(
-    broker_settings: Settings, outbox: Outbox, start_stack: StartStack
+    broker_settings: Settings, outbox: Outbox, running_stack: RunningStack
 ) -> Iterator[Settings]:
     """Settings of a running worker + ingest pair (started once, stopped at session end)."""
-    settings, group = start_stack(broker_settings, outbox, "it")
-    try:
+    with running_stack(broker_settings, outbox, "it") as (settings, _):
         yield settings
-    finally:
-        group.stop()

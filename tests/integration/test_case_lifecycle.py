@@ -3,7 +3,6 @@ rejections, surveys, and delays on a copy of the workflow with minute-long SLAs.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,25 +11,12 @@ import pytest
 import yaml
 
 from pipeline.config import DEFAULT_CONFIG_DIR, Settings
-from pipeline.events import (
-    CaseEvent,
-    Outcome,
-    SubRequest,
-    TaskNotice,
-    TaskStatus,
-    derive_id,
-)
+from pipeline.events import CaseEvent, Outcome, SubRequest, TaskNotice
 from pipeline.outbox import Outbox
 from pipeline.topics import task_topic
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import (
-        Deliveries,
-        ReplyByMail,
-        ResolveInternal,
-        StartStack,
-        Telegram,
-    )
+    from tests.plugins.stack import Cases, Deliveries, ReplyByMail, ResolveInternal, RunningStack
     from tests.plugins.topics import Records
 
 pytestmark = pytest.mark.integration
@@ -42,50 +28,21 @@ SEED = (
 LOYALTY = "На кассе не списались бонусы с карты лояльности, чек 4471."
 
 
-def _chat() -> int:
-    return 9_000_000 + int(uuid.uuid4().int % 900_000)
-
-
 def _to(chat: int) -> Any:
     return lambda i: i.channel == "telegram" and i.to == str(chat)
 
 
-async def _routed(
-    stack: Settings, records: Records, telegram: Telegram, chat: int, n: int, text: str
-) -> Outcome:
-    status, _ = telegram(stack, chat, n, text)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:{n}")
-    return await records.first(
-        stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid
-    )
-
-
-async def _subs(stack: Settings, records: Records, case_id: str, count: int) -> list[SubRequest]:
-    topics = [task_topic(stack, "loyalty-it"), stack.topic("external")]
-    found: list[SubRequest] = []
-    for topic in topics:
-        found += await records.wait_for(
-            stack, topic, SubRequest, lambda s: s.case_id == case_id, 1, timeout_s=60
-        )
-    assert len(found) == count, found
-    return found
-
-
 async def test_director_reply_reaches_the_customer_as_its_first_paragraph_only(
     stack: Settings,
-    records: Records,
+    cases: Cases,
     deliveries: Deliveries,
-    telegram: Telegram,
     resolve_internal: ResolveInternal,
     reply_by_mail: ReplyByMail,
 ) -> None:
-    chat = _chat()
-    outcome = await _routed(stack, records, telegram, chat, 1, SEED)
-    assert outcome.case_id
-    subs = await _subs(stack, records, outcome.case_id, 2)
-    internal = next(s for s in subs if s.kind.value == "internal")
-    external = next(s for s in subs if s.kind.value == "external")
+    case = await cases.open(stack, SEED)
+    chat = case.chat
+    internal, external = case.sub("loyalty-it"), case.sub("store-directors")
+    assert internal.kind.value == "internal" and external.kind.value == "external"
     assert external.recipient
     mail = await deliveries.first(
         lambda i: i.channel == "email" and external.sub_request_id in (i.subject or ""),
@@ -112,17 +69,15 @@ async def test_director_reply_reaches_the_customer_as_its_first_paragraph_only(
 
 
 async def test_a_follow_up_on_an_open_case_adds_to_it(
-    stack: Settings, records: Records, telegram: Telegram
+    stack: Settings, records: Records, cases: Cases
 ) -> None:
-    chat = _chat()
-    first = await _routed(stack, records, telegram, chat, 1, SEED)
-    assert first.case_id
-    await _subs(stack, records, first.case_id, 2)
+    case = await cases.open(stack, SEED)
+    first = case.outcome
     for n, text in (
         (2, "Ну что там с моими бонусами?"),
         (3, "Бонусы так и не списались, когда ответите?"),
     ):
-        follow = await _routed(stack, records, telegram, chat, n, text)
+        follow = await cases.message(stack, case.chat, n, text)
         assert follow.case_id == first.case_id, (text, follow)
     loyalty = task_topic(stack, "loyalty-it")
     notices = await records.settled(
@@ -145,22 +100,16 @@ async def test_a_follow_up_on_an_open_case_adds_to_it(
 
 
 async def test_a_rejection_says_so_and_asks_no_survey(
-    stack: Settings,
-    records: Records,
-    deliveries: Deliveries,
-    telegram: Telegram,
-    resolve_internal: ResolveInternal,
+    stack: Settings, cases: Cases, deliveries: Deliveries
 ) -> None:
-    chat = _chat()
-    outcome = await _routed(stack, records, telegram, chat, 1, SEED)
-    assert outcome.case_id
-    for sub in await _subs(stack, records, outcome.case_id, 2):
-        if sub.department == "loyalty-it":
-            await resolve_internal(
-                stack, sub, "бонусы за акционные товары не начисляются.", TaskStatus.rejected
-            )
-        else:
-            await resolve_internal(stack, sub, "Огурцы заменили.")
+    case = await cases.open(stack, SEED)
+    chat = case.chat
+    await cases.answer_all(
+        stack,
+        case,
+        resolved={"store-directors": "Огурцы заменили."},
+        rejected={"loyalty-it": "бонусы за акционные товары не начисляются."},
+    )
     answer = await deliveries.first(
         lambda i: _to(chat)(i) and "Причина" in i.text, "the partial answer"
     )
@@ -173,23 +122,17 @@ async def test_a_rejection_says_so_and_asks_no_survey(
 
 
 async def test_thanks_after_a_survey_opens_nothing(
-    stack: Settings,
-    records: Records,
-    deliveries: Deliveries,
-    telegram: Telegram,
-    resolve_internal: ResolveInternal,
+    stack: Settings, records: Records, cases: Cases, deliveries: Deliveries
 ) -> None:
-    chat = _chat()
-    outcome = await _routed(stack, records, telegram, chat, 1, SEED)
-    assert outcome.case_id
-    for sub in await _subs(stack, records, outcome.case_id, 2):
-        await resolve_internal(
-            stack, sub, "Готово." if sub.kind.value == "internal" else "Заменили."
-        )
+    case = await cases.open(stack, SEED)
+    chat = case.chat
+    await cases.answer_all(
+        stack, case, resolved={"loyalty-it": "Готово.", "store-directors": "Заменили."}
+    )
     await deliveries.first(lambda i: _to(chat)(i) and "0 до 10" in i.text, "the survey")
-    thanks = await _routed(stack, records, telegram, chat, 2, "Спасибо, всё отлично!")
-    later = await _routed(stack, records, telegram, chat, 3, "Спасибо!")
-    assert thanks.case_id == later.case_id == outcome.case_id
+    thanks = await cases.message(stack, chat, 2, "Спасибо, всё отлично!")
+    later = await cases.message(stack, chat, 3, "Спасибо!")
+    assert thanks.case_id == later.case_id == case.case_id
     ids = {thanks.message_id, later.message_id}
     for topic in (task_topic(stack, "triage"), stack.topic("external")):
         made = await records.settled(stack, topic, SubRequest, lambda s: s.message_id in ids, 0)
@@ -229,34 +172,29 @@ def _fast_workflow(path: Path) -> Path:
 def sla_stack(
     broker_settings: Settings,
     outbox: Outbox,
-    start_stack: StartStack,
+    running_stack: RunningStack,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
     """A worker + ingest pair running a workflow whose SLAs are a minute long."""
     rules = _fast_workflow(tmp_path_factory.mktemp("sla"))
     base = broker_settings.model_copy(update={"rules_path": rules})
-    settings, group = start_stack(base, outbox, "sla")
-    try:
+    with running_stack(base, outbox, "sla") as (settings, _):
         yield settings
-    finally:
-        group.stop()
 
 
 async def test_delays_are_told_and_a_late_answer_after_a_reroute_reaches_the_customer(
     sla_stack: Settings,
     records: Records,
+    cases: Cases,
     deliveries: Deliveries,
-    telegram: Telegram,
     resolve_internal: ResolveInternal,
 ) -> None:
     s = sla_stack
-    chat = _chat()
-    outcome = await _routed(s, records, telegram, chat, 1, LOYALTY)
-    assert outcome.case_id and outcome.departments == ["loyalty-it"]
+    case = await cases.open(s, LOYALTY)
+    chat, outcome = case.chat, case.outcome
+    assert outcome.departments == ["loyalty-it"]
     loyalty = task_topic(s, "loyalty-it")
-    (task,) = await records.wait_for(
-        s, loyalty, SubRequest, lambda x: x.case_id == outcome.case_id, 1
-    )
+    task = case.sub("loyalty-it")
     reminder = await records.first(
         s, loyalty, TaskNotice, lambda t: t.case_id == outcome.case_id and t.type == "sla_reminder"
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -26,14 +25,20 @@ from pipeline.console.follower import follow
 from pipeline.console.server import console_env
 from pipeline.console.store import Store
 from pipeline.domain.workflow import load_workflow
-from pipeline.events import CaseEvent, Outcome, SubRequest, derive_id
+from pipeline.events import CaseEvent, Outcome, derive_id
 from pipeline.outbox import Outbox, OutboxItem
-from pipeline.runtime import Children, child_env, wait_http
-from pipeline.topics import task_topic
+from pipeline.runtime import child_env, children, wait_http
 
 if TYPE_CHECKING:
     from tests.plugins.browser import Browser
-    from tests.plugins.stack import Deliveries, PostJson, ReplyByMail, StartStack, Telegram
+    from tests.plugins.stack import (
+        Cases,
+        Deliveries,
+        PostJson,
+        ReplyByMail,
+        RunningStack,
+        Telegram,
+    )
     from tests.plugins.topics import Records
     from tests.plugins.waiting import WaitUntil
 
@@ -47,7 +52,7 @@ SEED = (
 
 @pytest.fixture(scope="module")
 def console(
-    broker_settings: Settings, outbox: Outbox, start_stack: StartStack
+    broker_settings: Settings, outbox: Outbox, running_stack: RunningStack
 ) -> Iterator[tuple[Settings, str]]:
     """A worker + ingest pair whose e-mails link to a console, and that console."""
     port = free_port()
@@ -56,26 +61,11 @@ def console(
     base = broker_settings.model_copy(
         update={"console_port": port, "data_dir": Settings().data_dir}
     )
-    extra = console_env(base, url)
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)  # the stack's children inherit it: their e-mails carry the link
-    try:
-        s, group = start_stack(base, outbox, "console")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    s = s.model_copy(update={"console_port": port})
-    web = Children()
-    try:
+    extra = console_env(base, url)  # for the stack too: its e-mails carry the link
+    with running_stack(base, outbox, "console", **extra) as (s, _), children() as web:
         web.start("console", ["console"], child_env(s, **extra))
         wait_http(f"{url}/healthz", 60, web)
         yield s, url
-    finally:
-        web.stop()
-        group.stop()
 
 
 def login(browser: Browser, url: str, name: str, password: str) -> None:
@@ -88,22 +78,11 @@ def login(browser: Browser, url: str, name: str, password: str) -> None:
     browser.wait_for("#whoami", contains=name, timeout_s=30)
 
 
-async def seed_case(
-    s: Settings, telegram: Telegram, records: Records, base: int
-) -> tuple[int, str, Outcome]:
-    """The worked example from a new Telegram chat: (chat, message id, its Outcome)."""
-    chat = base + int(uuid.uuid4().int % 100_000)
-    status, _ = telegram(s, chat, 1, SEED)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:1")
-    outcome = await records.first(s, s.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
-    return chat, mid, outcome
-
-
 async def test_worked_example_through_the_console(
     console: tuple[Settings, str],
     browser: Browser,
     telegram: Telegram,
+    cases: Cases,
     records: Records,
     deliveries: Deliveries,
     reply_by_mail: ReplyByMail,
@@ -111,19 +90,13 @@ async def test_worked_example_through_the_console(
     s, url = console
     login(browser, url, "supervisor", "demo-supervisor")
     browser.get(f"{url}/cases")
-    chat, mid, outcome = await seed_case(s, telegram, records, 8_100_000)
-    case_id = outcome.case_id
-    assert case_id and set(outcome.departments) == {"store-directors", "loyalty-it"}
+    case = await cases.open(s, SEED)
+    chat, case_id = case.chat, case.case_id
+    assert set(case.outcome.departments) == {"store-directors", "loyalty-it"}
     # The open list page shows the new case by itself (live updates, no reload).
     browser.wait_for(f'tr[data-case="{case_id}"]', contains="loyalty-it")
     browser.screenshot("cases-list")
-
-    internal = await records.first(
-        s, task_topic(s, "loyalty-it"), SubRequest, lambda x: x.message_id == mid
-    )
-    external = await records.first(
-        s, s.topic("external"), SubRequest, lambda x: x.message_id == mid
-    )
+    internal, external = case.sub("loyalty-it"), case.sub("store-directors")
 
     # The loyalty-IT agent answers in the console.
     login(browser, url, "loyalty", "demo-loyalty")
@@ -188,13 +161,12 @@ async def test_department_member_cannot_open_another_departments_sub_request(
     console: tuple[Settings, str],
     browser: Browser,
     telegram: Telegram,
+    cases: Cases,
     records: Records,
 ) -> None:
     s, url = console
-    chat, mid, _ = await seed_case(s, telegram, records, 8_200_000)
-    internal = await records.first(
-        s, task_topic(s, "loyalty-it"), SubRequest, lambda x: x.message_id == mid
-    )
+    case = await cases.open(s, SEED)
+    chat, internal = case.chat, case.sub("loyalty-it")
     login(browser, url, "loyalty", "demo-loyalty")
     browser.open_until(f"{url}/sub/{internal.sub_request_id}", "#sub-status")
     # The customer writes again: the holder's open task page shows it, with the text (a
@@ -299,10 +271,11 @@ async def test_rule_playground_explains_and_shows_check_errors(
 
 
 async def test_a_new_replica_rebuilds_its_read_model_from_the_topics(
-    console: tuple[Settings, str], telegram: Telegram, records: Records, wait_until: WaitUntil
+    console: tuple[Settings, str], cases: Cases, wait_until: WaitUntil
 ) -> None:
     s, _ = console
-    _, mid, outcome = await seed_case(s, telegram, records, 8_400_000)
+    outcome = (await cases.open(s, SEED)).outcome
+    mid = outcome.message_id
     store = Store()  # a replica started after the fact: everything comes from the topics
     ready = asyncio.Event()
     task = asyncio.create_task(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -17,60 +16,39 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipeline.config import Settings
-from pipeline.events import Outcome, SubRequest, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children, child_env, wait_http
-from pipeline.topics import task_topic
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import (
-        Deliveries,
-        ReplyByMail,
-        ResolveInternal,
-        StartStack,
-        Telegram,
-    )
-    from tests.plugins.topics import Records
+    from tests.plugins.stack import Cases, Deliveries, ReplyByMail, ResolveInternal, RunningStack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def own_stack(
-    broker_settings: Settings, outbox: Outbox, start_stack: StartStack
+    broker_settings: Settings, outbox: Outbox, running_stack: RunningStack
 ) -> Iterator[tuple[Settings, Children]]:
-    stack, group = start_stack(broker_settings, outbox, "rs")
-    try:
-        yield stack, group
-    finally:
-        group.stop()
+    with running_stack(broker_settings, outbox, "rs") as stack:
+        yield stack
 
 
 async def test_killed_worker_sends_nothing_twice(
     own_stack: tuple[Settings, Children],
     outbox: Outbox,
-    records: Records,
+    cases: Cases,
     deliveries: Deliveries,
-    telegram: Telegram,
     resolve_internal: ResolveInternal,
     reply_by_mail: ReplyByMail,
 ) -> None:
     stack, group = own_stack
-    chat = 9_000_000 + int(uuid.uuid4().int % 100_000)
-    text = (
+    case = await cases.open(
+        stack,
         "В магазине на Тверской, 7 продают просроченный творог. И ещё мне не начислили "
-        "бонусы на карту лояльности за покупку."
+        "бонусы на карту лояльности за покупку.",
     )
-    status, _ = telegram(stack, chat, 1, text)
-    assert status == 200
-    mid = derive_id("msg", "telegram", f"{chat}:1")
-    await records.first(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id == mid)
-    internal = await records.first(
-        stack, task_topic(stack, "loyalty-it"), SubRequest, lambda s: s.message_id == mid
-    )
-    external = await records.first(
-        stack, stack.topic("external"), SubRequest, lambda s: s.message_id == mid
-    )
+    chat = case.chat
+    internal, external = case.sub("loyalty-it"), case.sub("store-directors")
     sr = external.sub_request_id
     mail = await deliveries.first(
         lambda i: i.channel == "email" and sr in (i.subject or ""), "the director's e-mail"

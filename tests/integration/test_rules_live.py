@@ -23,7 +23,7 @@ from pipeline.runtime import Children
 from pipeline.topics import task_topic
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetText, StartStack, Telegram
+    from tests.plugins.stack import GetText, RunningStack, Telegram
     from tests.plugins.topics import Records
     from tests.plugins.waiting import WaitUntil
 
@@ -43,16 +43,13 @@ NEW_DEPARTMENT = (
 
 @pytest.fixture
 def live_stack(
-    broker_settings: Settings, outbox: Outbox, tmp_path: Path, start_stack: StartStack
+    broker_settings: Settings, outbox: Outbox, tmp_path: Path, running_stack: RunningStack
 ) -> Iterator[tuple[Settings, Children, Path]]:
     rules = tmp_path / "workflow.yaml"
     shutil.copy(broker_settings.rules_path, rules)
     base = broker_settings.model_copy(update={"rules_path": rules})
-    stack, group = start_stack(base, outbox, "rl")
-    try:
+    with running_stack(base, outbox, "rl") as (stack, group):
         yield stack, group, rules
-    finally:
-        group.stop()
 
 
 def _cli(stack: Settings, rules: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from pipeline.outbox import Outbox
 from pipeline.runtime import Children
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson, GetText, StartStack, Telegram
+    from tests.plugins.stack import GetJson, GetText, RunningStack, Telegram
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
@@ -37,15 +37,12 @@ def slow_platform() -> Iterator[Outbox]:
 
 @pytest.fixture
 def stack_with_slow_platform(
-    broker_settings: Settings, slow_platform: Outbox, start_stack: StartStack
+    broker_settings: Settings, slow_platform: Outbox, running_stack: RunningStack
 ) -> Iterator[tuple[Settings, Children]]:
     # Well above Faust's commit interval (2.8 s), so a busy partition is not taken for stalled.
     base = broker_settings.model_copy(update={"stall_after_s": 6.0})
-    stack, group = start_stack(base, slow_platform, "st")
-    try:
-        yield stack, group
-    finally:
-        group.stop()
+    with running_stack(base, slow_platform, "st") as stack:
+        yield stack
 
 
 def test_a_stuck_agent_turns_healthz_503_and_back(

@@ -39,6 +39,7 @@ from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
 PostJson = Callable[..., tuple[int, Any]]
 GetText = Callable[[str], tuple[int, str]]
 GetJson = Callable[[str], tuple[int, Any]]
+StackSettings = Callable[[Settings, str], Settings]
 StartStack = Callable[[Settings, Outbox, str], tuple[Settings, Children]]
 RunningStack = Callable[..., contextlib.AbstractContextManager[tuple[Settings, Children]]]
 AddWorker = Callable[[Settings, Children, Outbox], int]
@@ -79,11 +80,9 @@ def _get_json(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-def _start_stack(
-    base: Settings, outbox: Outbox, prefix: str, **env: str
-) -> tuple[Settings, Children]:
-    """Start a worker + ingest pair on fresh topics (``env``: more for their environment);
-    the caller stops the Children."""
+def _stack_settings(base: Settings, prefix: str) -> Settings:
+    """``base`` with topics (created here), a consumer group and ports of its own, and the
+    short group timeouts of the tests."""
     tag = uuid.uuid4().hex[:8]
     s = base.model_copy(
         update={
@@ -97,6 +96,15 @@ def _start_stack(
         }
     )
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
+    return s
+
+
+def _start_stack(
+    base: Settings, outbox: Outbox, prefix: str, **env: str
+) -> tuple[Settings, Children]:
+    """Start a worker + ingest pair on fresh topics (``env``: more for their environment);
+    the caller stops the Children."""
+    s = _stack_settings(base, prefix)
     group = Children()
     try:
         children = child_env(s, **outbox.env(), **env)
@@ -314,6 +322,13 @@ def start_stack() -> StartStack:
 def add_worker() -> AddWorker:
     """``add_worker(stack, children, outbox) -> web port``: one more worker in the group."""
     return _add_worker
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> StackSettings:
+    """``stack_settings(base, prefix) -> settings`` on topics (created), a consumer group and
+    ports of their own, for processes a test starts itself."""
+    return _stack_settings
 
 
 @pytest.fixture(scope="session")
