@@ -109,14 +109,21 @@ async def emit_sub_requests(ctx: Context, subs: list[SubRequest], wf: Workflow) 
         await ctx.send(topic, sub.case_id, sub)
 
 
+def by_case(events: list[CaseEvent]) -> list[CaseEvents]:
+    """A transition's events as one ``CaseEvents`` per case (an incident's report also
+    touches the incident's case), each in the transition's order."""
+    groups: dict[str, list[CaseEvent]] = {}
+    for ev in events:
+        groups.setdefault(ev.case_id, []).append(ev)
+    return [CaseEvents(case_id=case_id, events=evs) for case_id, evs in groups.items()]
+
+
 async def emit_case_events(ctx: Context, events: list[CaseEvent]) -> None:
-    """One ``CaseEvents`` record per case: a transition's events travel together."""
-    by_case: dict[str, list[CaseEvent]] = {}
+    """One record per case on ``case-events``: a transition's events travel together."""
     for ev in events:
         ctx.metrics.case_events.labels(type=ev.type.value).inc()
-        by_case.setdefault(ev.case_id, []).append(ev)
-    for case_id, batch in by_case.items():
-        await ctx.send("case-events", case_id, CaseEvents(case_id=case_id, events=batch))
+    for batch in by_case(events):
+        await ctx.send("case-events", batch.case_id, batch)
 
 
 async def emit_transition(ctx: Context, tr: Transition | RouteDecision, wf: Workflow) -> None:

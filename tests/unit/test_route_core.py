@@ -294,6 +294,24 @@ def test_broadcast_creates_one_tracked_sub_request_per_recipient(kit: RouteKit) 
     assert t.state.status == "resolved"
 
 
+def test_case_events_go_as_one_record_per_case_in_order(kit: RouteKit) -> None:
+    from pipeline.route.agents import by_case
+
+    sim = Similarity(incident_id="inc_1")
+    opener = route_message(
+        kit.seed_message(similarity=sim, key="9"), kit.workflow, now=kit.now, incident_new=True
+    )
+    assert opener.case is not None
+    own = opener.case.case_id
+    records = by_case(opener.case_events)
+    # the report's own case and the incident's case: one record each
+    assert [r.case_id for r in records] == [own, derive_id("case", "inc_1")]
+    assert [e for r in records for e in r.events] == sorted(
+        opener.case_events, key=lambda e: e.case_id != own
+    )
+    assert all(e.case_id == r.case_id for r in records for e in r.events)
+
+
 def test_incident_broadcast_once_and_no_own_mail_to_a_recipient_it_reaches(kit: RouteKit) -> None:
     wf = kit.workflow
     director = "director.spb-sadovaya@example.com"
