@@ -46,6 +46,7 @@ def run_worker(settings: Settings) -> int:
     from pipeline.app import create_app
 
     asyncio.run(bus.ensure_topics(settings, departments=departments(settings)))
+    asyncio.run(check_partitions(settings))
     ctx = create_app(settings)
     watchdog = Watchdog(settings.shutdown_grace_s)
 
@@ -67,6 +68,31 @@ def run_worker(settings: Settings) -> int:
     worker.spinner = None  # its terminal escapes would land among the (JSON) log lines
     worker.execute_from_commandline()
     return 0
+
+
+#: Topics keyed by customer whose records the per-customer tables must be co-partitioned with.
+CO_PARTITIONED = ("inbound", "classified", "replies", "case-status")
+
+
+async def check_partitions(settings: Settings) -> None:
+    """Refuse to start when the input topics have another partition count than the tables.
+
+    The worker's tables get ``PIPELINE_PARTITIONS`` partitions and a record's table state lives
+    in the changelog partition of the same number: with topics created with another count
+    (a create-topics script, a bench run with other settings) a customer's delivered-ids and
+    cases would be restored by a worker that does not read the customer's records (issue 11:
+    replies sent twice after a rebalance).
+    """
+    names = [settings.topic(n) for n in CO_PARTITIONED]
+    async with bus.reader(settings, *names) as consumer:  # assigned every partition of each
+        counts = Counter(tp.topic for tp in consumer.assignment())
+    wrong = {t: n for t, n in counts.items() if n != settings.partitions}
+    if wrong:
+        raise BrokerError(
+            f"PIPELINE_PARTITIONS={settings.partitions} but "
+            + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+            + ": set PIPELINE_PARTITIONS to the topics' partition count"
+        )
 
 
 class Watchdog:
@@ -97,6 +123,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env["PIPELINE_TOPIC_PREFIX"] = settings.topic_prefix
     env["PIPELINE_APP_ID"] = settings.app_id
     env["PIPELINE_DATA_DIR"] = str(settings.data_dir)
+    env["PIPELINE_PARTITIONS"] = str(settings.partitions)  # tables must match their topics
     env["PIPELINE_WEB_PORT"] = str(settings.web_port)
     env["PIPELINE_INGEST_PORT"] = str(settings.ingest_port)
     env["PIPELINE_SMTP_PORT"] = str(settings.smtp_port)
