@@ -52,7 +52,6 @@ class ClassifyAgent:
         self.ctx = ctx
         self.live = live
         self.dedup_table = ctx.table("dedup")
-        self.contacts_table = ctx.table("contacts")
         self.dedup_cfg = dedup.DedupConfig(window_s=ctx.settings.dedup_window_s)
         wf = live.current
         # Load (or train) the model now, before the worker starts, not in the event loop.
@@ -110,7 +109,6 @@ class ClassifyAgent:
         self, msgs: Sequence[InboundMessage], now: datetime
     ) -> tuple[list[dedup.DedupDecision], dict[str, int]]:
         """Dedup decisions, and each customer's recent contacts (before this message)."""
-        now_s = now.timestamp()
         decisions: list[dedup.DedupDecision] = []
         recent: dict[str, int] = {}
         for msg in msgs:
@@ -125,19 +123,11 @@ class ClassifyAgent:
             d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
-            self.dedup_table[key] = dedup.remember(
-                st, msg, case, now, self.dedup_cfg, fp
-            ).model_dump_json()
-            raw_c = self.contacts_table.get(key)
-            times = [
-                t
-                for t in (list(map(float, raw_c.split(","))) if raw_c else [])
-                if now_s - t < CONTACT_WINDOW_S
-            ]
-            recent[msg.customer_id] = len(times)
-            if not d.is_duplicate:
-                times = ([*times, now_s])[-MAX_CONTACTS:]
-            self.contacts_table[key] = ",".join(repr(t) for t in times)
+            st = dedup.remember(st, msg, case, now, self.dedup_cfg, fp)
+            st, recent[key] = dedup.count_contact(
+                st, now, CONTACT_WINDOW_S, MAX_CONTACTS, not d.is_duplicate
+            )
+            self.dedup_table[key] = st.model_dump_json()
         return decisions, recent
 
     async def classify(
@@ -161,9 +151,7 @@ class ClassifyAgent:
 
     async def sweep(self) -> None:
         """Forget idle keys (keeps memory bounded: per-customer state expires on access)."""
-        removed = await sweep_tables(
-            self.dedup_table, self.contacts_table, self.dedup_cfg, utcnow()
-        )
+        removed = await sweep_tables(self.dedup_table, self.dedup_cfg, utcnow())
         if removed:
             log.info("state sweep removed %d idle keys", removed)
 
@@ -178,25 +166,16 @@ def install(ctx: Context, live: LiveWorkflow) -> ClassifyAgent:
     return agent
 
 
-async def sweep_tables(
-    dedup_table: Any,
-    contacts_table: Any,
-    dedup_cfg: dedup.DedupConfig,
-    now: datetime,
-) -> int:
+async def sweep_tables(dedup_table: Any, dedup_cfg: dedup.DedupConfig, now: datetime) -> int:
     """Delete idle keys (no live dedup entry or contact); returns how many."""
     now_s = now.timestamp()
 
     def dedup_kept(_: str, raw: str) -> str | None:
         state = dedup.expire(dedup.CustomerDedupState.model_validate_json(raw), now, dedup_cfg)
-        return raw if state.entries else None
+        contacted = any(now_s - t < CONTACT_WINDOW_S for t in state.contacts)
+        return raw if state.entries or contacted else None
 
-    def contacts_kept(_: str, raw: str) -> str | None:
-        idle = all(now_s - float(t) >= CONTACT_WINDOW_S for t in raw.split(",") if t)
-        return None if idle else raw
-
-    removed = await sweep_table(dedup_table, dedup_kept)
-    return removed + await sweep_table(contacts_table, contacts_kept)
+    return await sweep_table(dedup_table, dedup_kept)
 
 
 def _with_similarity(cm: ClassifiedMessage, d: dedup.DedupDecision) -> ClassifiedMessage:

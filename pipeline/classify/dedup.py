@@ -40,6 +40,7 @@ __all__ = [
     "DedupEntry",
     "check_duplicate",
     "clean_text",
+    "count_contact",
     "estimate_similarity",
     "expire",
     "fingerprint",
@@ -87,11 +88,19 @@ class DedupEntry(BaseModel):
 
 
 class CustomerDedupState(BaseModel):
-    """Recent messages of one customer, oldest first. Serialize with ``model_dump_json``."""
+    """Recent messages of one customer, oldest first. Serialize with ``model_dump_json``.
+
+    Also the times of the customer's recent contacts (priority counts them): one state per
+    customer, so one table and one changelog record per message.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     entries: list[DedupEntry] = Field(default_factory=list)
+    contacts: list[float] = Field(
+        default_factory=list,
+        description="Epoch seconds of the messages that were not duplicates, oldest first.",
+    )
 
 
 class DedupDecision(BaseModel):
@@ -219,7 +228,7 @@ def expire(state: CustomerDedupState, now: datetime, config: DedupConfig) -> Cus
     kept = [e for e in state.entries if e.at >= cutoff][-config.max_entries :]
     if len(kept) == len(state.entries):
         return state
-    return CustomerDedupState(entries=kept)
+    return state.model_copy(update={"entries": kept})
 
 
 Fingerprint = tuple[int, list[int], int]
@@ -325,4 +334,17 @@ def remember(
         n=n,
         at=_epoch(now),
     )
-    return CustomerDedupState(entries=[*live.entries, entry][-cfg.max_entries :])
+    return live.model_copy(update={"entries": [*live.entries, entry][-cfg.max_entries :]})
+
+
+def count_contact(
+    state: CustomerDedupState, now: datetime, window_s: float, cap: int, counts: bool
+) -> tuple[CustomerDedupState, int]:
+    """The number of contacts within ``window_s`` before this message, and the state with
+    this message's contact added when it ``counts`` (not a duplicate), at most ``cap`` kept."""
+    now_s = _epoch(now)
+    times = [t for t in state.contacts if now_s - t < window_s]
+    recent = len(times)
+    if counts:
+        times = [*times, now_s][-cap:]
+    return state.model_copy(update={"contacts": times}), recent

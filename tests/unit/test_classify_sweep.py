@@ -12,7 +12,7 @@ from pipeline.events import Channel, InboundMessage, derive_id
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def _state(at: datetime, text: str) -> str:
+def _state(at: datetime, text: str, contacts: tuple[datetime, ...] = ()) -> str:
     msg = InboundMessage(
         message_id=derive_id("msg", "webchat", text),
         channel=Channel.webchat,
@@ -21,18 +21,20 @@ def _state(at: datetime, text: str) -> str:
         text=text,
         received_at=at,
     )
-    return dedup.remember(dedup.CustomerDedupState(), msg, "case", at).model_dump_json()
+    state = dedup.CustomerDedupState(contacts=[c.timestamp() for c in contacts])
+    return dedup.remember(state, msg, "case", at).model_dump_json()
 
 
 async def test_sweep_removes_only_idle_keys() -> None:
     cfg = dedup.DedupConfig(window_s=3600)
+    long_ago, yesterday = NOW - timedelta(days=40), NOW - timedelta(days=1)
+    two_hours = NOW - timedelta(hours=2)
     dedup_table = {
-        "old": _state(NOW - timedelta(hours=2), "где мой заказ"),
-        "fresh": _state(NOW - timedelta(minutes=5), "where is my order"),
+        "old": _state(two_hours, "где мой заказ", (long_ago,)),
+        "fresh": _state(NOW - timedelta(minutes=5), "where is my order", (long_ago,)),
+        # no dedup entry within the window, but a contact the priority still counts
+        "contacted": _state(two_hours, "hello", (long_ago, yesterday)),
     }
-    long_ago = (NOW - timedelta(days=40)).timestamp()
-    yesterday = (NOW - timedelta(days=1)).timestamp()
-    contacts = {"old": repr(long_ago), "fresh": f"{long_ago!r},{yesterday!r}"}
     idle = incidents.IncidentWindow(key="idle")
     stale_open = incidents.IncidentWindow(
         key="stale",
@@ -58,9 +60,8 @@ async def test_sweep_removes_only_idle_keys() -> None:
         "stale": stale_open.model_dump_json(),
         "live": live_open.model_dump_json(),
     }
-    assert await sweep_tables(dedup_table, contacts, cfg, NOW) == 2
-    assert set(dedup_table) == {"fresh"}
-    assert set(contacts) == {"fresh"}
+    assert await sweep_tables(dedup_table, cfg, NOW) == 1
+    assert set(dedup_table) == {"fresh", "contacted"}
     assert await sweep_windows(incident_table, NOW) == 2  # the detector's own sweep
     assert set(incident_table) == {"live"}
 
@@ -89,3 +90,32 @@ def test_a_replayed_record_decides_as_it_did_the_first_time() -> None:
     assert again_resend.is_duplicate and again_resend.reason == "exact_id"
     assert dedup.replayed(state, msg(3, "другое")) is None
     assert (again_resend.case_id, again_resend.duplicate_of) == (case, first.message_id)
+
+
+def test_contacts_live_in_the_dedup_state() -> None:
+    """The contact count priority reads shares the customer's one dedup record."""
+    day = 86_400.0
+    state = dedup.CustomerDedupState(contacts=[(NOW - timedelta(days=40)).timestamp()])
+    state, recent = dedup.count_contact(state, NOW, 30 * day, 3, counts=True)
+    assert recent == 0 and state.contacts == [NOW.timestamp()]  # the old one left the window
+    state, recent = dedup.count_contact(state, NOW, 30 * day, 3, counts=False)  # a duplicate
+    assert recent == 1 and state.contacts == [NOW.timestamp()]
+    for _ in range(3):
+        state, recent = dedup.count_contact(state, NOW, 30 * day, 3, counts=True)
+    assert recent == 3 and len(state.contacts) == 3  # capped
+    later = NOW + timedelta(days=2)
+    kept = dedup.remember(state, _message("again"), "case", later)
+    assert kept.contacts == state.contacts and len(kept.entries) == 1
+    expired = dedup.expire(kept, later + timedelta(days=2), dedup.DedupConfig())
+    assert not expired.entries and expired.contacts == state.contacts
+
+
+def _message(text: str) -> InboundMessage:
+    return InboundMessage(
+        message_id=derive_id("msg", "webchat", text),
+        channel=Channel.webchat,
+        channel_message_id=text,
+        customer_id="c",
+        text=text,
+        received_at=NOW,
+    )
