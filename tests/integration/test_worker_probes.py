@@ -5,21 +5,17 @@ worker also shows its log in JSON lines (``PIPELINE_LOG_FORMAT=json``), Faust's 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pipeline import bus
-from pipeline.broker import free_port
 from pipeline.config import Settings
-from pipeline.runtime import child_env, children, departments
+from pipeline.runtime import child_env, children
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson
+    from tests.plugins.stack import GetJson, StackSettings
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
@@ -41,18 +37,13 @@ def test_worker_turns_ready_after_recovery_and_stays_live(
 
 
 def test_a_starting_worker_answers_503_until_recovered_and_logs_json_lines(
-    broker_settings: Settings, tmp_path: Path, get_json: GetJson, wait_until_sync: WaitUntilSync
+    broker_settings: Settings,
+    stack_settings: StackSettings,
+    tmp_path: Path,
+    get_json: GetJson,
+    wait_until_sync: WaitUntilSync,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    s = broker_settings.model_copy(
-        update={
-            "topic_prefix": f"rz{tag}.",
-            "app_id": f"rz-{tag}",
-            "web_port": free_port(),
-            "session_timeout_s": 6.0,
-        }
-    )
-    asyncio.run(bus.ensure_topics(s, departments=departments(s)))
+    s = stack_settings(broker_settings, "rz")
     readyz = f"http://{s.web_host}:{s.web_port}/readyz"
     seen: list[tuple[int, Any]] = []
 
