@@ -13,16 +13,8 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def _state(at: datetime, text: str, contacts: tuple[datetime, ...] = ()) -> str:
-    msg = InboundMessage(
-        message_id=derive_id("msg", "webchat", text),
-        channel=Channel.webchat,
-        channel_message_id=text,
-        customer_id="c",
-        text=text,
-        received_at=at,
-    )
     state = dedup.CustomerDedupState(contacts=[c.timestamp() for c in contacts])
-    return dedup.remember(state, msg, "case", at).model_dump_json()
+    return dedup.remember(state, _message(text, at), "case", at).model_dump_json()
 
 
 async def test_sweep_removes_only_idle_keys() -> None:
@@ -110,12 +102,12 @@ def test_contacts_live_in_the_dedup_state() -> None:
     assert not expired.entries and expired.contacts == state.contacts
 
 
-def _message(text: str) -> InboundMessage:
+def _message(text: str, at: datetime = NOW) -> InboundMessage:
     return InboundMessage(
         message_id=derive_id("msg", "webchat", text),
         channel=Channel.webchat,
         channel_message_id=text,
         customer_id="c",
         text=text,
-        received_at=NOW,
+        received_at=at,
     )
