@@ -547,3 +547,14 @@ async def test_playground_says_when_the_command_cannot_start(
     assert checked.group(1).startswith("pipeline rules check could not be started: ")
     assert "no-python" in checked.group(1)
     assert 'id="pg-explain"' not in page
+
+
+async def test_playground_says_when_the_command_does_not_finish(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No time at all: the real command is started, waited for 0 s and killed.
+    monkeypatch.setattr("pipeline.console.web.EXPLAIN_TIMEOUT_S", 0.0)
+    status, page = await playground(client, text="бонусы", channel="telegram")
+    assert status == 200
+    assert '<pre id="pg-check" class="error">pipeline rules check did not finish within 0 s' in page
+    assert 'id="pg-explain"' not in page
