@@ -14,9 +14,11 @@ import pytest
 from pipeline.classify.encoder import Encoder, Float32Array
 from pipeline.classify.families import family_folds, family_split, paraphrase_families
 from pipeline.classify.model import (
+    CENTROID_WEIGHTS,
     UNKNOWN,
     IntentModel,
     TrainParams,
+    _fit_centroid_weight,
     threshold_for_precision,
 )
 from pipeline.cli import main
@@ -252,3 +254,14 @@ def test_a_small_training_set_is_tuned_on_every_row_by_cross_validation() -> Non
     assert one_part.meta.held_out is not None and cross.meta.held_out is not None
     assert one_part.meta.held_out.rows < len(texts) * 0.4
     assert cross.meta.held_out.rows == len(texts)
+
+
+def test_the_centroid_vote_gets_the_share_the_held_out_rows_support() -> None:
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 5, 400)
+    informative = np.eye(5)[gold] * 3.0 + rng.normal(0, 0.5, (400, 5))
+    noise = rng.normal(0, 1.0, (400, 5))
+    # the vote knows the answer and the linear model does not: the largest share tried
+    assert _fit_centroid_weight((noise, informative), 1.0, 1.0, gold) == max(CENTROID_WEIGHTS)
+    # the other way round: no share at all
+    assert _fit_centroid_weight((informative, noise), 1.0, 1.0, gold) == 0.0
