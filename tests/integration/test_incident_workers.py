@@ -23,8 +23,9 @@ from pipeline.events import ClassifiedMessage, Outcome, Reply, SubRequest, deriv
 from pipeline.outbox import Outbox
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import AddWorker, Deliveries, StartStack, Telegram
+    from tests.plugins.stack import AddWorker, Deliveries, GetJson, StartStack, Telegram
     from tests.plugins.topics import Records
+    from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +40,23 @@ def workers(
     outbox: Outbox,
     start_stack: StartStack,
     add_worker: AddWorker,
+    get_json: GetJson,
+    wait_until_sync: WaitUntilSync,
 ) -> Iterator[Settings]:
     # 4 partitions: the twelve customers' messages land on every worker.
     stack, group = start_stack(broker_settings.model_copy(update={"partitions": 4}), outbox, "iw")
     try:
-        for _ in range(request.param - 1):
-            add_worker(stack, group, outbox)
+        ports = [stack.web_port] + [
+            add_worker(stack, group, outbox) for _ in range(request.param - 1)
+        ]
+        # The wave starts once every worker holds its partitions: what is counted here is the
+        # detector's decision, not a rebalance in the middle of it (test_rebalance.py).
+        for port in ports:
+            wait_until_sync(
+                lambda port=port: get_json(f"http://{stack.web_host}:{port}/readyz")[0] == 200,
+                timeout_s=600,
+                what=f"worker on {port} holding its partitions",
+            )
         yield stack
     finally:
         group.stop()
@@ -102,6 +114,7 @@ async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
     )
     per_director = Counter(s.recipient for s in {s.sub_request_id: s for s in broadcast}.values())
     assert per_director == Counter(directors), per_director  # one sub-request per director
+    assert len(broadcast) == len(directors), "the broadcast is emitted once per incident"
     own = await records.settled(
         stack,
         stack.topic("external"),
