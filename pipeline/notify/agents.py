@@ -41,6 +41,10 @@ STAGE = "notify"
 MAX_REMEMBERED = 500
 #: Keys whose deliveries a batch runs at the same time.
 MAX_CONCURRENT = 16
+#: At most this long collecting a batch (take_events waits the whole window when the
+#: records are few): the batch is for one ack wait, not for vectorized work as in classify,
+#: and a reply should not wait for it; under load the next batch fills during the previous.
+BATCH_WITHIN_S = 0.01
 
 
 SWEEP_INTERVAL_S = 600.0
@@ -115,7 +119,8 @@ class DeliveryLoop:
         """The agent loop: batches, outputs durable before the batch is acknowledged (one
         ack wait per batch instead of one per record)."""
         s = self.ctx.settings
-        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+        within = min(s.classify_batch_within_s, BATCH_WITHIN_S)
+        async for events in stream.take_events(s.classify_batch_size, within):
             await self.handle_batch([RawRecord.from_event(e) for e in events])
             await self.ctx.flush()
 
