@@ -429,8 +429,8 @@ class CaseKeeper:
 
     async def close_linked(self, incident_case: CaseState) -> None:
         """Resolve every open case linked to a resolved incident with its resolution."""
-        # A scan of this worker's cases: incidents are rare, and their windows already
-        # assume one worker (see deploy/README.md).
+        # A scan of this worker's cases: incidents are rare. Linked cases another worker
+        # holds are not closed here (docs/ARCHITECTURE.md, Incidents: not yet across workers).
         for _, raw in list(self.table.items()):
             if raw:
                 state = CaseState.model_validate(orjson.loads(raw))
