@@ -80,6 +80,19 @@ def paraphrase_families(
     return [root(i) for i in range(len(texts))]
 
 
+def _family_groups(
+    labels: Sequence[str], families: Sequence[int], strata: Sequence[str] | None
+) -> tuple[dict[int, list[int]], dict[tuple[str, str], list[int]]]:
+    """Rows of each family, and the families of each (label, stratum) group."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, f in enumerate(families):
+        members[f].append(i)
+    by_group: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for f in members:  # a family is one label; its first row's stratum stands for it
+        by_group[(labels[f], strata[f] if strata is not None else "")].append(f)
+    return members, by_group
+
+
 def family_split(
     texts: Sequence[str],
     labels: Sequence[str],
@@ -96,12 +109,7 @@ def family_split(
     send all of its few Russian rows to the test side."""
     fam = list(families) if families is not None else paraphrase_families(texts, labels)
     rng = np.random.default_rng(seed)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, f in enumerate(fam):
-        members[f].append(i)
-    by_group: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for f in members:  # a family is one label; its first row's stratum stands for it
-        by_group[(labels[f], strata[f] if strata is not None else "")].append(f)
+    members, by_group = _family_groups(labels, fam, strata)
     test: list[int] = []
     for group in sorted(by_group):
         fams = by_group[group]
@@ -136,12 +144,7 @@ def family_folds(
     of that group's rows so far. A group with a single family is in no fold (it stays in
     training, as in ``family_split``)."""
     rng = np.random.default_rng(seed)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, f in enumerate(families):
-        members[f].append(i)
-    by_group: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for f in members:
-        by_group[(labels[f], strata[f] if strata is not None else "")].append(f)
+    members, by_group = _family_groups(labels, families, strata)
     out: list[list[int]] = [[] for _ in range(folds)]
     for group in sorted(by_group):
         fams = by_group[group]
