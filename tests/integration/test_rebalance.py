@@ -23,7 +23,7 @@ from pipeline.outbox import Outbox
 from pipeline.runtime import Children, audit, child_env, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import AddWorker, Deliveries, StartStack, Telegram
+    from tests.plugins.stack import AddWorker, Deliveries, RunningStack, Telegram
     from tests.plugins.topics import Records
 
 pytestmark = pytest.mark.integration
@@ -45,15 +45,13 @@ TEXTS = [
 
 @pytest.fixture
 def two_workers(
-    broker_settings: Settings, outbox: Outbox, start_stack: StartStack, add_worker: AddWorker
+    broker_settings: Settings, outbox: Outbox, running_stack: RunningStack, add_worker: AddWorker
 ) -> Iterator[tuple[Settings, Children]]:
     # 4 partitions: each worker owns some of every topic, and the handovers move several.
-    stack, group = start_stack(broker_settings.model_copy(update={"partitions": 4}), outbox, "rb")
-    try:
+    base = broker_settings.model_copy(update={"partitions": 4})
+    with running_stack(base, outbox, "rb") as (stack, group):
         add_worker(stack, group, outbox)
         yield stack, group
-    finally:
-        group.stop()
 
 
 async def test_a_killed_worker_and_a_joining_one_send_nothing_twice(
