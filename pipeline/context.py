@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,12 @@ from pipeline.stage import Action, ErrorPolicy, RawRecord, dead_letter_for
 
 log = logging.getLogger(__name__)
 
+#: The outputs the current task queued and its ``flush`` waits for. Per task, not per
+#: Context: every agent shares the Context, and one agent's flush taking another's futures
+#: let that one acknowledge its batch before its outputs were durable. Tasks an agent starts
+#: (notify's concurrent deliveries) inherit the list when the agent called ``own_outputs``.
+_OUTPUTS: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("outputs", default=None)
+
 
 @dataclass
 class Context:
@@ -36,7 +43,6 @@ class Context:
     app: AppT
     topics: dict[str, Any] = field(default_factory=dict)
     publisher: Publisher | None = None
-    pending: list[asyncio.Future[Any]] = field(default_factory=list)
     #: What stages report about themselves on ``/healthz`` (e.g. the workflow in force).
     status: dict[str, Any] = field(default_factory=dict)
     #: Skip / dead-letter / stop per failure kind, for every stage (``guard``).
@@ -95,7 +101,21 @@ class Context:
         if self.publisher is None:
             self.publisher = Publisher(self.settings)
         fut = await self.publisher.enqueue(self.full_topic(name), key, encode(event))
-        self.pending.append(fut)
+        self.own_outputs().append(fut)
+
+    @staticmethod
+    def own_outputs(fresh: bool = False) -> list[asyncio.Future[Any]]:
+        """The current task's queued outputs, made on first use (``fresh``: made now).
+
+        Every agent loop starts with ``own_outputs(fresh=True)``: a task inherits its
+        creator's list, which must not be another agent's; tasks the agent then starts
+        (notify's concurrent deliveries) share its list, so its ``flush`` waits for them.
+        """
+        outputs = None if fresh else _OUTPUTS.get()
+        if outputs is None:
+            outputs = []
+            _OUTPUTS.set(outputs)
+        return outputs
 
     async def flush(self) -> None:
         """Wait until every queued output is acknowledged; raise if any was not.
@@ -103,7 +123,9 @@ class Context:
         Agents call this before they take the next record, so a source record is
         acknowledged (and its offset committed) only after its outputs are durable.
         """
-        pending, self.pending = self.pending, []
+        outputs = self.own_outputs()
+        pending = outputs[:]
+        outputs.clear()
         if not pending:
             return
         results = await asyncio.gather(*pending, return_exceptions=True)

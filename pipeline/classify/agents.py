@@ -71,6 +71,7 @@ class ClassifyAgent:
     async def run(self, stream: Any) -> None:
         """The agent loop: batches of raw records; outputs durable before the acknowledgement."""
         s = self.ctx.settings
+        self.ctx.own_outputs(fresh=True)
         async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             async with self.ctx.guard_batch(

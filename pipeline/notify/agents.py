@@ -120,6 +120,7 @@ class DeliveryLoop:
         ack wait per batch instead of one per record)."""
         s = self.ctx.settings
         within = min(s.classify_batch_within_s, BATCH_WITHIN_S)
+        self.ctx.own_outputs(fresh=True)
         async for events in stream.take_events(s.classify_batch_size, within):
             await self.handle_batch([RawRecord.from_event(e) for e in events])
             await self.ctx.flush()

@@ -252,6 +252,7 @@ class RouteAgent:
     async def run(self, stream: Any) -> None:
         """Batches, as in classify: the KB lookup is vectorized per batch; order is kept."""
         s = self.ctx.settings
+        self.ctx.own_outputs(fresh=True)
         async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             async with self.ctx.guard_batch(
@@ -339,6 +340,7 @@ class CaseKeeper:
 
     async def run(self, stream: Any) -> None:
         """The agent loop: one record at a time, outputs durable before the acknowledgement."""
+        self.ctx.own_outputs(fresh=True)
         async for event in stream.events():
             record = RawRecord.from_event(event)
             async with self.ctx.guard(CASES_STAGE, record):

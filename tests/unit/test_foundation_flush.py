@@ -49,5 +49,54 @@ async def test_flush_waits_for_every_ack_and_reports_losses(fail: bool) -> None:
             await ctx.flush()
     else:
         await ctx.flush()
-    assert ctx.pending == []
+    assert ctx.own_outputs() == []
     await ctx.flush()  # nothing pending: no-op
+
+
+class _HeldPublisher:
+    """Test seam: acknowledges a record only when the test says so."""
+
+    lost: str | None = None
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future[Any]] = {}
+
+    async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures[str(key)] = fut
+        return fut
+
+
+async def test_an_agents_flush_waits_for_its_own_outputs_not_for_another_agents() -> None:
+    """Two agents share the Context: when A's flush ran first it used to take B's outputs
+    too, and B's flush returned at once — B acknowledged its batch before its outputs were."""
+    ctx = Context(settings=Settings(topic_prefix="u."), metrics=Metrics(), app=None)
+    pub = _HeldPublisher()
+    ctx.publisher = pub  # type: ignore[assignment]
+    sent = asyncio.Event()
+    a_may_flush = asyncio.Event()
+
+    async def agent(key: str, first: bool) -> None:
+        ctx.own_outputs(fresh=True)
+        await ctx.send("outcomes", key, _outcome())
+        if first:
+            sent.set()
+        else:
+            await sent.wait()
+            a_may_flush.set()
+            await asyncio.sleep(0)  # let A's flush start before B's
+        if first:
+            await a_may_flush.wait()
+        await ctx.flush()
+
+    a = asyncio.create_task(agent("a", True))
+    b = asyncio.create_task(agent("b", False))
+    while "b" not in pub.futures or "a" not in pub.futures:
+        await asyncio.sleep(0)
+    pub.futures["a"].set_result(None)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert a.done(), "A's flush waited for B's output"
+    assert not b.done(), "B's flush returned before B's output was acknowledged"
+    pub.futures["b"].set_result(None)
+    await asyncio.gather(a, b)
