@@ -953,18 +953,7 @@ def _tune(
     correct = best == gold
     pred = [classes[i] for i in best]
     answers = np.array([p != OUT_OF_SCOPE for p in pred])
-    floor = params.min_threshold
-    z = params.precision_z
-    threshold = threshold_for_precision(
-        top[answers], correct[answers], params.target_precision, floor, z
-    )
-    thresholds: dict[str, float] = {}
-    for lang in LANGUAGES:
-        m = answers & (langs == lang)
-        if m.sum() >= MIN_LANGUAGE_ROWS:
-            thresholds[lang] = threshold_for_precision(
-                top[m], correct[m], params.target_precision, floor, z
-            )
+    threshold, thresholds = _abstention_thresholds(params, top, correct, answers, langs)
     row_threshold = np.array([thresholds.get(lang, threshold) for lang in langs])
     accepted = answers & (top >= row_threshold)
     held_out = HeldOut(
@@ -992,6 +981,25 @@ def _tune(
         thresholds,
         held_out,
     )
+
+
+def _abstention_thresholds(
+    params: TrainParams, top: FloatArray, correct: Any, answers: Any, langs: Any
+) -> tuple[float, dict[str, float]]:
+    """The confidence an answer needs for the target precision: overall, and per language
+    where the held-out part has enough of its rows."""
+    floor, z = params.min_threshold, params.precision_z
+    threshold = threshold_for_precision(
+        top[answers], correct[answers], params.target_precision, floor, z
+    )
+    thresholds: dict[str, float] = {}
+    for lang in LANGUAGES:
+        m = answers & (langs == lang)
+        if m.sum() >= MIN_LANGUAGE_ROWS:
+            thresholds[lang] = threshold_for_precision(
+                top[m], correct[m], params.target_precision, floor, z
+            )
+    return threshold, thresholds
 
 
 @dataclass
