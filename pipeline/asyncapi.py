@@ -66,7 +66,7 @@ CHANNELS: dict[str, ChannelDoc] = {
     ),
     "external": ChannelDoc(("SubRequest",), "case id", ("route",), ("notify",)),
     "task-updates": ChannelDoc(
-        ("TaskUpdate",), "case id", ("departments", "ingest", "console"), ("cases",)
+        ("TaskUpdate",), "case id", ("departments", "ingest", "console", "cases"), ("cases",)
     ),
     "replies": ChannelDoc(("Reply",), "customer id", ("route",), ("notify",)),
     "case-events": ChannelDoc(
@@ -87,7 +87,9 @@ CHANNELS: dict[str, ChannelDoc] = {
     "quality": ChannelDoc(("CaseEvent",), "case id", ("route",), ("monitoring",)),
     "case-state": ChannelDoc(("CaseSnapshot",), "case id", ("route",), ("cases", "console")),
     "case-status": ChannelDoc(("CaseSnapshot",), "customer id", ("cases",), ("route",)),
-    "case-commands": ChannelDoc(("CaseCommand",), "case id", ("console",), ("route",)),
+    "case-commands": ChannelDoc(
+        ("CaseCommand", "IncidentLink"), "case id", ("console", "route"), ("cases",)
+    ),
     "customers": ChannelDoc(("CustomerRecord",), "customer id", ("ingest",), ("ingest",)),
     "kb": ChannelDoc(("KbArticle",), "article id", ("operators",), ("route",)),
     "config": ChannelDoc(

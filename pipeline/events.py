@@ -416,6 +416,26 @@ class CaseCommand(Event):
     at: UtcDatetime = Field(description="When it was given.")
 
 
+class IncidentLink(Event):
+    """A report's case joins an incident: route → the keeper of the incident's own case.
+
+    On ``case-commands``, keyed by the incident's case id (``derive_id("case", incident_id)``),
+    so the one keeper holding the incident's case learns every member whatever worker holds
+    the member. When the incident's case is resolved (or already was), that keeper answers
+    each member's ``sub_request_ids`` with a TaskUpdate on ``task-updates`` keyed by the
+    member's case id (ids derived from the incident's case and the sub-request: idempotent).
+    """
+
+    link_id: str = Field(description="Deterministic id (incident case, member case).")
+    case_id: str = Field(description="The incident's own case id (the record key).")
+    incident_id: str = Field(description="Incident id.")
+    member_case_id: str = Field(description="The reporter's case linked to the incident.")
+    sub_request_ids: list[str] = Field(
+        description="The member's sub-requests the incident is about (closed with it)."
+    )
+    at: UtcDatetime = Field(description="When the report was linked.")
+
+
 class TaskNotice(Event):
     """What the holder of an open sub-request must know, on its department's task topic.
 
@@ -601,4 +621,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "WorkflowPublished": WorkflowPublished,
     "TaskNotice": TaskNotice,
     "IncidentSignal": IncidentSignal,
+    "IncidentLink": IncidentLink,
 }

@@ -11,7 +11,7 @@ replies and sub-requests to emit; ids are deterministic so a replay emits the sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from pipeline.events import (
     CustomerProfile,
     Entity,
     InboundMessage,
+    IncidentLink,
     Priority,
     Reply,
     ReplyKind,
@@ -58,6 +59,9 @@ __all__ = [
     "customer_notices",
     "customer_summary",
     "fill",
+    "incident_link",
+    "incident_updates",
+    "link_member",
     "merge_snapshot",
     "new_sub_request",
     "survey_pending",
@@ -141,6 +145,11 @@ class CaseState(_State):
     seen_update_ids: list[str] = Field(default_factory=list)
     survey: SurveyState | None = None
     incident_id: str | None = None
+    incident_members: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="An incident's own case: each linked report's case id → the sub-requests "
+        "its resolution closes (IncidentLink).",
+    )
     breach_updates: list[str] = Field(
         default_factory=list, description="SLA policies the customer was told a delay about."
     )
@@ -980,6 +989,72 @@ def customer_notices(state: CaseState, msg: InboundMessage, now: datetime) -> li
         )
         for s in open_subs(state)
         if s.kind == SubRequestKind.internal
+    ]
+
+
+def incident_link(
+    case: CaseState, categories: Collection[str], now: datetime
+) -> IncidentLink | None:
+    """The record joining a report's case to its incident (None: the case reports none).
+
+    Names the case's sub-requests in the incident's ``categories``: the incident's
+    resolution closes them, whichever worker holds the case.
+    """
+    if not case.incident_id:
+        return None
+    incident_case_id = derive_id("case", case.incident_id)
+    if case.case_id == incident_case_id:
+        return None
+    return IncidentLink(
+        link_id=derive_id("link", incident_case_id, case.case_id),
+        case_id=incident_case_id,
+        incident_id=case.incident_id,
+        member_case_id=case.case_id,
+        sub_request_ids=[s.sub_request_id for s in case.sub_requests if s.category in categories],
+        at=now,
+    )
+
+
+def link_member(
+    incident: CaseState, link: IncidentLink, now: datetime
+) -> tuple[CaseState, list[TaskUpdate]]:
+    """The incident's case remembers a member; one linked after the incident was resolved
+    is answered at once (its updates; a replayed link yields the same update ids)."""
+    known = incident.incident_members.get(link.member_case_id, [])
+    subs = [*known, *(s for s in link.sub_request_ids if s not in known)]
+    state = incident
+    if subs != known:
+        members = {**incident.incident_members, link.member_case_id: subs}
+        state = incident.model_copy(update={"incident_members": members})
+    return state, incident_updates(state, now, member=link.member_case_id)
+
+
+def incident_updates(
+    incident: CaseState, now: datetime, member: str | None = None
+) -> list[TaskUpdate]:
+    """A resolved incident's answer to its members (or to ``member`` only): one resolved
+    TaskUpdate per linked sub-request, for the member's own case. Ids derive from the
+    incident's case and the sub-request, so the member applies each once (replays, a link
+    seen twice). Nothing while the incident is not resolved."""
+    if incident.status != "resolved":
+        return []
+    # Each recipient's answer once: the directors often answer with the same words.
+    said = dict.fromkeys(s.resolution for s in incident.sub_requests if s.resolution)
+    resolution = "; ".join(said) or "resolved"
+    return [
+        TaskUpdate(
+            update_id=derive_id("upd", incident.case_id, sub_id),
+            sub_request_id=sub_id,
+            case_id=case_id,
+            status=TaskStatus.resolved,
+            resolution=resolution,
+            author="incident",
+            source="system",
+            at=now,
+        )
+        for case_id, subs in incident.incident_members.items()
+        if member in (None, case_id)
+        for sub_id in subs
     ]
 
 

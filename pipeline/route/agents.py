@@ -30,8 +30,9 @@ from pipeline.domain.cases import (
     CaseState,
     Transition,
     apply_task_update,
+    incident_updates,
+    link_member,
     merge_snapshot,
-    open_subs,
 )
 from pipeline.domain.text import is_not_helped
 from pipeline.domain.threads import match_thread
@@ -43,10 +44,10 @@ from pipeline.events import (
     CaseEvents,
     CaseSnapshot,
     ClassifiedMessage,
+    IncidentLink,
     KbArticle,
     SubRequest,
     SubRequestKind,
-    TaskStatus,
     TaskUpdate,
     derive_id,
     utcnow,
@@ -67,6 +68,8 @@ MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
 CASE_SWEEP_INTERVAL_S = 600.0
 MAX_PENDING_UPDATES = 20
+#: Links held for an incident's case not created yet: one per report of a wave.
+MAX_PENDING_LINKS = 2000
 
 
 class Runtime:
@@ -320,6 +323,9 @@ class RouteAgent:
         if inc is not None and cm.similarity.incident_new:
             # Only the report that opened the incident creates its case (one writer).
             await ctx.send("case-state", inc.case_id, _snapshot(inc, "route"))
+        link = decision.incident_link
+        if link is not None:  # to the keeper of the incident's case, wherever that is
+            await ctx.send("case-commands", link.case_id, link)
         out = decision.outcome
         await ctx.send("outcomes", out.message_id, out)
         ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
@@ -353,8 +359,11 @@ class CaseKeeper:
         s = self.ctx.settings
         if record.topic == s.topic("case-state"):
             await self.take_snapshot(decode_record(CaseSnapshot, record))
-        elif record.topic == s.topic("case-commands"):  # a supervisor's reassign / add
-            await self.take_command(decode_record(CaseCommand, record))
+        elif record.topic == s.topic("case-commands"):
+            if record.value is not None and b'"link_id"' in record.value:  # route's link
+                await self.take_link(decode_record(IncidentLink, record))
+            else:  # a supervisor's reassign / add
+                await self.take_command(decode_record(CaseCommand, record))
         else:
             await self.take_update(decode_record(TaskUpdate, record))
 
@@ -375,13 +384,43 @@ class CaseKeeper:
                 await self.ctx.send("case-status", merged.customer_id, _snapshot(merged, "cases"))
             state = merged
         self.table[state.case_id] = orjson.dumps(state.model_dump(mode="json")).decode()
-        await self.close_if_incident_resolved(state)
         waiting = self.pending.get(state.case_id)
         if waiting:
-            # Updates that overtook the case's creation (different topics): apply now.
+            # Updates and links that overtook the case's creation (other topics): apply now.
             self.pending[state.case_id] = ""
-            for raw_update in orjson.loads(waiting):
-                await self.apply_update(TaskUpdate.model_validate(raw_update))
+            for raw in orjson.loads(waiting):
+                if "link_id" in raw:
+                    await self.take_link(IncidentLink.model_validate(raw))
+                else:
+                    await self.apply_update(TaskUpdate.model_validate(raw))
+
+    async def take_link(self, link: IncidentLink) -> None:
+        """A report's case joins the incident whose case this keeper holds; answered at once
+        when the incident is already resolved."""
+        incident = self.get(link.case_id)
+        if incident is None:
+            # The incident's case comes from the opener's route, maybe after its reports' links.
+            what = f"incident link {link.link_id}"
+            self.hold(link.case_id, what, link.model_dump(mode="json"), MAX_PENDING_LINKS)
+            return
+        state, updates = link_member(incident, link, utcnow())
+        if state != incident:
+            self.table[state.case_id] = orjson.dumps(state.model_dump(mode="json")).decode()
+        await self.send_updates(updates)
+
+    async def send_updates(self, updates: list[TaskUpdate]) -> None:
+        """An incident's answer to its members, each to the keeper of the member's case."""
+        for update in updates:
+            await self.ctx.send("task-updates", update.case_id, update)
+
+    def hold(self, case_id: str, what: str, raw: dict[str, Any], limit: int) -> None:
+        """Keep a record that overtook its case's creation (bounded) until the case comes."""
+        held = orjson.loads(self.pending.get(case_id) or "[]")
+        if len(held) >= limit:
+            raise DecodeError(f"{what} for unknown case {case_id}")
+        held.append(raw)
+        self.pending[case_id] = orjson.dumps(held).decode()
+        log.warning("%s waits for case %s", what, case_id)
 
     async def take_command(self, command: CaseCommand) -> None:
         """A supervisor's command on an existing case."""
@@ -396,14 +435,8 @@ class CaseKeeper:
     async def take_update(self, update: TaskUpdate) -> None:
         """A department's update; held (bounded) when it overtook its case's creation."""
         if not self.table.get(update.case_id):
-            held = orjson.loads(self.pending.get(update.case_id) or "[]")
-            if len(held) >= MAX_PENDING_UPDATES:
-                raise DecodeError(
-                    f"task update {update.update_id} for unknown case {update.case_id}"
-                )
-            held.append(update.model_dump(mode="json"))
-            self.pending[update.case_id] = orjson.dumps(held).decode()
-            log.warning("task update %s waits for case %s", update.update_id, update.case_id)
+            what = f"task update {update.update_id}"
+            self.hold(update.case_id, what, update.model_dump(mode="json"), MAX_PENDING_UPDATES)
             return
         await self.apply_update(update)
 
@@ -426,52 +459,8 @@ class CaseKeeper:
         await emit_transition(self.ctx, tr, self.rt.workflow)
         if not incident:
             await self.ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
-        elif tr.state.status == "resolved":
-            await self.close_linked(tr.state)
-
-    async def close_linked(self, incident_case: CaseState) -> None:
-        """Resolve every open case linked to a resolved incident with its resolution."""
-        # A scan of this worker's cases: incidents are rare. Linked cases another worker
-        # holds are not closed here (docs/ARCHITECTURE.md, Incidents: not yet across workers).
-        for _, raw in list(self.table.items()):
-            if raw:
-                state = CaseState.model_validate(orjson.loads(raw))
-                await self.close_by_incident(state, incident_case)
-
-    async def close_if_incident_resolved(self, state: CaseState) -> None:
-        """A report opened before its incident was resolved, but reaching us after it."""
-        if not state.incident_id or is_incident_case(state):
-            return
-        incident_case = self.get(derive_id("case", state.incident_id))
-        if incident_case is None:
-            return
-        resolved_at = incident_case.resolved_at
-        if resolved_at is not None and state.opened_at <= resolved_at:
-            await self.close_by_incident(state, incident_case)
-
-    async def close_by_incident(self, state: CaseState, incident_case: CaseState) -> None:
-        """Resolve the requests of ``state`` the incident is about, with its resolution."""
-        if state.incident_id != incident_case.incident_id or is_incident_case(state):
-            return
-        resolution = (
-            "; ".join(s.resolution for s in incident_case.sub_requests if s.resolution)
-            or "resolved"
-        )
-        # Only the requests the incident is about; a loyalty question in the same message stays.
-        categories = {s.category for s in incident_case.sub_requests}
-        for sub in [x for x in open_subs(state) if x.category in categories]:
-            await self.apply_update(
-                TaskUpdate(
-                    update_id=derive_id("upd", incident_case.case_id, sub.sub_request_id),
-                    sub_request_id=sub.sub_request_id,
-                    case_id=state.case_id,
-                    status=TaskStatus.resolved,
-                    resolution=resolution,
-                    author="incident",
-                    source="system",
-                    at=utcnow(),
-                )
-            )
+        else:  # the incident's resolution closes its reporters' cases, on every worker
+            await self.send_updates(incident_updates(tr.state, utcnow()))
 
     async def check_sla(self) -> None:
         """Timer: warnings, breaches and escalations due now, over every open case."""

@@ -42,6 +42,7 @@ from pipeline.domain.cases import (
     created_event,
     event,
     fill,
+    incident_link,
     new_sub_request,
     reply,
 )
@@ -63,6 +64,7 @@ from pipeline.events import (
     CaseEventType,
     ClassifiedMessage,
     Entity,
+    IncidentLink,
     Intent,
     Outcome,
     OutcomeKind,
@@ -129,6 +131,10 @@ class RouteDecision(BaseModel):
     )
     notices: list[TaskNotice] = Field(
         default_factory=list, description="For the holders of the case's open sub-requests."
+    )
+    incident_link: IncidentLink | None = Field(
+        default=None,
+        description="A report's case joining its incident, for the incident case's keeper.",
     )
     trace: RouteTrace
 
@@ -361,6 +367,7 @@ def route_message(
         case_events=events,
         incident_sub_requests=incident_subs,
         incident_case=incident_case,
+        incident_link=_link(msg, workflow, case, now),
         trace=RouteTrace(
             path="routed",
             intents=built.traces,
@@ -773,6 +780,14 @@ def _incident_policy(msg: ClassifiedMessage, workflow: Workflow) -> IncidentPoli
     """The incident policy that covers one of the message's categories."""
     categories = {i.category for i in msg.intents}
     return next((p for p in workflow.incidents if set(p.categories) & categories), None)
+
+
+def _link(
+    msg: ClassifiedMessage, workflow: Workflow, case: CaseState, now: datetime
+) -> IncidentLink | None:
+    """The case's link to its incident (its keeper closes the case with the incident)."""
+    policy = _incident_policy(msg, workflow) if msg.similarity.incident_id else None
+    return None if policy is None else incident_link(case, policy.categories, now)
 
 
 def _cover(built: _Built, msg: ClassifiedMessage, workflow: Workflow) -> tuple[_Built, list[str]]:

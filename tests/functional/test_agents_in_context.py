@@ -29,19 +29,23 @@ from pipeline.events import (
     DeadLetter,
     Event,
     InboundMessage,
+    IncidentLink,
     IncidentSignal,
     Outcome,
     OutcomeKind,
     Reply,
     ReplyKind,
+    Similarity,
     SubRequest,
     TaskStatus,
     TaskUpdate,
+    derive_id,
     utcnow,
 )
 
 if TYPE_CHECKING:
     from tests.plugins.inbound import TelegramInbound
+    from tests.plugins.route import RouteKit
     from tests.plugins.waiting import Patience, Quiet
 
 SEED = (
@@ -264,6 +268,71 @@ async def test_the_seed_scenario_through_the_real_agents(
     assert "Бонусы начислены." in answers[0].text and "Огурцы сняли" in answers[0].text
     assert answers[0].reply_to == inbound.reply_to  # in the channel the customer wrote from
     assert any(r.kind is ReplyKind.survey for r in replies)
+
+
+async def test_the_incident_keeper_closes_its_reports_cases_by_their_links(
+    ctx: Context, feed: Feed, kit: RouteKit
+) -> None:
+    """Route links each report's case to the incident's case; a link that overtakes the
+    incident's case waits for it; the incident's resolution goes out as one TaskUpdate per
+    linked sub-request, keyed by the report's case (on any worker), applied once."""
+    out = _out(ctx)
+    sim = Similarity(incident_id="inc_f")
+    opening = sim.model_copy(update={"incident_new": True})
+    opener = kit.seed_message(similarity=opening, key="f1", customer="f-1")
+    later = kit.seed_message(similarity=sim, key="f2", customer="f-2")
+    outcomes = _count(ctx, "outcomes")
+    await feed(
+        "route",
+        [("classified", m.customer_id, m) for m in (opener, later)],
+        lambda: outcomes() == 2,
+    )
+    links = out.take(ctx.settings.topic("case-commands"), IncidentLink)
+    snaps = out.take(ctx.settings.topic("case-state"), CaseSnapshot)
+    broadcast = [s for s in out.take(ctx.settings.topic("external"), SubRequest)
+                 if s.kind.value == "broadcast"]
+    incident_case = derive_id("case", "inc_f")
+    assert {ln.case_id for ln in links} == {incident_case} and len(links) == 2
+    [inc] = [s for s in snaps if s.case_id == incident_case]
+    members = [s for s in snaps if s.case_id != incident_case]
+    answers = [
+        TaskUpdate(
+            update_id=f"b{n}",
+            sub_request_id=sub.sub_request_id,
+            case_id=sub.case_id,
+            status=TaskStatus.resolved,
+            resolution="Партию заменили.",
+            author="director",
+            source="email",
+            at=utcnow(),
+        )
+        for n, sub in enumerate(broadcast)
+    ]
+    told = _count(ctx, "task-updates")
+    await feed(
+        "cases",
+        [("case-commands", ln.case_id, ln) for ln in links]  # before the incident's case
+        + [("case-state", s.case_id, s) for s in [inc, *members]]
+        + [("task-updates", u.case_id, u) for u in answers],
+        lambda: told() == 2,
+    )
+    updates = out.take(ctx.settings.topic("task-updates"), TaskUpdate)
+    assert {u.case_id for u in updates} == {s.case_id for s in members}
+    assert all(u.resolution == "Партию заменили." for u in updates)
+    out.records.clear()
+    resolved = _count(ctx, "case-events")
+    await feed(
+        "cases",
+        [("task-updates", u.case_id, u) for u in updates * 2],  # and a replay of them
+        lambda: resolved() == 2,
+    )
+    trails = out.take(ctx.settings.topic("case-events"), CaseEvents)
+    assert sorted(t.case_id for t in trails) == sorted(s.case_id for s in members)
+    for trail in trails:  # each report's store-quality request closed once
+        assert [e.type for e in trail.events] == [
+            CaseEventType.task_updated,
+            CaseEventType.sub_request_resolved,
+        ]
 
 
 async def test_poison_is_dead_lettered_and_the_agent_goes_on(

@@ -4,8 +4,9 @@ Issue 11, item 3 (docs/ARCHITECTURE.md, Incidents): twelve customers complain ab
 store (threshold 5) while 2 or 3 workers share the consumer group. The customers' messages
 are spread over the workers' partitions, but every complaint goes through its bucket's one
 detector: one incident opens, each director is e-mailed the broadcast once, and no complaint
-linked to the incident e-mails the store's director on its own. Counts are taken once the
-topics and the outbox are quiet.
+linked to the incident e-mails the store's director on its own. When the directors answer
+the broadcast, every report of the incident gets exactly one resolution reply, whichever
+worker holds its case. Counts are taken once the topics and the outbox are quiet.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from pipeline.events import ClassifiedMessage, Outcome, Reply, SubRequest, deriv
 from pipeline.outbox import Outbox
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import AddWorker, Deliveries, GetJson, StartStack, Telegram
+    from tests.plugins.stack import (
+        AddWorker,
+        Deliveries,
+        GetJson,
+        ResolveInternal,
+        StartStack,
+        Telegram,
+    )
     from tests.plugins.topics import Records
     from tests.plugins.waiting import WaitUntilSync
 
@@ -68,6 +76,7 @@ async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
     deliveries: Deliveries,
     telegram: Telegram,
     store_complaints: tuple[str, ...],
+    resolve_internal: ResolveInternal,
 ) -> None:
     stack = workers
     wf = load_workflow(stack.rules_path)
@@ -143,3 +152,18 @@ async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
     linked = {m for m, inc, new in decided if inc and not new}
     assert {kinds[m] for m in linked} == {"incident_notice"}  # told it is a known problem
     assert set(kinds) == mids  # everyone is answered
+
+    # Every director answers the broadcast: the incident's case is resolved on the worker
+    # holding it, and its resolution reaches every report's case, whichever worker holds it.
+    for sub in {s.sub_request_id: s for s in broadcast}.values():
+        await resolve_internal(stack, sub, "Овощи на Садовой, 12 заменили, партию списали.")
+    reporters = {m for m, inc, _ in decided if inc == incident}  # the opener and the linked
+    closed = await records.settled(
+        stack,
+        stack.topic("replies"),
+        Reply,
+        lambda r: r.message_id in mids and r.kind.value == "resolution",
+        len(reporters),
+    )
+    assert Counter(r.message_id for r in closed) == Counter(reporters), "each told once"
+    assert all("партию списали" in r.text for r in closed)

@@ -13,6 +13,8 @@ from pipeline.domain.cases import (
     apply_customer_reply,
     apply_task_update,
     fill,
+    incident_updates,
+    link_member,
     merge_snapshot,
 )
 from pipeline.errors import InvalidInput
@@ -338,6 +340,50 @@ def test_incident_broadcast_once_and_no_own_mail_to_a_recipient_it_reaches(kit: 
         assert own.status == "open" and own.due_at is None and own.first_response_due_at is None
     without = route_message(kit.seed_message(key="8"), wf, now=kit.now)
     assert director in {s.recipient for s in without.sub_requests}  # no incident: e-mailed
+
+
+def test_incident_resolution_reaches_every_linked_case_by_its_link(kit: RouteKit) -> None:
+    wf = kit.workflow
+    director = "director.spb-sadovaya@example.com"
+    sim = Similarity(incident_id="inc_1")
+    first = route_message(
+        kit.seed_message(similarity=sim, key="9"), wf, now=kit.now, incident_new=True
+    )
+    later = route_message(kit.seed_message(similarity=sim), wf, now=kit.now)
+    inc = first.incident_case
+    assert inc is not None and first.case is not None and later.case is not None
+    links = [d.incident_link for d in (first, later)]
+    assert route_message(kit.seed_message(key="8"), wf, now=kit.now).incident_link is None
+    for d, link in zip((first, later), links, strict=True):
+        assert d.case is not None and link is not None
+        assert link.case_id == inc.case_id and link.member_case_id == d.case.case_id
+        # The store-quality request the broadcast covers; the loyalty one is not the incident's.
+        [own] = [s for s in d.case.sub_requests if s.recipient == director]
+        assert link.sub_request_ids == [own.sub_request_id]
+    assert links[0] is not None and links[1] is not None
+    inc, early = link_member(inc, links[0], kit.now)
+    inc, again = link_member(inc, links[0], kit.now)  # a replayed link changes nothing
+    assert early == again == [] and list(inc.incident_members) == [first.case.case_id]
+    assert incident_updates(inc, kit.now) == []  # not resolved yet
+    for n, sub in enumerate(inc.sub_requests):  # every director answers the broadcast
+        inc = apply_task_update(inc, update(kit, inc, sub.sub_request_id, f"b{n}", "Заменили"), wf,
+                                now=kit.now).state
+    assert inc.status == "resolved"
+    [told_first] = incident_updates(inc, kit.now)
+    # Linked after the resolution: answered at once, with the same ids as a replay would get.
+    inc, [told_later] = link_member(inc, links[1], kit.now)
+    assert incident_updates(inc, kit.now, member=later.case.case_id) == [told_later]
+    for d, told in ((first, told_first), (later, told_later)):
+        assert d.case is not None and told.case_id == d.case.case_id
+        assert told.resolution is not None and "Заменили" in told.resolution
+        state = apply_task_update(d.case, told, wf, now=kit.now).state
+        assert apply_task_update(state, told, wf, now=kit.now).state == state  # idempotent
+        [loyalty] = [s for s in state.sub_requests if s.status == "open"]
+        assert loyalty.department == "loyalty-it"  # the rest of the message still waits
+        answered = update(kit, state, loyalty.sub_request_id, "l", "Начислили")
+        done = apply_task_update(state, answered, wf, now=kit.now)
+        [answer] = [r for r in done.replies if r.kind is ReplyKind.resolution]  # one answer
+        assert "Заменили" in answer.text and "Начислили" in answer.text
 
 
 def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state(kit: RouteKit) -> None:
