@@ -44,7 +44,10 @@ TOPICS: tuple[TopicSpec, ...] = (
         compacted=True,  # the newest snapshot of every case: a console rebuilds from it
         description="CaseSnapshot from route to the case keeper, by case_id",
     ),
-    TopicSpec("case-commands", description="CaseCommand from the console's supervisors"),
+    TopicSpec(
+        "case-commands",
+        description="CaseCommand from the console's supervisors; IncidentLink from route",
+    ),
     TopicSpec("case-status", description="CaseSnapshot from the case keeper to route, by customer"),
     TopicSpec("customers", compacted=True, description="CustomerRecord directory, keyed by id"),
     TopicSpec("kb", compacted=True, description="KbArticle, keyed by article_id"),
