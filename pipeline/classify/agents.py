@@ -58,6 +58,11 @@ class ClassifyAgent:
         self.classifier = Classifier.from_settings(
             ctx.settings, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
         )
+        # The slow path's encoder reads its weights on first use (~1.2 s): read them now too,
+        # or the first unsure text stalls every agent of the worker (bench p99 at 50 msg/s).
+        encoder = self.classifier.model.encoder
+        if encoder is not None:
+            encoder.encode(["warm-up"])
         log.info("classifier %s ready", self.classifier.version)
         live.on_change(self.rebuild)
 
