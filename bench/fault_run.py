@@ -81,6 +81,9 @@ class Figures:
     #: twice, or a message with several requests answered in several replies).
     answered_apart: int
     incidents: int
+    #: Per incident: its reports and the first report's text (is a second incident a split
+    #: of the store wave, or another wave in the Bitext load?).
+    incident_reports: dict[str, tuple[int, str]]
     broadcasts_per_director: dict[str, int]
 
 
@@ -143,6 +146,7 @@ def figures(
             continue
         reply_ids.setdefault(rep.message_id, set()).add(rep.reply_id)
     incidents: set[str] = set()
+    reports: dict[str, tuple[int, str]] = {}
     for r in classified:
         try:
             c = decode(ClassifiedMessage, r.value)
@@ -150,6 +154,8 @@ def figures(
             continue
         if c.similarity.incident_id:  # opened here or joined: every id is an incident
             incidents.add(c.similarity.incident_id)
+            n, first = reports.get(c.similarity.incident_id, (0, c.inbound.text[:60]))
+            reports[c.similarity.incident_id] = (n + 1, first)
     broadcast = Counter(
         i.to for i in outbox if i.channel == "email" and any(m in i.text for m in BROADCAST)
     )
@@ -162,6 +168,7 @@ def figures(
         sent_twice=sum(n - 1 for n in sends.values() if n > 1),
         answered_apart=sum(1 for ids in reply_ids.values() if len(ids) > 1),
         incidents=len(incidents),
+        incident_reports=reports,
         broadcasts_per_director=dict(broadcast),
     )
 
@@ -248,6 +255,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"{f.answered_apart}, incidents {f.incidents}, broadcast e-mails per director "
                     f"{sorted(f.broadcasts_per_director.values()) or '-'}"
                 )
+                for inc, (n, text) in sorted(f.incident_reports.items()):
+                    out(f"  incident {inc}: {n} report records, first: {text!r}")
     finally:
         outbox.stop()
     return 0
