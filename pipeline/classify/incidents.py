@@ -345,19 +345,26 @@ def signal_for(msg: ClassifiedMessage, policies: Sequence[IncidentPolicy]) -> In
     """The message on its way to its bucket's detector, or None (no incident policy covers it).
 
     One bucket per message: the first of ``bucket_keys`` whose category has a policy, so one
-    detector decides it (a message naming two stores counts toward the first one).
+    detector decides it (a message naming two stores counts toward the first one). A policy
+    that buckets by store takes only messages that name a store; a policy by category alone
+    buckets the others by their intent and text similarity.
     """
     for key, similarity_required in bucket_keys(msg):
         category = key.split("|", 1)[0]
         policy = next((p for p in policies if category in p.categories), None)
-        if policy is not None:
-            return IncidentSignal(
-                bucket=key,
-                similarity_required=similarity_required,
-                threshold=policy.threshold,
-                window_s=policy.window_minutes * 60,
-                message=msg,
-            )
+        if policy is None:
+            continue
+        if similarity_required and "store" in policy.bucket_by:
+            # The policy counts reports per store: a message naming none is not one (a
+            # misread clause such as "I bought a product" must not open a store incident).
+            continue
+        return IncidentSignal(
+            bucket=key,
+            similarity_required=similarity_required,
+            threshold=policy.threshold,
+            window_s=policy.window_minutes * 60,
+            message=msg,
+        )
     return None
 
 

@@ -195,6 +195,18 @@ def test_a_message_goes_to_the_one_bucket_its_policy_covers() -> None:
     assert signal is not None and signal.bucket == "QUALITY|store:S07"  # one bucket only
 
 
+def test_a_store_policy_takes_only_messages_that_name_a_store() -> None:
+    """A clause such as "I bought a product" read as a quality complaint names no store: it
+    must not count toward a store incident (a fault run broadcast to every director so)."""
+    m = classified("m1", "c1", STALE_RU[0])
+    storeless = m.model_copy(update={"entities": [e for e in m.entities if e.kind != "store"]})
+    assert signal_for(storeless, [POLICY]) is None
+    by_category = POLICY.model_copy(update={"bucket_by": ["category"]})
+    signal = signal_for(storeless, [by_category])
+    assert signal is not None and signal.similarity_required
+    assert signal.bucket == f"QUALITY|{m.intents[0].label}"
+
+
 def test_twelve_reporters_of_one_store_one_incident_linked_after_it_opened() -> None:
     """The detector's steps for one bucket: whichever worker owns the bucket's partition
     sees every reporter, so the decisions are these, whatever the number of workers."""
