@@ -103,6 +103,24 @@ class Context:
         fut = await self.publisher.enqueue(self.full_topic(name), key, encode(event))
         self.own_outputs().append(fut)
 
+    async def set_durably(self, table: Any, key: str, value: str) -> None:
+        """``table[key] = value`` (a ``table()``), returning once the broker acknowledged it.
+
+        Faust queues a table's changelog record in its producer buffer, sent later (under
+        load, seconds later): a worker killed meanwhile had done what the value records (a
+        reply the platform accepted), and the key's next owner restores the value before it
+        (issue 11: the reply sent again). Here the value is set in memory and its changelog
+        record (raw key, so the key's partition, and the table's value encoding) goes
+        through the output producer (acks=all) and is awaited; not through Faust as well.
+        The two paths do not keep each other's order: write a key through one of them only.
+        """
+        topic = table.changelog_topic
+        data, _ = topic.prepare_value(value, table.value_serializer)
+        table.data[key] = value  # the store itself: no changelog record from Faust
+        if self.publisher is None:
+            self.publisher = Publisher(self.settings)
+        await self.publisher.send_raw(topic.get_topic_name(), key, data)
+
     @staticmethod
     def own_outputs(fresh: bool = False) -> list[asyncio.Future[Any]]:
         """The current task's queued outputs, made on first use (``fresh``: made now).

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -59,11 +60,12 @@ def _delivered(table: Any, key: str) -> list[str]:
     return list(data["ids"]) if isinstance(data, dict) else list(data)
 
 
-def _remember(table: Any, key: str, delivery_id: str, now: float | None = None) -> None:
+def _with_delivered(table: Any, key: str, delivery_id: str, now: float | None = None) -> str:
+    """The key's table value once ``delivery_id`` is delivered too (the last ids kept)."""
     ids = _delivered(table, key)
     ids.append(delivery_id)
     at = time.time() if now is None else now
-    table[key] = orjson.dumps({"at": at, "ids": ids[-MAX_REMEMBERED:]}).decode()
+    return orjson.dumps({"at": at, "ids": ids[-MAX_REMEMBERED:]}).decode()
 
 
 async def sweep_delivered(table: Any, cutoff_s: float) -> int:
@@ -92,6 +94,10 @@ class Item:
     message_id: str | None
 
 
+#: Marks a delivery id of the item's key delivered, durably (``DeliveryLoop.remember``).
+Mark = Callable[[str], Awaitable[None]]
+
+
 class Outbound(Protocol):
     """One delivery input: how to read its records and deliver one of them."""
 
@@ -101,7 +107,9 @@ class Outbound(Protocol):
 
     def read(self, record: RawRecord) -> tuple[Item, Any]: ...
 
-    async def deliver(self, event: Any, done: list[str]) -> DeliveryReceipt: ...
+    async def deliver(self, event: Any, done: list[str], mark: Mark) -> DeliveryReceipt:
+        """Deliver ``event``; ``mark`` (awaited) each part a long reply went out in."""
+        ...
 
 
 class DeliveryLoop:
@@ -109,6 +117,9 @@ class DeliveryLoop:
 
     Effectively-once: ids are deterministic, and the delivered-ids table (keyed like the
     stream) drops any id already delivered, so a replay or restart sends nothing twice.
+    Each mark is acknowledged by the broker before anything else of its key proceeds
+    (``remember``), so a new owner of the key knows of every delivery but one: a crash
+    between the platform's answer and the mark's ack still sends that one again.
     """
 
     def __init__(self, ctx: Context, outbound: Outbound) -> None:
@@ -158,17 +169,30 @@ class DeliveryLoop:
                 at=utcnow(),
             )
         else:
-            receipt = await self.outbound.deliver(event, done)
+            mark = functools.partial(self.remember, item.key)
+            receipt = await self.outbound.deliver(event, done, mark)
+            if receipt.status == "delivered":
+                await self.remember(item.key, receipt.delivery_id)
         await self.finish(record, item, receipt)
 
+    async def remember(self, key: str, delivery_id: str) -> None:
+        """Mark ``delivery_id`` delivered and wait until the mark is durable.
+
+        Not through Faust's buffered changelog (``table[key] = ...``): a worker killed
+        before that buffer was sent left the next owner without the mark, which sent the
+        reply again (issue 11). One ack wait per delivery; the key's deliveries are
+        sequential anyway, different keys' wait at the same time.
+        """
+        table = self.outbound.table
+        await self.ctx.set_durably(table, key, _with_delivered(table, key, delivery_id))
+
     async def finish(self, record: RawRecord, item: Item, receipt: DeliveryReceipt) -> None:
-        """Receipt to ``deliveries``; remember a delivery; DLQ a failure; the case event."""
+        """Receipt to ``deliveries``; DLQ a failure; the case event (a delivery is already
+        remembered)."""
         ctx = self.ctx
         ctx.metrics.deliveries.labels(channel=receipt.channel, status=receipt.status).inc()
         await ctx.send("deliveries", receipt.delivery_id, receipt)
-        if receipt.status == "delivered":
-            _remember(self.outbound.table, item.key, receipt.delivery_id)
-        elif receipt.status == "failed":
+        if receipt.status == "failed":
             err = DeliveryError(receipt.error or "delivery failed")
             await ctx.dead_letter(dead_letter_for(STAGE, record, err, item.message_id))
         if item.case_id is not None and receipt.status != "skipped_duplicate":
@@ -243,10 +267,9 @@ class Replies:
         r = reply
         return Item(r.reply_id, r.channel.value, r.customer_id, r.case_id, r.message_id), reply
 
-    async def deliver(self, event: Any, done: list[str]) -> DeliveryReceipt:
+    async def deliver(self, event: Any, done: list[str], mark: Mark) -> DeliveryReceipt:
         reply: Reply = event
-        on_part = functools.partial(_remember, self.table, reply.customer_id)
-        return await self.senders.get().deliver_reply(reply, sent_parts=done, on_part=on_part)
+        return await self.senders.get().deliver_reply(reply, sent_parts=done, on_part=mark)
 
 
 @dataclass
@@ -262,7 +285,7 @@ class External:
         sub = decode_record(SubRequest, record)
         return Item(sub.sub_request_id, "email", sub.case_id, sub.case_id, sub.message_id), sub
 
-    async def deliver(self, event: Any, done: list[str]) -> DeliveryReceipt:
+    async def deliver(self, event: Any, done: list[str], mark: Mark) -> DeliveryReceipt:
         sub: SubRequest = event
         mail = compose_external(sub, self.senders.settings)
         return await self.senders.get().deliver_external(sub, mail)

@@ -88,14 +88,15 @@ class Deliverer:
         reply: Reply,
         *,
         sent_parts: Collection[str] = (),
-        on_part: Callable[[str], None] | None = None,
+        on_part: Callable[[str], Awaitable[None]] | None = None,
     ) -> DeliveryReceipt:
         """Send ``reply`` in its channel; a delivered or failed receipt keyed by reply id.
 
         A text over the platform's limit goes out in parts, in order, with ids
         ``<reply_id>#<n>``: parts named in ``sent_parts`` are not sent again, and ``on_part``
-        is called after each part is accepted, so a replay after a crash resumes where the
-        sending stopped. The first part that fails ends the delivery (failed receipt).
+        is awaited after each part is accepted (before the next part), so a replay after a
+        crash resumes where the sending stopped. The first part that fails ends the delivery
+        (failed receipt).
         """
         try:
             target = resolve_target(reply, self.settings)
@@ -126,7 +127,7 @@ class Deliverer:
                     update={"delivery_id": reply.reply_id, "attempts": attempts, "error": error}
                 )
             if on_part is not None:
-                on_part(part_id)
+                await on_part(part_id)
         return self._receipt(reply.reply_id, reply.channel.value, attempts, None)
 
     async def deliver_external(

@@ -330,9 +330,11 @@ async def test_a_long_reply_goes_out_in_parts_and_resumes_after_a_crash(
     parts = reply_parts(reply, "twilio")
     assert len(parts) == 4
     remembered: list[str] = []
-    receipt = await deliverer(settings(), Sleeps(), MaxRng()).deliver_reply(
-        reply, on_part=remembered.append
-    )
+
+    async def remember(part_id: str) -> None:
+        remembered.append(part_id)
+
+    receipt = await deliverer(settings(), Sleeps(), MaxRng()).deliver_reply(reply, on_part=remember)
     assert receipt.status == "delivered" and receipt.delivery_id == reply.reply_id
     assert sent == parts and receipt.attempts == 4
     assert remembered == [f"{reply.reply_id}#{n}" for n in (1, 2, 3, 4)]
@@ -367,14 +369,18 @@ def test_retry_after_parsing() -> None:
 async def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
     import orjson
 
-    from pipeline.notify.agents import _delivered, _remember, sweep_delivered
+    from pipeline.notify.agents import _delivered, _with_delivered, sweep_delivered
 
     table: dict[str, str] = {"legacy": orjson.dumps(["reply_old"]).decode()}
     assert _delivered(table, "legacy") == ["reply_old"]  # the format before timestamps
-    _remember(table, "cust-1", "reply_1", now=1_000.0)
-    _remember(table, "cust-1", "reply_1#2", now=2_000.0)
-    _remember(table, "cust-2", "reply_2", now=5_000.0)
-    _remember(table, "legacy", "reply_new", now=5_000.0)  # rewritten with a timestamp
+
+    def remember(key: str, delivery_id: str, now: float) -> None:
+        table[key] = _with_delivered(table, key, delivery_id, now)
+
+    remember("cust-1", "reply_1", now=1_000.0)
+    remember("cust-1", "reply_1#2", now=2_000.0)
+    remember("cust-2", "reply_2", now=5_000.0)
+    remember("legacy", "reply_new", now=5_000.0)  # rewritten with a timestamp
     assert _delivered(table, "cust-1") == ["reply_1", "reply_1#2"]
     assert _delivered(table, "legacy") == ["reply_old", "reply_new"]
     assert await sweep_delivered(table, cutoff_s=3_000.0) == 1
