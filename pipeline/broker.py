@@ -8,6 +8,7 @@ Tansu keeps data in memory only; see docs/ARCHITECTURE.md, Broker, for what else
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -120,6 +121,11 @@ def any_broker_answers(bootstrap_servers: str, timeout: float = 1.0) -> bool:
         if host and port.isdigit() and metadata_ready(host.strip("[]"), int(port), timeout):
             return True
     return False
+
+
+async def brokers_answer(bootstrap_servers: str, timeout: float = 1.0) -> bool:
+    """``any_broker_answers`` off the event loop (its socket calls block)."""
+    return await asyncio.to_thread(any_broker_answers, bootstrap_servers, timeout)
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes | None:

@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=15.0, gt=0, description="A worker still stopping after this is ended hard."
     )
-    lag_interval_s: float = Field(default=15.0, gt=0, description="Consumer lag measured every.")
+    lag_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Consumer lag measured, and the broker asked (worker and console), every.",
+    )
     stall_after_s: float = Field(
         default=300.0,
         gt=0,

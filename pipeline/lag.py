@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.exceptions import ConsumerNotStarted
 
-from pipeline.broker import any_broker_answers
+from pipeline.broker import brokers_answer
 from pipeline.context import Context
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,7 @@ def install(ctx: Context) -> ProgressTracker:
         try:
             # A dead broker also empties the assignment (nothing to measure below), so ask
             # it directly first.
-            if not await asyncio.to_thread(
-                any_broker_answers, s.kafka_bootstrap_servers or "", s.request_timeout_s
-            ):
+            if not await brokers_answer(s.kafka_bootstrap_servers or "", s.request_timeout_s):
                 raise KafkaConnectionError(f"no broker answers at {s.kafka_bootstrap_servers}")
             held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
             ends: Mapping[Any, int] = {}

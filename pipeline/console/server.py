@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pipeline import bus
+from pipeline.broker import brokers_answer
 from pipeline.config import Settings
 from pipeline.console.auth import DEMO_USERS, load_users, users_json
 from pipeline.console.follower import follow
@@ -18,7 +19,7 @@ from pipeline.console.store import Store
 from pipeline.console.web import Console, build_app
 from pipeline.domain.workflow import load_workflow
 
-__all__ = ["console_env", "db_path", "run_console", "serve"]
+__all__ = ["console_env", "db_path", "run_console", "serve", "watch_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,23 @@ def _fresh_store(path: Path) -> Store:
     return Store(path)
 
 
+async def watch_broker(settings: Settings, console: Console) -> None:
+    """Ask the broker every ``lag_interval_s``, as the worker's lag timer does; two misses in
+    a row (one is a blip) make ``/healthz`` 503 until it answers again. The follower alone
+    would not tell: its consumer retries a dead broker quietly, returning empty batches."""
+    servers = settings.kafka_bootstrap_servers or ""
+    misses = 0
+    while True:
+        await asyncio.sleep(settings.lag_interval_s)
+        if await brokers_answer(servers, settings.request_timeout_s):
+            misses, console.broker = 0, None
+            continue
+        misses += 1
+        log.warning("console: no broker answers at %s (%d in a row)", servers, misses)
+        if misses >= 2:
+            console.broker = f"no broker answers at {servers}"
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set."""
     departments = load_workflow(settings.rules_path).task_departments()
@@ -64,6 +82,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     if secret is not None:
         console.secret = secret.get_secret_value().encode("utf-8")
     follower = asyncio.create_task(follow(settings, store, departments, console.ready))
+    watch = asyncio.create_task(watch_broker(settings, console))
     runner = web.AppRunner(build_app(console), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.console_host, settings.console_port)
@@ -72,9 +91,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for task in (follower, watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
         if console.publisher is not None:
             await console.publisher.close()

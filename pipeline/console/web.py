@@ -72,6 +72,8 @@ class Console:
     publisher: Publisher | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    #: Why this replica is unhealthy: its broker stopped answering (``server.watch_broker``).
+    broker: str | None = None
 
     def pub(self) -> Publisher:
         """The durable producer (started on first use)."""
@@ -279,9 +281,16 @@ async def _publish(console: Console, topic: str, key: str, event: Any) -> None:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    # 503 while the broker is away (seconds, not never): the supervisor sees the outage.
     console = _console(request)
-    ready = console.ready.is_set()
-    return web.json_response({"ready": ready, "version": console.store.version})
+    doc = {
+        "status": "broker" if console.broker else "ok",
+        "ready": console.ready.is_set(),
+        "version": console.store.version,
+    }
+    if console.broker:
+        doc["broker"] = console.broker
+    return web.json_response(doc, status=503 if console.broker else 200)
 
 
 async def _version(request: web.Request) -> web.Response:
