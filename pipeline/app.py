@@ -14,6 +14,7 @@ What is tuned here because the framework's defaults are wrong for us:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, cast
 
 from faust.types import TP
@@ -26,7 +27,7 @@ from pipeline.errors import BrokerError
 from pipeline.faust_app import RouterApp
 from pipeline.metrics import Metrics
 from pipeline.notify.agents import install as install_notify
-from pipeline.recovery import RouterTableManager
+from pipeline.recovery import NotReady, RouterTableManager
 from pipeline.route.agents import install as install_route
 from pipeline.topics import compacted_names
 
@@ -88,32 +89,46 @@ def _install_web(ctx: Context) -> None:
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(ctx.metrics.render(), content_type="text/plain; version=0.0.4")
 
+    not_ready = NotReady()
+
+    def recovering() -> tuple[bool, bool, float]:
+        """Busy (rebalancing or recovering), tables recovered, seconds busy so far."""
+        # Ready once partitions are assigned and tables recovered from their changelogs: a
+        # rolling update waits for this before it stops the next worker.
+        recovered = cast(RouterTableManager, app.tables).recovery.completed.is_set()
+        busy = bool(app.rebalancing or app.in_recovery) or not recovered
+        return busy, recovered, not_ready.observe(busy, time.monotonic())
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         assigned: set[TP] = set(app.consumer.assignment()) if app.consumer else set()
         held = getattr(app.consumer, "held", None) if app.consumer else None
         if held:  # an agent crashed: the consumer commits nothing more (faust_app._Consumer)
             ctx.status["commits"] = held
+        _, _, busy_s = recovering()
+        if busy_s >= ctx.settings.recovery_timeout_s:  # stuck: only a restart gets it out
+            ctx.status["recovery"] = f"not ready for {busy_s:.0f} s (joining or restoring)"
+        else:
+            ctx.status.pop("recovery", None)
         stalled = "stalled" in ctx.status or "commits" in ctx.status
+        stuck = "recovery" in ctx.status
         # "broker": outputs not acknowledged or lost (Context.flush); "consumer": inputs gone
         # or unreachable (lag.py). Either is 503 within seconds, not after the stall timer.
         broken = "broker" in ctx.status or "consumer" in ctx.status
+        status = "broker" if broken else "stalled" if stalled else "recovering" if stuck else "ok"
         return web.json(
             {
-                "status": "broker" if broken else "stalled" if stalled else "ok",
+                "status": status,
                 "app": ctx.settings.app_id,
                 "assigned_partitions": len(assigned),
                 **ctx.status,
             },
-            status=503 if stalled or broken else 200,
+            status=503 if stalled or broken or stuck else 200,
         )
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        # Ready once partitions are assigned and tables recovered from their changelogs: a
-        # rolling update waits for this before it stops the next worker.
-        recovered = cast(RouterTableManager, app.tables).recovery.completed.is_set()
-        busy = bool(app.rebalancing or app.in_recovery) or not recovered
+        busy, recovered, _ = recovering()
         return web.json(
             {
                 "status": "recovering" if busy else "ready",

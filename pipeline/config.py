@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         "progress for this long is stalled: /healthz answers 503 so a supervisor restarts "
         "the worker.",
     )
+    recovery_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A worker not ready (joining its group, restoring its tables) for this "
+        "long answers /healthz 503 so a supervisor restarts it (/readyz is 503 all along).",
+    )
 
     # --- logs
     log_format: Literal["text", "json"] = Field(

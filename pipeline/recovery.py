@@ -35,7 +35,7 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
-__all__ = ["FENCE_KEY", "RouterRecovery", "RouterTableManager"]
+__all__ = ["FENCE_KEY", "NotReady", "RouterRecovery", "RouterTableManager"]
 
 #: Key of the fence records (raw UTF-8, as the tables' keys are, ``Context.table``): no
 #: table uses it, and its tombstone value deletes nothing.
@@ -148,3 +148,23 @@ class RouterTableManager(TableManager):
         if self._recovery is None:
             self._recovery = RouterRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+class NotReady:
+    """How long a worker has been not ready (joining its group, restoring its tables), as its
+    probes see it: the clock starts at the first probe that finds it busy and stops at the
+    first that finds it ready. A worker stuck there answers ``/readyz`` 503, which only takes
+    it out of a rollout; ``/healthz`` turns 503 too once this passes ``recovery_timeout_s``,
+    so a supervisor restarts it."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def observe(self, busy: bool, now: float) -> float:
+        """Seconds not ready so far (0 when ready)."""
+        if not busy:
+            self.since = None
+            return 0.0
+        if self.since is None:
+            self.since = now
+        return now - self.since

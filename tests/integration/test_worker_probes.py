@@ -71,3 +71,42 @@ def test_a_starting_worker_answers_503_until_recovered_and_logs_json_lines(
     docs = [json.loads(line) for line in lines]  # every line the worker wrote is one JSON object
     assert docs and all({"time", "level", "logger", "message"} <= d.keys() for d in docs)
     assert any(d["logger"].startswith(("faust", "mode")) for d in docs), "Faust's own lines too"
+
+
+def test_a_worker_not_ready_for_longer_than_the_recovery_timeout_is_unhealthy(
+    broker_settings: Settings,
+    stack_settings: StackSettings,
+    tmp_path: Path,
+    get_json: GetJson,
+    wait_until_sync: WaitUntilSync,
+) -> None:
+    # A worker stuck joining or restoring is 503 on /readyz, which only keeps it out of a
+    # rollout: /healthz must say so too once that lasts, or nothing restarts it. The timeout is
+    # tiny here, so the worker's own first join (seconds on a new group) outlasts it.
+    s = stack_settings(broker_settings, "rt")
+    base = f"http://{s.web_host}:{s.web_port}"
+
+    def probe(path: str) -> tuple[int, Any] | None:
+        try:
+            return get_json(f"{base}{path}")
+        except OSError:
+            return None  # not listening yet
+
+    with children(tmp_path / "worker.log") as group:
+        group.start("worker", ["worker"], child_env(s, PIPELINE_RECOVERY_TIMEOUT_S="0.01"))
+        status, doc = wait_until_sync(
+            lambda: (got := probe("/healthz")) is not None and got[0] == 503 and got,
+            timeout_s=600,  # a failure bound: the model may be trained first
+            what="/healthz answering 503 while not ready",
+            interval_s=0.05,
+        )
+        assert doc["status"] == "recovering" and "not ready for" in doc["recovery"], doc
+        wait_until_sync(
+            lambda: (got := probe("/readyz")) is not None and got[0] == 200,
+            timeout_s=600,
+            what="/readyz answering 200",
+        )
+        # Ready: the clock stopped, and a live worker is healthy again.
+        status, health = get_json(f"{base}/healthz")
+        assert status == 200 and health["status"] == "ok", health
+        assert "recovery" not in health

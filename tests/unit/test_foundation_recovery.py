@@ -8,7 +8,7 @@ from typing import Any
 
 from faust.types import TP
 
-from pipeline.recovery import FENCE_KEY, RouterRecovery
+from pipeline.recovery import FENCE_KEY, NotReady, RouterRecovery
 
 STREAM = TP("care.task-updates", 0)
 COMMITTED = TP("care.task-updates", 1)
@@ -118,3 +118,13 @@ async def test_restore_goes_up_to_the_fence_not_the_reported_end() -> None:
     ]
     # the fence is a tombstone of a key no table writes (keys are raw text on the changelog)
     assert FENCE_KEY.decode().startswith("\x00")
+
+
+def test_not_ready_counts_from_the_first_busy_probe_and_stops_when_ready() -> None:
+    clock = NotReady()
+    assert clock.observe(busy=False, now=5.0) == 0.0
+    assert clock.observe(busy=True, now=10.0) == 0.0  # the clock starts here
+    assert clock.observe(busy=True, now=310.0) == 300.0
+    assert clock.observe(busy=False, now=311.0) == 0.0  # ready: stopped
+    assert clock.observe(busy=True, now=400.0) == 0.0  # the next rebalance starts afresh
+    assert clock.observe(busy=True, now=401.5) == 1.5
