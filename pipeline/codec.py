@@ -9,7 +9,16 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from pipeline.errors import DecodeError
-from pipeline.events import CaseEvent, CaseEvents, DeadLetter, Event, derive_id, utcnow
+from pipeline.events import (
+    CaseEvent,
+    CaseEvents,
+    DeadLetter,
+    Event,
+    SubRequest,
+    TaskNotice,
+    derive_id,
+    utcnow,
+)
 
 E = TypeVar("E", bound=Event)
 
@@ -49,6 +58,15 @@ def decode_case_events(raw: bytes | None) -> list[CaseEvent]:
         return decode(CaseEvents, raw).events
     except DecodeError:
         return [decode(CaseEvent, raw)]
+
+
+def decode_task_record(raw: bytes | None) -> SubRequest | TaskNotice:
+    """One record of a department's task topic, as the kind it is: both kinds share the
+    topic (``events.TaskNotice``), only a notice has a ``notice_id``, and both models forbid
+    unknown fields."""
+    if raw is not None and b'"notice_id"' in raw:
+        return decode(TaskNotice, raw)
+    return decode(SubRequest, raw)
 
 
 def dead_letter(

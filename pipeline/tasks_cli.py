@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline import bus
-from pipeline.codec import decode
+from pipeline.codec import decode, decode_task_record
 from pipeline.config import Settings, get_settings
 from pipeline.errors import DecodeError, InvalidInput
 from pipeline.events import (
@@ -124,16 +124,14 @@ class Board:
         return update.sub_request_id
 
     def _take_task_record(self, value: bytes) -> str | None:
-        # Both kinds share the topic: a notice has a notice_id, a sub-request does not.
-        if b'"notice_id"' in value:
-            notice = decode(TaskNotice, value)
-            view = self.tasks.get(notice.sub_request_id)
+        sub = decode_task_record(value)
+        if isinstance(sub, TaskNotice):
+            view = self.tasks.get(sub.sub_request_id)
             if view is None:
-                self._early_notices.setdefault(notice.sub_request_id, []).append(notice)
+                self._early_notices.setdefault(sub.sub_request_id, []).append(sub)
                 return None
-            view.notices.append(notice)
-            return notice.sub_request_id
-        sub = decode(SubRequest, value)
+            view.notices.append(sub)
+            return sub.sub_request_id
         if sub.sub_request_id not in self.tasks:
             self.tasks[sub.sub_request_id] = TaskView(
                 sub,

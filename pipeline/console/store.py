@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from pipeline.codec import decode, decode_case_events
+from pipeline.codec import decode, decode_case_events, decode_task_record
 from pipeline.errors import DecodeError
 from pipeline.events import (
     CaseEvent,
@@ -224,13 +224,11 @@ class Store:
             )
 
     def _task_record(self, value: bytes) -> None:
-        # A task topic carries two kinds (events.TaskNotice): only a notice has a notice_id,
-        # and both models forbid unknown fields, so a record is decoded as what it is.
-        if b'"notice_id"' in value:
-            n = decode(TaskNotice, value)
-            self._put("notices", n.notice_id, n.case_id, n.sub_request_id, n.type, n.at, _json(n))
+        r = decode_task_record(value)  # a task topic carries two kinds
+        if isinstance(r, TaskNotice):
+            self._put("notices", r.notice_id, r.case_id, r.sub_request_id, r.type, r.at, _json(r))
         else:
-            self._sub_request(decode(SubRequest, value))
+            self._sub_request(r)
 
     def _sub_request(self, sub: SubRequest) -> None:
         self.db.execute(

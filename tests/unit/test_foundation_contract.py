@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline import schema_gen
-from pipeline.codec import dead_letter, decode, encode
+from pipeline.codec import dead_letter, decode, decode_task_record, encode
 from pipeline.errors import DecodeError
 from pipeline.events import (
     EVENT_TYPES,
@@ -16,9 +17,14 @@ from pipeline.events import (
     InboundMessage,
     Outcome,
     OutcomeKind,
+    SubRequest,
+    TaskNotice,
     derive_id,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from tests.plugins.events import MakeSubRequest
 
 
 def _inbound(**kw: object) -> InboundMessage:
@@ -116,3 +122,24 @@ def test_drift_is_detected(tmp_path: pytest.TempPathFactory) -> None:
     (d / "Outcome.schema.json").write_text("{}")
     (d / "Stray.schema.json").write_text("{}")
     assert schema_gen.drift(d) == ["Outcome.schema.json", "Stray.schema.json"]
+
+
+def test_a_task_record_is_decoded_as_the_kind_it_is(make_sub_request: MakeSubRequest) -> None:
+    # Even a sub-request whose text names the notice's field (escaped in the JSON).
+    sub = make_sub_request(text='Клиент пишет: "notice_id" в письме')
+    notice = TaskNotice(
+        notice_id=derive_id("notice", sub.sub_request_id, "closed"),
+        type="closed",
+        case_id=sub.case_id,
+        sub_request_id=sub.sub_request_id,
+        department=sub.department,
+        text="Answered elsewhere.",
+        at=utcnow(),
+    )
+    assert decode_task_record(encode(sub)) == sub
+    assert isinstance(decode_task_record(encode(sub)), SubRequest)
+    assert decode_task_record(encode(notice)) == notice
+    with pytest.raises(DecodeError, match="invalid TaskNotice"):
+        decode_task_record(b'{"notice_id": "n"}')
+    with pytest.raises(DecodeError, match="invalid SubRequest"):
+        decode_task_record(b"{}")
