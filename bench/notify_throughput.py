@@ -8,7 +8,12 @@
    the ceiling of this machine; the ratio 1/2 is the overhead of the delivery layer
    (target resolution, text building, rate-limiter call, error mapping, receipt model);
 3. the default Telegram rate limit (25/s) honoured over ``--limited-n`` deliveries;
-4. ``compose_external`` (Russian, with PII to redact) and its serialization to wire bytes.
+4. ``compose_external`` (Russian, with PII to redact) and its serialization to wire bytes;
+5. with ``--marks``: the notify loop itself (``DeliveryLoop.handle_batch`` in batches of 64
+   from 500 customers, then the batch's flush) with each delivered mark acknowledged by a
+   broker (the embedded Tansu unless KAFKA_BOOTSTRAP_SERVERS is set; issue 11) before the
+   key goes on, against the marks awaited with the batch's outputs (one ack wait per batch,
+   what the outputs get) and against every output and mark acknowledged at once.
 
 Server and client share one event loop and process (and the 2 cores with whatever else
 runs), so absolute figures are a floor; the ratio is the useful number. Best of
@@ -194,6 +199,104 @@ def bench_compose(n: int) -> None:
     out(f"  mean size                {size / n:9.0f} bytes\n")
 
 
+class InstantAcks:
+    """Stands in for ``bus.Publisher``: every output and every mark acknowledged at once."""
+
+    lost: str | None = None
+
+    async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def send_raw(self, topic: str, key: str | None, value: bytes | None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def batched_marks(settings: Settings) -> Any:
+    """A ``bus.Publisher`` whose durable sends are only queued with the batch's outputs."""
+    from pipeline.bus import Publisher
+    from pipeline.context import Context
+
+    class BatchedMarks(Publisher):
+        async def send_raw(self, topic: str, key: str | None, value: bytes | None) -> None:
+            Context.own_outputs().append(await self.enqueue(topic, key, value))
+
+    return BatchedMarks(settings)
+
+
+async def loop_rate(settings: Settings, run: str, marks: str, n: int) -> float:
+    """Replies per second through the notify loop (fresh app and table: nothing delivered)."""
+    from pipeline.bus import Publisher, ensure_topics
+    from pipeline.codec import encode
+    from pipeline.context import Context
+    from pipeline.faust_app import RouterApp
+    from pipeline.metrics import Metrics
+    from pipeline.notify.agents import DeliveryLoop, Replies, Senders
+    from pipeline.stage import RawRecord
+
+    app = RouterApp(f"bench-marks-{run}", broker="kafka://127.0.0.1:1", store="memory://")
+    ctx = Context(settings=settings, metrics=Metrics(), app=app)
+    table = ctx.table("delivered-replies")
+    publisher: Any = InstantAcks()
+    if marks != "at once":
+        outputs = [settings.topic("deliveries"), settings.topic("case-events")]
+        await ensure_topics(settings, [table.changelog_topic.get_topic_name(), *outputs])
+        publisher = Publisher(settings) if marks == "each" else batched_marks(settings)
+    ctx.publisher = publisher
+    senders = Senders(settings)
+    loop = DeliveryLoop(ctx, Replies(senders, table))
+    records = [
+        RawRecord("replies", 0, i, r.customer_id.encode(), encode(r))
+        for i, r in enumerate(reply(i) for i in range(n))
+    ]
+    try:
+        ctx.own_outputs(fresh=True)
+        await loop.handle_batch(records[:64])  # warm-up: the producer, the HTTP session
+        await ctx.flush()
+        start = time.perf_counter()
+        for at in range(64, n, 64):
+            await loop.handle_batch(records[at : at + 64])
+            await ctx.flush()
+        return (n - 64) / (time.perf_counter() - start)
+    finally:
+        await senders.close()
+        await publisher.close()
+
+
+async def bench_marks(args: argparse.Namespace) -> None:
+    from pipeline.broker import broker_for
+
+    runner, base = await start_fake_telegram()
+    try:
+        with broker_for(Settings()) as broker:
+            settings = broker.model_copy(
+                update={
+                    "telegram_api_base_url": base,
+                    "telegram_bot_token": SecretStr(TOKEN),
+                    "delivery_rate_limits": {},
+                    "topic_prefix": f"bench-marks-{int(time.time())}.",
+                }
+            )
+            kinds = ["each", "batch", "at once"]
+            best = dict.fromkeys(kinds, 0.0)
+            for r in range(args.repeat):
+                for i, kind in enumerate(kinds):
+                    rate = await loop_rate(settings, f"{r}-{i}", kind, args.n)
+                    best[kind] = max(best[kind], rate)
+    finally:
+        await runner.cleanup()
+    out = sys.stdout.write
+    out(f"notify loop (batches of 64, 500 customers): n={args.n}\n")
+    out(f"  each mark acked before its key goes on {best['each']:8.0f} replies/s\n")
+    out(f"  marks acked with the batch's outputs   {best['batch']:8.0f} replies/s\n")
+    out(f"  every output and mark acked at once    {best['at once']:8.0f} replies/s\n")
+    out(f"  ratio each/batch                       {best['each'] / best['batch']:8.2f}\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="deliveries per run")
@@ -201,9 +304,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--limited-n", type=int, default=75, help="rate-limited deliveries")
     parser.add_argument("--compose-n", type=int, default=3000)
+    parser.add_argument("--marks", action="store_true", help="the notify loop with a broker")
     args = parser.parse_args()
     asyncio.run(bench_delivery(args))
     bench_compose(args.compose_n)
+    if args.marks:
+        asyncio.run(bench_marks(args))
     return 0
 
 
