@@ -17,7 +17,10 @@
    the cut when both sides are confidently different requests: neither side out of scope, the
    model's best labels differ, and each side reaches ``clause_threshold`` (0.8) × the model's
    own per-language abstention threshold (calibrated for precision), so a side the model
-   would not answer on its own — a vague "…, can you help me?" — does not cut. Relative to
+   would not answer on its own — a vague "…, can you help me?" — does not cut; and neither
+   side may read as the other side's request too (its confidence of the other's label below
+   ``RELATED_LIMIT``, by the fast model and by the encoder): a context clause and the request
+   it leads to ("I bought a product, how can I change my order?") is one request. Relative to
    the model's own thresholds, the rule survives a retrained model with another confidence
    scale. Before any model reads them, sides that cannot be a request of their own are
    dropped: fewer than ``clause_min_words`` words; a condition ("Если не вернёте деньги,
@@ -448,21 +451,28 @@ def _judge(
 
     The fast model reads every side; the cascade's slow encoder then re-reads only the sides
     the fast model is unsure of AND only of the cuts the fast model already reads as two
-    different in-scope requests: a cut it reads as one request (or an off-topic side) is
-    dropped without encoding. ``prefilter=False``: the cascade reads every side."""
-    preds = model.predict_batch(flat, cascade=not prefilter)
+    different in-scope requests: a cut it reads as one request (the same label, an off-topic
+    side, or sides that read as each other's request) is dropped without encoding. A cut
+    either model reads as one request does not cut. ``prefilter=False``: the cascade reads
+    every side."""
+    fast = model.predict_batch(flat, cascade=not prefilter)
+    preds = list(fast)
     if prefilter:
         unsure = [
             i
             for k in range(0, len(flat), 2)
-            if _different(preds[k], preds[k + 1])
+            if _different(fast[k], fast[k + 1]) and not _one_request(fast[k], fast[k + 1], related)
             for i in (k, k + 1)
-            if preds[i].confidence < model.cascade_threshold_for(detect_language(flat[i])[0])
+            if fast[i].confidence < model.cascade_threshold_for(detect_language(flat[i])[0])
         ]
         for i, p in zip(unsure, model.predict_batch([flat[i] for i in unsure]), strict=True):
             preds[i] = p
-    pairs = [((preds[k], flat[k]), (preds[k + 1], flat[k + 1])) for k in range(0, len(flat), 2)]
-    return [(_strength(model, sides, related), sides[0][0], sides[1][0]) for sides in pairs]
+    out: list[tuple[float, Prediction, Prediction]] = []
+    for k in range(0, len(flat), 2):
+        sides = ((preds[k], flat[k]), (preds[k + 1], flat[k + 1]))
+        one = _one_request(fast[k], fast[k + 1], related)
+        out.append((0.0 if one else _strength(model, sides, related), preds[k], preds[k + 1]))
+    return out
 
 
 def refine(

@@ -185,6 +185,8 @@ def test_clause_boundaries_split_without_a_connective(
         "I bought a product, how can I change my order?",
         "I don't like the service, how can I file a complaint?",
         "I have no shipping address, can you set one up?",
+        "Мне приходят письма, я не подписывался",  # the fast model's trace of the request
+        "Добрый день! Мне пришло письмо с рассылкой, я не подписывался",
     ],
 )
 def test_single_requests_with_clauses_stay_whole(model: IntentModel, text: str) -> None:
@@ -250,6 +252,28 @@ def test_a_side_that_also_reads_as_the_other_request_does_not_cut() -> None:
     # a trace on the request's side counts alike
     model = Fixed(_top("track", 0.95), _top("refund", 0.9, ("track", 0.08)))
     assert refine(model, [text], [whole]) == [whole]  # type: ignore[arg-type]
+
+
+def test_a_trace_the_fast_model_sees_is_enough_and_saves_the_encoder() -> None:
+    """In "Мне приходят письма, я не подписывался" the fast model reads the short side as
+    registration_problems with newsletter_subscription third; the encoder would read it
+    without that trace. Either model's trace keeps the message whole, and a cut the fast
+    model already reads as one request is not encoded."""
+
+    class Traced(Fixed):
+        slow: list[str]
+
+        def predict_batch(self, texts: list[str], *, cascade: bool = True) -> list[Prediction]:
+            if cascade:
+                self.slow = [*getattr(self, "slow", []), *texts]
+                return [_top(p.best, 0.99) for p in super().predict_batch(texts)]
+            return super().predict_batch(texts)
+
+    text = "where is my parcel, I want my money back"
+    whole = [Part(0, len(text), "track_order", "ORDER", 0.9, False)]
+    model = Traced(_top("track", 0.95), _top("refund", 0.4, ("track", 0.13)))
+    assert refine(model, [text], [whole]) == [whole]  # type: ignore[arg-type]
+    assert getattr(model, "slow", []) == []
 
 
 class Sure:
