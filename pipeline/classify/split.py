@@ -355,18 +355,21 @@ class _Cut:
 
 
 #: Closed-class words: pronouns, auxiliaries, modals, question words, politeness and the
-#: verbs of asking for help. A side made of these alone ("could you help me?", "what should I
-#: do?", "подскажите, пожалуйста", "как мне быть?") names no request of its own.
+#: verbs of asking for help or information. A side made of these alone ("could you help me?",
+#: "what should I do?", "can you give me some information?", "подскажите, пожалуйста", "как
+#: мне быть?") names no request of its own.
 _CLOSED_CLASS = """
     i me my you u your we us our it this that a an the to for with out of on in about
     can could would will should shall do does did is are am be please help assist assistance
     support tell advise explain show what how why where when which who there any anything
     something anyone someone know let like want need thanks thank so now then just also again
+    some more give provide information info details
     я мне меня мой моя моё мое мои вы вам вас ты тебе тебя мы нам нас это этим этом то
     как что где когда почему зачем ли же бы ну вот с по на в о об за для к у и а но
     можно можете можешь могли могу может помогите помочь помощь подскажите подскажи
     подсказать скажите скажи объясните пожалуйста спасибо заранее сделать делать быть
     нужно надо хочу хотел хотела есть кто нибудь
+    дайте дать информацию информация подробности подробнее
 """
 _FUNCTION_WORDS = frozenset(_CLOSED_CLASS.split())
 

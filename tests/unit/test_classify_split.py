@@ -185,6 +185,7 @@ def test_clause_boundaries_split_without_a_connective(
         "I bought a product, how can I change my order?",
         "I don't like the service, how can I file a complaint?",
         "I have no shipping address, can you set one up?",
+        "I want to modify my order, can you show me some information?",
         "Мне приходят письма, я не подписывался",  # the fast model's trace of the request
         "Добрый день! Мне пришло письмо с рассылкой, я не подписывался",
     ],
@@ -319,6 +320,9 @@ def test_a_condition_is_not_a_request_of_its_own() -> None:
         ("I want to see the delivery options, could you help me?", False),  # no content word
         ("Хочу удалить аккаунт, подскажите, пожалуйста", False),
         ("Хочу удалить аккаунт, как это сделать?", False),  # "это" points back
+        ("I want to modify my order, can you give me some information?", False),
+        ("I want to modify my order, give me information on delivery options", True),
+        ("Хочу удалить аккаунт, дайте информацию", False),
     ],
 )
 def test_a_side_that_is_no_request_of_its_own_never_cuts(text: str, cut: bool) -> None:
