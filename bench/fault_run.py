@@ -32,7 +32,6 @@ import re
 import signal
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from pipeline.config import Settings
 from pipeline.errors import DecodeError
 from pipeline.events import ClassifiedMessage, Reply, derive_id
 from pipeline.outbox import Outbox, OutboxItem
-from pipeline.runtime import audit_records, child_env, children, departments, wait_http
+from pipeline.runtime import audit_records, child_env, children, departments, own_stack, wait_http
 from tests.plugins.inbound import telegram_update
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,19 +173,7 @@ def figures(
 
 
 async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run: int) -> Figures:
-    tag = uuid.uuid4().hex[:6]
-    s = base.model_copy(
-        update={
-            "topic_prefix": f"fault{tag}.",
-            "app_id": f"fault-{tag}",
-            "partitions": args.partitions,
-            "web_port": free_port(),
-            "ingest_port": free_port(),
-            "smtp_port": free_port(),
-            "session_timeout_s": 6.0,
-            "lag_interval_s": 2.0,
-        }
-    )
+    s = own_stack(base, "fault", partitions=args.partitions, lag_interval_s=2.0)
     await bus.ensure_topics(s, departments=departments(s))
     first_item = len(outbox.snapshot())
     rng = random.Random(run)
@@ -201,7 +188,7 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
     for k in range(args.incident):  # other customers, 3 messages apart, from the start
         plan.insert(3 * k, (chat0 + args.customers + k, 1, COMPLAINT))
     chats = {str(c) for c, _, _ in plan}
-    log_path = Path(args.log_dir) / f"fault-{tag}.log"
+    log_path = Path(args.log_dir) / f"{s.app_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with children(log_path) as group:
         env = child_env(s, **outbox.env())

@@ -36,7 +36,7 @@ from pipeline.domain.workflow import load_workflow
 from pipeline.errors import DecodeError
 from pipeline.events import ClassifiedMessage, Event, SubRequest, derive_id
 from pipeline.outbox import Outbox
-from pipeline.runtime import child_env, children, departments, wait_http
+from pipeline.runtime import child_env, children, departments, own_stack, wait_http
 from tests.plugins.inbound import STORE_COMPLAINTS, telegram_update
 
 E = TypeVar("E", bound=Event)
@@ -54,18 +54,7 @@ def decoded(model: type[E], records: list[bus.Record]) -> list[E]:
 
 
 async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, workers: int) -> str:
-    tag = uuid.uuid4().hex[:6]
-    s = base.model_copy(
-        update={
-            "topic_prefix": f"incw{tag}.",
-            "app_id": f"incw-{tag}",
-            "partitions": args.partitions,
-            "web_port": free_port(),
-            "ingest_port": free_port(),
-            "smtp_port": free_port(),
-            "session_timeout_s": 6.0,
-        }
-    )
+    s = own_stack(base, "incw", partitions=args.partitions)
     await bus.ensure_topics(s, departments=departments(s))
     wf = load_workflow(s.rules_path)
     store = wf.store(STORE)
@@ -74,7 +63,7 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, work
     first_item = len(outbox.snapshot())
     chats = [7_000_000 + int(uuid.uuid4().int % 900_000) * 100 + n for n in range(args.complaints)]
     mids = {derive_id("msg", "telegram", f"{c}:1") for c in chats}
-    log_path = Path(args.log_dir) / f"incw-{tag}.log"
+    log_path = Path(args.log_dir) / f"{s.app_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with children(log_path) as group:
         env = child_env(s, **outbox.env())

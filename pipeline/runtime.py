@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pipeline import bus
-from pipeline.broker import _die_with_parent
+from pipeline.broker import _die_with_parent, free_port
 from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.domain.workflow import load_workflow
@@ -135,6 +136,22 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env["PIPELINE_RULES_SOURCE"] = settings.rules_source
     env.update(extra)
     return env
+
+
+def own_stack(base: Settings, prefix: str, **update: Any) -> Settings:
+    """``base`` with topics, a consumer group and ports of its own (``prefix`` and a random
+    tag) and a short group session (6 s), for a stack a test or a bench starts on a shared
+    broker; ``update``: more settings. The caller creates the topics (``bus.ensure_topics``)."""
+    tag = uuid.uuid4().hex[:8]
+    fresh: dict[str, Any] = {
+        "topic_prefix": f"{prefix}{tag}.",
+        "app_id": f"{prefix}-{tag}",
+        "web_port": free_port(),
+        "ingest_port": free_port(),
+        "smtp_port": free_port(),
+        "session_timeout_s": 6.0,
+    }
+    return base.model_copy(update={**fresh, **update})
 
 
 @dataclass
