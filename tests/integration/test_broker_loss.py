@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipeline import bus
-from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.broker import EmbeddedBroker
 from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.errors import DecodeError
 from pipeline.events import InboundMessage, derive_id
 from pipeline.outbox import Outbox
-from pipeline.runtime import Children, child_env, departments, wait_http
+from pipeline.runtime import Children, child_env, departments, own_stack, wait_http
 
 if TYPE_CHECKING:
     from tests.plugins.stack import GetJson, GetText, Telegram
@@ -37,18 +37,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def own_broker(broker_settings: Settings) -> Iterator[tuple[EmbeddedBroker, Settings]]:
     broker = EmbeddedBroker().start()
-    tag = uuid.uuid4().hex[:8]
-    s = broker_settings.model_copy(
-        update={
-            "kafka_bootstrap_servers": broker.bootstrap_servers,
-            "topic_prefix": f"bl{tag}.",
-            "app_id": f"bl-{tag}",
-            "web_port": free_port(),
-            "ingest_port": free_port(),
-            "smtp_port": free_port(),
-            "session_timeout_s": 6.0,
-            "lag_interval_s": 1.0,
-        }
+    s = own_stack(
+        broker_settings, "bl", kafka_bootstrap_servers=broker.bootstrap_servers, lag_interval_s=1.0
     )
     try:
         yield broker, s

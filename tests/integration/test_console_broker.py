@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,7 +20,7 @@ from pipeline.config import Settings
 from pipeline.runtime import child_env, children, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson
+    from tests.plugins.stack import GetJson, ProbeJson
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
@@ -39,6 +39,7 @@ def test_a_console_whose_broker_goes_away_answers_503_and_recovers(
     own_broker: EmbeddedBroker,
     tmp_path: Path,
     get_json: GetJson,
+    probe_json: ProbeJson,
     wait_until_sync: WaitUntilSync,
 ) -> None:
     tag = uuid.uuid4().hex[:8]
@@ -52,12 +53,6 @@ def test_a_console_whose_broker_goes_away_answers_503_and_recovers(
     port = free_port()
     healthz = f"http://127.0.0.1:{port}/healthz"
 
-    def health() -> tuple[int, Any] | None:
-        try:
-            return get_json(healthz)
-        except OSError:
-            return None
-
     with children(tmp_path / "console.log") as group:
         group.start("console", ["console"], child_env(s, PIPELINE_CONSOLE_PORT=str(port)))
         wait_http(healthz, 120, group)
@@ -70,7 +65,7 @@ def test_a_console_whose_broker_goes_away_answers_503_and_recovers(
         tansu.wait()
         # A failure bound only: two missed checks at 1 s make it 503.
         status, doc = wait_until_sync(
-            lambda: (got := health()) is not None and got[0] == 503 and got,
+            lambda: (got := probe_json(healthz)) is not None and got[0] == 503 and got,
             timeout_s=60,
             what="console /healthz 503 with its broker gone",
         )
@@ -80,7 +75,7 @@ def test_a_console_whose_broker_goes_away_answers_503_and_recovers(
 
         own_broker.start()  # same port
         status, doc = wait_until_sync(
-            lambda: (got := health()) is not None and got[0] == 200 and got,
+            lambda: (got := probe_json(healthz)) is not None and got[0] == 200 and got,
             timeout_s=60,
             what="console /healthz 200 with its broker back",
         )

@@ -26,10 +26,10 @@ from pipeline.outbox import Outbox
 if TYPE_CHECKING:
     from tests.plugins.stack import (
         AddWorker,
+        Cases,
         Deliveries,
         GetJson,
-        ResolveInternal,
-        StartStack,
+        RunningStack,
         Telegram,
     )
     from tests.plugins.topics import Records
@@ -46,14 +46,14 @@ def workers(
     request: pytest.FixtureRequest,
     broker_settings: Settings,
     outbox: Outbox,
-    start_stack: StartStack,
+    running_stack: RunningStack,
     add_worker: AddWorker,
     get_json: GetJson,
     wait_until_sync: WaitUntilSync,
 ) -> Iterator[Settings]:
     # 4 partitions: the twelve customers' messages land on every worker.
-    stack, group = start_stack(broker_settings.model_copy(update={"partitions": 4}), outbox, "iw")
-    try:
+    base = broker_settings.model_copy(update={"partitions": 4})
+    with running_stack(base, outbox, "iw") as (stack, group):
         ports = [stack.web_port] + [
             add_worker(stack, group, outbox) for _ in range(request.param - 1)
         ]
@@ -66,8 +66,6 @@ def workers(
                 what=f"worker on {port} holding its partitions",
             )
         yield stack
-    finally:
-        group.stop()
 
 
 async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
@@ -76,7 +74,7 @@ async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
     deliveries: Deliveries,
     telegram: Telegram,
     store_complaints: tuple[str, ...],
-    resolve_internal: ResolveInternal,
+    cases: Cases,
 ) -> None:
     stack = workers
     wf = load_workflow(stack.rules_path)
@@ -155,8 +153,7 @@ async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
 
     # Every director answers the broadcast: the incident's case is resolved on the worker
     # holding it, and its resolution reaches every report's case, whichever worker holds it.
-    for sub in {s.sub_request_id: s for s in broadcast}.values():
-        await resolve_internal(stack, sub, "Овощи на Садовой, 12 заменили, партию списали.")
+    await cases.answer_once(stack, broadcast, "Овощи на Садовой, 12 заменили, партию списали.")
     reporters = {m for m, inc, _ in decided if inc == incident}  # the opener and the linked
     closed = await records.settled(
         stack,

@@ -23,7 +23,14 @@ from pipeline.events import (
 from pipeline.topics import task_topic
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import Deliveries, PostJson, ReplyByMail, ResolveInternal, Telegram
+    from tests.plugins.stack import (
+        Cases,
+        Deliveries,
+        PostJson,
+        ReplyByMail,
+        ResolveInternal,
+        Telegram,
+    )
     from tests.plugins.topics import Records
 
 pytestmark = pytest.mark.integration
@@ -173,7 +180,7 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
     stack: Settings,
     records: Records,
     generic: Generic,
-    resolve_internal: ResolveInternal,
+    cases: Cases,
     deliveries: Deliveries,
 ) -> None:
     run = uuid.uuid4().hex[:8]
@@ -224,11 +231,7 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
         stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in ids, 20
     )
     # Every director answers the broadcast: the incident closes and everyone linked is told.
-    seen: set[str] = set()
-    for sub in broadcast:
-        if sub.sub_request_id not in seen:
-            seen.add(sub.sub_request_id)
-            await resolve_internal(stack, sub, "Проверили свежесть овощей, заменили товар.")
+    await cases.answer_once(stack, broadcast, "Проверили свежесть овощей, заменили товар.")
     linked = {c.message_id for c in classified if c.similarity.incident_id == incident}
     closed = await records.settled(
         stack,

@@ -15,7 +15,7 @@ from pipeline.config import Settings
 from pipeline.runtime import child_env, children
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson, StackSettings
+    from tests.plugins.stack import GetJson, ProbeJson, StackSettings
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def test_a_starting_worker_answers_503_until_recovered_and_logs_json_lines(
     broker_settings: Settings,
     stack_settings: StackSettings,
     tmp_path: Path,
-    get_json: GetJson,
+    probe_json: ProbeJson,
     wait_until_sync: WaitUntilSync,
 ) -> None:
     s = stack_settings(broker_settings, "rz")
@@ -48,11 +48,11 @@ def test_a_starting_worker_answers_503_until_recovered_and_logs_json_lines(
     seen: list[tuple[int, Any]] = []
 
     def answer() -> tuple[int, Any] | None:
-        try:
-            seen.append(get_json(readyz))
-        except OSError:
+        got = probe_json(readyz)
+        if got is None:
             return None  # not listening yet
-        return seen[-1] if seen[-1][0] == 200 else None
+        seen.append(got)
+        return got if got[0] == 200 else None
 
     log_path = tmp_path / "worker.log"
     with children(log_path) as group:
@@ -78,6 +78,7 @@ def test_a_worker_not_ready_for_longer_than_the_recovery_timeout_is_unhealthy(
     stack_settings: StackSettings,
     tmp_path: Path,
     get_json: GetJson,
+    probe_json: ProbeJson,
     wait_until_sync: WaitUntilSync,
 ) -> None:
     # A worker stuck joining or restoring is 503 on /readyz, which only keeps it out of a
@@ -85,24 +86,17 @@ def test_a_worker_not_ready_for_longer_than_the_recovery_timeout_is_unhealthy(
     # tiny here, so the worker's own first join (seconds on a new group) outlasts it.
     s = stack_settings(broker_settings, "rt")
     base = f"http://{s.web_host}:{s.web_port}"
-
-    def probe(path: str) -> tuple[int, Any] | None:
-        try:
-            return get_json(f"{base}{path}")
-        except OSError:
-            return None  # not listening yet
-
     with children(tmp_path / "worker.log") as group:
         group.start("worker", ["worker"], child_env(s, PIPELINE_RECOVERY_TIMEOUT_S="0.01"))
         status, doc = wait_until_sync(
-            lambda: (got := probe("/healthz")) is not None and got[0] == 503 and got,
+            lambda: (got := probe_json(f"{base}/healthz")) is not None and got[0] == 503 and got,
             timeout_s=600,  # a failure bound: the model may be trained first
             what="/healthz answering 503 while not ready",
             interval_s=0.05,
         )
         assert doc["status"] == "recovering" and "not ready for" in doc["recovery"], doc
         wait_until_sync(
-            lambda: (got := probe("/readyz")) is not None and got[0] == 200,
+            lambda: (got := probe_json(f"{base}/readyz")) is not None and got[0] == 200,
             timeout_s=600,
             what="/readyz answering 200",
         )

@@ -3,7 +3,7 @@
 Fixtures return the functions (factories, as in quix-streams' ``tests/conftest.py``): HTTP in
 (``post_json``, ``get_text``, ``telegram``), departments and directors answering
 (``resolve_internal``, ``reply_by_mail``), a customer's case from its first message to every
-answer (``cases``), starting a stack of one's own (``start_stack``, ``running_stack``) and
+answer (``cases``), starting a stack of one's own (``running_stack``, ``add_worker``) and
 watching what reached the outbox (``deliveries``).
 """
 
@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.mime.text import MIMEText
 from email.utils import make_msgid
@@ -30,7 +30,7 @@ from pipeline.broker import free_port
 from pipeline.config import Settings
 from pipeline.events import Outcome, SubRequest, TaskStatus, TaskUpdate, derive_id, utcnow
 from pipeline.outbox import Outbox, OutboxItem
-from pipeline.runtime import Children, child_env, departments, wait_http
+from pipeline.runtime import Children, child_env, children, departments, own_stack, wait_http
 from pipeline.topics import task_topic
 from tests.plugins.inbound import telegram_update
 from tests.plugins.topics import Records
@@ -39,8 +39,8 @@ from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
 PostJson = Callable[..., tuple[int, Any]]
 GetText = Callable[[str], tuple[int, str]]
 GetJson = Callable[[str], tuple[int, Any]]
+ProbeJson = Callable[[str], tuple[int, Any] | None]
 StackSettings = Callable[[Settings, str], Settings]
-StartStack = Callable[[Settings, Outbox, str], tuple[Settings, Children]]
 RunningStack = Callable[..., contextlib.AbstractContextManager[tuple[Settings, Children]]]
 AddWorker = Callable[[Settings, Children, Outbox], int]
 Telegram = Callable[[Settings, int, int, str], tuple[int, Any]]
@@ -80,44 +80,20 @@ def _get_json(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
+def _probe_json(url: str) -> tuple[int, Any] | None:
+    """``_get_json``, or None while nothing listens there (a process starting or ending)."""
+    try:
+        return _get_json(url)
+    except OSError:
+        return None
+
+
 def _stack_settings(base: Settings, prefix: str) -> Settings:
     """``base`` with topics (created here), a consumer group and ports of its own, and the
     short group timeouts of the tests."""
-    tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(
-        update={
-            "topic_prefix": f"{prefix}{tag}.",
-            "app_id": f"{prefix}-{tag}",
-            "web_port": free_port(),
-            "ingest_port": free_port(),
-            "smtp_port": free_port(),
-            "session_timeout_s": 6.0,
-            "lag_interval_s": 1.0,
-        }
-    )
+    s = own_stack(base, prefix, lag_interval_s=1.0)
     asyncio.run(bus.ensure_topics(s, departments=departments(s)))
     return s
-
-
-def _start_stack(
-    base: Settings, outbox: Outbox, prefix: str, **env: str
-) -> tuple[Settings, Children]:
-    """Start a worker + ingest pair on fresh topics (``env``: more for their environment);
-    the caller stops the Children."""
-    s = _stack_settings(base, prefix)
-    group = Children()
-    try:
-        children = child_env(s, **outbox.env(), **env)
-        group.start("worker", ["worker"], children)
-        group.start("ingest", ["ingest"], children)
-        wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
-        # A failure bound, not a timing check: the first worker of a session may have to train
-        # the default model (minutes on a loaded machine) before it answers.
-        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 600, group)
-    except BaseException:
-        group.stop()
-        raise
-    return s, group
 
 
 def _add_worker(stack: Settings, group: Children, outbox: Outbox) -> int:
@@ -134,12 +110,18 @@ def _add_worker(stack: Settings, group: Children, outbox: Outbox) -> int:
 def _running_stack(
     base: Settings, outbox: Outbox, prefix: str, **env: str
 ) -> Iterator[tuple[Settings, Children]]:
-    """``_start_stack`` for the ``with`` block: the pair is stopped when it ends."""
-    s, group = _start_stack(base, outbox, prefix, **env)
-    try:
+    """A worker + ingest pair on fresh topics (``env``: more for their environment), stopped
+    when the ``with`` block ends."""
+    s = _stack_settings(base, prefix)
+    with children() as group:
+        more = child_env(s, **outbox.env(), **env)
+        group.start("worker", ["worker"], more)
+        group.start("ingest", ["ingest"], more)
+        wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 60, group)
+        # A failure bound, not a timing check: the first worker of a session may have to train
+        # the default model (minutes on a loaded machine) before it answers.
+        wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 600, group)
         yield s, group
-    finally:
-        group.stop()
 
 
 def _telegram(stack: Settings, chat: int, msg_id: int, text: str) -> tuple[int, Any]:
@@ -257,6 +239,12 @@ class Cases:
             else:
                 await _resolve_internal(stack, sub, resolved[sub.department])
 
+    async def answer_once(self, stack: Settings, subs: Iterable[SubRequest], text: str) -> None:
+        """Each sub-request in ``subs`` resolved with ``text`` once (its id counted once: a
+        replayed record repeats it), e.g. every director's copy of an incident's broadcast."""
+        for sub in {s.sub_request_id: s for s in subs}.values():
+            await _resolve_internal(stack, sub, text)
+
 
 @dataclass(frozen=True)
 class Deliveries:
@@ -313,9 +301,10 @@ def get_json() -> GetJson:
 
 
 @pytest.fixture(scope="session")
-def start_stack() -> StartStack:
-    """``start_stack(base, outbox, prefix) -> (settings, children)``; the caller stops them."""
-    return _start_stack
+def probe_json() -> ProbeJson:
+    """``probe_json(url) -> (status, parsed body)``, or None while nothing listens there:
+    a health probe of a process that is starting or ending."""
+    return _probe_json
 
 
 @pytest.fixture(scope="session")
@@ -341,7 +330,8 @@ def running_stack() -> RunningStack:
 @pytest.fixture(scope="session")
 def cases(records: Records) -> Cases:
     """``await cases.open(stack, text)``, ``cases.message(stack, chat, n, text)``,
-    ``cases.answer_all(stack, case, resolved, rejected)``: a customer's case on the stack."""
+    ``cases.answer_all(stack, case, resolved, rejected)``, ``cases.answer_once(stack, subs,
+    text)``: a customer's case on the stack, and sub-requests answered."""
     return Cases(records)
 
 
