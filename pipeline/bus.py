@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,31 @@ def bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap_servers
 
 
+async def start_client(
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    timeout_s: float | None = None,
+) -> None:
+    """Start an aiokafka client; if the start fails, times out or is cancelled, stop it
+    without leaving a connection open, and raise.
+
+    aiokafka (0.14) holds its first (bootstrap) connection outside the client while it asks
+    that broker for metadata, so a start cancelled there (by a timeout around it, or its task
+    cancelled) leaves that connection open for good: ``stop`` does not know it. It was found
+    by the garbage collector at the end of a test session, with its loop closed. So the
+    start runs shielded and is let finish (the client's own request timeout bounds it, so a
+    timeout here can take up to that long again) before the client is stopped.
+    """
+    starting = asyncio.ensure_future(start())
+    try:
+        await asyncio.wait_for(asyncio.shield(starting), timeout_s)
+    except BaseException:
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            await starting
+        await stop()
+        raise
+
+
 async def ensure_topics(
     settings: Settings, names: Iterable[str] | None = None, departments: Sequence[str] = ()
 ) -> list[str]:
@@ -45,7 +70,7 @@ async def ensure_topics(
     compacted = compacted_names(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
     try:
-        await admin.start()
+        await start_client(admin.start, admin.close)
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
@@ -134,9 +159,9 @@ class Publisher:
                     request_timeout_ms=int(self._settings.produce_timeout_s * 1000),
                 )
                 try:
-                    await asyncio.wait_for(producer.start(), self._settings.produce_timeout_s)
+                    timeout_s = self._settings.produce_timeout_s
+                    await start_client(producer.start, producer.stop, timeout_s)
                 except (KafkaError, OSError, TimeoutError) as exc:
-                    await producer.stop()
                     raise BrokerUnavailable(f"broker not reachable: {exc!r}") from exc
                 self._producer = producer
             return self._producer
@@ -214,20 +239,10 @@ async def reader(settings: Settings, *topics: str) -> AsyncIterator[AIOKafkaCons
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
-    starting = asyncio.ensure_future(consumer.start())
     try:
-        await asyncio.shield(starting)
+        await start_client(consumer.start, consumer.stop)
     except (KafkaError, OSError) as exc:
-        await consumer.stop()
         raise BrokerUnavailable(f"broker not reachable to read {topics}: {exc!r}") from exc
-    except asyncio.CancelledError:
-        # Cancelled while connecting (a server stopped right after its start): aiokafka
-        # leaves the bootstrap connection open when cancelled inside start(), so let it
-        # finish, then stop.
-        with contextlib.suppress(KafkaError, OSError):
-            await starting
-        await consumer.stop()
-        raise
     try:
         parts: list[TopicPartition] = []
         for t in topics:

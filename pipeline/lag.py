@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.exceptions import ConsumerNotStarted
 
 from pipeline.broker import brokers_answer
+from pipeline.bus import start_client
 from pipeline.context import Context
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class GroupOffsets:
                 group_id=self.group_id,
                 enable_auto_commit=False,
             )
-            await probe.start()
+            await start_client(probe.start, probe.stop)
             self._probe = probe
         return {tp: await self._probe.committed(TopicPartition(*tp)) for tp in sorted(tps)}
 

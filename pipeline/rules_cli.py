@@ -625,7 +625,7 @@ async def read_inbound(
     """Inbound messages from ``since`` (broker timestamps, offsets_for_times) on."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from pipeline.bus import bootstrap
+    from pipeline.bus import bootstrap, start_client
     from pipeline.codec import decode
     from pipeline.errors import DecodeError
 
@@ -636,7 +636,7 @@ async def read_inbound(
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
-    await consumer.start()
+    await start_client(consumer.start, consumer.stop)
     out: list[InboundMessage] = []
     try:
         parts = consumer.partitions_for_topic(topic)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import struct
+import warnings
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.conn import AIOKafkaConnection
 
 from pipeline.broker import any_broker_answers, free_port
 from pipeline.bus import Publisher
@@ -60,3 +66,71 @@ async def test_a_failed_send_is_not_a_loss() -> None:
 def test_no_broker_answers_on_a_closed_port_or_a_malformed_address() -> None:
     port = free_port()  # nothing listens there
     assert not any_broker_answers(f"127.0.0.1:{port}, not-an-address", timeout=0.5)
+
+
+class HalfBroker:
+    """Takes connections and answers ApiVersions (v0), but never a Metadata request: an
+    aiokafka client's start waits in its bootstrap step, on a connection it holds outside the
+    client (aiokafka 0.14)."""
+
+    def __init__(self) -> None:
+        self.asked_metadata = asyncio.Event()
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (size,) = struct.unpack(">i", await reader.readexactly(4))
+                request = await reader.readexactly(size)
+                api_key, _, correlation = struct.unpack(">hhi", request[:8])
+                if api_key == 3:  # Metadata: never answered
+                    self.asked_metadata.set()
+                elif api_key == 18:  # ApiVersions v0: ApiVersions, Metadata, Produce
+                    apis = [(18, 0, 0), (3, 0, 1), (0, 0, 2)]
+                    body = struct.pack(">ihi", correlation, 0, len(apis))
+                    body += b"".join(struct.pack(">hhh", *a) for a in apis)
+                    writer.write(struct.pack(">i", len(body)) + body)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client hung up
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def half_broker() -> AsyncIterator[HalfBroker]:
+    broker = HalfBroker()
+    server = await asyncio.start_server(broker.handle, "127.0.0.1", 0)
+    broker.port = server.sockets[0].getsockname()[1]
+    try:
+        yield broker
+    finally:
+        server.close()
+
+
+async def test_a_publisher_cancelled_while_starting_leaves_no_connection_open(
+    half_broker: HalfBroker,
+) -> None:
+    # An adapter's request cancelled while its publisher connects (a client hanging up, a
+    # shutdown): aiokafka's bootstrap connection used to stay open, found only by the garbage
+    # collector at the end of a test session, its loop closed.
+    settings = Settings(
+        kafka_bootstrap_servers=f"127.0.0.1:{half_broker.port}", produce_timeout_s=0.5
+    )
+    pub = Publisher(settings)
+    sending = asyncio.create_task(pub.enqueue("t", "k", b"v"))
+    await half_broker.asked_metadata.wait()
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, BrokerUnavailable):
+        await sending
+    await pub.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if "Unclosed AIOKafkaConnection" in str(w.message)]
+    still_open = [
+        c
+        for c in gc.get_objects()
+        if isinstance(c, AIOKafkaConnection) and c.port == half_broker.port and c.connected()
+    ]
+    assert unclosed == [] and still_open == [], (unclosed, still_open)
