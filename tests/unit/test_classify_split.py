@@ -7,7 +7,15 @@ import itertools
 import pytest
 
 from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction, default_model
-from pipeline.classify.split import Part, merge, refine, segment, split_batch, split_intents
+from pipeline.classify.split import (
+    Part,
+    merge,
+    refine,
+    relabel,
+    segment,
+    split_batch,
+    split_intents,
+)
 from pipeline.config import Settings
 
 SEED_EXAMPLE = (
@@ -359,3 +367,40 @@ def test_the_slow_path_reads_only_unsure_sides_of_cuts_read_as_two_requests() ->
     every = Counting(_p("track", 0.95), _p("track", 0.4, True))
     refine(every, [text], [whole], prefilter=False)  # type: ignore[arg-type]
     assert every.slow == ["where is my parcel", "I want my money back"]
+
+
+class Reader:
+    """A stand-in model reading each text as the prediction given for it (``read``: what it
+    was asked to read)."""
+
+    def __init__(self, preds: dict[str, Prediction]) -> None:
+        self.preds = preds
+        self.read: list[str] = []
+
+    def predict_batch(self, texts: list[str], *, cascade: bool = True) -> list[Prediction]:
+        self.read += texts
+        return [self.preds[t] for t in texts]
+
+
+def test_parts_of_a_multi_part_message_are_labelled_by_reading_them_whole() -> None:
+    text = "where is my parcel, I want my money back"
+    left, right = "where is my parcel", "I want my money back"
+    two = [Part(0, 18, "a", "A", 0.7, False), Part(20, len(text), "b", "B", 0.6, False)]
+    one = [Part(0, len(text), "a", "A", 0.9, False)]
+    reader = Reader({left: _p("track", 0.9), right: _p("refund", 0.9)})
+    got = relabel(reader, [text, text], [two, one])  # type: ignore[arg-type]
+    assert [[(p.label, p.start, p.end) for p in ps] for ps in got] == [
+        [("track", 0, 18), ("refund", 20, len(text))],
+        [("a", 0, len(text))],  # one part: not read again
+    ]
+    assert reader.read == [left, right]
+    # an abstained reading does not replace an answered label
+    unsure = Reader({left: _p("track", 0.9), right: _p("refund", 0.3, True)})
+    (parts,) = relabel(unsure, [text], [two])  # type: ignore[arg-type]
+    assert [(p.label, p.abstained) for p in parts] == [("track", False), ("b", False)]
+    # neighbours that read as the same request are one request: the message is whole again
+    same = Reader({left: _p("track", 0.9), right: _p("track", 0.8)})
+    (parts,) = relabel(same, [text], [two])  # type: ignore[arg-type]
+    assert [(p.label, p.confidence, p.start, p.end) for p in parts] == [
+        ("track", 0.9, 0, len(text))
+    ]
