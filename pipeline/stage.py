@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -105,6 +105,59 @@ class ErrorPolicy:
         if isinstance(exc, self.skip_on):
             return Action.skip
         return Action.dead_letter
+
+
+#: A batch closes once no record came for this long (and at the batch window at the latest).
+BATCH_IDLE_S = 0.002
+
+
+async def take_batches(
+    stream: Any, max_: int, within: float, idle: float = BATCH_IDLE_S
+) -> AsyncGenerator[list[Any], None]:
+    """Batches of a Faust stream's events, each acknowledged after the caller's loop body.
+
+    Faust's ``take_events`` waits its whole window whenever fewer than ``max_`` records
+    come, so a lone message waited up to ``within`` at every batched hop (two 50 ms windows
+    in the bench's p99 at 50 msg/s). Here a batch starts with the first record (no timer
+    while the stream is idle) and closes when ``max_`` records are in, when no further
+    record came for ``idle`` seconds, or ``within`` after its first record.
+
+    Acknowledgements as in ``take_events``: the stream's own acks are off; a batch's events
+    are acknowledged when the caller asks for the next batch, so after its outputs were
+    flushed. The one record read ahead (to see whether the batch goes on) is not.
+    """
+    loop = asyncio.get_running_loop()
+    events = stream.events().__aiter__()
+    stream.enable_acks = False
+    ahead: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if ahead is None:
+                ahead = asyncio.ensure_future(events.__anext__())
+            try:
+                batch = [await ahead]
+            except StopAsyncIteration:
+                return
+            ahead = None
+            deadline = loop.time() + within
+            while len(batch) < max_:
+                ahead = asyncio.ensure_future(events.__anext__())
+                wait = min(idle, deadline - loop.time())
+                done, _ = await asyncio.wait({ahead}, timeout=max(wait, 0.0))
+                if not done:  # idle or the window is over: ``ahead`` starts the next batch
+                    break
+                try:
+                    batch.append(ahead.result())
+                except StopAsyncIteration:
+                    break
+                ahead = None
+            yield batch
+            for event in batch:
+                await stream.ack(event)
+    finally:
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
+        stream.enable_acks = True
 
 
 #: Keys a retention sweep handles between two yields to the event loop.

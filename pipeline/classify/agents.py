@@ -26,7 +26,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.live_workflow import LiveWorkflow
-from pipeline.stage import RawRecord, decode_record, sweep_table
+from pipeline.stage import RawRecord, decode_record, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ClassifyAgent:
         """The agent loop: batches of raw records; outputs durable before the acknowledgement."""
         s = self.ctx.settings
         self.ctx.own_outputs(fresh=True)
-        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+        async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             async with self.ctx.guard_batch(
                 STAGE, records, lambda r: decode_record(InboundMessage, r)

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.classify import incidents
 from pipeline.context import Context
 from pipeline.events import InboundMessage, IncidentSignal, utcnow
-from pipeline.stage import RawRecord, decode_record, sweep_table
+from pipeline.stage import RawRecord, decode_record, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class IncidentAgent:
         """Batches as in classify; outputs durable before the acknowledgement."""
         s = self.ctx.settings
         self.ctx.own_outputs(fresh=True)
-        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+        async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             async with self.ctx.guard_batch(STAGE, records, _inbound_of):
                 await self.process(records)

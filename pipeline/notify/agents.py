@@ -34,7 +34,7 @@ from pipeline.events import (
 from pipeline.notify.compose import compose_external
 from pipeline.notify.delivery import Deliverer
 from pipeline.notify.ratelimit import RateLimiter, rate_share
-from pipeline.stage import RawRecord, dead_letter_for, decode_record, sweep_table
+from pipeline.stage import RawRecord, dead_letter_for, decode_record, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ STAGE = "notify"
 MAX_REMEMBERED = 500
 #: Keys whose deliveries a batch runs at the same time.
 MAX_CONCURRENT = 16
-#: At most this long collecting a batch (take_events waits the whole window when the
-#: records are few): the batch is for one ack wait, not for vectorized work as in classify,
-#: and a reply should not wait for it; under load the next batch fills during the previous.
+#: At most this long collecting a batch (it closes earlier when the stream goes quiet,
+#: ``stage.take_batches``): the batch is for one ack wait, not for vectorized work as in
+#: classify, and a reply should not wait for it.
 BATCH_WITHIN_S = 0.01
 
 
@@ -132,7 +132,7 @@ class DeliveryLoop:
         s = self.ctx.settings
         within = min(s.classify_batch_within_s, BATCH_WITHIN_S)
         self.ctx.own_outputs(fresh=True)
-        async for events in stream.take_events(s.classify_batch_size, within):
+        async for events in take_batches(stream, s.classify_batch_size, within):
             await self.handle_batch([RawRecord.from_event(e) for e in events])
             await self.ctx.flush()
 

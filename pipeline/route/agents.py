@@ -57,7 +57,7 @@ from pipeline.route import sla
 from pipeline.route.commands import apply_case_command
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch
-from pipeline.stage import SWEEP_CHUNK, RawRecord, decode_record, sweep_table
+from pipeline.stage import SWEEP_CHUNK, RawRecord, decode_record, sweep_table, take_batches
 from pipeline.topics import task_topic
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class RouteAgent:
         """Batches, as in classify: the KB lookup is vectorized per batch; order is kept."""
         s = self.ctx.settings
         self.ctx.own_outputs(fresh=True)
-        async for events in stream.take_events(s.classify_batch_size, s.classify_batch_within_s):
+        async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             async with self.ctx.guard_batch(
                 STAGE, records, lambda r: decode_record(ClassifiedMessage, r).inbound
@@ -345,13 +345,16 @@ class CaseKeeper:
         self.pending = pending_table
 
     async def run(self, stream: Any) -> None:
-        """The agent loop: one record at a time, outputs durable before the acknowledgement."""
+        """The agent loop: batches applied record by record in order, one ack wait per batch
+        (outputs durable before the batch is acknowledged)."""
+        s = self.ctx.settings
         self.ctx.own_outputs(fresh=True)
-        async for event in stream.events():
-            record = RawRecord.from_event(event)
-            async with self.ctx.guard(CASES_STAGE, record):
-                await self.apply(record)
-                self.ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
+        async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
+            for event in events:
+                record = RawRecord.from_event(event)
+                async with self.ctx.guard(CASES_STAGE, record):
+                    await self.apply(record)
+                    self.ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
             await self.ctx.flush()
 
     async def apply(self, record: RawRecord) -> None:
