@@ -31,13 +31,16 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+log = logging.getLogger(__name__)
 
 
 def committable(acked: Iterable[int], start: int | None) -> tuple[int | None, list[int]]:
@@ -62,12 +65,66 @@ def committable(acked: Iterable[int], start: int | None) -> tuple[int | None, li
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    #: Rebalance callbacks seen (thread side): a fetch that saw one returns nothing.
+    rebalances: int = 0
+
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
         wait_ms = int(getattr(self.app, "fetch_max_wait_ms", 100))
         # aiokafka reads this attribute when it builds its Fetcher in start().
         consumer._fetch_max_wait_ms = wait_ms
         return consumer
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.rebalances += 1
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.rebalances += 1
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _fetch_records(
+        self,
+        consumer: AIOKafkaConsumer,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        """Faust's fetch, except one that a rebalance overtook gives its records back.
+
+        Faust's fetcher task asks this thread for records and waits; at a rebalance Faust
+        cancels that task, but the call here goes on: aiokafka waits for the new assignment,
+        then hands over what it fetched for it and moves its position past it, possibly
+        after the recovery sought the partitions. The result goes to a cancelled future:
+        nobody reads those records, and the next fetch starts past them (a stream's commit
+        is then held back at the first, a changelog's restore misses them). Here they are
+        sought back, so the next fetch reads them again. Seen in a fault run (issue 11):
+        changelog records of the new assignment handed over 130 ms after it, while the
+        restore was reading.
+        """
+        seen = self.rebalances
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        if not records or self.rebalances == seen:
+            return records
+        return give_back(consumer, records)
+
+
+def give_back(consumer: AIOKafkaConsumer, records: Mapping[Any, list[Any]]) -> dict[Any, Any]:
+    """Seek each still-assigned partition back to the first of ``records``; returns {}."""
+    assigned = consumer.assignment()
+    for tp, batch in records.items():
+        if batch and tp in assigned:
+            consumer.seek(tp, batch[0].offset)
+            log.warning(
+                "a fetch overtaken by a rebalance: %d records of %s[%d] from offset %d given back",
+                len(batch),
+                tp.topic,
+                tp.partition,
+                batch[0].offset,
+            )
+    return {}
 
 
 class _Consumer(faust_aiokafka.Consumer):
