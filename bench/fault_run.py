@@ -17,7 +17,9 @@ has an outcome and the outcomes topic and the outbox have been quiet for --settl
 - replies sent twice: Telegram deliveries with the same chat, the same message answered
   (reply_to_message_id when the platform call carries it) and the same text, counted beyond
   the first; and messages with two or more reply ids on the replies topic (a decision taken
-  twice, e.g. on lost state, or several requests answered apart);
+  twice, e.g. on lost state, or several requests answered apart); replies never delivered:
+  reply ids on the replies topic with a part that never reached the outbox (a loss in
+  notify, which the outcome audit does not see);
 - incidents (distinct incident ids on the classified topic), and broadcast e-mails per
   director at the outbox in this run.
 """
@@ -44,6 +46,7 @@ from pipeline.codec import decode
 from pipeline.config import Settings
 from pipeline.errors import DecodeError
 from pipeline.events import ClassifiedMessage, Reply, derive_id
+from pipeline.notify.channels import reply_parts
 from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import audit_records, child_env, children, departments, own_stack, wait_http
 from tests.plugins.inbound import telegram_update
@@ -76,6 +79,9 @@ class Figures:
     conflicting: int
     replies: int
     sent_twice: int
+    #: Reply ids on the replies topic (to this run's chats) with a part that never reached
+    #: the outbox: a loss in notify, which the outcome audit does not see.
+    undelivered: int
     #: Customer messages with two or more reply ids on the replies topic (a decision taken
     #: twice, or a message with several requests answered in several replies).
     answered_apart: int
@@ -138,12 +144,16 @@ def figures(
     replies = [i for i in outbox if i.channel == "telegram" and i.to in chats]
     sends = Counter((i.to, str(i.raw.get("reply_to_message_id")), i.text) for i in replies)
     reply_ids: dict[str, set[str]] = {}
+    undelivered: set[str] = set()
     for r in reply_records:
         try:
             rep = decode(Reply, r.value)
         except DecodeError:
             continue
         reply_ids.setdefault(rep.message_id, set()).add(rep.reply_id)
+        at = (rep.reply_to.get("chat_id"), str(rep.reply_to.get("message_id")))
+        if at[0] in chats and any((*at, t) not in sends for t in reply_parts(rep, "telegram")):
+            undelivered.add(rep.reply_id)
     incidents: set[str] = set()
     reports: dict[str, tuple[int, str]] = {}
     for r in classified:
@@ -165,6 +175,7 @@ def figures(
         conflicting=len(report.conflicting),
         replies=len(replies),
         sent_twice=sum(n - 1 for n in sends.values() if n > 1),
+        undelivered=len(undelivered),
         answered_apart=sum(1 for ids in reply_ids.values() if len(ids) > 1),
         incidents=len(incidents),
         incident_reports=reports,
@@ -238,7 +249,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"run {run}: messages {f.messages}, missing outcomes {f.missing}, "
                     f"messages with repeated outcome records {f.repeated}, conflicting "
                     f"{f.conflicting}, replies delivered {f.replies}, replies sent twice "
-                    f"{f.sent_twice}, messages with 2+ reply ids "
+                    f"{f.sent_twice}, replies never delivered {f.undelivered}, "
+                    f"messages with 2+ reply ids "
                     f"{f.answered_apart}, incidents {f.incidents}, broadcast e-mails per director "
                     f"{sorted(f.broadcasts_per_director.values()) or '-'}"
                 )
