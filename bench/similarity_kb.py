@@ -7,7 +7,8 @@ Data and split (nothing here is split by row):
 
 1. The classifier: the default training data is grouped into paraphrase families and 25 % of
    each label's families are held out (``bench/split_eval.py``'s ``held_out_model``, seed 0);
-   the model is trained on the rest. Only held-out texts are used below.
+   the model is trained on the rest and tuned as the shipped model is, on one family split
+   (``--cv-tuning``: out-of-fold). Only held-out texts are used below.
 2. Labelled questions: the held-out Bitext and Russian-seed texts (gold article: the article
    declaring their intent, else none — e.g. get_refund, registration_problems: near misses),
    the held-out off-topic texts, the hand-written Russian paraphrases of
@@ -40,7 +41,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from split_eval import held_out_model
+from split_eval import describe_tuning, held_out_model, tuning
 
 from pipeline.classify.dedup import normalize_text
 from pipeline.classify.families import family_split
@@ -71,9 +72,12 @@ class Row:
     group: str  # label used to split by family
 
 
-def labelled(model_cache: Path | None) -> tuple[list[Row], list[list[str]]]:
+def labelled(
+    model_cache: Path | None, cv_tuning: bool = False
+) -> tuple[list[Row], list[list[str]]]:
     """Rows and the intents the held-out model finds in each (split into requests)."""
-    held = held_out_model(model_cache)
+    held = held_out_model(model_cache, params=tuning(cv_tuning))
+    sys.stdout.write(describe_tuning(held.model) + "\n")
     ts = held.ts
     articles = load_kb(KB_DIR)
     by_intent = {i: a.article_id for a in articles for i in a.intents}
@@ -152,6 +156,11 @@ def main() -> int:
     )
     ap.add_argument("--model-cache", type=Path, default=None, help="held-out model directory")
     ap.add_argument(
+        "--cv-tuning",
+        action="store_true",
+        help="tune the held-out model out-of-fold, not on one split as the shipped model is",
+    )
+    ap.add_argument(
         "--dump",
         type=Path,
         default=None,
@@ -160,7 +169,7 @@ def main() -> int:
     )
     a = ap.parse_args()
     out = sys.stdout.write
-    rows, found = labelled(a.model_cache)
+    rows, found = labelled(a.model_cache, a.cv_tuning)
     calib, test = grouped_halves(rows)
     articles = load_kb(KB_DIR)
     out(
