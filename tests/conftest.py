@@ -6,8 +6,10 @@ import gc
 import uuid
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from aiokafka.conn import AIOKafkaConnection
 
 from pipeline.broker import broker_for
 from pipeline.config import Settings
@@ -41,6 +43,25 @@ def kafka(broker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
     return broker_settings.model_copy(update={"topic_prefix": f"t{tag}.", "app_id": f"test-{tag}"})
 
 
+#: The test running now, for naming the one that opened a connection left open.
+_running: dict[str, str] = {"test": "(no test: session set-up)"}
+_connection_init = AIOKafkaConnection.__init__
+
+
+def _connection_init_named(self: AIOKafkaConnection, *args: Any, **kwargs: Any) -> None:
+    _connection_init(self, *args, **kwargs)
+    self._opened_in_test = _running["test"]
+
+
+AIOKafkaConnection.__init__ = _connection_init_named
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _running["test"] = item.nodeid
+    yield
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Name, without failing the finished session, a connection no test closed.
@@ -55,5 +76,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         gc.collect()
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     for w in leaked:
+        # An aiokafka connection says which test opened it (bus.start_client closes the known
+        # way one was left open: a client start cut short).
+        opened = getattr(w.source, "_opened_in_test", None)
+        where = f" (opened in {opened})" if opened else ""
         if reporter is not None:
-            reporter.write_line(f"left open at the end of the session: {w.message}", yellow=True)
+            reporter.write_line(
+                f"left open at the end of the session: {w.message}{where}", yellow=True
+            )
