@@ -13,13 +13,18 @@ processed). The worker logs which partitions, sets ``pipeline_consumer_stalled``
 it. Nothing is restarted from inside.
 
 The same timer notices a broker that **lost** records, and that stays unhealthy until the
-worker is restarted (its tables and positions belong to data that is gone): an input
-partition's end offset that went back, or is 0 below a processed position, or the group's
-committed offset (asked from the broker, ``GroupOffsets``) that went back or vanished — an
-in-memory broker restarted empty, a topic deleted and created again. The committed offsets are
-remembered across rebalances, so a partition that comes back after the broker did is checked
-too. (A committed offset beyond the reported end is not a sign of its own: Tansu under-reports
-ends, docs/ARCHITECTURE.md, Broker.)
+worker is restarted (its tables and positions belong to data that is gone). Only evidence that
+the broker's *data* is gone counts: an input partition's end offset that went back, or is 0
+below a processed or committed position (an in-memory broker restarted empty, a topic deleted
+and created again), or the group's committed offsets (asked from the broker, ``GroupOffsets``)
+vanished for the whole group at once, or for a partition on two readings in a row. The
+committed offsets and ends are remembered across rebalances, so a partition that comes back
+after the broker did is checked too. A committed offset that merely went back while the
+partition's records are still there is a member committing below an earlier commit (a revoked
+owner's late commit: Tansu reuses generation numbers, so it is not fenced) or a broker answer
+of a rebalance, not a loss: a WARNING and ``pipeline_consumer_commit_regressions_total``, and
+the tracker follows the broker's value. (A committed offset beyond the reported end is not a
+sign of its own: Tansu under-reports ends, docs/ARCHITECTURE.md, Broker.)
 
 The bookkeeping (``ProgressTracker``) is pure; ``install`` is the thin timer around it.
 """
@@ -43,7 +48,17 @@ from pipeline.context import Context
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Progress", "ProgressTracker", "install"]
+__all__ = ["CommitRegression", "Progress", "ProgressTracker", "install"]
+
+
+@dataclass(frozen=True)
+class CommitRegression:
+    """A committed offset that went back while its partition's records were still there."""
+
+    tp: tuple[str, int]
+    before: int
+    now: int
+    end: int | None
 
 
 @dataclass
@@ -61,13 +76,15 @@ class ProgressTracker:
     def __init__(self, stall_after_s: float) -> None:
         self.stall_after_s = stall_after_s
         self.partitions: dict[tuple[str, int], Progress] = {}
-        #: Partitions whose records the broker lost (end went back, or empty below what was
-        #: processed, or the group's committed offset went back or vanished): the topic was
-        #: deleted and created again, or the broker restarted empty. Never cleared.
+        #: Partitions whose records the broker lost (see the module's docstring): the topic
+        #: was deleted and created again, or the broker restarted empty. Never cleared.
         self.lost: set[tuple[str, int]] = set()
-        #: The highest offset the group ever committed per partition, kept across rebalances
-        #: (whoever holds a partition, its committed offset only moves forward).
-        self.committed_high: dict[tuple[str, int], int] = {}
+        #: The group's committed offset per partition as last read (kept across rebalances).
+        self.group_committed: dict[tuple[str, int], int] = {}
+        #: The highest end offset read per partition (kept across rebalances).
+        self.end_high: dict[tuple[str, int], int] = {}
+        #: Partitions whose committed offset was missing on the last reading.
+        self.vanished: set[tuple[str, int]] = set()
 
     def observe(self, tp: tuple[str, int], position: int, end: int, now: float) -> None:
         """Record a reading; the clock restarts when the position moves or had caught up."""
@@ -81,19 +98,43 @@ class ProgressTracker:
         else:
             self.partitions[tp] = Progress(position, end, old.moved_at)
 
-    def observe_committed(self, tp: tuple[str, int], committed: int | None) -> None:
-        """Record the group's committed offset as the broker reports it (None: none)."""
-        high = self.committed_high.get(tp, 0)
-        if committed is None or committed < high:
-            if high > 0:
-                self.lost.add(tp)
-            return
-        self.committed_high[tp] = committed
+    def observe_group(
+        self,
+        committed: Mapping[tuple[str, int], int | None],
+        ends: Mapping[tuple[str, int], int],
+    ) -> list[CommitRegression]:
+        """Record one reading of the group's committed offsets (None: none) and the
+        partitions' end offsets; returns the committed offsets that went back with the
+        partition's records still there (not a loss: the caller warns)."""
+        regressions: list[CommitRegression] = []
+        vanished: set[tuple[str, int]] = set()
+        for tp, offset in committed.items():
+            before = self.group_committed.get(tp, 0)
+            end = ends.get(tp)
+            if end is not None:
+                # Emptied or went back: the records are gone, whoever committed what.
+                if end < self.end_high.get(tp, 0) or (end == 0 and before > 0):
+                    self.lost.add(tp)
+                self.end_high[tp] = max(end, self.end_high.get(tp, 0))
+            if offset is None:
+                if before > 0:
+                    vanished.add(tp)
+                continue
+            if offset < before and tp not in self.lost:
+                regressions.append(CommitRegression(tp, before, offset, end))
+            self.group_committed[tp] = offset
+        known = {tp for tp, offset in self.group_committed.items() if offset > 0}
+        if vanished and vanished >= known:
+            self.lost |= vanished  # the whole group's offsets are gone at once
+        else:
+            self.lost |= vanished & self.vanished  # gone on two readings in a row
+        self.vanished = vanished
+        return regressions
 
     def committed_by_topic(self) -> dict[str, int]:
-        """The highest committed offsets seen, summed per topic."""
+        """The group's committed offsets as last read, summed per topic."""
         total: dict[str, int] = {}
-        for (topic, _), offset in self.committed_high.items():
+        for (topic, _), offset in self.group_committed.items():
             total[topic] = total.get(topic, 0) + offset
         return total
 
@@ -139,6 +180,13 @@ class GroupOffsets:
             self._probe = probe
         return {tp: await self._probe.committed(TopicPartition(*tp)) for tp in sorted(tps)}
 
+    async def ends(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """End offset per partition (after ``committed``, which connects the probe)."""
+        if self._probe is None or not tps:
+            return {}
+        ends = await self._probe.end_offsets([TopicPartition(*tp) for tp in sorted(tps)])
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
     async def close(self) -> None:
         """Drop the connection (a new one is made on the next call)."""
         probe, self._probe = self._probe, None
@@ -181,8 +229,10 @@ def install(ctx: Context) -> ProgressTracker:
                     positions.update({tp: firsts.get(tp) for tp in never})
             # The group's committed offsets, also of partitions held before (a broker that
             # restarted empty forgets them, whatever the assignment looks like now).
-            asked = {(tp.topic, tp.partition) for tp in held} | set(tracker.committed_high)
+            asked = {(tp.topic, tp.partition) for tp in held} | set(tracker.group_committed)
             by_group = await asyncio.wait_for(group.committed(asked), s.request_timeout_s)
+            # Read after the committed offsets: an end is then at least as new as they are.
+            group_ends = await asyncio.wait_for(group.ends(asked), s.request_timeout_s)
         except (TimeoutError, OSError, KafkaError, ConsumerNotStarted) as exc:
             # Not started yet, a rebalance in between, or the broker away: next tick. Twice in
             # a row (a topic gone, the broker unreachable) is unhealthy: /healthz says so.
@@ -192,8 +242,20 @@ def install(ctx: Context) -> ProgressTracker:
             if failures >= 2:
                 ctx.status["consumer"] = f"broker not answering for input partitions: {exc!r}"
             return
-        for gtp, offset in by_group.items():
-            tracker.observe_committed(gtp, offset)
+        for r in tracker.observe_group(by_group, group_ends):
+            ctx.metrics.consumer_commit_regressions.labels(topic=r.tp[0]).inc()
+            log.warning(
+                "the group's committed offset of %s[%d] went back from %d to %d with its "
+                "records still there (end %s): a member committed below an earlier commit; "
+                "not a loss",
+                r.tp[0],
+                r.tp[1],
+                r.before,
+                r.now,
+                r.end,
+            )
+        for gtp in sorted(tracker.vanished - tracker.lost):
+            log.warning("the group's committed offset of %s[%d] is missing", *gtp)
         for topic, total in tracker.committed_by_topic().items():
             ctx.metrics.consumer_committed.labels(topic=topic).set(total)
         failures = 0

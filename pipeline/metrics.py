@@ -92,6 +92,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.consumer_commit_regressions = Counter(
+            "pipeline_consumer_commit_regressions_total",
+            "Times the group's committed offset of an input partition went back while its "
+            "records were still there (a member committed below an earlier commit; not a loss).",
+            ["topic"],
+            registry=r,
+        )
         self.consumer_stalled = Gauge(
             "pipeline_consumer_stalled",
             "Input partitions with records waiting and no progress for stall_after_s.",

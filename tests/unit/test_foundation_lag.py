@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.lag import ProgressTracker
+from pipeline.lag import CommitRegression, ProgressTracker
 
 TP = ("care.inbound", 0)
 OTHER = ("care.inbound", 1)
@@ -62,19 +62,55 @@ def test_an_end_offset_that_goes_back_or_empties_behind_us_is_a_loss() -> None:
     assert t.lost == {TP, OTHER}
 
 
-def test_a_committed_offset_that_goes_back_or_vanishes_is_a_loss_for_good() -> None:
+def test_a_committed_offset_that_goes_back_with_the_records_still_there_is_no_loss() -> None:
+    # The fault run's false alarm (issue 11): after a rebalance the group's committed offset
+    # of one partition went back (a member committed below an earlier commit) while the
+    # partition still held every record. A warning, not a worker to restart.
     t = ProgressTracker(stall_after_s=60)
-    t.observe_committed(TP, None)  # nothing committed yet
-    t.observe_committed(TP, 0)
-    t.observe_committed(OTHER, 4)
-    t.observe_committed(OTHER, 6)
-    assert t.lost == set() and t.committed_high == {TP: 0, OTHER: 6}
-    t.observe_committed(TP, 3)
-    t.observe_committed(OTHER, None)  # the broker restarted empty: the group is gone
-    assert t.lost == {OTHER}
-    t.observe_committed(TP, 1)  # went back
-    t.observe_committed(OTHER, 9)  # committed again on the new broker: still lost
+    assert t.observe_group({TP: 25, OTHER: 6}, {TP: 40, OTHER: 9}) == []
+    regressions = t.observe_group({TP: 18, OTHER: 6}, {TP: 41, OTHER: 9})
+    assert regressions == [CommitRegression(TP, 25, 18, 41)]
+    assert t.lost == set()
+    # The tracker follows the broker: the next commit above 18 is progress, not news.
+    assert t.observe_group({TP: 20, OTHER: 7}, {TP: 41, OTHER: 9}) == []
+    assert t.lost == set() and t.committed_by_topic() == {"care.inbound": 27}
+
+
+def test_an_offset_missing_once_for_one_partition_is_no_loss_twice_in_a_row_is() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe_group({TP: None, OTHER: None}, {})  # nothing committed yet: nothing known
+    t.observe_group({TP: 5, OTHER: 6}, {})
+    t.observe_group({TP: None, OTHER: 7}, {})  # one answer without it (mid-rebalance)
+    assert t.lost == set() and t.vanished == {TP}
+    t.observe_group({TP: 5, OTHER: 8}, {})  # back
+    t.observe_group({TP: None, OTHER: 8}, {})
+    assert t.lost == set()
+    t.observe_group({TP: None, OTHER: 8}, {})  # still gone on the next reading
+    assert t.lost == {TP}
+
+
+def test_the_whole_groups_offsets_vanishing_at_once_is_a_loss_for_good() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe_group({TP: 0, OTHER: 4}, {})
+    t.observe_group({TP: 3, OTHER: 6}, {})
+    t.observe_group({TP: None, OTHER: None}, {})  # the broker restarted empty
     assert t.lost == {TP, OTHER}
-    t.keep_only(set())  # given away: the loss and the highs are not forgotten
-    assert t.lost == {TP, OTHER} and t.committed_high == {TP: 3, OTHER: 9}
-    assert t.committed_by_topic() == {"care.inbound": 12}
+    t.observe_group({TP: 1, OTHER: 9}, {TP: 2, OTHER: 9})  # committed again: still lost
+    t.keep_only(set())  # given away: the loss and the offsets are not forgotten
+    assert t.lost == {TP, OTHER} and t.group_committed == {TP: 1, OTHER: 9}
+
+
+def test_an_end_that_goes_back_or_empties_below_a_commit_is_a_loss_whoever_holds_it() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe_group({TP: 10, OTHER: 4}, {TP: 12, OTHER: 5})
+    t.observe_group({TP: 10, OTHER: 4}, {TP: 12, OTHER: 3})  # the topic was created again
+    assert t.lost == {OTHER}
+    t.observe_group({TP: 2, OTHER: 1}, {TP: 0, OTHER: 3})  # empty below the commit
+    assert t.lost == {TP, OTHER}
+
+
+def test_a_lower_commit_with_the_partition_emptied_is_a_loss_not_a_warning() -> None:
+    t = ProgressTracker(stall_after_s=60)
+    t.observe_group({TP: 10}, {TP: 12})
+    assert t.observe_group({TP: 1}, {TP: 1}) == []
+    assert t.lost == {TP}
