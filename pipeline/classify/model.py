@@ -1,19 +1,22 @@
 """The intent model: a cascade of two linear models over the same TF-IDF features.
 
-Features: word 1–3-grams + character 2–4-grams within word boundaries (``char_wb``: robust to
-Russian inflection and typos), sublinear TF-IDF. The **fast** classifier is a ``LinearSVC``
-(Crammer–Singer) on those features alone. The **slow** classifier sees the same features plus
-a dense block: the text's multilingual sentence encoding (``encoder.py``, USE v3) times
-``dense_weight``; its confidence mixes that linear model's with a cosine vote of the
-encoding against each label's mean encoding, the vote's share (``centroid_weight``) chosen
-by log-likelihood on the held-out rows (measured on a family split of the encodechka training
-data, slow model alone, share 0.3: top-1 0.812 -> 0.815, coverage at 0.95 precision 0.657 ->
-0.680; BANKING77 training data: top-1 0.918 -> 0.917, coverage 0.936 -> 0.940). It is
-better on phrasings the training data never showed (BANKING77, the Russian intents, unseen
-Bitext families: see bench/classify_accuracy.py) but encoding costs
-~1 ms a text, so only the texts the fast model is unsure of take it: the fast model decides
-when its confidence reaches ``cascade_threshold`` (tuned so its own decisions on the held-out
-families reach ``cascade_precision``), the slow model decides the rest, in one batch.
+Features: word-stem 1–2-grams (Snowball stemmers, Russian and English: one term for every
+inflected form of a word) + character 2–4-grams within word boundaries (``char_wb``: robust to
+Russian inflection and typos), sublinear TF-IDF. Stems instead of the words' 1–3-grams,
+measured on the encodechka family splits of seeds 0–3 (bench notes of issue 10): the fast
+model's top-1 +1.3 to +1.9 points on every seed, the encoder model's +0.5 to +1.7.
+The **fast** classifier is a ``LinearSVC`` (Crammer–Singer) on those features alone. The
+**slow** classifier sees the same features plus a dense block: the text's multilingual sentence
+encoding (``encoder.py``, USE v3) times ``dense_weight``; its confidence mixes that linear
+model's with a cosine vote of the encoding against each label's mean encoding, the vote's share
+(``centroid_weight``) chosen by log-likelihood on the held-out rows (measured on a family split
+of the encodechka training data, slow model alone, share 0.3: top-1 0.812 -> 0.815, coverage at
+0.95 precision 0.657 -> 0.680; BANKING77 training data: top-1 0.918 -> 0.917, coverage 0.936 ->
+0.940). It is better on phrasings the training data never showed (BANKING77, the Russian
+intents, unseen Bitext families: see bench/classify_accuracy.py) but encoding costs ~1 ms a
+text, so only the texts the fast model is unsure of take it: the fast model decides when its
+confidence reaches ``cascade_threshold`` (tuned so its own decisions on the held-out families
+reach ``cascade_precision``), the slow model decides the rest, in one batch.
 
 Confidence. Label scores go through a softmax together with one fixed "none of them" logit
 at 0, with a temperature fitted per classifier on the held-out families (minimum negative
@@ -48,6 +51,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -55,6 +59,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +67,7 @@ import joblib
 import numpy as np
 import numpy.typing as npt
 import sklearn
+import Stemmer
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 from sklearn.exceptions import ConvergenceWarning
@@ -125,7 +131,11 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    word_ngrams: tuple[int, int] = (1, 3)
+    word_ngrams: tuple[int, int] = (1, 2)
+    stem: bool = Field(
+        default=True,
+        description="Word n-grams over Snowball stems (stem_tokens); False: over the words.",
+    )
     char_ngrams: tuple[int, int] = (2, 4)
     c: float = Field(default=0.7, gt=0)
     multi_class: str = Field(default="crammer_singer", pattern="^(ovr|crammer_singer)$")
@@ -278,13 +288,33 @@ def _quiet_fit(fit: Any, *args: Any, **kwargs: Any) -> Any:
     return out
 
 
+_WORD = re.compile(r"\w+")
+
+
+@cache
+def _stemmers() -> tuple[Any, Any]:
+    return Stemmer.Stemmer("russian"), Stemmer.Stemmer("english")
+
+
+def stem_tokens(text: str) -> list[str]:
+    """The words of a (lower-cased) text as Snowball stems, Russian then English (each
+    stemmer leaves the other's alphabet alone); one-letter words too ("в", "с", "у")."""
+    ru, en = _stemmers()
+    stems: list[str] = en.stemWords(ru.stemWords(_WORD.findall(text)))
+    return stems
+
+
 def _features(params: TrainParams) -> FeatureUnion:
+    stemmed: dict[str, Any] = {"tokenizer": stem_tokens, "token_pattern": None}
     return FeatureUnion(
         [
             (
                 "word",
                 TfidfVectorizer(
-                    ngram_range=params.word_ngrams, sublinear_tf=True, dtype=np.float32
+                    ngram_range=params.word_ngrams,
+                    sublinear_tf=True,
+                    dtype=np.float32,
+                    **(stemmed if params.stem else {}),
                 ),
             ),
             (

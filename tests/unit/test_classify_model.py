@@ -14,8 +14,10 @@ from pipeline.classify.model import (
     UNKNOWN,
     IntentModel,
     TrainParams,
+    _features,
     default_model,
     evaluate,
+    stem_tokens,
 )
 from pipeline.cli import main
 from pipeline.config import Settings, get_settings
@@ -268,3 +270,16 @@ def test_cli_train_without_data_retrains_the_default_model(
     assert "held-out" in capsys.readouterr().out
     (cached,) = (tmp_path / "data" / "models").iterdir()
     assert IntentModel.load(cached).meta.held_out is not None
+
+
+def test_word_features_are_stems_of_both_languages() -> None:
+    assert stem_tokens("заказы заказов заказами orders ordered в") == [
+        "заказ", "заказ", "заказ", "order", "order", "в",
+    ]  # fmt: skip
+    word = _features(TrainParams()).transformer_list[0][1]
+    word.fit(["Где мои заказы?", "Мой заказ не пришёл", "Track my orders"])
+    vocab = word.vocabulary_
+    # every inflected form is one term, so a form never seen in training still counts
+    assert {"заказ", "order", "не пришел"} <= set(vocab)
+    seen, unseen = word.transform(["мои заказы"]), word.transform(["моими заказами"])
+    assert seen[0, vocab["заказ"]] > 0 and unseen[0, vocab["заказ"]] > 0
