@@ -68,6 +68,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.compacted_topics = frozenset(compacted_names(settings))
     ctx = Context(settings=settings, metrics=metrics or Metrics(), app=app)
+    # One producer for the tables' changelogs and the outputs: a batch's records share produce
+    # requests (two producers made ~3 requests per message; issue 16).
+    ctx.lend_producer = lambda: cast(Any, app.producer)._ensure_producer()
     _install_web(ctx)
     async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         if ctx.publisher is not None:

@@ -101,11 +101,15 @@ class Publisher:
     before in the same partition, or a topic whose partition count changed — and from then on
     refuses every send (``lost``): the adapter answers 503 and its /healthz fails until it is
     restarted against a broker whose state is known again.
+
+    ``producer``: a started producer lent by its owner (the worker lends its Faust app's, so
+    table changelogs and outputs share produce requests); used as is, never stopped here.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
         self._settings = settings
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AIOKafkaProducer | None = producer
+        self._borrowed = producer is not None
         self._lock = asyncio.Lock()
         #: Why this publisher stopped trusting the broker; None while it does.
         self.lost: str | None = None
@@ -196,10 +200,10 @@ class Publisher:
         return fut
 
     async def close(self) -> None:
-        """Flush and stop the producer."""
-        if self._producer is not None:
+        """Flush and stop the producer (a lent one: its owner does)."""
+        if self._producer is not None and not self._borrowed:
             await self._producer.stop()
-            self._producer = None
+        self._producer = None
 
 
 async def publish(

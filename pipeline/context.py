@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faust.types import AppT
 
 from pipeline.bus import Publisher
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 _OUTPUTS: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("outputs", default=None)
 
 
+def _failure(fut: asyncio.Future[Any]) -> BaseException | None:
+    return asyncio.CancelledError() if fut.cancelled() else fut.exception()
+
+
 @dataclass
 class Context:
     """What every stage's agents share: settings, metrics and the app."""
@@ -47,6 +52,9 @@ class Context:
     status: dict[str, Any] = field(default_factory=dict)
     #: Skip / dead-letter / stop per failure kind, for every stage (``guard``).
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
+    #: The started producer the outputs go through, lent by the app (the worker's Faust
+    #: producer: changelogs and outputs share produce requests); None: a producer of its own.
+    lend_producer: Callable[[], AIOKafkaProducer] | None = None
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
@@ -98,9 +106,7 @@ class Context:
         Outputs go through a plain aiokafka producer (acks=all, linger 0): Faust's send path
         cost ~0.11 ms per record against ~0.03 ms, and a message produces a dozen records.
         """
-        if self.publisher is None:
-            self.publisher = Publisher(self.settings)
-        fut = await self.publisher.enqueue(self.full_topic(name), key, encode(event))
+        fut = await self.output_publisher().enqueue(self.full_topic(name), key, encode(event))
         self.own_outputs().append(fut)
 
     async def set_durably(self, table: Any, key: str, value: str) -> None:
@@ -117,9 +123,14 @@ class Context:
         topic = table.changelog_topic
         data, _ = topic.prepare_value(value, table.value_serializer)
         table.data[key] = value  # the store itself: no changelog record from Faust
+        await self.output_publisher().send_raw(topic.get_topic_name(), key, data)
+
+    def output_publisher(self) -> Publisher:
+        """The publisher of the outputs, made on first use (with the lent producer, if any)."""
         if self.publisher is None:
-            self.publisher = Publisher(self.settings)
-        await self.publisher.send_raw(topic.get_topic_name(), key, data)
+            lent = self.lend_producer() if self.lend_producer is not None else None
+            self.publisher = Publisher(self.settings, lent)
+        return self.publisher
 
     @staticmethod
     def own_outputs(fresh: bool = False) -> list[asyncio.Future[Any]]:
@@ -146,8 +157,11 @@ class Context:
         outputs.clear()
         if not pending:
             return
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        # Bounded by produce_timeout_s, whoever owns the producer (Faust's, lent by the
+        # worker, waits for acks as long as 20 minutes).
+        done, late = await asyncio.wait(pending, timeout=self.settings.produce_timeout_s)
+        errors: list[BaseException | str] = [e for f in done if (e := _failure(f)) is not None]
+        errors += [f"no ack within {self.settings.produce_timeout_s:g} s"] * len(late)
         if errors:
             # /healthz answers 503 at once (not after the stall timer) until outputs flow again.
             self.status["broker"] = f"{len(errors)} output records not acknowledged"

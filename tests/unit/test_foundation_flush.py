@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -100,3 +101,44 @@ async def test_an_agents_flush_waits_for_its_own_outputs_not_for_another_agents(
     assert not b.done(), "B's flush returned before B's output was acknowledged"
     pub.futures["b"].set_result(None)
     await asyncio.gather(a, b)
+
+
+async def test_an_output_never_acknowledged_fails_the_flush_after_produce_timeout() -> None:
+    # A lent producer (Faust's) waits for acks for 20 minutes: the flush has its own bound.
+    s = Settings(topic_prefix="u.", produce_timeout_s=0.05)
+    ctx = Context(settings=s, metrics=Metrics(), app=None)
+    ctx.publisher = _HeldPublisher()  # type: ignore[assignment]
+    await ctx.send("outcomes", "m", _outcome())
+    with pytest.raises(BrokerUnavailable, match="1 output records not acknowledged"):
+        await asyncio.wait_for(ctx.flush(), 60)  # 60 s: only a guard against the old hang
+    assert ctx.status["broker"] == "1 output records not acknowledged"
+
+
+class _LentProducer:
+    """Test seam for a started aiokafka producer the app lends: acks every record."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None]] = []
+        self.stopped = False
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        self.sent.append((topic, key))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(topic=topic, partition=0, offset=len(self.sent)))
+        return fut
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_outputs_go_through_the_lent_producer_which_the_context_does_not_stop() -> None:
+    # The worker lends its Faust producer: table changelogs and outputs share produce requests.
+    lent: Any = _LentProducer()
+    settings = Settings(topic_prefix="u.")
+    ctx = Context(settings=settings, metrics=Metrics(), app=None, lend_producer=lambda: lent)
+    await ctx.send("outcomes", "m", _outcome())
+    await ctx.flush()
+    assert lent.sent == [("u.outcomes", b"m")]
+    assert ctx.publisher is not None
+    await ctx.publisher.close()
+    assert not lent.stopped  # its owner (Faust) stops it
