@@ -21,7 +21,10 @@ was never processed (docs/ARCHITECTURE.md, Recovery; issue 11's silent loss):
 
 ``_Consumer`` commits the end of the unbroken run of acknowledged offsets that starts at the
 committed offset, or where this assignment began reading the partition (``committable``), and
-counts gaps only on compacted topics. A record it cannot account for holds the commit back:
+counts gaps only on compacted topics, and never below the highest offset the group is known
+to have committed (``floor``: read at an assignment or committed here, kept across
+rebalances), so a reading that answers lower or nothing does not make it commit lower.
+A record it cannot account for holds the commit back:
 the lag grows and the stall detector (``pipeline.lag``) makes it loud, instead of a silent
 skip. And once an agent crashed, nothing more is committed: Faust's ``take_events``
 acknowledges its whole buffer in a ``finally`` when the agent's loop dies (a batch whose
@@ -62,6 +65,13 @@ def committable(acked: Iterable[int], start: int | None) -> tuple[int | None, li
     if end == start:
         return None, pending
     return end, [o for o in pending if o >= end]
+
+
+def raise_floor(floor: dict[TP, int], committed: Mapping[TP, int | None]) -> None:
+    """Raise each partition's floor to its committed offset (None: nothing known)."""
+    for tp, offset in committed.items():
+        if offset is not None and offset > floor.get(tp, 0):
+            floor[tp] = offset
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -139,6 +149,11 @@ class _Consumer(faust_aiokafka.Consumer):
         self.read_from: dict[TP, int] = {}
         #: The start offset a held-back commit was last logged for, per partition.
         self._held_back: dict[TP, int | None] = {}
+        #: The highest offset the group is known to have committed per partition (read at an
+        #: assignment, or committed here), kept across rebalances: nothing is committed below
+        #: it, even when a later reading answers lower or nothing (issue 11: a committed
+        #: offset that went back made the lag check cry "broker lost records").
+        self.floor: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -154,6 +169,19 @@ class _Consumer(faust_aiokafka.Consumer):
             self.read_from.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, which raise the floor of later commits."""
+        await super().perform_seek()
+        raise_floor(self.floor, self._committed_offset)
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction)
+        if did_commit:
+            raise_floor(self.floor, {tp: self._committed_offset.get(tp) for tp in offsets})
+        return bool(did_commit)
+
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         if not acked:
@@ -166,6 +194,9 @@ class _Consumer(faust_aiokafka.Consumer):
             gaps.chop(0, max(acked) + 1)
         committed = self._committed_offset[tp]
         start = committed if committed is not None else self.read_from.get(tp)
+        floor = self.floor.get(tp)
+        if start is not None and floor is not None and start < floor:
+            start = floor  # the group committed up to here already: never commit below it
         offset, rest = committable(acked, start)
         self._acked_index[tp].difference_update(set(acked) - set(rest))
         acked[:] = rest

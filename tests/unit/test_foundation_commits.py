@@ -16,7 +16,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree  # type: ignore[import-untyped]
 
-from pipeline.faust_app import _Consumer, committable
+from pipeline.faust_app import _Consumer, committable, raise_floor
 
 INBOUND = TP("care.inbound", 1)
 STATE = TP("care.case-state", 0)
@@ -31,6 +31,7 @@ def _consumer(acked: list[int], committed: int | None, read_from: int | None = N
         _committed_offset=defaultdict(lambda: None, {INBOUND: committed}),
         read_from={} if read_from is None else {INBOUND: read_from},
         _held_back={},
+        floor={},
         held=None,
         app=SimpleNamespace(compacted_topics=frozenset({STATE.topic})),
         log=logging.getLogger("test"),
@@ -62,6 +63,29 @@ def test_nothing_committed_yet_commits_only_from_where_reading_began() -> None:
     assert _Consumer._new_offset(_consumer(late, None, read_from=0), INBOUND) is None
     assert _Consumer._new_offset(_consumer(late, None), INBOUND) is None  # start unknown
     assert _Consumer._new_offset(_consumer([0, 1, 2], None, read_from=0), INBOUND) == 3
+
+
+def test_nothing_is_committed_below_what_the_group_committed_before() -> None:
+    # The group committed 25 (read at an assignment, or committed here); a later reading
+    # answered nothing (so reading began at the first offset) or a lower 18. Committing 10 or
+    # 22 would move the group's committed offset back (issue 11: "broker lost records").
+    floor = {INBOUND: 0}
+    raise_floor(floor, {INBOUND: 25, STATE: None})
+    raise_floor(floor, {INBOUND: 18})
+    assert floor == {INBOUND: 25}
+    replay = _consumer(list(range(10)), None, read_from=0)
+    assert _Consumer._new_offset(replay, INBOUND) == 10  # without the floor
+    replay = _consumer(list(range(10)), None, read_from=0)
+    replay.floor = floor
+    assert _Consumer._new_offset(replay, INBOUND) is None
+    replay._acked[INBOUND].extend(range(10, 30))  # the replay reaches the floor and goes on
+    assert _Consumer._new_offset(replay, INBOUND) == 30
+    lower = _consumer([18, 19, 20, 21], committed=18)
+    lower.floor = floor
+    assert _Consumer._new_offset(lower, INBOUND) is None
+    unknown = _consumer([25, 26], committed=None)  # where reading began is unknown: nothing
+    unknown.floor = floor
+    assert _Consumer._new_offset(unknown, INBOUND) is None
 
 
 async def test_a_jump_in_fetched_offsets_is_not_counted_on_a_plain_topic() -> None:
