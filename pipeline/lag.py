@@ -17,14 +17,16 @@ worker is restarted (its tables and positions belong to data that is gone). Only
 the broker's *data* is gone counts: an input partition's end offset that went back, or is 0
 below a processed or committed position (an in-memory broker restarted empty, a topic deleted
 and created again), or the group's committed offsets (asked from the broker, ``GroupOffsets``)
-vanished for the whole group at once, or for a partition on two readings in a row. The
-committed offsets and ends are remembered across rebalances, so a partition that comes back
-after the broker did is checked too. A committed offset that merely went back while the
-partition's records are still there is a member committing below an earlier commit (a revoked
-owner's late commit: Tansu reuses generation numbers, so it is not fenced) or a broker answer
-of a rebalance, not a loss: a WARNING and ``pipeline_consumer_commit_regressions_total``, and
-the tracker follows the broker's value. (A committed offset beyond the reported end is not a
-sign of its own: Tansu under-reports ends, docs/ARCHITECTURE.md, Broker.)
+vanished for the whole group at once (two partitions or more), or for a partition on two
+readings in a row. The committed offsets and ends are remembered across rebalances, so a
+partition that comes back after the broker did is checked too. A committed offset that merely
+went back while the partition's records are still there is not a loss: a member committed
+below an earlier commit (a late or stale commit: Tansu reuses generation numbers, so it is not
+fenced; or one made from a low answer mid-rebalance, which ``faust_app._Consumer``'s floor now
+prevents on our side), or the broker answered low. It is a WARNING and
+``pipeline_consumer_commit_regressions_total``, and the tracker follows the broker's value. (A
+committed offset beyond the reported end is not a sign of its own: Tansu under-reports ends,
+docs/ARCHITECTURE.md, Broker.)
 
 The bookkeeping (``ProgressTracker``) is pure; ``install`` is the thin timer around it.
 """
@@ -124,7 +126,7 @@ class ProgressTracker:
                 regressions.append(CommitRegression(tp, before, offset, end))
             self.group_committed[tp] = offset
         known = {tp for tp, offset in self.group_committed.items() if offset > 0}
-        if vanished and vanished >= known:
+        if len(vanished) > 1 and vanished >= known:
             self.lost |= vanished  # the whole group's offsets are gone at once
         else:
             self.lost |= vanished & self.vanished  # gone on two readings in a row

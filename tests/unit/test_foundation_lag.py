@@ -87,6 +87,13 @@ def test_an_offset_missing_once_for_one_partition_is_no_loss_twice_in_a_row_is()
     assert t.lost == set()
     t.observe_group({TP: None, OTHER: 8}, {})  # still gone on the next reading
     assert t.lost == {TP}
+    # A group that committed in one partition only: one missing answer is not "all at once".
+    one = ProgressTracker(stall_after_s=60)
+    one.observe_group({TP: 5, OTHER: None}, {})
+    one.observe_group({TP: None, OTHER: None}, {})
+    assert one.lost == set()
+    one.observe_group({TP: None, OTHER: None}, {})
+    assert one.lost == {TP}
 
 
 def test_the_whole_groups_offsets_vanishing_at_once_is_a_loss_for_good() -> None:
