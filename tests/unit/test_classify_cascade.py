@@ -18,7 +18,9 @@ from pipeline.classify.model import (
     UNKNOWN,
     IntentModel,
     TrainParams,
+    _calibration_folds,
     _fit_centroid_weight,
+    language_of,
     threshold_for_precision,
 )
 from pipeline.cli import main
@@ -254,6 +256,17 @@ def test_a_small_training_set_is_tuned_on_every_row_by_cross_validation() -> Non
     assert one_part.meta.held_out is not None and cross.meta.held_out is not None
     assert one_part.meta.held_out.rows < len(texts) * 0.4
     assert cross.meta.held_out.rows == len(texts)
+
+
+def test_cross_validation_fold_models_train_on_nine_tenths_of_the_rows() -> None:
+    # a fold model about as sure as the refit model: its thresholds carry over to new text
+    texts, labels = _noisy_bilingual(0)
+    langs = [language_of(t) for t in texts]
+    folds = _calibration_folds(TrainParams(encoder=None), texts, labels, langs)
+    assert len(folds) == 10
+    assert sorted(i for _, te in folds for i in te.tolist()) == list(range(len(texts)))
+    for train, _ in folds:
+        assert len(train) >= 0.85 * len(texts)
 
 
 def test_the_centroid_vote_gets_the_share_the_held_out_rows_support() -> None:
