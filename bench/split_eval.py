@@ -50,6 +50,7 @@ from pipeline.classify.model import (
     TrainingSet,
     TrainParams,
     data_sha256,
+    default_model_key,
     default_training_set,
 )
 from pipeline.classify.split import Part, split_batch
@@ -117,14 +118,29 @@ def describe_tuning(model: IntentModel) -> str:
     return f"held-out model tuned on {rows} rows ({how}); abstention thresholds {thresholds}"
 
 
+#: Next to a cached held-out model: the training code, data and parameters it was built from.
+CACHE_KEY_FILE = "bench-key.txt"
+
+
+def cache_key(cache: Path) -> str | None:
+    """The key a cached held-out model was saved with (None: no cache, or saved without one)."""
+    try:
+        return (cache / CACHE_KEY_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
 def held_out_model(
     cache: Path | None, seed: int = 0, held: float = 0.25, params: TrainParams = SHIPPED_TUNING
 ) -> HeldOut:
     """Train (or load from ``cache``) the model of the grouped split."""
     ts = default_training_set()
     train, test = grouped_split(ts, held, seed)
+    # the default model's cache key also hashes the training code (model.py, families, encoder):
+    # a model trained by other code, with the same data and parameters, is retrained too
+    code_key = default_model_key(params)
     model = None
-    if cache is not None and cache.exists():
+    if cache is not None and cache_key(cache) == code_key:
         try:
             model = IntentModel.load(cache)
         except ModelError:
@@ -145,6 +161,7 @@ def held_out_model(
         )
         if cache is not None:
             model.save(cache)
+            (cache / CACHE_KEY_FILE).write_text(code_key + "\n", encoding="utf-8")
     return HeldOut(ts, train, test, model)
 
 
