@@ -244,8 +244,27 @@ class _Consumer(faust_aiokafka.Consumer):
             self.log.error("%s; no offset is committed any more: restart this worker", self.held)
 
 
+class _Producer(faust_aiokafka.Producer):
+    """Faust's producer, following every table's changelog topic in its metadata.
+
+    Once an aiokafka client was asked about any topic, it refreshes metadata only for the
+    topics it was asked about; Faust's ``key_partition`` (each changelog write) reads that
+    metadata without asking, so a table whose changelog this producer had not written yet
+    failed with TypeError as soon as a send to another topic narrowed the set — the outputs
+    through the lent producer did (b2dd511; a live-workflow test on a fresh clone).
+    """
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        names = {t.changelog_topic.get_topic_name() for t in self.transport.app.tables.values()}
+        client = self._ensure_producer().client
+        if names - set(client._topics):
+            await client.set_topics(set(client._topics) | names)
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class RouterApp(faust.App):
