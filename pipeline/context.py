@@ -75,7 +75,7 @@ class Context:
 
         ``use_partitioner``: changelog writes are partitioned by key hash, like the records
         of the stream (same default partitioner), so the table stays co-partitioned and can
-        be written from batched (``take_events``) processing, which has no current event.
+        be written from batched (``stage.take_batches``) processing, which has no current event.
         That holds only when the changelog key has the stream key's bytes: Faust would
         JSON-encode a str key (``"c42"`` with its quotes hashes elsewhere than ``c42``), so
         a worker taking over a stream partition restored the marks of other customers and

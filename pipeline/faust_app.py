@@ -26,10 +26,9 @@ to have committed (``floor``: read at an assignment or committed here, kept acro
 rebalances), so a reading that answers lower or nothing does not make it commit lower.
 A record it cannot account for holds the commit back:
 the lag grows and the stall detector (``pipeline.lag``) makes it loud, instead of a silent
-skip. And once an agent crashed, nothing more is committed: Faust's ``take_events``
-acknowledges its whole buffer in a ``finally`` when the agent's loop dies (a batch whose
-outputs were not acknowledged, ``BrokerUnavailable``), and Faust then commits on the task
-error.
+skip. And once an agent crashed, nothing more is committed: Faust would commit what was
+acknowledged on the task error (its ``take_events`` even acknowledged a dying loop's whole
+batch in a ``finally``; the agents now batch with ``stage.take_batches``, which does not).
 """
 
 from __future__ import annotations
