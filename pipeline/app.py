@@ -73,8 +73,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     ctx.lend_producer = lambda: cast(Any, app.producer)._ensure_producer()
     _install_web(ctx)
     async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        if ctx.publisher is not None:
-            await ctx.publisher.close()
+        for publisher in (ctx.publisher, ctx.marks):
+            if publisher is not None:
+                await publisher.close()
 
     app.on_before_shutdown.connect(cast(Any, close_publisher))
     live = live_workflow.install(ctx)

@@ -142,3 +142,13 @@ async def test_outputs_go_through_the_lent_producer_which_the_context_does_not_s
     assert ctx.publisher is not None
     await ctx.publisher.close()
     assert not lent.stopped  # its owner (Faust) stops it
+
+
+def test_a_delivered_mark_has_a_producer_of_its_own_not_the_lent_one() -> None:
+    # aiokafka keeps one produce request in flight per broker: on the shared producer a mark
+    # waited for the changelogs and outputs before it (issue 11's window, longer).
+    lent: Any = _LentProducer()
+    ctx = Context(settings=Settings(), metrics=Metrics(), app=None, lend_producer=lambda: lent)
+    assert ctx.output_publisher()._producer is lent
+    assert ctx.mark_publisher()._producer is None  # made at its first send
+    assert ctx.mark_publisher() is not ctx.output_publisher()

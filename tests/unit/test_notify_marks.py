@@ -105,7 +105,7 @@ def notify_loop() -> tuple[DeliveryLoop, HeldPublisher]:
     app = RouterApp("marks-test", broker="kafka://127.0.0.1:1", store="memory://")
     ctx = Context(settings=settings, metrics=Metrics(), app=app)
     publisher = HeldPublisher()
-    ctx.publisher = publisher  # type: ignore[assignment]
+    ctx.publisher = ctx.marks = publisher  # type: ignore[assignment]
     senders = Senders(settings)
     senders._deliverer = Deliverer(settings, session=None)  # type: ignore[arg-type]
     return DeliveryLoop(ctx, Replies(senders, ctx.table("delivered-replies"))), publisher
