@@ -324,7 +324,9 @@ async def _wait(predicate: Callable[[], Any], what: str, timeout_s: float = 60.0
 async def follow_seed(s: Settings, outbox: Outbox, seed: Sent, outcome: Outcome) -> None:
     """Loyalty IT answers in the system, the director answers by e-mail, the customer is told."""
     out(f"  routed to: {', '.join(outcome.departments)} (case {outcome.case_id})")
-    subs: list[SubRequest] = []
+    # By id, as every consumer of the task topics must read them: a record replayed after a
+    # restart or at start-up repeats its sub-request id (README, "Deduplicate by id").
+    by_id: dict[str, SubRequest] = {}
     topics = [task_topic(s, d) for d in departments(s)] + [s.topic("external")]
     for rec in await bus.read_all(s, topics, idle_s=1.0):
         try:
@@ -332,7 +334,8 @@ async def follow_seed(s: Settings, outbox: Outbox, seed: Sent, outcome: Outcome)
         except DecodeError:
             continue
         if sub.message_id == seed.message_id:
-            subs.append(sub)
+            by_id.setdefault(sub.sub_request_id, sub)
+    subs = list(by_id.values())
     await follow_up(s, seed, outcome)
     pub = bus.Publisher(s)
     try:
