@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -126,6 +127,26 @@ def any_broker_answers(bootstrap_servers: str, timeout: float = 1.0) -> bool:
 async def brokers_answer(bootstrap_servers: str, timeout: float = 1.0) -> bool:
     """``any_broker_answers`` off the event loop (its socket calls block)."""
     return await asyncio.to_thread(any_broker_answers, bootstrap_servers, timeout)
+
+
+@dataclass
+class MissedProbes:
+    """The one rule for a broker probe that fails: one miss is a blip, ``limit`` in a row
+    is unhealthy (``/healthz`` 503) until a probe succeeds again. Used by the worker's lag
+    timer (``lag.install``) and the console's broker watch (``console.server.watch_broker``)."""
+
+    limit: int = 2
+    #: Failed probes since the last one that succeeded.
+    in_a_row: int = 0
+
+    def missed(self) -> bool:
+        """Count one failed probe; True when that makes the process unhealthy."""
+        self.in_a_row += 1
+        return self.in_a_row >= self.limit
+
+    def answered(self) -> None:
+        """A probe succeeded: the count starts again."""
+        self.in_a_row = 0
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes | None:

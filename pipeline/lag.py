@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.exceptions import ConsumerNotStarted
 
-from pipeline.broker import brokers_answer
+from pipeline.broker import MissedProbes, brokers_answer
 from pipeline.bus import start_client
 from pipeline.context import Context
 
@@ -202,11 +202,10 @@ def install(ctx: Context) -> ProgressTracker:
     s = ctx.settings
     tracker = ProgressTracker(s.stall_after_s)
 
-    failures = 0
+    failures = MissedProbes()
     group = GroupOffsets(s.kafka_bootstrap_servers or "", str(app.conf.id))
 
     async def measure() -> None:
-        nonlocal failures
         consumer = app.consumer
         changelogs = set(app.tables.changelog_topics)
         try:
@@ -239,9 +238,9 @@ def install(ctx: Context) -> ProgressTracker:
             # Not started yet, a rebalance in between, or the broker away: next tick. Twice in
             # a row (a topic gone, the broker unreachable) is unhealthy: /healthz says so.
             await group.close()
-            failures += 1
-            log.warning("consumer lag not measured (%d in a row): %r", failures, exc)
-            if failures >= 2:
+            unhealthy = failures.missed()
+            log.warning("consumer lag not measured (%d in a row): %r", failures.in_a_row, exc)
+            if unhealthy:
                 ctx.status["consumer"] = f"broker not answering for input partitions: {exc!r}"
             return
         for r in tracker.observe_group(by_group, group_ends):
@@ -260,7 +259,7 @@ def install(ctx: Context) -> ProgressTracker:
             log.warning("the group's committed offset of %s[%d] is missing", *gtp)
         for topic, total in tracker.committed_by_topic().items():
             ctx.metrics.consumer_committed.labels(topic=topic).set(total)
-        failures = 0
+        failures.answered()
         ctx.status.pop("consumer", None)
         now = time.monotonic()
         tracker.keep_only({(tp.topic, tp.partition) for tp in held})

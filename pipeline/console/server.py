@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pipeline import bus
-from pipeline.broker import brokers_answer
+from pipeline.broker import MissedProbes, brokers_answer
 from pipeline.config import Settings
 from pipeline.console.auth import DEMO_USERS, load_users, users_json
 from pipeline.console.follower import follow
@@ -51,19 +51,21 @@ def _fresh_store(path: Path) -> Store:
 
 
 async def watch_broker(settings: Settings, console: Console) -> None:
-    """Ask the broker every ``lag_interval_s``, as the worker's lag timer does; two misses in
-    a row (one is a blip) make ``/healthz`` 503 until it answers again. The follower alone
-    would not tell: its consumer retries a dead broker quietly, returning empty batches."""
+    """Ask the broker every ``lag_interval_s``, as the worker's lag timer does, with the same
+    rule (``MissedProbes``: two misses in a row make ``/healthz`` 503 until it answers
+    again). The follower alone would not tell: its consumer retries a dead broker quietly,
+    returning empty batches."""
     servers = settings.kafka_bootstrap_servers or ""
-    misses = 0
+    misses = MissedProbes()
     while True:
         await asyncio.sleep(settings.lag_interval_s)
         if await brokers_answer(servers, settings.request_timeout_s):
-            misses, console.broker = 0, None
+            misses.answered()
+            console.broker = None
             continue
-        misses += 1
-        log.warning("console: no broker answers at %s (%d in a row)", servers, misses)
-        if misses >= 2:
+        unhealthy = misses.missed()
+        log.warning("console: no broker answers at %s (%d in a row)", servers, misses.in_a_row)
+        if unhealthy:
             console.broker = f"no broker answers at {servers}"
 
 

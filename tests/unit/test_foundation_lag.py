@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.broker import MissedProbes
 from pipeline.lag import CommitRegression, ProgressTracker
 
 TP = ("care.inbound", 0)
@@ -121,3 +122,17 @@ def test_a_lower_commit_with_the_partition_emptied_is_a_loss_not_a_warning() -> 
     t.observe_group({TP: 10}, {TP: 12})
     assert t.observe_group({TP: 1}, {TP: 1}) == []
     assert t.lost == {TP}
+
+
+def test_one_missed_broker_probe_is_a_blip_two_in_a_row_are_unhealthy() -> None:
+    # The one rule of the worker's lag timer and the console's broker watch.
+    misses = MissedProbes()
+    assert misses.missed() is False
+    misses.answered()  # an answer in between: the count starts again
+    assert misses.missed() is False
+    assert misses.missed() is True
+    assert misses.missed() is True  # stays unhealthy while the broker is away
+    assert misses.in_a_row == 3
+    misses.answered()
+    assert misses.missed() is False
+    assert misses.in_a_row == 1
