@@ -18,6 +18,10 @@ started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, an
 worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase, and
 the records per message: every record on the run's topics and the worker's table changelogs
 once the worker is quiet, divided by the messages produced to inbound in all phases.
+Also per message: the produce requests each worker sent (all phases, counted in the worker by
+a wrapper of aiokafka's sender, ``COUNTER``) and its CPU time (user + system, from /proc) in
+the flat-out phase up to the N-th Outcome; CPU time holds on a shared, noisy machine where the
+msg/s ratio does not.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import logging
 import os
 import random
@@ -48,7 +53,33 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "bitext_customer_support" / "bitext_20k_utterances.csv"
 SAMPLES = ROOT / "pipeline" / "resources" / "samples" / "messages.jsonl"
 
-PASSTHROUGH = """
+# Prepended to each worker's script: counts the produce requests aiokafka sends (every
+# producer of the process) and writes the count to $BENCH_COUNTS twice a second.
+COUNTER = """
+import json, os, threading, time
+from aiokafka.producer.sender import Sender
+_counts = {"requests": 0}
+_send = Sender._send_produce_req
+async def _counted(self, node_id, batches):
+    _counts["requests"] += 1
+    return await _send(self, node_id, batches)
+Sender._send_produce_req = _counted
+def _dump(path=os.environ["BENCH_COUNTS"]):
+    while True:
+        with open(path + ".tmp", "w") as f:
+            json.dump(_counts, f)
+        os.replace(path + ".tmp", path)
+        time.sleep(0.5)
+threading.Thread(target=_dump, daemon=True).start()
+"""
+
+WORKER = COUNTER + """
+import runpy, sys
+sys.argv = ["pipeline.cli", "worker"]
+runpy.run_module("pipeline.cli", run_name="__main__", alter_sys=True)
+"""
+
+PASSTHROUGH = COUNTER + """
 import os, faust
 from pipeline.faust_app import RouterApp
 from pipeline.config import Settings
@@ -262,6 +293,19 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return fields.get("VmRSS", float("nan")), fields.get("VmHWM", float("nan"))
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def produce_requests(path: Path) -> int:
+    """The produce requests the worker counted so far (``COUNTER``); waits for its next dump."""
+    time.sleep(1.0)
+    return int(json.loads(path.read_text())["requests"])
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -292,15 +336,15 @@ def run_phase(
 
     # replies and e-mails are really delivered (HTTP, SMTP), as in production
     outbox = Outbox(on_item=arrived).start()
-    env = child_env(s, **outbox.env())
+    counts = s.data_dir / "bench" / f"{s.app_id}-requests.json"
+    counts.parent.mkdir(parents=True, exist_ok=True)
+    env = child_env(s, **outbox.env(), BENCH_COUNTS=str(counts))
     with children() as group:
-        if name == "passthrough":
-            import subprocess
+        import subprocess
 
-            proc = subprocess.Popen([sys.executable, "-c", PASSTHROUGH], env=env)
-            group.procs.append(("passthrough", proc))
-        else:
-            group.start("worker", ["worker"], env)
+        script = PASSTHROUGH if name == "passthrough" else WORKER
+        group.procs.append((name, subprocess.Popen([sys.executable, "-c", script], env=env)))
+        if name == "pipeline":
             wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
         # warm-up: the consumer group must be joined before timing
         warm = [make(pool[i % len(pool)], i, run + "w") for i in range(20)]
@@ -327,9 +371,12 @@ def run_phase(
         pid = group.procs[0][1].pid
         rss_before, _ = memory_mb(pid)
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
+        cpu_before = cpu_s(pid)
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
+        cpu_flat = cpu_s(pid) - cpu_before
         rss_after, rss_peak = memory_mb(pid)
         records = asyncio.run(count_records(s))
+        requests = produce_requests(counts)
     outbox.stop()
     result = {
         "msg_s": args.n / secs,
@@ -338,11 +385,13 @@ def run_phase(
         "rss_before": rss_before,
         "rss_after": rss_after,
         "rss_peak": rss_peak,
+        "cpu_ms": cpu_flat * 1000 / args.n,
     }
     # Every message of every phase (warm-up, paced, fan-out, flat-out) went in on inbound.
     messages = max(records.get("inbound", 0), 1)
     per = {f"rec:{t}": n / messages for t, n in records.items()}
-    return {**result, **fan, "rec_total": sum(records.values()) / messages, **per}
+    requests_per = {"requests": requests / messages}
+    return {**result, **fan, "rec_total": sum(records.values()) / messages, **requests_per, **per}
 
 
 def main() -> int:
@@ -384,6 +433,11 @@ def main() -> int:
             f"records per message {label}: {r['rec_total']:.2f} (every topic incl. changelogs: "
             + ", ".join(f"{name} {v:.2f}" for v, name in top)
             + ")\n"
+        )
+    for label, r in (("passthrough", base), ("pipeline", full)):
+        out(
+            f"worker {label}: {r['requests']:.2f} produce requests per message (all phases), "
+            f"{r['cpu_ms']:.2f} ms CPU per message (flat-out phase)\n"
         )
     if "fan_n" in full:
         out(

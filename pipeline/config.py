@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Ack wait before 503.")
+    producer_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        le=1_000,
+        description="Worker producer (changelogs and outputs): wait to fill a produce request.",
+    )
     shutdown_grace_s: float = Field(
         default=15.0, gt=0, description="A worker still stopping after this is ended hard."
     )
