@@ -13,48 +13,33 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline import bus
-from pipeline.broker import EmbeddedBroker
 from pipeline.codec import decode
-from pipeline.config import Settings
 from pipeline.errors import DecodeError
 from pipeline.events import InboundMessage, derive_id
 from pipeline.outbox import Outbox
-from pipeline.runtime import Children, child_env, departments, own_stack, wait_http
+from pipeline.runtime import Children, child_env, departments, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson, GetText, Telegram
+    from tests.plugins.stack import GetJson, GetText, OwnBroker, Telegram
     from tests.plugins.waiting import WaitUntil
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_broker(broker_settings: Settings) -> Iterator[tuple[EmbeddedBroker, Settings]]:
-    broker = EmbeddedBroker().start()
-    s = own_stack(
-        broker_settings, "bl", kafka_bootstrap_servers=broker.bootstrap_servers, lag_interval_s=1.0
-    )
-    try:
-        yield broker, s
-    finally:
-        broker.stop()
-
-
 async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_void(
-    own_broker: tuple[EmbeddedBroker, Settings],
+    own_broker: OwnBroker,
     outbox: Outbox,
     telegram: Telegram,
     wait_until: WaitUntil,
     get_json: GetJson,
     get_text: GetText,
 ) -> None:
-    broker, s = own_broker
+    broker, s = own_broker.broker, own_broker.settings
     await bus.ensure_topics(s, departments=departments(s))
     # child_env passes the broker and ports; these two are the test's own.
     with_env = child_env(
@@ -91,10 +76,7 @@ async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_v
             lambda: committed in get_text(metrics)[1], timeout_s=300, what="8 inbound commits"
         )
 
-        tansu, broker._proc = broker._proc, None  # stopped by the test, not "died"
-        assert tansu is not None
-        tansu.kill()
-        tansu.wait()
+        own_broker.kill()
         await wait_until(loud, timeout_s=120, what="worker /healthz 503 (or the worker ended)")
         broker.start()  # same port, empty
         # The topics come back empty too (an operator's create-topics, a worker's start): the

@@ -8,48 +8,24 @@ port, as in test_broker_loss.py."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, free_port
-from pipeline.config import Settings
+from pipeline.broker import free_port
 from pipeline.runtime import child_env, children, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson, ProbeJson
-    from tests.plugins.waiting import WaitUntilSync
+    from tests.plugins.stack import GetJson, OwnBroker, ProbeUntil
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker().start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def test_a_console_whose_broker_goes_away_answers_503_and_recovers(
-    own_broker: EmbeddedBroker,
-    tmp_path: Path,
-    get_json: GetJson,
-    probe_json: ProbeJson,
-    wait_until_sync: WaitUntilSync,
+    own_broker: OwnBroker, tmp_path: Path, get_json: GetJson, probe_until: ProbeUntil
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        kafka_bootstrap_servers=own_broker.bootstrap_servers,
-        topic_prefix=f"cb{tag}.",
-        app_id=f"cb-{tag}",
-        data_dir=tmp_path,
-        lag_interval_s=1.0,  # the console asks its broker this often
-    )
+    s = own_broker.settings  # lag_interval_s=1: the console asks its broker every second
     port = free_port()
     healthz = f"http://127.0.0.1:{port}/healthz"
 
@@ -59,24 +35,13 @@ def test_a_console_whose_broker_goes_away_answers_503_and_recovers(
         status, doc = get_json(healthz)
         assert status == 200 and doc["status"] == "ok", doc
 
-        tansu, own_broker._proc = own_broker._proc, None  # stopped by the test, not "died"
-        assert tansu is not None
-        tansu.kill()
-        tansu.wait()
+        own_broker.kill()
         # A failure bound only: two missed checks at 1 s make it 503.
-        status, doc = wait_until_sync(
-            lambda: (got := probe_json(healthz)) is not None and got[0] == 503 and got,
-            timeout_s=60,
-            what="console /healthz 503 with its broker gone",
-        )
+        doc = probe_until(healthz, 503, timeout_s=60, what="console /healthz 503, broker gone")
         assert doc["status"] == "broker", doc
-        assert own_broker.bootstrap_servers in doc["broker"], "the address it asked is named"
+        assert own_broker.broker.bootstrap_servers in doc["broker"], "the address it asked"
         group.check_alive()  # unhealthy, not crashed: the supervisor decides
 
-        own_broker.start()  # same port
-        status, doc = wait_until_sync(
-            lambda: (got := probe_json(healthz)) is not None and got[0] == 200 and got,
-            timeout_s=60,
-            what="console /healthz 200 with its broker back",
-        )
+        own_broker.broker.start()  # same port
+        doc = probe_until(healthz, 200, timeout_s=60, what="console /healthz 200, broker back")
         assert doc["status"] == "ok", doc

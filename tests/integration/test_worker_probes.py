@@ -15,21 +15,17 @@ from pipeline.config import Settings
 from pipeline.runtime import child_env, children
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import GetJson, ProbeJson, StackSettings
+    from tests.plugins.stack import GetJson, ProbeJson, ProbeUntil, StackSettings
     from tests.plugins.waiting import WaitUntilSync
 
 pytestmark = pytest.mark.integration
 
 
 def test_worker_turns_ready_after_recovery_and_stays_live(
-    stack: Settings, get_json: GetJson, wait_until_sync: WaitUntilSync
+    stack: Settings, get_json: GetJson, probe_until: ProbeUntil
 ) -> None:
     base = f"http://{stack.web_host}:{stack.web_port}"
-    status, doc = wait_until_sync(
-        lambda: (got := get_json(f"{base}/readyz"))[0] == 200 and got,
-        timeout_s=120,
-        what="/readyz answering 200",
-    )
+    doc = probe_until(f"{base}/readyz", 200, timeout_s=120, what="/readyz answering 200")
     assert doc == {"status": "ready", "rebalancing": False, "in_recovery": False, "recovered": True}
     status, health = get_json(f"{base}/healthz")
     assert status == 200 and health["status"] == "ok"
@@ -78,8 +74,7 @@ def test_a_worker_not_ready_for_longer_than_the_recovery_timeout_is_unhealthy(
     stack_settings: StackSettings,
     tmp_path: Path,
     get_json: GetJson,
-    probe_json: ProbeJson,
-    wait_until_sync: WaitUntilSync,
+    probe_until: ProbeUntil,
 ) -> None:
     # A worker stuck joining or restoring is 503 on /readyz, which only keeps it out of a
     # rollout: /healthz must say so too once that lasts, or nothing restarts it. The timeout is
@@ -88,18 +83,15 @@ def test_a_worker_not_ready_for_longer_than_the_recovery_timeout_is_unhealthy(
     base = f"http://{s.web_host}:{s.web_port}"
     with children(tmp_path / "worker.log") as group:
         group.start("worker", ["worker"], child_env(s, PIPELINE_RECOVERY_TIMEOUT_S="0.01"))
-        status, doc = wait_until_sync(
-            lambda: (got := probe_json(f"{base}/healthz")) is not None and got[0] == 503 and got,
+        doc = probe_until(
+            f"{base}/healthz",
+            503,
             timeout_s=600,  # a failure bound: the model may be trained first
             what="/healthz answering 503 while not ready",
             interval_s=0.05,
         )
         assert doc["status"] == "recovering" and "not ready for" in doc["recovery"], doc
-        wait_until_sync(
-            lambda: (got := probe_json(f"{base}/readyz")) is not None and got[0] == 200,
-            timeout_s=600,
-            what="/readyz answering 200",
-        )
+        probe_until(f"{base}/readyz", 200, timeout_s=600, what="/readyz answering 200")
         # Ready: the clock stopped, and a live worker is healthy again.
         status, health = get_json(f"{base}/healthz")
         assert status == 200 and health["status"] == "ok", health

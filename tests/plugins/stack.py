@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.mime.text import MIMEText
@@ -26,20 +27,29 @@ from typing import Any
 import pytest
 
 from pipeline import bus
-from pipeline.broker import free_port
+from pipeline.broker import EmbeddedBroker, free_port
 from pipeline.config import Settings
-from pipeline.events import Outcome, SubRequest, TaskStatus, TaskUpdate, derive_id, utcnow
+from pipeline.events import (
+    Outcome,
+    Reply,
+    SubRequest,
+    TaskStatus,
+    TaskUpdate,
+    derive_id,
+    utcnow,
+)
 from pipeline.outbox import Outbox, OutboxItem
 from pipeline.runtime import Children, child_env, children, departments, own_stack, wait_http
 from pipeline.topics import task_topic
 from tests.plugins.inbound import telegram_update
 from tests.plugins.topics import Records
-from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll
+from tests.plugins.waiting import Batch, Patience, collect_until_quiet, poll, poll_sync
 
 PostJson = Callable[..., tuple[int, Any]]
 GetText = Callable[[str], tuple[int, str]]
 GetJson = Callable[[str], tuple[int, Any]]
 ProbeJson = Callable[[str], tuple[int, Any] | None]
+ProbeUntil = Callable[..., Any]
 StackSettings = Callable[[Settings, str], Settings]
 RunningStack = Callable[..., contextlib.AbstractContextManager[tuple[Settings, Children]]]
 AddWorker = Callable[[Settings, Children, Outbox], int]
@@ -86,6 +96,18 @@ def _probe_json(url: str) -> tuple[int, Any] | None:
         return _get_json(url)
     except OSError:
         return None
+
+
+def _probe_until(
+    url: str, status: int, *, timeout_s: float, what: str, interval_s: float = 0.2
+) -> Any:
+    """Probe ``url`` (``_probe_json``) until it answers ``status``: its parsed body."""
+
+    def answered() -> tuple[int, Any] | None:
+        got = _probe_json(url)
+        return got if got is not None and got[0] == status else None
+
+    return poll_sync(answered, timeout_s=timeout_s, what=what, interval_s=interval_s)[1]
 
 
 def _stack_settings(base: Settings, prefix: str) -> Settings:
@@ -245,6 +267,25 @@ class Cases:
         for sub in {s.sub_request_id: s for s in subs}.values():
             await _resolve_internal(stack, sub, text)
 
+    async def resolve_incident(
+        self, stack: Settings, broadcast: Iterable[SubRequest], text: str, reporters: set[str]
+    ) -> list[Reply]:
+        """Every director answers the incident's broadcast with ``text`` (``answer_once``);
+        asserts that each of the ``reporters``' messages (the opener and the linked reports)
+        gets exactly one resolution reply carrying it, counted once the topic is quiet."""
+        await self.answer_once(stack, broadcast, text)
+        closed = await self.records.settled(
+            stack,
+            stack.topic("replies"),
+            Reply,
+            lambda r: r.message_id in reporters and r.kind.value == "resolution",
+            len(reporters),
+        )
+        told = Counter(r.message_id for r in closed)
+        assert told == Counter(reporters), f"each reporter told once: {told}"
+        assert all(text in r.text for r in closed), [r.text for r in closed]
+        return closed
+
 
 @dataclass(frozen=True)
 class Deliveries:
@@ -308,6 +349,14 @@ def probe_json() -> ProbeJson:
 
 
 @pytest.fixture(scope="session")
+def probe_until() -> ProbeUntil:
+    """``probe_until(url, status, timeout_s=, what=, interval_s=0.2) -> parsed body``: a
+    health probe polled until it answers ``status`` (None while nothing listens counts as
+    not yet); AssertionError naming ``what`` after ``timeout_s``."""
+    return _probe_until
+
+
+@pytest.fixture(scope="session")
 def add_worker() -> AddWorker:
     """``add_worker(stack, children, outbox) -> web port``: one more worker in the group."""
     return _add_worker
@@ -331,7 +380,8 @@ def running_stack() -> RunningStack:
 def cases(records: Records) -> Cases:
     """``await cases.open(stack, text)``, ``cases.message(stack, chat, n, text)``,
     ``cases.answer_all(stack, case, resolved, rejected)``, ``cases.answer_once(stack, subs,
-    text)``: a customer's case on the stack, and sub-requests answered."""
+    text)``, ``cases.resolve_incident(stack, broadcast, text, reporters)``: a customer's case
+    on the stack, sub-requests answered, an incident resolved and its reporters told."""
     return Cases(records)
 
 
@@ -362,6 +412,43 @@ def outbox() -> Iterator[Outbox]:
         yield box
     finally:
         box.stop()
+
+
+@dataclass(frozen=True)
+class OwnBroker:
+    """A test's own embedded Tansu (not the session's) and a stack's settings on it."""
+
+    broker: EmbeddedBroker
+    #: Topics, group and ports of their own (``own_stack``); processes ask the broker every
+    #: second (``lag_interval_s``). The topics are not created.
+    settings: Settings
+
+    def kill(self) -> None:
+        """SIGKILL its Tansu as the test's own act: not reported as the broker's death
+        (``EmbeddedBroker.on_death``). ``broker.start()`` starts it again, on the same port
+        and empty (Tansu keeps its data in memory)."""
+        tansu, self.broker._proc = self.broker._proc, None
+        assert tansu is not None
+        tansu.kill()
+        tansu.wait()
+
+
+@pytest.fixture
+def own_broker(broker_settings: Settings) -> Iterator[OwnBroker]:
+    """A broker of the test's own, to kill and start again; stopped after the test."""
+    broker = EmbeddedBroker().start()
+    try:
+        yield OwnBroker(
+            broker,
+            own_stack(
+                broker_settings,
+                "ob",
+                kafka_bootstrap_servers=broker.bootstrap_servers,
+                lag_interval_s=1.0,
+            ),
+        )
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")
