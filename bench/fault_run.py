@@ -14,12 +14,16 @@ has an outcome and the outcomes topic and the outbox have been quiet for --settl
 
 - missing outcomes, messages with repeated outcome records (same id, same decision: a
   replay, harmless), conflicting outcomes (pipeline audit's figures);
-- replies sent twice: Telegram deliveries with the same chat, the same message answered
-  (reply_to_message_id when the platform call carries it) and the same text, counted beyond
-  the first; and messages with two or more reply ids on the replies topic (a decision taken
-  twice, e.g. on lost state, or several requests answered apart); replies never delivered:
-  reply ids on the replies topic with a part that never reached the outbox (a loss in
-  notify, which the outcome audit does not see);
+- Telegram deliveries to this run's chats matched to the reply parts on the replies topic
+  (``count_sends``). A platform call carries no reply id, only the chat, the message answered
+  (reply_to_message_id) and the text, so each reply part (reply id + part index) is known by
+  those three: reply parts sent twice are deliveries beyond one per distinct reply part that
+  renders to them (notify's effectively-once, the figure that must be 0); the same text twice
+  to one message counts deliveries beyond the first per (chat, message, text), whatever the
+  reply ids (also two decisions rendering the same reply); reply parts never delivered (a
+  loss in notify, which the outcome audit does not see); deliveries matching no reply part;
+  and messages with two or more reply ids on the replies topic (a decision taken twice, e.g.
+  on lost state, or several requests answered apart);
 - incidents (distinct incident ids on the classified topic), and broadcast e-mails per
   director at the outbox in this run.
 """
@@ -71,17 +75,52 @@ def texts(n: int, seed: int) -> list[str]:
     return random.Random(seed).sample(rows, n)
 
 
+#: A Telegram delivery as the platform call shows it: chat, message answered, text.
+SendKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Sends:
+    """Telegram deliveries matched to the reply parts (reply id, part index) they render."""
+
+    delivered: int
+    #: Deliveries beyond one per distinct reply part rendering their chat, message and text.
+    parts_sent_twice: int
+    #: Deliveries beyond the first per (chat, message, text), whatever the reply ids.
+    same_text_twice: int
+    #: Reply parts with no delivery of their chat, message and text left for them.
+    parts_undelivered: int
+    #: Deliveries that render no reply part on the replies topic.
+    unmatched: int
+
+
+def count_sends(deliveries: list[SendKey], parts: list[tuple[SendKey, str, int]]) -> Sends:
+    """``deliveries``: one key per Telegram delivery; ``parts``: (key, reply id, part index)
+    for every reply record's parts (a replayed record repeats its reply id and is one part).
+    Two different reply parts with the same key are two expected deliveries, not one sent
+    twice; which of them a delivery was cannot be told, only how many there were."""
+    sent = Counter(deliveries)
+    expected: dict[SendKey, set[tuple[str, int]]] = {}
+    for key, reply_id, index in parts:
+        expected.setdefault(key, set()).add((reply_id, index))
+    return Sends(
+        delivered=len(deliveries),
+        parts_sent_twice=sum(
+            max(0, n - len(expected[key])) for key, n in sent.items() if key in expected
+        ),
+        same_text_twice=sum(n - 1 for n in sent.values() if n > 1),
+        parts_undelivered=sum(max(0, len(ids) - sent[key]) for key, ids in expected.items()),
+        unmatched=sum(n for key, n in sent.items() if key not in expected),
+    )
+
+
 @dataclass
 class Figures:
     messages: int
     missing: int
     repeated: int
     conflicting: int
-    replies: int
-    sent_twice: int
-    #: Reply ids on the replies topic (to this run's chats) with a part that never reached
-    #: the outbox: a loss in notify, which the outcome audit does not see.
-    undelivered: int
+    sends: Sends
     #: Customer messages with two or more reply ids on the replies topic (a decision taken
     #: twice, or a message with several requests answered in several replies).
     answered_apart: int
@@ -141,19 +180,23 @@ def figures(
     reply_records: list[bus.Record],
 ) -> Figures:
     report = audit_records(inbound, outcomes)
-    replies = [i for i in outbox if i.channel == "telegram" and i.to in chats]
-    sends = Counter((i.to, str(i.raw.get("reply_to_message_id")), i.text) for i in replies)
+    delivered = [
+        (i.to, str(i.raw.get("reply_to_message_id")), i.text)
+        for i in outbox
+        if i.channel == "telegram" and i.to in chats
+    ]
     reply_ids: dict[str, set[str]] = {}
-    undelivered: set[str] = set()
+    parts: list[tuple[SendKey, str, int]] = []
     for r in reply_records:
         try:
             rep = decode(Reply, r.value)
         except DecodeError:
             continue
         reply_ids.setdefault(rep.message_id, set()).add(rep.reply_id)
-        at = (rep.reply_to.get("chat_id"), str(rep.reply_to.get("message_id")))
-        if at[0] in chats and any((*at, t) not in sends for t in reply_parts(rep, "telegram")):
-            undelivered.add(rep.reply_id)
+        chat, answered = rep.reply_to.get("chat_id", ""), str(rep.reply_to.get("message_id"))
+        if chat in chats:
+            for index, text in enumerate(reply_parts(rep, "telegram")):
+                parts.append(((chat, answered, text), rep.reply_id, index))
     incidents: set[str] = set()
     reports: dict[str, tuple[int, str]] = {}
     for r in classified:
@@ -173,9 +216,7 @@ def figures(
         missing=len(report.missing),
         repeated=len(report.duplicated),
         conflicting=len(report.conflicting),
-        replies=len(replies),
-        sent_twice=sum(n - 1 for n in sends.values() if n > 1),
-        undelivered=len(undelivered),
+        sends=count_sends(delivered, parts),
         answered_apart=sum(1 for ids in reply_ids.values() if len(ids) > 1),
         incidents=len(incidents),
         incident_reports=reports,
@@ -248,9 +289,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 out(
                     f"run {run}: messages {f.messages}, missing outcomes {f.missing}, "
                     f"messages with repeated outcome records {f.repeated}, conflicting "
-                    f"{f.conflicting}, replies delivered {f.replies}, replies sent twice "
-                    f"{f.sent_twice}, replies never delivered {f.undelivered}, "
-                    f"messages with 2+ reply ids "
+                    f"{f.conflicting}, telegram deliveries {f.sends.delivered}, reply parts "
+                    f"(reply id + part index) sent twice {f.sends.parts_sent_twice}, same text "
+                    f"twice to one message (any reply ids) {f.sends.same_text_twice}, reply "
+                    f"parts never delivered {f.sends.parts_undelivered}, deliveries matching "
+                    f"no reply part {f.sends.unmatched}, messages with 2+ reply ids "
                     f"{f.answered_apart}, incidents {f.incidents}, broadcast e-mails per director "
                     f"{sorted(f.broadcasts_per_director.values()) or '-'}"
                 )
