@@ -9,12 +9,16 @@ either, so only the next restart would). It bites a worker that restarts while r
 arriving: in our restart test a department's TaskUpdate vanished this way and the case
 was never answered (the test hung in about one run of five on the embedded broker).
 
-``RouterRecovery`` does the same steps with the queues cleared *first*, while the stream
-partitions are still paused (Faust pauses every assigned partition when a rebalance starts),
-so nothing fetched for the new assignment can be cleared, and every stream partition then
-reads from its committed offset, or from its first offset when nothing is committed (Faust
-left those where their last fetch stopped). Records may be seen twice; every stage is
-idempotent on replay (docs/ARCHITECTURE.md, Invariants, 3).
+``RouterRecovery`` does the same steps in another order, all while the stream partitions are
+still paused (Faust pauses every assigned partition when a rebalance starts): it clears the
+queues *first*, so nothing fetched for the new assignment can be cleared; seeks every stream
+partition to its committed offset, or to its first offset when nothing is committed (Faust
+left those where their last fetch stopped); and only then resumes them. Faust resumes them
+before its seek, while its flow already runs for the changelogs: the fetcher handed the
+agents records that the seeks then fetched again, so every record that reached a topic while
+a worker started was processed two or three times (issue 11, start-up replay). Records may
+still be seen twice after a restart or a rebalance (those past the committed offset); every
+stage is idempotent on replay (docs/ARCHITECTURE.md, Invariants, 3).
 
 Recovery also reads each changelog **to its real end**. Faust stops restoring a table at the
 end offset that ListOffsets reports, and Tansu under-reports it (the last batch's base offset +
@@ -43,8 +47,8 @@ FENCE_KEY = b"\x00recovery-fence"
 
 
 class RouterRecovery(Recovery):
-    """``Recovery`` whose flow-control resume (queue clear) comes before the stream resumes,
-    and that restores every active changelog partition up to a fence it wrote."""
+    """``Recovery`` that clears the queues and seeks every stream partition before it resumes
+    them, and restores every active changelog partition up to a fence it wrote."""
 
     async def _build_highwaters(
         self, consumer: Any, tps: set[TP], destination: Any, title: str
@@ -79,8 +83,29 @@ class RouterRecovery(Recovery):
         )
         return {tp: int(meta.offset) for tp, meta in zip(sorted(tps), metas, strict=True)}
 
+    async def seek_fresh(self, consumer: Any, streams: set[TP]) -> None:
+        """Seek each stream partition with nothing committed to its first offset, or to the
+        group's floor (``faust_app._Consumer.floor``) when it committed there before.
+
+        Faust's ``perform_seek`` seeks only partitions with a committed offset above 0; one
+        kept through a rebalance with nothing committed yet would go on from where its fetch
+        stopped, past the records the queue clear dropped. Read from its first offset instead
+        (duplicates are harmless, gaps are not); the consumer commits from there. A reading
+        that answered nothing mid-rebalance does not send a partition back to its first
+        offset when the group is known to have committed further.
+        """
+        committed = cast(Any, consumer)._committed_offset
+        fresh = sorted(tp for tp in streams if not committed.get(tp))
+        if not fresh:
+            return
+        firsts = await consumer.earliest_offsets(*fresh)
+        floor = getattr(consumer, "floor", {})
+        for tp in fresh:
+            await consumer.seek(tp, max(int(firsts.get(tp) or 0), int(floor.get(tp, 0))))
+
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        """Faust 0.15.3's ``on_recovery_completed`` with the flow resumed before the fetch."""
+        """Faust 0.15.3's ``on_recovery_completed``, with the queues cleared first and the
+        stream partitions resumed only after every seek."""
         consumer = self.app.consumer
         app = cast(Any, self.app)
         self.log.info("Restore complete!")
@@ -104,31 +129,25 @@ class RouterRecovery(Recovery):
                 generation_id,
             )
             return
-        # The fix: clear the queues before any stream partition of the new assignment is
-        # fetched, not after.
+        # Clear the queues before any stream partition of the new assignment is fetched, not
+        # after.
         app.flow_control.resume()
         streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
-        consumer.resume_partitions(streams)
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-            # Faust seeks only partitions with a committed offset above 0; one kept through a
-            # rebalance with nothing committed yet would go on from where its fetch stopped,
-            # past the records just cleared. Read it from its first offset instead
-            # (duplicates are harmless, gaps are not); the consumer commits from there.
-            committed = cast(Any, consumer)._committed_offset
-            fresh = sorted(tp for tp in streams if not committed.get(tp))
-            if fresh:
-                firsts = await asyncio.wait_for(
-                    consumer.earliest_offsets(*fresh), app.conf.broker_request_timeout
-                )
-                for tp in fresh:
-                    await consumer.seek(tp, int(firsts.get(tp) or 0))
-        # The stream partitions are resumed before the seeks, so the seeks have the last word
-        # on their positions. Resumed after them (tried: 510ee39), a new owner's first fetch
-        # sometimes started far past the committed offset (committed 64, first record 186;
-        # committed 15, first record 318) — not understood; with the seeks last the fault
-        # bench lost nothing. The record flow resumes after the seeks.
+            await self._wait(
+                self.seek_fresh(consumer, streams), timeout=app.conf.broker_request_timeout
+            )
+        # Only now are the stream partitions fetched. Faust paused them at the assignment but
+        # its flow already runs (the restore resumed it for the changelogs): resumed before
+        # the seeks, the fetcher handed the agents records from where aiokafka stood while
+        # ``perform_seek`` asked the broker for each committed offset, and the seeks then
+        # fetched them again — every record that reached a topic while a worker started was
+        # processed twice by classify and three times by route (issue 11, start-up replay).
+        # A paused partition's prefetched records stay in aiokafka's buffer, which a seek
+        # drops, so nothing from before a seek reaches the agents.
+        consumer.resume_partitions(streams)
         consumer.resume_flow()
         self.completed.set()
         await app._fetcher.maybe_start()

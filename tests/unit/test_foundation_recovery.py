@@ -1,4 +1,5 @@
-"""RouterRecovery: the agents' queues are cleared before the new stream partitions are fetched."""
+"""RouterRecovery: the agents' queues are cleared, and every stream partition sought, before the
+new stream partitions are fetched."""
 
 from __future__ import annotations
 
@@ -65,20 +66,35 @@ def _fake_tables() -> SimpleNamespace:
     )
 
 
-async def test_queues_are_cleared_before_stream_partitions_resume() -> None:
+async def test_stream_partitions_resume_only_after_every_seek() -> None:
     calls: list[str] = []
     recovery = RouterRecovery(_fake_app(calls), _fake_tables())  # type: ignore[arg-type]
     await recovery.on_recovery_completed(generation_id=3)
     resume = f"resume_partitions{[tuple(STREAM), tuple(COMMITTED)]}"
-    assert resume in calls, calls  # only the stream partitions, not the changelog
-    assert calls.index("clear_queues") < calls.index(resume) < calls.index("perform_seek")
-    # the partition with nothing committed reads from its start; the other stays sought; and
-    # the seeks have the last word on the positions before records flow
-    assert calls[calls.index("perform_seek") + 1 :] == [
-        "seek care.task-updates[0] 0", "resume_flow", "rebalance_end"
-    ]
-    assert calls.count("clear_queues") == 1, "cleared again after fetching resumed"
+    # The queues are cleared first; the seeks (the committed offsets, then the partition with
+    # nothing committed to its start) come while the stream partitions are still paused, and
+    # only then are they fetched: resumed before the seeks, the fetcher handed the agents
+    # records that the seeks then fetched again (issue 11, start-up replay).
+    assert calls == [
+        "clear_queues",
+        "perform_seek",
+        "seek care.task-updates[0] 0",
+        resume,  # only the stream partitions, not the changelog
+        "resume_flow",
+        "rebalance_end",
+    ], calls
     assert recovery.completed.is_set()
+
+
+async def test_a_partition_with_an_empty_answer_goes_back_no_further_than_the_floor() -> None:
+    # The committed offset read back empty (mid-rebalance on Tansu), but the group is known to
+    # have committed 40 here: reading from 0 would replay everything below it.
+    calls: list[str] = []
+    app = _fake_app(calls)
+    app.consumer.floor = {STREAM: 40}
+    recovery = RouterRecovery(app, _fake_tables())  # type: ignore[arg-type]
+    await recovery.on_recovery_completed(generation_id=3)
+    assert "seek care.task-updates[0] 40" in calls, calls
 
 
 async def test_a_newer_rebalance_leaves_the_partitions_alone() -> None:
