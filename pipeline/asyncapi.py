@@ -59,7 +59,10 @@ CHANNELS: dict[str, ChannelDoc] = {
         ("ClassifiedMessage",), "customer id", ("classify", "incidents"), ("route",)
     ),
     "incident-signals": ChannelDoc(
-        ("IncidentSignal",), "incident bucket", ("classify",), ("incidents",)
+        ("IncidentSignal", "IncidentResolved"),
+        "incident bucket",
+        ("classify", "cases"),
+        ("incidents",),
     ),
     DEPARTMENT_CHANNEL: ChannelDoc(
         ("SubRequest", "TaskNotice"), "case id", ("route",), ("departments",)

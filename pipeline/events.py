@@ -245,6 +245,9 @@ class Similarity(Part):
     case_id: str | None = Field(default=None, description="Open case this message belongs to.")
     incident_id: str | None = Field(default=None, description="Mass incident this message joins.")
     incident_new: bool = Field(default=False, description="This message opened the incident.")
+    incident_bucket: str | None = Field(
+        default=None, description="The bucket whose detector linked it to the incident."
+    )
     kb_article_id: str | None = Field(default=None, description="Best matching KB article.")
     kb_confidence: float | None = Field(default=None, description="Match confidence of it.")
     auto_reply: bool = Field(default=False, description="Whether the auto-reply fires.")
@@ -327,6 +330,22 @@ class IncidentSignal(Event):
     threshold: int = Field(ge=2, description="Distinct customers that open an incident.")
     window_s: float = Field(gt=0, description="Reports older than this (seconds) expire.")
     message: ClassifiedMessage = Field(description="The message, incident fields not yet set.")
+
+
+class IncidentResolved(Event):
+    """An incident's case was resolved: the case keeper → the detector of its bucket.
+
+    On ``incident-signals``, keyed by the incident's bucket, so it reaches the one detector
+    of that bucket behind the reports before it. The detector closes the bucket's incident if
+    it is still this one (a replay of an older resolution closes nothing): later reports are
+    routed on their own and count toward a new incident, instead of being linked to an
+    incident that is over.
+    """
+
+    resolution_id: str = Field(description="Deterministic id (the incident's case).")
+    bucket: str = Field(description="The incident's bucket (the record key).")
+    incident_id: str = Field(description="The incident that was resolved.")
+    at: UtcDatetime = Field(description="When its case was resolved.")
 
 
 class SubRequest(Event):
@@ -622,4 +641,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "TaskNotice": TaskNotice,
     "IncidentSignal": IncidentSignal,
     "IncidentLink": IncidentLink,
+    "IncidentResolved": IncidentResolved,
 }

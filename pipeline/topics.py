@@ -27,7 +27,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("classified", description="ClassifiedMessage, keyed by customer_id"),
     TopicSpec(
         "incident-signals",
-        description="IncidentSignal (a message in an incident bucket), keyed by bucket",
+        description="IncidentSignal (a message in an incident bucket) from classify; "
+        "IncidentResolved from the case keeper; keyed by bucket",
     ),
     TopicSpec("external", description="SubRequest for external parties (e-mail), keyed by case_id"),
     TopicSpec("replies", description="Reply to customers, keyed by customer_id"),

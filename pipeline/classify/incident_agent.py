@@ -6,7 +6,9 @@ sends every message of an incident category keyed by its bucket (``incidents.sig
 the window table is co-partitioned with that topic, so the worker that owns a bucket's
 partition is the one writer of its window, whatever the number of workers. The step is the
 pure ``incidents.decide``; this class decodes, calls it, stores the window and forwards the
-message to route (docs/ARCHITECTURE.md, Incidents).
+message to route (docs/ARCHITECTURE.md, Incidents). The same topic brings ``IncidentResolved``
+from the case keeper when an incident's case is resolved: ``incidents.resolve`` closes the
+bucket's window, so later reports are no longer linked to an incident that is over.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from pipeline.classify import incidents
 from pipeline.context import Context
-from pipeline.events import InboundMessage, IncidentSignal, utcnow
+from pipeline.events import InboundMessage, IncidentResolved, IncidentSignal, utcnow
 from pipeline.stage import RawRecord, decode_record, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,10 @@ class IncidentAgent:
     async def process(self, records: Sequence[RawRecord]) -> None:
         """Decide each signal in order (one bucket's signals share a partition)."""
         for record in records:
+            if record.value is not None and b'"resolution_id"' in record.value:  # the keeper's
+                async with self.ctx.guard(STAGE, record):
+                    self.resolve(decode_record(IncidentResolved, record))
+                continue
             signal: IncidentSignal | None = None
             async with self.ctx.guard(STAGE, record):
                 signal = decode_record(IncidentSignal, record)
@@ -74,6 +80,17 @@ class IncidentAgent:
         sim = msg.similarity
         outcome = "opened" if sim.incident_new else ("linked" if sim.incident_id else "none")
         self.ctx.metrics.messages.labels(stage=STAGE, outcome=outcome).inc()
+
+    def resolve(self, resolved: IncidentResolved) -> None:
+        """The incident's case was resolved: its bucket's window closes it (if still open)."""
+        raw = self.table.get(resolved.bucket)
+        window = incidents.IncidentWindow.model_validate_json(raw) if raw else None
+        closed = incidents.resolve(window, resolved)
+        if closed is not None and closed != window:
+            self.table[resolved.bucket] = closed.model_dump_json()
+            log.info(
+                "incident %s resolved: bucket %s closed", resolved.incident_id, resolved.bucket
+            )
 
     async def sweep(self) -> None:
         """Forget idle windows (no open incident and no live report, or stale)."""

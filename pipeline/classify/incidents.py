@@ -8,8 +8,10 @@ keyed by the bucket key; ``observe`` is the pure update.
 
 When ``threshold`` distinct customers report within ``window_s`` an incident opens; its id
 is derived from the earliest report's message id (a replay derives the same id). Later
-reports join it (the worker answers "known issue") until ``close_incident`` — called when
-the parent case is resolved — returns everyone to notify, one entry per customer.
+reports join it (the worker answers "known issue") until its case is resolved: the case
+keeper sends ``IncidentResolved`` to the bucket's detector, and ``resolve`` closes the
+window (``close_incident``), so later reports are routed on their own and count toward a new
+incident. The closed incident's window is kept beside the new one for replays.
 
 Across workers: ``signal_for`` names the one bucket a message is decided in; classify sends
 the ``IncidentSignal`` keyed by that bucket, so one detector owns each bucket whatever the
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.classify.dedup import estimate_similarity, normalize_text, shingles, signature
 from pipeline.domain.workflow import IncidentPolicy
-from pipeline.events import ClassifiedMessage, IncidentSignal, derive_id
+from pipeline.events import ClassifiedMessage, IncidentResolved, IncidentSignal, derive_id
 
 __all__ = [
     "IncidentClosure",
@@ -39,6 +41,7 @@ __all__ = [
     "decide",
     "is_idle",
     "observe",
+    "resolve",
     "signal_for",
 ]
 
@@ -100,6 +103,11 @@ class IncidentWindow(BaseModel):
     members_dropped: int = Field(default=0, description="Linked messages over the cap.")
     exemplars: list[IncidentReport] = Field(
         default_factory=list, description="First reports of the open incident (to compare)."
+    )
+    previous: IncidentWindow | None = Field(
+        default=None,
+        description="The window as it was when its last incident closed: a replay of one of "
+        "its messages is decided as the first pass was.",
     )
 
 
@@ -170,6 +178,11 @@ def observe(
     seen = {r.message_id for r in reports} | {m.message_id for m in w.members}
     if msg.message_id in seen:  # replay: the answer of the first pass, no change
         return w, _replayed(w, key, msg.message_id, reports)
+    before = w.previous
+    if before is not None and msg.message_id in _seen(before):
+        # A replay of a message decided before the incident closed (all of them sit before
+        # the resolution on the bucket's partition): what it was decided then.
+        return w, _replayed(before, key, msg.message_id, before.reports)
 
     norm = normalize_text(msg.inbound.text)
     sh = shingles(norm)
@@ -195,6 +208,10 @@ def observe(
             key=key, customers=customers
         )
     return _open(w, key, new, alike, reports, cfg, customers)
+
+
+def _seen(w: IncidentWindow) -> set[str]:
+    return {r.message_id for r in w.reports} | {m.message_id for m in w.members}
 
 
 def _replayed(
@@ -307,7 +324,8 @@ def _add_members(
 def close_incident(window: IncidentWindow) -> tuple[IncidentWindow, IncidentClosure | None]:
     """Close the bucket's incident (its parent was resolved): whom to notify, new state.
 
-    The window starts empty: reports after the resolution count toward a new incident.
+    The window starts empty: reports after the resolution count toward a new incident. The
+    closed window is kept as ``previous`` (without its own previous) for replays.
     """
     if window.incident_id is None:
         return window, None
@@ -329,9 +347,19 @@ def close_incident(window: IncidentWindow) -> tuple[IncidentWindow, IncidentClos
             "members": [],
             "members_dropped": 0,
             "exemplars": [],
+            "previous": window.model_copy(update={"previous": None}),
         }
     )
     return closed, closure
+
+
+def resolve(window: IncidentWindow | None, resolved: IncidentResolved) -> IncidentWindow | None:
+    """The detector's step for an incident whose case was resolved: the bucket's window with
+    that incident closed. Nothing changes when the bucket holds no incident or another one
+    (a replayed or late resolution of an incident closed before)."""
+    if window is None or window.incident_id != resolved.incident_id:
+        return window
+    return close_incident(window)[0]
 
 
 def is_idle(window: IncidentWindow, now: datetime, config: IncidentConfig | None = None) -> bool:
@@ -389,5 +417,8 @@ def decide(
         similarity_required=signal.similarity_required,
         case_id=msg.similarity.case_id,
     )
-    sim = msg.similarity.model_copy(update={"incident_id": d.incident_id, "incident_new": d.is_new})
+    bucket = signal.bucket if d.incident_id else None
+    sim = msg.similarity.model_copy(
+        update={"incident_id": d.incident_id, "incident_new": d.is_new, "incident_bucket": bucket}
+    )
     return window, msg.model_copy(update={"similarity": sim})

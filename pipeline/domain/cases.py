@@ -33,6 +33,7 @@ from pipeline.events import (
     Entity,
     InboundMessage,
     IncidentLink,
+    IncidentResolved,
     Priority,
     Reply,
     ReplyKind,
@@ -60,6 +61,7 @@ __all__ = [
     "customer_summary",
     "fill",
     "incident_link",
+    "incident_resolved",
     "incident_updates",
     "link_member",
     "merge_snapshot",
@@ -145,6 +147,11 @@ class CaseState(_State):
     seen_update_ids: list[str] = Field(default_factory=list)
     survey: SurveyState | None = None
     incident_id: str | None = None
+    incident_bucket: str | None = Field(
+        default=None,
+        description="An incident's own case: the bucket whose detector is told of its "
+        "resolution (IncidentResolved).",
+    )
     incident_members: dict[str, list[str]] = Field(
         default_factory=dict,
         description="An incident's own case: each linked report's case id → the sub-requests "
@@ -1056,6 +1063,19 @@ def incident_updates(
         if member in (None, case_id)
         for sub_id in subs
     ]
+
+
+def incident_resolved(incident: CaseState, now: datetime) -> IncidentResolved | None:
+    """What the bucket's detector is told once the incident's case is resolved (the same id
+    every time: a resolution sent again closes nothing new), or None while it is not."""
+    if incident.status != "resolved" or not incident.incident_id or not incident.incident_bucket:
+        return None
+    return IncidentResolved(
+        resolution_id=derive_id("res", incident.case_id),
+        bucket=incident.incident_bucket,
+        incident_id=incident.incident_id,
+        at=incident.resolved_at or now,
+    )
 
 
 def open_subs(state: CaseState) -> Sequence[SubRequestState]:

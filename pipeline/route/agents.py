@@ -30,6 +30,7 @@ from pipeline.domain.cases import (
     CaseState,
     Transition,
     apply_task_update,
+    incident_resolved,
     incident_updates,
     link_member,
     merge_snapshot,
@@ -463,6 +464,11 @@ class CaseKeeper:
         if not incident:
             await self.ctx.send("case-status", tr.state.customer_id, _snapshot(tr.state, "cases"))
         else:  # the incident's resolution closes its reporters' cases, on every worker
+            resolved = incident_resolved(tr.state, utcnow())
+            if resolved is not None:
+                # Its bucket's detector links no more reports to it. Sent first, so it is on
+                # the broker no later than the answers its reporters are told.
+                await self.ctx.send("incident-signals", resolved.bucket, resolved)
             await self.send_updates(incident_updates(tr.state, utcnow()))
 
     async def check_sla(self) -> None:

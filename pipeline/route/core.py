@@ -857,6 +857,7 @@ def _incident(
             "first_message_id": incident_id,
             "sub_requests": [],
             "message_ids": [incident_id],
+            "incident_bucket": msg.similarity.incident_bucket,
         }
     )
     subs, sub_states = _broadcast(workflow, policy, inc_case, category, store_text, now, settings)

@@ -234,6 +234,23 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
     linked = {c.message_id for c in classified if c.similarity.incident_id == incident}
     await cases.resolve_incident(stack, broadcast, "Проверили свежесть, заменили товар.", linked)
 
+    # A complaint after the resolution is news: routed on its own, so the store's director
+    # hears of it, not linked to the incident that is over nor answered with its resolution.
+    # (The resolution reached the bucket's detector before the reporters were told.)
+    after = generic({"id": f"veg-{run}-after"}, variants[1], f"veg-{run}-after")
+    routed = await records.first(
+        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == after
+    )
+    assert routed.similarity.incident_id is None, routed.similarity
+    own = await records.first(
+        stack, stack.topic("external"), SubRequest, lambda s: s.message_id == after
+    )
+    assert own.kind.value == "external" and own.recipient in per_recipient, own
+    answers = await records.settled(
+        stack, stack.topic("replies"), Reply, lambda r: r.message_id == after, 1
+    )
+    assert {r.kind.value for r in answers}.isdisjoint({"incident_notice", "resolution"}), answers
+
 
 async def test_seed_scenario_fan_out_and_combined_answer(
     stack: Settings,

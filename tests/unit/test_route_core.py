@@ -13,6 +13,7 @@ from pipeline.domain.cases import (
     apply_customer_reply,
     apply_task_update,
     fill,
+    incident_resolved,
     incident_updates,
     link_member,
     merge_snapshot,
@@ -340,6 +341,26 @@ def test_incident_broadcast_once_and_no_own_mail_to_a_recipient_it_reaches(kit: 
         assert own.status == "open" and own.due_at is None and own.first_response_due_at is None
     without = route_message(kit.seed_message(key="8"), wf, now=kit.now)
     assert director in {s.recipient for s in without.sub_requests}  # no incident: e-mailed
+
+
+def test_a_resolved_incidents_case_tells_its_buckets_detector(kit: RouteKit) -> None:
+    wf = kit.workflow
+    bucket = "QUALITY|store:SPB-012"
+    sim = Similarity(incident_id="inc_1", incident_bucket=bucket)
+    first = route_message(
+        kit.seed_message(similarity=sim, key="9"), wf, now=kit.now, incident_new=True
+    )
+    inc = first.incident_case
+    assert inc is not None and inc.incident_bucket == bucket
+    assert first.case is not None and incident_resolved(first.case, kit.now) is None  # a report
+    assert incident_resolved(inc, kit.now) is None  # not resolved yet
+    for n, sub in enumerate(inc.sub_requests):  # every director answers the broadcast
+        inc = apply_task_update(
+            inc, update(kit, inc, sub.sub_request_id, f"b{n}", "Заменили"), wf, now=kit.now
+        ).state
+    told = incident_resolved(inc, kit.now)
+    assert told is not None and (told.bucket, told.incident_id) == (bucket, "inc_1")
+    assert incident_resolved(inc, kit.now) == told  # the same id when sent again
 
 
 def test_incident_resolution_reaches_every_linked_case_by_its_link(kit: RouteKit) -> None:

@@ -12,6 +12,7 @@ from pipeline.classify.incidents import (
     decide,
     is_idle,
     observe,
+    resolve,
     signal_for,
 )
 from pipeline.domain.workflow import IncidentPolicy
@@ -19,6 +20,7 @@ from pipeline.events import (
     ClassifiedMessage,
     Entity,
     InboundMessage,
+    IncidentResolved,
     Intent,
     Priority,
     Similarity,
@@ -236,3 +238,51 @@ def test_a_duplicate_passes_the_detector_untouched() -> None:
     signal = signal_for(dup, [POLICY])
     assert signal is not None
     assert decide(None, signal) == (None, dup)
+
+
+def _through_detector(
+    window: IncidentWindow | None, ids: range, at: datetime = T0
+) -> tuple[IncidentWindow | None, list[Similarity]]:
+    sims = []
+    for i in ids:
+        m = classified(f"m{i}", f"c{i}", STALE_RU[i % 4])
+        m = m.model_copy(update={"inbound": m.inbound.model_copy(update={"received_at": at})})
+        signal = signal_for(m, [POLICY])
+        assert signal is not None
+        window, out = decide(window, signal)
+        sims.append(out.similarity)
+    return window, sims
+
+
+def test_reports_after_the_incidents_resolution_are_not_linked_to_it_and_count_anew() -> None:
+    """The keeper tells the detector (IncidentResolved): a complaint after the resolution is
+    a new problem, routed on its own (its director hears of it), not answered with the old
+    resolution; five new reporters open a new incident."""
+    window, sims = _through_detector(None, range(7))
+    incident = derive_id("inc", "m0")
+    assert {s.incident_id for s in sims[4:]} == {incident}
+    assert {s.incident_bucket for s in sims[4:]} == {"QUALITY|store:S12"}
+    assert all(s.incident_bucket is None for s in sims[:4])  # decided outside any incident
+    bucket = "QUALITY|store:S12"
+
+    def resolved(incident_id: str) -> IncidentResolved:
+        return IncidentResolved(resolution_id="r", bucket=bucket, incident_id=incident_id, at=T0)
+
+    assert resolve(window, resolved("inc_other")) == window  # not this bucket's incident
+    assert resolve(None, resolved(incident)) is None
+    closed = resolve(window, resolved(incident))
+    assert closed is not None and closed.incident_id is None
+    assert resolve(closed, resolved(incident)) == closed  # a resolution sent again
+
+    later = T0 + timedelta(minutes=5)
+    after, new_sims = _through_detector(closed, range(7, 12), at=later)
+    assert [s.incident_id for s in new_sims[:4]] == [None] * 4  # routed on their own
+    # A new incident of its own (its id from its earliest report, ties by message id).
+    assert new_sims[4].incident_new and new_sims[4].incident_id == derive_id("inc", "m10")
+
+    # Replays of messages decided before the resolution: as their first pass was.
+    replayed_window, replayed = _through_detector(after, range(7))
+    assert replayed_window == after
+    assert [(s.incident_id, s.incident_new) for s in replayed] == [
+        (s.incident_id, s.incident_new) for s in sims
+    ]
