@@ -18,10 +18,11 @@ started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, an
 worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase, and
 the records per message: every record on the run's topics and the worker's table changelogs
 once the worker is quiet, divided by the messages produced to inbound in all phases.
-Also per message: the produce requests each worker sent (all phases, counted in the worker by
-a wrapper of aiokafka's sender, ``COUNTER``) and its CPU time (user + system, from /proc) in
-the flat-out phase up to the N-th Outcome; CPU time holds on a shared, noisy machine where the
-msg/s ratio does not.
+Also per message: the produce requests each worker sent (all phases, and in the flat-out
+phase until the worker is quiet: at a fixed rate each message's outputs go alone) and, in
+the flat-out phase up to the N-th Outcome, its fetch requests and CPU time (user + system);
+requests are counted in the worker by a wrapper of aiokafka's sender and fetcher
+(``COUNTER``). CPU time holds on a shared, noisy machine where the msg/s ratio does not.
 """
 
 from __future__ import annotations
@@ -53,17 +54,23 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "bitext_customer_support" / "bitext_20k_utterances.csv"
 SAMPLES = ROOT / "pipeline" / "resources" / "samples" / "messages.jsonl"
 
-# Prepended to each worker's script: counts the produce requests aiokafka sends (every
-# producer of the process) and writes the count to $BENCH_COUNTS twice a second.
+# Prepended to each worker's script: counts the produce and fetch requests aiokafka sends
+# (every producer and consumer of the process) and writes them to $BENCH_COUNTS twice a second.
 COUNTER = """
 import json, os, threading, time
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.producer.sender import Sender
-_counts = {"requests": 0}
+_counts = {"produce": 0, "fetch": 0}
 _send = Sender._send_produce_req
-async def _counted(self, node_id, batches):
-    _counts["requests"] += 1
+_fetch = Fetcher._proc_fetch_request
+async def _counted_send(self, node_id, batches):
+    _counts["produce"] += 1
     return await _send(self, node_id, batches)
-Sender._send_produce_req = _counted
+async def _counted_fetch(self, *args):
+    _counts["fetch"] += 1
+    return await _fetch(self, *args)
+Sender._send_produce_req = _counted_send
+Fetcher._proc_fetch_request = _counted_fetch
 def _dump(path=os.environ["BENCH_COUNTS"]):
     while True:
         with open(path + ".tmp", "w") as f:
@@ -300,10 +307,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def produce_requests(path: Path) -> int:
-    """The produce requests the worker counted so far (``COUNTER``); waits for its next dump."""
+def requests_sent(path: Path) -> dict[str, int]:
+    """The produce and fetch requests the worker sent so far (``COUNTER``); waits for its
+    next dump."""
     time.sleep(1.0)
-    return int(json.loads(path.read_text())["requests"])
+    return {name: int(n) for name, n in json.loads(path.read_text()).items()}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -371,12 +379,14 @@ def run_phase(
         pid = group.procs[0][1].pid
         rss_before, _ = memory_mb(pid)
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
+        sent_before = requests_sent(counts)
         cpu_before = cpu_s(pid)
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
         cpu_flat = cpu_s(pid) - cpu_before
+        fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
         rss_after, rss_peak = memory_mb(pid)
-        records = asyncio.run(count_records(s))
-        requests = produce_requests(counts)
+        records = asyncio.run(count_records(s))  # returns once the worker is quiet
+        sent_after = requests_sent(counts)
     outbox.stop()
     result = {
         "msg_s": args.n / secs,
@@ -386,12 +396,15 @@ def run_phase(
         "rss_after": rss_after,
         "rss_peak": rss_peak,
         "cpu_ms": cpu_flat * 1000 / args.n,
+        "fetches": fetches / args.n,
+        "produces_flat": (sent_after["produce"] - sent_before["produce"]) / args.n,
     }
     # Every message of every phase (warm-up, paced, fan-out, flat-out) went in on inbound.
     messages = max(records.get("inbound", 0), 1)
     per = {f"rec:{t}": n / messages for t, n in records.items()}
-    requests_per = {"requests": requests / messages}
-    return {**result, **fan, "rec_total": sum(records.values()) / messages, **requests_per, **per}
+    totals = {"rec_total": sum(records.values()) / messages}
+    totals["produces"] = sent_after["produce"] / messages
+    return {**result, **fan, **totals, **per}
 
 
 def main() -> int:
@@ -436,8 +449,10 @@ def main() -> int:
         )
     for label, r in (("passthrough", base), ("pipeline", full)):
         out(
-            f"worker {label}: {r['requests']:.2f} produce requests per message (all phases), "
-            f"{r['cpu_ms']:.2f} ms CPU per message (flat-out phase)\n"
+            f"worker {label}: produce requests per message {r['produces']:.2f} (all phases), "
+            f"{r['produces_flat']:.2f} (flat-out phase, until the worker is quiet); flat-out "
+            f"phase up to the last Outcome: {r['cpu_ms']:.2f} ms CPU and {r['fetches']:.2f} "
+            "fetch requests per message\n"
         )
     if "fan_n" in full:
         out(
