@@ -20,7 +20,8 @@ the records per message: every record on the run's topics and the worker's table
 once the worker is quiet, divided by the messages produced to inbound in all phases.
 Also per message: the produce requests each worker sent (all phases, and in the flat-out
 phase until the worker is quiet: at a fixed rate each message's outputs go alone) and, in
-the flat-out phase up to the N-th Outcome, its fetch requests and CPU time (user + system);
+the flat-out phase up to the N-th Outcome, its fetch requests and CPU time (user + system;
+the embedded broker's too: it shares the machine's cores with the worker);
 requests are counted in the worker by a wrapper of aiokafka's sender and fetcher
 (``COUNTER``). CPU time holds on a shared, noisy machine where the msg/s ratio does not.
 """
@@ -307,6 +308,20 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_pid() -> int | None:
+    """The embedded broker this bench started (a child whose command is Tansu's), if any."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and Path(command.decode()).name == "tansu":
+            return int(entry.name)
+    return None
+
+
 def requests_sent(path: Path) -> dict[str, int]:
     """The produce and fetch requests the worker sent so far (``COUNTER``); waits for its
     next dump."""
@@ -380,9 +395,12 @@ def run_phase(
         rss_before, _ = memory_mb(pid)
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         sent_before = requests_sent(counts)
+        broker = broker_pid()
         cpu_before = cpu_s(pid)
+        broker_before = cpu_s(broker) if broker else float("nan")
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
         cpu_flat = cpu_s(pid) - cpu_before
+        broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
         fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
         rss_after, rss_peak = memory_mb(pid)
         records = asyncio.run(count_records(s))  # returns once the worker is quiet
@@ -396,6 +414,7 @@ def run_phase(
         "rss_after": rss_after,
         "rss_peak": rss_peak,
         "cpu_ms": cpu_flat * 1000 / args.n,
+        "broker_cpu_ms": broker_flat * 1000 / args.n,
         "fetches": fetches / args.n,
         "produces_flat": (sent_after["produce"] - sent_before["produce"]) / args.n,
     }
@@ -452,7 +471,8 @@ def main() -> int:
             f"worker {label}: produce requests per message {r['produces']:.2f} (all phases), "
             f"{r['produces_flat']:.2f} (flat-out phase, until the worker is quiet); flat-out "
             f"phase up to the last Outcome: {r['cpu_ms']:.2f} ms CPU and {r['fetches']:.2f} "
-            "fetch requests per message\n"
+            f"fetch requests per message, the embedded broker's CPU {r['broker_cpu_ms']:.2f} ms "
+            "per message\n"
         )
     if "fan_n" in full:
         out(
