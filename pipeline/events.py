@@ -330,6 +330,11 @@ class IncidentSignal(Event):
     threshold: int = Field(ge=2, description="Distinct customers that open an incident.")
     window_s: float = Field(gt=0, description="Reports older than this (seconds) expire.")
     message: ClassifiedMessage = Field(description="The message, incident fields not yet set.")
+    count_only: bool = Field(
+        default=False,
+        description="Counted in this bucket's window only (a message naming two stores): the "
+        "detector of its first bucket decides it and forwards it to route.",
+    )
 
 
 class IncidentResolved(Event):

@@ -104,10 +104,10 @@ class ClassifyAgent:
                 continue
             async with self.ctx.guard(STAGE, record, msg):
                 out = _with_similarity(cm, d)
-                signal = incidents.signal_for(out, policies)
-                if signal is None:
+                signals = incidents.signals_for(out, policies)
+                if not signals:
                     await self.ctx.send("classified", msg.customer_id, out)
-                else:  # its bucket's one detector decides (incident_agent)
+                for signal in signals:  # its first bucket's detector decides (incident_agent)
                     await self.ctx.send("incident-signals", signal.bucket, signal)
                 self.ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
 

@@ -76,6 +76,9 @@ class IncidentAgent:
         window, msg = incidents.decide(window, signal)
         if window is not None:
             self.table[signal.bucket] = window.model_dump_json()
+        if signal.count_only:  # its first bucket's detector forwards it
+            self.ctx.metrics.messages.labels(stage=STAGE, outcome="counted").inc()
+            return
         await self.ctx.send("classified", msg.customer_id, msg)
         sim = msg.similarity
         outcome = "opened" if sim.incident_new else ("linked" if sim.incident_id else "none")

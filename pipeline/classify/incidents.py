@@ -15,7 +15,9 @@ incident. The closed incident's window is kept beside the new one for replays.
 
 Across workers: ``signal_for`` names the one bucket a message is decided in; classify sends
 the ``IncidentSignal`` keyed by that bucket, so one detector owns each bucket whatever the
-number of workers, and ``decide`` (its whole step) sets the message's incident fields.
+number of workers, and ``decide`` (its whole step) sets the message's incident fields. A
+message naming two stores also counts in the second store's window (``signals_for``: a
+count-only signal, which neither opens nor links, and is not forwarded).
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ __all__ = [
     "IncidentWindow",
     "bucket_keys",
     "close_incident",
+    "count",
     "decide",
     "is_idle",
     "observe",
     "resolve",
     "signal_for",
+    "signals_for",
 ]
 
 
@@ -184,16 +188,7 @@ def observe(
         # the resolution on the bucket's partition): what it was decided then.
         return w, _replayed(before, key, msg.message_id, before.reports)
 
-    norm = normalize_text(msg.inbound.text)
-    sh = shingles(norm)
-    new = IncidentReport(
-        message_id=msg.message_id,
-        customer_id=msg.customer_id,
-        case_id=case_id,
-        at=t,
-        sig=signature(sh) if w.similarity_required else [],
-        n=len(sh),
-    )
+    new = _report(w, msg, t, case_id)
     if w.similarity_required:
         alike = [r for r in reports if _similar(new, r) >= cfg.min_similarity]
     else:
@@ -208,6 +203,42 @@ def observe(
             key=key, customers=customers
         )
     return _open(w, key, new, alike, reports, cfg, customers)
+
+
+def _report(
+    w: IncidentWindow, msg: ClassifiedMessage, t: float, case_id: str | None
+) -> IncidentReport:
+    sh = shingles(normalize_text(msg.inbound.text))
+    return IncidentReport(
+        message_id=msg.message_id,
+        customer_id=msg.customer_id,
+        case_id=case_id,
+        at=t,
+        sig=signature(sh) if w.similarity_required else [],
+        n=len(sh),
+    )
+
+
+def count(
+    window: IncidentWindow | None,
+    key: str,
+    msg: ClassifiedMessage,
+    now: datetime,
+    config: IncidentConfig | None = None,
+    *,
+    similarity_required: bool = True,
+) -> IncidentWindow:
+    """A report that only counts in this bucket (its message is decided in another one): it
+    adds to the customers that open an incident here, but neither opens nor joins one."""
+    cfg = config or IncidentConfig()
+    t = now.timestamp()
+    w = window or IncidentWindow(key=key, similarity_required=similarity_required)
+    seen = _seen(w) | (_seen(w.previous) if w.previous is not None else set())
+    if msg.message_id in seen:  # a replay: counted once
+        return w
+    reports = [r for r in w.reports if r.at >= t - cfg.window_s]
+    new = _report(w, msg, t, None)
+    return w.model_copy(update={"reports": [*reports, new][-cfg.max_reports :]})
 
 
 def _seen(w: IncidentWindow) -> set[str]:
@@ -373,10 +404,19 @@ def signal_for(msg: ClassifiedMessage, policies: Sequence[IncidentPolicy]) -> In
     """The message on its way to its bucket's detector, or None (no incident policy covers it).
 
     One bucket per message: the first of ``bucket_keys`` whose category has a policy, so one
-    detector decides it (a message naming two stores counts toward the first one). A policy
-    that buckets by store takes only messages that name a store; a policy by category alone
-    buckets the others by their intent and text similarity.
+    detector decides it (a message naming two stores is decided in the first one's bucket,
+    and only counted in the other's: ``signals_for``). A policy that buckets by store takes
+    only messages that name a store; a policy by category alone buckets the others by their
+    intent and text similarity.
     """
+    signals = signals_for(msg, policies)
+    return signals[0] if signals else None
+
+
+def signals_for(msg: ClassifiedMessage, policies: Sequence[IncidentPolicy]) -> list[IncidentSignal]:
+    """Every bucket a policy covers, the deciding one first (``signal_for``); the others are
+    count-only: a message naming two stores counts toward both stores' incidents."""
+    signals: list[IncidentSignal] = []
     for key, similarity_required in bucket_keys(msg):
         category = key.split("|", 1)[0]
         policy = next((p for p in policies if category in p.categories), None)
@@ -386,20 +426,24 @@ def signal_for(msg: ClassifiedMessage, policies: Sequence[IncidentPolicy]) -> In
             # The policy counts reports per store: a message naming none is not one (a
             # misread clause such as "I bought a product" must not open a store incident).
             continue
-        return IncidentSignal(
-            bucket=key,
-            similarity_required=similarity_required,
-            threshold=policy.threshold,
-            window_s=policy.window_minutes * 60,
-            message=msg,
+        signals.append(
+            IncidentSignal(
+                bucket=key,
+                similarity_required=similarity_required,
+                threshold=policy.threshold,
+                window_s=policy.window_minutes * 60,
+                message=msg,
+                count_only=bool(signals),
+            )
         )
-    return None
+    return signals
 
 
 def decide(
     window: IncidentWindow | None, signal: IncidentSignal
 ) -> tuple[IncidentWindow | None, ClassifiedMessage]:
-    """The detector's step: the bucket's new state and the message with its incident fields.
+    """The detector's step: the bucket's new state and the message with its incident fields
+    (a count-only signal's message unchanged: the caller does not forward it).
 
     A duplicate passes through untouched (it joins its case, not the window); it travels the
     same way as its original only to stay behind it on the bucket's partition.
@@ -408,6 +452,10 @@ def decide(
     if msg.similarity.duplicate_of is not None:
         return window, msg
     cfg = IncidentConfig(threshold=signal.threshold, window_s=signal.window_s)
+    if signal.count_only:  # decided in its first bucket; not forwarded from here
+        received = msg.inbound.received_at
+        required = signal.similarity_required
+        return count(window, signal.bucket, msg, received, cfg, similarity_required=required), msg
     window, d = observe(
         window,
         signal.bucket,

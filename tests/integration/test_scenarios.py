@@ -252,6 +252,44 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
     assert {r.kind.value for r in answers}.isdisjoint({"incident_notice", "resolution"}), answers
 
 
+async def test_a_complaint_naming_two_stores_counts_toward_both_stores(
+    stack: Settings, records: Records, generic: Generic
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    # Stores no other test of the session complains about (the tests share one stack).
+    only = [
+        "На Красном проспекте, 25 продают несвежие огурцы",
+        "Красный проспект, 25 — гнилые овощи на полке",
+        "Магазин на Красном проспекте, 25: помидоры испорченные, просроченные",
+    ]
+    both = "На Ленинском, 45 и на Красном проспекте, 25 продают несвежие огурцы"
+
+    async def complain(n: int, text: str) -> ClassifiedMessage:
+        # One at a time: each is decided before the next reaches its bucket's detector.
+        mid = generic({"id": f"two-{run}-{n}"}, text, f"two-{run}-{n}")
+        return await records.first(
+            stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == mid
+        )
+
+    early = [await complain(n, text) for n, text in enumerate(only)]
+    two = await complain(3, both)
+    assert {e.value for e in two.entities if e.kind == "store"} == {"MSK-102", "NSK-021"}
+    assert "STORE_QUALITY" in {i.category for i in two.intents}, two.intents
+    assert all(c.similarity.incident_id is None for c in [*early, two])  # under the threshold
+    # Five customers of the Krasny Prospekt store with the two-store one: the incident opens.
+    fifth = await complain(4, only[0])
+    assert fifth.similarity.incident_new, fifth.similarity
+    # The two-store message reached route once: its second bucket only counted it.
+    forwarded = await records.settled(
+        stack,
+        stack.topic("classified"),
+        ClassifiedMessage,
+        lambda c: c.message_id == two.message_id,
+        1,
+    )
+    assert len(forwarded) == 1, forwarded
+
+
 async def test_seed_scenario_fan_out_and_combined_answer(
     stack: Settings,
     records: Records,

@@ -14,6 +14,7 @@ from pipeline.classify.incidents import (
     observe,
     resolve,
     signal_for,
+    signals_for,
 )
 from pipeline.domain.workflow import IncidentPolicy
 from pipeline.events import (
@@ -194,7 +195,8 @@ def test_a_message_goes_to_the_one_bucket_its_policy_covers() -> None:
     assert signal_for(m, [other]) is None  # no policy covers it: straight to route
     two = m.model_copy(update={"entities": [*m.entities, Entity(kind="store", value="S07")]})
     signal = signal_for(two, [POLICY])
-    assert signal is not None and signal.bucket == "QUALITY|store:S07"  # one bucket only
+    assert signal is not None and signal.bucket == "QUALITY|store:S07"  # decided in one bucket
+    assert not signal.count_only
 
 
 def test_a_store_policy_takes_only_messages_that_name_a_store() -> None:
@@ -286,3 +288,36 @@ def test_reports_after_the_incidents_resolution_are_not_linked_to_it_and_count_a
     assert [(s.incident_id, s.incident_new) for s in replayed] == [
         (s.incident_id, s.incident_new) for s in sims
     ]
+
+
+def test_a_message_naming_two_stores_counts_toward_both_and_is_decided_in_the_first() -> None:
+    """Three customers complain about S12, one about S07 and S12 together, one more about
+    S12: five customers, so the incident opens (the two-store message counted in S12's window
+    without being decided there: its own route goes by its S07 decision)."""
+    window: IncidentWindow | None = None
+    forwarded: list[ClassifiedMessage] = []
+    for i in range(5):
+        m = classified(f"m{i}", f"c{i}", STALE_RU[i % 4])
+        if i == 3:
+            m = m.model_copy(update={"entities": [*m.entities, Entity(kind="store", value="S07")]})
+        signals = signals_for(m, [POLICY])
+        if i == 3:
+            assert [(s.bucket, s.count_only) for s in signals] == [
+                ("QUALITY|store:S07", False),
+                ("QUALITY|store:S12", True),
+            ]
+            _, out = decide(None, signals[0])
+            assert out.similarity.incident_id is None  # S07: one customer
+            forwarded.append(out)
+            signals = signals[1:]
+        [signal] = signals
+        window, out = decide(window, signal)
+        if signal.count_only:
+            assert out == m  # unchanged: the detector does not forward it
+            again, _ = decide(window, signal)  # a replay counts once
+            assert again == window
+        else:
+            forwarded.append(out)
+    assert window is not None and len({r.customer_id for r in window.reports}) == 5
+    assert [m.similarity.incident_new for m in forwarded] == [False] * 4 + [True]
+    assert forwarded[-1].message_id == "m4"
