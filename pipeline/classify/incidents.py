@@ -394,10 +394,12 @@ def resolve(window: IncidentWindow | None, resolved: IncidentResolved) -> Incide
 
 
 def is_idle(window: IncidentWindow, now: datetime, config: IncidentConfig | None = None) -> bool:
-    """No open incident and no live report: the worker may delete the table key."""
+    """No open incident and no live report, also in the window of the incident closed last
+    (kept for replays of its reports): the worker may delete the table key."""
     cfg = config or IncidentConfig()
     cutoff = now.timestamp() - cfg.window_s
-    return window.incident_id is None and all(r.at < cutoff for r in window.reports)
+    before = window.previous.reports if window.previous is not None else []
+    return window.incident_id is None and all(r.at < cutoff for r in [*window.reports, *before])
 
 
 def signal_for(msg: ClassifiedMessage, policies: Sequence[IncidentPolicy]) -> IncidentSignal | None:

@@ -282,6 +282,9 @@ def test_reports_after_the_incidents_resolution_are_not_linked_to_it_and_count_a
     # A new incident of its own (its id from its earliest report, ties by message id).
     assert new_sims[4].incident_new and new_sims[4].incident_id == derive_id("inc", "m10")
 
+    # The closed incident's window is kept for replays while its reports are live.
+    assert not is_idle(closed, T0 + timedelta(minutes=29))
+    assert is_idle(closed, T0 + timedelta(minutes=31))
     # Replays of messages decided before the resolution: as their first pass was.
     replayed_window, replayed = _through_detector(after, range(7))
     assert replayed_window == after
