@@ -40,7 +40,6 @@ __all__ = [
     "IncidentWindow",
     "bucket_keys",
     "close_incident",
-    "count",
     "decide",
     "is_idle",
     "observe",
@@ -171,8 +170,11 @@ def observe(
     *,
     similarity_required: bool = True,
     case_id: str | None = None,
+    count_only: bool = False,
 ) -> tuple[IncidentWindow, IncidentDecision]:
-    """Add one message to its bucket; return the new state and the decision."""
+    """Add one message to its bucket; return the new state and the decision. ``count_only``:
+    a report decided in another bucket (a message naming two stores) adds to the customers
+    that open an incident here, but neither opens nor joins one (the decision is "none")."""
     cfg = config or IncidentConfig()
     t = now.timestamp()
     w = window or IncidentWindow(key=key, similarity_required=similarity_required)
@@ -189,6 +191,10 @@ def observe(
         return w, _replayed(before, key, msg.message_id, before.reports)
 
     new = _report(w, msg, t, case_id)
+    if count_only:
+        return w.model_copy(update={"reports": [*reports, new][-cfg.max_reports :]}), (
+            IncidentDecision(key=key)
+        )
     if w.similarity_required:
         alike = [r for r in reports if _similar(new, r) >= cfg.min_similarity]
     else:
@@ -217,28 +223,6 @@ def _report(
         sig=signature(sh) if w.similarity_required else [],
         n=len(sh),
     )
-
-
-def count(
-    window: IncidentWindow | None,
-    key: str,
-    msg: ClassifiedMessage,
-    now: datetime,
-    config: IncidentConfig | None = None,
-    *,
-    similarity_required: bool = True,
-) -> IncidentWindow:
-    """A report that only counts in this bucket (its message is decided in another one): it
-    adds to the customers that open an incident here, but neither opens nor joins one."""
-    cfg = config or IncidentConfig()
-    t = now.timestamp()
-    w = window or IncidentWindow(key=key, similarity_required=similarity_required)
-    seen = _seen(w) | (_seen(w.previous) if w.previous is not None else set())
-    if msg.message_id in seen:  # a replay: counted once
-        return w
-    reports = [r for r in w.reports if r.at >= t - cfg.window_s]
-    new = _report(w, msg, t, None)
-    return w.model_copy(update={"reports": [*reports, new][-cfg.max_reports :]})
 
 
 def _seen(w: IncidentWindow) -> set[str]:
@@ -454,10 +438,6 @@ def decide(
     if msg.similarity.duplicate_of is not None:
         return window, msg
     cfg = IncidentConfig(threshold=signal.threshold, window_s=signal.window_s)
-    if signal.count_only:  # decided in its first bucket; not forwarded from here
-        received = msg.inbound.received_at
-        required = signal.similarity_required
-        return count(window, signal.bucket, msg, received, cfg, similarity_required=required), msg
     window, d = observe(
         window,
         signal.bucket,
@@ -466,7 +446,10 @@ def decide(
         cfg,
         similarity_required=signal.similarity_required,
         case_id=msg.similarity.case_id,
+        count_only=signal.count_only,
     )
+    if signal.count_only:  # decided in its first bucket; not forwarded from here
+        return window, msg
     bucket = signal.bucket if d.incident_id else None
     sim = msg.similarity.model_copy(
         update={"incident_id": d.incident_id, "incident_new": d.is_new, "incident_bucket": bucket}
