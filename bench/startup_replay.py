@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.fault_run import out, settle
 from pipeline import bus
 from pipeline.broker import broker_for
 from pipeline.codec import decode
@@ -43,11 +43,6 @@ TEXTS = [
     "Не пришёл возврат денег за товар.",
     "How do I change my shipping address?",
 ]
-
-
-def out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 @dataclass(frozen=True)
@@ -93,20 +88,6 @@ async def post_during_startup(
     return accepted, before
 
 
-async def settled(s: Settings, ids: set[str], settle_s: float) -> list[bus.Record]:
-    """The outcomes topic once every id has an outcome and nothing new came for ``settle_s``."""
-    last = -1
-    still_since = time.monotonic()
-    while True:
-        records = await bus.read_all(s, [s.topic("outcomes")], idle_s=1.0)
-        seen = {r.key.decode() for r in records if r.key}
-        if len(records) != last:
-            last, still_since = len(records), time.monotonic()
-        elif ids <= seen and time.monotonic() - still_since >= settle_s:
-            return records
-        await asyncio.sleep(1.0)
-
-
 async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run: int) -> Figures:
     s = own_stack(base, "sr", partitions=args.partitions, fetch_max_wait_ms=args.fetch_wait_ms)
     await bus.ensure_topics(s, departments=departments(s))
@@ -118,7 +99,8 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
         wait_http(f"http://{s.ingest_host}:{s.ingest_port}/healthz", 120, group)
         group.start("worker", ["worker"], env)
         ids, before = await post_during_startup(s, args.rate, args.after, 5_000_000 + run * 1000)
-        outcomes = await settled(s, set(ids), args.settle_s)
+        await settle(s, outbox, set(ids), args.settle_s)
+        outcomes = await bus.read_all(s, [s.topic("outcomes")], idle_s=2.0)
         classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0)
     wanted = set(ids)
     per_outcome = Counter(k for r in outcomes if r.key and (k := r.key.decode()) in wanted)
