@@ -101,7 +101,17 @@ class RouterRecovery(Recovery):
         firsts = await consumer.earliest_offsets(*fresh)
         floor = getattr(consumer, "floor", {})
         for tp in fresh:
-            await consumer.seek(tp, max(int(firsts.get(tp) or 0), int(floor.get(tp, 0))))
+            first, known = int(firsts.get(tp) or 0), int(floor.get(tp, 0))
+            if known > first:
+                self.log.warning(
+                    "%s[%d]: committed offset read back empty, the group committed %d: read "
+                    "from there, not from %d",
+                    tp.topic,
+                    tp.partition,
+                    known,
+                    first,
+                )
+            await consumer.seek(tp, max(first, known))
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Faust 0.15.3's ``on_recovery_completed``, with the queues cleared first and the
