@@ -159,6 +159,9 @@ class Publisher:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=bootstrap(self._settings),
                     acks="all",
+                    # Each send here is awaited before the caller goes on (an adapter's 2xx,
+                    # a delivered mark before its key's next delivery): a linger would only
+                    # add its wait (docs/ARCHITECTURE.md, Broker).
                     linger_ms=0,
                     request_timeout_ms=int(self._settings.produce_timeout_s * 1000),
                 )
