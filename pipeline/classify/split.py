@@ -27,8 +27,10 @@
    …"); closed-class words only ("could you help me?", "как это сделать?"); and a short side
    (≤ ``SHORT_SIDE_WORDS``) that points back ("когда её привезут?") or is a bare reference — a
    number without a verb or a question ("…, чек от 12 ноября": the keyword "чек" is not a
-   second request). Of several such cuts the one whose weaker side is the most confident
-   wins; each side may be cut once more (``MAX_CLAUSE_DEPTH``).
+   second request); and a short left side that only tells what the customer did ("Я купил
+   товар, как изменить заказ?": the context of the request after it, which the model reads
+   as place_order with no trace of the request). Of several such cuts the one whose weaker
+   side is the most confident wins; each side may be cut once more (``MAX_CLAUSE_DEPTH``).
    Cost: the fast model reads every side; the cascade's slow encoder re-reads only the sides
    it is unsure of of the cuts the fast model already reads as two different requests.
    The thresholds were chosen on messages composed with one set of connectives and are
@@ -175,6 +177,21 @@ _SUBORDINATE_RE = re.compile(
     r"\s*(?:если|когда|пока|хотя|так как|потому что|раз уж|if|when|while|although|because|"
     r"since|unless|once)\b",
     re.IGNORECASE,
+)
+#: A short left side that only tells what the customer did — first person, past tense, no
+#: negation, no question ("Я купил товар, …", "Я заказал диван вчера, …", "I ordered an item,
+#: …") — is the context of the request after it, not a request of its own: the model reads it as
+#: the request to do that (place_order) and leaves no trace of the request it leads to (0.004 of
+#: change_shipping_address), so ``_one_request`` cannot see it. A problem told in the past tense
+#: names its own request ("Я не получил заказ", "I never got my refund"): negation keeps it.
+_NARRATES_RE = re.compile(
+    r"\s*(?:я|мы)\s+(?:\w+\s+)?\w+(?:л|ла|ли|лся|лась|лись)(?!\w)"
+    r"|\s*(?:i|we)\s+(?:just\s+|recently\s+|have\s+)?"
+    r"(?:(?!need\b|feed\b)\w+ed|bought|paid|made|got|sent|took|spent)(?!\w)",
+    re.IGNORECASE,
+)
+_NEGATION_RE = re.compile(
+    r"\?|(?<!\w)(?:не|нет|ни|not|no|never|cannot)(?!\w)|n't(?!\w)", re.IGNORECASE
 )
 #: Share of the model's per-language abstention threshold EACH side of a clause cut needs
 #: (1.0: the model would answer that side). Chosen on the TUNED connectives of
@@ -378,6 +395,11 @@ def _bare_reference(side: str) -> bool:
     return bool(_NUMBER_RE.search(side)) and not _PREDICATE_RE.search(side)
 
 
+def _narrates(side: str) -> bool:
+    """The side only tells what the customer did (``_NARRATES_RE``)."""
+    return bool(_NARRATES_RE.match(side)) and not _NEGATION_RE.search(side)
+
+
 def _no_content(side: str) -> bool:
     return all(w.lower() in _FUNCTION_WORDS for w in _WORD_RE.findall(side))
 
@@ -394,7 +416,7 @@ def _sides(text: str, part: Part, at: int, min_words: int) -> _Cut | None:
         return None
     if nr <= SHORT_SIDE_WORDS and (_REFERS_BACK_RE.search(right) or _bare_reference(right)):
         return None
-    if nl <= SHORT_SIDE_WORDS and _bare_reference(left):
+    if nl <= SHORT_SIDE_WORDS and (_bare_reference(left) or _narrates(left)):
         return None
     if _no_content(left) or _no_content(right):
         return None
