@@ -34,7 +34,7 @@ batch in a ``finally``; the agents now batch with ``stage.take_batches``, which 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
@@ -260,6 +260,14 @@ class _Producer(faust_aiokafka.Producer):
         if names - set(client._topics):
             await client.set_topics(set(client._topics) | names)
 
+    async def flush(self) -> None:
+        """Faust's flush (before a commit, at a revocation), after the app's ``before_flush``
+        hooks: the tables' changelog records queued outside Faust (``Context``) reach this
+        producer first, so the flush waits for their acks too."""
+        for hook in getattr(self.transport.app, "before_flush", ()):
+            await hook()
+        await super().flush()
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
@@ -274,6 +282,11 @@ class RouterApp(faust.App):
     #: Full names of the compacted topics (``pipeline.topics``): the only ones whose offsets
     #: may jump (see ``_Consumer._add_gap``).
     compacted_topics: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Awaited before every producer flush (``_Producer.flush``).
+        self.before_flush: list[Callable[[], Awaitable[None]]] = []
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
