@@ -5,9 +5,10 @@ What is tuned here because the framework's defaults are wrong for us:
   broker adds over a second per hop: ``faust_app.RouterApp`` makes it a setting.
 - Every topic is declared with raw bytes serializers, so decoding happens in our code and a
   bad record reaches the DLQ instead of being skipped by Faust's ``on_decode_error``.
-- Outputs go through aiokafka directly (``Context.send``/``flush``), cheaper per record than
-  Faust's send path, on the app's own producer (lent), so they share produce requests with
-  the tables' changelogs; agents flush before taking the next record or batch. The producer
+- Outputs and the tables' changelog records go through aiokafka directly (``Context.send``,
+  ``context.DirectTable``; ``flush``), cheaper per record than Faust's send path, on the app's
+  own producer (lent), so they share produce requests; agents flush before taking the next
+  record or batch. The producer
   lingers ``PIPELINE_PRODUCER_LINGER_MS`` to fill a request (docs/ARCHITECTURE.md, Broker).
 - Faust's recovery cleared the agents' queues after fetching had resumed, losing records
   that arrived while a worker started: ``pipeline.recovery`` reorders it.
