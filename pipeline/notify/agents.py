@@ -178,10 +178,11 @@ class DeliveryLoop:
     async def remember(self, key: str, delivery_id: str) -> None:
         """Mark ``delivery_id`` delivered and wait until the mark is durable.
 
-        Not through Faust's buffered changelog (``table[key] = ...``): a worker killed
-        before that buffer was sent left the next owner without the mark, which sent the
-        reply again (issue 11). One ack wait per delivery; the key's deliveries are
-        sequential anyway, different keys' wait at the same time.
+        Not through a plain table write (``table[key] = ...``, whose changelog record is
+        acknowledged only at the end of the agent's batch): a worker killed before that
+        left the next owner without the mark, which sent the reply again (issue 11). One
+        ack wait per delivery; the key's deliveries are sequential anyway, different keys'
+        wait at the same time.
         """
         table = self.outbound.table
         await self.ctx.set_durably(table, key, _with_delivered(table, key, delivery_id))
