@@ -9,8 +9,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from pipeline.config import Settings
 from pipeline.context import Context
+from pipeline.errors import BrokerUnavailable
 from pipeline.faust_app import RouterApp
 from pipeline.metrics import Metrics
 
@@ -68,6 +71,20 @@ async def test_an_agents_flush_waits_for_its_table_changelog_acks() -> None:
         ack.set_result(None)
     await asyncio.wait_for(flushing, 5)
     assert ctx.own_outputs() == []
+
+
+async def test_a_changelog_record_the_broker_refuses_fails_the_agents_flush() -> None:
+    ctx, publisher, table = _context()
+    ctx.own_outputs(fresh=True)
+    table["tg:3"] = "open"
+    flushing = asyncio.ensure_future(ctx.flush())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    publisher.acks[0].set_exception(ConnectionError("broker gone"))
+    # The source record is not acknowledged: the agent's error policy takes it from here.
+    with pytest.raises(BrokerUnavailable, match="broker gone"):
+        await asyncio.wait_for(flushing, 5)
+    assert ctx.status["broker"] == "1 output records not acknowledged"
 
 
 async def test_fausts_producer_flush_hands_over_records_no_agent_waits_for() -> None:
