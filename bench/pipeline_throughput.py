@@ -36,6 +36,8 @@ import logging
 import os
 import random
 import re
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -336,6 +338,18 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
+def profiler(out: Path | None, name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the worker through the flat-out phase (its collapsed stacks go to
+    ``out``/<name>.txt: one line per stack with its sample count)."""
+    if out is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    target = out / f"{name}.txt"
+    cmd = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
+    return subprocess.Popen([*cmd, "--nonblocking", "-o", str(target)])
+
+
 def run_phase(
     s: Settings, name: str, args: argparse.Namespace, pool: list[str]
 ) -> dict[str, float]:
@@ -363,8 +377,6 @@ def run_phase(
     counts.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(s, **outbox.env(), BENCH_COUNTS=str(counts))
     with children() as group:
-        import subprocess
-
         script = PASSTHROUGH if name == "passthrough" else WORKER
         group.procs.append((name, subprocess.Popen([sys.executable, "-c", script], env=env)))
         if name == "pipeline":
@@ -396,9 +408,13 @@ def run_phase(
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         sent_before = requests_sent(counts)
         broker = broker_pid()
+        spy = profiler(args.profile, name, pid)
         cpu_before = cpu_s(pid)
         broker_before = cpu_s(broker) if broker else float("nan")
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(60)
         cpu_flat = cpu_s(pid) - cpu_before
         broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
         fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
@@ -432,6 +448,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fanout", type=int, default=24, help="seed-like messages (0: skip)")
+    parser.add_argument(
+        "--profile", type=Path, help="directory: py-spy stacks of each worker, flat-out phase"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pool = texts()
