@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import struct
 import warnings
 from collections.abc import AsyncIterator
@@ -12,7 +13,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.conn import AIOKafkaConnection
+from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.broker import any_broker_answers, free_port
 from pipeline.bus import Publisher
@@ -134,3 +137,62 @@ async def test_a_publisher_cancelled_while_starting_leaves_no_connection_open(
         if isinstance(c, AIOKafkaConnection) and c.port == half_broker.port and c.connected()
     ]
     assert unclosed == [] and still_open == [], (unclosed, still_open)
+
+
+def _random_keys(count: int) -> list[bytes]:
+    rng = random.Random(16)
+    keys = [f"c{n:05d}".encode() for n in range(count // 2)]  # customer-id-like
+    keys += [rng.randbytes(rng.randrange(0, 64)) for _ in range(count // 2)]  # any bytes
+    return [*keys, "Клиент-42".encode(), b""]
+
+
+@contextlib.asynccontextmanager
+async def unstarted(**kw: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer never started (its metadata set by the test), closed at the end."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", **kw)
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def test_the_remembered_partition_is_the_producers_own_choice() -> None:
+    # The producer's own partitioning (aiokafka's DefaultPartitioner through
+    # AIOKafkaProducer._partition) is the reference: tables are co-partitioned by key bytes.
+    async with unstarted() as producer:
+        _check_against_the_producer(producer)
+
+
+def _check_against_the_producer(producer: AIOKafkaProducer) -> None:
+    counts = {"t1": 1, "t3": 3, "t8": 8, "t12": 12, "t32": 32}
+    cluster = producer.client.cluster
+    cluster.partitions_for_topic = lambda t: set(range(counts[t]))  # type: ignore[method-assign]
+    cluster.available_partitions_for_topic = cluster.partitions_for_topic  # type: ignore[method-assign]
+    pub = Publisher(Settings(), producer)
+    for topic in counts:
+        for key in _random_keys(600):
+            expected = producer._partition(topic, None, key, None, key, None)
+            assert pub._partition(producer, topic, key) == expected  # computed
+            assert pub._partition(producer, topic, key) == expected  # remembered
+    assert pub._partition(producer, "t8", None) is None  # no key: the producer's random pick
+
+
+async def test_the_partition_cache_is_bounded_and_stays_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("pipeline.bus.PARTITION_CACHE_SIZE", 50)
+    async with unstarted() as producer:
+        producer.client.cluster.partitions_for_topic = lambda t: set(range(8))  # type: ignore[method-assign]
+        pub = Publisher(Settings(), producer)
+        for key in _random_keys(400):
+            expected = DefaultPartitioner()(key, list(range(8)), [])
+            assert pub._partition(producer, "t", key) == expected
+            assert len(pub._partitions) <= 50
+
+
+async def test_no_partition_is_chosen_without_metadata_or_with_another_partitioner() -> None:
+    async with unstarted() as producer, unstarted(partitioner=lambda k, a, v: a[-1]) as other:
+        pub = Publisher(Settings(), producer)
+        assert pub._partition(producer, "unknown-topic", b"k") is None  # the producer waits
+        other.client.cluster.partitions_for_topic = lambda t: {0, 1}  # type: ignore[method-assign]
+        assert pub._partition(other, "t", b"k") is None
