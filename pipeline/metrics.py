@@ -2,7 +2,50 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any, TypeVar
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class _RememberedLabels(MetricWrapperBase):
+    """``labels()`` answered from a dict of the children it returned before, by the call's
+    arguments: prometheus_client checks the names, converts the values and takes a lock on
+    every call (~1.4 µs against ~0.15 µs; the stages label a few series per message). The
+    series are never removed (nothing here calls ``remove``/``clear``), so a child stays
+    valid."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._remembered: dict[Any, Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self: M, *labelvalues: object, **labelkwargs: object) -> M:
+        """The child for these label values (prometheus_client's, remembered)."""
+        remembered: dict[Any, M] = self._remembered  # type: ignore[attr-defined]
+        key = (labelvalues, tuple(labelkwargs.items()))
+        try:
+            return remembered[key]
+        except KeyError:
+            child = remembered[key] = super().labels(*labelvalues, **labelkwargs)
+            return child
+        except TypeError:  # an unhashable value: prometheus_client takes its str()
+            return super().labels(*labelvalues, **labelkwargs)
+
+
+class Counter(_RememberedLabels, prometheus_client.Counter):
+    """A Counter whose ``labels()`` is remembered."""
+
+
+class Gauge(_RememberedLabels, prometheus_client.Gauge):
+    """A Gauge whose ``labels()`` is remembered."""
+
+
+class Histogram(_RememberedLabels, prometheus_client.Histogram):
+    """A Histogram whose ``labels()`` is remembered."""
+
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
