@@ -218,7 +218,8 @@ class Publisher:
         partitioner's choice: for a key it depends only on the key and the list of partition
         ids, which Kafka numbers 0..n-1, so on the key and the partition count.
         """
-        if key is None or not isinstance(producer._partitioner, DefaultPartitioner):
+        partitioner = getattr(producer, "_partitioner", None)  # aiokafka's private attribute
+        if key is None or not isinstance(partitioner, DefaultPartitioner):
             return None
         parts = producer.client.cluster.partitions_for_topic(topic)
         if not parts:
@@ -229,7 +230,7 @@ class Publisher:
             if len(self._partitions) >= PARTITION_CACHE_SIZE:
                 self._partitions.clear()
             every = list(parts)
-            partition = self._partitions[cached] = producer._partitioner(key, every, every)
+            partition = self._partitions[cached] = partitioner(key, every, every)
         return partition
 
     async def close(self) -> None:

@@ -121,7 +121,9 @@ class _LentProducer:
         self.sent: list[tuple[str, bytes | None]] = []
         self.stopped = False
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> Any:
         self.sent.append((topic, key))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(SimpleNamespace(topic=topic, partition=0, offset=len(self.sent)))
