@@ -117,7 +117,7 @@ class ClassifyAgent:
         """Dedup decisions, and each customer's recent contacts (before this message)."""
         decisions: list[dedup.DedupDecision] = []
         recent: dict[str, int] = {}
-        for msg in msgs:
+        for msg, fp in zip(msgs, dedup.fingerprints(msgs), strict=True):
             key = msg.customer_id
             raw_state = self.dedup_table.get(key)
             st = (
@@ -125,7 +125,6 @@ class ClassifyAgent:
                 if raw_state
                 else dedup.CustomerDedupState()
             )
-            fp = dedup.fingerprint(msg)
             d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)

@@ -143,3 +143,53 @@ def test_state_round_trips_as_json() -> None:
 def test_normalize_strips_greeting_and_signoff() -> None:
     assert normalize_text("Здравствуйте! Где мой заказ?\nСпасибо\nАнна") == "где мой заказ"
     assert normalize_text("Hi, where is my order?\n\nThanks,\nJohn") == "where is my order"
+
+
+def _datasketch_signature(shingle_set: set[str]) -> list[int]:
+    """The signature as datasketch computes it (what stored states hold)."""
+    from datasketch import MinHash
+
+    from pipeline.classify import dedup
+
+    if not shingle_set:
+        return []
+    mh = MinHash(
+        num_perm=dedup.NUM_PERM,
+        hashfunc=dedup._hash32,
+        permutations=dedup._permutations(),
+        scheme="affine32",
+    )
+    mh.update_batch([s.encode("utf-8") for s in shingle_set])
+    return [int(v) & 0xFFFF for v in mh.hashvalues]
+
+
+def test_signatures_are_datasketch_minhash_values() -> None:
+    # Stored states hold these values: the batch computation must not change them.
+    from pipeline.classify import dedup
+
+    texts = [
+        "Where is my order 5521? I paid for express delivery a week ago.",
+        "Здравствуйте! Не пришёл заказ, деньги списали дважды, верните.",
+        "",
+        "ok",
+        "Ёлка; ёжик — 12 шт.",
+        "Where is my order 5521? I paid for express delivery a week ago.",
+    ]
+    sets = [dedup.shingles(normalize_text(t)) for t in texts]
+    want = [_datasketch_signature(s) for s in sets]
+    assert want[0] and want[1] and want[2] == [] and want[3]
+    assert dedup.signatures(sets) == want
+    assert [dedup.signature(s) for s in sets] == want
+    msgs = [msg(f"m{i}", t) for i, t in enumerate(texts)]
+    assert dedup.fingerprints(msgs) == [dedup.fingerprint(m) for m in msgs]
+
+
+def test_shingle_hashes_stay_bounded_and_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.classify import dedup
+
+    monkeypatch.setattr(dedup, "_SHINGLE_HASHES", {})
+    monkeypatch.setattr(dedup, "_MAX_SHINGLE_HASHES", 8)
+    sh = dedup.shingles(normalize_text("Где мой заказ? Where is my parcel?"))
+    assert len(sh) > 8
+    assert dedup.signature(sh) == _datasketch_signature(sh)
+    assert len(dedup._SHINGLE_HASHES) <= 8

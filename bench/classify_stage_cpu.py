@@ -1,0 +1,105 @@
+"""CPU per message of the classify stage's pure work: dedup + contacts, then classification.
+
+    python bench/classify_stage_cpu.py [--n 6000] [--batch 256] [--reps 3] [--profile OUT]
+    PYTHONPATH=/tmp/old-tree python bench/classify_stage_cpu.py   # the same, another tree
+
+The texts and messages of bench/pipeline_throughput.py's flat-out phase (``texts()``,
+``make()``: Bitext English utterances, 997 customers, so each customer's dedup state grows
+as in the worker), the shipped workflow's tag rules, stores and priority weights, and the
+worker's own code: ``ClassifyAgent.remember`` over a plain dict as the dedup table, then
+``Classifier.classify_batch`` with its contact counts. No broker, no Faust: what is measured
+is the CPU the worker spends in its classify agent between decoding and sending.
+
+Process CPU time (``time.process_time``, BLAS limited to one thread), so the figure holds on
+a shared, noisy machine; each repetition uses fresh message ids and customers, and the
+table keeps the earlier repetitions' states (as a worker's does). Compare two trees by
+running this script in each, back to back (``PYTHONPATH=<tree>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline_throughput import make, texts  # the benchmark's own messages
+
+from pipeline.classify import dedup
+from pipeline.classify.agents import ClassifyAgent
+from pipeline.classify.core import Classifier
+from pipeline.config import Settings
+from pipeline.domain.workflow import load_workflow
+from pipeline.events import utcnow
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="classify stage CPU per message")
+    ap.add_argument("--n", type=int, default=6000, help="messages per repetition")
+    ap.add_argument("--batch", type=int, default=256, help="messages per batch (worker: 256)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--profile", type=Path, default=None, help="cProfile stats of one more rep")
+    args = ap.parse_args()
+    s = Settings()
+    wf = load_workflow(s.rules_path)
+    classifier = Classifier.from_settings(
+        s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
+    )
+    # the agent's remember() over a dict: the same code the worker runs on its table
+    agent = SimpleNamespace(dedup_table={}, dedup_cfg=dedup.DedupConfig(window_s=s.dedup_window_s))
+    pool = texts()
+    with threadpool_limits(limits=1):
+        warm = [make(pool[i], i, "warm") for i in range(args.batch)]
+        classifier.classify_batch(warm, recent_contacts={})
+        rows = []
+        for rep in range(args.reps):
+            run = f"r{rep}-{time.time_ns()}"
+            msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
+            t_dedup = t_cls = 0.0
+            for k in range(0, len(msgs), args.batch):
+                batch = msgs[k : k + args.batch]
+                now = utcnow()
+                t0 = time.process_time()
+                _, recent = ClassifyAgent.remember(agent, batch, now)  # type: ignore[arg-type]
+                t1 = time.process_time()
+                classifier.classify_batch(batch, now=now, recent_contacts=recent)
+                t2 = time.process_time()
+                t_dedup += t1 - t0
+                t_cls += t2 - t1
+            n = len(msgs)
+            rows.append((t_dedup / n * 1000, t_cls / n * 1000))
+            sys.stdout.write(
+                f"rep {rep}: remember {rows[-1][0]:.3f} ms/msg, classify_batch "
+                f"{rows[-1][1]:.3f} ms/msg, total {sum(rows[-1]):.3f} ms/msg\n"
+            )
+        if args.profile:  # one more repetition, not counted (cProfile's overhead)
+            msgs = [
+                make(pool[(i * 7919) % len(pool)], i, f"p{time.time_ns()}") for i in range(args.n)
+            ]
+            prof = cProfile.Profile()
+            prof.enable()
+            for k in range(0, len(msgs), args.batch):
+                batch = msgs[k : k + args.batch]
+                _, recent = ClassifyAgent.remember(agent, batch, now)  # type: ignore[arg-type]
+                classifier.classify_batch(batch, now=now, recent_contacts=recent)
+            prof.disable()
+            prof.dump_stats(args.profile)
+    tot = [a + b for a, b in rows]
+    sys.stdout.write(
+        f"{args.n} messages x {args.reps} reps, batches of {args.batch}, 1 thread, model "
+        f"{classifier.version}: median remember {statistics.median(r[0] for r in rows):.3f}, "
+        f"classify_batch {statistics.median(r[1] for r in rows):.3f}, total "
+        f"{statistics.median(tot):.3f} ms CPU/msg (min {min(tot):.3f}, max {max(tot):.3f})\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
