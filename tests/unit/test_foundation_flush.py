@@ -114,6 +114,42 @@ async def test_an_output_never_acknowledged_fails_the_flush_after_produce_timeou
     assert ctx.status["broker"] == "1 output records not acknowledged"
 
 
+async def test_the_flush_waits_for_every_output_whatever_order_the_acks_come_in() -> None:
+    # The flush waits from the last output to the first, skipping those already done: acks
+    # coming in another order must still all be waited for, a failure still reported.
+    ctx = Context(settings=Settings(topic_prefix="u."), metrics=Metrics(), app=None)
+    pub = _HeldPublisher()
+    ctx.publisher = pub  # type: ignore[assignment]
+    ctx.own_outputs(fresh=True)
+    keys = [f"k{n}" for n in range(6)]
+    for key in keys:
+        await ctx.send("outcomes", key, _outcome())
+    flushing = asyncio.ensure_future(ctx.flush())
+    order = ["k5", "k0", "k3", "k4", "k1"]  # the last first, k2 late and failed
+    for key in order:
+        pub.futures[key].set_result(None)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not flushing.done(), f"the flush returned with k2 not acknowledged ({key})"
+    pub.futures["k2"].set_exception(ConnectionError("broker went away"))
+    with pytest.raises(BrokerUnavailable, match="1 output records not acknowledged"):
+        await flushing
+
+
+async def test_a_timed_out_flush_counts_exactly_the_outputs_not_acknowledged() -> None:
+    s = Settings(topic_prefix="u.", produce_timeout_s=0.05)
+    ctx = Context(settings=s, metrics=Metrics(), app=None)
+    pub = _HeldPublisher()
+    ctx.publisher = pub  # type: ignore[assignment]
+    ctx.own_outputs(fresh=True)
+    for key in ("a", "b", "c", "d"):
+        await ctx.send("outcomes", key, _outcome())
+    pub.futures["d"].set_result(None)
+    pub.futures["b"].set_result(None)
+    with pytest.raises(BrokerUnavailable, match=r"2 output records not acknowledged.*no ack"):
+        await asyncio.wait_for(ctx.flush(), 60)  # 60 s: only a guard against a hang
+
+
 class _LentProducer:
     """Test seam for a started aiokafka producer the app lends: acks every record."""
 
