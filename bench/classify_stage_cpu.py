@@ -54,6 +54,9 @@ def main() -> int:
     )
     # the agent's remember() over a dict: the same code the worker runs on its table
     agent = SimpleNamespace(dedup_table={}, dedup_cfg=dedup.DedupConfig(window_s=s.dedup_window_s))
+    encoder = classifier.model.encoder
+    if encoder is not None:  # the agent reads the slow path's weights before it starts too
+        encoder.encode(["warm-up"])
     pool = texts()
     with threadpool_limits(limits=1):
         warm = [make(pool[i], i, "warm") for i in range(args.batch)]

@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from datasketch import MinHash
@@ -197,13 +197,15 @@ _SHINGLE_HASHES: dict[str, int] = {}
 _MAX_SHINGLE_HASHES = 1 << 15
 
 
-def _shingle_hash(shingle: str) -> int:
-    h = _SHINGLE_HASHES.get(shingle)
-    if h is None:
-        if len(_SHINGLE_HASHES) >= _MAX_SHINGLE_HASHES:
+def _shingle_hashes(shingles: list[str]) -> list[int]:
+    hashes: list[int | None] = list(map(_SHINGLE_HASHES.get, shingles))
+    if None in hashes:
+        if len(_SHINGLE_HASHES) + len(shingles) > _MAX_SHINGLE_HASHES:
             _SHINGLE_HASHES.clear()
-        h = _SHINGLE_HASHES[shingle] = _hash32(shingle.encode("utf-8"))
-    return h
+        for i, h in enumerate(hashes):
+            if h is None:
+                hashes[i] = _SHINGLE_HASHES[shingles[i]] = _hash32(shingles[i].encode("utf-8"))
+    return cast(list[int], hashes)  # no None left
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -224,16 +226,15 @@ def signatures(shingle_sets: Sequence[set[str]]) -> list[list[int]]:
     per permutation (uint32 arithmetic wraps), the minimum per permutation and set.
     """
     sizes = [len(s) for s in shingle_sets]
-    hv = np.fromiter(
-        (_shingle_hash(x) for s in shingle_sets for x in s), dtype=np.uint32, count=sum(sizes)
-    )
+    hv = np.array(_shingle_hashes([x for s in shingle_sets for x in s]), dtype=np.uint32)
     if not hv.size:
         return [[] for _ in shingle_sets]
     a, b = _permutations()
-    phv = _fmix32(hv)[:, None] * a + b
+    # one row per permutation: the minimum per set is a reduction along contiguous memory
+    phv = a[:, None] * _fmix32(hv)[None, :] + b[:, None]
     starts = np.cumsum([0, *sizes[:-1]])
     filled = [i for i, n in enumerate(sizes) if n]
-    mins = (np.minimum.reduceat(phv, starts[filled], axis=0) & 0xFFFF).tolist()
+    mins = (np.minimum.reduceat(phv, starts[filled], axis=1) & 0xFFFF).T.tolist()
     out: list[list[int]] = [[] for _ in shingle_sets]
     for i, sig in zip(filled, mins, strict=True):
         out[i] = sig

@@ -188,8 +188,9 @@ def test_shingle_hashes_stay_bounded_and_right(monkeypatch: pytest.MonkeyPatch) 
     from pipeline.classify import dedup
 
     monkeypatch.setattr(dedup, "_SHINGLE_HASHES", {})
-    monkeypatch.setattr(dedup, "_MAX_SHINGLE_HASHES", 8)
-    sh = dedup.shingles(normalize_text("Где мой заказ? Where is my parcel?"))
-    assert len(sh) > 8
-    assert dedup.signature(sh) == _datasketch_signature(sh)
-    assert len(dedup._SHINGLE_HASHES) <= 8
+    monkeypatch.setattr(dedup, "_MAX_SHINGLE_HASHES", 40)
+    for text in ("Где мой заказ? Где посылка?", "Where is my parcel? It is late.", "Где мой"):
+        sh = dedup.shingles(normalize_text(text))
+        assert 20 < len(sh) <= 40 or text == "Где мой"
+        assert dedup.signature(sh) == _datasketch_signature(sh)
+        assert len(dedup._SHINGLE_HASHES) <= 40
