@@ -100,6 +100,17 @@ def test_tag_rules_per_language_keywords_and_regexes() -> None:
         TagRule(tag="bad", regexes={"en": ["(unclosed"]})
 
 
+def test_every_keyword_of_a_rule_matches_at_a_word_start_only() -> None:
+    # the keywords share one look-behind; a regex's own groups keep their numbers
+    rule = TagRule(
+        tag="t", keywords={"en": ["sue", "court", "gone off"]}, regexes={"en": [r"(\w)\1x"]}
+    )
+    for text in ("I will SUE you", "see you in court", "the milk has gone off", "aax"):
+        assert rule.matches(text, "en"), text
+    for text in ("pursue", "forecourt", "undergone off", "abx", "court"[1:]):
+        assert not rule.matches(text, "en"), text
+
+
 @pytest.mark.parametrize(
     ("text", "low", "high", "anger"),
     [
