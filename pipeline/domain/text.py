@@ -195,13 +195,18 @@ _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 MODEL_LANGUAGES = ("ru", "en")
 
 
-def _is_cyrillic(ch: str) -> bool:
-    return "\u0400" <= ch <= "\u04ff" or "\u0500" <= ch <= "\u052f"
+#: Cyrillic and Cyrillic Supplement.
+_CYRILLIC = re.compile("[\u0400-\u052f]")
 
 
-def _scripts(letters: list[str]) -> tuple[int, int]:
-    """(Cyrillic letters, Latin letters) among ``letters``."""
-    return sum(1 for ch in letters if _is_cyrillic(ch)), sum(1 for ch in letters if ch.isascii())
+def _letters(text: str) -> str:
+    return "".join(filter(str.isalpha, text))
+
+
+def _scripts(letters: str) -> tuple[int, int]:
+    """(Cyrillic letters, Latin letters) among ``letters`` (counted in C: the classifier
+    asks for the language of every text and segment it reads)."""
+    return len(_CYRILLIC.findall(letters)), len(letters.encode("ascii", "ignore"))
 
 
 def detect_language(text: str) -> tuple[str, float]:
@@ -209,7 +214,7 @@ def detect_language(text: str) -> tuple[str, float]:
 
     The one language detector: ingest stamps its answer on every message.
     """
-    letters = [ch for ch in text if ch.isalpha()]
+    letters = _letters(text)
     if not letters:
         return "other", 0.0
     cyr, lat = _scripts(letters)
@@ -245,7 +250,7 @@ def model_language(text: str, declared: str | None = None) -> str:
     """
     if declared in MODEL_LANGUAGES:
         return declared
-    cyr, lat = _scripts([ch for ch in text if ch.isalpha()])
+    cyr, lat = _scripts(_letters(text))
     if cyr == 0 and lat == 0:
         return "other"
     return "ru" if cyr >= lat else "en"
