@@ -1,6 +1,6 @@
 """Full pipeline vs a bare Faust passthrough agent on the same broker, in one run.
 
-    python bench/pipeline_throughput.py [--n 3000] [--rate 50] [--seconds 20]
+    python bench/pipeline_throughput.py [--n 3000] [--rate 50] [--seconds 20] [--workers 1]
 
 1. Throughput: N InboundMessages are produced to the inbound topic as fast as possible; the
    time until the N-th Outcome appears gives msg/s. The same N records go through a bare
@@ -13,7 +13,9 @@
    incident forms (threshold 5 per store), at 2 msg/s. Measured per message: produce → the
    internal SubRequest on tasks.loyalty-it, and produce → the director's e-mail received by the
    SMTP sink (the external sub-request really delivered).
-Both workers are separate processes with the same fetch wait; the embedded broker is
+Both workers are separate processes with the same fetch wait (``--workers N``: N processes
+per phase in one consumer group, for both phases; CPU, memory and requests are then summed
+over the N); the embedded broker is
 started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, and each
 worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase, and
 the records per message: every record on the run's topics and the worker's table changelogs
@@ -324,11 +326,15 @@ def broker_pid() -> int | None:
     return None
 
 
-def requests_sent(path: Path) -> dict[str, int]:
-    """The produce and fetch requests the worker sent so far (``COUNTER``); waits for its
-    next dump."""
+def requests_sent(paths: list[Path]) -> dict[str, int]:
+    """The produce and fetch requests the workers sent so far (``COUNTER``), summed; waits
+    for their next dump."""
     time.sleep(1.0)
-    return {name: int(n) for name, n in json.loads(path.read_text()).items()}
+    total = {"produce": 0, "fetch": 0}
+    for path in paths:
+        for name, n in json.loads(path.read_text()).items():
+            total[name] += int(n)
+    return total
 
 
 def pct(values: list[float], p: float) -> float:
@@ -373,17 +379,28 @@ def run_phase(
 
     # replies and e-mails are really delivered (HTTP, SMTP), as in production
     outbox = Outbox(on_item=arrived).start()
-    counts = s.data_dir / "bench" / f"{s.app_id}-requests.json"
-    counts.parent.mkdir(parents=True, exist_ok=True)
-    env = child_env(s, **outbox.env(), BENCH_COUNTS=str(counts))
+    counts = [
+        s.data_dir / "bench" / f"{s.app_id}-{k}-requests.json" for k in range(args.workers)
+    ]
+    counts[0].parent.mkdir(parents=True, exist_ok=True)
     with children() as group:
         script = PASSTHROUGH if name == "passthrough" else WORKER
-        group.procs.append((name, subprocess.Popen([sys.executable, "-c", script], env=env)))
+        ports = [s.web_port] + [free_port() for _ in range(args.workers - 1)]
+        for k, (port, path) in enumerate(zip(ports, counts, strict=True)):
+            own = s.model_copy(update={"web_port": port})
+            env = child_env(own, **outbox.env(), BENCH_COUNTS=str(path))
+            proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+            group.procs.append((f"{name}-{k}", proc))
         if name == "pipeline":
-            wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
+            for port in ports:
+                wait_http(f"http://{s.web_host}:{port}/healthz", 300, group)
         # warm-up: the consumer group must be joined before timing
         warm = [make(pool[i % len(pool)], i, run + "w") for i in range(20)]
         asyncio.run(produce_and_count(s, warm, None))
+        if args.workers > 1:  # a late joiner's rebalance must not fall into the timed phases
+            time.sleep(s.session_timeout_s)
+            warm = [make(pool[i % len(pool)], i, run + "v") for i in range(20)]
+            asyncio.run(produce_and_count(s, warm, None))
         # Latency first, on an idle worker: after the flat-out phase the worker still has
         # deliveries and case updates queued, which would be measured instead.
         n_rate = int(args.rate * args.seconds)
@@ -403,22 +420,24 @@ def run_phase(
                 "mail_p50": pct(mail_lat, 50) * 1000,
                 "mail_p99": pct(mail_lat, 99) * 1000,
             }
-        pid = group.procs[0][1].pid
-        rss_before, _ = memory_mb(pid)
+        pids = [proc.pid for _, proc in group.procs]
+        rss_before = sum(memory_mb(pid)[0] for pid in pids)
         msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
         sent_before = requests_sent(counts)
         broker = broker_pid()
-        spy = profiler(args.profile, name, pid)
-        cpu_before = cpu_s(pid)
+        spies = [profiler(args.profile, f"{name}-{k}", pid) for k, pid in enumerate(pids)]
+        cpu_before = sum(cpu_s(pid) for pid in pids)
         broker_before = cpu_s(broker) if broker else float("nan")
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-            spy.wait(60)
-        cpu_flat = cpu_s(pid) - cpu_before
+        for spy in spies:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(60)
+        cpu_flat = sum(cpu_s(pid) for pid in pids) - cpu_before
         broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
         fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
-        rss_after, rss_peak = memory_mb(pid)
+        rss_after = sum(memory_mb(pid)[0] for pid in pids)
+        rss_peak = sum(memory_mb(pid)[1] for pid in pids)
         records = asyncio.run(count_records(s))  # returns once the worker is quiet
         sent_after = requests_sent(counts)
     outbox.stop()
@@ -449,19 +468,28 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fanout", type=int, default=24, help="seed-like messages (0: skip)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes per phase, one consumer group (at most PIPELINE_PARTITIONS)",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="directory: py-spy stacks of each worker, flat-out phase"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pool = texts()
     random.Random(1).shuffle(pool)
+    if not 1 <= args.workers <= Settings().partitions:
+        parser.error("--workers must be between 1 and PIPELINE_PARTITIONS")
     with broker_for(Settings()) as s:
         base = run_phase(s, "passthrough", args, pool)
         full = run_phase(s, "pipeline", args, pool)
     out = sys.stdout.write
     out(
         f"broker: {'external' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'embedded Tansu'}"
-        f", n={args.n}, paced {args.rate:g} msg/s for {args.seconds:g}s\n"
+        f", n={args.n}, paced {args.rate:g} msg/s for {args.seconds:g}s, "
+        f"{args.workers} worker process(es) per phase\n"
     )
     out(
         f"passthrough: {base['msg_s']:8.0f} msg/s   p50 {base['p50_ms']:6.0f} ms   "
