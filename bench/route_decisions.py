@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import itertools
 import random
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -177,25 +179,28 @@ def realistic(n: int, cache: Path | None) -> list[bytes]:
 class _Sink:
     """The slice of ``Context`` the route agent uses: every output encoded, none sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, digest: bool = False) -> None:
         from pipeline.config import Settings
         from pipeline.metrics import Metrics
 
         self.settings = Settings()
         self.metrics = Metrics()
         self.records = 0
+        self.digest = hashlib.sha256() if digest else None
 
     async def send(self, name: str, key: str | None, event: Any) -> None:
-        encode(event)
+        data = encode(event)
         self.records += 1
+        if self.digest is not None:
+            self.digest.update(f"{name}\0{key}\0".encode() + data + b"\0")
 
 
-def stage_pass(msgs: list[bytes]) -> tuple[float, int]:
+def stage_pass(msgs: list[bytes], sink: _Sink | None = None) -> tuple[float, int]:
     """One pass of the route agent over ``msgs`` from an empty table: (CPU s, records)."""
     from pipeline.live_workflow import LiveWorkflow
     from pipeline.route.agents import CustomerCases, RouteAgent, Runtime
 
-    sink = _Sink()
+    sink = sink or _Sink()
     ctx = cast(Any, sink)
     agent = RouteAgent(ctx, Runtime(ctx, LiveWorkflow(sink.settings.rules_path)), CustomerCases({}))
 
@@ -211,8 +216,28 @@ def stage_pass(msgs: list[bytes]) -> tuple[float, int]:
     return time.process_time() - t0, sink.records
 
 
+def outputs_digest(msgs: list[bytes]) -> str:
+    """sha256 of every record a pass sends (topic, key, bytes), on a stepped clock, so two
+    trees can be shown to send the same."""
+    from pipeline.route import agents
+
+    start = decode(ClassifiedMessage, msgs[0]).inbound.received_at
+    ticks = itertools.count()
+    real = agents.utcnow
+    agents.utcnow = lambda: start + timedelta(milliseconds=next(ticks))
+    try:
+        sink = _Sink(digest=True)
+        stage_pass(msgs, sink)
+    finally:
+        agents.utcnow = real
+    assert sink.digest is not None
+    return sink.digest.hexdigest()
+
+
 def stage(args: argparse.Namespace) -> int:
     msgs = realistic(args.n, args.cache)
+    if args.digest:
+        sys.stdout.write(f"outputs sha256 {outputs_digest(msgs)}\n")
     runs = []
     for _ in range(args.repeat):
         cpu, records = stage_pass(msgs)
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--stage", action="store_true", help="route agent CPU ms per message")
     ap.add_argument("--cache", type=Path, help="--stage: classified messages (JSON lines)")
+    ap.add_argument("--digest", action="store_true", help="--stage: sha256 of every output")
     args = ap.parse_args(argv)
     if args.stage:
         return stage(args)

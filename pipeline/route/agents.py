@@ -325,11 +325,12 @@ class RouteAgent:
                         await self.route(ev, hits.get(i))
 
     def kb_hits(self, events: list[ClassifiedMessage | CaseSnapshot]) -> dict[int, KbMatch]:
-        """One vectorized KB lookup for the single-intent messages (by position)."""
+        """One vectorized KB lookup for the messages it may answer (by position)."""
         singles = [
             (i, ev)
             for i, ev in enumerate(events)
-            if isinstance(ev, ClassifiedMessage) and len(ev.intents) == 1
+            if isinstance(ev, ClassifiedMessage)
+            and self.rt.kb.may_auto_reply([it.label for it in ev.intents])
         ]
         found = self.rt.kb.search_many(
             [ev.inbound.text for _, ev in singles],

@@ -280,7 +280,20 @@ class KbIndex:
         if self._articles.pop(article_id, None) is not None:
             self._fit()
 
+    def may_auto_reply(self, intents: Sequence[str]) -> bool:
+        """Whether ``search`` with these classifier intents can auto-reply at all: exactly one
+        recognised intent that some auto-reply article answers (``_decide``'s intent rules).
+        When not, the route agent does not search: the match could only say why not."""
+        return len(intents) == 1 and intents[0] != "unknown" and intents[0] in self._answerable
+
     def _fit(self) -> None:
+        self._answerable = frozenset(
+            intent
+            for art in self._articles.values()
+            if art.auto_reply
+            for intent in art.intents
+            if intent not in art.not_intents
+        )
         texts: list[str] = []
         owners: list[int] = []
         self._ids = sorted(self._articles)

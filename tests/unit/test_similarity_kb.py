@@ -211,3 +211,37 @@ def test_cli_search_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert args.handler(args) == 0
     [row] = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert row["article_id"] == "cancel-order" and row["auto_reply"] is False
+
+
+def test_no_auto_reply_for_intents_the_route_agent_does_not_search(index: KbIndex) -> None:
+    """The route agent searches only when ``may_auto_reply``: every search that fires has it."""
+    arts = index.articles.values()
+    labels = sorted({i for a in arts for i in [*a.intents, *a.not_intents]} | {"unknown", "x"})
+    qs = [(q, lang) for a in arts for lang, qs in a.questions.items() for q in qs]
+    fired = 0
+    for label in labels:
+        found = index.search_many([q for q, _ in qs], [lang for _, lang in qs], [[label]] * len(qs))
+        fired += sum(m.auto_reply for m in found)
+        if any(m.auto_reply for m in found):
+            assert index.may_auto_reply([label])
+    assert fired > len(qs) / 2
+    assert not index.may_auto_reply(["recover_password", "cancel_order"])
+    assert not index.may_auto_reply(["unknown"])
+
+
+def test_which_intents_may_auto_reply_follows_the_articles(index: KbIndex) -> None:
+    idx = KbIndex(index.articles.values(), index.calibration)
+    assert not idx.may_auto_reply(["loyalty_points"])
+    art = KbArticle(
+        article_id="loyalty-bonus",
+        title={"en": "Bonuses"},
+        questions={"en": ["where are my bonus points"]},
+        answer={"en": "Points arrive within 24 hours."},
+        intents=["loyalty_points"],
+        auto_reply=True,
+        updated_at=utcnow(),
+    )
+    idx.upsert(art)
+    assert idx.may_auto_reply(["loyalty_points"])
+    idx.upsert(art.model_copy(update={"auto_reply": False}))
+    assert not idx.may_auto_reply(["loyalty_points"])
