@@ -80,6 +80,10 @@ class _Lexicon:
         self.heads = {k[: self.min_len] for k in self.stems}
         self.phrase_heads = {k.split()[0] for k in self.phrases}
 
+    def may_start(self, w: str) -> bool:
+        """Whether an entry may start at the word ``w`` (``match`` is None when not)."""
+        return w in self.exact or w in self.phrase_heads or w[: self.min_len] in self.heads
+
     def match(self, words: list[str], i: int) -> tuple[str, int] | None:
         """(entry, words used) for the entry starting at word i, longest first."""
         w = words[i]
@@ -123,6 +127,9 @@ def negative_sentiment(text: str) -> Sentiment:
     anger = False
     i = 0
     while i < len(words):
+        if not (_NEG.may_start(words[i]) or _POS.may_start(words[i])):
+            i += 1  # most words: no entry starts here (the checks ``match`` starts with)
+            continue
         prev = words[max(0, i - 2) : i]
         hit = _NEG.match(words, i)
         if hit is not None:
