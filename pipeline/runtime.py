@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import subprocess
@@ -49,6 +50,7 @@ def run_worker(settings: Settings) -> int:
     asyncio.run(bus.ensure_topics(settings, departments=departments(settings)))
     asyncio.run(check_partitions(settings))
     ctx = create_app(settings)
+    tune_gc()
     watchdog = Watchdog(settings.shutdown_grace_s)
 
     class Worker(faust.Worker):
@@ -69,6 +71,24 @@ def run_worker(settings: Settings) -> int:
     worker.spinner = None  # its terminal escapes would land among the (JSON) log lines
     worker.execute_from_commandline()
     return 0
+
+
+#: Young-generation threshold of the worker's collector (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Take what is loaded so far (models, workflow, KB index: alive as long as the process)
+    out of the collector's sight, and collect the young generation less often.
+
+    Measured with gc.callbacks in bench/pipeline_throughput.py's flat-out phase (3,000
+    messages): the collector took 0.19 ms of the worker's ~1.45 ms CPU per message, mostly
+    full collections walking the classifier's objects; 0.07 ms after ``gc.freeze()``, 0.016 ms
+    with the young threshold raised too (peak memory unchanged, 354 MB).
+    """
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 #: Topics keyed by customer whose records the per-customer tables must be co-partitioned with.

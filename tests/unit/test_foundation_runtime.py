@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from pipeline import runtime
 from pipeline.broker import EmbeddedBroker, broker_for, free_port, metadata_ready, tansu_binary
 from pipeline.config import DEFAULT_CONFIG_DIR, Settings
 from pipeline.errors import BrokerError
@@ -165,3 +167,16 @@ def test_broker_commands_with_the_broker_down_fail_cleanly(
     finally:
         get_settings.cache_clear()
     assert "BrokerUnavailable" in caplog.text and "not reachable" in caplog.text
+
+
+def test_tune_gc_freezes_what_is_loaded_and_raises_the_young_threshold() -> None:
+    model: list[int] = []  # stands for the loaded models: alive for good
+    before = gc.get_threshold()
+    assert any(o is model for o in gc.get_objects())
+    try:
+        runtime.tune_gc()
+        assert not any(o is model for o in gc.get_objects())  # out of every collection
+        assert gc.get_threshold() == (runtime.GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
