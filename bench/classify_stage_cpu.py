@@ -1,6 +1,7 @@
 """CPU per message of the classify stage's pure work: dedup + contacts, then classification.
 
     python bench/classify_stage_cpu.py [--n 6000] [--batch 256] [--reps 3] [--profile OUT]
+    python bench/classify_stage_cpu.py --digest    # what the stage decides, as one hash
     PYTHONPATH=/tmp/old-tree python bench/classify_stage_cpu.py   # the same, another tree
 
 The texts and messages of bench/pipeline_throughput.py's flat-out phase (``texts()``,
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
+import json
 import statistics
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,9 +39,42 @@ from pipeline_throughput import make, texts  # the benchmark's own messages
 from pipeline.classify import dedup
 from pipeline.classify.agents import ClassifyAgent
 from pipeline.classify.core import Classifier
+from pipeline.classify.model import default_training_set
 from pipeline.config import Settings
 from pipeline.domain.workflow import load_workflow
 from pipeline.events import utcnow
+
+
+def digest(agent: SimpleNamespace, classifier: Classifier, pool: list[str]) -> str:
+    """sha256 of everything the stage decides for fixed messages: dedup decisions, contact
+    counts, classified messages and the dedup table's values. 3,000 bench texts and 1,500
+    Russian training texts, then each again from the same customer (every third wrapped in
+    a greeting and a signature: same-text and near duplicates). Equal digests from two trees
+    (``PYTHONPATH=<tree>``): the same behaviour on these messages."""
+    ru = [t for t, lang in zip(*_training_texts(), strict=True) if lang == "ru"][:1500]
+    texts_ = pool[:3000] + ru
+    now = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    msgs = []
+    for i, text in enumerate(texts_ * 2):
+        again = i >= len(texts_)
+        body = f"Hello, {text}\n\nThanks,\nJohn" if again and i % 3 == 0 else text
+        m = make(body, i % len(texts_) if again and i % 5 == 0 else i, "digest")
+        msgs.append(m.model_copy(update={"received_at": now, "customer_id": f"c{i % 700}"}))
+    h = hashlib.sha256()
+    for k in range(0, len(msgs), 256):
+        batch = msgs[k : k + 256]
+        decisions, recent = ClassifyAgent.remember(agent, batch, now)  # type: ignore[arg-type]
+        for out in (*decisions, *classifier.classify_batch(batch, now=now, recent_contacts=recent)):
+            h.update(out.model_dump_json().encode())
+        h.update(json.dumps(recent, sort_keys=True).encode())
+    for key in sorted(agent.dedup_table):
+        h.update(f"{key}={agent.dedup_table[key]}".encode())
+    return f"{len(msgs)} messages, digest {h.hexdigest()}"
+
+
+def _training_texts() -> tuple[list[str], list[str]]:
+    ts = default_training_set()
+    return ts.texts, ts.languages
 
 
 def main() -> int:
@@ -46,6 +83,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="messages per batch (worker: 256)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile stats of one more rep")
+    ap.add_argument(
+        "--digest", action="store_true", help="print a digest of the outputs instead (see below)"
+    )
     args = ap.parse_args()
     s = Settings()
     wf = load_workflow(s.rules_path)
@@ -58,6 +98,9 @@ def main() -> int:
     if encoder is not None:  # the agent reads the slow path's weights before it starts too
         encoder.encode(["warm-up"])
     pool = texts()
+    if args.digest:
+        sys.stdout.write(f"{digest(agent, classifier, pool)}\n")
+        return 0
     with threadpool_limits(limits=1):
         warm = [make(pool[i], i, "warm") for i in range(args.batch)]
         classifier.classify_batch(warm, recent_contacts={})
