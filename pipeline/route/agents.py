@@ -354,6 +354,7 @@ class RouteAgent:
             open_case=open_case,
             settings=ctx.settings,
             incident_new=cm.similarity.incident_new,
+            explain=False,  # no trace leaves the agent
         )
         await emit_transition(ctx, decision, self.rt.workflow)
         _observe_survey(ctx, decision.case_events)

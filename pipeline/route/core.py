@@ -214,10 +214,10 @@ def _stores_for(msg: ClassifiedMessage, intent: Intent) -> list[Entity]:
 
 
 def _plan_intent(
-    msg: ClassifiedMessage, intent: Intent, workflow: Workflow, now: datetime
+    msg: ClassifiedMessage, intent: Intent, workflow: Workflow, now: datetime, explain: bool
 ) -> tuple[_Plan, Priority | None, int]:
     """Targets of one intent; a priority override and the number of escalations."""
-    rules, traces = match_rules(workflow, msg, intent, now=now)
+    rules, traces = match_rules(workflow, msg, intent, now=now, explain=explain)
     plan = _Plan(intent=intent, rules=traces)
     override: Priority | None = None
     escalations = 0
@@ -313,12 +313,15 @@ def route_message(
     open_case: CaseState | None = None,
     settings: Settings | None = None,
     incident_new: bool = False,
+    explain: bool = True,
 ) -> RouteDecision:
     """Decide what happens to one classified message (pure; ``now`` injected).
 
     ``open_case`` is the customer's case this message belongs to (the agent looks it up
     from ``similarity.case_id`` / ``recontact_of``); ``settings`` only serves reply
-    addresses of external sub-requests (``pipeline.domain.tokens``).
+    addresses of external sub-requests (``pipeline.domain.tokens``). ``explain=False``: the
+    trace leaves out each rule's conditions (``IntentTrace.rules`` empty; the route agent sends
+    no trace); the decision is the same.
 
     Phases: 1. a duplicate joins its case; 2. a follow-up goes to its open case; 3. a KB
     article answers a single request; 4. the rules plan each intent (targets, priority);
@@ -338,7 +341,7 @@ def route_message(
     answer_from = _kb_answer(msg, kb_match, notes)  # 3.
     if answer_from is not None:
         return _auto_reply(msg, now, case, answer_from, msg.priority.level)
-    plans, priority = _plan_all(msg, workflow, now)  # 4.
+    plans, priority = _plan_all(msg, workflow, now, explain)  # 4.
     case = case.model_copy(update={"priority": priority})
     events = _opening_events(msg, case, now)
     built = _build(plans, msg, case, workflow, now, settings)  # 5.
@@ -397,14 +400,14 @@ def _kb_answer(
 
 
 def _plan_all(
-    msg: ClassifiedMessage, workflow: Workflow, now: datetime
+    msg: ClassifiedMessage, workflow: Workflow, now: datetime, explain: bool
 ) -> tuple[list[_Plan], Priority]:
     """The rules' plan for each intent, and the message's priority after their overrides."""
     plans: list[_Plan] = []
     overrides: list[Priority] = []
     escalations = 0
     for intent in msg.intents:
-        plan, override, esc = _plan_intent(msg, intent, workflow, now)
+        plan, override, esc = _plan_intent(msg, intent, workflow, now, explain)
         plans.append(plan)
         if override is not None:
             overrides.append(override)

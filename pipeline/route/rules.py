@@ -8,6 +8,7 @@ in file order; a rule matches when all its conditions hold; a matching rule with
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -23,7 +24,14 @@ from pipeline.domain.workflow import (
 )
 from pipeline.events import ClassifiedMessage, Intent
 
-__all__ = ["ConditionResult", "RuleTrace", "check_conditions", "describe_action", "match_rules"]
+__all__ = [
+    "ConditionResult",
+    "RuleTrace",
+    "check_conditions",
+    "conditions_hold",
+    "describe_action",
+    "match_rules",
+]
 
 
 class ConditionResult(BaseModel):
@@ -53,55 +61,56 @@ class RuleTrace(BaseModel):
     )
 
 
-def _any_of(name: str, have: str | None, want: list[str], *, fold: bool = True) -> ConditionResult:
+#: One condition: its name, whether it held, and the reason (built only for a trace).
+Check = tuple[str, bool, Callable[[], str]]
+
+
+def _said(why: str) -> Callable[[], str]:
+    return lambda: why
+
+
+def _any_of(name: str, have: str | None, want: list[str], *, fold: bool = True) -> Check:
     if fold:
         ok = have is not None and have.lower() in {w.lower() for w in want}
     else:
         ok = have is not None and have in want
-    rel = "in" if ok else "not in"
-    return ConditionResult.model_construct(
-        condition=name, ok=ok, why=f"{name} {have!r} {rel} {want}"
-    )
+    return name, ok, lambda: f"{name} {have!r} {'in' if ok else 'not in'} {want}"
 
 
-def check_conditions(
+def _checks(
     cond: Conditions, msg: ClassifiedMessage, intent: Intent, now: datetime
-) -> list[ConditionResult]:
-    """Evaluate every set condition (all are reported, not only up to the first failure)."""
-    out: list[ConditionResult] = []
+) -> Iterator[Check]:
+    """Every set condition, in order; lazily, so a rule's first failure can end its check."""
     inbound = msg.inbound
     profile = inbound.profile
     tags = {t.lower() for t in msg.tags}
     if cond.intent is not None:
-        out.append(_any_of("intent", intent.label, cond.intent))
+        yield _any_of("intent", intent.label, cond.intent)
     if cond.category is not None:
-        out.append(_any_of("category", intent.category, cond.category))
+        yield _any_of("category", intent.category, cond.category)
     if cond.tags_any is not None:
         hit = sorted(tags & {t.lower() for t in cond.tags_any})
-        out.append(
-            ConditionResult.model_construct(
-                condition="tags_any",
-                ok=bool(hit),
-                why=f"tags {hit} present" if hit else f"none of {cond.tags_any} in tags",
-            )
+        want_any = cond.tags_any
+        yield (
+            "tags_any",
+            bool(hit),
+            lambda: f"tags {hit} present" if hit else f"none of {want_any} in tags",
         )
     if cond.tags_all is not None:
         missing = sorted({t.lower() for t in cond.tags_all} - tags)
-        out.append(
-            ConditionResult.model_construct(
-                condition="tags_all",
-                ok=not missing,
-                why=f"all of {cond.tags_all} present" if not missing else f"missing tags {missing}",
-            )
+        want_all = cond.tags_all
+        yield (
+            "tags_all",
+            not missing,
+            lambda: f"all of {want_all} present" if not missing else f"missing tags {missing}",
         )
     if cond.tags_none is not None:
         bad = sorted(tags & {t.lower() for t in cond.tags_none})
-        out.append(
-            ConditionResult.model_construct(
-                condition="tags_none",
-                ok=not bad,
-                why=f"forbidden tags {bad} present" if bad else f"none of {cond.tags_none}",
-            )
+        want_none = cond.tags_none
+        yield (
+            "tags_none",
+            not bad,
+            lambda: f"forbidden tags {bad} present" if bad else f"none of {want_none}",
         )
     for ec in cond.entities:
         found = [e for e in msg.entities if e.kind == ec.kind]
@@ -109,37 +118,54 @@ def check_conditions(
             wanted = {v.lower() for v in ec.values}
             found = [e for e in found if e.value.lower() in wanted]
         values = [e.value for e in found]
-        ok = bool(found) == ec.present
         what = f"entity {ec.kind}" + (f" in {ec.values}" if ec.values is not None else "")
         why = f"{what} found: {values}" if found else f"no {what}"
-        out.append(ConditionResult.model_construct(condition=f"entity:{ec.kind}", ok=ok, why=why))
+        yield f"entity:{ec.kind}", bool(found) == ec.present, _said(why)
     if cond.priority is not None:
-        out.append(_any_of("priority", msg.priority.level, list(cond.priority), fold=False))
+        yield _any_of("priority", msg.priority.level, list(cond.priority), fold=False)
     if cond.min_score is not None:
-        ok = msg.priority.score >= cond.min_score
-        rel = ">=" if ok else "<"
-        why = f"score {msg.priority.score:g} {rel} {cond.min_score:g}"
-        out.append(ConditionResult.model_construct(condition="min_score", ok=ok, why=why))
+        score, least = msg.priority.score, cond.min_score
+        ok = score >= least
+        yield "min_score", ok, lambda: f"score {score:g} {'>=' if ok else '<'} {least:g}"
     if cond.channel is not None:
-        out.append(_any_of("channel", inbound.channel.value, [c.value for c in cond.channel]))
+        yield _any_of("channel", inbound.channel.value, [c.value for c in cond.channel])
     if cond.language is not None:
-        out.append(_any_of("language", inbound.language, cond.language))
+        yield _any_of("language", inbound.language, cond.language)
     if cond.segment is not None:
-        out.append(_any_of("segment", profile.segment if profile else None, cond.segment))
+        yield _any_of("segment", profile.segment if profile else None, cond.segment)
     if cond.tier is not None:
-        out.append(_any_of("tier", profile.tier if profile else "standard", cond.tier))
+        yield _any_of("tier", profile.tier if profile else "standard", cond.tier)
     if cond.weekdays is not None or cond.time is not None:
         local = now.astimezone(ZoneInfo(cond.timezone))
         if cond.weekdays is not None:
-            out.append(_any_of("weekday", WEEKDAYS[local.weekday()], list(cond.weekdays)))
+            yield _any_of("weekday", WEEKDAYS[local.weekday()], list(cond.weekdays))
         if cond.time is not None:
             start, end = _parse_span(cond.time)
             t = local.time().replace(tzinfo=None)
-            ok = start <= t <= end
-            rel = "within" if ok else "outside"
-            why = f"{local:%H:%M} {cond.timezone} {rel} {cond.time}"
-            out.append(ConditionResult.model_construct(condition="time", ok=ok, why=why))
-    return out
+            within = start <= t <= end
+            span, zone = cond.time, cond.timezone
+            yield (
+                "time",
+                within,
+                lambda: f"{local:%H:%M} {zone} {'within' if within else 'outside'} {span}",
+            )
+
+
+def check_conditions(
+    cond: Conditions, msg: ClassifiedMessage, intent: Intent, now: datetime
+) -> list[ConditionResult]:
+    """Evaluate every set condition (all are reported, not only up to the first failure)."""
+    return [
+        ConditionResult.model_construct(condition=name, ok=ok, why=why())
+        for name, ok, why in _checks(cond, msg, intent, now)
+    ]
+
+
+def conditions_hold(
+    cond: Conditions, msg: ClassifiedMessage, intent: Intent, now: datetime
+) -> bool:
+    """Whether every set condition holds (``check_conditions`` without the reasons)."""
+    return all(ok for _, ok, _ in _checks(cond, msg, intent, now))
 
 
 def describe_action(action: Action) -> str:
@@ -150,15 +176,28 @@ def describe_action(action: Action) -> str:
 
 
 def match_rules(
-    workflow: Workflow, msg: ClassifiedMessage, intent: Intent, *, now: datetime
+    workflow: Workflow,
+    msg: ClassifiedMessage,
+    intent: Intent,
+    *,
+    now: datetime,
+    explain: bool = True,
 ) -> tuple[list[Rule], list[RuleTrace]]:
     """Rules that apply to this intent, in order, and a trace of every rule evaluated.
 
-    Evaluation stops after the first matching rule with ``stop: true``.
+    Evaluation stops after the first matching rule with ``stop: true``. ``explain=False``:
+    no trace (the same rules; the route agent sends no trace, and building one was most of
+    the cost of matching).
     """
     applied: list[Rule] = []
     traces: list[RuleTrace] = []
     for index, rule in enumerate(workflow.rules):
+        if not explain:
+            if conditions_hold(rule.when, msg, intent, now):
+                applied.append(rule)
+                if rule.stop:
+                    break
+            continue
         results = check_conditions(rule.when, msg, intent, now)
         matched = all(r.ok for r in results)
         if not results:

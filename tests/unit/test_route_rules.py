@@ -152,3 +152,51 @@ def test_set_priority_and_escalate_apply_once_per_message(kit: RouteKit) -> None
     assert d.trace.priority_after == "P1"  # set to P2, escalated once (not once per intent)
     assert {s.priority.level for s in d.sub_requests} == {"P1"}
     assert [e.type.value for e in d.case_events].count("escalated") == 1
+
+
+EVERY_CONDITION = """\
+  - name: all-kinds
+    when: {category: [ORDER], entities: [{kind: order, values: ["5521"]}], tags_any: [angry],
+           tags_all: [angry], tags_none: [spam], channel: [telegram], language: [en],
+           tier: [standard], priority: [P3], min_score: 10,
+           weekdays: [mon, tue], time: "09:00-18:00", timezone: Europe/Moscow}
+    then: [{type: internal, department: a}]
+  - {name: store, when: {entities: [{kind: store, present: false}]}, stop: false,
+     then: [{type: internal, department: b}]}
+  - {name: vip, when: {tier: [vip], min_score: 50}, then: [{type: internal, department: c}]}
+  - {name: refund, when: {intent: [get_refund]}, then: [{type: internal, department: c}]}
+  - {name: b2b, when: {segment: [b2b]}, then: [{type: internal, department: a}]}
+"""
+
+
+def test_matching_without_the_trace_applies_the_same_rules(kit: RouteKit) -> None:
+    from pipeline.route.rules import check_conditions, conditions_hold
+
+    w = wf(EVERY_CONDITION)
+    order = Entity(kind="order", value="5521")
+    variants: list[dict[str, object]] = [
+        {},
+        {"entities": [order], "tags": ["angry"]},
+        {"entities": [order], "tags": ["angry", "spam"]},
+        {"entities": [order, Entity(kind="store", value="SPB-012")], "tags": ["Angry"]},
+        {"tier": "vip", "score": 80, "level": "P1", "channel": Channel.email},
+    ]
+    times = [kit.now, datetime(2026, 3, 3, 16, 0, tzinfo=UTC), datetime(2026, 3, 7, 9, tzinfo=UTC)]
+    held: set[str] = set()
+    for kw in variants:
+        msg = two_intents(kit, **kw)
+        for now in times:
+            for intent in msg.intents:
+                for rule in w.rules:
+                    traced = all(r.ok for r in check_conditions(rule.when, msg, intent, now))
+                    assert conditions_hold(rule.when, msg, intent, now) == traced
+                    if traced:
+                        held.add(rule.name)
+                applied, traces = match_rules(w, msg, intent, now=now, explain=False)
+                assert traces == []
+                assert applied == match_rules(w, msg, intent, now=now)[0]
+            quiet = route_message(msg, w, now=now, explain=False)
+            full = route_message(msg, w, now=now)
+            assert quiet.model_dump(exclude={"trace"}) == full.model_dump(exclude={"trace"})
+            assert all(not it.rules for it in quiet.trace.intents)
+    assert held == {"all-kinds", "store", "vip", "refund"}  # each held somewhere, b2b never
