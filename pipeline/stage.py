@@ -110,6 +110,12 @@ class ErrorPolicy:
 #: A batch closes once no record came for this long (and at the batch window at the latest).
 BATCH_IDLE_S = 0.002
 
+#: Turns of the event loop a record already in a Faust stream's buffer takes to come out
+#: (its iterator yields once, ``sleep(0)``, before it takes one: 2), plus one to spare.
+#: ``take_batches`` lets them pass before it sets up a timed wait (a timer, a waiter and
+#: callbacks: ~8 µs per record, when a busy stream's records are already there).
+READY_YIELDS = 3
+
 
 async def take_batches(
     stream: Any, max_: int, within: float, idle: float = BATCH_IDLE_S
@@ -142,10 +148,15 @@ async def take_batches(
             deadline = loop.time() + within
             while len(batch) < max_:
                 ahead = asyncio.ensure_future(events.__anext__())
-                wait = min(idle, deadline - loop.time())
-                done, _ = await asyncio.wait({ahead}, timeout=max(wait, 0.0))
-                if not done:  # idle or the window is over: ``ahead`` starts the next batch
-                    break
+                for _ in range(READY_YIELDS):  # a record already in the stream's buffer
+                    await asyncio.sleep(0)
+                    if ahead.done():
+                        break
+                else:
+                    wait = min(idle, deadline - loop.time())
+                    done, _ = await asyncio.wait({ahead}, timeout=max(wait, 0.0))
+                    if not done:  # idle or the window is over: ``ahead`` starts the next batch
+                        break
                 try:
                     batch.append(ahead.result())
                 except StopAsyncIteration:
