@@ -44,6 +44,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction
 from pipeline.domain.text import detect_language
@@ -240,7 +241,9 @@ def _words(text: str) -> int:
     return len(_WORD_RE.findall(text))
 
 
-def _cut_points(text: str) -> list[int]:
+@lru_cache(maxsize=1024)
+def _cut_points(text: str) -> tuple[int, ...]:
+    # cached: ``refine`` asks again for the cuts of a part that is the whole text (most texts)
     cuts: set[int] = set()
     for m in _SENT_END_RE.finditer(text):
         if m.group().startswith("."):
@@ -250,7 +253,7 @@ def _cut_points(text: str) -> list[int]:
         cuts.add(m.end())
     for m in _CONN_RE.finditer(text):
         cuts.add(m.start())
-    return sorted(c for c in cuts if 0 < c < len(text))
+    return tuple(sorted(c for c in cuts if 0 < c < len(text)))
 
 
 def _content_offset(text: str) -> int:
