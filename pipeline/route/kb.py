@@ -53,6 +53,7 @@ import numpy as np
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy.sparse import csr_matrix
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pipeline.domain.text import fold, model_language
@@ -302,7 +303,9 @@ class KbIndex:
                 for q in qs:
                     texts.append(fold(q))
                     owners.append(i)
-        self._owners = np.asarray(owners, dtype=np.int64)
+        #: Each article's questions are rows start:end (they were added article by article).
+        bounds = np.searchsorted(np.asarray(owners), np.arange(len(self._ids) + 1))
+        self._spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
         if not texts:
             self._vec: TfidfVectorizer | None = None
             return
@@ -310,22 +313,28 @@ class KbIndex:
             analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=1
         )
         self._matrix = self._vec.fit_transform(texts)
+        # The product's right side in the format scipy would convert it to on every search.
+        self._questions_t = csr_matrix(self._matrix.T)
 
     def features(self, texts: Sequence[str]) -> list[tuple[str | None, list[float], float]]:
         """Per text: (best article id, calibration features, cosine to nearest question)."""
         if self._vec is None or not texts:
             return [(None, [0.0] * len(FEATURES), 0.0) for _ in texts]
-        sims = (self._vec.transform([fold(t) for t in texts]) @ self._matrix.T).toarray()
+        sims = (self._vec.transform([fold(t) for t in texts]) @ self._questions_t).toarray()
         n_art = len(self._ids)
+        # Per text and article, the best cosine of the article's questions (0 without any).
+        per_article = np.zeros((len(texts), n_art))
+        for a, (start, end) in enumerate(self._spans):
+            if end > start:
+                per_article[:, a] = sims[:, start:end].max(axis=1)
         out: list[tuple[str | None, list[float], float]] = []
-        for text, row in zip(texts, sims, strict=True):
-            per_art = np.zeros(n_art)
-            np.maximum.at(per_art, self._owners, row)
+        for text, row, per_art in zip(texts, sims, per_article, strict=True):
             order = np.argsort(-per_art)
             best = int(order[0])
             s1 = float(per_art[best])
             s2 = float(per_art[order[1]]) if n_art > 1 else 0.0
-            mine = np.sort(row[self._owners == best])[::-1]
+            start, end = self._spans[best]
+            mine = np.sort(row[start:end])[::-1]
             top2 = float(mine[:2].mean()) if mine.size else 0.0
             # Short texts reach high cosines by chance ("time now" ~ "delivery time").
             inv_words = 1.0 / max(1, len(text.split()))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from pipeline.config import DEFAULT_CONFIG_DIR
-from pipeline.domain.text import is_not_helped
+from pipeline.domain.text import fold, is_not_helped
 from pipeline.errors import ConfigError
 from pipeline.events import KbArticle, utcnow
 from pipeline.route.kb import KbIndex, load_calibration, load_kb, parse_article
@@ -245,3 +246,27 @@ def test_which_intents_may_auto_reply_follows_the_articles(index: KbIndex) -> No
     assert idx.may_auto_reply(["loyalty_points"])
     idx.upsert(art.model_copy(update={"auto_reply": False}))
     assert not idx.may_auto_reply(["loyalty_points"])
+
+
+def test_features_are_those_of_the_per_question_scan(index: KbIndex) -> None:
+    """``features`` reads each article's questions as one block; the same numbers as the scan
+    of every question with its article's index (the former code, kept here as reference)."""
+    arts = index.articles
+    ids = sorted(arts)
+    owners = np.asarray(
+        [i for i, aid in enumerate(ids) for qs in arts[aid].questions.values() for _ in qs]
+    )
+    texts = [q for a in arts.values() for qs in a.questions.values() for q in qs]
+    texts += ["", "hello", "где мой заказ 5521?", "I want a refund for the broken kettle"]
+    assert index._vec is not None
+    sims = (index._vec.transform([fold(t) for t in texts]) @ index._matrix.T).toarray()
+    for text, row, got in zip(texts, sims, index.features(texts), strict=True):
+        per_art = np.zeros(len(ids))
+        np.maximum.at(per_art, owners, row)
+        order = np.argsort(-per_art)
+        best = int(order[0])
+        mine = np.sort(row[owners == best])[::-1]
+        top2 = float(mine[:2].mean()) if mine.size else 0.0
+        s1, s2 = float(per_art[best]), float(per_art[order[1]])
+        inv = 1.0 / max(1, len(text.split()))
+        assert got == (ids[best], [s1, s1 - s2, top2, inv], s1)
