@@ -161,11 +161,14 @@ def is_incident_case(state: CaseState) -> bool:
     return bool(state.incident_id) and state.case_id == derive_id("case", state.incident_id or "")
 
 
-def _snapshot(state: CaseState, by: Literal["route", "cases"]) -> CaseSnapshot:
+def _snapshot(
+    state: CaseState, by: Literal["route", "cases"], dumped: dict[str, Any] | None = None
+) -> CaseSnapshot:
+    """``dumped``: ``state.model_dump(mode="json")``, when the caller has it already."""
     return CaseSnapshot(
         case_id=state.case_id,
         customer_id=state.customer_id,
-        state=state.model_dump(mode="json"),
+        state=dumped if dumped is not None else state.model_dump(mode="json"),
         by=by,
         at=utcnow(),
     )
@@ -263,12 +266,15 @@ class CustomerCases:
         """The customer's remembered cases."""
         return [case for case, _ in self._entries(customer_id)]
 
-    def store(self, state: CaseState, known: list[CaseState] | None = None) -> None:
-        """Remember ``state`` among its customer's cases (``known``: already parsed)."""
+    def store(self, state: CaseState, known: list[CaseState] | None = None) -> dict[str, Any]:
+        """Remember ``state`` among its customer's cases (``known``: already parsed); returns
+        ``state.model_dump(mode="json")`` (for its snapshot)."""
         entries = self._entries(state.customer_id)
         if known is None:
             known = [case for case, _ in entries]
+        dumped = state.model_dump(mode="json")
         texts = {id(case): text for case, text in entries}
+        texts[id(state)] = orjson.dumps(dumped).decode()
         cases = [c for c in known if c.case_id != state.case_id]
         cases.append(state)
         cases.sort(key=lambda c: c.updated_at)
@@ -277,6 +283,7 @@ class CustomerCases:
         raw = "[" + ",".join(text for _, text in kept) + "]"
         self.table[state.customer_id] = raw
         self._remember(state.customer_id, raw, kept)
+        return dumped
 
 
 def _case_json(case: CaseState) -> str:
@@ -359,8 +366,9 @@ class RouteAgent:
         await emit_transition(ctx, decision, self.rt.workflow)
         _observe_survey(ctx, decision.case_events)
         if decision.case is not None:
-            self.cases.store(decision.case, cases)
-            await ctx.send("case-state", decision.case.case_id, _snapshot(decision.case, "route"))
+            dumped = self.cases.store(decision.case, cases)
+            snap = _snapshot(decision.case, "route", dumped)
+            await ctx.send("case-state", decision.case.case_id, snap)
         inc = decision.incident_case
         if inc is not None and cm.similarity.incident_new:
             # Only the report that opened the incident creates its case (one writer).
