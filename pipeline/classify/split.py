@@ -241,9 +241,10 @@ def _words(text: str) -> int:
     return len(_WORD_RE.findall(text))
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=512)
 def _cut_points(text: str) -> tuple[int, ...]:
-    # cached: ``refine`` asks again for the cuts of a part that is the whole text (most texts)
+    # cached: ``refine`` asks again for the cuts of a part that is the whole text (most texts);
+    # 512 > a batch (classify_batch_size 256), and ≤ 10 MB of texts (max_text_chars 20,000)
     cuts: set[int] = set()
     for m in _SENT_END_RE.finditer(text):
         if m.group().startswith("."):
