@@ -187,6 +187,7 @@ class _Sink:
         self.metrics = Metrics()
         self.records = 0
         self.digest = hashlib.sha256() if digest else None
+        self.table: dict[str, str] = {}  # the agent's customer-cases table
 
     async def send(self, name: str, key: str | None, event: Any) -> None:
         data = encode(event)
@@ -202,7 +203,9 @@ def stage_pass(msgs: list[bytes], sink: _Sink | None = None) -> tuple[float, int
 
     sink = sink or _Sink()
     ctx = cast(Any, sink)
-    agent = RouteAgent(ctx, Runtime(ctx, LiveWorkflow(sink.settings.rules_path)), CustomerCases({}))
+    agent = RouteAgent(
+        ctx, Runtime(ctx, LiveWorkflow(sink.settings.rules_path)), CustomerCases(sink.table)
+    )
 
     async def run() -> None:
         for i in range(0, len(msgs), STAGE_BATCH):
@@ -217,8 +220,8 @@ def stage_pass(msgs: list[bytes], sink: _Sink | None = None) -> tuple[float, int
 
 
 def outputs_digest(msgs: list[bytes]) -> str:
-    """sha256 of every record a pass sends (topic, key, bytes), on a stepped clock, so two
-    trees can be shown to send the same."""
+    """sha256 of every record a pass sends (topic, key, bytes) and of its table at the end,
+    on a stepped clock, so two trees can be shown to send and keep the same."""
     from pipeline.route import agents
 
     start = decode(ClassifiedMessage, msgs[0]).inbound.received_at
@@ -231,6 +234,8 @@ def outputs_digest(msgs: list[bytes]) -> str:
     finally:
         agents.utcnow = real
     assert sink.digest is not None
+    for key, value in sorted(sink.table.items()):
+        sink.digest.update(f"{key}\0{value}\0".encode())
     return sink.digest.hexdigest()
 
 

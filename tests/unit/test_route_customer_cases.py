@@ -1,6 +1,7 @@
-"""CustomerCases, the route agent's table of each customer's recent cases, and its cache of
-parsed cases: the table holds what it always held, and a value the table got from anywhere
-else (a restore, a replay, the sweep) is read from the table, never from the cache."""
+"""CustomerCases, the route agent's table of each customer's recent cases, and the offsets it
+keeps of each case's text in the value it wrote: the table holds what it always held, and a
+value the table got from anywhere else (a restore, a replay, the sweep) is never cut up
+with offsets of another value."""
 
 from __future__ import annotations
 
@@ -131,9 +132,57 @@ def test_a_deleted_value_has_no_cases_and_the_cache_is_bounded(kit: RouteKit) ->
     a, b = messages(kit, "a")[0], messages(kit, "b")[0]
     decide(kit, cases, a, kit.now)
     decide(kit, cases, b, kit.now)
-    assert len(cases._parsed) == 1
-    assert [c.customer_id for c in cases.of("a")] == ["a"]  # parsed again from the table
+    assert len(cases._ends) == 1
+    assert [c.customer_id for c in cases.of("a")] == ["a"]
     del cases.table["a"]
     assert cases.of("a") == []
     cases.table["b"] = ""  # a tombstone as the table holds it
     assert cases.of("b") == []
+
+
+def test_a_value_restored_between_of_and_store_is_not_cut_with_old_offsets(
+    kit: RouteKit,
+) -> None:
+    cases = CustomerCases({})
+    m1, m2, m3, m4 = messages(kit)
+    decide(kit, cases, m1, kit.now)
+    decide(kit, cases, m2, kit.now + timedelta(minutes=1))
+    restored = cases.table["cust-1"]
+    decide(kit, cases, m3, kit.now + timedelta(minutes=2))
+    known = cases.of("cust-1")  # three cases, offsets of the value store wrote
+    cases.table["cust-1"] = restored  # a rebalance restores the older value meanwhile
+    new = route_message(m4, kit.workflow, now=kit.now + timedelta(minutes=3))
+    assert new.case is not None
+    cases.store(new.case, known)
+    reference: dict[str, str] = {}
+    reference_store(reference, new.case, known)
+    assert cases.table == reference
+    # and the value of before, read again and stored on: cut with its own offsets only
+    cases.table["cust-1"] = restored
+    again = cases.of("cust-1")
+    cases.store(new.case, again)
+    reference_store(reference, new.case, again)
+    assert cases.table == reference
+
+
+def test_cases_parsed_before_the_last_store_are_dumped_again(kit: RouteKit) -> None:
+    cases = CustomerCases({})
+    m1, m2, m3, m4 = messages(kit)
+    decide(kit, cases, m1, kit.now)
+    decide(kit, cases, m2, kit.now + timedelta(minutes=1))
+    known = cases.of("cust-1")
+    reference: dict[str, str] = {}
+    for n, cm in enumerate((m3, m4), start=2):
+        new = route_message(cm, kit.workflow, now=kit.now + timedelta(minutes=n))
+        assert new.case is not None
+        cases.store(new.case, known)  # the second time, the value is no longer known's
+        reference_store(reference, new.case, known)
+        assert cases.table == reference
+    # as many cases as known has, in another order: still not cut with known's places
+    first, second = cases.of("cust-1")[:2]
+    later = kit.now + timedelta(hours=1)
+    for n, case in enumerate((first, second)):
+        changed = case.model_copy(update={"updated_at": later + timedelta(minutes=n)})
+        cases.store(changed, [first, second])
+        reference_store(reference, changed, [first, second])
+        assert cases.table == reference
