@@ -157,7 +157,9 @@ def realistic(n: int, cache: Path | None) -> list[bytes]:
         lines = cache.read_bytes().splitlines()
         if len(lines) >= n:
             return lines[:n]
-    from bench.pipeline_throughput import make, texts
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pipeline_throughput import make, texts  # the throughput benchmark's own messages
+
     from pipeline.classify.core import Classifier
     from pipeline.config import Settings
 
