@@ -69,7 +69,10 @@ STAGE = "route"
 CASES_STAGE = "cases"
 MAX_CASES_PER_CUSTOMER = 10
 #: Customers whose case offsets ``CustomerCases`` keeps (a cache; the table is the truth).
-CASES_CACHE_SIZE = 4096
+#: Each entry holds the value it was written for: the table's own string, until a restore
+#: or a revocation replaces it; then up to this many values (~5-10 KB each) stay alive
+#: until the customer's next message or their eviction.
+CASES_CACHE_SIZE = 2048
 SLA_INTERVAL_S = 30.0
 CASE_SWEEP_INTERVAL_S = 600.0
 MAX_PENDING_UPDATES = 20
