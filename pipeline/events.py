@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -36,7 +36,15 @@ def derive_id(prefix: str, *parts: str) -> str:
     return f"{prefix}_{digest}"
 
 
-UtcDatetime = Annotated[AwareDatetime, Field(description="Timezone-aware timestamp, UTC.")]
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+#: On the type, not a validator of every field ("*"): that one ran on each field of each
+#: event decoded (~83 calls per message in route alone) to convert the few datetimes.
+UtcDatetime = Annotated[
+    AwareDatetime, AfterValidator(_to_utc), Field(description="Timezone-aware timestamp, UTC.")
+]
 
 
 class Event(BaseModel):
@@ -47,13 +55,6 @@ class Event(BaseModel):
     schema_version: Literal[1] = Field(
         default=SCHEMA_VERSION, description="Version of this event's schema."
     )
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _to_utc(cls, value: Any) -> Any:
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            return value.astimezone(UTC)
-        return value
 
 
 class Part(BaseModel):

@@ -48,9 +48,14 @@ def test_round_trip_keeps_everything() -> None:
 
 def test_timestamps_are_normalised_to_utc() -> None:
     moscow = timezone(timedelta(hours=3))
-    msg = _inbound(received_at=datetime(2026, 1, 1, 12, 0, tzinfo=moscow))
+    at = datetime(2026, 1, 1, 12, 0, tzinfo=moscow)
+    msg = _inbound(received_at=at, sent_at=at)
     assert msg.received_at.utcoffset() == timedelta(0)
     assert msg.received_at.hour == 9
+    assert msg.sent_at is not None and msg.sent_at.utcoffset() == timedelta(0)  # optional one
+    moscow_raw = encode(msg).replace(b"09:00:00Z", b"12:00:00+03:00")
+    assert moscow_raw.count(b"+03:00") == 2
+    assert decode(InboundMessage, moscow_raw) == msg
 
 
 def test_naive_timestamps_are_refused() -> None:
