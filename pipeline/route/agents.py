@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -68,11 +67,6 @@ log = logging.getLogger(__name__)
 STAGE = "route"
 CASES_STAGE = "cases"
 MAX_CASES_PER_CUSTOMER = 10
-#: Customers whose case offsets ``CustomerCases`` keeps (a cache; the table is the truth).
-#: Each entry holds the value it was written for: the table's own string, until a restore
-#: or a revocation replaces it; then up to this many values (~5-10 KB each) stay alive
-#: until the customer's next message or their eviction.
-CASES_CACHE_SIZE = 2048
 SLA_INTERVAL_S = 30.0
 CASE_SWEEP_INTERVAL_S = 600.0
 MAX_PENDING_UPDATES = 20
@@ -230,79 +224,30 @@ def _resolved_before(case: dict[str, Any], cutoff: datetime) -> bool:
 
 
 class CustomerCases:
-    """The route agent's table: each customer's recent cases (JSON list), newest last.
+    """The route agent's table: each customer's recent cases (JSON list), newest last."""
 
-    ``store`` used to dump every remembered case again on each message. Now it knows where
-    each case's JSON text stands in the value it wrote last for the customer (offsets only:
-    the value is the table's own string), so only the case that changed is dumped; the
-    offsets are used only while the table still holds exactly that value and for the cases
-    ``of`` parsed from it, so a value restored, replayed, swept or written by anyone else is
-    dumped afresh as before. Parsed cases are not kept: ~8 KB of objects per case.
-    """
-
-    def __init__(self, table: Any, cache_size: int = CASES_CACHE_SIZE) -> None:
+    def __init__(self, table: Any) -> None:
         self.table = table
-        self.cache_size = cache_size
-        #: customer → (the value store wrote, each case's end offset in it)
-        self._ends: OrderedDict[str, tuple[str, tuple[int, ...]]] = OrderedDict()
-        #: customer, value and cases of the last ``of`` (store takes texts for these only)
-        self._last: tuple[str, str, list[CaseState]] | None = None
 
     def of(self, customer_id: str) -> list[CaseState]:
         """The customer's remembered cases."""
         raw = self.table.get(customer_id)
-        if not raw:
-            return []
-        cases = _CASES.validate_json(raw)
-        self._last = (customer_id, raw, cases)
-        return list(cases)
-
-    def _texts(self, customer_id: str, raw: str) -> dict[int, str]:
-        """JSON text of each case the last ``of`` parsed from ``raw``, by ``id``."""
-        written, last = self._ends.get(customer_id), self._last
-        if not raw or written is None or last is None or last[0] != customer_id:
-            return {}
-        if written[0] != raw or last[1] != raw or len(written[1]) != len(last[2]):
-            return {}
-        texts: dict[int, str] = {}
-        start = 1  # after "["
-        for case, end in zip(last[2], written[1], strict=True):
-            texts[id(case)] = raw[start:end]
-            start = end + 1  # after ","
-        return texts
+        return _CASES.validate_json(raw) if raw else []
 
     def store(self, state: CaseState, known: list[CaseState] | None = None) -> dict[str, Any]:
         """Remember ``state`` among its customer's cases (``known``: already parsed); returns
         ``state.model_dump(mode="json")`` (for its snapshot)."""
-        customer_id = state.customer_id
         if known is None:
-            known = self.of(customer_id)
-        texts = self._texts(customer_id, self.table.get(customer_id) or "")
-        dumped = state.model_dump(mode="json")
-        texts[id(state)] = orjson.dumps(dumped).decode()
+            known = self.of(state.customer_id)
         cases = [c for c in known if c.case_id != state.case_id]
         cases.append(state)
         cases.sort(key=lambda c: c.updated_at)
-        parts = [texts.get(id(c)) or _case_json(c) for c in cases[-MAX_CASES_PER_CUSTOMER:]]
-        # as orjson.dumps of the list of the cases' model_dump, which it was before
-        raw = "[" + ",".join(parts) + "]"
-        ends, end = [], 0
-        for part in parts:
-            end += 1 + len(part)
-            ends.append(end)
-        self.table[customer_id] = raw
-        self._ends[customer_id] = (raw, tuple(ends))
-        self._ends.move_to_end(customer_id)
-        while len(self._ends) > self.cache_size:
-            self._ends.popitem(last=False)
-        return dumped
+        # pydantic-core writes the bytes orjson wrote of the cases' model_dump, in one call
+        self.table[state.customer_id] = _CASES.dump_json(cases[-MAX_CASES_PER_CUSTOMER:]).decode()
+        return state.model_dump(mode="json")
 
 
 _CASES = TypeAdapter(list[CaseState])
-
-
-def _case_json(case: CaseState) -> str:
-    return orjson.dumps(case.model_dump(mode="json")).decode()
 
 
 class RouteAgent:

@@ -1,7 +1,6 @@
-"""CustomerCases, the route agent's table of each customer's recent cases, and the offsets it
-keeps of each case's text in the value it wrote: the table holds what it always held, and a
-value the table got from anywhere else (a restore, a replay, the sweep) is never cut up
-with offsets of another value."""
+"""CustomerCases, the route agent's table of each customer's recent cases: it writes the
+bytes the former per-case dump wrote (one pydantic-core call now), and a value the table got
+from anywhere else (a restore, a replay, the sweep) is what the next message sees."""
 
 from __future__ import annotations
 
@@ -72,7 +71,7 @@ def dumped(d: RouteDecision) -> dict[str, Any]:
     return d.model_dump(mode="json")
 
 
-def test_the_table_and_the_decisions_are_as_without_the_cache(kit: RouteKit) -> None:
+def test_the_table_and_the_decisions_are_as_with_the_per_case_dump(kit: RouteKit) -> None:
     cases = CustomerCases({})
     reference: dict[str, str] = {}
     # more messages than the table keeps per customer: the oldest cases fall out
@@ -89,7 +88,7 @@ def test_the_table_and_the_decisions_are_as_without_the_cache(kit: RouteKit) -> 
     assert len(orjson.loads(reference["a"])) == MAX_CASES_PER_CUSTOMER
 
 
-def test_a_value_restored_behind_the_cache_is_read_from_the_table(kit: RouteKit) -> None:
+def test_a_restored_value_is_read_from_the_table(kit: RouteKit) -> None:
     cases = CustomerCases({})
     m1, m2, m3, _ = messages(kit)
     t1, t2, t3 = (kit.now + timedelta(minutes=n) for n in (1, 2, 3))
@@ -127,12 +126,11 @@ def test_a_value_written_elsewhere_then_stored_keeps_the_tables_cases(kit: Route
     assert cases.table == reference
 
 
-def test_a_deleted_value_has_no_cases_and_the_cache_is_bounded(kit: RouteKit) -> None:
-    cases = CustomerCases({}, cache_size=1)
+def test_a_deleted_value_has_no_cases(kit: RouteKit) -> None:
+    cases = CustomerCases({})
     a, b = messages(kit, "a")[0], messages(kit, "b")[0]
     decide(kit, cases, a, kit.now)
     decide(kit, cases, b, kit.now)
-    assert len(cases._ends) == 1
     assert [c.customer_id for c in cases.of("a")] == ["a"]
     del cases.table["a"]
     assert cases.of("a") == []
@@ -140,9 +138,7 @@ def test_a_deleted_value_has_no_cases_and_the_cache_is_bounded(kit: RouteKit) ->
     assert cases.of("b") == []
 
 
-def test_a_value_restored_between_of_and_store_is_not_cut_with_old_offsets(
-    kit: RouteKit,
-) -> None:
+def test_a_value_restored_between_of_and_store(kit: RouteKit) -> None:
     cases = CustomerCases({})
     m1, m2, m3, m4 = messages(kit)
     decide(kit, cases, m1, kit.now)
@@ -157,7 +153,7 @@ def test_a_value_restored_between_of_and_store_is_not_cut_with_old_offsets(
     reference: dict[str, str] = {}
     reference_store(reference, new.case, known)
     assert cases.table == reference
-    # and the value of before, read again and stored on: cut with its own offsets only
+    # and the value of before, read again and stored on
     cases.table["cust-1"] = restored
     again = cases.of("cust-1")
     cases.store(new.case, again)
@@ -165,7 +161,7 @@ def test_a_value_restored_between_of_and_store_is_not_cut_with_old_offsets(
     assert cases.table == reference
 
 
-def test_cases_parsed_before_the_last_store_are_dumped_again(kit: RouteKit) -> None:
+def test_cases_parsed_before_the_last_store(kit: RouteKit) -> None:
     cases = CustomerCases({})
     m1, m2, m3, m4 = messages(kit)
     decide(kit, cases, m1, kit.now)
@@ -175,10 +171,10 @@ def test_cases_parsed_before_the_last_store_are_dumped_again(kit: RouteKit) -> N
     for n, cm in enumerate((m3, m4), start=2):
         new = route_message(cm, kit.workflow, now=kit.now + timedelta(minutes=n))
         assert new.case is not None
-        cases.store(new.case, known)  # the second time, the value is no longer known's
+        cases.store(new.case, known)
         reference_store(reference, new.case, known)
         assert cases.table == reference
-    # as many cases as known has, in another order: still not cut with known's places
+    # as many cases as known has, in another order
     first, second = cases.of("cust-1")[:2]
     later = kit.now + timedelta(hours=1)
     for n, case in enumerate((first, second)):
