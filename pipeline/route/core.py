@@ -180,7 +180,11 @@ def _outcome(
     )
 
 
-def _new_case(msg: ClassifiedMessage, workflow: Workflow, now: datetime) -> CaseState:
+def _new_case(
+    msg: ClassifiedMessage, workflow: Workflow, now: datetime, priority: Priority, **fields: Any
+) -> CaseState:
+    """The message's new case, built once with what the caller decided (``fields``: more
+    of its fields) rather than copied per decision."""
     inbound = msg.inbound
     lang = inbound.language if inbound.language in workflow.templates else workflow.default_language
     return CaseState(
@@ -195,10 +199,11 @@ def _new_case(msg: ClassifiedMessage, workflow: Workflow, now: datetime) -> Case
         full_text=inbound.text,
         entities=list(msg.entities),
         categories=list(dict.fromkeys(i.category for i in msg.intents)),
-        priority=msg.priority,
+        priority=priority,
         incident_id=msg.similarity.incident_id,
         opened_at=now,
         updated_at=now,
+        **fields,
     )
 
 
@@ -334,15 +339,14 @@ def route_message(
     if open_case is not None:  # 2.
         tr = apply_customer_message(open_case, msg.inbound, workflow, now=now, settings=settings)
         return _follow_up(msg, now, open_case, tr)
-    case = _new_case(msg, workflow, now)
     notes: list[str] = []
     if sim.recontact_of is not None:
         notes.append(f"recontact of case {sim.recontact_of}, but the case was not supplied")
     answer_from = _kb_answer(msg, kb_match, notes)  # 3.
     if answer_from is not None:
-        return _auto_reply(msg, now, case, answer_from, msg.priority.level)
+        return _auto_reply(msg, workflow, now, answer_from)
     plans, priority = _plan_all(msg, workflow, now, explain)  # 4.
-    case = case.model_copy(update={"priority": priority})
+    case = _new_case(msg, workflow, now, priority)
     events = _opening_events(msg, case, now)
     built = _build(plans, msg, case, workflow, now, settings)  # 5.
     built, cover_notes = _cover(built, msg, workflow)  # the incident broadcast reaches them
@@ -684,9 +688,10 @@ def _follow_up(
 
 
 def _auto_reply(
-    msg: ClassifiedMessage, now: datetime, case: CaseState, kb: KbMatch, level: str
+    msg: ClassifiedMessage, workflow: Workflow, now: datetime, kb: KbMatch
 ) -> RouteDecision:
-    case = case.model_copy(update={"status": "resolved", "resolved_at": now})
+    case = _new_case(msg, workflow, now, msg.priority, status="resolved", resolved_at=now)
+    level = msg.priority.level
     answer = reply(
         case,
         ReplyKind.auto_reply,
