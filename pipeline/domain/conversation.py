@@ -127,7 +127,8 @@ def is_small_talk(text: str) -> bool:
     if not words:
         return bool(_THANKS.search(t))  # an emoji alone
     known = sum(w in _SMALL_TALK_WORDS for w in words)
-    return (bool(_THANKS.search(t)) or bool(_ACK.match(t.lower()))) and known >= len(words) - 1
+    # the word count first: it rules out nearly every request without the two regexes
+    return known >= len(words) - 1 and (bool(_THANKS.search(t)) or bool(_ACK.match(t.lower())))
 
 
 def is_status_question(text: str) -> bool:

@@ -67,17 +67,18 @@ def _live(cases: Sequence[CaseState], msg: InboundMessage, window: timedelta) ->
 
 
 def _replies_to(msg: InboundMessage, case: CaseState) -> bool:
+    if not msg.channel == case.channel == "email":
+        return False
     ours = {case.reply_to.get("message_id", ""), *case.reply_to.get("references", "").split()}
     ours.discard("")
     theirs = {*msg.references, msg.in_reply_to or "", msg.conversation_id or ""}
-    return msg.channel == case.channel == "email" and bool(ours & theirs)
+    return bool(ours & theirs)
 
 
-def _same_request(cm: ClassifiedMessage, case: CaseState) -> bool:
-    topics = {i.category for i in cm.intents if i.label != "unknown"}
+def _same_request(topics: set[str], mine: set[tuple[str, str]], case: CaseState) -> bool:
+    """``topics``/``mine``: the message's intent categories and identifying entities."""
     if topics & set(case.categories):
         return True
-    mine = {(e.kind, e.value.lower()) for e in cm.entities if e.kind in _IDENTIFYING}
     return bool(mine & {(e.kind, e.value.lower()) for e in case.entities})
 
 
@@ -121,7 +122,9 @@ def match_thread(
     resolved = [c for c in live if c.status == "resolved"]
     if resolved and not_helped(text, msg.language):
         return ThreadMatch(resolved[0], "not_helped")
-    same = [c for c in live if _same_request(cm, c)]
+    topics = {i.category for i in cm.intents if i.label != "unknown"}
+    mine = {(e.kind, e.value.lower()) for e in cm.entities if e.kind in _IDENTIFYING}
+    same = [c for c in live if _same_request(topics, mine, c)]
     if same:
         return ThreadMatch(same[0], "same_request")
     opened = [c for c in live if c.status != "resolved"]

@@ -282,8 +282,9 @@ class RouteAgent:
                 else:
                     decoded.append((record, decode_record(ClassifiedMessage, record)))
         hits = self.kb_hits([ev for _, ev in decoded])
+        seconds = self.ctx.metrics.stage_seconds.labels(stage=STAGE)
         for i, (record, ev) in enumerate(decoded):
-            with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
+            with seconds.time():
                 if isinstance(ev, CaseSnapshot):
                     async with self.ctx.guard(STAGE, record):
                         self.cases.store(CaseState.model_validate(ev.state))
