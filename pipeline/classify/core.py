@@ -25,7 +25,7 @@ from pipeline.domain.priority_weights import PriorityWeights
 from pipeline.domain.tagging import TagRule, apply_tag_rules
 from pipeline.domain.text import model_language
 from pipeline.domain.workflow import Store
-from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Intent, Span, utcnow
+from pipeline.events import ClassifiedMessage, Entity, InboundMessage, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +94,26 @@ class Classifier:
         out: list[ClassifiedMessage] = []
         for msg, text, parts, body in zip(messages, texts, parts_of, in_body, strict=True):
             language = model_language(text, msg.language)
+            # the intents as dicts, validated once with the ClassifiedMessage (cheaper than
+            # an Intent and a Span each first: this runs on every message)
             intents = [
-                Intent(
-                    label=p.label,
-                    category=p.category,
-                    confidence=min(1.0, max(0.0, p.confidence)),
-                    span=Span(start=p.start, end=p.end) if body else Span(start=0, end=0),
-                    text=text[p.start : p.end] if body else "",
-                )
+                {
+                    "label": p.label,
+                    "category": p.category,
+                    "confidence": min(1.0, max(0.0, p.confidence)),
+                    "span": {"start": p.start, "end": p.end} if body else {"start": 0, "end": 0},
+                    "text": text[p.start : p.end] if body else "",
+                }
                 for p in parts
             ]
             rule_text = f"{msg.subject}\n{msg.text}" if msg.subject else msg.text
             rule_tags = apply_tag_rules(rule_text, language, self.tag_rules)
             tags: list[str] = []
             for tag in (
-                *(i.category for i in intents if i.label != UNKNOWN),
-                *(i.label for i in intents if i.label != UNKNOWN),
+                *(p.category for p in parts if p.label != UNKNOWN),
+                *(p.label for p in parts if p.label != UNKNOWN),
                 *rule_tags,
-                *([UNKNOWN] if any(i.label == UNKNOWN for i in intents) else []),
+                *([UNKNOWN] if any(p.label == UNKNOWN for p in parts) else []),
                 f"lang:{language}",
             ):
                 if tag not in tags:
@@ -120,7 +122,7 @@ class Classifier:
             home = msg.profile.home_store if msg.profile else None
             if (
                 home
-                and any(i.category in STORE_CATEGORIES for i in intents)
+                and any(p.category in STORE_CATEGORIES for p in parts)
                 and not any(e.kind == "store" for e in entities)
             ):
                 entities.append(Entity(kind="store", value=home, span=None))
@@ -135,16 +137,18 @@ class Classifier:
                 tags=rule_tags,
             )
             out.append(
-                ClassifiedMessage(
-                    message_id=msg.message_id,
-                    customer_id=msg.customer_id,
-                    inbound=msg,
-                    intents=intents,
-                    tags=tags,
-                    entities=entities,
-                    priority=priority,
-                    model_version=self.version,
-                    classified_at=at,
+                ClassifiedMessage.model_validate(
+                    {
+                        "message_id": msg.message_id,
+                        "customer_id": msg.customer_id,
+                        "inbound": msg,
+                        "intents": intents,
+                        "tags": tags,
+                        "entities": entities,
+                        "priority": priority,
+                        "model_version": self.version,
+                        "classified_at": at,
+                    }
                 )
             )
         return out
