@@ -159,16 +159,18 @@ def is_incident_case(state: CaseState) -> bool:
     return bool(state.incident_id) and state.case_id == derive_id("case", state.incident_id or "")
 
 
-def _snapshot(
-    state: CaseState, by: Literal["route", "cases"], dumped: dict[str, Any] | None = None
-) -> CaseSnapshot:
-    """``dumped``: ``state.model_dump(mode="json")``, when the caller has it already."""
-    return CaseSnapshot(
-        case_id=state.case_id,
-        customer_id=state.customer_id,
-        state=dumped if dumped is not None else state.model_dump(mode="json"),
-        by=by,
-        at=utcnow(),
+class _CaseSnapshotOut(CaseSnapshot):
+    """A ``CaseSnapshot`` as sent: its state the ``CaseState`` itself, so pydantic-core writes
+    the case in the same pass as the record - the bytes ``CaseSnapshot`` with
+    ``state=state.model_dump(mode="json")`` encodes to (readers decode a ``CaseSnapshot``),
+    without that dict, its validation and its untyped serialization (~7 us per case)."""
+
+    state: CaseState  # type: ignore[assignment]  # the same JSON as the dict it stands for
+
+
+def _snapshot(state: CaseState, by: Literal["route", "cases"]) -> CaseSnapshot:
+    return _CaseSnapshotOut(
+        case_id=state.case_id, customer_id=state.customer_id, state=state, by=by, at=utcnow()
     )
 
 
@@ -234,9 +236,8 @@ class CustomerCases:
         raw = self.table.get(customer_id)
         return _CASES.validate_json(raw) if raw else []
 
-    def store(self, state: CaseState, known: list[CaseState] | None = None) -> dict[str, Any]:
-        """Remember ``state`` among its customer's cases (``known``: already parsed); returns
-        ``state.model_dump(mode="json")`` (for its snapshot)."""
+    def store(self, state: CaseState, known: list[CaseState] | None = None) -> None:
+        """Remember ``state`` among its customer's cases (``known``: already parsed)."""
         if known is None:
             known = self.of(state.customer_id)
         cases = [c for c in known if c.case_id != state.case_id]
@@ -244,7 +245,6 @@ class CustomerCases:
         cases.sort(key=lambda c: c.updated_at)
         # pydantic-core writes the bytes orjson wrote of the cases' model_dump, in one call
         self.table[state.customer_id] = _CASES.dump_json(cases[-MAX_CASES_PER_CUSTOMER:]).decode()
-        return state.model_dump(mode="json")
 
 
 _CASES = TypeAdapter(list[CaseState])
@@ -327,9 +327,8 @@ class RouteAgent:
         await emit_transition(ctx, decision, self.rt.workflow)
         _observe_survey(ctx, decision.case_events)
         if decision.case is not None:
-            dumped = self.cases.store(decision.case, cases)
-            snap = _snapshot(decision.case, "route", dumped)
-            await ctx.send("case-state", decision.case.case_id, snap)
+            self.cases.store(decision.case, cases)
+            await ctx.send("case-state", decision.case.case_id, _snapshot(decision.case, "route"))
         inc = decision.incident_case
         if inc is not None and cm.similarity.incident_new:
             # Only the report that opened the incident creates its case (one writer).

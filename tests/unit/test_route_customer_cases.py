@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pipeline.codec import decode, encode
 from pipeline.config import Settings
-from pipeline.domain.cases import CaseState
-from pipeline.events import ClassifiedMessage
-from pipeline.route.agents import MAX_CASES_PER_CUSTOMER, CustomerCases, find_case
+from pipeline.domain.cases import CaseState, SurveyState
+from pipeline.events import CaseSnapshot, ClassifiedMessage
+from pipeline.route.agents import MAX_CASES_PER_CUSTOMER, CustomerCases, _snapshot, find_case
 from pipeline.route.core import RouteDecision, route_message
 
 if TYPE_CHECKING:
@@ -136,3 +137,30 @@ def test_a_deleted_value_has_no_cases(kit: RouteKit) -> None:
     assert cases.of("a") == []
     cases.table["b"] = ""  # a tombstone as the table holds it
     assert cases.of("b") == []
+
+
+def test_a_snapshot_is_the_record_its_dumped_state_made(kit: RouteKit) -> None:
+    """The snapshot sent carries the CaseState itself; its bytes are those of a CaseSnapshot
+    of ``state.model_dump(mode="json")``, which the keeper and older records decode."""
+    cases = CustomerCases({})
+    states = []
+    for n, cm in enumerate([kit.seed_message(), *messages(kit)]):
+        case = decide(kit, cases, cm, kit.now + timedelta(minutes=n)).case
+        assert case is not None
+        states.append(case)
+    surveyed = SurveyState(kind="nps", reply_id="r1", sent_at=kit.now, answered=True, score=9)
+    states.append(states[-1].model_copy(update={"survey": surveyed, "resolved_at": kit.now}))
+    assert any(s.sub_requests for s in states) and any(s.entities for s in states)
+    for state in states:
+        for by in ("route", "cases"):
+            snap = _snapshot(state, by)
+            dumped_state = state.model_dump(mode="json")
+            reference = CaseSnapshot(
+                case_id=state.case_id,
+                customer_id=state.customer_id,
+                state=dumped_state,
+                by=by,
+                at=snap.at,
+            )
+            assert encode(snap) == encode(reference)
+            assert decode(CaseSnapshot, encode(snap)).state == dumped_state
