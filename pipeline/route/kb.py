@@ -57,6 +57,7 @@ from scipy.sparse import csr_matrix
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pipeline.domain.text import fold, model_language
+from pipeline.domain.tfidf import FastTfidf
 from pipeline.errors import ConfigError
 from pipeline.events import KbArticle, utcnow
 
@@ -313,6 +314,8 @@ class KbIndex:
             analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=1
         )
         self._matrix = self._vec.fit_transform(texts)
+        # the same matrix as self._vec.transform, faster (pipeline/domain/tfidf.py)
+        self._fast = FastTfidf(self._vec)
         # The product's right side in the format scipy would convert it to on every search.
         self._questions_t = csr_matrix(self._matrix.T)
 
@@ -320,7 +323,7 @@ class KbIndex:
         """Per text: (best article id, calibration features, cosine to nearest question)."""
         if self._vec is None or not texts:
             return [(None, [0.0] * len(FEATURES), 0.0) for _ in texts]
-        sims = (self._vec.transform([fold(t) for t in texts]) @ self._questions_t).toarray()
+        sims = (self._fast.transform([fold(t) for t in texts]) @ self._questions_t).toarray()
         n_art = len(self._ids)
         # Per text and article, the best cosine of the article's questions (0 without any).
         per_article = np.zeros((len(texts), n_art))
