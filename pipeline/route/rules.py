@@ -83,11 +83,15 @@ def _checks(
     """Every set condition, in order; lazily, so a rule's first failure can end its check."""
     inbound = msg.inbound
     profile = inbound.profile
-    tags = {t.lower() for t in msg.tags}
     if cond.intent is not None:
         yield _any_of("intent", intent.label, cond.intent)
     if cond.category is not None:
         yield _any_of("category", intent.category, cond.category)
+    # a rule's conditions are mostly intent/category: the tags are folded only for one on tags
+    if cond.tags_any is None and cond.tags_all is None and cond.tags_none is None:
+        tags: set[str] = set()
+    else:
+        tags = {t.lower() for t in msg.tags}
     if cond.tags_any is not None:
         hit = sorted(tags & {t.lower() for t in cond.tags_any})
         want_any = cond.tags_any
@@ -165,7 +169,11 @@ def conditions_hold(
     cond: Conditions, msg: ClassifiedMessage, intent: Intent, now: datetime
 ) -> bool:
     """Whether every set condition holds (``check_conditions`` without the reasons)."""
-    return all(ok for _, ok, _ in _checks(cond, msg, intent, now))
+    # a plain loop: all() over a generator expression took ~1 us more per rule
+    for _, ok, _ in _checks(cond, msg, intent, now):  # noqa: SIM110
+        if not ok:
+            return False
+    return True
 
 
 def describe_action(action: Action) -> str:
