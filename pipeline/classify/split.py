@@ -473,6 +473,23 @@ def _strength(model: IntentModel, sides: Sequence[tuple[Prediction, str]], relat
     )
 
 
+def _predict_distinct(model: IntentModel, texts: Sequence[str], cascade: bool) -> list[Prediction]:
+    """``model.predict_batch`` of ``texts``, the fast model reading each distinct text once:
+    messages of a batch can leave the same clause side ("I have no online account", "what do
+    I have to do?": 14 % of the sides in a batch of 256 of the bench's Bitext texts). The fast
+    model reads every row on its own, so a repeated text gets the prediction it would get
+    anyway. The cascade's encoder reads a batch together: with ``cascade`` every text is read
+    as before."""
+    if cascade:
+        return model.predict_batch(texts)
+    distinct = list(dict.fromkeys(texts))
+    preds = model.predict_batch(distinct, cascade=False)
+    if len(distinct) == len(texts):
+        return preds
+    of = dict(zip(distinct, preds, strict=True))
+    return [of[t] for t in texts]
+
+
 def _judge(
     model: IntentModel, flat: Sequence[str], prefilter: bool, related: float
 ) -> list[tuple[float, Prediction, Prediction]]:
@@ -484,7 +501,7 @@ def _judge(
     side, or sides that read as each other's request) is dropped without encoding. A cut
     either model reads as one request does not cut. ``prefilter=False``: the cascade reads
     every side."""
-    fast = model.predict_batch(flat, cascade=not prefilter)
+    fast = _predict_distinct(model, flat, cascade=not prefilter)
     preds = list(fast)
     if prefilter:
         unsure = [

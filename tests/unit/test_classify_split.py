@@ -9,6 +9,7 @@ import pytest
 from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction, default_model
 from pipeline.classify.split import (
     Part,
+    _predict_distinct,
     merge,
     refine,
     relabel,
@@ -424,3 +425,26 @@ def test_parts_of_a_multi_part_message_are_labelled_by_reading_them_whole() -> N
     assert [(p.label, p.confidence, p.start, p.end) for p in parts] == [
         ("track", 0.9, 0, len(text))
     ]
+
+
+def test_sides_repeated_in_a_batch_are_read_once_with_the_same_readings(
+    model: IntentModel,
+) -> None:
+    """Two messages of a batch whose clause cuts leave the same two sides: the fast model
+    reads each side once, and both messages are cut as they would be with every side read."""
+    texts = ["where is my parcel, I want my money back", "where is my parcel: I want my money back"]
+    left, right = "where is my parcel", "I want my money back"
+    wholes = [[Part(0, len(t), "track_order", "ORDER", 0.9, False)] for t in texts]
+
+    class Judged(Reader):
+        threshold_for = Fixed.threshold_for
+        cascade_threshold_for = Fixed.cascade_threshold_for
+
+    reader = Judged({left: _top("track", 0.95), right: _top("refund", 0.9)})
+    got = refine(reader, texts, wholes)  # type: ignore[arg-type]
+    assert reader.read == [left, right]
+    read = [[(t[p.start : p.end], p.label) for p in ps] for t, ps in zip(texts, got, strict=True)]
+    assert read == [[(left, "track"), (right, "refund")]] * 2
+    # the real fast model gives a repeated text the reading it gives it alone
+    batch = [left, right, left, "как отменить заказ", right, "как отменить заказ"]
+    assert _predict_distinct(model, batch, False) == model.predict_batch(batch, cascade=False)
