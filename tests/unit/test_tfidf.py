@@ -111,9 +111,9 @@ def test_no_texts_and_blank_texts() -> None:
     fast = FastTfidf(vec)
     for texts in (["", " \n\t"], ["zzz qqq"], [""]):
         assert_same(fast.transform(texts), vec.transform(texts))
-    for transform in (vec.transform, fast.transform):  # sklearn's normalize refuses 0 rows
-        with pytest.raises(ValueError, match="0 sample"):
-            transform([])
+    with pytest.raises(ValueError, match="0 sample"):  # sklearn's normalize refuses 0 rows
+        vec.transform([])
+    assert fast.transform([]).shape == (0, len(vec.vocabulary_))
 
 
 def test_splitting_on_str_whitespace_is_sklearns_normalization() -> None:
