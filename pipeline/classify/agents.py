@@ -128,9 +128,16 @@ class ClassifyAgent:
             d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
-            st = dedup.remember(st, msg, case, now, self.dedup_cfg, fp)
-            st, recent[key] = dedup.count_contact(
-                st, now, CONTACT_WINDOW_S, MAX_CONTACTS, not d.is_duplicate
+            st, recent[key] = dedup.remember_and_count(
+                st,
+                msg,
+                case,
+                now,
+                self.dedup_cfg,
+                fp,
+                window_s=CONTACT_WINDOW_S,
+                cap=MAX_CONTACTS,
+                counts=not d.is_duplicate,
             )
             self.dedup_table[key] = st.model_dump_json()
         return decisions, recent

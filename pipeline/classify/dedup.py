@@ -48,6 +48,7 @@ __all__ = [
     "fingerprints",
     "normalize_text",
     "remember",
+    "remember_and_count",
     "replayed",
     "shingles",
     "signature",
@@ -272,13 +273,18 @@ def _epoch(now: datetime) -> float:
     return now.timestamp()
 
 
+def _live(entries: list[DedupEntry], now: datetime, config: DedupConfig) -> list[DedupEntry]:
+    """The entries not older than the window, at most ``max_entries`` newest (``entries``
+    itself when none is dropped)."""
+    cutoff = _epoch(now) - config.window_s
+    kept = [e for e in entries if e.at >= cutoff][-config.max_entries :]
+    return entries if len(kept) == len(entries) else kept
+
+
 def expire(state: CustomerDedupState, now: datetime, config: DedupConfig) -> CustomerDedupState:
     """State without entries older than the window, capped to ``max_entries`` newest."""
-    cutoff = _epoch(now) - config.window_s
-    kept = [e for e in state.entries if e.at >= cutoff][-config.max_entries :]
-    if len(kept) == len(state.entries):
-        return state
-    return state.model_copy(update={"entries": kept})
+    kept = _live(state.entries, now, config)
+    return state if kept is state.entries else state.model_copy(update={"entries": kept})
 
 
 Fingerprint = tuple[int, list[int], int]
@@ -315,7 +321,7 @@ def check_duplicate(
     if again is not None:
         return again
     cfg = config or DedupConfig()
-    live = expire(state, now, cfg).entries
+    live = _live(state.entries, now, cfg)
     if not live:
         return DedupDecision(is_duplicate=False)
     idh = _id_hash(msg)
@@ -377,10 +383,22 @@ def remember(
 
     A platform retry of a message already remembered does not add an entry.
     """
-    cfg = config or DedupConfig()
-    live = expire(state, now, cfg)
+    entries = _remembered(state.entries, msg, case_id, now, config or DedupConfig(), fp)
+    return state if entries is state.entries else state.model_copy(update={"entries": entries})
+
+
+def _remembered(
+    entries: list[DedupEntry],
+    msg: InboundMessage,
+    case_id: str | None,
+    now: datetime,
+    cfg: DedupConfig,
+    fp: Fingerprint | None,
+) -> list[DedupEntry]:
+    """``remember``'s entries (``entries`` itself when nothing changes)."""
+    live = _live(entries, now, cfg)
     idh = _id_hash(msg)
-    if any(e.message_id == msg.message_id or e.id_hash == idh for e in live.entries):
+    if any(e.message_id == msg.message_id or e.id_hash == idh for e in live):
         return live
     th, sig, n = fp or fingerprint(msg)
     entry = DedupEntry(
@@ -392,7 +410,7 @@ def remember(
         n=n,
         at=_epoch(now),
     )
-    return live.model_copy(update={"entries": [*live.entries, entry][-cfg.max_entries :]})
+    return [*live, entry][-cfg.max_entries :]
 
 
 def count_contact(
@@ -400,9 +418,35 @@ def count_contact(
 ) -> tuple[CustomerDedupState, int]:
     """The number of contacts within ``window_s`` before this message, and the state with
     this message's contact added when it ``counts`` (not a duplicate), at most ``cap`` kept."""
+    times, recent = _counted(state.contacts, now, window_s, cap, counts)
+    return state.model_copy(update={"contacts": times}), recent
+
+
+def _counted(
+    contacts: list[float], now: datetime, window_s: float, cap: int, counts: bool
+) -> tuple[list[float], int]:
     now_s = _epoch(now)
-    times = [t for t in state.contacts if now_s - t < window_s]
+    times = [t for t in contacts if now_s - t < window_s]
     recent = len(times)
     if counts:
         times = [*times, now_s][-cap:]
-    return state.model_copy(update={"contacts": times}), recent
+    return times, recent
+
+
+def remember_and_count(
+    state: CustomerDedupState,
+    msg: InboundMessage,
+    case_id: str | None,
+    now: datetime,
+    config: DedupConfig,
+    fp: Fingerprint | None,
+    *,
+    window_s: float,
+    cap: int,
+    counts: bool,
+) -> tuple[CustomerDedupState, int]:
+    """``remember`` then ``count_contact`` (its ``window_s``, ``cap`` and ``counts``) in one
+    new state: the agent's per-message update, one state object instead of two copies."""
+    entries = _remembered(state.entries, msg, case_id, now, config, fp)
+    times, recent = _counted(state.contacts, now, window_s, cap, counts)
+    return CustomerDedupState(entries=entries, contacts=times), recent

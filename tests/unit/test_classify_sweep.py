@@ -111,3 +111,26 @@ def _message(text: str, at: datetime = NOW) -> InboundMessage:
         text=text,
         received_at=at,
     )
+
+
+def test_remember_and_count_is_remember_then_count_contact() -> None:
+    """The agent's one-state update equals ``remember`` then ``count_contact`` (states as
+    the table stores them, and the counts), through retries, duplicates, expiry and caps."""
+    cfg = dedup.DedupConfig(window_s=3600, max_entries=3)
+    texts = ["где мой заказ", "где мой заказ", "where is my order", "refund please", "hello"]
+    apart = [0, 1, 2, 30, 90, 200, 300]  # minutes: some entries and contacts expire
+    one = two = dedup.CustomerDedupState()
+    for i, minutes in enumerate(apart):
+        at = NOW + timedelta(minutes=minutes)
+        msg = _message(texts[i % len(texts)], at)
+        fp = dedup.fingerprint(msg)
+        d = dedup.check_duplicate(one, msg, at, cfg, fp)
+        counts = not d.is_duplicate
+        one, n_one = dedup.count_contact(
+            dedup.remember(one, msg, f"case{i}", at, cfg, fp), at, 7200.0, 2, counts
+        )
+        two, n_two = dedup.remember_and_count(
+            two, msg, f"case{i}", at, cfg, fp, window_s=7200.0, cap=2, counts=counts
+        )
+        assert (two.model_dump_json(), n_two) == (one.model_dump_json(), n_one)
+    assert one.entries and one.contacts
