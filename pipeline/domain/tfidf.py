@@ -8,8 +8,8 @@ n-gram string of every text, counts them in a dict per text and goes through a g
 * char_wb n-grams never cross a word (sklearn pads each whitespace-separated word with one
   space and slices it), so a word's vocabulary indices depend on the word alone: they are
   computed once per distinct word and kept in a bounded cache (customers reuse words);
-* word n-grams come from the vectorizer's own analyzer (``build_analyzer``), only the
-  counting is ours;
+* word n-grams: the vectorizer's own tokenizer (``build_tokenizer``), its n-grams joined
+  and looked up without a Python loop per n-gram;
 * the counts of a whole batch are one ``np.unique`` over (row, column) keys; sublinear TF,
   IDF and L2 normalization are sklearn's own steps in the same order and dtype (the
   normalization is the Cython routine ``normalize`` runs, without its ~0.2 ms of argument
@@ -25,6 +25,7 @@ diverge.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ from sklearn.utils.sparsefuncs_fast import (
 #: Distinct words kept with their char_wb indices before the cache starts over: ~20 k words
 #: of a few hundred bytes each bound it to a few MB in a long-running worker.
 WORD_CACHE_SIZE = 20_000
+#: The column of an n-gram out of the vocabulary, until _counts drops it.
+MISSING = -1
 
 
 class FastTfidf:
@@ -50,7 +53,7 @@ class FastTfidf:
         self._vocabulary: dict[str, int] = vectorizer.vocabulary_
         self._n_features = len(self._vocabulary)
         self._min_n, self._max_n = vectorizer.ngram_range
-        self._analyze: Callable[[str], list[str]] = vectorizer.build_analyzer()
+        self._tokenize: Callable[[str], list[str]] = vectorizer.build_tokenizer()
         self._char_wb = vectorizer.analyzer == "char_wb"
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
@@ -64,8 +67,7 @@ class FastTfidf:
             if self._char_wb:
                 self._add_char_wb(text, columns)
             else:
-                get = self._vocabulary.get
-                columns.extend(i for i in map(get, self._analyze(text)) if i is not None)
+                self._add_words(text, columns)
             lengths.append(len(columns) - before)
         return self._tfidf(self._counts(columns, lengths))
 
@@ -81,6 +83,18 @@ class FastTfidf:
                     cache.clear()
                 ids = cache[word] = self._word_ids(word)
             columns.extend(ids)
+
+    def _add_words(self, text: str, columns: list[int]) -> None:
+        # sklearn's word analyzer (``_word_ngrams``) over the vectorizer's own tokenizer, the
+        # n-grams joined and looked up by map/zip (no Python loop per n-gram); an n-gram out
+        # of the vocabulary is MISSING here and dropped in _counts
+        tokens = list(self._tokenize(text.lower()))
+        get = self._vocabulary.get
+        for n in range(self._min_n, self._max_n + 1):
+            # the n shifted copies are of unequal lengths: zip stops at the last full n-gram
+            shifted = (tokens[i:] for i in range(n))
+            grams = tokens if n == 1 else map(" ".join, zip(*shifted, strict=False))
+            columns.extend(map(get, grams, repeat(MISSING)))
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         """Vocabulary indices of a word's char_wb n-grams (``_char_wb_ngrams`` for one word)."""
@@ -102,9 +116,9 @@ class FastTfidf:
         """CSR term counts (sorted column indices, the vectorizer's dtype)."""
         n_rows = len(lengths)
         rows = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
-        keys, counts = np.unique(
-            rows * self._n_features + np.asarray(columns, dtype=np.int64), return_counts=True
-        )
+        cols = np.asarray(columns, dtype=np.int64)
+        known = cols != MISSING
+        keys, counts = np.unique(rows[known] * self._n_features + cols[known], return_counts=True)
         indptr = np.zeros(n_rows + 1, dtype=np.int32)
         np.cumsum(np.bincount(keys // self._n_features, minlength=n_rows), out=indptr[1:])
         indices = (keys % self._n_features).astype(np.int32)
