@@ -13,7 +13,14 @@ from pipeline.codec import decode, encode
 from pipeline.config import Settings
 from pipeline.domain.cases import CaseState, SurveyState
 from pipeline.events import CaseSnapshot, ClassifiedMessage
-from pipeline.route.agents import MAX_CASES_PER_CUSTOMER, CustomerCases, _snapshot, find_case
+from pipeline.route.agents import (
+    MAX_CASES_PER_CUSTOMER,
+    CustomerCases,
+    _case_json,
+    _snapshot,
+    _TypedSnapshot,
+    find_case,
+)
 from pipeline.route.core import RouteDecision, route_message
 
 if TYPE_CHECKING:
@@ -141,7 +148,8 @@ def test_a_deleted_value_has_no_cases(kit: RouteKit) -> None:
 
 def test_a_snapshot_is_the_record_its_dumped_state_made(kit: RouteKit) -> None:
     """The snapshot sent carries the CaseState itself; its bytes are those of a CaseSnapshot
-    of ``state.model_dump(mode="json")``, which the keeper and older records decode."""
+    of ``state.model_dump(mode="json")``, which other readers and older records decode; read
+    back typed, it is the case the dict gave; the keeper's table value is orjson's dump."""
     cases = CustomerCases({})
     states = []
     for n, cm in enumerate([kit.seed_message(), *messages(kit)]):
@@ -164,3 +172,6 @@ def test_a_snapshot_is_the_record_its_dumped_state_made(kit: RouteKit) -> None:
             )
             assert encode(snap) == encode(reference)
             assert decode(CaseSnapshot, encode(snap)).state == dumped_state
+            typed = decode(_TypedSnapshot, encode(reference))
+            assert typed.state == CaseState.model_validate(dumped_state) == state
+        assert _case_json(state) == orjson.dumps(state.model_dump(mode="json")).decode()
