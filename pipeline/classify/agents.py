@@ -97,13 +97,13 @@ class ClassifyAgent:
             return
         now = utcnow()
         decisions, recent = self.remember([m for _, m in good], now)
-        classified = await self.classify(good, now, recent)
+        sims = [_similarity(m, d) for (_, m), d in zip(good, decisions, strict=True)]
+        classified = await self.classify(good, now, recent, sims)
         policies = self.live.current.incidents
-        for (record, msg), d, cm in zip(good, decisions, classified, strict=True):
-            if cm is None:
+        for (record, msg), out in zip(good, classified, strict=True):
+            if out is None:
                 continue
             async with self.ctx.guard(STAGE, record, msg):
-                out = _with_similarity(cm, d)
                 signals = incidents.signals_for(out, policies)
                 if not signals:
                     await self.ctx.send("classified", msg.customer_id, out)
@@ -147,18 +147,23 @@ class ClassifyAgent:
         good: list[tuple[RawRecord, InboundMessage]],
         now: datetime,
         recent: dict[str, int],
+        sims: list[Similarity],
     ) -> list[ClassifiedMessage | None]:
-        """The batch classified; if the batch fails, one by one (a failure: None, rejected)."""
+        """The batch classified, each with its dedup decision (``sims``); if the batch fails,
+        one by one (a failure: None, rejected)."""
         msgs = [m for _, m in good]
+        clf = self.classifier
         try:
-            return list(self.classifier.classify_batch(msgs, now=now, recent_contacts=recent))
+            return list(clf.classify_batch(msgs, now=now, recent_contacts=recent, similarity=sims))
         except Exception:  # retried one by one below, where the error policy applies
             log.exception("batch classification failed; retrying one by one")
         out: list[ClassifiedMessage | None] = []
-        for record, msg in good:
+        for (record, msg), sim in zip(good, sims, strict=True):
             out.append(None)
             async with self.ctx.guard(STAGE, record, msg):
-                [out[-1]] = self.classifier.classify_batch([msg], now=now, recent_contacts=recent)
+                [out[-1]] = clf.classify_batch(
+                    [msg], now=now, recent_contacts=recent, similarity=[sim]
+                )
         return out
 
     async def sweep(self) -> None:
@@ -190,11 +195,10 @@ async def sweep_tables(dedup_table: Any, dedup_cfg: dedup.DedupConfig, now: date
     return await sweep_table(dedup_table, dedup_kept)
 
 
-def _with_similarity(cm: ClassifiedMessage, d: dedup.DedupDecision) -> ClassifiedMessage:
-    """The dedup decision on the message (the incident fields are the detector's)."""
-    sim = Similarity(
+def _similarity(msg: InboundMessage, d: dedup.DedupDecision) -> Similarity:
+    """The dedup decision as the message carries it (the incident fields are the detector's)."""
+    return Similarity(
         duplicate_of=d.duplicate_of,
         duplicate_reason=d.reason,
-        case_id=d.case_id if d.is_duplicate else case_id_for(cm.message_id),
+        case_id=d.case_id if d.is_duplicate else case_id_for(msg.message_id),
     )
-    return cm.model_copy(update={"similarity": sim})

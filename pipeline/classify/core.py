@@ -20,13 +20,13 @@ from pipeline.classify.features import with_fast_features
 from pipeline.classify.model import UNKNOWN, IntentModel, default_model
 from pipeline.classify.priority import score_priority
 from pipeline.classify.sentiment import negative_sentiment
-from pipeline.classify.split import split_batch
+from pipeline.classify.split import Part, split_batch
 from pipeline.config import Settings
 from pipeline.domain.priority_weights import PriorityWeights
 from pipeline.domain.tagging import TagRule, apply_tag_rules
 from pipeline.domain.text import model_language
 from pipeline.domain.workflow import Store
-from pipeline.events import ClassifiedMessage, Entity, InboundMessage, utcnow
+from pipeline.events import ClassifiedMessage, Entity, InboundMessage, Similarity, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,11 @@ class Classifier:
         *,
         now: datetime | None = None,
         recent_contacts: Mapping[str, int] | None = None,
+        similarity: Sequence[Similarity] | None = None,
     ) -> list[ClassifiedMessage]:
-        """Classify a batch; ``recent_contacts``: customer_id → contacts in the last N days."""
+        """Classify a batch; ``recent_contacts``: customer_id → contacts in the last N days;
+        ``similarity``: each message's dedup decision, set on its ClassifiedMessage (the
+        agent's; set here, the message is validated once instead of copied after)."""
         if not messages:
             return []
         at = now or utcnow()
@@ -94,8 +97,13 @@ class Classifier:
         texts = [m.text if m.text.strip() else (m.subject or "") for m in messages]
         parts_of = split_batch(self.model, texts, split_threshold=self.split_threshold)
         contacts = recent_contacts or {}
+        sims: Sequence[Similarity | None] = (
+            similarity if similarity is not None else [None] * len(messages)
+        )
         out: list[ClassifiedMessage] = []
-        for msg, text, parts, body in zip(messages, texts, parts_of, in_body, strict=True):
+        for msg, text, parts, body, sim in zip(
+            messages, texts, parts_of, in_body, sims, strict=True
+        ):
             language = model_language(text, msg.language)
             # the intents as dicts, validated once with the ClassifiedMessage (cheaper than
             # an Intent and a Span each first: this runs on every message)
@@ -111,16 +119,6 @@ class Classifier:
             ]
             rule_text = f"{msg.subject}\n{msg.text}" if msg.subject else msg.text
             rule_tags = apply_tag_rules(rule_text, language, self.tag_rules)
-            tags: list[str] = []
-            for tag in (
-                *(p.category for p in parts if p.label != UNKNOWN),
-                *(p.label for p in parts if p.label != UNKNOWN),
-                *rule_tags,
-                *([UNKNOWN] if any(p.label == UNKNOWN for p in parts) else []),
-                f"lang:{language}",
-            ):
-                if tag not in tags:
-                    tags.append(tag)
             entities = extract_entities(msg.text, stores=self._store_matcher, now=msg.sent_at or at)
             home = msg.profile.home_store if msg.profile else None
             if (
@@ -139,19 +137,33 @@ class Classifier:
                 weights=self.weights,
                 tags=rule_tags,
             )
-            out.append(
-                ClassifiedMessage.model_validate(
-                    {
-                        "message_id": msg.message_id,
-                        "customer_id": msg.customer_id,
-                        "inbound": msg,
-                        "intents": intents,
-                        "tags": tags,
-                        "entities": entities,
-                        "priority": priority,
-                        "model_version": self.version,
-                        "classified_at": at,
-                    }
-                )
-            )
+            fields = {
+                "message_id": msg.message_id,
+                "customer_id": msg.customer_id,
+                "inbound": msg,
+                "intents": intents,
+                "tags": _tags(parts, rule_tags, language),
+                "entities": entities,
+                "priority": priority,
+                "model_version": self.version,
+                "classified_at": at,
+            }
+            if sim is not None:
+                fields["similarity"] = sim
+            out.append(ClassifiedMessage.model_validate(fields))
         return out
+
+
+def _tags(parts: Sequence[Part], rule_tags: Sequence[str], language: str) -> list[str]:
+    """A message's tags in the module doc's order, without repeats."""
+    tags: list[str] = []
+    for tag in (
+        *(p.category for p in parts if p.label != UNKNOWN),
+        *(p.label for p in parts if p.label != UNKNOWN),
+        *rule_tags,
+        *([UNKNOWN] if any(p.label == UNKNOWN for p in parts) else []),
+        f"lang:{language}",
+    ):
+        if tag not in tags:
+            tags.append(tag)
+    return tags

@@ -13,7 +13,13 @@ from pipeline.config import Settings
 from pipeline.domain.tagging import TagRule
 from pipeline.domain.text import model_language
 from pipeline.domain.workflow import Store
-from pipeline.events import Channel, ClassifiedMessage, CustomerProfile, InboundMessage
+from pipeline.events import (
+    Channel,
+    ClassifiedMessage,
+    CustomerProfile,
+    InboundMessage,
+    Similarity,
+)
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 SEED_EXAMPLE = (
@@ -133,3 +139,19 @@ def test_model_language() -> None:
     assert model_language("Where is my order? Заказ") == "en"
     assert model_language("Де моє замовлення?", "other") == "ru"  # Ukrainian: closer model
     assert model_language("12345 !!!", "other") == "other"
+
+
+def test_similarity_is_set_on_each_message(classifier: Classifier) -> None:
+    """The agent's dedup decisions go on the messages as classify_batch builds them: the
+    same messages as setting them on a copy afterwards."""
+    batch = [msg("Where is my order?", 1, language="en"), msg("Где мой заказ?", 2, language="ru")]
+    sims = [
+        Similarity(case_id="case_1"),
+        Similarity(duplicate_of="m0", duplicate_reason="near", case_id="case_0"),
+    ]
+    got = classifier.classify_batch(batch, now=NOW, similarity=sims)
+    plain = classifier.classify_batch(batch, now=NOW)
+    assert [g.similarity for g in got] == sims
+    assert got == [p.model_copy(update={"similarity": s}) for p, s in zip(plain, sims, strict=True)]
+    with pytest.raises(ValueError):
+        classifier.classify_batch(batch, now=NOW, similarity=sims[:1])
