@@ -53,8 +53,11 @@ class FastTfidf:
         self._vocabulary: dict[str, int] = vectorizer.vocabulary_
         self._n_features = len(self._vocabulary)
         self._min_n, self._max_n = vectorizer.ngram_range
-        self._tokenize: Callable[[str], list[str]] = vectorizer.build_tokenizer()
         self._char_wb = vectorizer.analyzer == "char_wb"
+        # a char_wb vectorizer may have token_pattern=None: its tokenizer is never built
+        self._tokenize: Callable[[str], list[str]] = (
+            str.split if self._char_wb else vectorizer.build_tokenizer()
+        )
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
 

@@ -92,9 +92,9 @@ def test_the_kb_vectorizer_gives_sklearns_matrix(corpus: list[str]) -> None:
     "options",
     [
         {"analyzer": "word"},
-        {"analyzer": "word", "ngram_range": (1, 3), "min_df": 3, "sublinear_tf": True},
+        {"analyzer": "word", "ngram_range": (1, 3), "min_df": 3, "smooth_idf": False},
         {"analyzer": "char_wb", "ngram_range": (1, 3), "norm": None, "use_idf": False},
-        {"analyzer": "char_wb", "ngram_range": (3, 3), "norm": "l1", "smooth_idf": False},
+        {"analyzer": "char_wb", "ngram_range": (3, 3), "norm": "l1", "token_pattern": None},
     ],
 )
 def test_other_options_and_a_tiny_cache(corpus: list[str], options: dict[str, object]) -> None:
