@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.domain.text import is_ascii_or_cyrillic
+
 __all__ = [
     "FOLLOW_UP_MAX_CHARS",
     "SMALL_TALK_MAX_CHARS",
@@ -122,7 +124,6 @@ _STATUS = re.compile(_STATUS_PATTERN, re.IGNORECASE)
 #: IGNORECASE matches a letter exactly when its lower() is the pattern's; elsewhere it also
 #: matches the likes of 'ſ', 'K' (Kelvin), 'ı', 'ᲀ', 'İ', so such text takes ``_STATUS``.
 _STATUS_LOWER = re.compile(_STATUS_PATTERN)
-_ASCII_OR_CYRILLIC = re.compile(r"[\x00-\x7f\u0400-\u04ff]*")
 
 
 def is_small_talk(text: str) -> bool:
@@ -143,7 +144,7 @@ def is_status_question(text: str) -> bool:
     t = text.strip()
     if not 0 < len(t) <= FOLLOW_UP_MAX_CHARS:
         return False
-    if _ASCII_OR_CYRILLIC.fullmatch(t):
+    if is_ascii_or_cyrillic(t):
         return _STATUS_LOWER.search(t.lower()) is not None
     return _STATUS.search(t) is not None
 
