@@ -18,8 +18,9 @@ so the state of one customer is bounded (≈ 0.35 KB per entry as JSON, measured
 with the signature as an int list).
 
 A remembered signature is kept packed (``pack_signature``: 64 little-endian uint16, base64
-in JSON): it parses, compares (numpy, all entries at once) and writes faster than a list of
-ints. States written as int lists (older workers' changelogs) still load, packed on reading.
+in JSON): it parses, compares (one int XOR per entry, ``_equal_values``) and writes faster
+than a list of ints. States written as int lists (older workers' changelogs) still load,
+packed on reading.
 """
 
 from __future__ import annotations
