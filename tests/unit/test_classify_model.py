@@ -6,8 +6,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.pipeline import FeatureUnion
 
+from pipeline.classify.features import with_fast_features
 from pipeline.classify.model import (
     META_FILE,
     OUT_OF_SCOPE,
@@ -21,6 +24,7 @@ from pipeline.classify.model import (
 )
 from pipeline.cli import main
 from pipeline.config import Settings, get_settings
+from pipeline.domain.tfidf import FastUnion
 from pipeline.errors import ModelError
 
 # A tiny bilingual data set: 4 intents × (6 en + 6 ru).
@@ -283,3 +287,25 @@ def test_word_features_are_stems_of_both_languages() -> None:
     assert {"заказ", "order", "не пришел"} <= set(vocab)
     seen, unseen = word.transform(["мои заказы"]), word.transform(["моими заказами"])
     assert seen[0, vocab["заказ"]] > 0 and unseen[0, vocab["заказ"]] > 0
+
+
+def test_the_fast_model_decides_as_the_model() -> None:
+    """with_fast_features (pipeline/domain/tfidf.py's features) decides as the model."""
+    rows = _rows()
+    model = IntentModel.train(
+        [r["text"] for r in rows],
+        [r["label"] for r in rows],
+        categories=CATEGORY,
+        params=TrainParams(holdout=0.0),
+    )
+    fast = with_fast_features(model)
+    texts = ["", " ", "a", "😀 🙂x", "x" * 3000, "a\u00a0b\u2003c", "where is my parcel"]
+    texts += ["верните мне деньги", "забыл пароль, где заказ"]
+    np.testing.assert_array_equal(fast.confidences(texts), model.confidences(texts))
+    assert fast.predict_batch(texts) == model.predict_batch(texts)
+    segments = [[t] for t in texts] + [["where is my order", "и верните деньги"], []]
+    assert fast.predict_segmented(segments) == model.predict_segmented(segments)
+    # the model itself keeps sklearn's union (it is what model.save writes)
+    assert isinstance(model._estimator.named_steps["features"], FeatureUnion)
+    assert isinstance(fast._estimator.named_steps["features"], FastUnion)
+    assert with_fast_features(fast) is fast

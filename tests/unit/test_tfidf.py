@@ -17,13 +17,11 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
-from pipeline.classify.features import with_fast_features
-from pipeline.classify.model import IntentModel, TrainParams, _features, default_training_set
+from pipeline.classify.model import TrainParams, _features, default_training_set
 from pipeline.config import DEFAULT_CONFIG_DIR
 from pipeline.domain.text import fold
 from pipeline.domain.tfidf import FastTfidf, FastUnion
 from pipeline.route.kb import KbIndex
-from tests.unit.test_classify_model import CATEGORY, _rows
 
 KB_DIR = DEFAULT_CONFIG_DIR / "kb"
 SAMPLES = DEFAULT_CONFIG_DIR / "samples" / "messages.jsonl"
@@ -134,23 +132,3 @@ def test_unsupported_vectorizers_are_refused() -> None:
     weighted = FeatureUnion([("w", TfidfVectorizer())], transformer_weights={"w": 2.0})
     with pytest.raises(ValueError, match="weights"):
         FastUnion(weighted.fit(texts))
-
-
-def test_the_fast_model_decides_as_the_model() -> None:
-    rows = _rows()
-    model = IntentModel.train(
-        [r["text"] for r in rows],
-        [r["label"] for r in rows],
-        categories=CATEGORY,
-        params=TrainParams(holdout=0.0),
-    )
-    fast = with_fast_features(model)
-    texts = [*HOSTILE, "where is my parcel", "верните мне деньги", "забыл пароль, где заказ"]
-    np.testing.assert_array_equal(fast.confidences(texts), model.confidences(texts))
-    assert fast.predict_batch(texts) == model.predict_batch(texts)
-    segments = [[t] for t in texts] + [["where is my order", "и верните деньги"], []]
-    assert fast.predict_segmented(segments) == model.predict_segmented(segments)
-    # the model itself keeps sklearn's union (it is what model.save writes)
-    assert isinstance(model._estimator.named_steps["features"], FeatureUnion)
-    assert isinstance(fast._estimator.named_steps["features"], FastUnion)
-    assert with_fast_features(fast) is fast
