@@ -1,5 +1,5 @@
 """is_status_question and is_not_helped search lower-cased ASCII/Cyrillic text without
-IGNORECASE (faster, see ``text.is_ascii_or_cyrillic``): the same answers as their IGNORECASE
+IGNORECASE (faster, see ``text.LowerCasePattern``): the same answers as their IGNORECASE
 search, including on the look-alike letters where a lower-cased search alone would differ."""
 
 from __future__ import annotations
@@ -68,16 +68,16 @@ def _status(search: Callable[[str], object]) -> Callable[[str], bool]:
 CHECKS = {
     "status": (
         is_status_question,
-        _status(conversation._STATUS.search),
-        _status(lambda s: conversation._STATUS_LOWER.search(s.lower())),
-        conversation._STATUS_PATTERN,
+        _status(conversation._STATUS.ignorecase.search),
+        _status(lambda s: conversation._STATUS.plain.search(s.lower())),
+        conversation._STATUS.pattern,
         STATUS_PHRASES,
     ),
     "not_helped": (
         is_not_helped,
-        lambda t: text._NOT_HELPED.search(fold(t)) is not None,
-        lambda t: text._NOT_HELPED_LOWER.search(fold(t).lower()) is not None,
-        text._NOT_HELPED_PATTERN,
+        lambda t: text._NOT_HELPED.ignorecase.search(fold(t)) is not None,
+        lambda t: text._NOT_HELPED.plain.search(fold(t).lower()) is not None,
+        text._NOT_HELPED.pattern,
         NOT_HELPED_PHRASES,
     ),
 }
