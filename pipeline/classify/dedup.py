@@ -14,13 +14,7 @@ Three checks, cheapest first:
   sides, else a two-word message would be "contained" in everything).
 
 Entries expire after ``window_s`` and at most ``max_entries`` are kept (oldest dropped),
-so the state of one customer is bounded (≈ 0.35 KB per entry as JSON, measured; 0.57 KB
-with the signature as an int list).
-
-A remembered signature is kept packed (``pack_signature``: 64 little-endian uint16, base64
-in JSON): it parses, compares (one int XOR per entry, ``_equal_values``) and writes faster
-than a list of ints. States written as int lists (older workers' changelogs) still load,
-packed on reading.
+so the state of one customer is bounded (≈ 0.5 KB per entry as JSON, measured).
 """
 
 from __future__ import annotations
@@ -28,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
-import struct
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
@@ -37,7 +30,7 @@ from typing import Literal, cast
 
 import numpy as np
 from datasketch import MinHash
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.events import InboundMessage
 
@@ -54,7 +47,6 @@ __all__ = [
     "fingerprint",
     "fingerprints",
     "normalize_text",
-    "pack_signature",
     "remember",
     "remember_and_count",
     "replayed",
@@ -85,51 +77,18 @@ class DedupConfig(BaseModel):
     )
 
 
-_SIG_BYTES = 2 * NUM_PERM
-_U16 = np.dtype("<u2")  # a packed signature value
-
-
-def pack_signature(sig: Sequence[int]) -> bytes:
-    """A signature as stored: each value a little-endian uint16 (ValueError if one is not
-    an int in 0..65535 or there are neither 0 nor ``NUM_PERM`` values)."""
-    if len(sig) not in (0, NUM_PERM):
-        raise ValueError(f"a signature has 0 or {NUM_PERM} values, not {len(sig)}")
-    if not all(type(v) is int and 0 <= v <= 0xFFFF for v in sig):
-        raise ValueError("signature values are ints in 0..65535")
-    return struct.pack(f"<{len(sig)}H", *sig)
-
-
 class DedupEntry(BaseModel):
-    """One remembered message: ids, hashes as ints, the signature packed, time."""
+    """One remembered message: ids, fingerprints as compact ints, time."""
 
-    # bytes are base64 in JSON (pydantic-core encodes and decodes them natively)
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     message_id: str
     case_id: str | None = None
     id_hash: int = Field(description="64-bit hash of channel + channel message id.")
     text_hash: int = Field(description="64-bit hash of the normalized text (0: empty).")
-    sig: bytes = Field(
-        default=b"",
-        description="MinHash, low 16 bits of each value, packed (pack_signature; base64 in "
-        "JSON). A list of ints (the earlier format) is packed on reading.",
-    )
+    sig: list[int] = Field(default_factory=list, description="MinHash, low 16 bits of each value.")
     n: int = Field(default=0, ge=0, description="Number of distinct shingles.")
     at: float = Field(description="Epoch seconds it was remembered.")
-
-    @field_validator("sig", mode="before")
-    @classmethod
-    def _pack_int_list(cls, value: object) -> object:
-        return pack_signature(value) if isinstance(value, list) else value
-
-    @field_validator("sig")
-    @classmethod
-    def _sig_size(cls, sig: bytes) -> bytes:
-        if len(sig) not in (0, _SIG_BYTES):
-            raise ValueError(f"a packed signature has 0 or {_SIG_BYTES} bytes, not {len(sig)}")
-        return sig
 
 
 class CustomerDedupState(BaseModel):
@@ -260,8 +219,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return out
 
 
-def _minhash_rows(shingle_sets: Sequence[set[str]]) -> tuple[list[int], np.ndarray]:
-    """The indices of the non-empty sets and their signatures, one uint16 row each.
+def signatures(shingle_sets: Sequence[set[str]]) -> list[list[int]]:
+    """``signature`` of each set, in one numpy pass over all their shingles.
 
     datasketch's ``MinHash(scheme="affine32").update_batch`` computed directly (same
     values): each shingle's 32-bit hash pre-mixed by the finalizer, then a·h + b mod 2^32
@@ -269,22 +228,16 @@ def _minhash_rows(shingle_sets: Sequence[set[str]]) -> tuple[list[int], np.ndarr
     """
     sizes = [len(s) for s in shingle_sets]
     hv = np.array(_shingle_hashes([x for s in shingle_sets for x in s]), dtype=np.uint32)
-    filled = [i for i, n in enumerate(sizes) if n]
     if not hv.size:
-        return filled, np.empty((0, NUM_PERM), dtype=_U16)
+        return [[] for _ in shingle_sets]
     a, b = _permutations()
     # one row per permutation: the minimum per set is a reduction along contiguous memory
     phv = a[:, None] * _fmix32(hv)[None, :] + b[:, None]
     starts = np.cumsum([0, *sizes[:-1]])
-    mins = np.minimum.reduceat(phv, starts[filled], axis=1) & 0xFFFF
-    return filled, np.ascontiguousarray(mins.T, dtype=_U16)
-
-
-def signatures(shingle_sets: Sequence[set[str]]) -> list[list[int]]:
-    """``signature`` of each set, in one numpy pass over all their shingles."""
-    filled, rows = _minhash_rows(shingle_sets)
+    filled = [i for i, n in enumerate(sizes) if n]
+    mins = (np.minimum.reduceat(phv, starts[filled], axis=1) & 0xFFFF).T.tolist()
     out: list[list[int]] = [[] for _ in shingle_sets]
-    for i, sig in zip(filled, rows.tolist(), strict=True):
+    for i, sig in zip(filled, mins, strict=True):
         out[i] = sig
     return out
 
@@ -302,12 +255,7 @@ def estimate_similarity(sig_a: Sequence[int], n_a: int, sig_b: Sequence[int], n_
     if not sig_a or not sig_b or len(sig_a) != len(sig_b):
         return 0.0
     same: int = sum(map(operator.eq, sig_a, sig_b))  # numpy costs more for 64 values
-    return _similarity(same, len(sig_a), n_a, n_b)
-
-
-def _similarity(same: int, size: int, n_a: int, n_b: int) -> float:
-    """``estimate_similarity`` from the number of equal values of two signatures."""
-    jac = same / size
+    jac = same / len(sig_a)
     if min(n_a, n_b) < _MIN_SHINGLES_CONTAINMENT:
         return jac
     inter = jac * (n_a + n_b) / (1.0 + jac)
@@ -339,11 +287,11 @@ def expire(state: CustomerDedupState, now: datetime, config: DedupConfig) -> Cus
     return state if kept is state.entries else state.model_copy(update={"entries": kept})
 
 
-Fingerprint = tuple[int, bytes, int]
+Fingerprint = tuple[int, list[int], int]
 
 
 def fingerprint(msg: InboundMessage) -> Fingerprint:
-    """(text hash, packed MinHash signature, shingle count): compute once, pass to both calls."""
+    """(text hash, MinHash signature, shingle count): compute once, pass to both calls."""
     return fingerprints([msg])[0]
 
 
@@ -351,11 +299,10 @@ def fingerprints(msgs: Sequence[InboundMessage]) -> list[Fingerprint]:
     """``fingerprint`` of each message (the signatures in one numpy pass)."""
     norms = [normalize_text(m.text) for m in msgs]
     sets = [shingles(n) for n in norms]
-    sigs = [b""] * len(msgs)
-    filled, rows = _minhash_rows(sets)
-    for i, row in zip(filled, rows, strict=True):
-        sigs[i] = row.tobytes()
-    return [(text_hash(n), sig, len(sh)) for n, sh, sig in zip(norms, sets, sigs, strict=True)]
+    return [
+        (text_hash(n), sig, len(sh))
+        for n, sh, sig in zip(norms, sets, signatures(sets), strict=True)
+    ]
 
 
 def check_duplicate(
@@ -386,41 +333,15 @@ def check_duplicate(
         for e in reversed(live):
             if e.text_hash == th:
                 return _duplicate_of(e, "same_text")
-    best, best_sim = _nearest(live, sig, n)
+    best: DedupEntry | None = None
+    best_sim = 0.0
+    for e in reversed(live):  # newest first: ties go to the most recent case
+        sim = estimate_similarity(sig, n, e.sig, e.n)
+        if sim > best_sim:
+            best, best_sim = e, sim
     if best is not None and best_sim >= cfg.near_threshold:
         return _duplicate_of(best, "near", round(best_sim, 4))
     return DedupDecision(is_duplicate=False, similarity=round(best_sim, 4))
-
-
-def _nearest(live: list[DedupEntry], sig: bytes, n: int) -> tuple[DedupEntry | None, float]:
-    """The most similar entry (newest first: ties go to the most recent case) and its
-    ``estimate_similarity``; (None, 0.0) when none is above 0."""
-    best: DedupEntry | None = None
-    best_sim = 0.0
-    if not sig:
-        return best, best_sim
-    packed = int.from_bytes(sig, "little")
-    for e in reversed(live):
-        if len(e.sig) == len(sig):
-            same = _equal_values(packed, int.from_bytes(e.sig, "little"))
-            sim = _similarity(same, NUM_PERM, n, e.n)
-            if sim > best_sim:
-                best, best_sim = e, sim
-    return best, best_sim
-
-
-#: Each 16-bit value's low 15 bits, and its top bit, over a whole packed signature.
-_LOW15 = int.from_bytes(b"\xff\x7f" * NUM_PERM, "little")
-_TOP = int.from_bytes(b"\x00\x80" * NUM_PERM, "little")
-
-
-def _equal_values(a: int, b: int) -> int:
-    """How many values two packed signatures (as ints) share, position by position: in
-    ``a ^ b`` a value differs iff its top bit is set, or adding 0x7FFF to its low 15 bits
-    sets it (never carrying into the next value). One int operation each for all 64
-    values: cheaper than numpy's call overhead for the few entries a customer has."""
-    x = a ^ b
-    return NUM_PERM - ((((x & _LOW15) + _LOW15) | x) & _TOP).bit_count()
 
 
 def _duplicate_of(
