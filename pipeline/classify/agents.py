@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipeline.classify import dedup, incident_agent, incidents
 from pipeline.classify.core import Classifier
 from pipeline.context import Context
@@ -119,12 +121,7 @@ class ClassifyAgent:
         recent: dict[str, int] = {}
         for msg, fp in zip(msgs, dedup.fingerprints(msgs), strict=True):
             key = msg.customer_id
-            raw_state = self.dedup_table.get(key)
-            st = (
-                dedup.CustomerDedupState.model_validate_json(raw_state)
-                if raw_state
-                else dedup.CustomerDedupState()
-            )
+            st = readable_state(key, self.dedup_table.get(key))
             d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
@@ -187,12 +184,26 @@ async def sweep_tables(dedup_table: Any, dedup_cfg: dedup.DedupConfig, now: date
     """Delete idle keys (no live dedup entry or contact); returns how many."""
     now_s = now.timestamp()
 
-    def dedup_kept(_: str, raw: str) -> str | None:
-        state = dedup.expire(dedup.CustomerDedupState.model_validate_json(raw), now, dedup_cfg)
+    def dedup_kept(key: str, raw: str) -> str | None:
+        state = dedup.expire(readable_state(key, raw), now, dedup_cfg)
         contacted = any(now_s - t < CONTACT_WINDOW_S for t in state.contacts)
         return raw if state.entries or contacted else None
 
     return await sweep_table(dedup_table, dedup_kept)
+
+
+def readable_state(customer_id: str, raw: str | None) -> dedup.CustomerDedupState:
+    """The customer's dedup state from its table value; an unreadable one (a bug, or a format
+    this version does not know) is logged and replaced by an empty state: the customer's
+    duplicates and contact counts start afresh, rather than the whole batch failing (every
+    message of it rejected) and the retention sweep's timer crashing the worker."""
+    if not raw:
+        return dedup.CustomerDedupState()
+    try:
+        return dedup.CustomerDedupState.model_validate_json(raw)
+    except ValidationError as exc:
+        log.error("dedup state of customer %s is unreadable, starting afresh: %s", customer_id, exc)
+        return dedup.CustomerDedupState()
 
 
 def _similarity(msg: InboundMessage, d: dedup.DedupDecision) -> Similarity:

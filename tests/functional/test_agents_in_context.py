@@ -18,6 +18,7 @@ import pytest
 from faust.types import TP, Message
 
 from pipeline.app import create_app
+from pipeline.classify import dedup
 from pipeline.codec import decode, encode
 from pipeline.config import Settings
 from pipeline.context import Context
@@ -354,3 +355,22 @@ async def test_poison_is_dead_lettered_and_the_agent_goes_on(
     await feed("cases", [("task-updates", "c", b"{not an update")], lambda: dlq() == 1)
     [dl] = out.take(ctx.settings.topic("dlq"), DeadLetter)
     assert dl.stage == "cases" and dl.error
+
+
+async def test_an_unreadable_dedup_state_costs_only_its_customers_memory(
+    ctx: Context, feed: Feed, tg: Telegram
+) -> None:
+    out = _out(ctx)
+    spoiled, other = tg(ctx.settings, 7003, "Где мой заказ 555?"), tg(ctx.settings, 7004, "Hi")
+    dedup_table = ctx.app.tables["dedup"]
+    dedup_table[spoiled.customer_id] = '{"entries": [{"sig": "not a state"}]}'
+    await feed(
+        "classify",
+        [("inbound", m.customer_id, m) for m in (spoiled, other)],
+        lambda: _count(ctx, "classified")() == 2,
+    )
+    # both classified, neither rejected; the spoiled customer's state starts afresh
+    assert out.take(ctx.settings.topic("dlq"), DeadLetter) == []
+    assert len(out.take(ctx.settings.topic("classified"), ClassifiedMessage)) == 2
+    state = dedup.CustomerDedupState.model_validate_json(dedup_table[spoiled.customer_id])
+    assert [e.message_id for e in state.entries] == [spoiled.message_id]

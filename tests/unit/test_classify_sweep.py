@@ -134,3 +134,10 @@ def test_remember_and_count_is_remember_then_count_contact() -> None:
         )
         assert (two.model_dump_json(), n_two) == (one.model_dump_json(), n_one)
     assert one.entries and one.contacts
+
+
+async def test_sweep_forgets_an_unreadable_state_and_goes_on() -> None:
+    fresh = _state(NOW - timedelta(minutes=5), "where is my order")
+    table = {"spoiled": "{not json", "wrong": '{"entries": 7}', "fresh": fresh}
+    removed = await sweep_tables(table, dedup.DedupConfig(window_s=3600), NOW)
+    assert removed == 2 and table == {"fresh": fresh}
