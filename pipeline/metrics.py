@@ -68,6 +68,13 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.unreadable_state = Counter(
+            "pipeline_unreadable_state_total",
+            "Stored table values this version could not read (a bug, or a newer release's "
+            "format), forgotten or skipped instead of failing, by table (stage.read_stored).",
+            ["table"],
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "pipeline_end_to_end_seconds",
             "From ingest (received_at) to the terminal outcome.",

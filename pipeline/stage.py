@@ -18,18 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from pydantic import ValidationError
 
 from pipeline.codec import dead_letter, decode
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, DecodeError
 from pipeline.events import Event
+
+if TYPE_CHECKING:
+    from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -175,14 +184,61 @@ async def take_batches(
 SWEEP_CHUNK = 100
 
 
-async def sweep_table(table: Any, keep: Callable[[str, str], str | None]) -> int:
+#: What reading a stored table value raises when the value is unreadable: not JSON, or JSON of
+#: another shape or of a format this version does not know (a bug, or written by a newer
+#: release before a rollback). Anything else is a programming error and surfaces.
+UNREADABLE = (orjson.JSONDecodeError, ValidationError, DecodeError)
+
+
+def read_stored(
+    parse: Callable[[R], T],
+    raw: R,
+    *,
+    table: str,
+    key: str,
+    metrics: Metrics | None = None,
+    then: str = "skipped",
+) -> T | None:
+    """``parse(raw)``, or None when the stored value is unreadable (``UNREADABLE``).
+
+    An exception in a Faust timer kills the worker, and one in a batch outside the per-record
+    guard rejects every message of the batch: one bad value must cost only its own key. It is
+    logged with the table and key (``then``: what the caller does about it) but not the value,
+    which may hold a customer's text, and counted (``pipeline_unreadable_state_total{table}``).
+    """
+    try:
+        return parse(raw)
+    except UNREADABLE as exc:
+        log.warning("%s value of %s is unreadable (%s): %s", table, key, _reason(exc), then)
+        if metrics is not None:
+            metrics.unreadable_state.labels(table=table).inc()
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    """What is wrong with a value, without the value (pydantic's text quotes the input)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        return f"{exc.error_count()} error(s), first {first['type']} at {where}"
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"not JSON at char {exc.pos}"
+    return type(exc).__name__
+
+
+async def sweep_table(
+    table: Any, keep: Callable[[str, str], str | None], metrics: Metrics | None = None
+) -> int:
     """Apply a retention rule to every key of a table; returns how many keys went.
 
     ``keep(key, value)`` returns the value to keep (the same text: unchanged; another:
-    rewritten) or None to forget the key. The sweep yields to the event loop every
+    rewritten) or None to forget the key. A value ``keep`` cannot read (it raised one of
+    ``UNREADABLE``) is forgotten too, logged and counted (``read_stored``): the sweep runs in
+    a timer, where an exception kills the worker. The sweep yields to the event loop every
     ``SWEEP_CHUNK`` keys (a long sweep must not stall the agents) and re-reads each value,
     since an agent may have changed or deleted it meanwhile.
     """
+    name = str(getattr(table, "name", "table"))
     removed = 0
     for n, key in enumerate(list(table.keys())):
         if n % SWEEP_CHUNK == 0:
@@ -190,7 +246,14 @@ async def sweep_table(table: Any, keep: Callable[[str, str], str | None]) -> int
         raw = table.get(key)
         if raw is None:
             continue
-        kept = keep(key, raw)
+        kept = read_stored(
+            functools.partial(keep, key),
+            raw,
+            table=name,
+            key=key,
+            metrics=metrics,
+            then="forgotten",
+        )
         if kept is None:
             del table[key]
             removed += 1

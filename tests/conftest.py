@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.plugins.browser",
     "tests.plugins.deploy",
     "tests.plugins.payloads",
+    "tests.plugins.tables",
 ]
 
 

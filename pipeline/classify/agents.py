@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from pipeline.classify import dedup, incident_agent, incidents
 from pipeline.classify.core import Classifier
 from pipeline.context import Context
@@ -28,11 +26,14 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.live_workflow import LiveWorkflow
-from pipeline.stage import RawRecord, decode_record, sweep_table, take_batches
+from pipeline.metrics import Metrics
+from pipeline.stage import RawRecord, decode_record, read_stored, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
 
 STAGE = "classify"
+#: Each customer's dedup entries and recent contacts (``dedup.CustomerDedupState`` JSON).
+DEDUP_TABLE = "dedup"
 CONTACT_WINDOW_S = 30 * 24 * 3600
 SWEEP_INTERVAL_S = 600.0
 MAX_CONTACTS = 20
@@ -53,7 +54,7 @@ class ClassifyAgent:
     def __init__(self, ctx: Context, live: LiveWorkflow) -> None:
         self.ctx = ctx
         self.live = live
-        self.dedup_table = ctx.table("dedup")
+        self.dedup_table = ctx.table(DEDUP_TABLE)
         self.dedup_cfg = dedup.DedupConfig(window_s=ctx.settings.dedup_window_s)
         wf = live.current
         # Load (or train) the model now, before the worker starts, not in the event loop.
@@ -121,7 +122,7 @@ class ClassifyAgent:
         recent: dict[str, int] = {}
         for msg, fp in zip(msgs, dedup.fingerprints(msgs), strict=True):
             key = msg.customer_id
-            st = readable_state(key, self.dedup_table.get(key))
+            st = readable_state(key, self.dedup_table.get(key), self.ctx.metrics)
             d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
@@ -165,7 +166,7 @@ class ClassifyAgent:
 
     async def sweep(self) -> None:
         """Forget idle keys (keeps memory bounded: per-customer state expires on access)."""
-        removed = await sweep_tables(self.dedup_table, self.dedup_cfg, utcnow())
+        removed = await sweep_tables(self.dedup_table, self.dedup_cfg, utcnow(), self.ctx.metrics)
         if removed:
             log.info("state sweep removed %d idle keys", removed)
 
@@ -180,30 +181,40 @@ def install(ctx: Context, live: LiveWorkflow) -> ClassifyAgent:
     return agent
 
 
-async def sweep_tables(dedup_table: Any, dedup_cfg: dedup.DedupConfig, now: datetime) -> int:
-    """Delete idle keys (no live dedup entry or contact); returns how many."""
+async def sweep_tables(
+    dedup_table: Any, dedup_cfg: dedup.DedupConfig, now: datetime, metrics: Metrics | None = None
+) -> int:
+    """Delete idle keys (no live dedup entry or contact; an unreadable value); returns how
+    many."""
     now_s = now.timestamp()
 
-    def dedup_kept(key: str, raw: str) -> str | None:
-        state = dedup.expire(readable_state(key, raw), now, dedup_cfg)
+    def dedup_kept(_: str, raw: str) -> str | None:
+        state = dedup.CustomerDedupState.model_validate_json(raw)  # unreadable: forgotten
+        state = dedup.expire(state, now, dedup_cfg)
         contacted = any(now_s - t < CONTACT_WINDOW_S for t in state.contacts)
         return raw if state.entries or contacted else None
 
-    return await sweep_table(dedup_table, dedup_kept)
+    return await sweep_table(dedup_table, dedup_kept, metrics)
 
 
-def readable_state(customer_id: str, raw: str | None) -> dedup.CustomerDedupState:
+def readable_state(
+    customer_id: str, raw: str | None, metrics: Metrics | None = None
+) -> dedup.CustomerDedupState:
     """The customer's dedup state from its table value; an unreadable one (a bug, or a format
-    this version does not know) is logged and replaced by an empty state: the customer's
-    duplicates and contact counts start afresh, rather than the whole batch failing (every
-    message of it rejected) and the retention sweep's timer crashing the worker."""
-    if not raw:
-        return dedup.CustomerDedupState()
-    try:
-        return dedup.CustomerDedupState.model_validate_json(raw)
-    except ValidationError as exc:
-        log.error("dedup state of customer %s is unreadable, starting afresh: %s", customer_id, exc)
-        return dedup.CustomerDedupState()
+    this version does not know) is logged and replaced by an empty state (``read_stored``): the
+    customer's duplicates and contact counts start afresh, rather than the whole batch failing
+    (every message of it rejected) and the retention sweep's timer crashing the worker."""
+    state = None
+    if raw:
+        state = read_stored(
+            dedup.CustomerDedupState.model_validate_json,
+            raw,
+            table=DEDUP_TABLE,
+            key=customer_id,
+            metrics=metrics,
+            then="starting afresh",
+        )
+    return state if state is not None else dedup.CustomerDedupState()
 
 
 def _similarity(msg: InboundMessage, d: dedup.DedupDecision) -> Similarity:

@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.classify import incidents
 from pipeline.context import Context
 from pipeline.events import InboundMessage, IncidentResolved, IncidentSignal, utcnow
+from pipeline.metrics import Metrics
 from pipeline.stage import RawRecord, decode_record, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,14 @@ class IncidentAgent:
 
     async def sweep(self) -> None:
         """Forget idle windows (no open incident and no live report, or stale)."""
-        removed = await sweep_windows(self.table, utcnow())
+        removed = await sweep_windows(self.table, utcnow(), self.ctx.metrics)
         if removed:
             log.info("incident sweep removed %d idle buckets", removed)
 
 
-async def sweep_windows(table: Any, now: datetime) -> int:
-    """Delete idle or stale bucket windows; returns how many."""
+async def sweep_windows(table: Any, now: datetime, metrics: Metrics | None = None) -> int:
+    """Delete idle or stale bucket windows (and unreadable ones: ``stage.sweep_table``);
+    returns how many."""
     now_s = now.timestamp()
 
     def kept(_: str, raw: str) -> str | None:
@@ -112,7 +114,7 @@ async def sweep_windows(table: Any, now: datetime) -> int:
         stale = now_s - last >= INCIDENT_TTL_S
         return None if incidents.is_idle(window, now) or stale else raw
 
-    return await sweep_table(table, kept)
+    return await sweep_table(table, kept, metrics)
 
 
 def install(ctx: Context) -> IncidentAgent:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
+from pydantic import BaseModel, TypeAdapter
 
 from pipeline.config import Settings
 from pipeline.context import Context
@@ -31,6 +32,7 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
+from pipeline.metrics import Metrics
 from pipeline.notify.compose import compose_external
 from pipeline.notify.delivery import Deliverer
 from pipeline.notify.ratelimit import RateLimiter, rate_share
@@ -68,19 +70,31 @@ def _with_delivered(table: Any, key: str, delivery_id: str, now: float | None = 
     return orjson.dumps({"at": at, "ids": ids[-MAX_REMEMBERED:]}).decode()
 
 
-async def sweep_delivered(table: Any, cutoff_s: float) -> int:
-    """Forget the delivered ids of keys not written since ``cutoff_s`` (epoch seconds).
+class _Marked(BaseModel):
+    """What the sweep reads of a delivered-ids value: when the key was last written."""
+
+    at: float = 0.0
+
+
+#: A delivered-ids value: ``{"at": epoch s, "ids": [...]}``, or a bare list (the format
+#: before timestamps were kept; its age is unknown, so the sweep keeps it).
+_MARKS: TypeAdapter[_Marked | list[str]] = TypeAdapter(_Marked | list[str])
+
+
+async def sweep_delivered(table: Any, cutoff_s: float, metrics: Metrics | None = None) -> int:
+    """Forget the delivered ids of keys not written since ``cutoff_s`` (epoch seconds), and
+    unreadable values (``stage.sweep_table``).
 
     They guard against sending twice when records are replayed, which happens within
     minutes of a delivery; a key idle for the case retention period is only memory.
     """
 
     def kept(_: str, raw: str) -> str | None:
-        data = orjson.loads(raw) if raw else None
-        stale = not data or (isinstance(data, dict) and float(data.get("at", 0)) < cutoff_s)
+        data = _MARKS.validate_json(raw) if raw else None
+        stale = not data or (isinstance(data, _Marked) and data.at < cutoff_s)
         return None if stale else raw
 
-    return await sweep_table(table, kept)
+    return await sweep_table(table, kept, metrics)
 
 
 @dataclass(frozen=True)
@@ -310,7 +324,7 @@ def install(ctx: Context) -> list[DeliveryLoop]:
         cutoff = time.time() - ctx.settings.case_retention_days * 86_400
         removed = 0
         for o in inputs:
-            removed += await sweep_delivered(o.table, cutoff)
+            removed += await sweep_delivered(o.table, cutoff, ctx.metrics)
         if removed:
             log.info("delivery sweep forgot %d idle keys", removed)
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
-from pydantic import TypeAdapter
+from pydantic import AwareDatetime, BaseModel, TypeAdapter
 
 from pipeline import bus
 from pipeline.codec import decode
@@ -55,17 +56,33 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.live_workflow import LiveWorkflow
+from pipeline.metrics import Metrics
 from pipeline.route import sla
 from pipeline.route.commands import apply_case_command
 from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbIndex, KbMatch
-from pipeline.stage import SWEEP_CHUNK, RawRecord, decode_record, sweep_table, take_batches
+from pipeline.stage import (
+    SWEEP_CHUNK,
+    RawRecord,
+    decode_record,
+    read_stored,
+    sweep_table,
+    take_batches,
+)
 from pipeline.topics import task_topic
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
+T = TypeVar("T")
+
 STAGE = "route"
 CASES_STAGE = "cases"
+#: The tables: route's (by customer), the case keeper's (by case), and the keeper's records
+#: that overtook their case's creation (by case).
+CUSTOMER_CASES_TABLE = "customer-cases"
+CASES_TABLE = "cases"
+PENDING_TABLE = "pending-updates"
 MAX_CASES_PER_CUSTOMER = 10
 SLA_INTERVAL_S = 30.0
 CASE_SWEEP_INTERVAL_S = 600.0
@@ -187,44 +204,68 @@ def _observe_survey(ctx: Context, events: list[CaseEvent]) -> None:
 
 
 async def sweep_case_tables(
-    cases_table: Any, customer_cases: Any, pending_table: Any, cutoff: datetime
+    cases_table: Any,
+    customer_cases: Any,
+    pending_table: Any,
+    cutoff: datetime,
+    metrics: Metrics | None = None,
 ) -> int:
     """Forget cases resolved before ``cutoff`` (and updates still waiting for a case that
-    long); returns how many entries went. Open cases are never forgotten.
+    long); returns how many entries went. Open cases are never forgotten; a value the sweep
+    cannot read at all is (logged and counted, ``stage.sweep_table``). The sweep reads only
+    the fields it decides on, so a case of a format this version does not know otherwise
+    (a newer release's field) is kept.
 
     Without it the memory-store tables and their compacted changelogs grow with every case
     ever opened (measured: ~10 KB of worker memory per message).
     """
 
     def case_kept(_: str, raw: str) -> str | None:
-        data = orjson.loads(raw) if raw else None
-        return None if not data or _resolved_before(data, cutoff) else raw
+        return None if not raw or _Retained.model_validate_json(raw).gone(cutoff) else raw
 
     def customer_kept(_: str, raw: str) -> str | None:
-        cases = orjson.loads(raw) if raw else []
-        kept = [c for c in cases if not _resolved_before(c, cutoff)]
+        cases = _RETAINED_LIST.validate_json(raw) if raw else []
+        kept = [i for i, c in enumerate(cases) if not c.gone(cutoff)]
         if not kept:
             return None
-        return raw if len(kept) == len(cases) else orjson.dumps(kept).decode()
+        if len(kept) == len(cases):
+            return raw
+        data = orjson.loads(raw)
+        return orjson.dumps([data[i] for i in kept]).decode()
 
     def pending_kept(key: str, raw: str) -> str | None:
-        held = orjson.loads(raw) if raw else []
-        gone = key not in cases_table and all(_before(u.get("at"), cutoff) for u in held)
+        held = _HELD_AT.validate_json(raw) if raw else []
+        gone = key not in cases_table and all(_before(u.at, cutoff) for u in held)
         return None if gone else raw
 
-    removed = await sweep_table(cases_table, case_kept)
-    removed += await sweep_table(customer_cases, customer_kept)
-    return removed + await sweep_table(pending_table, pending_kept)
+    removed = await sweep_table(cases_table, case_kept, metrics)
+    removed += await sweep_table(customer_cases, customer_kept, metrics)
+    return removed + await sweep_table(pending_table, pending_kept, metrics)
 
 
-def _before(value: Any, cutoff: datetime) -> bool:
-    if not value:
-        return True
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) < cutoff
+class _Retained(BaseModel):
+    """What the retention sweep reads of a stored case (the other fields are not checked)."""
+
+    status: str
+    resolved_at: AwareDatetime | None = None
+
+    def gone(self, cutoff: datetime) -> bool:
+        """Resolved before ``cutoff`` (a resolved case without a date counts as long ago)."""
+        return self.status == "resolved" and _before(self.resolved_at, cutoff)
 
 
-def _resolved_before(case: dict[str, Any], cutoff: datetime) -> bool:
-    return case.get("status") == "resolved" and _before(case.get("resolved_at"), cutoff)
+class _HeldAt(BaseModel):
+    """What the retention sweep reads of a held update or link: when it was made."""
+
+    at: AwareDatetime | None = None
+
+
+_RETAINED_LIST = TypeAdapter(list[_Retained])
+_HELD_AT = TypeAdapter(list[_HeldAt])
+
+
+def _before(value: datetime | None, cutoff: datetime) -> bool:
+    return value is None or value < cutoff
 
 
 class CustomerCases:
@@ -250,6 +291,17 @@ class CustomerCases:
 
 
 _CASES = TypeAdapter(list[CaseState])
+#: The keeper's held records (``TaskUpdate``/``IncidentLink`` dumps), each read on its own.
+_HELD = TypeAdapter(list[dict[str, Any]])
+
+
+def _open_case(raw: str) -> CaseState | None:
+    """The stored case if it is open; None if resolved (not validated: the SLA check skips
+    it, and most stored cases are resolved ones the retention keeps)."""
+    data = orjson.loads(raw)
+    if isinstance(data, dict) and data.get("status") == "resolved":
+        return None
+    return CaseState.model_validate(data)
 
 
 def _case_json(state: CaseState) -> str:
@@ -405,15 +457,12 @@ class CaseKeeper:
                 await self.ctx.send("case-status", merged.customer_id, _snapshot(merged, "cases"))
             state = merged
         self.table[state.case_id] = _case_json(state)
-        waiting = self.pending.get(state.case_id)
-        if waiting:
+        if self.pending.get(state.case_id):
             # Updates and links that overtook the case's creation (other topics): apply now.
+            waiting = self.held(state.case_id)
             self.pending[state.case_id] = ""
-            for raw in orjson.loads(waiting):
-                if "link_id" in raw:
-                    await self.take_link(IncidentLink.model_validate(raw))
-                else:
-                    await self.apply_update(TaskUpdate.model_validate(raw))
+            for raw in waiting:
+                await self.apply_held(state.case_id, raw)
 
     async def take_link(self, link: IncidentLink) -> None:
         """A report's case joins the incident whose case this keeper holds; answered at once
@@ -434,9 +483,37 @@ class CaseKeeper:
         for update in updates:
             await self.ctx.send("task-updates", update.case_id, update)
 
+    def held(self, case_id: str) -> list[dict[str, Any]]:
+        """The records held for a case not created yet; an unreadable value holds none (its
+        records could not be applied anyway; dead-lettering the record that reads it would not
+        bring them back)."""
+        raw = self.pending.get(case_id)
+        if not raw:
+            return []
+        dropped = "the records held for it are dropped"
+        return self.read_pending(_HELD.validate_json, raw, case_id, dropped) or []
+
+    async def apply_held(self, case_id: str, raw: dict[str, Any]) -> None:
+        """Apply one held update or link; one this version cannot read is dropped, not the
+        case's other held records."""
+        model: type[IncidentLink] | type[TaskUpdate] = (
+            IncidentLink if "link_id" in raw else TaskUpdate
+        )
+        record = self.read_pending(model.model_validate, raw, case_id, "that record is dropped")
+        if isinstance(record, IncidentLink):
+            await self.take_link(record)
+        elif isinstance(record, TaskUpdate):
+            await self.apply_update(record)
+
+    def read_pending(self, parse: Callable[[R], T], raw: R, case_id: str, then: str) -> T | None:
+        """``stage.read_stored`` for the held records of a case."""
+        return read_stored(
+            parse, raw, table=PENDING_TABLE, key=case_id, metrics=self.ctx.metrics, then=then
+        )
+
     def hold(self, case_id: str, what: str, raw: dict[str, Any], limit: int) -> None:
         """Keep a record that overtook its case's creation (bounded) until the case comes."""
-        held = orjson.loads(self.pending.get(case_id) or "[]")
+        held = self.held(case_id)
         if len(held) >= limit:
             raise DecodeError(f"{what} for unknown case {case_id}")
         held.append(raw)
@@ -496,11 +573,19 @@ class CaseKeeper:
             if n % SWEEP_CHUNK == 0:
                 await asyncio.sleep(0)  # a long scan must not stall the agents (tail latency)
             raw = self.table.get(key)  # re-read: an agent may have changed it meanwhile
-            data = orjson.loads(raw) if raw else None
-            if not data or data.get("status") == "resolved":
+            if not raw:
+                continue
+            state = read_stored(
+                _open_case,
+                raw,
+                table=CASES_TABLE,
+                key=key,
+                metrics=self.ctx.metrics,
+                then="no SLA check for it this round",
+            )
+            if state is None:  # resolved, or unreadable (one case must not stop the others)
                 continue
             open_cases += 1
-            state = CaseState.model_validate(data)
             tr = sla.check_sla(state, self.rt.workflow, now, settings=self.ctx.settings)
             if tr.case_events or tr.sub_requests or tr.replies:
                 await self.save(tr)
@@ -523,9 +608,9 @@ def install(ctx: Context, live: LiveWorkflow) -> tuple[RouteAgent, CaseKeeper]:
     """Register the route and case agents, the SLA and retention timers and the KB follower."""
     app = ctx.app
     rt = Runtime(ctx, live)
-    customer_cases = ctx.table("customer-cases")
-    cases_table = ctx.table("cases")
-    pending_table = ctx.table("pending-updates")
+    customer_cases = ctx.table(CUSTOMER_CASES_TABLE)
+    cases_table = ctx.table(CASES_TABLE)
+    pending_table = ctx.table(PENDING_TABLE)
     router = RouteAgent(ctx, rt, CustomerCases(customer_cases))
     keeper = CaseKeeper(ctx, rt, cases_table, pending_table)
     app.agent(_raw_topic(ctx, "classified", "case-status"), name="route")(router.run)
@@ -535,7 +620,9 @@ def install(ctx: Context, live: LiveWorkflow) -> tuple[RouteAgent, CaseKeeper]:
 
     async def case_sweep() -> None:
         cutoff = utcnow() - timedelta(days=ctx.settings.case_retention_days)
-        removed = await sweep_case_tables(cases_table, customer_cases, pending_table, cutoff)
+        removed = await sweep_case_tables(
+            cases_table, customer_cases, pending_table, cutoff, ctx.metrics
+        )
         if removed:
             log.info("case sweep forgot %d entries resolved before %s", removed, cutoff)
 

@@ -12,8 +12,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 from faust.types import TP, Message
 
@@ -22,6 +24,7 @@ from pipeline.classify import dedup
 from pipeline.codec import decode, encode
 from pipeline.config import Settings
 from pipeline.context import Context
+from pipeline.domain.cases import CaseState
 from pipeline.events import (
     CaseEvents,
     CaseEventType,
@@ -43,6 +46,9 @@ from pipeline.events import (
     derive_id,
     utcnow,
 )
+from pipeline.metrics import Metrics
+from pipeline.route.agents import CaseKeeper
+from pipeline.route.core import route_message
 
 if TYPE_CHECKING:
     from tests.plugins.inbound import TelegramInbound
@@ -166,6 +172,7 @@ def _count(ctx: Context, topic: str) -> Callable[[], int]:
 
 
 Telegram = Callable[..., InboundMessage]
+Unreadable = Callable[[Metrics, str], float]
 
 
 @pytest.fixture
@@ -374,3 +381,92 @@ async def test_an_unreadable_dedup_state_costs_only_its_customers_memory(
     assert len(out.take(ctx.settings.topic("classified"), ClassifiedMessage)) == 2
     state = dedup.CustomerDedupState.model_validate_json(dedup_table[spoiled.customer_id])
     assert [e.message_id for e in state.entries] == [spoiled.message_id]
+
+
+async def test_an_unreadable_case_does_not_stop_the_sla_check_of_the_others(
+    ctx: Context, kit: RouteKit, unreadable: Unreadable
+) -> None:
+    """The SLA timer skips a case it cannot read (not JSON, another shape, a field this
+    version does not know: a newer release's) this round, and checks every other: the due
+    case is still breached and escalated. Before, the first raised in the timer, which kills
+    the worker; and the spoiled values stay for the keeper (only the retention sweep forgets)."""
+    out = _out(ctx)
+    keeper = ctx.app.agents["cases"].fun.__self__
+    assert isinstance(keeper, CaseKeeper)
+    d = route_message(kit.seed_message(), kit.workflow, now=utcnow() - timedelta(days=30))
+    assert d.case is not None and d.case.sub_requests
+    due = d.case
+    table = ctx.app.tables["cases"]
+    spoiled = {
+        "case-not-json": '{"case_id": "x", "status": "op',
+        "case-list": "[1, 2]",
+        "case-newer": orjson.dumps(
+            {**due.model_dump(mode="json"), "case_id": "case-newer", "a_newer_field": 1}
+        ).decode(),
+    }
+    for key, value in spoiled.items():
+        table[key] = value
+    table[due.case_id] = due.model_dump_json()
+    await keeper.check_sla()
+    [trail] = out.take(ctx.settings.topic("case-events"), CaseEvents)
+    assert trail.case_id == due.case_id
+    types = {e.type for e in trail.events}
+    assert {CaseEventType.sla_breached, CaseEventType.escalated} <= types
+    assert {key: table[key] for key in spoiled} == spoiled
+    assert unreadable(ctx.metrics, "cases") == len(spoiled)
+    assert ctx.metrics.open_cases._value.get() == 1
+
+
+async def test_unreadable_held_records_cost_only_themselves(
+    ctx: Context, feed: Feed, kit: RouteKit, unreadable: Unreadable
+) -> None:
+    """Records held for a case not created yet: a spoiled held value is replaced by the next
+    record held (not the record dead-lettered), and a held record this version cannot read is
+    dropped while its case's other held records are applied when the case comes."""
+    out = _out(ctx)
+    pending = ctx.app.tables["pending-updates"]
+    now = utcnow()
+    cases = []
+    for n in (1, 2):
+        d = route_message(kit.seed_message(key=f"h{n}", customer=f"h-{n}"), kit.workflow, now=now)
+        assert d.case is not None
+        cases.append(d.case)
+    first, second = cases
+
+    def answer(case: CaseState, update_id: str) -> TaskUpdate:
+        return TaskUpdate(
+            update_id=update_id,
+            sub_request_id=case.sub_requests[0].sub_request_id,
+            case_id=case.case_id,
+            status=TaskStatus.in_progress,
+            author="test",
+            source="department",
+            at=now,
+        )
+
+    held = answer(second, "held-2").model_dump(mode="json")
+    newer = {**held, "update_id": "newer", "a_newer_field": 1}  # a newer release's
+    pending[first.case_id] = "[{"
+    pending[second.case_id] = orjson.dumps([newer, held]).decode()
+    trails, dlq = _count(ctx, "case-events"), _count(ctx, "dlq")
+    await feed(
+        "cases",
+        [("task-updates", first.case_id, answer(first, "held-1"))]
+        + [
+            ("case-state", c.case_id, CaseSnapshot(
+                case_id=c.case_id,
+                customer_id=c.customer_id,
+                state=c.model_dump(mode="json"),
+                by="route",
+                at=now,
+            ))
+            for c in cases
+        ],
+        lambda: trails() == 2 or dlq() > 0,
+    )
+    assert out.take(ctx.settings.topic("dlq"), DeadLetter) == []
+    stored = ctx.app.tables["cases"]
+    applied = [CaseState.model_validate_json(stored[c.case_id]).seen_update_ids for c in cases]
+    assert applied == [["held-1"], ["held-2"]]
+    assert {pending[c.case_id] for c in cases} == {""}  # nothing waits any more
+    assert unreadable(ctx.metrics, "pending-updates") == 2

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pipeline.classify import dedup, incidents
 from pipeline.classify.agents import sweep_tables
 from pipeline.classify.incident_agent import sweep_windows
 from pipeline.events import Channel, InboundMessage, derive_id
+from pipeline.metrics import Metrics
+
+if TYPE_CHECKING:
+    from tests.plugins.tables import StoredTable
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -141,3 +147,26 @@ async def test_sweep_forgets_an_unreadable_state_and_goes_on() -> None:
     table = {"spoiled": "{not json", "wrong": '{"entries": 7}', "fresh": fresh}
     removed = await sweep_tables(table, dedup.DedupConfig(window_s=3600), NOW)
     assert removed == 2 and table == {"fresh": fresh}
+
+
+async def test_window_sweep_forgets_an_unreadable_window_and_goes_on(
+    stored_table: Callable[..., StoredTable], unreadable: Callable[[Metrics, str], float]
+) -> None:
+    """Before, the first such value raised in the detector's sweep timer (a dead worker)."""
+    report = incidents.IncidentReport(
+        message_id="m", customer_id="c", at=(NOW - timedelta(minutes=1)).timestamp()
+    )
+    live = incidents.IncidentWindow(key="live", incident_id="inc_1", reports=[report])
+    table = stored_table("incident-windows", {
+        "not-json": '{"key": "x", "reports": [',
+        "live": live.model_dump_json(),
+        "wrong": '{"key": "w", "reports": [{"at": "now"}]}',
+        "idle": incidents.IncidentWindow(key="idle").model_dump_json(),
+    })
+    metrics = Metrics()
+    assert await sweep_windows(table, NOW, metrics) == 3
+    assert set(table) == {"live"}
+    assert unreadable(metrics, "incident-windows") == 2
+    dedup_table = stored_table("dedup", {"spoiled": "{not json"})  # the dedup sweep counts too
+    assert await sweep_tables(dedup_table, dedup.DedupConfig(window_s=3600), NOW, metrics) == 1
+    assert unreadable(metrics, "dedup") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from multidict import CIMultiDict
 from pipeline.config import Settings
 from pipeline.errors import DeliveryError
 from pipeline.events import Channel, Reply, ReplyKind
+from pipeline.metrics import Metrics
 from pipeline.notify import channels, delivery
 from pipeline.notify.channels import (
     Target,
@@ -28,6 +30,7 @@ from pipeline.notify.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from tests.plugins.events import MakeSubRequest
+    from tests.plugins.tables import StoredTable
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -385,3 +388,31 @@ async def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
     assert _delivered(table, "legacy") == ["reply_old", "reply_new"]
     assert await sweep_delivered(table, cutoff_s=3_000.0) == 1
     assert set(table) == {"cust-2", "legacy"}
+
+
+async def test_the_delivered_ids_sweep_forgets_unreadable_values_and_goes_on(
+    stored_table: Callable[..., StoredTable], unreadable: Callable[[Metrics, str], float]
+) -> None:
+    """Not JSON, a timestamp that is no number, neither shape: forgotten and counted; the
+    other keys swept as usual. Before, the first raised in the sweep's timer (a dead worker)."""
+    import orjson
+
+    from pipeline.notify.agents import sweep_delivered
+
+    def marks(at: object, *ids: str) -> str:
+        return orjson.dumps({"at": at, "ids": list(ids)}).decode()
+
+    table = stored_table("delivered-replies", {
+        "not-json": '{"at": 5000, "ids": ["reply_',
+        "idle": marks(1_000.0, "reply_1"),
+        "at-text": marks("yesterday", "reply_2"),
+        "at-null": marks(None, "reply_3"),
+        "fresh": marks(5_000.0, "reply_4"),
+        "a-number": "7",
+        "legacy": orjson.dumps(["reply_old"]).decode(),
+        "empty": "[]",
+    })
+    metrics = Metrics()
+    assert await sweep_delivered(table, 3_000.0, metrics) == 6
+    assert set(table) == {"fresh", "legacy"}
+    assert unreadable(metrics, "delivered-replies") == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -32,11 +33,16 @@ from pipeline.events import (
     TaskUpdate,
     derive_id,
 )
+from pipeline.metrics import Metrics
 from pipeline.route.core import route_message
 from pipeline.route.kb import KbMatch
 
 if TYPE_CHECKING:
     from tests.plugins.route import RouteKit
+    from tests.plugins.tables import StoredTable
+
+MakeTable = Callable[..., "StoredTable"]
+Unreadable = Callable[[Metrics, str], float]
 
 
 def update(  # type: ignore[no-untyped-def]
@@ -484,11 +490,8 @@ def test_a_party_language_without_templates_is_refused(kit: RouteKit) -> None:
         parse_workflow(bad)
 
 
-async def test_case_sweep_forgets_long_resolved_cases_only(kit: RouteKit) -> None:
-    import orjson
-
-    from pipeline.route.agents import sweep_case_tables
-
+def open_and_resolved(kit: RouteKit) -> tuple[CaseState, CaseState]:
+    """The seed message's case, open, and the same case once every sub-request was resolved."""
     wf = kit.workflow
     d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
@@ -498,11 +501,21 @@ async def test_case_sweep_forgets_long_resolved_cases_only(kit: RouteKit) -> Non
         done = apply_task_update(done, update(kit, done, sub.sub_request_id, f"u{n}", "ok"), wf,
                                  now=kit.now).state
     assert done.status == "resolved" and done.resolved_at is not None
+    return open_case, done
+
+
+def dump(c: CaseState) -> dict[str, object]:
+    return c.model_dump(mode="json")
+
+
+async def test_case_sweep_forgets_long_resolved_cases_only(kit: RouteKit) -> None:
+    import orjson
+
+    from pipeline.route.agents import sweep_case_tables
+
+    open_case, done = open_and_resolved(kit)
+    assert done.resolved_at is not None
     old = done.model_copy(update={"case_id": "case-old"})
-
-    def dump(c: CaseState) -> dict[str, object]:
-        return c.model_dump(mode="json")
-
     cases = {"case-old": orjson.dumps(dump(old)).decode(),
              open_case.case_id: orjson.dumps(dump(open_case)).decode()}
     customer = {"cust-1": orjson.dumps([dump(old), dump(open_case)]).decode(),
@@ -520,3 +533,58 @@ async def test_case_sweep_forgets_long_resolved_cases_only(kit: RouteKit) -> Non
     # before the cutoff nothing resolved is touched
     cases2 = {"case-old": orjson.dumps(dump(old)).decode()}
     assert await sweep_case_tables(cases2, {}, {}, done.resolved_at) == 0 and cases2
+
+
+async def test_case_sweep_forgets_unreadable_values_and_keeps_the_rest(
+    kit: RouteKit, stored_table: MakeTable, unreadable: Unreadable
+) -> None:
+    """A value the sweep cannot read (not JSON, another shape, a bad date) is forgotten and
+    counted beside cases kept and expired as usual; a case with a field this version does not
+    know is kept (the sweep reads only status and resolved_at). Before, the first such value
+    raised in the sweep's timer, which kills the worker."""
+    import orjson
+
+    from pipeline.route.agents import sweep_case_tables
+
+    open_case, done = open_and_resolved(kit)
+    assert done.resolved_at is not None
+    old = done.model_copy(update={"case_id": "case-old"})
+    newer = {**dump(open_case), "case_id": "case-newer", "a_newer_field": 1}
+
+    def js(value: object) -> str:
+        return orjson.dumps(value).decode()
+
+    naive = {**dump(old), "case_id": "naive", "resolved_at": "2026-01-01T00:00:00"}
+    cases = stored_table("cases", {
+        "not-json": '{"case_id": "x", "status": "op',
+        "case-old": js(dump(old)),
+        "a-list": "[1, 2]",
+        open_case.case_id: js(dump(open_case)),
+        "bad-date": js({"status": "resolved", "resolved_at": "yesterday"}),
+        "naive": js(naive),
+        "case-newer": js(newer),
+        "no-status": "{}",
+    })
+    customer = stored_table("customer-cases", {
+        "cust-spoiled": js(dump(open_case)),  # one case, not the list of them
+        "cust-1": js([dump(old), dump(open_case)]),
+        "cust-mixed": js([dump(open_case), "a case?"]),
+    })
+    stale_update = {"at": (kit.now - timedelta(days=40)).isoformat()}
+    pending = stored_table("pending-updates", {
+        "p-not-json": "[{",
+        "case-gone": js([stale_update]),
+        "p-bad-at": js([{"at": "soon"}]),
+        "p-waiting": js([{"at": (done.resolved_at + timedelta(days=1)).isoformat()}]),
+    })
+    metrics = Metrics()
+    cutoff = done.resolved_at + timedelta(seconds=1)
+    removed = await sweep_case_tables(cases, customer, pending, cutoff, metrics)
+    assert set(cases) == {open_case.case_id, "case-newer"}
+    assert set(customer) == {"cust-1"}
+    assert [c["case_id"] for c in orjson.loads(customer["cust-1"])] == [open_case.case_id]
+    assert set(pending) == {"p-waiting"}
+    assert removed == 6 + 2 + 3
+    assert [unreadable(metrics, t) for t in ("cases", "customer-cases", "pending-updates")] == [
+        5, 2, 2
+    ]

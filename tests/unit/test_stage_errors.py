@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
+from pydantic import BaseModel
 
 from pipeline import stage
 from pipeline.config import Settings
@@ -13,6 +16,12 @@ from pipeline.errors import BrokerUnavailable, DecodeError, DeliveryError
 from pipeline.events import Channel, DeadLetter, Event, InboundMessage, Outcome, utcnow
 from pipeline.metrics import Metrics
 from pipeline.stage import Action, ErrorPolicy, RawRecord, decode_record, sweep_table
+
+if TYPE_CHECKING:
+    from tests.plugins.tables import StoredTable
+
+MakeTable = Callable[..., "StoredTable"]
+Unreadable = Callable[[Metrics, str], float]
 
 
 class RecordingContext(Context):
@@ -134,3 +143,56 @@ async def test_sweep_table_forgets_rewrites_and_keeps(monkeypatch: pytest.Monkey
     assert table["rewrite"] == "new" and "k2" not in table
     assert set(table.values()) == {"new"} and len(table) == 125
 
+
+class Entry(BaseModel):
+    text: str
+    stale: bool = False
+
+
+async def test_sweep_table_forgets_what_it_cannot_read_logs_no_value_and_counts(
+    caplog: pytest.LogCaptureFixture, stored_table: MakeTable, unreadable: Unreadable
+) -> None:
+    """A value ``keep`` cannot read (not JSON, another shape) is forgotten, named by table and
+    key without its text (it may be a customer's), counted; the other keys are swept as usual.
+    A sweep's exception would run in a Faust timer, which kills the worker."""
+    metrics = Metrics()
+    table = stored_table(
+        "dedup",
+        {
+            "bad-json": '{"text": "мой паспорт 4510',
+            "stale": '{"text": "a", "stale": true}',
+            "bad-shape": '["мой паспорт 4510"]',
+            "ok": '{"text": "b"}',
+        }
+    )
+
+    def keep(_: str, raw: str) -> str | None:
+        return None if Entry.model_validate_json(raw).stale else raw
+
+    with caplog.at_level("WARNING", logger="pipeline.stage"):
+        assert await sweep_table(table, keep, metrics) == 3
+    assert table == {"ok": '{"text": "b"}'}
+    for key in ("bad-json", "bad-shape"):
+        assert f"dedup value of {key} is unreadable" in caplog.text
+    assert "паспорт" not in caplog.text  # pydantic's own message would quote the input
+    assert unreadable(metrics, "dedup") == 2
+
+
+async def test_only_unreadable_values_are_forgiven_programming_errors_surface(
+    unreadable: Unreadable,
+) -> None:
+    def buggy(_: str, raw: str) -> str | None:
+        return {"a": raw}["b"]  # a bug, not a stored value's fault
+
+    table = {"k": "{}"}
+    with pytest.raises(KeyError):
+        await sweep_table(table, buggy)
+    assert table == {"k": "{}"}
+    metrics = Metrics()
+    assert stage.read_stored(
+        InboundMessage.model_validate_json, "{}", table="t", key="k", metrics=metrics
+    ) is None
+    assert stage.read_stored(int, "7", table="t", key="k") == 7
+    with pytest.raises(ValueError, match="invalid literal"):  # not one of stage.UNREADABLE
+        stage.read_stored(int, "x", table="t", key="k", metrics=metrics)
+    assert unreadable(metrics, "t") == 1
