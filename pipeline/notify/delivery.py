@@ -169,7 +169,9 @@ class Deliverer:
                     return self._receipt(delivery_id, channel, attempt, exc)
                 await self._sleep(delay)
                 continue
-            log.info(
+            # DEBUG: the receipt on ``deliveries`` is the record of every delivery; a line
+            # per reply cost ~7 % of notify's CPU (bench/notify_stage_cpu.py).
+            log.debug(
                 "delivery %s via %s delivered in %d attempt(s), provider id %s",
                 delivery_id,
                 transport,
