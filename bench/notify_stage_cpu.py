@@ -16,6 +16,9 @@ and delivered-ids table:
   of its own, two records of the receipt's and the event's bytes queued, the batch's acks
   awaited.
 
+``--history K``: each customer has K delivered ids already (``MAX_REMEMBERED`` = 500 at most),
+as after a worker ran a while: every delivery reads and rewrites its customer's list.
+
 The channel server (``pipeline.outbox``) runs in a child process and the broker (embedded
 Tansu unless KAFKA_BOOTSTRAP_SERVERS is set) is one too, so the process CPU
 (``time.process_time``) of the timed batches is the worker's. Logging (INFO, text lines to a
@@ -49,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -120,11 +124,19 @@ def new_context(settings: Settings, run: str) -> tuple[Context, Any]:
     return ctx, ctx.table("delivered-replies")
 
 
+def remembered(table: Any, history: int) -> None:
+    """Each customer's delivered ids as a worker that ran a while has them (its format)."""
+    for c in range(CUSTOMERS):
+        ids = [f"rep_old_{c}_{j:020x}" for j in range(history)]
+        table.data[f"cust_{c}"] = orjson.dumps({"at": time.time(), "ids": ids}).decode()
+
+
 async def notify_run(
-    settings: Settings, run: str, n: int, prof: cProfile.Profile | None
+    settings: Settings, run: str, n: int, prof: cProfile.Profile | None, history: int = 0
 ) -> tuple[float, float]:
     """CPU and wall seconds of the notify loop over ``n`` replies (after a warm-up batch)."""
     ctx, table = new_context(settings, run)
+    remembered(table, history)
     senders = Senders(settings)
     loop = DeliveryLoop(ctx, Replies(senders, table))
     recs = records([reply(i, run) for i in range(n + BATCH)])
@@ -149,7 +161,7 @@ async def notify_run(
                 await publisher.close()
 
 
-async def bare_run(settings: Settings, run: str, n: int) -> tuple[float, float]:
+async def bare_run(settings: Settings, run: str, n: int, history: int = 0) -> tuple[float, float]:
     """CPU and wall seconds of the same I/O without notify's code."""
     outputs, marks = Publisher(settings), Publisher(settings)
     deliveries, events = settings.topic("deliveries"), settings.topic("case-events")
@@ -157,6 +169,7 @@ async def bare_run(settings: Settings, run: str, n: int) -> tuple[float, float]:
     url = settings.outbound_webhook_url or ""
     receipt_bytes = b"r" * 210  # about a receipt's and a reply_sent event's size
     event_bytes = b"e" * 420
+    mark = b"m" * (40 + 30 * (history + n // CUSTOMERS))  # about the marks' mean size
     replies = [reply(i, run) for i in range(n + BATCH)]
     recs = records(replies)
     # the receipt is keyed by the reply id, the case event by the case id
@@ -170,7 +183,7 @@ async def bare_run(settings: Settings, run: str, n: int) -> tuple[float, float]:
             ids = ids_of[record.offset]
             async with session.post(url, data=record.value) as resp:
                 await resp.read()
-            await marks.send_raw(changelog, key, b'{"at":0,"ids":["' + key.encode() + b'"]}')
+            await marks.send_raw(changelog, key, mark)
             pending.append(await outputs.enqueue(deliveries, ids[0], receipt_bytes))
             pending.append(await outputs.enqueue(events, ids[1], event_bytes))
 
@@ -214,17 +227,17 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
         for kind in kinds:
             run = f"{r}{kind[0]}"
             if kind == "notify":
-                cpu, wall = await notify_run(s, run, args.n, None)
+                cpu, wall = await notify_run(s, run, args.n, None, args.history)
             else:
-                cpu, wall = await bare_run(s, run, args.n)
+                cpu, wall = await bare_run(s, run, args.n, args.history)
             best[kind] = min(best[kind], (cpu, wall))
             out(
                 f"  run {r} {kind:6} {cpu * 1000 / args.n:7.3f} ms CPU per reply, "
                 f"{args.n / wall:6.0f} replies/s\n"
             )
     out(
-        f"notify stage (n={args.n}, batches of {BATCH}, {CUSTOMERS} customers, run of least "
-        f"CPU of {args.repeat}):\n"
+        f"notify stage (n={args.n}, batches of {BATCH}, {CUSTOMERS} customers with "
+        f"{args.history} delivered ids each, run of least CPU of {args.repeat}):\n"
     )
     for kind in kinds:
         cpu, wall = best[kind]
@@ -236,7 +249,7 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
         out(f"  ratio notify/bare CPU per reply {best['notify'][0] / best['bare'][0]:.2f}\n")
     if args.profile is not None:
         prof = cProfile.Profile()
-        await notify_run(s, "prof", args.n, prof)
+        await notify_run(s, "prof", args.n, prof, args.history)
         with args.profile.open("w") as f:
             stats = pstats.Stats(prof, stream=f)
             stats.sort_stats("tottime").print_stats(40)
@@ -335,6 +348,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=3000, help="timed replies per run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="write a cProfile of a notify run here")
+    parser.add_argument(
+        "--history", type=int, default=0, help="delivered ids each customer has already"
+    )
     parser.add_argument("--only", choices=("notify", "bare"), help="run one of the two")
     parser.add_argument("--digest", action="store_true", help="sha256 of the loop's records")
     args = parser.parse_args()

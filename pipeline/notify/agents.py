@@ -62,10 +62,8 @@ def _delivered(table: Any, key: str) -> list[str]:
     return list(data["ids"]) if isinstance(data, dict) else list(data)
 
 
-def _with_delivered(table: Any, key: str, delivery_id: str, now: float | None = None) -> str:
-    """The key's table value once ``delivery_id`` is delivered too (the last ids kept)."""
-    ids = _delivered(table, key)
-    ids.append(delivery_id)
+def _marked(ids: list[str], now: float | None = None) -> str:
+    """The table value of a key whose delivered ids are ``ids`` (the last ones kept)."""
     at = time.time() if now is None else now
     return orjson.dumps({"at": at, "ids": ids[-MAX_REMEMBERED:]}).decode()
 
@@ -183,14 +181,18 @@ class DeliveryLoop:
                 at=utcnow(),
             )
         else:
-            mark = functools.partial(self.remember, item.key)
+            # The key's ids as its table value holds them, each mark added: the value is read
+            # and parsed once per record, not again per mark (up to MAX_REMEMBERED ids).
+            marked = list(done)
+            mark = functools.partial(self.remember, item.key, marked)
             receipt = await self.outbound.deliver(event, done, mark)
             if receipt.status == "delivered":
-                await self.remember(item.key, receipt.delivery_id)
+                await self.remember(item.key, marked, receipt.delivery_id)
         await self.finish(record, item, receipt)
 
-    async def remember(self, key: str, delivery_id: str) -> None:
-        """Mark ``delivery_id`` delivered and wait until the mark is durable.
+    async def remember(self, key: str, ids: list[str], delivery_id: str) -> None:
+        """Mark ``delivery_id`` delivered (added to ``ids``, the key's delivered ids) and wait
+        until the mark is durable.
 
         Not through a plain table write (``table[key] = ...``, whose changelog record is
         acknowledged only at the end of the agent's batch): a worker killed before that
@@ -198,8 +200,8 @@ class DeliveryLoop:
         ack wait per delivery; the key's deliveries are sequential anyway, different keys'
         wait at the same time.
         """
-        table = self.outbound.table
-        await self.ctx.set_durably(table, key, _with_delivered(table, key, delivery_id))
+        ids.append(delivery_id)
+        await self.ctx.set_durably(self.outbound.table, key, _marked(ids))
 
     async def finish(self, record: RawRecord, item: Item, receipt: DeliveryReceipt) -> None:
         """Receipt to ``deliveries``; DLQ a failure; the case event (a delivery is already

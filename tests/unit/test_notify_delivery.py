@@ -372,13 +372,13 @@ def test_retry_after_parsing() -> None:
 async def test_delivered_ids_keep_a_timestamp_and_idle_keys_are_swept() -> None:
     import orjson
 
-    from pipeline.notify.agents import _delivered, _with_delivered, sweep_delivered
+    from pipeline.notify.agents import _delivered, _marked, sweep_delivered
 
     table: dict[str, str] = {"legacy": orjson.dumps(["reply_old"]).decode()}
     assert _delivered(table, "legacy") == ["reply_old"]  # the format before timestamps
 
     def remember(key: str, delivery_id: str, now: float) -> None:
-        table[key] = _with_delivered(table, key, delivery_id, now)
+        table[key] = _marked([*_delivered(table, key), delivery_id], now)
 
     remember("cust-1", "reply_1", now=1_000.0)
     remember("cust-1", "reply_1#2", now=2_000.0)
