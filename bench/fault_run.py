@@ -24,7 +24,7 @@ has an outcome and the outcomes topic and the outbox have been quiet for --settl
   loss in notify, which the outcome audit does not see); deliveries matching no reply part;
   and messages with two or more reply ids on the replies topic (a decision taken twice, e.g.
   on lost state, or several requests answered apart);
-- incidents (distinct incident ids on the classified topic), and broadcast e-mails per
+- incidents (distinct incident ids on the classifications topic), and broadcast e-mails per
   director at the outbox in this run.
 """
 
@@ -268,7 +268,7 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
         await settle(s, outbox, set(accepted), args.settle_s)
         inbound = await bus.read_all(s, [s.topic("inbound")], idle_s=2.0, max_s=120)
         outcomes = await bus.read_all(s, [s.topic("outcomes")], idle_s=2.0, max_s=120)
-        classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0, max_s=120)
+        classified = await bus.read_all(s, [s.topic("classifications")], idle_s=2.0, max_s=120)
         reply_records = await bus.read_all(s, [s.topic("replies")], idle_s=2.0, max_s=120)
     short = [m.groups() for m in SHORT.finditer(log_path.read_text(errors="replace"))]
     out(

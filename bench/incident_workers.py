@@ -8,7 +8,7 @@ KAFKA_BOOTSTRAP_SERVERS is set — and the local outbox as the platforms and the
 ingest and N workers start; --complaints customers each post one complaint about the same
 store (Садовая, 12) as a Telegram update, --apart seconds apart. When every complaint has an
 outcome and the outcomes topic and the outbox have been quiet for --settle-s, it prints the
-incidents (distinct incident ids on ``classified``) and the reports that opened one, the
+incidents (distinct incident ids on ``classifications``) and the reports that opened one, the
 broadcast sub-request records, the broadcast e-mails per director at the outbox, and the
 store director's own e-mails (one per complaint routed to them), in total and for complaints
 already linked to an incident.
@@ -89,7 +89,7 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, work
                     assert resp.status == 200, resp.status
                 await asyncio.sleep(args.apart)
         await settle(s, outbox, mids, args.settle_s)
-        classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0, max_s=120)
+        classified = await bus.read_all(s, [s.topic("classifications")], idle_s=2.0, max_s=120)
         external = await bus.read_all(s, [s.topic("external")], idle_s=2.0, max_s=120)
     mine = [c for c in decoded(ClassifiedMessage, classified) if c.message_id in mids]
     incidents = {c.similarity.incident_id for c in mine if c.similarity.incident_id}

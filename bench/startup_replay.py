@@ -102,7 +102,7 @@ async def one_run(base: Settings, outbox: Outbox, args: argparse.Namespace, run:
         ids, before = await post_during_startup(s, args.rate, args.after, 5_000_000 + run * 1000)
         await settle(s, outbox, set(ids), args.settle_s)
         outcomes = await bus.read_all(s, [s.topic("outcomes")], idle_s=2.0)
-        classified = await bus.read_all(s, [s.topic("classified")], idle_s=2.0)
+        classified = await bus.read_all(s, [s.topic("classifications")], idle_s=2.0)
     wanted = set(ids)
     per_outcome = Counter(k for r in outcomes if r.key and (k := r.key.decode()) in wanted)
     per_classified = Counter(

@@ -82,8 +82,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
 
     app.on_before_shutdown.connect(cast(Any, close_publisher))
     live = live_workflow.install(ctx)
-    install_classify(ctx, live)
-    install_route(ctx, live)
+    router, _ = install_route(ctx, live)
+    # classify routes each batch it classified in the same step (no ``classified`` hop)
+    install_classify(ctx, live, route=router.handle_classified)
     install_notify(ctx)
     lag.install(ctx)
     return ctx

@@ -58,6 +58,9 @@ CHANNELS: dict[str, ChannelDoc] = {
     "classified": ChannelDoc(
         ("ClassifiedMessage",), "customer id", ("classify", "incidents"), ("route",)
     ),
+    "classifications": ChannelDoc(
+        ("ClassifiedMessage",), "customer id", ("classify", "incidents"), ("console", "monitoring")
+    ),
     "incident-signals": ChannelDoc(
         ("IncidentSignal", "IncidentResolved"),
         "incident bucket",

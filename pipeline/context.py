@@ -263,15 +263,23 @@ class Context:
             _OUTPUTS.set(outputs)
         return outputs
 
-    async def flush(self) -> None:
-        """Wait until every queued output is acknowledged; raise if any was not.
-
-        Agents call this before they take the next record, so a source record is
-        acknowledged (and its offset committed) only after its outputs are durable.
-        """
+    def take_outputs(self) -> list[asyncio.Future[Any]]:
+        """The current task's queued outputs, handed over (its list is empty after)."""
         outputs = self.own_outputs()
         pending = outputs[:]
         outputs.clear()
+        return pending
+
+    async def flush(self, pending: list[asyncio.Future[Any]] | None = None) -> None:
+        """Wait until every queued output (or ``pending``, from ``take_outputs``) is
+        acknowledged; raise if any was not.
+
+        Agents call this before they take the next record (or ``AckBehind`` before it
+        acknowledges a batch), so a source record is acknowledged (and its offset
+        committed) only after its outputs are durable.
+        """
+        if pending is None:
+            pending = self.take_outputs()
         if not pending:
             return
         late = await _wait_all(pending, self.settings.produce_timeout_s)
@@ -393,3 +401,45 @@ class Context:
         )
         self.metrics.dead_letters.labels(stage=dl.stage).inc()
         await self.send("dlq", dl.key, dl)
+
+
+@dataclass
+class AckBehind:
+    """Acknowledges an agent's batches once their outputs are durable, while the agent goes
+    on with the next batch (``stage.take_batches(..., acks=False)``).
+
+    An agent that flushed after each batch sat idle for the broker's acks (~a produce
+    request's round trip) before it took the next one; the classify step, which also routes,
+    is most of a worker's CPU, so that idle time was the worker's (issue 16). Here at most
+    one batch waits for its acks at a time and batches are acknowledged in order, so a
+    source offset is still committed only after its outputs were acknowledged. A failed
+    flush raises from the next ``done`` (or ``finish``), in the agent's loop, as ``flush``
+    did; a batch not acknowledged when the agent stops is read again (at least once).
+    """
+
+    ctx: Context
+    stream: Any
+    waiting: asyncio.Future[None] | None = None
+
+    async def done(self, events: list[Any]) -> None:
+        """The agent is done with ``events``: acknowledge them once their outputs are."""
+        pending = self.ctx.take_outputs()
+        await self.finish()
+        self.waiting = asyncio.ensure_future(self._settle(pending, events))
+
+    async def finish(self) -> None:
+        """Wait for the batch still waiting for its acks, if any (raise if they failed)."""
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            await waiting
+
+    def abandon(self) -> None:
+        """The agent stops: a batch still waiting stays unacknowledged (read again)."""
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
+
+    async def _settle(self, pending: list[asyncio.Future[Any]], events: list[Any]) -> None:
+        await self.ctx.flush(pending)
+        for event in events:
+            await self.stream.ack(event)

@@ -127,7 +127,7 @@ READY_YIELDS = 3
 
 
 async def take_batches(
-    stream: Any, max_: int, within: float, idle: float = BATCH_IDLE_S
+    stream: Any, max_: int, within: float, idle: float = BATCH_IDLE_S, acks: bool = True
 ) -> AsyncGenerator[list[Any], None]:
     """Batches of a Faust stream's events, each acknowledged after the caller's loop body.
 
@@ -140,6 +140,7 @@ async def take_batches(
     Acknowledgements as in ``take_events``: the stream's own acks are off; a batch's events
     are acknowledged when the caller asks for the next batch, so after its outputs were
     flushed. The one record read ahead (to see whether the batch goes on) is not.
+    ``acks=False``: the caller acknowledges them (``context.AckBehind``).
     """
     loop = asyncio.get_running_loop()
     events = stream.events().__aiter__()
@@ -172,8 +173,9 @@ async def take_batches(
                     break
                 ahead = None
             yield batch
-            for event in batch:
-                await stream.ack(event)
+            if acks:
+                for event in batch:
+                    await stream.ack(event)
     finally:
         if ahead is not None and not ahead.done():
             ahead.cancel()

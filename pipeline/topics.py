@@ -24,7 +24,16 @@ class TopicSpec:
 #: Logical topic names (without prefix) and what flows on them.
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("inbound", description="InboundMessage, keyed by customer_id"),
-    TopicSpec("classified", description="ClassifiedMessage, keyed by customer_id"),
+    TopicSpec(
+        "classified",
+        description="ClassifiedMessage for route (the incident detector's; classify routes "
+        "the others in the same step), keyed by customer_id",
+    ),
+    TopicSpec(
+        "classifications",
+        description="ClassifiedMessage, every message as classified (the record of the "
+        "decision: console, audit), keyed by customer_id",
+    ),
     TopicSpec(
         "incident-signals",
         description="IncidentSignal (a message in an incident bucket) from classify; "

@@ -25,6 +25,7 @@ topic() {
 # the stream
 topic inbound
 topic classified
+topic classifications
 topic incident-signals
 topic external
 topic replies

@@ -1,22 +1,28 @@
-"""Classify stage agent: inbound → dedup, classify (in batches) → classified.
+"""Classify stage agent: inbound → dedup, classify (in batches) → route, in the same step.
 
 Thin shell: decode, call the pure cores (``dedup``, ``core.Classifier``), send, count. State
-lives in Faust tables keyed by customer id (co-partitioned with the inbound topic). A message
-of an incident category goes to ``incident-signals`` keyed by its bucket instead
+lives in Faust tables keyed by customer id (co-partitioned with the inbound topic). Each
+classified message goes to ``classifications`` (the record of what was decided) and is
+handed to the route agent of the same worker (``Handoff``: the composition wires it; the
+stages do not import each other), which routes it before this batch is acknowledged: one
+hop, not a ``classified`` record produced and read back (issue 16). Without a hand-off (a
+worker running classify alone) it goes to ``classified`` for a route agent elsewhere.
+
+A message of an incident category goes to ``incident-signals`` keyed by its bucket instead
 (``incidents.signal_for``): the detector that owns the bucket decides it and forwards it to
-``classified`` (``incident_agent``).
+``classified``, which the route agent reads (``incident_agent``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from pipeline.classify import dedup, incident_agent, incidents
 from pipeline.classify.core import Classifier
-from pipeline.context import Context
+from pipeline.context import AckBehind, Context
 from pipeline.domain.workflow import Workflow
 from pipeline.events import (
     ClassifiedMessage,
@@ -39,6 +45,12 @@ SWEEP_INTERVAL_S = 600.0
 MAX_CONTACTS = 20
 
 
+#: Classified messages with their inbound records (for the dead-letter path).
+Handed = list[tuple[RawRecord, ClassifiedMessage]]
+#: Routes classified messages in this worker (the route agent's ``handle_classified``).
+Handoff = Callable[[Handed], Awaitable[None]]
+
+
 def case_id_for(message_id: str) -> str:
     """The case a new message opens (route derives the same id)."""
     return derive_id("case", message_id)
@@ -51,9 +63,10 @@ class ClassifyAgent:
     classifier is rebuilt when the workflow's tag rules, stores or weights change.
     """
 
-    def __init__(self, ctx: Context, live: LiveWorkflow) -> None:
+    def __init__(self, ctx: Context, live: LiveWorkflow, route: Handoff | None = None) -> None:
         self.ctx = ctx
         self.live = live
+        self.route = route
         self.dedup_table = ctx.table(DEDUP_TABLE)
         self.dedup_cfg = dedup.DedupConfig(window_s=ctx.settings.dedup_window_s)
         wf = live.current
@@ -77,42 +90,59 @@ class ClassifyAgent:
         log.info("classify took the new tag rules, stores and weights")
 
     async def run(self, stream: Any) -> None:
-        """The agent loop: batches of raw records; outputs durable before the acknowledgement."""
+        """The agent loop: batches of raw records, classified, then routed (``route``); a
+        batch is acknowledged once its outputs are durable, while the next one is processed."""
         s = self.ctx.settings
         self.ctx.own_outputs(fresh=True)
-        async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
-            records = [RawRecord.from_event(e) for e in events]
-            async with self.ctx.guard_batch(
-                STAGE, records, lambda r: decode_record(InboundMessage, r)
+        acks = AckBehind(self.ctx, stream)
+        try:
+            async for events in take_batches(
+                stream, s.classify_batch_size, s.classify_batch_within_s, acks=False
             ):
-                with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
-                    await self.process(records)
-            await self.ctx.flush()
+                records = [RawRecord.from_event(e) for e in events]
+                handed: Handed = []
+                async with self.ctx.guard_batch(
+                    STAGE, records, lambda r: decode_record(InboundMessage, r)
+                ):
+                    with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
+                        handed = await self.process(records)
+                if handed and self.route is not None:
+                    await self.route(handed)  # route's own guards: its failures are its own
+                await acks.done(events)
+            await acks.finish()
+        finally:
+            acks.abandon()
 
-    async def process(self, records: Sequence[RawRecord]) -> None:
-        """Decode, dedup, classify and send one batch."""
+    async def process(self, records: Sequence[RawRecord]) -> Handed:
+        """Decode, dedup, classify and send one batch; returns what goes to ``route``."""
         self.ctx.metrics.batch_size.labels(stage=STAGE).observe(len(records))
         good: list[tuple[RawRecord, InboundMessage]] = []
         for record in records:
             async with self.ctx.guard(STAGE, record):
                 good.append((record, decode_record(InboundMessage, record)))
         if not good:
-            return
+            return []
         now = utcnow()
         decisions, recent = self.remember([m for _, m in good], now)
         sims = [_similarity(m, d) for (_, m), d in zip(good, decisions, strict=True)]
         classified = await self.classify(good, now, recent, sims)
         policies = self.live.current.incidents
+        handed: Handed = []
         for (record, msg), out in zip(good, classified, strict=True):
             if out is None:
                 continue
             async with self.ctx.guard(STAGE, record, msg):
                 signals = incidents.signals_for(out, policies)
                 if not signals:
-                    await self.ctx.send("classified", msg.customer_id, out)
+                    await self.ctx.send("classifications", msg.customer_id, out)
+                    if self.route is not None:
+                        handed.append((record, out))
+                    else:
+                        await self.ctx.send("classified", msg.customer_id, out)
                 for signal in signals:  # its first bucket's detector decides (incident_agent)
                     await self.ctx.send("incident-signals", signal.bucket, signal)
                 self.ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
+        return handed
 
     def remember(
         self, msgs: Sequence[InboundMessage], now: datetime
@@ -171,10 +201,10 @@ class ClassifyAgent:
             log.info("state sweep removed %d idle keys", removed)
 
 
-def install(ctx: Context, live: LiveWorkflow) -> ClassifyAgent:
+def install(ctx: Context, live: LiveWorkflow, route: Handoff | None = None) -> ClassifyAgent:
     """Register the classify agent, its tables and its sweep timer on the app, and the
-    incident detector it feeds."""
-    agent = ClassifyAgent(ctx, live)
+    incident detector it feeds; ``route``: the route agent's hand-off in this worker."""
+    agent = ClassifyAgent(ctx, live, route)
     ctx.app.agent(ctx.topic("inbound"), name="classify")(agent.run)
     ctx.app.timer(SWEEP_INTERVAL_S)(agent.sweep)
     incident_agent.install(ctx)

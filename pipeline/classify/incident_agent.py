@@ -1,4 +1,5 @@
-"""Incident detector agent: ``incident-signals`` (keyed by bucket) → ``classified`` (by customer).
+"""Incident detector agent: ``incident-signals`` (keyed by bucket) → ``classified`` (by customer;
+route's input) and ``classifications`` (the record of every classified message).
 
 Incident windows span customers, so they cannot live beside the per-customer tables of the
 classify agent: with several workers each would see part of a bucket's reporters. Classify
@@ -80,6 +81,8 @@ class IncidentAgent:
         if signal.count_only:  # its first bucket's detector forwards it
             self.ctx.metrics.messages.labels(stage=STAGE, outcome="counted").inc()
             return
+        # the record of the decision, and route's input (keyed by customer: its partition)
+        await self.ctx.send("classifications", msg.customer_id, msg)
         await self.ctx.send("classified", msg.customer_id, msg)
         sim = msg.similarity
         outcome = "opened" if sim.incident_new else ("linked" if sim.incident_id else "none")

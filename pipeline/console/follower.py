@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: Logical topics the console projects (plus every department's task topic).
 FOLLOWED: tuple[str, ...] = (
-    "classified",
+    "classifications",
     "case-state",
     "case-status",
     "case-events",

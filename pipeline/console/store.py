@@ -125,7 +125,7 @@ class Store:
                 self._task_record(value)
             elif topic == "external":
                 self._sub_request(decode(SubRequest, value))
-            elif topic == "classified":
+            elif topic == "classifications":
                 cm = decode(ClassifiedMessage, value)
                 self._put("messages", cm.message_id, cm.customer_id, _json(cm))
             elif topic == "task-updates":

@@ -2,7 +2,9 @@
 
 Two agents, each the single writer of its table:
 
-- ``route`` consumes ``classified`` and ``case-status`` (both keyed by customer). Its table
+- ``route`` routes what the classify agent of the same worker hands it
+  (``RouteAgent.handle_classified``) and consumes ``classified`` (the incident detector's
+  messages) and ``case-status`` (all keyed by customer). Its table
   ``customer-cases`` holds each customer's recent cases, so a follow-up (survey answer,
   "не помогло", a recontact on the same topic) finds its case without a lookup. It calls
   ``core.route_message`` and sends what the decision holds: sub-requests to
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -311,13 +313,21 @@ def _case_json(state: CaseState) -> str:
 
 
 class RouteAgent:
-    """``classified`` + ``case-status`` → decisions: sub-requests, replies, case events,
-    the message's one Outcome, and the case's new state to ``case-state``."""
+    """Classified messages → decisions: sub-requests, replies, case events, the message's one
+    Outcome, and the case's new state to ``case-state``.
+
+    They come from classify in the same worker (``handle_classified``, the classify agent's
+    step) or from ``classified`` (the incident detector's, or a classify running elsewhere),
+    which this agent reads with ``case-status``. Both paths route under one lock: the
+    customer-cases table has one writer at a time, and a customer's case is read and stored
+    by one message's routing before the next reads it.
+    """
 
     def __init__(self, ctx: Context, rt: Runtime, cases: CustomerCases) -> None:
         self.ctx = ctx
         self.rt = rt
         self.cases = cases
+        self.lock = asyncio.Lock()
 
     async def run(self, stream: Any) -> None:
         """Batches, as in classify: the KB lookup is vectorized per batch; order is kept."""
@@ -325,14 +335,25 @@ class RouteAgent:
         self.ctx.own_outputs(fresh=True)
         async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
-            async with self.ctx.guard_batch(
-                STAGE, records, lambda r: decode_record(ClassifiedMessage, r).inbound
+            async with (
+                self.lock,
+                self.ctx.guard_batch(
+                    STAGE, records, lambda r: decode_record(ClassifiedMessage, r).inbound
+                ),
             ):
                 await self.handle_batch(records)
             await self.ctx.flush()  # outputs durable before the batch is acknowledged
 
+    async def handle_classified(self, pairs: list[tuple[RawRecord, ClassifiedMessage]]) -> None:
+        """Route messages classify hands over (``classify.agents.Handoff``), in order; a
+        failure dead-letters the message's inbound record with the route stage."""
+        inbound = {id(record): cm.inbound for record, cm in pairs}
+        records = [record for record, _ in pairs]
+        async with self.lock, self.ctx.guard_batch(STAGE, records, lambda r: inbound[id(r)]):
+            await self.route_decoded(pairs)
+
     async def handle_batch(self, records: list[RawRecord]) -> None:
-        """Decode (bad records: DLQ), one KB search for the batch, then route in order."""
+        """Decode (bad records: DLQ), then ``route_decoded``."""
         status_topic = self.ctx.settings.topic("case-status")
         decoded: list[tuple[RawRecord, ClassifiedMessage | _TypedSnapshot]] = []
         for record in records:
@@ -341,6 +362,13 @@ class RouteAgent:
                     decoded.append((record, decode_record(_TypedSnapshot, record)))
                 else:
                     decoded.append((record, decode_record(ClassifiedMessage, record)))
+        await self.route_decoded(decoded)
+
+    async def route_decoded(
+        self, decoded: Sequence[tuple[RawRecord, ClassifiedMessage | _TypedSnapshot]]
+    ) -> None:
+        """One KB search for the batch, then each message routed (each snapshot stored), in
+        order, each under the per-record guard."""
         hits = self.kb_hits([ev for _, ev in decoded])
         seconds = self.ctx.metrics.stage_seconds.labels(stage=STAGE)
         for i, (record, ev) in enumerate(decoded):

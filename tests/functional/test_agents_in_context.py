@@ -352,16 +352,67 @@ async def test_poison_is_dead_lettered_and_the_agent_goes_on(
     await feed(
         "classify",
         [("inbound", "p", value) for value in poison] + [("inbound", good.customer_id, good)],
-        lambda: _count(ctx, "classified")() == 1,
+        lambda: _count(ctx, "classifications")() == 1,
     )
     dead = out.take(ctx.settings.topic("dlq"), DeadLetter)
     assert len(dead) == len(poison) and {d.stage for d in dead} == {"classify"}
     assert all(d.topic == ctx.settings.topic("inbound") and d.offset is not None for d in dead)
-    assert len(out.take(ctx.settings.topic("classified"), ClassifiedMessage)) == 1
+    assert len(out.take(ctx.settings.topic("classifications"), ClassifiedMessage)) == 1
     dlq = _count(ctx, "dlq")
     await feed("cases", [("task-updates", "c", b"{not an update")], lambda: dlq() == 1)
     [dl] = out.take(ctx.settings.topic("dlq"), DeadLetter)
     assert dl.stage == "cases" and dl.error
+
+
+async def test_classify_routes_its_messages_in_the_same_step(
+    ctx: Context, feed: Feed, tg: Telegram
+) -> None:
+    """A message of no incident category is classified and routed in the classify agent's
+    step: its classification is recorded on ``classifications``, nothing goes through
+    ``classified`` (no hop), it gets one outcome from route and its case is in route's table."""
+    out = _out(ctx)
+    msg = tg(ctx.settings, 7005, "Где мой заказ 12345? Оплатил неделю назад.")
+    outcomes = _count(ctx, "outcomes")
+    await feed("classify", [("inbound", msg.customer_id, msg)], lambda: outcomes() == 1)
+    [cm] = out.take(ctx.settings.topic("classifications"), ClassifiedMessage)
+    assert cm.message_id == msg.message_id and cm.intents
+    assert _count(ctx, "classified")() == 0
+    [outcome] = out.take(ctx.settings.topic("outcomes"), Outcome)
+    assert outcome.message_id == msg.message_id and outcome.stage == "route"
+    assert outcome.outcome in (OutcomeKind.routed, OutcomeKind.auto_resolved)
+    if outcome.case_id is not None:
+        cases = orjson.loads(ctx.app.tables["customer-cases"][msg.customer_id])
+        assert [c["case_id"] for c in cases] == [outcome.case_id]
+    assert out.take(ctx.settings.topic("dlq"), DeadLetter) == []
+
+
+async def test_a_routing_failure_in_the_classify_step_rejects_its_messages_once(
+    ctx: Context, feed: Feed, tg: Telegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing fails for a whole hand-off (its KB search raises): each message is dead-lettered
+    from its inbound record with the route stage and gets one ``rejected`` outcome; its
+    classification stays recorded; the agent goes on with the next batch."""
+    out = _out(ctx)
+    router = ctx.app.agents["route"].fun.__self__
+
+    def kb_down(events: object) -> None:
+        raise RuntimeError("KB index unavailable")
+
+    first = tg(ctx.settings, 7006, "Где мой заказ 777?")
+    outcomes = _count(ctx, "outcomes")
+    with monkeypatch.context() as patch:
+        patch.setattr(router, "kb_hits", kb_down)
+        await feed("classify", [("inbound", first.customer_id, first)], lambda: outcomes() == 1)
+    [dead] = out.take(ctx.settings.topic("dlq"), DeadLetter)
+    assert dead.stage == "route" and "KB index unavailable" in dead.error
+    assert dead.topic == ctx.settings.topic("inbound") and dead.offset is not None
+    [rejected] = out.take(ctx.settings.topic("outcomes"), Outcome)
+    assert rejected.message_id == first.message_id and rejected.outcome is OutcomeKind.rejected
+    assert len(out.take(ctx.settings.topic("classifications"), ClassifiedMessage)) == 1
+    later = tg(ctx.settings, 7007, "Где мой заказ 778?")
+    await feed("classify", [("inbound", later.customer_id, later)], lambda: outcomes() == 1)
+    [routed] = out.take(ctx.settings.topic("outcomes"), Outcome)
+    assert routed.message_id == later.message_id and routed.outcome is not OutcomeKind.rejected
 
 
 async def test_an_unreadable_dedup_state_costs_only_its_customers_memory(
@@ -374,11 +425,11 @@ async def test_an_unreadable_dedup_state_costs_only_its_customers_memory(
     await feed(
         "classify",
         [("inbound", m.customer_id, m) for m in (spoiled, other)],
-        lambda: _count(ctx, "classified")() == 2,
+        lambda: _count(ctx, "classifications")() == 2,
     )
     # both classified, neither rejected; the spoiled customer's state starts afresh
     assert out.take(ctx.settings.topic("dlq"), DeadLetter) == []
-    assert len(out.take(ctx.settings.topic("classified"), ClassifiedMessage)) == 2
+    assert len(out.take(ctx.settings.topic("classifications"), ClassifiedMessage)) == 2
     state = dedup.CustomerDedupState.model_validate_json(dedup_table[spoiled.customer_id])
     assert [e.message_id for e in state.entries] == [spoiled.message_id]
 

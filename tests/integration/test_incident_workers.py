@@ -92,7 +92,7 @@ async def test_one_incident_and_one_broadcast_per_director_with_several_workers(
 
     classified = await records.settled(
         stack,
-        stack.topic("classified"),
+        stack.topic("classifications"),
         ClassifiedMessage,
         lambda c: c.message_id in mids,
         len(mids),

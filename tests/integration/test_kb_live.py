@@ -74,7 +74,7 @@ async def test_published_article_answers_without_restart(
 ) -> None:
     first = _ask(post_json, stack, f"review-{uuid.uuid4().hex[:8]}")
     before = await records.first(
-        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == first
+        stack, stack.topic("classifications"), ClassifiedMessage, lambda c: c.message_id == first
     )
     intent = before.intents[0].label
     assert intent == "review", before.intents  # the premise: a recognised, unanswered intent

@@ -78,7 +78,7 @@ async def test_every_message_gets_exactly_one_outcome(
     assert all(o.outcome.value in {"routed", "auto_resolved"} for o in outcomes), outcomes
     classified = await records.wait_for(
         stack,
-        stack.topic("classified"),
+        stack.topic("classifications"),
         ClassifiedMessage,
         lambda c: c.message_id in ids,
         len(ids),

@@ -196,7 +196,7 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
         for i in range(20)
     ]
     classified = await records.wait_for(
-        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id in ids, 20
+        stack, stack.topic("classifications"), ClassifiedMessage, lambda c: c.message_id in ids, 20
     )
     incidents = {c.similarity.incident_id for c in classified if c.similarity.incident_id}
     assert len(incidents) == 1, incidents
@@ -239,7 +239,7 @@ async def test_stale_vegetables_wave_is_one_incident_and_one_broadcast(
     # (The resolution reached the bucket's detector before the reporters were told.)
     after = generic({"id": f"veg-{run}-after"}, variants[1], f"veg-{run}-after")
     routed = await records.first(
-        stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == after
+        stack, stack.topic("classifications"), ClassifiedMessage, lambda c: c.message_id == after
     )
     assert routed.similarity.incident_id is None, routed.similarity
     own = await records.first(
@@ -268,7 +268,7 @@ async def test_a_complaint_naming_two_stores_counts_toward_both_stores(
         # One at a time: each is decided before the next reaches its bucket's detector.
         mid = generic({"id": f"two-{run}-{n}"}, text, f"two-{run}-{n}")
         return await records.first(
-            stack, stack.topic("classified"), ClassifiedMessage, lambda c: c.message_id == mid
+            stack, stack.topic("classifications"), ClassifiedMessage, lambda c: c.message_id == mid
         )
 
     early = [await complain(n, text) for n, text in enumerate(only)]

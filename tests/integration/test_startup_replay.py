@@ -104,7 +104,7 @@ async def test_messages_arriving_during_start_up_are_processed_once(
         )
         classified = await records.settled(
             stack,
-            stack.topic("classified"),
+            stack.topic("classifications"),
             ClassifiedMessage,
             lambda c: c.message_id in wanted,
             len(wanted),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.context import Context
+from pipeline.context import AckBehind, Context
 from pipeline.errors import BrokerUnavailable
 from pipeline.events import Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics
@@ -190,3 +190,92 @@ def test_a_delivered_mark_has_a_producer_of_its_own_not_the_lent_one() -> None:
     assert ctx.output_publisher()._producer is lent
     assert ctx.mark_publisher()._producer is None  # made at its first send
     assert ctx.mark_publisher() is not ctx.output_publisher()
+
+
+class _Stream:
+    """Test seam for a Faust stream: records which events were acknowledged, in order."""
+
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+
+    async def ack(self, event: str) -> bool:
+        self.acked.append(event)
+        return True
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def _ack_behind() -> tuple[Context, _HeldPublisher, _Stream, AckBehind]:
+    """A Context whose outputs are acknowledged when the test says so, a stream, its acks."""
+    ctx = Context(settings=Settings(topic_prefix="u."), metrics=Metrics(), app=None)
+    pub = _HeldPublisher()
+    ctx.publisher = pub  # type: ignore[assignment]
+    stream = _Stream()
+    ctx.own_outputs(fresh=True)
+    return ctx, pub, stream, AckBehind(ctx, stream)
+
+
+async def test_ack_behind_acknowledges_a_batch_after_its_outputs_and_batches_in_order() -> None:
+    """The agent goes on with batch 2 while batch 1 waits for its acks; nothing of batch 2 is
+    acknowledged before batch 1, and no batch before its own outputs."""
+    ctx, pub, stream, acks = _ack_behind()
+    await ctx.send("outcomes", "one", _outcome())
+    await acks.done(["e1", "e2"])  # returns at once: batch 1 waits in the background
+    await ctx.send("outcomes", "two", _outcome())
+    await _turns()
+    assert stream.acked == [], "acknowledged before its outputs were"
+    pub.futures["one"].set_result(None)
+    await _turns()
+    assert stream.acked == ["e1", "e2"]
+    second = asyncio.create_task(acks.done(["e3"]))  # batch 1 done: batch 2 starts waiting
+    await _turns()
+    assert second.done()
+    assert stream.acked == ["e1", "e2"], "batch 2 acknowledged before its output was"
+    pub.futures["two"].set_result(None)
+    await acks.finish()
+    assert stream.acked == ["e1", "e2", "e3"]
+
+
+async def test_ack_behind_holds_the_next_batch_until_the_one_waiting_is_acknowledged() -> None:
+    """At most one batch waits: ``done`` for batch 2 returns only after batch 1's acks."""
+    ctx, pub, stream, acks = _ack_behind()
+    await ctx.send("outcomes", "one", _outcome())
+    await acks.done(["e1"])
+    await ctx.send("outcomes", "two", _outcome())
+    second = asyncio.create_task(acks.done(["e2"]))
+    await _turns()
+    assert not second.done(), "a second batch started waiting beside the first"
+    pub.futures["one"].set_result(None)
+    await second
+    assert stream.acked == ["e1"]
+    pub.futures["two"].set_result(None)
+    await acks.finish()
+    assert stream.acked == ["e1", "e2"]
+
+
+async def test_ack_behind_raises_a_lost_output_in_the_agents_loop_and_never_acknowledges() -> None:
+    ctx, pub, stream, acks = _ack_behind()
+    await ctx.send("outcomes", "one", _outcome())
+    await acks.done(["e1"])
+    pub.futures["one"].set_exception(ConnectionError("broker went away"))
+    with pytest.raises(BrokerUnavailable, match="1 output records not acknowledged"):
+        await acks.done(["e2"])
+    assert stream.acked == []
+
+
+async def test_ack_behind_abandons_the_waiting_batch_when_the_agent_stops() -> None:
+    """Stopping leaves the waiting batch unacknowledged (it is read again: at least once)."""
+    ctx, pub, stream, acks = _ack_behind()
+    await ctx.send("outcomes", "one", _outcome())
+    await acks.done(["e1"])
+    waiting = acks.waiting
+    acks.abandon()
+    await _turns()
+    assert waiting is not None and waiting.cancelled()
+    pub.futures["one"].set_result(None)
+    await _turns()
+    assert stream.acked == []
+    await acks.finish()  # nothing waits any more
