@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 #: Keys whose partition ``Publisher`` remembers (a dict cleared when full).
 PARTITION_CACHE_SIZE = 200_000
 
+#: Bytes of one partition's batch in ``Publisher``'s producer (aiokafka's default: 16 KiB).
+#: A record waits while its partition's batch is full: a customer's delivered mark holds up to
+#: 500 ids (~16 KB), so with the default each went alone, one produce request per mark
+#: and the others waiting for it (notify's CPU per reply doubled, bench/notify_stage_cpu.py
+#: --history 500). Under Kafka's default max.message.bytes (1 MB); no linger, so no wait.
+MAX_BATCH_BYTES = 512 * 1024
+
 
 def bootstrap(settings: Settings) -> str:
     """The broker address, or a clear error when none is configured or started."""
@@ -169,6 +176,7 @@ class Publisher:
                     # a delivered mark before its key's next delivery): a linger would only
                     # add its wait (docs/ARCHITECTURE.md, Broker).
                     linger_ms=0,
+                    max_batch_size=MAX_BATCH_BYTES,
                     request_timeout_ms=int(self._settings.produce_timeout_s * 1000),
                 )
                 try:
