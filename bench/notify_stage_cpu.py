@@ -89,12 +89,18 @@ box.stop()
 """
 
 
-def reply(i: int, run: str, text: str = TEXT, channel: Channel = Channel.webchat) -> Reply:
+def reply(
+    i: int,
+    run: str,
+    text: str = TEXT,
+    channel: Channel = Channel.webchat,
+    customers: int = CUSTOMERS,
+) -> Reply:
     return Reply(
         reply_id=f"rep_{run}_{i:020x}",
         case_id=f"case_{run}_{i:020x}",
         message_id=f"msg_{run}_{i}",
-        customer_id=f"cust_{i % CUSTOMERS}",
+        customer_id=f"cust_{i % customers}",
         channel=channel,
         language="ru",
         kind=ReplyKind.auto_reply,
@@ -320,10 +326,12 @@ async def digest() -> str:
     ctx.publisher = ctx.marks = capture  # type: ignore[assignment]
     senders = Senders(settings)
     loop = DeliveryLoop(ctx, Replies(senders, table))
-    replies = [reply(i, "d") for i in range(300)]
-    replies += [reply(300 + i, "d", text=f"{TEXT} REFUSE") for i in range(5)]
-    replies += [reply(305 + i, "d", text=f"{TEXT} BUSY") for i in range(5)]
-    replies += [reply(310 + i, "d", channel=Channel.telegram) for i in range(5)]  # no chat_id
+    few = 40  # customers: each key's delivered ids grow to several
+    replies = [reply(i, "d", customers=few) for i in range(300)]
+    replies += [reply(300 + i, "d", text=f"{TEXT} REFUSE", customers=few) for i in range(5)]
+    replies += [reply(305 + i, "d", text=f"{TEXT} BUSY", customers=few) for i in range(5)]
+    no_chat_id = Channel.telegram
+    replies += [reply(310 + i, "d", channel=no_chat_id, customers=few) for i in range(5)]
     recs = records(replies)
     try:
         ctx.own_outputs(fresh=True)
