@@ -9,7 +9,9 @@ What is tuned here because the framework's defaults are wrong for us:
   ``context.DirectTable``; ``flush``), cheaper per record than Faust's send path, on the app's
   own producer (lent), so they share produce requests; agents flush before taking the next
   record or batch. The producer
-  lingers ``PIPELINE_PRODUCER_LINGER_MS`` to fill a request (docs/ARCHITECTURE.md, Broker).
+  lingers ``PIPELINE_PRODUCER_LINGER_MS`` to fill a request (docs/ARCHITECTURE.md, Broker), and
+  batches up to ``bus.MAX_BATCH_BYTES`` per partition (Faust's 16 KiB made a batch's records
+  wait for a request of their own whenever a partition's batch was full).
 - Faust's recovery cleared the agents' queues after fetching had resumed, losing records
   that arrived while a worker started: ``pipeline.recovery`` reorders it.
 """
@@ -22,7 +24,7 @@ from typing import Any, cast
 
 from faust.types import TP
 
-from pipeline import lag, live_workflow
+from pipeline import bus, lag, live_workflow
 from pipeline.classify.agents import install as install_classify
 from pipeline.config import Settings
 from pipeline.context import Context
@@ -53,6 +55,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
         topic_replication_factor=settings.replication_factor,
         producer_linger=settings.producer_linger_ms / 1000,  # ARCHITECTURE.md, Broker
         producer_acks=-1,
+        producer_max_batch_size=bus.MAX_BATCH_BYTES,  # ARCHITECTURE.md, Broker
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_request_timeout=settings.request_timeout_s,

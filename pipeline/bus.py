@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 #: Keys whose partition ``Publisher`` remembers (a dict cleared when full).
 PARTITION_CACHE_SIZE = 200_000
 
-#: Bytes of one partition's batch in ``Publisher``'s producer (aiokafka's default: 16 KiB).
-#: A record waits while its partition's batch is full: a customer's delivered mark holds up to
-#: 500 ids (~16 KB), so with the default each went alone, one produce request per mark
-#: and the others waiting for it (notify's CPU per reply doubled, bench/notify_stage_cpu.py
-#: --history 500). Under Kafka's default max.message.bytes (1 MB); no linger, so no wait.
+#: Bytes of one partition's batch in ``Publisher``'s producer and the worker's (``app.py``;
+#: aiokafka's and Faust's default: 16 KiB). A record waits while its partition's batch is
+#: full: a customer's delivered mark holds up to 500 ids (~16 KB), so with the default each
+#: went alone, one produce request per mark and the others waiting for it (notify's CPU per
+#: reply doubled, bench/notify_stage_cpu.py --history 500); the worker's classifications and
+#: case snapshots (KBs each) filled a partition's batch within a classify batch the same way.
+#: Under Kafka's default max.message.bytes (1 MB); no linger, so no wait.
 MAX_BATCH_BYTES = 512 * 1024
 
 
