@@ -52,8 +52,19 @@ RU_TEST = HERE / "classify_ru_test.csv"
 #: encodechka scenarios whose English sentences are trained as off-topic (the rest are tested)
 OOS_TRAIN_SCENARIOS = frozenset(
     {
-        "alarm", "audio", "calendar", "cooking", "datetime", "iot", "lists", "music", "news",
-        "play", "qa", "recommendation", "weather",
+        "alarm",
+        "audio",
+        "calendar",
+        "cooking",
+        "datetime",
+        "iot",
+        "lists",
+        "music",
+        "news",
+        "play",
+        "qa",
+        "recommendation",
+        "weather",
     }
 )
 
@@ -222,9 +233,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=None, help="keep splits and models here")
     ap.add_argument("--only", default="bitext,encodechka,banking77,clinc,ru,cross")
     ap.add_argument("--no-encoder", action="store_true", help="the fast model alone")
-    ap.add_argument(
-        "--seeds", default="0", help="split seeds of the family splits, e.g. 0,1,2,3"
-    )
+    ap.add_argument("--seeds", default="0", help="split seeds of the family splits, e.g. 0,1,2,3")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.WARNING)

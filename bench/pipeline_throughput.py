@@ -94,13 +94,18 @@ def _dump(path=os.environ["BENCH_COUNTS"]):
 threading.Thread(target=_dump, daemon=True).start()
 """
 
-WORKER = COUNTER + """
+WORKER = (
+    COUNTER
+    + """
 import runpy, sys
 sys.argv = ["pipeline.cli", "worker"]
 runpy.run_module("pipeline.cli", run_name="__main__", alter_sys=True)
 """
+)
 
-PASSTHROUGH = COUNTER + """
+PASSTHROUGH = (
+    COUNTER
+    + """
 import os, faust
 from pipeline.faust_app import RouterApp
 from pipeline.config import Settings
@@ -122,6 +127,7 @@ async def passthrough(stream):
         await dst.send(key=ev.key, value=ev.value)
 faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 """
+)
 
 
 def texts() -> list[str]:
@@ -418,9 +424,7 @@ def run_phase(
 
     # replies and e-mails are really delivered (HTTP, SMTP), as in production
     outbox = Outbox(on_item=arrived).start()
-    counts = [
-        s.data_dir / "bench" / f"{s.app_id}-{k}-requests.json" for k in range(args.workers)
-    ]
+    counts = [s.data_dir / "bench" / f"{s.app_id}-{k}-requests.json" for k in range(args.workers)]
     counts[0].parent.mkdir(parents=True, exist_ok=True)
     with children() as group:
         script = PASSTHROUGH if name == "passthrough" else WORKER

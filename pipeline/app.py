@@ -78,6 +78,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
     # requests (two producers made ~3 requests per message; issue 16).
     ctx.lend_producer = lambda: cast(Any, app.producer)._ensure_producer()
     _install_web(ctx)
+
     async def close_publisher(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         for publisher in (ctx.publisher, ctx.marks):
             if publisher is not None:

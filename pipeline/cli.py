@@ -1,11 +1,11 @@
 """The ``pipeline`` command. Each domain registers its own sub-commands.
 
-    pipeline demo | worker | schemas | send | audit      (this module and pipeline.runtime)
-    pipeline ingest [eml PATH]                           (pipeline.ingest.cli)
-    pipeline model train|eval|predict                    (pipeline.classify.cli)
-    pipeline kb search|publish                           (pipeline.route.kb_cli)
-    pipeline rules check|explain|replay                  (pipeline.rules_cli)
-    pipeline tasks list|watch|show|ack|resolve|reject    (pipeline.tasks_cli)
+pipeline demo | worker | schemas | send | audit      (this module and pipeline.runtime)
+pipeline ingest [eml PATH]                           (pipeline.ingest.cli)
+pipeline model train|eval|predict                    (pipeline.classify.cli)
+pipeline kb search|publish                           (pipeline.route.kb_cli)
+pipeline rules check|explain|replay                  (pipeline.rules_cli)
+pipeline tasks list|watch|show|ack|resolve|reject    (pipeline.tasks_cli)
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ class Settings(BaseSettings):
         default=None, description="Business number to send from when a reply does not say."
     )
     vk_api_base_url: str = Field(
-        default="http://127.0.0.1:8085", description="VK API base (real: https://api.vk.com/method)."
+        default="http://127.0.0.1:8085",
+        description="VK API base (real: https://api.vk.com/method).",
     )
     vk_access_token: SecretStr | None = Field(
         default=None, description="Community access token for messages.send."

@@ -29,6 +29,7 @@ if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; t
   fi
 fi
 ruff check pipeline tests bench
+ruff format --check pipeline tests bench
 mypy
 pipeline schemas --check
 pipeline asyncapi --check

@@ -135,9 +135,7 @@ def _format_report(r: EvalReport) -> str:
     out.append("")
     out.append("reliability (confidence bin: rows, mean confidence, accuracy)")
     for b in r.reliability:
-        out.append(
-            f"  [{b.low:.1f}, {b.high:.1f}) {b.rows:6d} {b.confidence:.3f} {b.accuracy:.3f}"
-        )
+        out.append(f"  [{b.low:.1f}, {b.high:.1f}) {b.rows:6d} {b.confidence:.3f} {b.accuracy:.3f}")
     out.append("")
     out.append(f"{'label':32s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>6s}")
     for label, s in r.per_label.items():

@@ -297,8 +297,11 @@ async def test_the_incident_keeper_closes_its_reports_cases_by_their_links(
     )
     links = out.take(ctx.settings.topic("case-commands"), IncidentLink)
     snaps = out.take(ctx.settings.topic("case-state"), CaseSnapshot)
-    broadcast = [s for s in out.take(ctx.settings.topic("external"), SubRequest)
-                 if s.kind.value == "broadcast"]
+    broadcast = [
+        s
+        for s in out.take(ctx.settings.topic("external"), SubRequest)
+        if s.kind.value == "broadcast"
+    ]
     incident_case = derive_id("case", "inc_f")
     assert {ln.case_id for ln in links} == {incident_case} and len(links) == 2
     [inc] = [s for s in snaps if s.case_id == incident_case]
@@ -504,13 +507,17 @@ async def test_unreadable_held_records_cost_only_themselves(
         "cases",
         [("task-updates", first.case_id, answer(first, "held-1"))]
         + [
-            ("case-state", c.case_id, CaseSnapshot(
-                case_id=c.case_id,
-                customer_id=c.customer_id,
-                state=c.model_dump(mode="json"),
-                by="route",
-                at=now,
-            ))
+            (
+                "case-state",
+                c.case_id,
+                CaseSnapshot(
+                    case_id=c.case_id,
+                    customer_id=c.customer_id,
+                    state=c.model_dump(mode="json"),
+                    by="route",
+                    at=now,
+                ),
+            )
             for c in cases
         ],
         lambda: trails() == 2 or dlq() > 0,

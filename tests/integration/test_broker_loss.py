@@ -101,6 +101,7 @@ async def test_after_the_broker_lost_its_data_nothing_is_acknowledged_into_the_v
             except DecodeError:
                 continue
         assert set(accepted) <= stored, sorted(set(accepted) - stored)
+
         # The worker stays unhealthy with the broker back: its tables and offsets went with
         # the broker's memory. Asked after the group's commits were seen gone (sticky).
         def lost() -> bool:

@@ -336,9 +336,7 @@ async def test_twilio_messages_format(
         "From": ["+15005550006"],
         "Body": [reply.text],
         # Twilio reports the SMS's progress to our ingest, keyed by the reply id
-        "StatusCallback": [
-            f"http://127.0.0.1:8080/webhooks/twilio?delivery_id={reply.reply_id}"
-        ],
+        "StatusCallback": [f"http://127.0.0.1:8080/webhooks/twilio?delivery_id={reply.reply_id}"],
     }
 
 

@@ -71,9 +71,7 @@ async def test_every_message_gets_exactly_one_outcome(
     # rebalance at start-up) re-emits the SAME outcome record — consumers deduplicate by id
     # (README, For department systems) and the audit counts it as "repeated"; a second,
     # different decision for one id would be a real error.
-    decisions = {
-        (o.message_id, o.outcome.value, o.case_id, tuple(o.departments)) for o in outcomes
-    }
+    decisions = {(o.message_id, o.outcome.value, o.case_id, tuple(o.departments)) for o in outcomes}
     assert len(decisions) == len(ids), "a message got a second, different outcome"
     assert all(o.outcome.value in {"routed", "auto_resolved"} for o in outcomes), outcomes
     classified = await records.wait_for(

@@ -122,7 +122,14 @@ async def test_workers_follow_a_changed_workflow_and_replay_shows_it(
     old_rules = rules.with_name("old-workflow.yaml")
     old_rules.write_text(original, encoding="utf-8")
     proc = _cli(
-        stack, rules, "rules", "replay", "--from", start.isoformat(), "--rules", str(old_rules),
+        stack,
+        rules,
+        "rules",
+        "replay",
+        "--from",
+        start.isoformat(),
+        "--rules",
+        str(old_rules),
         "--json",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -347,7 +347,5 @@ async def test_seed_scenario_fan_out_and_combined_answer(
     )
     assert answered.detail.get("nps_class") == "detractor"
     # ack, combined answer, survey (and whatever follows the score): each exactly once
-    sent_to_chat = [
-        i.text for i in await deliveries.settled(lambda i: i.to == str(chat), enough=3)
-    ]
+    sent_to_chat = [i.text for i in await deliveries.settled(lambda i: i.to == str(chat), enough=3)]
     assert len(sent_to_chat) == len(set(sent_to_chat)), "no reply was sent twice"

@@ -39,9 +39,7 @@ async def test_settled_returns_a_duplicate_that_comes_after_the_expected_record(
             await pub.send(topic, update.case_id, update)
 
         late = asyncio.create_task(send_again_a_second_later())
-        seen = await records.settled(
-            kafka, topic, TaskUpdate, lambda u: u.update_id == "u-late", 1
-        )
+        seen = await records.settled(kafka, topic, TaskUpdate, lambda u: u.update_id == "u-late", 1)
         await late
     finally:
         await pub.close()

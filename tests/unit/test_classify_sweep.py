@@ -157,12 +157,15 @@ async def test_window_sweep_forgets_an_unreadable_window_and_goes_on(
         message_id="m", customer_id="c", at=(NOW - timedelta(minutes=1)).timestamp()
     )
     live = incidents.IncidentWindow(key="live", incident_id="inc_1", reports=[report])
-    table = stored_table("incident-windows", {
-        "not-json": '{"key": "x", "reports": [',
-        "live": live.model_dump_json(),
-        "wrong": '{"key": "w", "reports": [{"at": "now"}]}',
-        "idle": incidents.IncidentWindow(key="idle").model_dump_json(),
-    })
+    table = stored_table(
+        "incident-windows",
+        {
+            "not-json": '{"key": "x", "reports": [',
+            "live": live.model_dump_json(),
+            "wrong": '{"key": "w", "reports": [{"at": "now"}]}',
+            "idle": incidents.IncidentWindow(key="idle").model_dump_json(),
+        },
+    )
     metrics = Metrics()
     assert await sweep_windows(table, NOW, metrics) == 3
     assert set(table) == {"live"}

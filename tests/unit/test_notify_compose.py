@@ -136,8 +136,7 @@ def test_without_sla_and_store(make_sub_request: MakeSubRequest) -> None:
     [({"kind": SubRequestKind.internal}, "kind"), ({"recipient": None}, "recipient")],
 )
 def test_not_emailable_sub_requests_rejected(
-    update: dict[str,
-    Any],
+    update: dict[str, Any],
     field: str,
     make_sub_request: MakeSubRequest,
 ) -> None:

@@ -308,7 +308,9 @@ def test_split_text_parts_fit_and_keep_every_non_space_character(text: str, limi
 def test_reply_parts_follow_the_platform_limit() -> None:
     long = make_reply(Channel.telegram, {}, text="\n".join([PARAGRAPH] * 100))
     assert [len(p) <= channels.TELEGRAM_MAX_CHARS for p in reply_parts(long, "telegram")] == [
-        True, True, True
+        True,
+        True,
+        True,
     ]
     assert len(reply_parts(long, "twilio")) == 6
     assert reply_parts(long, "chatwoot") == [message_text(long)]
@@ -402,16 +404,19 @@ async def test_the_delivered_ids_sweep_forgets_unreadable_values_and_goes_on(
     def marks(at: object, *ids: str) -> str:
         return orjson.dumps({"at": at, "ids": list(ids)}).decode()
 
-    table = stored_table("delivered-replies", {
-        "not-json": '{"at": 5000, "ids": ["reply_',
-        "idle": marks(1_000.0, "reply_1"),
-        "at-text": marks("yesterday", "reply_2"),
-        "at-null": marks(None, "reply_3"),
-        "fresh": marks(5_000.0, "reply_4"),
-        "a-number": "7",
-        "legacy": orjson.dumps(["reply_old"]).decode(),
-        "empty": "[]",
-    })
+    table = stored_table(
+        "delivered-replies",
+        {
+            "not-json": '{"at": 5000, "ids": ["reply_',
+            "idle": marks(1_000.0, "reply_1"),
+            "at-text": marks("yesterday", "reply_2"),
+            "at-null": marks(None, "reply_3"),
+            "fresh": marks(5_000.0, "reply_4"),
+            "a-number": "7",
+            "legacy": orjson.dumps(["reply_old"]).decode(),
+            "empty": "[]",
+        },
+    )
     metrics = Metrics()
     assert await sweep_delivered(table, 3_000.0, metrics) == 6
     assert set(table) == {"fresh", "legacy"}

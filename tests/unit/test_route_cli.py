@@ -56,8 +56,11 @@ class StubClassifier:
                 at = m.text.index("Садов")
                 ents.append(Entity(kind="store", value="SPB-012", span=Span(start=at, end=at + 11)))
             base = self.kit.message(m.text, intents, entities=ents, language=m.language)
-            out.append(base.model_copy(update={"inbound": m, "message_id": m.message_id,
-                                               "customer_id": m.customer_id}))
+            out.append(
+                base.model_copy(
+                    update={"inbound": m, "message_id": m.message_id, "customer_id": m.customer_id}
+                )
+            )
         return out
 
 
@@ -77,8 +80,10 @@ def test_explain_json_contract(stub: Explainer, capsys: pytest.CaptureFixture[st
     doc = json.loads(capsys.readouterr().out)
     assert {"classification", "kb", "rules", "sub_requests", "replies", "outcome"} <= doc.keys()
     subs = {(s["kind"], s["department"], s["recipient"]) for s in doc["sub_requests"]}
-    assert subs == {("external", "store-directors", "director.spb-sadovaya@example.com"),
-                    ("internal", "loyalty-it", None)}
+    assert subs == {
+        ("external", "store-directors", "director.spb-sadovaya@example.com"),
+        ("internal", "loyalty-it", None),
+    }
     assert doc["outcome"] == "routed" and doc["language"] == "ru"
     assert doc["kb"]["auto_reply_fires"] is False
     assert "offline" in doc["similarity"]["note"]
@@ -107,8 +112,9 @@ def test_explain_data_file_one_line_per_row(
     assert [x["departments"] for x in lines] == [["billing"], ["store-directors", "loyalty-it"]]
     assert lines[0]["language"] == "en"
     jsonl = tmp_path / "m.jsonl"
-    jsonl.write_text(json.dumps({"body": "Не начислили бонусы"}, ensure_ascii=False) + "\n",
-                     encoding="utf-8")
+    jsonl.write_text(
+        json.dumps({"body": "Не начислили бонусы"}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     assert main(["rules", "explain", "--data", str(jsonl), "--text-col", "body"]) == 0
     [one] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert one["sub_requests"][0]["department"] == "loyalty-it"
@@ -122,8 +128,9 @@ def test_compare_routing_counts_changes(kit: RouteKit) -> None:
     text = "Не начислили бонусы"
     msgs = [
         kit.message(text, [kit.intent(text, text, "loyalty_points", "LOYALTY")], key="1"),
-        kit.message("Где счёт?", [kit.intent("Где счёт?", "Где счёт?", "get_invoice", "INVOICES")],
-                key="2"),
+        kit.message(
+            "Где счёт?", [kit.intent("Где счёт?", "Где счёт?", "get_invoice", "INVOICES")], key="2"
+        ),
     ]
     report = compare_routing(msgs, wf, new, now=kit.now)
     assert report.messages == 2 and report.changed == 1

@@ -54,8 +54,14 @@ def update(  # type: ignore[no-untyped-def]
     source: str = "department",
 ):
     return TaskUpdate(
-        update_id=uid, sub_request_id=sub_id, case_id=case.case_id, status=TaskStatus.resolved,
-        resolution=text, author="x", source=source, at=kit.now + timedelta(hours=2),  # type: ignore[arg-type]
+        update_id=uid,
+        sub_request_id=sub_id,
+        case_id=case.case_id,
+        status=TaskStatus.resolved,
+        resolution=text,
+        author="x",
+        source=source,
+        at=kit.now + timedelta(hours=2),  # type: ignore[arg-type]
     )
 
 
@@ -94,14 +100,29 @@ def test_seed_scenario_end_to_end_in_russian(kit: RouteKit) -> None:
     assert case == d.case
 
     # loyalty IT answers inside the system: not everything is done yet → no answer
-    t1 = apply_task_update(case, update(kit, case, loyalty.sub_request_id, "u1",
-                                        "Бонусы начислены на карту, проверьте баланс."), wf,
-                           now=kit.now + timedelta(hours=2))
+    t1 = apply_task_update(
+        case,
+        update(
+            kit, case, loyalty.sub_request_id, "u1", "Бонусы начислены на карту, проверьте баланс."
+        ),
+        wf,
+        now=kit.now + timedelta(hours=2),
+    )
     assert t1.replies == [] and t1.state.status == "open"
     # the director answers by e-mail → one combined answer, then the survey (NPS)
-    t2 = apply_task_update(t1.state, update(kit, case, director.sub_request_id, "mail-1",
-                                            "Просроченный товар снят с полки и заменён.",
-                                            "email"), wf, now=kit.now + timedelta(hours=3))
+    t2 = apply_task_update(
+        t1.state,
+        update(
+            kit,
+            case,
+            director.sub_request_id,
+            "mail-1",
+            "Просроченный товар снят с полки и заменён.",
+            "email",
+        ),
+        wf,
+        now=kit.now + timedelta(hours=3),
+    )
     assert t2.state.status == "resolved"
     answer, survey = t2.replies
     assert answer.kind is ReplyKind.resolution and answer.channel is Channel.telegram
@@ -109,12 +130,15 @@ def test_seed_scenario_end_to_end_in_russian(kit: RouteKit) -> None:
     assert "снят с полки" in answer.text and "Бонусы начислены" in answer.text
     assert survey.kind is ReplyKind.survey and "от 0 до 10" in survey.text
     assert [e.type for e in t2.case_events] == [
-        CaseEventType.task_updated, CaseEventType.sub_request_resolved, CaseEventType.resolved,
+        CaseEventType.task_updated,
+        CaseEventType.sub_request_resolved,
+        CaseEventType.resolved,
         CaseEventType.survey_sent,
     ]
     # the customer answers the survey: a detractor → flagged for the quality topic
-    reply_msg = kit.message("Ну, на 4", [kit.intent("Ну, на 4", "Ну, на 4", "unknown", "UNKNOWN")],
-                        key="survey")
+    reply_msg = kit.message(
+        "Ну, на 4", [kit.intent("Ну, на 4", "Ну, на 4", "unknown", "UNKNOWN")], key="survey"
+    )
     d3 = route_message(reply_msg, wf, now=kit.now + timedelta(hours=4), open_case=t2.state)
     assert d3.case is not None and d3.case.survey is not None
     assert (d3.case.survey.score, d3.case.survey.nps_class) == (4, "detractor")
@@ -128,11 +152,15 @@ def test_english_seed_and_promoter(kit: RouteKit) -> None:
     text = "The yoghurt at Sadovaya 12 was expired. Also my bonus points were not added."
     msg = kit.message(
         text,
-        [kit.intent(text, "The yoghurt at Sadovaya 12 was expired.", "product_quality",
-                "STORE_QUALITY"),
-         kit.intent(text, "Also my bonus points were not added.", "loyalty_points", "LOYALTY")],
+        [
+            kit.intent(
+                text, "The yoghurt at Sadovaya 12 was expired.", "product_quality", "STORE_QUALITY"
+            ),
+            kit.intent(text, "Also my bonus points were not added.", "loyalty_points", "LOYALTY"),
+        ],
         entities=[Entity(kind="store", value="SPB-012", span=Span(start=15, end=26))],
-        language="en", name="John",
+        language="en",
+        name="John",
     )
     d = route_message(msg, wf, now=kit.now)
     assert d.replies[0].text.startswith("Hello, John! We have received")
@@ -144,11 +172,13 @@ def test_english_seed_and_promoter(kit: RouteKit) -> None:
     case = d.case
     assert case is not None
     for n, sub in enumerate(d.sub_requests):
-        case = apply_task_update(case, update(kit, case, sub.sub_request_id, f"u{n}", f"done {n}"),
-                                 wf, now=kit.now).state
+        case = apply_task_update(
+            case, update(kit, case, sub.sub_request_id, f"u{n}", f"done {n}"), wf, now=kit.now
+        ).state
     assert case.status == "resolved" and case.survey is not None and case.survey.kind == "nps"
-    answer = kit.message("10!", [kit.intent("10!", "10!", "unknown", "UNKNOWN")], language="en",
-                     key="a")
+    answer = kit.message(
+        "10!", [kit.intent("10!", "10!", "unknown", "UNKNOWN")], language="en", key="a"
+    )
     t = apply_customer_message(case, answer.inbound, wf, now=kit.now)
     assert t.state.survey and t.state.survey.nps_class == "promoter" and t.quality_events == []
     assert t.replies[0].text == "Thank you for your rating!"
@@ -190,9 +220,14 @@ def test_store_not_named_goes_to_store_ops(kit: RouteKit) -> None:
 def test_duplicate_appends_and_creates_nothing(kit: RouteKit) -> None:
     wf = kit.workflow
     first = route_message(kit.seed_message(), wf, now=kit.now)
-    dup = kit.seed_message(key="2", similarity=Similarity(
-        duplicate_of=first.outcome.message_id, duplicate_reason="same_text",
-        case_id=first.outcome.case_id))
+    dup = kit.seed_message(
+        key="2",
+        similarity=Similarity(
+            duplicate_of=first.outcome.message_id,
+            duplicate_reason="same_text",
+            case_id=first.outcome.case_id,
+        ),
+    )
     d = route_message(dup, wf, now=kit.now, open_case=first.case)
     assert d.outcome.outcome is OutcomeKind.duplicate and d.sub_requests == [] and d.replies == []
     assert [e.type for e in d.case_events] == [CaseEventType.message_appended]
@@ -203,10 +238,17 @@ def test_duplicate_appends_and_creates_nothing(kit: RouteKit) -> None:
 
 
 def _kb(auto: bool) -> KbMatch:
-    return KbMatch(article_id="recover-password", intents=["recover_password"], confidence=0.97,
-                   threshold=0.9, auto_reply=auto, language="ru",
-                   answer="Нажмите «Забыли пароль?» на странице входа.",
-                   link="https://example.com/kb/recover-password", reason="confident")
+    return KbMatch(
+        article_id="recover-password",
+        intents=["recover_password"],
+        confidence=0.97,
+        threshold=0.9,
+        auto_reply=auto,
+        language="ru",
+        answer="Нажмите «Забыли пароль?» на странице входа.",
+        link="https://example.com/kb/recover-password",
+        reason="confident",
+    )
 
 
 def test_kb_auto_reply_single_intent_only(kit: RouteKit) -> None:
@@ -218,8 +260,10 @@ def test_kb_auto_reply_single_intent_only(kit: RouteKit) -> None:
     [r] = d.replies
     assert r.kind is ReplyKind.auto_reply and r.article_id == "recover-password" and r.link
     assert d.case is not None and d.case.status == "resolved"
-    assert route_message(msg, wf, now=kit.now, kb_match=_kb(False)).outcome.outcome is \
-        OutcomeKind.routed
+    assert (
+        route_message(msg, wf, now=kit.now, kb_match=_kb(False)).outcome.outcome
+        is OutcomeKind.routed
+    )
     two = kit.seed_message()
     d2 = route_message(two, wf, now=kit.now, kb_match=_kb(True))
     assert d2.outcome.outcome is OutcomeKind.routed and len(d2.sub_requests) == 2
@@ -232,12 +276,22 @@ def test_reopen_on_customer_reply_routes_to_a_human(kit: RouteKit) -> None:
     case = d.case
     assert case is not None
     for n, sub in enumerate(d.sub_requests):
-        case = apply_task_update(case, update(kit, case, sub.sub_request_id, f"u{n}", "ok"), wf,
-                                 now=kit.now).state
+        case = apply_task_update(
+            case, update(kit, case, sub.sub_request_id, f"u{n}", "ok"), wf, now=kit.now
+        ).state
     assert case.status == "resolved"
-    back = kit.message("Бонусы так и не пришли, не помогло", [kit.intent(
-        "Бонусы так и не пришли, не помогло", "Бонусы так и не пришли, не помогло",
-        "loyalty_points", "LOYALTY")], key="back")
+    back = kit.message(
+        "Бонусы так и не пришли, не помогло",
+        [
+            kit.intent(
+                "Бонусы так и не пришли, не помогло",
+                "Бонусы так и не пришли, не помогло",
+                "loyalty_points",
+                "LOYALTY",
+            )
+        ],
+        key="back",
+    )
     d2 = route_message(back, wf, now=kit.now + timedelta(days=1), open_case=case)
     assert d2.case is not None and d2.case.status == "reopened" and d2.case.round == 1
     [sub] = d2.sub_requests
@@ -246,8 +300,12 @@ def test_reopen_on_customer_reply_routes_to_a_human(kit: RouteKit) -> None:
     assert CaseEventType.reopened in [e.type for e in d2.case_events]
     assert d2.replies[0].kind is ReplyKind.acknowledgement
     # the reopened case resolves again with a new answer id
-    again = apply_task_update(d2.case, update(kit, d2.case, sub.sub_request_id, "u9", "Начислили."),
-                              wf, now=kit.now + timedelta(days=1))
+    again = apply_task_update(
+        d2.case,
+        update(kit, d2.case, sub.sub_request_id, "u9", "Начислили."),
+        wf,
+        now=kit.now + timedelta(days=1),
+    )
     assert again.state.status == "resolved"
     assert again.replies[0].text.endswith("• Начислили.\nСпасибо, что сообщили нам.")
     assert "• ok" not in again.replies[0].text
@@ -258,8 +316,11 @@ def test_follow_up_on_open_case_only_appends_unless_not_helped(kit: RouteKit) ->
     wf = kit.workflow
     d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
-    more = kit.message("И чек прилагаю", [kit.intent("И чек прилагаю", "И чек прилагаю", "unknown",
-                                             "UNKNOWN")], key="more")
+    more = kit.message(
+        "И чек прилагаю",
+        [kit.intent("И чек прилагаю", "И чек прилагаю", "unknown", "UNKNOWN")],
+        key="more",
+    )
     t = apply_customer_reply(d.case, more.inbound, wf, now=kit.now)
     assert t.sub_requests == [] and t.state.status == "open"
     assert [e.type for e in t.case_events] == [CaseEventType.message_appended]
@@ -274,17 +335,30 @@ def test_follow_up_on_open_case_only_appends_unless_not_helped(kit: RouteKit) ->
 
 def test_broadcast_creates_one_tracked_sub_request_per_recipient(kit: RouteKit) -> None:
     wf = kit.workflow
-    extra = wf.model_copy(update={"rules": [
-        *wf.rules[:0],
-        wf.rules[0].model_validate({
-            "name": "freshness-broadcast", "when": {"tags_any": ["food_safety"]},
-            "then": [{"type": "broadcast", "group": "store_directors",
-                      "template": "check_freshness"}],
-        }),
-    ]})
+    extra = wf.model_copy(
+        update={
+            "rules": [
+                *wf.rules[:0],
+                wf.rules[0].model_validate(
+                    {
+                        "name": "freshness-broadcast",
+                        "when": {"tags_any": ["food_safety"]},
+                        "then": [
+                            {
+                                "type": "broadcast",
+                                "group": "store_directors",
+                                "template": "check_freshness",
+                            }
+                        ],
+                    }
+                ),
+            ]
+        }
+    )
     text = "Везде просрочка!"
-    msg = kit.message(text, [kit.intent(text, text, "product_quality", "STORE_QUALITY")],
-                  tags=["food_safety"])
+    msg = kit.message(
+        text, [kit.intent(text, text, "product_quality", "STORE_QUALITY")], tags=["food_safety"]
+    )
     d = route_message(msg, extra, now=kit.now)
     recipients = [s.recipient for s in d.sub_requests]
     assert len(recipients) == 6 == len(set(recipients))
@@ -393,8 +467,9 @@ def test_incident_resolution_reaches_every_linked_case_by_its_link(kit: RouteKit
     assert early == again == [] and list(inc.incident_members) == [first.case.case_id]
     assert incident_updates(inc, kit.now) == []  # not resolved yet
     for n, sub in enumerate(inc.sub_requests):  # every director answers the broadcast
-        inc = apply_task_update(inc, update(kit, inc, sub.sub_request_id, f"b{n}", "Заменили"), wf,
-                                now=kit.now).state
+        inc = apply_task_update(
+            inc, update(kit, inc, sub.sub_request_id, f"b{n}", "Заменили"), wf, now=kit.now
+        ).state
     assert inc.status == "resolved"
     [told_first] = incident_updates(inc, kit.now)
     # Linked after the resolution: answered at once, with the same ids as a replay would get.
@@ -418,13 +493,17 @@ def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state(kit:
     d = route_message(kit.seed_message(), wf, now=kit.now)
     assert d.case is not None
     first, second = d.case.sub_requests
-    more = kit.message("Есть новости?", [kit.intent("Есть новости?", "Есть новости?", "unknown",
-                                           "UNKNOWN")], key="more")
+    more = kit.message(
+        "Есть новости?",
+        [kit.intent("Есть новости?", "Есть новости?", "unknown", "UNKNOWN")],
+        key="more",
+    )
     # Route appends the follow-up to the case as it saw it (both sub-requests open) ...
     routed = apply_customer_reply(d.case, more.inbound, wf, now=kit.now).state
     # ... while the keeper had already applied the first department's answer.
-    kept = apply_task_update(d.case, update(kit, d.case, first.sub_request_id, "u1", "Готово"), wf,
-                             now=kit.now).state
+    kept = apply_task_update(
+        d.case, update(kit, d.case, first.sub_request_id, "u1", "Готово"), wf, now=kit.now
+    ).state
     merged = merge_snapshot(kept, routed)
     assert merged.sub(first.sub_request_id).status == "resolved"  # type: ignore[union-attr]
     assert merged.sub(second.sub_request_id).status == "open"  # type: ignore[union-attr]
@@ -432,8 +511,9 @@ def test_merge_keeps_what_the_keeper_did_while_route_looked_at_an_old_state(kit:
     assert more.message_id in merged.message_ids and merged.status == "open"
 
     # The keeper resolved the whole case meanwhile: the resolution stands.
-    done = apply_task_update(kept, update(kit, kept, second.sub_request_id, "u2", "Сняли"), wf,
-                             now=kit.now).state
+    done = apply_task_update(
+        kept, update(kit, kept, second.sub_request_id, "u2", "Сняли"), wf, now=kit.now
+    ).state
     assert done.status == "resolved"
     merged = merge_snapshot(done, routed)
     assert merged.status == "resolved" and merged.resolved_at == done.resolved_at
@@ -453,8 +533,9 @@ def test_merge_keeps_new_work_that_route_opened(kit: RouteKit) -> None:
     routed = apply_customer_reply(d.case, angry.inbound, wf, now=kit.now).state  # + triage
     kept = d.case
     for n, sub in enumerate((first, second)):
-        kept = apply_task_update(kept, update(kit, kept, sub.sub_request_id, f"u{n}", "ok"), wf,
-                                 now=kit.now).state
+        kept = apply_task_update(
+            kept, update(kit, kept, sub.sub_request_id, f"u{n}", "ok"), wf, now=kit.now
+        ).state
     assert kept.status == "resolved"
     merged = merge_snapshot(kept, routed)
     assert [s.status for s in merged.sub_requests] == ["resolved", "resolved", "open"]
@@ -475,8 +556,8 @@ def test_broadcast_language_follows_the_group_then_the_default(kit: RouteKit) ->
     ).incident_sub_requests
     assert {s.language for s in en} == {"en"}
     assert en[0].text != ru[0].text and en[0].text == fill(
-        en_wf.custom_template("check_freshness", "en"), category="STORE_QUALITY",
-        store="SPB-012")
+        en_wf.custom_template("check_freshness", "en"), category="STORE_QUALITY", store="SPB-012"
+    )
 
 
 def test_a_party_language_without_templates_is_refused(kit: RouteKit) -> None:
@@ -498,8 +579,9 @@ def open_and_resolved(kit: RouteKit) -> tuple[CaseState, CaseState]:
     open_case = d.case
     done = open_case
     for n, sub in enumerate(open_case.sub_requests):
-        done = apply_task_update(done, update(kit, done, sub.sub_request_id, f"u{n}", "ok"), wf,
-                                 now=kit.now).state
+        done = apply_task_update(
+            done, update(kit, done, sub.sub_request_id, f"u{n}", "ok"), wf, now=kit.now
+        ).state
     assert done.status == "resolved" and done.resolved_at is not None
     return open_case, done
 
@@ -516,13 +598,16 @@ async def test_case_sweep_forgets_long_resolved_cases_only(kit: RouteKit) -> Non
     open_case, done = open_and_resolved(kit)
     assert done.resolved_at is not None
     old = done.model_copy(update={"case_id": "case-old"})
-    cases = {"case-old": orjson.dumps(dump(old)).decode(),
-             open_case.case_id: orjson.dumps(dump(open_case)).decode()}
-    customer = {"cust-1": orjson.dumps([dump(old), dump(open_case)]).decode(),
-                "cust-2": orjson.dumps([dump(old)]).decode()}
+    cases = {
+        "case-old": orjson.dumps(dump(old)).decode(),
+        open_case.case_id: orjson.dumps(dump(open_case)).decode(),
+    }
+    customer = {
+        "cust-1": orjson.dumps([dump(old), dump(open_case)]).decode(),
+        "cust-2": orjson.dumps([dump(old)]).decode(),
+    }
     stale_update = {"at": (kit.now - timedelta(days=40)).isoformat()}
-    pending = {"case-gone": orjson.dumps([stale_update]).decode(),
-               open_case.case_id: ""}
+    pending = {"case-gone": orjson.dumps([stale_update]).decode(), open_case.case_id: ""}
     cutoff = done.resolved_at + timedelta(seconds=1)
     removed = await sweep_case_tables(cases, customer, pending, cutoff)
     assert set(cases) == {open_case.case_id}  # open cases are never forgotten
@@ -555,28 +640,37 @@ async def test_case_sweep_forgets_unreadable_values_and_keeps_the_rest(
         return orjson.dumps(value).decode()
 
     naive = {**dump(old), "case_id": "naive", "resolved_at": "2026-01-01T00:00:00"}
-    cases = stored_table("cases", {
-        "not-json": '{"case_id": "x", "status": "op',
-        "case-old": js(dump(old)),
-        "a-list": "[1, 2]",
-        open_case.case_id: js(dump(open_case)),
-        "bad-date": js({"status": "resolved", "resolved_at": "yesterday"}),
-        "naive": js(naive),
-        "case-newer": js(newer),
-        "no-status": "{}",
-    })
-    customer = stored_table("customer-cases", {
-        "cust-spoiled": js(dump(open_case)),  # one case, not the list of them
-        "cust-1": js([dump(old), dump(open_case)]),
-        "cust-mixed": js([dump(open_case), "a case?"]),
-    })
+    cases = stored_table(
+        "cases",
+        {
+            "not-json": '{"case_id": "x", "status": "op',
+            "case-old": js(dump(old)),
+            "a-list": "[1, 2]",
+            open_case.case_id: js(dump(open_case)),
+            "bad-date": js({"status": "resolved", "resolved_at": "yesterday"}),
+            "naive": js(naive),
+            "case-newer": js(newer),
+            "no-status": "{}",
+        },
+    )
+    customer = stored_table(
+        "customer-cases",
+        {
+            "cust-spoiled": js(dump(open_case)),  # one case, not the list of them
+            "cust-1": js([dump(old), dump(open_case)]),
+            "cust-mixed": js([dump(open_case), "a case?"]),
+        },
+    )
     stale_update = {"at": (kit.now - timedelta(days=40)).isoformat()}
-    pending = stored_table("pending-updates", {
-        "p-not-json": "[{",
-        "case-gone": js([stale_update]),
-        "p-bad-at": js([{"at": "soon"}]),
-        "p-waiting": js([{"at": (done.resolved_at + timedelta(days=1)).isoformat()}]),
-    })
+    pending = stored_table(
+        "pending-updates",
+        {
+            "p-not-json": "[{",
+            "case-gone": js([stale_update]),
+            "p-bad-at": js([{"at": "soon"}]),
+            "p-waiting": js([{"at": (done.resolved_at + timedelta(days=1)).isoformat()}]),
+        },
+    )
     metrics = Metrics()
     cutoff = done.resolved_at + timedelta(seconds=1)
     removed = await sweep_case_tables(cases, customer, pending, cutoff, metrics)
@@ -586,5 +680,7 @@ async def test_case_sweep_forgets_unreadable_values_and_keeps_the_rest(
     assert set(pending) == {"p-waiting"}
     assert removed == 6 + 2 + 3
     assert [unreadable(metrics, t) for t in ("cases", "customer-cases", "pending-updates")] == [
-        5, 2, 2
+        5,
+        2,
+        2,
     ]

@@ -16,6 +16,7 @@ from pipeline.live_workflow import LiveWorkflow, published
 if TYPE_CHECKING:
     from tests.plugins.route import RouteKit
 
+
 @pytest.fixture
 def to_care(kit: RouteKit) -> str:
     """The minimal workflow with loyalty questions sent to triage instead."""
@@ -154,7 +155,9 @@ def test_under_rules_source_file_the_topic_is_ignored(
 
 
 def test_under_rules_source_topic_the_same_text_published_still_pins_the_topic(
-    kit: RouteKit, tmp_path: Path, to_care: str,
+    kit: RouteKit,
+    tmp_path: Path,
+    to_care: str,
 ) -> None:
     path = tmp_path / "workflow.yaml"
     _write(path, kit.minimal, 2_000_000.0)

@@ -115,12 +115,21 @@ def test_trace_says_why_per_condition(kit: RouteKit) -> None:
 
 def test_conditions_can_fail(kit: RouteKit) -> None:
     msg = two_intents(kit, channel=Channel.email, tier="vip", level="P1", score=90)
-    for cond in ("channel: [telegram]", "language: [ru]", "tier: [standard]", "priority: [P4]",
-                 "entities: [{kind: store}]", "tags_all: [x]", "segment: [b2b]"):
+    for cond in (
+        "channel: [telegram]",
+        "language: [ru]",
+        "tier: [standard]",
+        "priority: [P4]",
+        "entities: [{kind: store}]",
+        "tags_all: [x]",
+        "segment: [b2b]",
+    ):
         rules = f"  - {{name: r, when: {{{cond}}}, then: [{{type: internal, department: a}}]}}\n"
         assert depts(kit, rules, msg)[0] == ("track_order", "triage"), cond
-    rules = "  - {name: r, when: {entities: [{kind: store, present: false}], tags_none: [x]}, " \
-            "then: [{type: internal, department: a}]}\n"
+    rules = (
+        "  - {name: r, when: {entities: [{kind: store, present: false}], tags_none: [x]}, "
+        "then: [{type: internal, department: a}]}\n"
+    )
     assert depts(kit, rules, msg)[0] == ("track_order", "a")
 
 

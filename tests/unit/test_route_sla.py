@@ -15,9 +15,16 @@ from pipeline.route.sla import check_sla
 if TYPE_CHECKING:
     from tests.plugins.route import RouteKit
 
-MSK = BusinessHours(timezone="Europe/Moscow",
-                    days={"mon": "09:00-18:00", "tue": "09:00-18:00", "wed": "09:00-18:00",
-                          "thu": "09:00-18:00", "fri": "09:00-18:00"})
+MSK = BusinessHours(
+    timezone="Europe/Moscow",
+    days={
+        "mon": "09:00-18:00",
+        "tue": "09:00-18:00",
+        "wed": "09:00-18:00",
+        "thu": "09:00-18:00",
+        "fri": "09:00-18:00",
+    },
+)
 
 
 def utc(*a: int) -> datetime:
@@ -90,8 +97,14 @@ def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     assert check_sla(case, WF, clock + timedelta(minutes=5)).case_events == []
 
     # the department acknowledges: the first response is met, no breach for it
-    ack = TaskUpdate(update_id="ack", sub_request_id=sub.sub_request_id, case_id=case.case_id,
-                     status=TaskStatus.acknowledged, at=clock, source="department")
+    ack = TaskUpdate(
+        update_id="ack",
+        sub_request_id=sub.sub_request_id,
+        case_id=case.case_id,
+        status=TaskStatus.acknowledged,
+        at=clock,
+        source="department",
+    )
     case = apply_task_update(case, ack, WF, now=clock).state
     assert check_sla(case, WF, start + timedelta(hours=2)).case_events == []
 
@@ -120,8 +133,14 @@ def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     assert later.case_events == [] and later.sub_requests == []
 
     # the re-routed sub-request resolves the case; the notification does not block it
-    done = TaskUpdate(update_id="done", sub_request_id=rerouted.sub_request_id,
-                      case_id=case.case_id, status=TaskStatus.resolved, resolution="Починили",
-                      at=clock, source="department")
+    done = TaskUpdate(
+        update_id="done",
+        sub_request_id=rerouted.sub_request_id,
+        case_id=case.case_id,
+        status=TaskStatus.resolved,
+        resolution="Починили",
+        at=clock,
+        source="department",
+    )
     final = apply_task_update(t.state, done, WF, now=clock)
     assert final.state.status == "resolved" and final.replies[0].text == "• Починили"

@@ -39,8 +39,11 @@ def test_scores(text: str, kind: str, score: int) -> None:
         ("спасибо", "csat"),
         ("thanks", "nps"),
         ("", "nps"),
-        ("Заказ 5 до сих пор не пришёл, хотя обещали доставить его ещё в понедельник "
-         "утром, курьер не звонил", "csat"),
+        (
+            "Заказ 5 до сих пор не пришёл, хотя обещали доставить его ещё в понедельник "
+            "утром, курьер не звонил",
+            "csat",
+        ),
         ("3.5", "csat"),
     ],
 )
@@ -50,7 +53,12 @@ def test_not_an_answer(text: str, kind: str) -> None:
 
 def test_nps_classes_and_negatives() -> None:
     assert [nps_class(s) for s in (0, 6, 7, 8, 9, 10)] == [
-        "detractor", "detractor", "passive", "passive", "promoter", "promoter"
+        "detractor",
+        "detractor",
+        "passive",
+        "passive",
+        "promoter",
+        "promoter",
     ]
     assert is_negative("csat", 2) and not is_negative("csat", 3)
     assert is_negative("nps", 6) and not is_negative("nps", 7)

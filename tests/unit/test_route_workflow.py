@@ -15,12 +15,25 @@ from pipeline.errors import ConfigError
 if TYPE_CHECKING:
     from tests.plugins.route import RouteKit
 
+
 def test_default_workflow_covers_the_taxonomy(kit: RouteKit) -> None:
     wf = kit.workflow
     categories = {c for r in wf.rules for c in (r.when.category or [])}
-    for cat in ("ACCOUNT", "ORDER", "PAYMENT", "REFUND", "INVOICE", "DELIVERY", "SHIPPING",
-                "FEEDBACK", "CONTACT", "NEWSLETTER", "CANCELLATION_FEE", "LOYALTY",
-                "STORE_QUALITY"):
+    for cat in (
+        "ACCOUNT",
+        "ORDER",
+        "PAYMENT",
+        "REFUND",
+        "INVOICE",
+        "DELIVERY",
+        "SHIPPING",
+        "FEEDBACK",
+        "CONTACT",
+        "NEWSLETTER",
+        "CANCELLATION_FEE",
+        "LOYALTY",
+        "STORE_QUALITY",
+    ):
         assert cat in categories, cat
     assert isinstance(wf.departments["store-directors"], ExternalDepartment)
     sadovaya = next(s for s in wf.stores if "Садовая, 12" in s.address)

@@ -163,7 +163,7 @@ async def test_sweep_table_forgets_what_it_cannot_read_logs_no_value_and_counts(
             "stale": '{"text": "a", "stale": true}',
             "bad-shape": '["мой паспорт 4510"]',
             "ok": '{"text": "b"}',
-        }
+        },
     )
 
     def keep(_: str, raw: str) -> str | None:
@@ -189,9 +189,12 @@ async def test_only_unreadable_values_are_forgiven_programming_errors_surface(
         await sweep_table(table, buggy)
     assert table == {"k": "{}"}
     metrics = Metrics()
-    assert stage.read_stored(
-        InboundMessage.model_validate_json, "{}", table="t", key="k", metrics=metrics
-    ) is None
+    assert (
+        stage.read_stored(
+            InboundMessage.model_validate_json, "{}", table="t", key="k", metrics=metrics
+        )
+        is None
+    )
     assert stage.read_stored(int, "7", table="t", key="k") == 7
     with pytest.raises(ValueError, match="invalid literal"):  # not one of stage.UNREADABLE
         stage.read_stored(int, "x", table="t", key="k", metrics=metrics)

@@ -85,9 +85,7 @@ def test_no_test_module_imports_another_test_module() -> None:
     modules = _test_modules()
     assert len(modules) > 20  # the scan found the suite
     found = {
-        (str(path.relative_to(TESTS)), module)
-        for path in modules
-        for module in violations(path)
+        (str(path.relative_to(TESTS)), module) for path in modules for module in violations(path)
     }
     assert found - KNOWN == set(), "import it through a fixture (tests/plugins) instead"
     assert KNOWN - found == set(), "fixed: remove it from KNOWN"
