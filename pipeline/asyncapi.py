@@ -55,9 +55,7 @@ class ChannelDoc:
 #: Every topic of ``pipeline.topics.TOPICS`` plus the department task topics.
 CHANNELS: dict[str, ChannelDoc] = {
     "inbound": ChannelDoc(("InboundMessage",), "customer id", ("ingest",), ("classify",)),
-    "classified": ChannelDoc(
-        ("ClassifiedMessage",), "customer id", ("classify", "incidents"), ("route",)
-    ),
+    "classified": ChannelDoc(("ClassifiedMessage",), "customer id", ("incidents",), ("route",)),
     "classifications": ChannelDoc(
         ("ClassifiedMessage",), "customer id", ("classify", "incidents"), ("console", "monitoring")
     ),

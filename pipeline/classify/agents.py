@@ -5,8 +5,7 @@ lives in Faust tables keyed by customer id (co-partitioned with the inbound topi
 classified message goes to ``classifications`` (the record of what was decided) and is
 handed to the route agent of the same worker (``Handoff``: the composition wires it; the
 stages do not import each other), which routes it before this batch is acknowledged: one
-hop, not a ``classified`` record produced and read back (issue 16). Without a hand-off (a
-worker running classify alone) it goes to ``classified`` for a route agent elsewhere.
+hop, not a ``classified`` record produced and read back (issue 16).
 
 A message of an incident category goes to ``incident-signals`` keyed by its bucket instead
 (``incidents.signal_for``): the detector that owns the bucket decides it and forwards it to
@@ -63,7 +62,7 @@ class ClassifyAgent:
     classifier is rebuilt when the workflow's tag rules, stores or weights change.
     """
 
-    def __init__(self, ctx: Context, live: LiveWorkflow, route: Handoff | None = None) -> None:
+    def __init__(self, ctx: Context, live: LiveWorkflow, route: Handoff) -> None:
         self.ctx = ctx
         self.live = live
         self.route = route
@@ -106,7 +105,7 @@ class ClassifyAgent:
                 ):
                     with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
                         handed = await self.process(records)
-                if handed and self.route is not None:
+                if handed:
                     await self.route(handed)  # route's own guards: its failures are its own
                 await acks.done(events)
             await acks.finish()
@@ -135,10 +134,7 @@ class ClassifyAgent:
                 signals = incidents.signals_for(out, policies)
                 if not signals:
                     await self.ctx.send("classifications", msg.customer_id, out)
-                    if self.route is not None:
-                        handed.append((record, out))
-                    else:
-                        await self.ctx.send("classified", msg.customer_id, out)
+                    handed.append((record, out))
                 for signal in signals:  # its first bucket's detector decides (incident_agent)
                     await self.ctx.send("incident-signals", signal.bucket, signal)
                 self.ctx.metrics.messages.labels(stage=STAGE, outcome="classified").inc()
@@ -201,7 +197,7 @@ class ClassifyAgent:
             log.info("state sweep removed %d idle keys", removed)
 
 
-def install(ctx: Context, live: LiveWorkflow, route: Handoff | None = None) -> ClassifyAgent:
+def install(ctx: Context, live: LiveWorkflow, route: Handoff) -> ClassifyAgent:
     """Register the classify agent, its tables and its sweep timer on the app, and the
     incident detector it feeds; ``route``: the route agent's hand-off in this worker."""
     agent = ClassifyAgent(ctx, live, route)
