@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from faust.tables.table import Table
 from faust.types import AppT
 
-from pipeline.bus import Publisher
+from pipeline.bus import Batches, Publisher, settle
 from pipeline.codec import encode
 from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable, DecodeError
@@ -40,16 +40,6 @@ _OUTPUTS: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("outputs", d
 
 def _failure(fut: asyncio.Future[Any]) -> BaseException | None:
     return asyncio.CancelledError() if fut.cancelled() else fut.exception()
-
-
-def _settle(done: asyncio.Future[Any], ack: asyncio.Future[Any]) -> None:
-    """Resolve a queued changelog record's future as the producer's ``ack`` resolved."""
-    if done.done():
-        return
-    if (exc := _failure(ack)) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(ack.result())
 
 
 async def _wait_all(futures: list[asyncio.Future[Any]], timeout_s: float) -> int:
@@ -123,6 +113,10 @@ class Context:
         default_factory=deque
     )
     draining: asyncio.Task[None] | None = None
+    #: Outputs and changelog records not handed to the producer yet, one batch per topic
+    #: partition (``send``, ``write_changelog``; ``submit_outputs``).
+    batches: Batches | None = None
+    submitting: asyncio.Task[None] | None = None
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
@@ -182,8 +176,16 @@ class Context:
         record against ~0.03 ms, and a message produces a dozen records), on the producer the
         app lends (``lend_producer``).
         """
-        fut = await self.output_publisher().enqueue(self.full_topic(name), key, encode(event))
-        self.own_outputs().append(fut)
+        topic, value, outputs = self.full_topic(name), encode(event), self.own_outputs()
+        batches = self.output_batches()
+        if batches is None:  # a test's stand-in publisher
+            outputs.append(await self.output_publisher().enqueue(topic, key, value))
+            return
+        if batches.add(topic, key, value, outputs) is None:
+            await batches.ready(topic)
+            if batches.add(topic, key, value, outputs) is None:  # too large: refused
+                await self.output_publisher().enqueue(topic, key, value)
+        self.submit_soon()
 
     async def set_durably(self, table: Any, key: str, value: str) -> None:
         """``table[key] = value`` (a ``table()``), returning once the broker acknowledged it.
@@ -207,11 +209,18 @@ class Context:
         """Queue a table's changelog record (``DirectTable``); the current agent's ``flush``
         waits for its ack. Table writes are synchronous, the producer's send is not: a
         task hands the queued records over in order (``drain_changelogs``)."""
+        outputs = _OUTPUTS.get()
+        # Once a record waits in ``changelogs`` the ones after it wait there too: ``_drain``
+        # hands the batches over before them, so each key's records keep their order.
+        queued = self.changelogs or self.draining is not None
+        batches = None if queued else self.output_batches()
+        if batches is not None and batches.add(topic, key, value, outputs) is not None:
+            self.submit_soon()
+            return
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.changelogs.append((topic, key, value, done))
         if self.draining is None:
             self.draining = asyncio.ensure_future(self._drain())
-        outputs = _OUTPUTS.get()
         if outputs is not None:
             outputs.append(done)
         else:
@@ -222,19 +231,62 @@ class Context:
             while self.changelogs:
                 topic, key, value, done = self.changelogs.popleft()
                 try:
-                    ack = await self.output_publisher().enqueue(topic, key, value)
+                    ack = await self._changelog_ack(topic, key, value)
                 except Exception as exc:  # noqa: BLE001 — the record's flush raises it
                     done.set_exception(exc)
                     continue
-                ack.add_done_callback(functools.partial(_settle, done))
+                ack.add_done_callback(functools.partial(settle, done))
+            await self.submit_outputs()
         finally:
             self.draining = None
 
+    async def _changelog_ack(
+        self, topic: str, key: str, value: bytes | None
+    ) -> asyncio.Future[Any]:
+        """Queue a changelog record ``write_changelog`` could not batch at once."""
+        batches = self.output_batches()
+        if batches is None:  # a test's stand-in publisher
+            return await self.output_publisher().enqueue(topic, key, value)
+        await batches.ready(topic)
+        ack = batches.add(topic, key, value, [])  # its own ``done`` is what a flush waits for
+        if ack is None:  # too large: refused
+            return await self.output_publisher().enqueue(topic, key, value)
+        return ack
+
     async def drain_changelogs(self) -> None:
-        """Return once every queued changelog record is in the producer (Faust's producer
-        flush, before a commit or at a revocation, runs this first)."""
+        """Return once every queued output and changelog record is in the producer (Faust's
+        producer flush, before a commit or at a revocation, runs this first)."""
+        await self.submit_outputs()
         while self.draining is not None:
             await asyncio.shield(self.draining)
+
+    def output_batches(self) -> Batches | None:
+        """The open batches of the output publisher, made on first use; None for a test's
+        stand-in publisher or producer (its ``enqueue`` or ``send`` takes each record)."""
+        if self.batches is None:
+            publisher = self.output_publisher()
+            if not isinstance(publisher, Publisher) or not publisher.batchable():
+                return None
+            self.batches = Batches(publisher)
+        return self.batches
+
+    async def submit_outputs(self) -> None:
+        """Hand every batched output and changelog record to the producer (``flush`` does
+        this first; their acknowledgements are what it waits for)."""
+        if self.batches is not None:
+            await self.batches.submit()
+
+    def submit_soon(self) -> None:
+        """Records were batched: hand them over at the loop's next turn unless an agent's
+        flush does first (a timer's writes, a task that does not flush)."""
+        if self.submitting is None:
+            self.submitting = asyncio.ensure_future(self._submit())
+
+    async def _submit(self) -> None:
+        try:
+            await self.submit_outputs()
+        finally:
+            self.submitting = None
 
     def mark_publisher(self) -> Publisher:
         """The publisher of ``set_durably``, made on first use: never the lent producer."""
@@ -263,8 +315,10 @@ class Context:
             _OUTPUTS.set(outputs)
         return outputs
 
-    def take_outputs(self) -> list[asyncio.Future[Any]]:
-        """The current task's queued outputs, handed over (its list is empty after)."""
+    async def take_outputs(self) -> list[asyncio.Future[Any]]:
+        """The current task's queued outputs, handed to the producer and over to the caller
+        (its list is empty after)."""
+        await self.submit_outputs()
         outputs = self.own_outputs()
         pending = outputs[:]
         outputs.clear()
@@ -279,7 +333,7 @@ class Context:
         committed) only after its outputs are durable.
         """
         if pending is None:
-            pending = self.take_outputs()
+            pending = await self.take_outputs()
         if not pending:
             return
         late = await _wait_all(pending, self.settings.produce_timeout_s)
@@ -423,7 +477,7 @@ class AckBehind:
 
     async def done(self, events: list[Any]) -> None:
         """The agent is done with ``events``: acknowledge them once their outputs are."""
-        pending = self.ctx.take_outputs()
+        pending = await self.ctx.take_outputs()
         await self.finish()
         self.waiting = asyncio.ensure_future(self._settle(pending, events))
 

@@ -279,3 +279,30 @@ async def test_ack_behind_abandons_the_waiting_batch_when_the_agent_stops() -> N
     await _turns()
     assert stream.acked == []
     await acks.finish()  # nothing waits any more
+
+
+async def test_ack_behind_acknowledges_nothing_when_the_agent_is_cancelled_while_it_waits() -> None:
+    """The agent cancelled (a rebalance, the worker stopping) while ``done`` waits for the
+    batch before: neither batch is acknowledged, even once their outputs are (read again)."""
+    ctx, pub, stream, acks = _ack_behind()
+    await ctx.send("outcomes", "one", _outcome())
+    await acks.done(["e1"])
+    await ctx.send("outcomes", "two", _outcome())
+
+    async def agent() -> None:
+        try:
+            await acks.done(["e2"])  # waits for batch 1
+        finally:
+            acks.abandon()  # as the agent's loop does
+
+    running = asyncio.create_task(agent())
+    await _turns()
+    assert not running.done()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    pub.futures["one"].set_result(None)
+    pub.futures["two"].set_result(None)
+    await _turns()
+    assert stream.acked == []
+    assert acks.waiting is None

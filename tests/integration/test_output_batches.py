@@ -1,0 +1,171 @@
+"""Outputs and changelog records go to the broker a batch per topic partition (``bus.Batches``,
+issue 16), on the real broker: each key's records keep their order across full batches,
+nothing is written twice, a flush raises when a batch is refused, and records nobody flushes
+(a timer's table writes) still go out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+
+from pipeline import bus
+from pipeline.config import Settings
+from pipeline.context import Context
+from pipeline.errors import BrokerUnavailable
+from pipeline.events import Outcome, OutcomeKind, utcnow
+from pipeline.metrics import Metrics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def producer(kafka: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer with small batches (1 KiB), lent to the Context as a worker's is."""
+    p = AIOKafkaProducer(
+        bootstrap_servers=kafka.kafka_bootstrap_servers, acks="all", max_batch_size=1024
+    )
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def _context(settings: Settings, producer: AIOKafkaProducer) -> tuple[Context, list[str]]:
+    """A Context on ``producer`` whose per-record ``send`` is counted (batched records do not
+    go through it)."""
+    ctx = Context(settings=settings, metrics=Metrics(), app=None, lend_producer=lambda: producer)
+    per_record: list[str] = []
+    send = producer.send
+
+    async def counted(topic: str, *args: Any, **kwargs: Any) -> Any:
+        per_record.append(topic)
+        return await send(topic, *args, **kwargs)
+
+    producer.send = counted  # type: ignore[method-assign]
+    return ctx, per_record
+
+
+def _outcome(n: int, customer: str) -> Outcome:
+    return Outcome(
+        message_id=f"m{n}",
+        customer_id=customer,
+        outcome=OutcomeKind.routed,
+        stage="t",
+        decided_at=utcnow(),
+    )
+
+
+async def _topics(settings: Settings, *names: str) -> list[str]:
+    return await bus.ensure_topics(settings, [settings.topic(n) for n in names])
+
+
+async def test_each_keys_records_keep_their_order_and_none_is_written_twice(
+    kafka: Settings, producer: AIOKafkaProducer
+) -> None:
+    s = kafka.model_copy(update={"partitions": 3})
+    outcomes, replies = await _topics(s, "outcomes", "replies")
+    ctx, per_record = _context(s, producer)
+    ctx.own_outputs(fresh=True)  # as an agent loop starts
+    # warm the producer's metadata, as a worker's first record does
+    await producer.partitions_for(outcomes)
+    await producer.partitions_for(replies)
+    customers = [f"c{k}" for k in range(7)]
+    for n in range(400):  # ~190 bytes each: a 1 KiB batch fills every few records
+        customer = customers[n % len(customers)]
+        await ctx.send("outcomes", customer, _outcome(n, customer))
+        ctx.write_changelog(replies, customer, f'{{"n":{n}}}'.encode())
+    assert per_record == []  # every record went in a batch
+    waiting = ctx.own_outputs()
+    assert 0 < len(waiting) < 400  # one acknowledgement per batch, not per record
+    await ctx.flush()
+    got = await bus.read_all(s, [outcomes, replies])
+    assert len(got) == 800  # all of them, each once (read until the topics were quiet)
+    for topic, field in ((outcomes, "message_id"), (replies, "n")):
+        for customer in customers:
+            seen = [
+                orjson.loads(r.value or b"{}")[field]
+                for r in sorted(got, key=lambda r: r.offset)
+                if r.topic == topic and r.key == customer.encode()
+            ]
+            wanted = [n for n in range(400) if customers[n % len(customers)] == customer]
+            expected = [f"m{n}" for n in wanted] if field == "message_id" else wanted
+            assert seen == expected, (topic, customer)
+
+
+async def test_a_flush_raises_when_the_broker_refuses_a_batch(
+    kafka: Settings, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (outcomes,) = await _topics(kafka, "outcomes")
+    await producer.partitions_for(outcomes)
+    ctx, _ = _context(kafka, producer)
+    ctx.own_outputs(fresh=True)
+    await ctx.send("outcomes", "c1", _outcome(1, "c1"))
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise KafkaConnectionError("broker went away")
+
+    monkeypatch.setattr(producer, "send_batch", refuse)
+    with pytest.raises(BrokerUnavailable, match="1 output records not acknowledged"):
+        await ctx.flush()
+
+
+async def test_records_of_a_task_that_never_flushes_still_go_out(
+    kafka: Settings, producer: AIOKafkaProducer
+) -> None:
+    (replies,) = await _topics(kafka, "replies")
+    await producer.partitions_for(replies)
+    ctx, per_record = _context(kafka, producer)
+
+    async def timer() -> None:  # no agent loop: nobody's flush waits for it
+        ctx.write_changelog(replies, "c1", b'{"swept":true}')
+        await ctx.send("replies", "c2", _outcome(2, "c2"))
+
+    await asyncio.create_task(timer())
+    got = await bus.read_all(kafka, [replies])
+    assert sorted(r.key for r in got) == [b"c1", b"c2"]
+    assert per_record == []
+
+
+async def test_a_record_too_large_for_a_request_is_refused_at_once(
+    kafka: Settings, producer: AIOKafkaProducer
+) -> None:
+    (outcomes,) = await _topics(kafka, "outcomes")
+    await producer.partitions_for(outcomes)
+    ctx, _ = _context(kafka, producer)
+    ctx.own_outputs(fresh=True)
+    huge = _outcome(1, "c1").model_copy(update={"reason": "x" * 1_100_000})
+    with pytest.raises(BrokerUnavailable, match="MessageSizeTooLarge"):
+        await ctx.send("outcomes", "c1", huge)
+    batches = ctx.output_batches()
+    assert batches is not None and not batches  # nothing left queued
+    await ctx.flush()  # and nothing else pending
+
+
+async def test_every_record_of_the_publisher_is_batched_in_order(
+    kafka: Settings, producer: AIOKafkaProducer
+) -> None:
+    """A record without a key, and one for a topic whose partitions the producer has not
+    learnt yet, are batched too, in order: the broker-loss check sees a batch's ack a loop
+    turn after a single record's, so a record sent alone after a batch of the same partition
+    looked like an offset gone back (``Publisher._note_ack``)."""
+    s = kafka.model_copy(update={"partitions": 1})
+    dlq, outcomes = await _topics(s, "dlq", "outcomes")
+    ctx, per_record = _context(s, producer)
+    ctx.own_outputs(fresh=True)
+    await ctx.send("dlq", "k", _outcome(1, "c1"))  # metadata not known yet: learnt first
+    await ctx.send("dlq", None, _outcome(2, "c1"))  # no key: the batcher picks the partition
+    await ctx.send("dlq", "k", _outcome(3, "c1"))
+    ctx.write_changelog(outcomes, "k", b'{"message_id":"m4"}')  # not known yet: queued
+    ctx.write_changelog(outcomes, "k", b'{"message_id":"m5"}')  # behind it
+    await ctx.flush()
+    assert per_record == []
+    publisher = ctx.output_publisher()
+    assert publisher.lost is None
+    got = sorted(await bus.read_all(s, [dlq, outcomes]), key=lambda r: (r.topic, r.offset))
+    ids = [orjson.loads(r.value or b"{}")["message_id"] for r in got]
+    assert ids == ["m1", "m2", "m3", "m4", "m5"]
