@@ -1,6 +1,7 @@
 """Full pipeline vs a bare Faust passthrough agent on the same broker, in one run.
 
     python bench/pipeline_throughput.py [--n 3000] [--rate 50] [--seconds 20] [--workers 1]
+                                        [--rounds 1]
 
 1. Throughput: N InboundMessages are produced to the inbound topic as fast as possible; the
    time until the N-th Outcome appears gives msg/s. The same N records go through a bare
@@ -27,6 +28,11 @@ the embedded broker's too: it shares the machine's cores with the worker);
 requests are counted in the worker by a wrapper of aiokafka's sender and fetcher
 (``COUNTER``). CPU time holds on a shared, noisy machine where the msg/s ratio does not.
 
+``--rounds K``: the flat-out phase K times per phase, each with fresh customers and once the
+worker is quiet again; the figures of the flat-out phase are the medians of the K rounds (each
+round's msg/s is printed too). A phase takes a few seconds, so one slow second of a shared
+machine moved the ratio by a tenth between runs of the same code.
+
 The N-th Outcome is not the end of the pipeline's work: the customers' replies are delivered
 after it (and the case keeper applies the cases' states). So the pipeline's flat-out phase is
 also measured to its last delivery (HTTP webhook or SMTP, into the bench's outbox): msg/s and
@@ -47,6 +53,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -399,6 +406,56 @@ def profiler(out: Path | None, name: str, pid: int) -> subprocess.Popen[bytes] |
     return subprocess.Popen([*cmd, "--nonblocking", "-o", str(target)])
 
 
+def flat_out(
+    s: Settings,
+    args: argparse.Namespace,
+    pool: list[str],
+    run: str,
+    pids: list[int],
+    counts: list[Path],
+    delivered_at: list[float],
+    spy_as: str | None,
+) -> dict[str, float]:
+    """One flat-out round: ``args.n`` messages of fresh customers as fast as possible; its
+    figures once the worker is quiet again (``spy_as``: py-spy files named so, ``--profile``)."""
+    msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
+    sent_before = requests_sent(counts)
+    broker = broker_pid()
+    spy_to = args.profile if spy_as is not None else None
+    spies = [profiler(spy_to, f"{spy_as}-{k}", pid) for k, pid in enumerate(pids)]
+    cpu_before = sum(cpu_s(pid) for pid in pids)
+    broker_before = cpu_s(broker) if broker else float("nan")
+    trace = CpuTrace(pids)
+    with trace:
+        secs, _ = asyncio.run(produce_and_count(s, msgs, None))
+        flat_from = time.perf_counter() - secs  # its first record was produced then
+        outcome_at = flat_from + secs
+        for spy in spies:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(60)
+        cpu_flat = sum(cpu_s(pid) for pid in pids) - cpu_before
+        broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
+        fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
+        rss_after = sum(memory_mb(pid)[0] for pid in pids)
+        asyncio.run(count_records(s))  # returns once the worker is quiet
+    sent_after = requests_sent(counts)
+    flat_deliveries = [t for t in delivered_at if t > flat_from]
+    done_at = max([outcome_at, *flat_deliveries])
+    return {
+        "msg_s": args.n / secs,
+        "cpu_ms": cpu_flat * 1000 / args.n,
+        "broker_cpu_ms": broker_flat * 1000 / args.n,
+        "fetches": fetches / args.n,
+        "produces_flat": (sent_after["produce"] - sent_before["produce"]) / args.n,
+        # to the last delivery, if any came after the N-th Outcome (CPU sampled every 0.1 s)
+        "done_msg_s": args.n / (done_at - flat_from),
+        "delivered": float(len(flat_deliveries)),
+        "cpu_done_ms": (trace.at(done_at) - cpu_before) * 1000 / args.n,
+        "rss_after": rss_after,
+    }
+
+
 def run_phase(
     s: Settings, name: str, args: argparse.Namespace, pool: list[str]
 ) -> dict[str, float]:
@@ -467,47 +524,32 @@ def run_phase(
             }
         pids = [proc.pid for _, proc in group.procs]
         rss_before = sum(memory_mb(pid)[0] for pid in pids)
-        msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
-        sent_before = requests_sent(counts)
-        broker = broker_pid()
-        spies = [profiler(args.profile, f"{name}-{k}", pid) for k, pid in enumerate(pids)]
-        cpu_before = sum(cpu_s(pid) for pid in pids)
-        broker_before = cpu_s(broker) if broker else float("nan")
-        trace = CpuTrace(pids)
-        with trace:
-            secs, _ = asyncio.run(produce_and_count(s, msgs, None))
-            flat_from = time.perf_counter() - secs  # its first record was produced then
-            outcome_at = flat_from + secs
-            for spy in spies:
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-                    spy.wait(60)
-            cpu_flat = sum(cpu_s(pid) for pid in pids) - cpu_before
-            broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
-            fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
-            rss_after = sum(memory_mb(pid)[0] for pid in pids)
-            rss_peak = sum(memory_mb(pid)[1] for pid in pids)
-            records = asyncio.run(count_records(s))  # returns once the worker is quiet
+        rounds = [  # fresh customers each round; py-spy through the first only
+            flat_out(
+                s,
+                args,
+                pool,
+                f"{run}f{k}" if k else run,
+                pids,
+                counts,
+                delivered_at,
+                spy_as=None if k else name,
+            )
+            for k in range(args.rounds)
+        ]
+        rss_peak = sum(memory_mb(pid)[1] for pid in pids)
         sent_after = requests_sent(counts)
-        flat_deliveries = [t for t in delivered_at if t > flat_from]
-        done_at = max([outcome_at, *flat_deliveries])
+        records = asyncio.run(count_records(s))  # returns once the worker is quiet
     outbox.stop()
-    result = {
-        "msg_s": args.n / secs,
+    result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    result |= {
         "p50_ms": pct(lat, 50) * 1000,
         "p99_ms": pct(lat, 99) * 1000,
         "rss_before": rss_before,
-        "rss_after": rss_after,
         "rss_peak": rss_peak,
-        "cpu_ms": cpu_flat * 1000 / args.n,
-        "broker_cpu_ms": broker_flat * 1000 / args.n,
-        "fetches": fetches / args.n,
-        "produces_flat": (sent_after["produce"] - sent_before["produce"]) / args.n,
-        # to the last delivery, if any came after the N-th Outcome (CPU sampled every 0.1 s)
-        "done_msg_s": args.n / (done_at - flat_from),
-        "delivered": float(len(flat_deliveries)),
-        "cpu_done_ms": (trace.at(done_at) - cpu_before) * 1000 / args.n,
     }
+    for k in ("msg_s", "done_msg_s"):
+        result |= {f"{k}:{i}": r[k] for i, r in enumerate(rounds)}
     # Every message of every phase (warm-up, paced, fan-out, flat-out) went in on inbound.
     messages = max(records.get("inbound", 0), 1)
     per = {f"rec:{t}": n / messages for t, n in records.items()}
@@ -530,6 +572,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--profile", type=Path, help="directory: py-spy stacks of each worker, flat-out phase"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="flat-out rounds per phase (fresh customers each); the medians are printed",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -555,6 +603,10 @@ def main() -> int:
         f"p99 {full['p99_ms']:6.0f} ms\n"
     )
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
+    if args.rounds > 1:
+        for label, r in (("passthrough", base), ("pipeline", full)):
+            each = ", ".join(f"{r[f'msg_s:{i}']:.0f}" for i in range(args.rounds))
+            out(f"{label} msg/s in each of the {args.rounds} rounds (medians above): {each}\n")
     out(
         f"pipeline to its last delivery ({full['delivered']:.0f} replies and e-mails delivered "
         f"after the flat-out phase began): {full['done_msg_s']:.0f} msg/s, worker CPU "

@@ -64,16 +64,26 @@ async def _topics(settings: Settings, *names: str) -> list[str]:
     return await bus.ensure_topics(settings, [settings.topic(n) for n in names])
 
 
+async def _ready(
+    settings: Settings, producer: AIOKafkaProducer, *names: str, agent: bool = True
+) -> tuple[list[str], Context, list[str]]:
+    """The topics (their partitions known to the producer, as after a worker's first
+    records), a Context on the producer and its per-record sends; ``agent``: the test's task
+    starts as an agent loop does (``own_outputs(fresh=True)``)."""
+    topics = await _topics(settings, *names)
+    for topic in topics:
+        await producer.partitions_for(topic)
+    ctx, per_record = _context(settings, producer)
+    if agent:
+        ctx.own_outputs(fresh=True)
+    return topics, ctx, per_record
+
+
 async def test_each_keys_records_keep_their_order_and_none_is_written_twice(
     kafka: Settings, producer: AIOKafkaProducer
 ) -> None:
     s = kafka.model_copy(update={"partitions": 3})
-    outcomes, replies = await _topics(s, "outcomes", "replies")
-    ctx, per_record = _context(s, producer)
-    ctx.own_outputs(fresh=True)  # as an agent loop starts
-    # warm the producer's metadata, as a worker's first record does
-    await producer.partitions_for(outcomes)
-    await producer.partitions_for(replies)
+    (outcomes, replies), ctx, per_record = await _ready(s, producer, "outcomes", "replies")
     customers = [f"c{k}" for k in range(7)]
     for n in range(400):  # ~190 bytes each: a 1 KiB batch fills every few records
         customer = customers[n % len(customers)]
@@ -100,10 +110,7 @@ async def test_each_keys_records_keep_their_order_and_none_is_written_twice(
 async def test_a_flush_raises_when_the_broker_refuses_a_batch(
     kafka: Settings, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (outcomes,) = await _topics(kafka, "outcomes")
-    await producer.partitions_for(outcomes)
-    ctx, _ = _context(kafka, producer)
-    ctx.own_outputs(fresh=True)
+    _, ctx, _ = await _ready(kafka, producer, "outcomes")
     await ctx.send("outcomes", "c1", _outcome(1, "c1"))
 
     async def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -117,9 +124,7 @@ async def test_a_flush_raises_when_the_broker_refuses_a_batch(
 async def test_records_of_a_task_that_never_flushes_still_go_out(
     kafka: Settings, producer: AIOKafkaProducer
 ) -> None:
-    (replies,) = await _topics(kafka, "replies")
-    await producer.partitions_for(replies)
-    ctx, per_record = _context(kafka, producer)
+    (replies,), ctx, per_record = await _ready(kafka, producer, "replies", agent=False)
 
     async def timer() -> None:  # no agent loop: nobody's flush waits for it
         ctx.write_changelog(replies, "c1", b'{"swept":true}')
@@ -134,10 +139,7 @@ async def test_records_of_a_task_that_never_flushes_still_go_out(
 async def test_a_record_too_large_for_a_request_is_refused_at_once(
     kafka: Settings, producer: AIOKafkaProducer
 ) -> None:
-    (outcomes,) = await _topics(kafka, "outcomes")
-    await producer.partitions_for(outcomes)
-    ctx, _ = _context(kafka, producer)
-    ctx.own_outputs(fresh=True)
+    _, ctx, _ = await _ready(kafka, producer, "outcomes")
     huge = _outcome(1, "c1").model_copy(update={"reason": "x" * 1_100_000})
     with pytest.raises(BrokerUnavailable, match="MessageSizeTooLarge"):
         await ctx.send("outcomes", "c1", huge)
