@@ -548,7 +548,7 @@ def run_phase(
         "rss_before": rss_before,
         "rss_peak": rss_peak,
     }
-    for k in ("msg_s", "done_msg_s"):
+    for k in ("msg_s", "cpu_ms", "broker_cpu_ms"):
         result |= {f"{k}:{i}": r[k] for i, r in enumerate(rounds)}
     # Every message of every phase (warm-up, paced, fan-out, flat-out) went in on inbound.
     messages = max(records.get("inbound", 0), 1)
@@ -605,8 +605,15 @@ def main() -> int:
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
     if args.rounds > 1:
         for label, r in (("passthrough", base), ("pipeline", full)):
-            each = ", ".join(f"{r[f'msg_s:{i}']:.0f}" for i in range(args.rounds))
-            out(f"{label} msg/s in each of the {args.rounds} rounds (medians above): {each}\n")
+            each = ", ".join(
+                f"{r[f'msg_s:{i}']:.0f} msg/s "
+                f"({r[f'cpu_ms:{i}']:.2f}/{r[f'broker_cpu_ms:{i}']:.2f})"
+                for i in range(args.rounds)
+            )
+            out(
+                f"{label} in each of the {args.rounds} rounds (medians above; CPU ms per message "
+                f"to the last Outcome, worker/broker): {each}\n"
+            )
     out(
         f"pipeline to its last delivery ({full['delivered']:.0f} replies and e-mails delivered "
         f"after the flat-out phase began): {full['done_msg_s']:.0f} msg/s, worker CPU "
