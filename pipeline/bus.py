@@ -294,7 +294,7 @@ class Batches:
         self._publisher = publisher
         self._open: dict[tuple[str, int], _Open] = {}
         self._queued: list[_Open] = []
-        self._lock = asyncio.Lock()
+        self._handing: asyncio.Future[None] | None = None
 
     def __bool__(self) -> bool:
         return bool(self._queued)
@@ -355,13 +355,32 @@ class Batches:
 
     async def submit(self) -> None:
         """Hand every queued batch to the producer, in the order they were started; a batch
-        the producer refuses fails its ``done`` (the flushes waiting for it raise)."""
-        async with self._lock:
+        the producer refuses fails its ``done`` (the flushes waiting for it raise).
+
+        One task hands them over at a time, shielded: batches hold other agents' records, so
+        an agent cancelled while it waits here (a rebalance, a stop) must not leave them
+        unsent, which would fail the other agents' flushes too.
+        """
+        while self._queued:
+            if self._handing is None or self._handing.done():
+                self._handing = asyncio.ensure_future(self._hand_over())
+            await asyncio.shield(self._handing)
+
+    async def _hand_over(self) -> None:
+        queued: list[_Open] = []
+        try:
             while self._queued:
                 queued, self._queued = self._queued, []
                 self._open.clear()
-                for slot in queued:
-                    await self._send(slot)
+                while queued:
+                    await self._send(queued[0])
+                    queued.pop(0)
+        except BaseException as exc:  # a bug or a cancelled loop: no batch waits forever
+            for slot in [*queued, *self._queued]:
+                if not slot.done.done():
+                    slot.done.set_exception(BrokerUnavailable(f"batch not handed over: {exc!r}"))
+            self._queued, self._open = [], {}
+            raise
 
     async def _send(self, slot: _Open) -> None:
         pub = self._publisher

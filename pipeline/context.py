@@ -174,7 +174,7 @@ class Context:
 
         Outputs go through aiokafka directly (acks=all), not Faust's send path (~0.11 ms per
         record against ~0.03 ms, and a message produces a dozen records), on the producer the
-        app lends (``lend_producer``).
+        app lends (``lend_producer``), in a batch per topic partition (``bus.Batches``).
         """
         topic, value, outputs = self.full_topic(name), encode(event), self.own_outputs()
         batches = self.output_batches()
@@ -183,8 +183,8 @@ class Context:
             return
         if batches.add(topic, key, value, outputs) is None:
             await batches.ready(topic)
-            if batches.add(topic, key, value, outputs) is None:  # too large: refused
-                await self.output_publisher().enqueue(topic, key, value)
+            if batches.add(topic, key, value, outputs) is None:  # too large: refused here
+                outputs.append(await self.output_publisher().enqueue(topic, key, value))
         self.submit_soon()
 
     async def set_durably(self, table: Any, key: str, value: str) -> None:

@@ -171,3 +171,35 @@ async def test_every_record_of_the_publisher_is_batched_in_order(
     got = sorted(await bus.read_all(s, [dlq, outcomes]), key=lambda r: (r.topic, r.offset))
     ids = [orjson.loads(r.value or b"{}")["message_id"] for r in got]
     assert ids == ["m1", "m2", "m3", "m4", "m5"]
+
+
+async def test_a_caller_cancelled_while_batches_are_handed_over_leaves_none_unsent(
+    kafka: Settings, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches hold several agents' records: an agent cancelled in its flush (a rebalance, a
+    stop) while they are handed over must not leave the rest unsent (the other agents'
+    flushes would wait for acks that never come, and fail)."""
+    s = kafka.model_copy(update={"partitions": 4})
+    (outcomes,), ctx, _ = await _ready(s, producer, "outcomes")
+    batches = ctx.output_batches()
+    assert batches is not None
+    waiting: list[asyncio.Future[Any]] = []
+    for n in range(40):
+        assert batches.add(outcomes, f"c{n}", b"{}", waiting) is not None
+    assert len(waiting) == 4  # a batch per partition
+    send_batch = producer.send_batch
+    handing = asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        handing.set()
+        await asyncio.sleep(0.05)
+        return await send_batch(*args, **kwargs)
+
+    monkeypatch.setattr(producer, "send_batch", slow)
+    caller = asyncio.create_task(batches.submit())
+    await handing.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(asyncio.gather(*waiting), 30)  # 30 s: only a guard against a hang
+    assert len(await bus.read_all(s, [outcomes])) == 40
