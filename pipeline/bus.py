@@ -275,7 +275,8 @@ class _Open:
 
 class Batches:
     """Records queued per topic partition in a producer batch of their own and handed to the
-    producer a batch at a time (``submit``), with one acknowledgement per batch.
+    producer a batch at a time, at the loop's next turn or when a flush asks (``submit``),
+    with one acknowledgement per batch.
 
     ``AIOKafkaProducer.send`` costs ~15-20 µs per record (a metadata check, the accumulator,
     a future per record and the broker-loss callback on each); a message of the pipeline
@@ -351,20 +352,29 @@ class Batches:
         slot = _Open(topic, partition, producer.create_batch(), done, [])
         self._open[(topic, partition)] = slot
         self._queued.append(slot)
+        if self._handing is None or self._handing.done():
+            # handed over at the loop's next turn unless a flush does first (``submit``): a
+            # timer's table writes, a task that never flushes
+            self._handing = asyncio.ensure_future(self._hand_over())
         return slot
 
     async def submit(self) -> None:
-        """Hand every queued batch to the producer, in the order they were started; a batch
-        the producer refuses fails its ``done`` (the flushes waiting for it raise).
+        """Return once every queued batch is in the producer (handed over in the order they
+        were started); a batch the producer refuses fails its ``done`` (the flushes waiting
+        for it raise).
 
         One task hands them over at a time, shielded: batches hold other agents' records, so
         an agent cancelled while it waits here (a rebalance, a stop) must not leave them
         unsent, which would fail the other agents' flushes too.
         """
-        while self._queued:
-            if self._handing is None or self._handing.done():
+        while True:  # until nothing is queued or being handed over
+            handing = self._handing
+            if handing is not None and not handing.done():
+                await asyncio.shield(handing)
+            elif self._queued:
                 self._handing = asyncio.ensure_future(self._hand_over())
-            await asyncio.shield(self._handing)
+            else:
+                return
 
     async def _hand_over(self) -> None:
         queued: list[_Open] = []

@@ -116,7 +116,6 @@ class Context:
     #: Outputs and changelog records not handed to the producer yet, one batch per topic
     #: partition (``send``, ``write_changelog``; ``submit_outputs``).
     batches: Batches | None = None
-    submitting: asyncio.Task[None] | None = None
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
@@ -185,7 +184,6 @@ class Context:
             await batches.ready(topic)
             if batches.add(topic, key, value, outputs) is None:  # too large: refused here
                 outputs.append(await self.output_publisher().enqueue(topic, key, value))
-        self.submit_soon()
 
     async def set_durably(self, table: Any, key: str, value: str) -> None:
         """``table[key] = value`` (a ``table()``), returning once the broker acknowledged it.
@@ -215,7 +213,6 @@ class Context:
         queued = self.changelogs or self.draining is not None
         batches = None if queued else self.output_batches()
         if batches is not None and batches.add(topic, key, value, outputs) is not None:
-            self.submit_soon()
             return
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.changelogs.append((topic, key, value, done))
@@ -275,18 +272,6 @@ class Context:
         this first; their acknowledgements are what it waits for)."""
         if self.batches is not None:
             await self.batches.submit()
-
-    def submit_soon(self) -> None:
-        """Records were batched: hand them over at the loop's next turn unless an agent's
-        flush does first (a timer's writes, a task that does not flush)."""
-        if self.submitting is None:
-            self.submitting = asyncio.ensure_future(self._submit())
-
-    async def _submit(self) -> None:
-        try:
-            await self.submit_outputs()
-        finally:
-            self.submitting = None
 
     def mark_publisher(self) -> Publisher:
         """The publisher of ``set_durably``, made on first use: never the lent producer."""

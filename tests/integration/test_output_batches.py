@@ -203,3 +203,29 @@ async def test_a_caller_cancelled_while_batches_are_handed_over_leaves_none_unse
         await caller
     await asyncio.wait_for(asyncio.gather(*waiting), 30)  # 30 s: only a guard against a hang
     assert len(await bus.read_all(s, [outcomes])) == 40
+
+
+async def test_submit_returns_once_the_batches_another_task_hands_over_are_in_the_producer(
+    kafka: Settings, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's producer flush before a commit or a revocation first asks for every record to
+    be in the producer (``Context.drain_changelogs``): a batch the hand-over task has taken
+    but not given to the producer yet must be waited for, or it lands after the new owner's
+    fence."""
+    _, ctx, _ = await _ready(kafka, producer, "outcomes")
+    await ctx.send("outcomes", "c1", _outcome(1, "c1"))
+    send_batch = producer.send_batch
+    handing, given = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        handing.set()
+        await asyncio.sleep(0.05)
+        ack = await send_batch(*args, **kwargs)
+        given.set()
+        return ack
+
+    monkeypatch.setattr(producer, "send_batch", slow)
+    # the hand-over runs at the loop's next turn, as for a timer's write (30 s: a guard)
+    await asyncio.wait_for(handing.wait(), 30)
+    await ctx.drain_changelogs()
+    assert given.is_set()
