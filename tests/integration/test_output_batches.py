@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -20,6 +20,9 @@ from pipeline.context import Context
 from pipeline.errors import BrokerUnavailable
 from pipeline.events import Outcome, OutcomeKind, utcnow
 from pipeline.metrics import Metrics
+
+if TYPE_CHECKING:
+    from tests.plugins.stack import OwnBroker
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +232,34 @@ async def test_submit_returns_once_the_batches_another_task_hands_over_are_in_th
     await asyncio.wait_for(handing.wait(), 30)
     await ctx.drain_changelogs()
     assert given.is_set()
+
+
+async def test_a_first_record_for_a_topic_while_the_broker_is_gone_raises_and_is_sent_once_after(
+    own_broker: OwnBroker,
+) -> None:
+    """A topic's first record needs its partitions (``Batches.ready``): with the broker gone
+    the send raises BrokerUnavailable (the error policy stops the agent before its ack)
+    and queues nothing a flush would wait for; the record sent again once the broker is
+    back (the agent's restart reads its input again) is written once."""
+    s = own_broker.settings
+    producer = AIOKafkaProducer(
+        bootstrap_servers=s.kafka_bootstrap_servers, acks="all", request_timeout_ms=1000
+    )
+    await producer.start()
+    try:
+        ctx, _ = _context(s, producer)
+        ctx.own_outputs(fresh=True)
+        own_broker.kill()
+        with pytest.raises(BrokerUnavailable, match="no metadata for"):
+            await ctx.send("outcomes", "c1", _outcome(1, "c1"))
+        batches = ctx.output_batches()
+        assert batches is not None and not batches
+        assert ctx.own_outputs() == []
+        own_broker.broker.start()  # empty, on the same port
+        (outcomes,) = await _topics(s, "outcomes")
+        await ctx.send("outcomes", "c1", _outcome(1, "c1"))
+        await ctx.flush()
+        got = await bus.read_all(s, [outcomes])
+        assert [orjson.loads(r.value or b"{}")["message_id"] for r in got] == ["m1"]
+    finally:
+        await producer.stop()
