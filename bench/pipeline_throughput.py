@@ -438,7 +438,13 @@ def flat_out(
         broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
         fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
         rss_after = sum(memory_mb(pid)[0] for pid in pids)
+        # from the last Outcome until quiet: the deliveries and case updates left behind
+        tails = [profiler(spy_to, f"{spy_as}-tail-{k}", pid) for k, pid in enumerate(pids)]
         asyncio.run(count_records(s))  # returns once the worker is quiet
+        for spy in tails:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
     sent_after = requests_sent(counts)
     flat_deliveries = [t for t in delivered_at if t > flat_from]
     done_at = max([outcome_at, *flat_deliveries])
@@ -571,7 +577,10 @@ def main() -> int:
         help="worker processes per phase, one consumer group (at most PIPELINE_PARTITIONS)",
     )
     parser.add_argument(
-        "--profile", type=Path, help="directory: py-spy stacks of each worker, flat-out phase"
+        "--profile",
+        type=Path,
+        help="directory: py-spy stacks of each worker, flat-out phase (<phase>-<k>.txt) and "
+        "from its last Outcome until quiet (<phase>-tail-<k>.txt)",
     )
     parser.add_argument(
         "--rounds",
