@@ -43,6 +43,7 @@ from pipeline.classify.model import default_training_set
 from pipeline.config import Settings
 from pipeline.domain.workflow import load_workflow
 from pipeline.events import utcnow
+from pipeline.metrics import Metrics
 
 
 def digest(agent: SimpleNamespace, classifier: Classifier, pool: list[str]) -> str:
@@ -93,7 +94,11 @@ def main() -> int:
         s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
     )
     # the agent's remember() over a dict: the same code the worker runs on its table
-    agent = SimpleNamespace(dedup_table={}, dedup_cfg=dedup.DedupConfig(window_s=s.dedup_window_s))
+    agent = SimpleNamespace(
+        dedup_table={},
+        dedup_cfg=dedup.DedupConfig(window_s=s.dedup_window_s),
+        ctx=SimpleNamespace(metrics=Metrics()),  # remember() counts unreadable states
+    )
     encoder = classifier.model.encoder
     if encoder is not None:  # the agent reads the slow path's weights before it starts too
         encoder.encode(["warm-up"])
