@@ -17,7 +17,9 @@
 Incidents: when ``similarity.incident_id`` is set and an incident policy covers the
 category, the report that opened the incident (``incident_new``) emits the group broadcast
 under the incident's own case (``derive_id("case", incident_id)``), with ids derived from the
-incident and the recipient (a replay yields the same ids; the sink sends them once). Every
+incident and the recipient (a replay yields the same ids; the sink sends them once), whatever
+route makes of the message itself: a new case, a follow-up, a duplicate or a KB answer
+(``_opening``; those open no case of their own and link none). Every new-case
 report of the incident is linked to it (``incident_linked``) and sends nothing of its own to
 a recipient the broadcast reaches (``_cover``): its case keeps that sub-request, without
 deadlines, so the incident's resolution closes it. A later reporter gets the incident notice.
@@ -335,16 +337,18 @@ def route_message(
     """
     sim = msg.similarity
     if sim.duplicate_of is not None:  # 1.
-        return _duplicate(msg, now, open_case)
+        return _opening(_duplicate(msg, now, open_case), msg, workflow, now, settings, incident_new)
     if open_case is not None:  # 2.
         tr = apply_customer_message(open_case, msg.inbound, workflow, now=now, settings=settings)
-        return _follow_up(msg, now, open_case, tr)
+        decision = _follow_up(msg, now, open_case, tr)
+        return _opening(decision, msg, workflow, now, settings, incident_new)
     notes: list[str] = []
     if sim.recontact_of is not None:
         notes.append(f"recontact of case {sim.recontact_of}, but the case was not supplied")
     answer_from = _kb_answer(msg, kb_match, notes)  # 3.
     if answer_from is not None:
-        return _auto_reply(msg, workflow, now, answer_from)
+        decision = _auto_reply(msg, workflow, now, answer_from)
+        return _opening(decision, msg, workflow, now, settings, incident_new)
     plans, priority = _plan_all(msg, workflow, now, explain)  # 4.
     case = _new_case(msg, workflow, now, priority)
     events = _opening_events(msg, case, now)
@@ -825,6 +829,38 @@ def _cover(built: _Built, msg: ClassifiedMessage, workflow: Workflow) -> tuple[_
     subs = [s for s in built.subs if s.sub_request_id not in covered]
     note = f"incident {incident_id}: {len(covered)} recipient(s) reached by its broadcast"
     return replace(built, subs=subs, records=records), [note]
+
+
+def _opening(
+    decision: RouteDecision,
+    msg: ClassifiedMessage,
+    workflow: Workflow,
+    now: datetime,
+    settings: Settings | None,
+    incident_new: bool,
+) -> RouteDecision:
+    """A decision that opens no case of its own (a duplicate, a follow-up, a KB answer), with
+    the incident's opening when this message opened it: the detector counted it as the report
+    that reached the threshold, and every later report is linked to the incident's case and
+    sends nothing of its own to a recipient the broadcast reaches. Without it the group heard
+    nothing and the reports' links waited for a case that never came. The message's own case
+    is not linked (a follow-up or a duplicate never is; an answered one is resolved)."""
+    if not incident_new or msg.similarity.incident_id is None:
+        return decision
+    base = _new_case(msg, workflow, now, msg.priority)  # what the incident's case copies
+    subs, events, notes, inc_case = _incident(msg, workflow, base, now, settings, True)
+    if inc_case is None:  # no incident policy covers the message: nothing to open
+        return decision
+    own = [e for e in events if e.case_id == inc_case.case_id]  # not the unsent base's
+    trace = decision.trace.model_copy(update={"notes": [*decision.trace.notes, *notes]})
+    return decision.model_copy(
+        update={
+            "incident_sub_requests": subs,
+            "incident_case": inc_case,
+            "case_events": [*decision.case_events, *own],
+            "trace": trace,
+        }
+    )
 
 
 def _incident(

@@ -346,6 +346,35 @@ async def test_the_incident_keeper_closes_its_reports_cases_by_their_links(
         ]
 
 
+async def test_an_incident_opener_continuing_its_customers_case_opens_the_incident(
+    ctx: Context, feed: Feed, kit: RouteKit
+) -> None:
+    """The report that reached the threshold is, for route, a follow-up on its customer's
+    open case (same category and store): the incident's case and its broadcast still go out,
+    so the keeper holds the case the later reports' links name."""
+    out = _out(ctx)
+    first = kit.seed_message(key="g0", customer="g-1")
+    opening = Similarity(incident_id="inc_g", incident_new=True)
+    opener = kit.seed_message(similarity=opening, key="g1", customer="g-1")
+    outcomes = _count(ctx, "outcomes")
+    await feed(
+        "route",
+        [("classified", m.customer_id, m) for m in (first, opener)],
+        lambda: outcomes() == 2,
+    )
+    by_message = {o.message_id: o for o in out.take(ctx.settings.topic("outcomes"), Outcome)}
+    assert by_message[opener.message_id].case_id == by_message[first.message_id].case_id
+    incident_case = derive_id("case", "inc_g")
+    snaps = out.take(ctx.settings.topic("case-state"), CaseSnapshot)
+    assert [s.by for s in snaps if s.case_id == incident_case] == ["route"]
+    broadcast = [
+        s
+        for s in out.take(ctx.settings.topic("external"), SubRequest)
+        if s.kind.value == "broadcast"
+    ]
+    assert len(broadcast) == 6 and {s.case_id for s in broadcast} == {incident_case}
+
+
 async def test_poison_is_dead_lettered_and_the_agent_goes_on(
     ctx: Context, feed: Feed, tg: Telegram
 ) -> None:

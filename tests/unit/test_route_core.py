@@ -34,7 +34,7 @@ from pipeline.events import (
     derive_id,
 )
 from pipeline.metrics import Metrics
-from pipeline.route.core import route_message
+from pipeline.route.core import RouteDecision, route_message
 from pipeline.route.kb import KbMatch
 
 if TYPE_CHECKING:
@@ -421,6 +421,78 @@ def test_incident_broadcast_once_and_no_own_mail_to_a_recipient_it_reaches(kit: 
         assert own.status == "open" and own.due_at is None and own.first_response_due_at is None
     without = route_message(kit.seed_message(key="8"), wf, now=kit.now)
     assert director in {s.recipient for s in without.sub_requests}  # no incident: e-mailed
+
+
+def _opened_alike(d: RouteDecision, fresh: RouteDecision, director: str) -> None:
+    """``d`` opens the incident as ``fresh`` (an opener with a case of its own) does."""
+    inc = d.incident_case
+    assert inc is not None and fresh.incident_case is not None
+    assert inc.case_id == fresh.incident_case.case_id == derive_id("case", "inc_1")
+    assert inc.incident_bucket == "QUALITY|store:SPB-012"
+    subs = d.incident_sub_requests
+    assert [s.sub_request_id for s in subs] == [
+        s.sub_request_id for s in fresh.incident_sub_requests
+    ]
+    assert len(subs) == 6 and director in {s.recipient for s in subs}
+    assert [s.sub_request_id for s in inc.sub_requests] == [s.sub_request_id for s in subs]
+    assert [e.type for e in d.case_events if e.case_id == inc.case_id] == [
+        CaseEventType.incident_detected
+    ]
+
+
+def test_an_incident_opener_that_opens_no_case_of_its_own_still_opens_the_incident(
+    kit: RouteKit,
+) -> None:
+    """The report that reached the threshold opens the incident whatever route makes of the
+    message itself: a follow-up on the customer's open case (same category or store), a
+    duplicate, a KB answer. Before, only a new case did: the store's directors heard nothing
+    and every later report was told "known problem" and linked to a case that never came."""
+    wf = kit.workflow
+    director = "director.spb-sadovaya@example.com"
+    sim = Similarity(incident_id="inc_1", incident_bucket="QUALITY|store:SPB-012")
+    later = kit.now + timedelta(minutes=5)
+    fresh = route_message(
+        kit.seed_message(similarity=sim, key="9"), wf, now=later, incident_new=True
+    )
+    earlier = route_message(kit.seed_message(key="1"), wf, now=kit.now).case
+    assert earlier is not None
+    opener = kit.seed_message(similarity=sim, key="9")
+    follow_up = route_message(opener, wf, now=later, open_case=earlier, incident_new=True)
+    assert follow_up.trace.path == "follow_up"
+    assert follow_up.case is not None and follow_up.case.case_id == earlier.case_id
+    _opened_alike(follow_up, fresh, director)
+    dup_sim = sim.model_copy(update={"duplicate_of": "msg_x", "case_id": earlier.case_id})
+    dup = kit.seed_message(similarity=dup_sim, key="9")
+    duplicate = route_message(dup, wf, now=later, open_case=earlier, incident_new=True)
+    assert duplicate.trace.path == "duplicate"
+    _opened_alike(duplicate, fresh, director)
+    text = "В магазине на Садовой, 12 продают несвежие огурцы."
+    store_at = text.index("Садовой, 12")
+    single = kit.message(
+        text,
+        [kit.intent(text, text, "product_quality", "STORE_QUALITY")],
+        entities=[
+            Entity(kind="store", value="SPB-012", span=Span(start=store_at, end=store_at + 11))
+        ],
+        similarity=sim,
+        key="9",
+    )
+    kb = KbMatch(
+        article_id="a1",
+        confidence=0.95,
+        threshold=0.5,
+        auto_reply=True,
+        language="ru",
+        answer="Проверим магазин.",
+        reason="test",
+    )
+    answered = route_message(single, wf, now=later, kb_match=kb, incident_new=True)
+    assert answered.trace.path == "auto_reply"
+    _opened_alike(answered, fresh, director)
+    # a later report continuing its own case opens nothing: the broadcast went out once
+    report = kit.seed_message(similarity=sim, key="10")
+    linked = route_message(report, wf, now=later, open_case=earlier)
+    assert linked.incident_case is None and linked.incident_sub_requests == []
 
 
 def test_a_resolved_incidents_case_tells_its_buckets_detector(kit: RouteKit) -> None:
