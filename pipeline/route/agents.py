@@ -61,7 +61,7 @@ from pipeline.live_workflow import LiveWorkflow
 from pipeline.metrics import Metrics
 from pipeline.route import sla
 from pipeline.route.commands import apply_case_command
-from pipeline.route.core import RouteDecision, route_message
+from pipeline.route.core import RouteDecision, incident_opening, route_message
 from pipeline.route.kb import KbIndex, KbMatch
 from pipeline.stage import (
     SWEEP_CHUNK,
@@ -398,20 +398,25 @@ class RouteAgent:
     async def route(self, cm: ClassifiedMessage, kb_hit: KbMatch | None) -> None:
         """Route one message and send everything its decision holds."""
         ctx = self.ctx
-        cases = self.cases.of(cm.customer_id)
-        open_case, recontact = find_case(cm, cases, ctx.settings)
-        if recontact:
-            ctx.metrics.recontacts.inc()
-        decision = route_message(
-            cm,
-            self.rt.workflow,
-            now=utcnow(),
-            kb_match=kb_hit if open_case is None else None,
-            open_case=open_case,
-            settings=ctx.settings,
-            incident_new=cm.similarity.incident_new,
-            explain=False,  # no trace leaves the agent
-        )
+        try:
+            cases = self.cases.of(cm.customer_id)
+            open_case, recontact = find_case(cm, cases, ctx.settings)
+            if recontact:
+                ctx.metrics.recontacts.inc()
+            decision = route_message(
+                cm,
+                self.rt.workflow,
+                now=utcnow(),
+                kb_match=kb_hit if open_case is None else None,
+                open_case=open_case,
+                settings=ctx.settings,
+                incident_new=cm.similarity.incident_new,
+                explain=False,  # no trace leaves the agent
+            )
+        except Exception:
+            if cm.similarity.incident_new:
+                await self.open_incident_alone(cm)
+            raise  # the message itself: the error policy's (dead-lettered, rejected)
         await emit_transition(ctx, decision, self.rt.workflow)
         _observe_survey(ctx, decision.case_events)
         if decision.case is not None:
@@ -429,6 +434,28 @@ class RouteAgent:
         ctx.metrics.messages.labels(stage=STAGE, outcome=out.outcome.value).inc()
         latency = (out.decided_at - cm.inbound.received_at).total_seconds()
         ctx.metrics.end_to_end.observe(max(latency, 0.0))
+
+    async def open_incident_alone(self, cm: ClassifiedMessage) -> None:
+        """Open the incident ``cm`` opened although routing ``cm`` failed: the later reports
+        are linked to the incident's case and told it is a known problem, so without it the
+        group would hear nothing and their links would wait for a case that never comes. A
+        failure here is logged; the message's own failure is what the error policy sees."""
+        ctx, wf = self.ctx, self.rt.workflow
+        try:
+            opening = incident_opening(cm, wf, now=utcnow(), settings=ctx.settings)
+        except Exception:
+            log.exception("incident of %s not opened either", cm.message_id)
+            return
+        if opening is None:
+            return
+        log.warning(
+            "routing %s failed; the incident it opened goes out alone (%s)",
+            cm.message_id,
+            opening.case.case_id,
+        )
+        await emit_sub_requests(ctx, opening.sub_requests, wf)
+        await emit_case_events(ctx, opening.case_events)
+        await ctx.send("case-state", opening.case.case_id, _snapshot(opening.case, "route"))
 
 
 class CaseKeeper:

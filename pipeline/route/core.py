@@ -81,7 +81,15 @@ from pipeline.route.kb import KbMatch
 from pipeline.route.rules import RuleTrace, match_rules
 from pipeline.route.sla import raise_level
 
-__all__ = ["STAGE", "IntentTrace", "RouteDecision", "RouteTrace", "route_message"]
+__all__ = [
+    "STAGE",
+    "IncidentOpening",
+    "IntentTrace",
+    "RouteDecision",
+    "RouteTrace",
+    "incident_opening",
+    "route_message",
+]
 
 STAGE = "route"
 Kind = Literal["internal", "external", "broadcast"]
@@ -831,6 +839,33 @@ def _cover(built: _Built, msg: ClassifiedMessage, workflow: Workflow) -> tuple[_
     return replace(built, subs=subs, records=records), [note]
 
 
+@dataclass(frozen=True)
+class IncidentOpening:
+    """What opening an incident sends: its case, the broadcast, the case's events."""
+
+    case: CaseState
+    sub_requests: list[SubRequest]
+    case_events: list[CaseEvent]
+    notes: list[str]
+
+
+def incident_opening(
+    msg: ClassifiedMessage, workflow: Workflow, *, now: datetime, settings: Settings | None
+) -> IncidentOpening | None:
+    """The opening of the incident ``msg`` opened (``incident_new``), built from the message
+    alone: for a message that opens no case of its own, and for the route agent when routing
+    the message itself failed. None: no incident policy covers it. The same case and ids as
+    the opening of a message with a new case (they derive from the incident)."""
+    if msg.similarity.incident_id is None:
+        return None
+    base = _new_case(msg, workflow, now, msg.priority)  # what the incident's case copies
+    subs, events, notes, inc_case = _incident(msg, workflow, base, now, settings, True)
+    if inc_case is None:
+        return None
+    own = [e for e in events if e.case_id == inc_case.case_id]  # not the unsent base's
+    return IncidentOpening(inc_case, subs, own, notes)
+
+
 def _opening(
     decision: RouteDecision,
     msg: ClassifiedMessage,
@@ -845,19 +880,15 @@ def _opening(
     sends nothing of its own to a recipient the broadcast reaches. Without it the group heard
     nothing and the reports' links waited for a case that never came. The message's own case
     is not linked (a follow-up or a duplicate never is; an answered one is resolved)."""
-    if not incident_new or msg.similarity.incident_id is None:
+    opening = incident_opening(msg, workflow, now=now, settings=settings) if incident_new else None
+    if opening is None:
         return decision
-    base = _new_case(msg, workflow, now, msg.priority)  # what the incident's case copies
-    subs, events, notes, inc_case = _incident(msg, workflow, base, now, settings, True)
-    if inc_case is None:  # no incident policy covers the message: nothing to open
-        return decision
-    own = [e for e in events if e.case_id == inc_case.case_id]  # not the unsent base's
-    trace = decision.trace.model_copy(update={"notes": [*decision.trace.notes, *notes]})
+    trace = decision.trace.model_copy(update={"notes": [*decision.trace.notes, *opening.notes]})
     return decision.model_copy(
         update={
-            "incident_sub_requests": subs,
-            "incident_case": inc_case,
-            "case_events": [*decision.case_events, *own],
+            "incident_sub_requests": opening.sub_requests,
+            "incident_case": opening.case,
+            "case_events": [*decision.case_events, *opening.case_events],
             "trace": trace,
         }
     )

@@ -47,6 +47,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.metrics import Metrics
+from pipeline.route import agents
 from pipeline.route.agents import CaseKeeper
 from pipeline.route.core import route_message
 
@@ -373,6 +374,60 @@ async def test_an_incident_opener_continuing_its_customers_case_opens_the_incide
         if s.kind.value == "broadcast"
     ]
     assert len(broadcast) == 6 and {s.case_id for s in broadcast} == {incident_case}
+
+
+async def test_an_incident_opener_whose_routing_fails_still_opens_the_incident(
+    ctx: Context, feed: Feed, kit: RouteKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug routing the report that reached the threshold dead-letters that message (its
+    rejected Outcome), not the incident: its case and broadcast go out, so the later
+    reports' links find the case and the group hears of it."""
+    out = _out(ctx)
+    opener = kit.seed_message(
+        similarity=Similarity(incident_id="inc_h", incident_new=True), key="h1", customer="h-1"
+    )
+
+    def broken(cm: ClassifiedMessage, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a bug routing {cm.message_id}")
+
+    monkeypatch.setattr(agents, "route_message", broken)
+    outcomes = _count(ctx, "outcomes")
+    await feed("route", [("classified", opener.customer_id, opener)], lambda: outcomes() == 1)
+    [dead] = out.take(ctx.settings.topic("dlq"), DeadLetter)
+    assert dead.stage == "route" and "a bug routing" in dead.error
+    [outcome] = out.take(ctx.settings.topic("outcomes"), Outcome)
+    assert outcome.outcome is OutcomeKind.rejected
+    incident_case = derive_id("case", "inc_h")
+    [snap] = out.take(ctx.settings.topic("case-state"), CaseSnapshot)
+    assert snap.case_id == incident_case
+    broadcast = out.take(ctx.settings.topic("external"), SubRequest)
+    assert len(broadcast) == 6 and {s.case_id for s in broadcast} == {incident_case}
+    trails = out.take(ctx.settings.topic("case-events"), CaseEvents)
+    assert [e.type for t in trails for e in t.events] == [CaseEventType.incident_detected]
+
+
+async def test_when_the_incident_cannot_open_either_the_messages_own_error_is_dead_lettered(
+    ctx: Context, feed: Feed, kit: RouteKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _out(ctx)
+    opener = kit.seed_message(
+        similarity=Similarity(incident_id="inc_i", incident_new=True), key="i1", customer="i-1"
+    )
+
+    def broken(what: str) -> Callable[..., Any]:
+        def fail(cm: ClassifiedMessage, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"a bug {what} {cm.message_id}")
+
+        return fail
+
+    monkeypatch.setattr(agents, "route_message", broken("routing"))
+    monkeypatch.setattr(agents, "incident_opening", broken("opening"))
+    outcomes = _count(ctx, "outcomes")
+    await feed("route", [("classified", opener.customer_id, opener)], lambda: outcomes() == 1)
+    [dead] = out.take(ctx.settings.topic("dlq"), DeadLetter)
+    assert "a bug routing" in dead.error and "opening" not in dead.error
+    assert out.take(ctx.settings.topic("case-state"), CaseSnapshot) == []
+    assert out.take(ctx.settings.topic("external"), SubRequest) == []
 
 
 async def test_poison_is_dead_lettered_and_the_agent_goes_on(
