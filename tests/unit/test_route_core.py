@@ -477,16 +477,7 @@ def test_an_incident_opener_that_opens_no_case_of_its_own_still_opens_the_incide
         similarity=sim,
         key="9",
     )
-    kb = KbMatch(
-        article_id="a1",
-        confidence=0.95,
-        threshold=0.5,
-        auto_reply=True,
-        language="ru",
-        answer="Проверим магазин.",
-        reason="test",
-    )
-    answered = route_message(single, wf, now=later, kb_match=kb, incident_new=True)
+    answered = route_message(single, wf, now=later, kb_match=_kb(True), incident_new=True)
     assert answered.trace.path == "auto_reply"
     _opened_alike(answered, fresh, director)
     # a later report continuing its own case opens nothing: the broadcast went out once
