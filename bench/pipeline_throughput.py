@@ -16,7 +16,8 @@
    SMTP sink (the external sub-request really delivered).
 Both workers are separate processes with the same fetch wait (``--workers N``: N processes
 per phase in one consumer group, for both phases; CPU, memory and requests are then summed
-over the N); the embedded broker is
+over the N; with N > 1 each pipeline worker also keeps standby copies of the others' tables,
+``PIPELINE_TABLE_STANDBY_REPLICAS``, 1 unless set); the embedded broker is
 started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, and each
 worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase, and
 the records per message: every record on the run's topics and the worker's table changelogs
@@ -601,7 +602,8 @@ def main() -> int:
     out(
         f"broker: {'external' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'embedded Tansu'}"
         f", n={args.n}, paced {args.rate:g} msg/s for {args.seconds:g}s, "
-        f"{args.workers} worker process(es) per phase\n"
+        f"{args.workers} worker process(es) per phase, table standby replicas "
+        f"{s.table_standby_replicas} (PIPELINE_TABLE_STANDBY_REPLICAS)\n"
     )
     out(
         f"passthrough: {base['msg_s']:8.0f} msg/s   p50 {base['p50_ms']:6.0f} ms   "

@@ -68,6 +68,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
         web_in_thread=False,
         recovery_consistency_check=False,
         table_cleanup_interval=30.0,
+        table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
         TableManager=RouterTableManager,  # closes a race that lost records (recovery.py)
     )

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         le=1_000,
         description="Worker producer (changelogs and outputs): wait to fill a produce request.",
     )
+    table_standby_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="Standby copies of each table partition kept by other workers: a takeover "
+        "starts from them instead of the whole changelog; each copy reads its tables' "
+        "changelogs as they are written (CPU and memory on every worker).",
+    )
     shutdown_grace_s: float = Field(
         default=15.0, gt=0, description="A worker still stopping after this is ended hard."
     )

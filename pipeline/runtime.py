@@ -150,6 +150,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env["PIPELINE_SMTP_PORT"] = str(settings.smtp_port)
     env["PIPELINE_FETCH_MAX_WAIT_MS"] = str(settings.fetch_max_wait_ms)
     env["PIPELINE_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    env["PIPELINE_TABLE_STANDBY_REPLICAS"] = str(settings.table_standby_replicas)
     env["PIPELINE_LAG_INTERVAL_S"] = str(settings.lag_interval_s)
     env["PIPELINE_STALL_AFTER_S"] = str(settings.stall_after_s)
     env["PIPELINE_RULES_PATH"] = str(settings.rules_path)

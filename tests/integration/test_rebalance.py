@@ -2,7 +2,8 @@
 
 Invariant 3 across rebalances (docs/ARCHITECTURE.md, Invariants; Recovery): the survivor takes
 over the dead worker's partitions and, later, hands some to the replacement; both restore the
-delivered-ids table from its changelog. The outbox is counted once the topics and the outbox
+delivered-ids table from its changelog (from a standby copy kept up to date, or, without
+one, from the changelog's start). The outbox is counted once the topics and the outbox
 are quiet.
 """
 
@@ -43,12 +44,19 @@ TEXTS = [
 ]
 
 
-@pytest.fixture
+@pytest.fixture(params=[1, 0], ids=["standby-copies", "no-standby-copies"])
 def two_workers(
-    broker_settings: Settings, outbox: Outbox, running_stack: RunningStack, add_worker: AddWorker
+    request: pytest.FixtureRequest,
+    broker_settings: Settings,
+    outbox: Outbox,
+    running_stack: RunningStack,
+    add_worker: AddWorker,
 ) -> Iterator[tuple[Settings, Children]]:
     # 4 partitions: each worker owns some of every topic, and the handovers move several.
-    base = broker_settings.model_copy(update={"partitions": 4})
+    # Without standby copies (PIPELINE_TABLE_STANDBY_REPLICAS=0) a takeover restores the
+    # tables from their changelogs alone.
+    update = {"partitions": 4, "table_standby_replicas": request.param}
+    base = broker_settings.model_copy(update=update)
     with running_stack(base, outbox, "rb") as (stack, group):
         add_worker(stack, group, outbox)
         yield stack, group
