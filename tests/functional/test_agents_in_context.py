@@ -409,6 +409,7 @@ async def test_an_incident_opener_whose_routing_fails_still_opens_the_incident(
 async def test_when_the_incident_cannot_open_either_the_messages_own_error_is_dead_lettered(
     ctx: Context, feed: Feed, kit: RouteKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The fallback's own failure is logged: the DLQ record names what broke the message."""
     out = _out(ctx)
     opener = kit.seed_message(
         similarity=Similarity(incident_id="inc_i", incident_new=True), key="i1", customer="i-1"

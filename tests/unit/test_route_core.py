@@ -482,8 +482,8 @@ def test_an_incident_opener_that_opens_no_case_of_its_own_still_opens_the_incide
     _opened_alike(answered, fresh, director)
     # a later report continuing its own case opens nothing: the broadcast went out once
     report = kit.seed_message(similarity=sim, key="10")
-    linked = route_message(report, wf, now=later, open_case=earlier)
-    assert linked.incident_case is None and linked.incident_sub_requests == []
+    continuing = route_message(report, wf, now=later, open_case=earlier)
+    assert continuing.incident_case is None and continuing.incident_sub_requests == []
 
 
 def test_a_resolved_incidents_case_tells_its_buckets_detector(kit: RouteKit) -> None:
