@@ -234,6 +234,36 @@ async def test_submit_returns_once_the_batches_another_task_hands_over_are_in_th
     assert given.is_set()
 
 
+async def test_a_bug_handing_batches_over_fails_them_all_and_the_next_ones_go_out(
+    kafka: Settings, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a broker error (those fail only their own batch): the hand-over stops, every batch
+    it had not handed over fails (no flush waits forever for it), the flushing agent sees the
+    bug, and the batches after it are handed over by a new hand-over."""
+    s = kafka.model_copy(update={"partitions": 4})
+    (outcomes,), ctx, _ = await _ready(s, producer, "outcomes")
+    for n in range(40):  # several 1 KiB batches on each of the 4 partitions
+        await ctx.send("outcomes", f"c{n}", _outcome(n, f"c{n}"))
+    waiting = list(ctx.own_outputs())
+    assert len(waiting) > 4
+    send_batch = producer.send_batch
+
+    async def buggy(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the hand-over")
+
+    monkeypatch.setattr(producer, "send_batch", buggy)
+    with pytest.raises(RuntimeError, match="a bug in the hand-over"):
+        await ctx.flush()
+    assert all(f.done() for f in waiting)
+    assert all(isinstance(f.exception(), BrokerUnavailable) for f in waiting)
+    monkeypatch.setattr(producer, "send_batch", send_batch)
+    ctx.own_outputs(fresh=True)
+    await ctx.send("outcomes", "c1", _outcome(100, "c1"))
+    await ctx.flush()
+    got = await bus.read_all(s, [outcomes])
+    assert [orjson.loads(r.value or b"{}")["message_id"] for r in got] == ["m100"]
+
+
 async def test_a_first_record_for_a_topic_while_the_broker_is_gone_raises_and_is_sent_once_after(
     own_broker: OwnBroker,
 ) -> None:
