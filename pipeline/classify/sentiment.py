@@ -107,6 +107,20 @@ class _Lexicon:
 _NEG = _Lexicon(NEGATIVE)
 _POS = _Lexicon(POSITIVE)
 _ANGER = frozenset(a.replace("ё", "е") for a in ANGER)
+#: Whole words where an entry of either lexicon may start (``_Lexicon.may_start``).
+_START_WORDS = _NEG.exact | _NEG.phrase_heads | _POS.exact | _POS.phrase_heads
+
+
+def _entry_starts(words: list[str]) -> list[int]:
+    """Indices of the words where an entry of either lexicon may start: ``may_start`` of both
+    lexicons in one comprehension (two method calls per word cost more than the rest)."""
+    neg_len, neg_heads = _NEG.min_len, _NEG.heads
+    pos_len, pos_heads = _POS.min_len, _POS.heads
+    return [
+        i
+        for i, w in enumerate(words)
+        if w in _START_WORDS or w[:neg_len] in neg_heads or w[:pos_len] in pos_heads
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +139,9 @@ def negative_sentiment(text: str) -> Sentiment:
     total = 0.0
     cues: list[str] = []
     anger = False
-    i = 0
-    while i < len(words):
-        if not (_NEG.may_start(words[i]) or _POS.may_start(words[i])):
-            i += 1  # most words: no entry starts here (the checks ``match`` starts with)
+    resume = 0  # words before this index belong to a phrase already counted
+    for i in _entry_starts(words):
+        if i < resume:
             continue
         prev = words[max(0, i - 2) : i]
         hit = _NEG.match(words, i)
@@ -139,20 +152,21 @@ def negative_sentiment(text: str) -> Sentiment:
                 total += _NEG.weights[entry] * boost
                 cues.append(entry)
                 anger = anger or entry in _ANGER
-            i += used
+            resume = i + used
             continue
         pos = _POS.match(words, i)
         if pos is not None and any(p in NEGATORS for p in prev):
             boost = 1.5 if any(p in INTENSIFIERS for p in prev) else 1.0
             total += _POS.weights[pos[0]] * boost
             cues.append(f"not {pos[0]}")
-        i += 1
-    if "!" in text or "?" in text:
+    # every match of _BANG_RE holds one of these pairs (a lone "?" ends most questions)
+    if "!!" in text or "?!" in text or "!?" in text:
         for m in _BANG_RE.finditer(text):
             total += 0.5
             cues.append(m.group()[:3])
             anger = anger or "!!!" in m.group()
-    shouted = [w for w in raw_words if len(w) >= 3 and w.isalpha() and w.isupper()]
+    # isupper first: it rules out most words with one call
+    shouted = [w for w in raw_words if w.isupper() and len(w) >= 3 and w.isalpha()]
     if len(shouted) >= 2 and len(shouted) >= 0.3 * max(1, len(raw_words)):
         total += 0.8
         cues.append("CAPS")

@@ -8,7 +8,7 @@ the SLA check (``pipeline.route.sla``).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from pipeline.domain.workflow import BusinessHours, Level, SlaPolicy
@@ -16,6 +16,8 @@ from pipeline.domain.workflow import BusinessHours, Level, SlaPolicy
 __all__ = ["add_business_time", "deadlines"]
 
 _MAX_DAYS = 800  # safety bound of the day walk (at least one open day is validated)
+_ONE_DAY = timedelta(days=1)
+_MIDNIGHT = time()
 
 
 def add_business_time(start: datetime, minutes: float, hours: BusinessHours | None) -> datetime:
@@ -25,11 +27,12 @@ def add_business_time(start: datetime, minutes: float, hours: BusinessHours | No
     zone = ZoneInfo(hours.timezone)
     t = start.astimezone(zone)
     remaining = timedelta(minutes=minutes)
+    day = t.date()  # t's local date, kept beside it (the walk asked t for it three times a day)
     for _ in range(_MAX_DAYS):
-        span = hours.span(t.weekday())
+        span = hours.span(day.weekday())
         if span is not None:
-            opens = datetime.combine(t.date(), span[0], tzinfo=zone)
-            closes = datetime.combine(t.date(), span[1], tzinfo=zone)
+            opens = datetime.combine(day, span[0], tzinfo=zone)
+            closes = datetime.combine(day, span[1], tzinfo=zone)
             if t < opens:
                 t = opens
             if t < closes:
@@ -37,8 +40,8 @@ def add_business_time(start: datetime, minutes: float, hours: BusinessHours | No
                 if remaining <= available:
                     return (t + remaining).astimezone(start.tzinfo)
                 remaining -= available
-        next_day = t.date() + timedelta(days=1)
-        t = datetime.combine(next_day, datetime.min.time(), tzinfo=zone)
+        day += _ONE_DAY
+        t = datetime.combine(day, _MIDNIGHT, tzinfo=zone)
     raise ValueError("business hours leave no working time")  # unreachable when validated
 
 

@@ -208,6 +208,8 @@ def _letters(text: str) -> str:
 def _scripts(letters: str) -> tuple[int, int]:
     """(Cyrillic letters, Latin letters) among ``letters`` (counted in C: the classifier
     asks for the language of every text and segment it reads)."""
+    if letters.isascii():  # most texts: no Cyrillic letter to count
+        return 0, len(letters)
     return len(_CYRILLIC.findall(letters)), len(letters.encode("ascii", "ignore"))
 
 
@@ -221,19 +223,20 @@ def detect_language(text: str) -> tuple[str, float]:
         return "other", 0.0
     cyr, lat = _scripts(letters)
     n = len(letters)
-    words = [w.lower() for w in _WORD.findall(text)]
-    ru_hits = sum(1 for w in words if w in _RU_WORDS)
-    en_hits = sum(1 for w in words if w in _EN_WORDS)
     # Length factor: one word is weak evidence, a sentence is strong.
     length = min(1.0, 0.5 + n / 60)
+    # the common words are counted only in the branch that uses them
     if cyr / n >= 0.5:
         # Cyrillic but not Russian (Ukrainian/Serbian/...) shows letters Russian lacks.
         foreign = sum(1 for ch in letters if ch.lower() in "іїєґўђјљњћџ")
         if foreign / max(cyr, 1) > 0.02:
             return "other", round(min(0.9, 0.5 + foreign / cyr), 3)
-        conf = (cyr / n) * length + (0.1 if ru_hits else 0.0)
+        ru_hit = any(w.lower() in _RU_WORDS for w in _WORD.findall(text))
+        conf = (cyr / n) * length + (0.1 if ru_hit else 0.0)
         return "ru", round(min(0.99, conf), 3)
     if lat / n >= 0.5:
+        words = [w.lower() for w in _WORD.findall(text)]
+        en_hits = sum(1 for w in words if w in _EN_WORDS)
         share = en_hits / max(len(words), 1)
         if en_hits == 0 and len(words) >= 4:
             return "other", round(min(0.8, 0.3 + len(words) / 40), 3)

@@ -69,11 +69,19 @@ def _said(why: str) -> Callable[[], str]:
     return lambda: why
 
 
+def _folded_in(have: str, want: list[str]) -> bool:
+    """``have`` is one of ``want``, case-insensitively."""
+    folded = have.lower()
+    # a loop, not ``in {w.lower() for w in want}``: the lists are short, building the set
+    # cost more than the comparisons
+    for w in want:  # noqa: SIM110
+        if w.lower() == folded:
+            return True
+    return False
+
+
 def _any_of(name: str, have: str | None, want: list[str], *, fold: bool = True) -> Check:
-    if fold:
-        ok = have is not None and have.lower() in {w.lower() for w in want}
-    else:
-        ok = have is not None and have in want
+    ok = have is not None and (_folded_in(have, want) if fold else have in want)
     return name, ok, lambda: f"{name} {have!r} {'in' if ok else 'not in'} {want}"
 
 
@@ -169,6 +177,12 @@ def conditions_hold(
     cond: Conditions, msg: ClassifiedMessage, intent: Intent, now: datetime
 ) -> bool:
     """Whether every set condition holds (``check_conditions`` without the reasons)."""
+    # Most rules test the intent or its category, and most fail there: those two checks of
+    # ``_checks`` first, without building the generator of every check (half a rule's cost).
+    if cond.intent is not None and not _folded_in(intent.label, cond.intent):
+        return False
+    if cond.category is not None and not _folded_in(intent.category, cond.category):
+        return False
     # a plain loop: all() over a generator expression took ~1 us more per rule
     for _, ok, _ in _checks(cond, msg, intent, now):  # noqa: SIM110
         if not ok:
