@@ -25,6 +25,7 @@ from pipeline.codec import decode, encode
 from pipeline.config import Settings
 from pipeline.context import Context
 from pipeline.domain.cases import CaseState
+from pipeline.errors import BrokerUnavailable
 from pipeline.events import (
     CaseEvents,
     CaseEventType,
@@ -50,6 +51,7 @@ from pipeline.metrics import Metrics
 from pipeline.route import agents
 from pipeline.route.agents import CaseKeeper
 from pipeline.route.core import route_message
+from pipeline.stage import RawRecord
 
 if TYPE_CHECKING:
     from tests.plugins.inbound import TelegramInbound
@@ -429,6 +431,43 @@ async def test_when_the_incident_cannot_open_either_the_messages_own_error_is_de
     assert "a bug routing" in dead.error and "opening" not in dead.error
     assert out.take(ctx.settings.topic("case-state"), CaseSnapshot) == []
     assert out.take(ctx.settings.topic("external"), SubRequest) == []
+
+
+async def test_a_broker_lost_while_the_incident_opens_alone_stops_the_step_with_nothing_rejected(
+    ctx: Context, kit: RouteKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing the opener fails and the broker goes while its incident goes out alone: the
+    broker error, not the bug, decides (stop: the agent ends before acknowledging, and the
+    record is read again after the restart). Nothing is rejected or dead-lettered, so the
+    message is not marked done while its incident's case is missing; the bug rides along
+    as the broker error's context in the log."""
+    out = _out(ctx)
+    opener = kit.seed_message(
+        similarity=Similarity(incident_id="inc_k", incident_new=True), key="k1", customer="k-1"
+    )
+
+    def broken(cm: ClassifiedMessage, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a bug routing {cm.message_id}")
+
+    sent = out.enqueue
+
+    async def enqueue(topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
+        if topic == ctx.settings.topic("case-state"):
+            raise BrokerUnavailable("case-state record not acknowledged")
+        return await sent(topic, key, value)
+
+    monkeypatch.setattr(agents, "route_message", broken)
+    monkeypatch.setattr(out, "enqueue", enqueue)
+    router = ctx.app.agents["route"].fun.__self__
+    record = RawRecord(ctx.settings.topic("inbound"), 0, 7, b"k-1", encode(opener.inbound))
+    with pytest.raises(BrokerUnavailable, match="case-state") as raised:
+        await router.handle_classified([(record, opener)])
+    assert isinstance(raised.value.__context__, RuntimeError)
+    assert "a bug routing" in str(raised.value.__context__)
+    assert out.take(ctx.settings.topic("dlq"), DeadLetter) == []
+    assert out.take(ctx.settings.topic("outcomes"), Outcome) == []
+    # what went out before the broker went is sent again with the record after the restart
+    assert out.take(ctx.settings.topic("case-state"), CaseSnapshot) == []
 
 
 async def test_poison_is_dead_lettered_and_the_agent_goes_on(
