@@ -1,6 +1,7 @@
 """CPU per message of the classify stage's pure work: dedup + contacts, then classification.
 
     python bench/classify_stage_cpu.py [--n 6000] [--batch 256] [--reps 3] [--profile OUT]
+        [--history K]   # K earlier messages per customer first: a busy customer's state
     python bench/classify_stage_cpu.py --digest    # what the stage decides, as one hash
     PYTHONPATH=/tmp/old-tree python bench/classify_stage_cpu.py   # the same, another tree
 
@@ -45,13 +46,17 @@ from pipeline.domain.workflow import load_workflow
 from pipeline.events import utcnow
 from pipeline.metrics import Metrics
 
+#: make() gives message i to customer i % 997.
+CUSTOMERS = 997
+
 
 def digest(agent: SimpleNamespace, classifier: Classifier, pool: list[str]) -> str:
     """sha256 of everything the stage decides for fixed messages: dedup decisions, contact
     counts, classified messages and the dedup table's values. 3,000 bench texts and 1,500
     Russian training texts, then each again from the same customer (every third wrapped in
     a greeting and a signature: same-text and near duplicates). Equal digests from two trees
-    (``PYTHONPATH=<tree>``): the same behaviour on these messages."""
+    (``PYTHONPATH=<tree>``): the same behaviour on these messages. The decisions' digest
+    leaves the table out: equal when two trees decide the same but store it differently."""
     ru = [t for t, lang in zip(*_training_texts(), strict=True) if lang == "ru"][:1500]
     texts_ = pool[:3000] + ru
     now = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -68,9 +73,10 @@ def digest(agent: SimpleNamespace, classifier: Classifier, pool: list[str]) -> s
         for out in (*decisions, *classifier.classify_batch(batch, now=now, recent_contacts=recent)):
             h.update(out.model_dump_json().encode())
         h.update(json.dumps(recent, sort_keys=True).encode())
+    decided = h.hexdigest()
     for key in sorted(agent.dedup_table):
         h.update(f"{key}={agent.dedup_table[key]}".encode())
-    return f"{len(msgs)} messages, digest {h.hexdigest()}"
+    return f"{len(msgs)} messages, digest {h.hexdigest()} (decisions alone {decided})"
 
 
 def _training_texts() -> tuple[list[str], list[str]]:
@@ -84,6 +90,13 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="messages per batch (worker: 256)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile stats of one more rep")
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="earlier messages per customer remembered (not timed) before each repetition: "
+        "a busy customer's dedup state (the throughput bench's customers reach ~12)",
+    )
     ap.add_argument(
         "--digest", action="store_true", help="print a digest of the outputs instead (see below)"
     )
@@ -113,6 +126,13 @@ def main() -> int:
         for rep in range(args.reps):
             run = f"r{rep}-{time.time_ns()}"
             msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(args.n)]
+            # the same customers (i % 997), other ids and texts, earlier
+            earlier = [
+                make(pool[(i * 104729 + 13) % len(pool)], args.n + i, run)
+                for i in range(args.history * CUSTOMERS)
+            ]
+            for k in range(0, len(earlier), args.batch):
+                ClassifyAgent.remember(agent, earlier[k : k + args.batch], utcnow())  # type: ignore[arg-type]
             t_dedup = t_cls = 0.0
             for k in range(0, len(msgs), args.batch):
                 batch = msgs[k : k + args.batch]
@@ -144,7 +164,8 @@ def main() -> int:
             prof.dump_stats(args.profile)
     tot = [a + b for a, b in rows]
     sys.stdout.write(
-        f"{args.n} messages x {args.reps} reps, batches of {args.batch}, 1 thread, model "
+        f"{args.n} messages x {args.reps} reps ({args.history} earlier per customer), batches "
+        f"of {args.batch}, 1 thread, model "
         f"{classifier.version}: median remember {statistics.median(r[0] for r in rows):.3f}, "
         f"classify_batch {statistics.median(r[1] for r in rows):.3f}, total "
         f"{statistics.median(tot):.3f} ms CPU/msg (min {min(tot):.3f}, max {max(tot):.3f})\n"

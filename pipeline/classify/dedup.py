@@ -14,7 +14,10 @@ Three checks, cheapest first:
   sides, else a two-word message would be "contained" in everything).
 
 Entries expire after ``window_s`` and at most ``max_entries`` are kept (oldest dropped),
-so the state of one customer is bounded (≈ 0.5 KB per entry as JSON, measured).
+so the state of one customer is bounded (≈ 0.35 KB per entry as JSON, measured). An entry's
+MinHash is stored packed (hex of its 16-bit values): a customer's state is read and
+written with every message of theirs, and 64 JSON numbers per entry cost more to parse,
+write and compare than one string (checked by pydantic-core's pattern, no Python per entry).
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Literal, cast
+from typing import Annotated, Literal, cast
 
 import numpy as np
 from datasketch import MinHash
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from pipeline.events import InboundMessage
 
@@ -47,6 +50,7 @@ __all__ = [
     "fingerprint",
     "fingerprints",
     "normalize_text",
+    "pack_signature",
     "remember",
     "remember_and_count",
     "replayed",
@@ -63,6 +67,8 @@ DuplicateReason = Literal["exact_id", "same_text", "near"]
 NUM_PERM = 64
 SHINGLE = 4
 _MIN_SHINGLES_CONTAINMENT = 12
+#: A signature as an entry stores it (``pack_signature``): 4 hex digits per value.
+PackedSignature = Annotated[str, StringConstraints(pattern=rf"^(?:[0-9a-f]{{{4 * NUM_PERM}}})?$")]
 
 
 class DedupConfig(BaseModel):
@@ -78,7 +84,7 @@ class DedupConfig(BaseModel):
 
 
 class DedupEntry(BaseModel):
-    """One remembered message: ids, fingerprints as compact ints, time."""
+    """One remembered message: ids, fingerprints (hashes as ints, the MinHash packed), time."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -86,7 +92,11 @@ class DedupEntry(BaseModel):
     case_id: str | None = None
     id_hash: int = Field(description="64-bit hash of channel + channel message id.")
     text_hash: int = Field(description="64-bit hash of the normalized text (0: empty).")
-    sig: list[int] = Field(default_factory=list, description="MinHash, low 16 bits of each value.")
+    sig: PackedSignature | list[Annotated[int, Field(ge=0, le=0xFFFF)]] = Field(
+        default="",
+        description="MinHash: its 16-bit values little-endian, as hex ('': no shingles); "
+        "a list of the values (states written before) is read too.",
+    )
     n: int = Field(default=0, ge=0, description="Number of distinct shingles.")
     at: float = Field(description="Epoch seconds it was remembered.")
 
@@ -219,27 +229,47 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return out
 
 
-def signatures(shingle_sets: Sequence[set[str]]) -> list[list[int]]:
-    """``signature`` of each set, in one numpy pass over all their shingles.
+def _minimums(shingle_sets: Sequence[set[str]]) -> list[np.ndarray | None]:
+    """Each set's MinHash as NUM_PERM 16-bit values (None: no shingles), in one numpy pass
+    over all their shingles.
 
     datasketch's ``MinHash(scheme="affine32").update_batch`` computed directly (same
     values): each shingle's 32-bit hash pre-mixed by the finalizer, then a·h + b mod 2^32
     per permutation (uint32 arithmetic wraps), the minimum per permutation and set.
     """
     sizes = [len(s) for s in shingle_sets]
+    out: list[np.ndarray | None] = [None] * len(shingle_sets)
     hv = np.array(_shingle_hashes([x for s in shingle_sets for x in s]), dtype=np.uint32)
     if not hv.size:
-        return [[] for _ in shingle_sets]
+        return out
     a, b = _permutations()
     # one row per permutation: the minimum per set is a reduction along contiguous memory
     phv = a[:, None] * _fmix32(hv)[None, :] + b[:, None]
     starts = np.cumsum([0, *sizes[:-1]])
     filled = [i for i, n in enumerate(sizes) if n]
-    mins = (np.minimum.reduceat(phv, starts[filled], axis=1) & 0xFFFF).T.tolist()
-    out: list[list[int]] = [[] for _ in shingle_sets]
-    for i, sig in zip(filled, mins, strict=True):
-        out[i] = sig
+    mins = (np.minimum.reduceat(phv, starts[filled], axis=1) & 0xFFFF).T.astype("<u2")
+    for i, row in zip(filled, mins, strict=True):
+        out[i] = row
     return out
+
+
+def signatures(shingle_sets: Sequence[set[str]]) -> list[list[int]]:
+    """``signature`` of each set (one numpy pass over all their shingles)."""
+    return [[] if row is None else row.tolist() for row in _minimums(shingle_sets)]
+
+
+def pack_signature(sig: Sequence[int]) -> str:
+    """A signature as an entry stores it: its 16-bit values little-endian, as hex (one
+    ``bytes.fromhex`` reads the signatures of all of a customer's entries at once)."""
+    return np.asarray(sig, dtype="<u2").tobytes().hex()
+
+
+def _packed_row(row: np.ndarray | None) -> str:
+    return "" if row is None else row.tobytes().hex()
+
+
+def _packed(sig: str | list[int]) -> str:
+    return sig if isinstance(sig, str) else pack_signature(sig)
 
 
 def signature(shingle_set: set[str]) -> list[int]:
@@ -255,11 +285,31 @@ def estimate_similarity(sig_a: Sequence[int], n_a: int, sig_b: Sequence[int], n_
     if not sig_a or not sig_b or len(sig_a) != len(sig_b):
         return 0.0
     same: int = sum(map(operator.eq, sig_a, sig_b))  # numpy costs more for 64 values
-    jac = same / len(sig_a)
+    return _from_matches(same, len(sig_a), n_a, n_b)
+
+
+def _from_matches(same: int, size: int, n_a: int, n_b: int) -> float:
+    """``estimate_similarity`` from the number of equal values of two signatures."""
+    jac = same / size
     if min(n_a, n_b) < _MIN_SHINGLES_CONTAINMENT:
         return jac
     inter = jac * (n_a + n_b) / (1.0 + jac)
     return min(1.0, max(jac, inter / min(n_a, n_b)))
+
+
+def _similarities(sig: str, n: int, entries: Sequence[DedupEntry]) -> list[float]:
+    """``estimate_similarity`` of a packed signature and each entry's, in one comparison."""
+    out = [0.0] * len(entries)
+    packed = [_packed(e.sig) for e in entries]
+    rows = [i for i, p in enumerate(packed) if p and len(p) == len(sig)]
+    if not sig or not rows:
+        return out
+    mine = np.frombuffer(bytes.fromhex(sig), dtype="<u2")
+    theirs = np.frombuffer(bytes.fromhex("".join(packed[i] for i in rows)), dtype="<u2")
+    same = (theirs.reshape(len(rows), mine.size) == mine).sum(axis=1).tolist()
+    for i, k in zip(rows, same, strict=True):
+        out[i] = _from_matches(k, mine.size, n, entries[i].n)
+    return out
 
 
 # ---------------------------------------------------------------- state
@@ -287,11 +337,12 @@ def expire(state: CustomerDedupState, now: datetime, config: DedupConfig) -> Cus
     return state if kept is state.entries else state.model_copy(update={"entries": kept})
 
 
-Fingerprint = tuple[int, list[int], int]
+Fingerprint = tuple[int, str, int]
 
 
 def fingerprint(msg: InboundMessage) -> Fingerprint:
-    """(text hash, MinHash signature, shingle count): compute once, pass to both calls."""
+    """(text hash, packed MinHash signature, shingle count): compute once, pass to both
+    calls."""
     return fingerprints([msg])[0]
 
 
@@ -300,8 +351,8 @@ def fingerprints(msgs: Sequence[InboundMessage]) -> list[Fingerprint]:
     norms = [normalize_text(m.text) for m in msgs]
     sets = [shingles(n) for n in norms]
     return [
-        (text_hash(n), sig, len(sh))
-        for n, sh, sig in zip(norms, sets, signatures(sets), strict=True)
+        (text_hash(n), _packed_row(row), len(sh))
+        for n, sh, row in zip(norms, sets, _minimums(sets), strict=True)
     ]
 
 
@@ -335,8 +386,9 @@ def check_duplicate(
                 return _duplicate_of(e, "same_text")
     best: DedupEntry | None = None
     best_sim = 0.0
-    for e in reversed(live):  # newest first: ties go to the most recent case
-        sim = estimate_similarity(sig, n, e.sig, e.n)
+    sims = _similarities(sig, n, live)
+    for e, sim in zip(reversed(live), reversed(sims), strict=True):
+        # newest first: ties go to the most recent case
         if sim > best_sim:
             best, best_sim = e, sim
     if best is not None and best_sim >= cfg.near_threshold:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
+from pydantic import ValidationError
 
 from pipeline.classify.dedup import (
     CustomerDedupState,
@@ -194,3 +196,58 @@ def test_shingle_hashes_stay_bounded_and_right(monkeypatch: pytest.MonkeyPatch) 
         assert 20 < len(sh) <= 40 or text == "Где мой"
         assert dedup.signature(sh) == _datasketch_signature(sh)
         assert len(dedup._SHINGLE_HASHES) <= 40
+
+
+def _as_written_before(state: CustomerDedupState) -> str:
+    """The state as versions before the packed signature wrote it: each MinHash a list."""
+    data = state.model_dump(mode="json")
+    for entry in data["entries"]:
+        packed = entry["sig"]
+        entry["sig"] = [
+            int.from_bytes(bytes.fromhex(packed[i : i + 4]), "little")
+            for i in range(0, len(packed), 4)
+        ]
+    return orjson.dumps(data).decode()
+
+
+def test_a_state_written_with_signature_lists_decides_as_the_packed_one() -> None:
+    texts = [
+        "Where is my order 5521? I paid for express delivery a week ago and nothing came.",
+        "Не пришёл заказ 5521, деньги списали дважды, верните пожалуйста.",
+        "ok",
+    ]
+    state = CustomerDedupState()
+    for n, text in enumerate(texts):
+        state = remember(state, msg(f"m{n}", text), f"case-{n}", T0)
+    assert all(isinstance(e.sig, str) for e in state.entries) and state.entries[0].sig
+    before = _as_written_before(state)
+    assert '"sig":[' in before
+    older = CustomerDedupState.model_validate_json(before)
+    probes = [
+        "Hello, where is my order 5521? I paid for express delivery a week ago, nothing came",
+        "Не пришел заказ 5521 деньги списали дважды верните",
+        "I want to change the address of my account",
+        "ok!",
+    ]
+    later = T0 + timedelta(minutes=5)
+    for n, text in enumerate(probes):
+        probe = msg(f"p{n}", text)
+        assert check_duplicate(older, probe, later) == check_duplicate(state, probe, later)
+    # written back, the old entries keep their lists and the new one is packed; both read
+    mixed = remember(older, msg("p2", probes[2]), "case-p2", later)
+    again = CustomerDedupState.model_validate_json(mixed.model_dump_json())
+    assert [type(e.sig) for e in again.entries] == [list, list, list, str]
+    near = msg("p9", probes[0])
+    assert check_duplicate(again, near, later) == check_duplicate(state, near, later)
+    assert check_duplicate(again, near, later).reason == "near"
+
+
+@pytest.mark.parametrize(
+    "sig",
+    ["zz" * 128, "ab" * 127, "AB" * 128, [1, 2, 70000], [-1]],
+    ids=["not-hex", "short", "upper-case", "not-16-bit", "negative"],
+)
+def test_a_damaged_signature_makes_the_state_unreadable(sig: object) -> None:
+    entry = {"message_id": "m1", "id_hash": 1, "text_hash": 2, "sig": sig, "n": 20, "at": 1.0}
+    with pytest.raises(ValidationError):
+        CustomerDedupState.model_validate_json(orjson.dumps({"entries": [entry]}))
