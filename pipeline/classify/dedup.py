@@ -50,7 +50,6 @@ __all__ = [
     "fingerprint",
     "fingerprints",
     "normalize_text",
-    "pack_signature",
     "remember",
     "remember_and_count",
     "replayed",
@@ -67,7 +66,7 @@ DuplicateReason = Literal["exact_id", "same_text", "near"]
 NUM_PERM = 64
 SHINGLE = 4
 _MIN_SHINGLES_CONTAINMENT = 12
-#: A signature as an entry stores it (``pack_signature``): 4 hex digits per value.
+#: A signature as an entry stores it (``_packed``): 4 hex digits per value.
 PackedSignature = Annotated[str, StringConstraints(pattern=rf"^(?:[0-9a-f]{{{4 * NUM_PERM}}})?$")]
 
 
@@ -258,18 +257,15 @@ def signatures(shingle_sets: Sequence[set[str]]) -> list[list[int]]:
     return [[] if row is None else row.tolist() for row in _minimums(shingle_sets)]
 
 
-def pack_signature(sig: Sequence[int]) -> str:
+def _packed_row(row: np.ndarray | None) -> str:
     """A signature as an entry stores it: its 16-bit values little-endian, as hex (one
     ``bytes.fromhex`` reads the signatures of all of a customer's entries at once)."""
-    return np.asarray(sig, dtype="<u2").tobytes().hex()
-
-
-def _packed_row(row: np.ndarray | None) -> str:
     return "" if row is None else row.tobytes().hex()
 
 
 def _packed(sig: str | list[int]) -> str:
-    return sig if isinstance(sig, str) else pack_signature(sig)
+    """An entry's signature packed (a list: written before the packing)."""
+    return sig if isinstance(sig, str) else _packed_row(np.asarray(sig, dtype="<u2"))
 
 
 def signature(shingle_set: set[str]) -> list[int]:

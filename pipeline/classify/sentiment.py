@@ -80,10 +80,6 @@ class _Lexicon:
         self.heads = {k[: self.min_len] for k in self.stems}
         self.phrase_heads = {k.split()[0] for k in self.phrases}
 
-    def may_start(self, w: str) -> bool:
-        """Whether an entry may start at the word ``w`` (``match`` is None when not)."""
-        return w in self.exact or w in self.phrase_heads or w[: self.min_len] in self.heads
-
     def match(self, words: list[str], i: int) -> tuple[str, int] | None:
         """(entry, words used) for the entry starting at word i, longest first."""
         w = words[i]
@@ -107,13 +103,14 @@ class _Lexicon:
 _NEG = _Lexicon(NEGATIVE)
 _POS = _Lexicon(POSITIVE)
 _ANGER = frozenset(a.replace("ё", "е") for a in ANGER)
-#: Whole words where an entry of either lexicon may start (``_Lexicon.may_start``).
+#: Whole words where an entry of either lexicon may start (``_Lexicon.match``'s first checks).
 _START_WORDS = _NEG.exact | _NEG.phrase_heads | _POS.exact | _POS.phrase_heads
 
 
 def _entry_starts(words: list[str]) -> list[int]:
-    """Indices of the words where an entry of either lexicon may start: ``may_start`` of both
-    lexicons in one comprehension (two method calls per word cost more than the rest)."""
+    """Indices of the words where an entry of either lexicon may start (elsewhere both
+    lexicons' ``match`` is None): the checks ``match`` starts with, for both lexicons in one
+    comprehension (a method call per word and lexicon cost more than the rest)."""
     neg_len, neg_heads = _NEG.min_len, _NEG.heads
     pos_len, pos_heads = _POS.min_len, _POS.heads
     return [

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from pipeline.classify.model import OUT_OF_SCOPE, UNKNOWN, IntentModel, Prediction
-from pipeline.domain.text import detect_language, is_ascii_or_cyrillic
+from pipeline.domain.text import LowerCasePattern, detect_language
 
 #: Connectives that start a new request wherever they stand after a space.
 STRONG_CONNECTIVES: tuple[str, ...] = (
@@ -108,11 +108,10 @@ _CONN_RE = re.compile(
     r"(?=[\s,:!]|$)",
     re.IGNORECASE,
 )
-#: Every connective, plain: a text whose ``lower()`` holds none of them has no match of
-#: _CONN_RE (on ASCII/Cyrillic text, where ``lower()`` shows what IGNORECASE matches); most
-#: texts hold none, and this search costs a third of _CONN_RE's (look-behinds at every
-#: position, case-insensitive).
-_ANY_CONN_RE = re.compile(_alternation(CONNECTIVES))
+#: Any connective anywhere: a text without one has no match of _CONN_RE. Most texts have
+#: none, and this search costs a third of _CONN_RE's (look-behinds at every position,
+#: case-insensitive).
+_ANY_CONN = LowerCasePattern(_alternation(CONNECTIVES))
 #: Abbreviations after which a period does not end a sentence.
 _ABBREV = frozenset(
     {
@@ -257,7 +256,7 @@ def _cut_points(text: str) -> tuple[int, ...]:
             if before and before[-1].lower() in _ABBREV:
                 continue
         cuts.add(m.end())
-    if not is_ascii_or_cyrillic(text) or _ANY_CONN_RE.search(text.lower()):
+    if _ANY_CONN.found_in(text):
         for m in _CONN_RE.finditer(text):
             cuts.add(m.start())
     return tuple(sorted(c for c in cuts if 0 < c < len(text)))
