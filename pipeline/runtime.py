@@ -194,6 +194,11 @@ class Children:
                 stdout=out,
                 stderr=out,
                 preexec_fn=_die_with_parent,
+                # Not in the terminal's process group: Ctrl-C reaches this process alone,
+                # which stops its children (``stop``). A child stopped by the same Ctrl-C
+                # could otherwise exit before this process saw it, and ``check_alive`` took
+                # that for a crash (the demo said "console exited with code 0" and failed).
+                start_new_session=True,
             )
         self.procs.append((name, proc))
         log.info("started %s (pid %s)", name, proc.pid)

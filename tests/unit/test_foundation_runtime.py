@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -180,3 +181,13 @@ def test_tune_gc_freezes_what_is_loaded_and_raises_the_young_threshold() -> None
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_children_are_outside_the_terminals_process_group(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) reaches the supervisor alone, which
+    stops its children: a child the same Ctrl-C stopped first looked like a crash to
+    ``check_alive`` (the demo ended "console exited with code 0", exit 1)."""
+    with runtime.children(tmp_path / "children.log") as group:
+        proc = group.start("help", ["--help"], env=dict(os.environ))
+        assert os.getpgid(proc.pid) != os.getpgrp()
+        assert proc.wait(timeout=120) == 0
