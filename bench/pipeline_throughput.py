@@ -117,7 +117,9 @@ PASSTHROUGH = (
 import os, faust
 from pipeline.faust_app import RouterApp
 from pipeline.config import Settings
+from pipeline.runtime import use_event_loop
 s = Settings()
+use_event_loop(s.event_loop)  # the pipeline worker's loop: the baseline runs on the same
 datadir = s.data_dir / "bench" / s.app_id
 datadir.mkdir(parents=True, exist_ok=True)
 app = RouterApp(s.app_id, broker=f"kafka://{s.kafka_bootstrap_servers}", store="memory://",

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         "starts from them instead of the whole changelog; each copy reads its tables' "
         "changelogs as they are written (CPU and memory on every worker).",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The worker's event loop: uvloop (libuv) or the standard library's.",
+    )
     shutdown_grace_s: float = Field(
         default=15.0, gt=0, description="A worker still stopping after this is ended hard."
     )

@@ -67,6 +67,7 @@ def test_a_starting_worker_answers_503_until_recovered_and_logs_json_lines(
     docs = [json.loads(line) for line in lines]  # every line the worker wrote is one JSON object
     assert docs and all({"time", "level", "logger", "message"} <= d.keys() for d in docs)
     assert any(d["logger"].startswith(("faust", "mode")) for d in docs), "Faust's own lines too"
+    assert any(d["message"] == "event loop: uvloop" for d in docs), "the default loop"
 
 
 def test_a_worker_not_ready_for_longer_than_the_recovery_timeout_is_unhealthy(

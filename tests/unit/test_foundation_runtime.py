@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import threading
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -191,3 +193,18 @@ def test_children_are_outside_the_terminals_process_group(tmp_path: Path) -> Non
         proc = group.start("help", ["--help"], env=dict(os.environ))
         assert os.getpgid(proc.pid) != os.getpgrp()
         assert proc.wait(timeout=120) == 0
+
+
+@pytest.mark.parametrize(("name", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_use_event_loop_sets_the_loop_of_new_loops(
+    name: Literal["uvloop", "asyncio"], module: str
+) -> None:
+    try:
+        runtime.use_event_loop(name)
+        loop = asyncio.new_event_loop()
+        try:
+            assert type(loop).__module__.split(".")[0] == module
+        finally:
+            loop.close()
+    finally:
+        asyncio.set_event_loop_policy(None)
