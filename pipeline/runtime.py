@@ -78,9 +78,8 @@ def run_worker(settings: Settings) -> int:
 def use_event_loop(name: Literal["uvloop", "asyncio"]) -> None:
     """Make ``name`` the event loop of every loop created from now on (before the worker's).
 
-    Measured with ``bench/pipeline_throughput.py`` (one worker, both phases on the same loop,
-    alternated twice): uvloop took the worker's CPU to the last Outcome from 1.36/1.26 to
-    1.18/1.14 ms per message, the passthrough's from 0.33/0.33 to 0.32/0.31.
+    Measured with ``bench/pipeline_throughput.py`` (docs/ARCHITECTURE.md, Flow): about a
+    tenth less worker CPU per message; the passthrough baseline gains too.
     """
     if name == "uvloop":
         import uvloop
