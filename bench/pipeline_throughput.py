@@ -119,7 +119,7 @@ from pipeline.faust_app import RouterApp
 from pipeline.config import Settings
 from pipeline.runtime import use_event_loop
 s = Settings()
-use_event_loop(s.event_loop)  # the pipeline worker's loop: the baseline runs on the same
+use_event_loop(s.event_loop)  # the pipeline worker's loop, for a fair baseline
 datadir = s.data_dir / "bench" / s.app_id
 datadir.mkdir(parents=True, exist_ok=True)
 app = RouterApp(s.app_id, broker=f"kafka://{s.kafka_bootstrap_servers}", store="memory://",
@@ -605,7 +605,8 @@ def main() -> int:
         f"broker: {'external' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'embedded Tansu'}"
         f", n={args.n}, paced {args.rate:g} msg/s for {args.seconds:g}s, "
         f"{args.workers} worker process(es) per phase, table standby replicas "
-        f"{s.table_standby_replicas} (PIPELINE_TABLE_STANDBY_REPLICAS)\n"
+        f"{s.table_standby_replicas} (PIPELINE_TABLE_STANDBY_REPLICAS), both phases on "
+        f"{s.event_loop} (PIPELINE_EVENT_LOOP)\n"
     )
     out(
         f"passthrough: {base['msg_s']:8.0f} msg/s   p50 {base['p50_ms']:6.0f} ms   "
