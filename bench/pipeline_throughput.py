@@ -135,7 +135,9 @@ dst = app.topic(s.topic("outcomes"), **raw)
 async def passthrough(stream):
     async for ev in stream.events():
         await dst.send(key=ev.key, value=ev.value)
-faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+worker.spinner = None  # as the pipeline worker: no terminal escapes in the output
+worker.execute_from_commandline()
 """
 )
 
