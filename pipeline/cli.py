@@ -17,10 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from pipeline.config import get_settings
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.logs import LogFormat, setup_logging
 
 log = logging.getLogger("pipeline")
@@ -57,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _log_format() -> LogFormat:
     try:
         return get_settings().log_format
-    except ValidationError:
+    except ConfigError:
         return "text"  # the command itself reports the bad setting
 
 

@@ -12,8 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_DIR = PACKAGE_DIR / "resources"
@@ -310,5 +312,24 @@ def is_loopback_host(host: str) -> bool:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the process environment (cached)."""
-    return Settings()
+    """Settings from the process environment (cached).
+
+    ConfigError naming each bad variable and what is wrong with it (not its value: it may be a
+    secret), instead of pydantic's traceback.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings error's location (and where inside it)."""
+    if not loc:
+        return "settings"  # a check of several variables together
+    name = str(loc[0])
+    field = Settings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    var = alias.choices[0] if isinstance(alias, AliasChoices) else f"PIPELINE_{name.upper()}"
+    return ".".join([str(var), *map(str, loc[1:])])

@@ -172,6 +172,31 @@ def test_broker_commands_with_the_broker_down_fail_cleanly(
     assert "BrokerUnavailable" in caplog.text and "not reachable" in caplog.text
 
 
+@pytest.mark.parametrize("argv", [["worker"], ["demo"], ["audit"]])
+def test_bad_settings_are_one_clear_error_naming_each_variable(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.cli import main
+    from pipeline.config import get_settings
+
+    monkeypatch.setenv("PIPELINE_EVENT_LOOP", "tokio")
+    monkeypatch.setenv("PIPELINE_PARTITIONS", "two")
+    monkeypatch.setenv("PIPELINE_TWILIO_AUTH_TOKEN", "s3cret-token")  # valid: never echoed
+    monkeypatch.setenv("PIPELINE_SMTP_PORT", "s3cret-port")
+    get_settings.cache_clear()
+    try:
+        assert main(argv) == 1  # not a traceback
+    finally:
+        get_settings.cache_clear()
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    text = record.getMessage()
+    assert text.startswith("ConfigError: invalid settings: ")
+    for var in ("PIPELINE_EVENT_LOOP", "PIPELINE_PARTITIONS", "PIPELINE_SMTP_PORT"):
+        assert var in text
+    assert "'uvloop' or 'asyncio'" in text
+    assert "s3cret" not in caplog.text and record.exc_info is None
+
+
 def test_tune_gc_freezes_what_is_loaded_and_raises_the_young_threshold() -> None:
     model: list[int] = []  # stands for the loaded models: alive for good
     before = gc.get_threshold()
