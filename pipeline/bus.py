@@ -481,6 +481,17 @@ async def reader(settings: Settings, *topics: str) -> AsyncIterator[AIOKafkaCons
         await consumer.stop()
 
 
+def partition_for(key: bytes, count: int) -> int:
+    """The partition the producer's default partitioner gives ``key`` on a topic of ``count``
+    partitions (murmur2 of the key, as Kafka's Java client; ``Publisher._partition``)."""
+    every = list(range(count))
+    partition: int = _DEFAULT_PARTITIONER(key, every, every)
+    return partition
+
+
+_DEFAULT_PARTITIONER = DefaultPartitioner()
+
+
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     for _ in range(50):
         parts = consumer.partitions_for_topic(topic)

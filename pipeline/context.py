@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from faust.tables.table import Table
 from faust.types import AppT
 
-from pipeline.bus import Batches, Publisher, settle
+from pipeline.bus import Batches, Publisher, partition_for, settle
 from pipeline.codec import encode
 from pipeline.config import Settings
 from pipeline.errors import BrokerUnavailable, DecodeError
@@ -75,6 +75,34 @@ class DirectTable(Table[str, Any]):
     """
 
     write: Callable[[str, str, bytes | None], None]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Each key's partition (``own_keys``), for the keys the table held at its last call.
+        self._partition_of: dict[str, int] = {}
+
+    def own_keys(self) -> list[str]:
+        """The keys of the partitions this worker is assigned (active): the ones a timer that
+        walks the table may act on (the SLA check, the retention sweeps, ``stage.own_keys``).
+
+        Faust's memory store keeps more in the same dict: the standby copies of the other
+        workers' partitions (their changelog records, applied a thousand at a time, so they
+        lag) and keys this worker wrote in partitions a rebalance has since given to another
+        (the store forgets only the keys it restored). Acting on those, a worker checked
+        another worker's cases from a stale copy, emitted their SLA events again and wrote its
+        copy to the owner's changelog (``tests/integration/test_timers_own_partitions.py``).
+        A key's partition is the producer's choice for its bytes (``bus.partition_for``), as
+        for every changelog record (``use_partitioner``); it is remembered per key.
+        """
+        topic = self.changelog_topic.get_topic_name()
+        mine = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        known, count = self._partition_of, self.partitions or 1
+        now: dict[str, int] = {}
+        for key in list(self.keys()):
+            part = known.get(key)
+            now[key] = part if part is not None else partition_for(key.encode(), count)
+        self._partition_of = now
+        return [key for key, part in now.items() if part in mine]
 
     def on_key_set(self, key: str, value: Any) -> None:
         topic = self.changelog_topic

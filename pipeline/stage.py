@@ -228,10 +228,19 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def own_keys(table: Any) -> list[str]:
+    """The keys of ``table`` this worker owns, for a timer that walks it: a
+    ``context.DirectTable``'s own partitions, without the standby copies of others (its
+    ``own_keys``); any other mapping (a test's, a bench's dict): every key."""
+    mine = getattr(table, "own_keys", None)
+    return list(mine()) if callable(mine) else list(table.keys())
+
+
 async def sweep_table(
     table: Any, keep: Callable[[str, str], str | None], metrics: Metrics | None = None
 ) -> int:
-    """Apply a retention rule to every key of a table; returns how many keys went.
+    """Apply a retention rule to every key of a table this worker owns (``own_keys``);
+    returns how many keys went.
 
     ``keep(key, value)`` returns the value to keep (the same text: unchanged; another:
     rewritten) or None to forget the key. A value ``keep`` cannot read (it raised one of
@@ -242,7 +251,7 @@ async def sweep_table(
     """
     name = str(getattr(table, "name", "table"))
     removed = 0
-    for n, key in enumerate(list(table.keys())):
+    for n, key in enumerate(own_keys(table)):
         if n % SWEEP_CHUNK == 0:
             await asyncio.sleep(0)
         raw = table.get(key)

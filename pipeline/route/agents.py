@@ -67,6 +67,7 @@ from pipeline.stage import (
     SWEEP_CHUNK,
     RawRecord,
     decode_record,
+    own_keys,
     read_stored,
     sweep_table,
     take_batches,
@@ -621,10 +622,11 @@ class CaseKeeper:
             await self.send_updates(incident_updates(tr.state, utcnow()))
 
     async def check_sla(self) -> None:
-        """Timer: warnings, breaches and escalations due now, over every open case."""
+        """Timer: warnings, breaches and escalations due now, over every open case this
+        worker owns (``stage.own_keys``: not the standby copies of other workers' cases)."""
         now = utcnow()
         open_cases = 0
-        for n, key in enumerate(list(self.table.keys())):
+        for n, key in enumerate(own_keys(self.table)):
             if n % SWEEP_CHUNK == 0:
                 await asyncio.sleep(0)  # a long scan must not stall the agents (tail latency)
             raw = self.table.get(key)  # re-read: an agent may have changed it meanwhile

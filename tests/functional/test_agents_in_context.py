@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ import pytest
 from faust.types import TP, Message
 
 from pipeline.app import create_app
+from pipeline.bus import partition_for
 from pipeline.classify import dedup
 from pipeline.codec import decode, encode
 from pipeline.config import Settings
@@ -102,7 +103,21 @@ async def ctx(tmp_path: Any) -> AsyncIterator[Context]:
     app.flow_control.resume()
     # Table changelogs ask Faust's (unstarted) producer for a key's partition.
     app.producer.key_partition = lambda topic, key: TP(topic, 0)  # type: ignore[method-assign]
+    # This worker is assigned every partition: the timers walk the keys of its own
+    # (DirectTable.own_keys); a test narrows it with ``_assign``.
+    _assign(context, range(settings.partitions))
     yield context
+
+
+def _assign(ctx: Context, partitions: Iterable[int]) -> None:
+    """The partitions of every table this worker is assigned (its active assignment)."""
+    app = ctx.app
+    owned = {
+        TP(table.changelog_topic.get_topic_name(), p)
+        for table in app.tables.values()
+        for p in partitions
+    }
+    app.assignor.assigned_actives = lambda: owned  # type: ignore[method-assign]
 
 
 def _out(ctx: Context) -> MemoryPublisher:
@@ -593,6 +608,50 @@ async def test_an_unreadable_case_does_not_stop_the_sla_check_of_the_others(
     assert {key: table[key] for key in spoiled} == spoiled
     assert unreadable(ctx.metrics, "cases") == len(spoiled)
     assert ctx.metrics.open_cases._value.get() == 1
+
+
+async def test_the_timers_leave_the_cases_of_partitions_assigned_elsewhere(
+    ctx: Context, kit: RouteKit
+) -> None:
+    """Faust's memory store keeps the standby copy of another worker's partition in the same
+    table. The SLA check neither checks nor counts its cases and the retention sweep keeps
+    them; the case in this worker's own partition is breached and counted, and forgotten once
+    resolved long ago. Before, both were checked: each worker emitted the SLA events of the
+    other's cases from a lagging copy and wrote that copy to the owner's changelog."""
+    out = _out(ctx)
+    keeper = ctx.app.agents["cases"].fun.__self__
+    assert isinstance(keeper, CaseKeeper)
+    table = ctx.app.tables["cases"]
+    d = route_message(kit.seed_message(), kit.workflow, now=utcnow() - timedelta(days=30))
+    assert d.case is not None and d.case.sub_requests
+    in_partition: dict[int, str] = {}  # a case id in each partition
+    for n in range(100):
+        case_id = f"case-{n}"
+        in_partition.setdefault(partition_for(case_id.encode(), ctx.settings.partitions), case_id)
+    mine, theirs = in_partition[0], in_partition[1]
+    for case_id in (mine, theirs):
+        table[case_id] = d.case.model_copy(update={"case_id": case_id}).model_dump_json()
+    _assign(ctx, [0])
+
+    await keeper.check_sla()
+    trails = out.take(ctx.settings.topic("case-events"), CaseEvents)
+    assert {t.case_id for t in trails} == {mine}
+    assert ctx.metrics.open_cases._value.get() == 1
+    assert orjson.loads(table[theirs]) == d.case.model_copy(update={"case_id": theirs}).model_dump(
+        mode="json"
+    )
+
+    old = utcnow() - timedelta(days=90)
+    for case_id in (mine, theirs):
+        resolved = d.case.model_copy(
+            update={"case_id": case_id, "status": "resolved", "resolved_at": old}
+        )
+        table[case_id] = resolved.model_dump_json()
+    cutoff = utcnow() - timedelta(days=ctx.settings.case_retention_days)
+    customer_cases = ctx.app.tables["customer-cases"]
+    pending = ctx.app.tables["pending-updates"]
+    assert await agents.sweep_case_tables(table, customer_cases, pending, cutoff) == 1
+    assert mine not in table and theirs in table
 
 
 async def test_unreadable_held_records_cost_only_themselves(

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
 
-from pipeline.config import DEFAULT_CONFIG_DIR, Settings
+from pipeline.config import Settings
 from pipeline.events import CaseEvent, Outcome, SubRequest, TaskNotice
 from pipeline.outbox import Outbox
 from pipeline.topics import task_topic
@@ -152,32 +151,15 @@ async def test_thanks_after_a_survey_opens_nothing(
 # ---------------------------------------------------------------- delays (minute-long SLAs)
 
 
-def _fast_workflow(path: Path) -> Path:
-    wf = yaml.safe_load((DEFAULT_CONFIG_DIR / "workflow.yaml").read_text(encoding="utf-8"))
-    minute = {level: "1m" for level in ("P1", "P2", "P3", "P4")}
-    three = {level: "3m" for level in ("P1", "P2", "P3", "P4")}
-    for policy in wf["sla_policies"].values():
-        policy.update(first_response=minute, resolution=three, business_hours=False)
-        policy["warn_before"] = 0.5
-    wf["sla_policies"]["standard"]["escalation"] = [
-        {"type": "notify_supervisor"},
-        {"type": "reroute", "department": "triage"},
-    ]
-    out = path / "workflow-fast-sla.yaml"
-    out.write_text(yaml.safe_dump(wf, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return out
-
-
 @pytest.fixture(scope="module")
 def sla_stack(
     broker_settings: Settings,
+    fast_sla_rules: Path,
     outbox: Outbox,
     running_stack: RunningStack,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
     """A worker + ingest pair running a workflow whose SLAs are a minute long."""
-    rules = _fast_workflow(tmp_path_factory.mktemp("sla"))
-    base = broker_settings.model_copy(update={"rules_path": rules})
+    base = broker_settings.model_copy(update={"rules_path": fast_sla_rules})
     with running_stack(base, outbox, "sla") as (settings, _):
         yield settings
 

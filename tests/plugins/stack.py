@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.mime.text import MIMEText
 from email.utils import make_msgid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline import bus
 from pipeline.broker import EmbeddedBroker, free_port
-from pipeline.config import Settings
+from pipeline.config import DEFAULT_CONFIG_DIR, Settings
 from pipeline.events import (
     Outcome,
     Reply,
@@ -360,6 +362,26 @@ def probe_until() -> ProbeUntil:
 def add_worker() -> AddWorker:
     """``add_worker(stack, children, outbox) -> web port``: one more worker in the group."""
     return _add_worker
+
+
+@pytest.fixture(scope="session")
+def fast_sla_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the default workflow whose SLAs are a minute long (first response 1 min,
+    resolution 3 min, warnings at half the time, no business hours; the standard policy
+    escalates to the supervisor, then reroutes to triage): ``rules_path`` of a stack."""
+    wf = yaml.safe_load((DEFAULT_CONFIG_DIR / "workflow.yaml").read_text(encoding="utf-8"))
+    minute = {level: "1m" for level in ("P1", "P2", "P3", "P4")}
+    three = {level: "3m" for level in ("P1", "P2", "P3", "P4")}
+    for policy in wf["sla_policies"].values():
+        policy.update(first_response=minute, resolution=three, business_hours=False)
+        policy["warn_before"] = 0.5
+    wf["sla_policies"]["standard"]["escalation"] = [
+        {"type": "notify_supervisor"},
+        {"type": "reroute", "department": "triage"},
+    ]
+    out = tmp_path_factory.mktemp("sla") / "workflow-fast-sla.yaml"
+    out.write_text(yaml.safe_dump(wf, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return out
 
 
 @pytest.fixture(scope="session")
