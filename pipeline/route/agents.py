@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, TypeAdapter
@@ -469,6 +469,9 @@ class CaseKeeper:
         self.rt = rt
         self.table = cases_table
         self.pending = pending_table
+        #: What the SLA check read of each own case (``_Due``), under the workflow ``_due_for``.
+        self._due: dict[str, _Due] = {}
+        self._due_for: Workflow | None = None
 
     async def run(self, stream: Any) -> None:
         """The agent loop: batches applied record by record in order, one ack wait per batch
@@ -623,8 +626,19 @@ class CaseKeeper:
 
     async def check_sla(self) -> None:
         """Timer: warnings, breaches and escalations due now, over every open case this
-        worker owns (``stage.own_keys``: not the standby copies of other workers' cases)."""
+        worker owns (``stage.own_keys``: not the standby copies of other workers' cases).
+
+        A case is checked once its next check time (``sla.next_check_at``) has come. That time
+        is kept with the table value it was read from (``_Due``): a case is parsed again only
+        when its value is another object (the keeper wrote it, a recovery restored it) or the
+        workflow changed. Before, every check parsed every stored case, the resolved ones the
+        retention keeps for 30 days included (``bench/sla_check.py``).
+        """
         now = utcnow()
+        wf = self.rt.workflow
+        if wf is not self._due_for:  # other SLA policies: other times
+            self._due, self._due_for = {}, wf
+        known, seen = self._due, {}
         open_cases = 0
         for n, key in enumerate(own_keys(self.table)):
             if n % SWEEP_CHUNK == 0:
@@ -632,22 +646,47 @@ class CaseKeeper:
             raw = self.table.get(key)  # re-read: an agent may have changed it meanwhile
             if not raw:
                 continue
-            state = read_stored(
-                _open_case,
-                raw,
-                table=CASES_TABLE,
-                key=key,
-                metrics=self.ctx.metrics,
-                then="no SLA check for it this round",
-            )
-            if state is None:  # resolved, or unreadable (one case must not stop the others)
+            due = known.get(key)
+            state = None
+            if due is None or due.raw is not raw:
+                state = self.read_open(key, raw)
+                at = sla.next_check_at(state, wf) if state is not None else None
+                due = _Due(raw, state is not None, at)
+            seen[key] = due
+            open_cases += due.open
+            if due.at is None or now < due.at:
                 continue
-            open_cases += 1
-            tr = sla.check_sla(state, self.rt.workflow, now, settings=self.ctx.settings)
+            state = state or self.read_open(key, raw)
+            if state is None:
+                continue
+            tr = sla.check_sla(state, wf, now, settings=self.ctx.settings)
             if tr.case_events or tr.sub_requests or tr.replies:
                 await self.save(tr)
+        self._due = seen
         self.ctx.metrics.open_cases.set(open_cases)
         await self.ctx.flush()
+
+    def read_open(self, key: str, raw: str) -> CaseState | None:
+        """The stored case if it is open; None if resolved or unreadable (logged and counted
+        when read: one case must not stop the others' check)."""
+        return read_stored(
+            _open_case,
+            raw,
+            table=CASES_TABLE,
+            key=key,
+            metrics=self.ctx.metrics,
+            then="no SLA check for it until it changes",
+        )
+
+
+class _Due(NamedTuple):
+    """A stored case as the SLA check last read it: the table value (the same object while
+    the case is unchanged), whether the case is open, and when it next needs a check (None:
+    not until it changes)."""
+
+    raw: str
+    open: bool
+    at: datetime | None
 
 
 def _raw_topic(ctx: Context, *names: str) -> Any:

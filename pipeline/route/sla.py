@@ -35,7 +35,7 @@ from pipeline.domain.delays import breach_update, escalation_request, sla_remind
 from pipeline.domain.workflow import LEVELS, EscalationStep, SlaPolicy, Workflow
 from pipeline.events import CaseEvent, CaseEventType, Priority, Reply, SubRequest, TaskNotice
 
-__all__ = ["check_sla", "raise_level"]
+__all__ = ["check_sla", "next_check_at", "raise_level"]
 
 DeadlineKind = Literal["first_response", "resolution"]
 
@@ -60,10 +60,7 @@ def check_sla(
     ``settings`` only serves the reply address of a supervisor e-mail (notify stage).
     """
     check = _Check(state, workflow, now, settings, state.priority)
-    subs = [
-        check.sub_request(sr) if sr.blocking and sr.status not in TERMINAL else sr
-        for sr in state.sub_requests
-    ]
+    subs = [check.sub_request(sr) if _tracked(sr) else sr for sr in state.sub_requests]
     if not check.events:
         return Transition(state=state)
     new_state = state.model_copy(
@@ -99,6 +96,45 @@ def check_sla(
     )
 
 
+def next_check_at(state: CaseState, workflow: Workflow) -> datetime | None:
+    """The earliest time ``check_sla`` has something to emit for ``state``: the first warning
+    or deadline of its tracked sub-requests not emitted yet (None: nothing until the case
+    changes). A check before then returns the state unchanged, so the SLA timer skips the
+    case until that time (``route.agents.CaseKeeper.check_sla``)."""
+    times: list[datetime] = []
+    for sr in state.sub_requests:
+        if not _tracked(sr):
+            continue
+        policy = workflow.sla_policy_for(sr.department, sr.sla_policy)
+        for kind, due in _deadlines(sr):
+            if kind not in sr.warned:
+                times.append(_warn_at(sr, due, policy))
+            if kind not in sr.breached:
+                times.append(due)
+    return min(times, default=None)
+
+
+def _tracked(sr: SubRequestState) -> bool:
+    """A sub-request the SLA check looks at: blocking and not closed."""
+    return sr.blocking and sr.status not in TERMINAL
+
+
+def _deadlines(sr: SubRequestState) -> list[tuple[DeadlineKind, datetime]]:
+    """A tracked sub-request's deadlines: the first response until it is answered, and the
+    resolution."""
+    first = sr.first_response_due_at if sr.responded_at is None else None
+    found: list[tuple[DeadlineKind, datetime | None]] = [
+        ("first_response", first),
+        ("resolution", sr.due_at),
+    ]
+    return [(kind, due) for kind, due in found if due is not None]
+
+
+def _warn_at(sr: SubRequestState, due: datetime, policy: SlaPolicy | None) -> datetime:
+    """When the warning of a deadline is due: ``warn_before`` of the allowed time left."""
+    return due - (due - sr.created_at) * (policy.warn_before if policy else 0.2)
+
+
 @dataclass
 class _Check:
     """One SLA check of a case: what it emits so far (the priority may rise step by step)."""
@@ -116,14 +152,9 @@ class _Check:
 
     def sub_request(self, sr: SubRequestState) -> SubRequestState:
         """Check both deadlines of one tracked sub-request; its new record."""
-        checks: list[tuple[DeadlineKind, datetime | None]] = [
-            ("first_response", sr.first_response_due_at if sr.responded_at is None else None),
-            ("resolution", sr.due_at),
-        ]
         policy = self.workflow.sla_policy_for(sr.department, sr.sla_policy)
-        for kind, due in checks:
-            if due is not None:
-                sr = self.deadline(sr, kind, due, policy)
+        for kind, due in _deadlines(sr):
+            sr = self.deadline(sr, kind, due, policy)
         return sr
 
     def deadline(
@@ -132,7 +163,7 @@ class _Check:
         """``sla_warning`` once ``warn_before`` of the time is left; ``sla_breached`` at the
         deadline, then the policy's escalation steps."""
         now = self.now
-        warn_at = due - (due - sr.created_at) * (policy.warn_before if policy else 0.2)
+        warn_at = _warn_at(sr, due, policy)
         detail = {"deadline": kind, "due_at": due.isoformat(), "department": sr.department}
         if now >= warn_at and kind not in sr.warned and now < due:
             self.emit(sr, CaseEventType.sla_warning, kind, detail)

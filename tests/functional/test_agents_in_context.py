@@ -49,7 +49,7 @@ from pipeline.events import (
     utcnow,
 )
 from pipeline.metrics import Metrics
-from pipeline.route import agents
+from pipeline.route import agents, sla
 from pipeline.route.agents import CaseKeeper
 from pipeline.route.core import route_message
 from pipeline.stage import RawRecord
@@ -608,6 +608,44 @@ async def test_an_unreadable_case_does_not_stop_the_sla_check_of_the_others(
     assert {key: table[key] for key in spoiled} == spoiled
     assert unreadable(ctx.metrics, "cases") == len(spoiled)
     assert ctx.metrics.open_cases._value.get() == 1
+
+
+async def test_the_sla_check_reads_a_case_again_only_when_it_changed(
+    ctx: Context, kit: RouteKit, unreadable: Unreadable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SLA check keeps each case's next check time with the value it read: an unchanged
+    case is checked when that time comes, without being read again (an unreadable value is
+    counted once, not at every check); a new value is read at the next check."""
+    out = _out(ctx)
+    keeper = ctx.app.agents["cases"].fun.__self__
+    assert isinstance(keeper, CaseKeeper)
+    table = ctx.app.tables["cases"]
+    start = utcnow()
+    case = route_message(kit.seed_message(), kit.workflow, now=start).case
+    assert case is not None
+    table[case.case_id] = case.model_dump_json()
+    table["case-not-json"] = '{"case_id": "x", "status": "op'
+    first = sla.next_check_at(case, kit.workflow)
+    assert first is not None and first > start
+
+    await keeper.check_sla()
+    await keeper.check_sla()
+    assert out.take(ctx.settings.topic("case-events"), CaseEvents) == []
+    assert unreadable(ctx.metrics, "cases") == 1  # read once: the value did not change
+    assert ctx.metrics.open_cases._value.get() == 1
+
+    monkeypatch.setattr(agents, "utcnow", lambda: first)  # the warning's time has come
+    await keeper.check_sla()
+    [trail] = out.take(ctx.settings.topic("case-events"), CaseEvents)
+    assert [e.type for e in trail.events] == [CaseEventType.sla_warning]
+    after = sla.next_check_at(CaseState.model_validate_json(table[case.case_id]), kit.workflow)
+    assert after is not None and after > first  # the keeper wrote the warned case: read again
+
+    # another value of the spoiled key is read (and counted) at the next check
+    table["case-not-json"] = "[1, 2]"
+    await keeper.check_sla()
+    assert unreadable(ctx.metrics, "cases") == 2
+    assert out.take(ctx.settings.topic("case-events"), CaseEvents) == []
 
 
 async def test_the_timers_leave_the_cases_of_partitions_assigned_elsewhere(

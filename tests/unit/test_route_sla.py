@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
 from pipeline.domain.cases import apply_task_update
 from pipeline.domain.deadlines import add_business_time
 from pipeline.domain.workflow import BusinessHours, parse_workflow
 from pipeline.events import CaseEventType, SubRequestKind, TaskStatus, TaskUpdate
 from pipeline.route.core import route_message
-from pipeline.route.sla import check_sla
+from pipeline.route.sla import check_sla, next_check_at
 
 if TYPE_CHECKING:
     from tests.plugins.route import RouteKit
@@ -144,3 +149,88 @@ def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     )
     final = apply_task_update(t.state, done, WF, now=clock)
     assert final.state.status == "resolved" and final.replies[0].text == "• Починили"
+
+
+@pytest.mark.parametrize(
+    ("answered", "expected"),
+    [
+        # no answer: the first response is warned about, then breached (and escalated: the
+        # rerouted copy is P2 now, which this policy gives no deadline)
+        (False, [("sla_warning", "first_response"), ("sla_breached", "first_response")]),
+        # answered after the warning: the resolution deadline is next
+        (
+            True,
+            [
+                ("sla_warning", "first_response"),
+                ("sla_warning", "resolution"),
+                ("sla_breached", "resolution"),
+            ],
+        ),
+    ],
+)
+def test_next_check_at_is_when_the_check_first_has_something_to_emit(
+    kit: RouteKit, answered: bool, expected: list[tuple[str, str]]
+) -> None:
+    """The SLA timer skips a case until ``next_check_at``: walked through a case's SLA life, a
+    check just before that time emits nothing and a check at it emits something; then nothing
+    is left (None)."""
+    text = "Не работает вход"
+    msg = kit.message(text, [kit.intent(text, text, "login", "ACCOUNT")])
+    case = route_message(msg, WF, now=utc(2026, 3, 6, 13)).case
+    assert case is not None
+    steps: list[tuple[str, str]] = []
+    while (at := next_check_at(case, WF)) is not None:
+        assert check_sla(case, WF, at - timedelta(microseconds=1)).case_events == []
+        t = check_sla(case, WF, at)
+        assert t.case_events, at
+        first = t.case_events[0]
+        steps.append((first.type.value, str(first.detail.get("deadline"))))
+        case = t.state
+        if answered and len(steps) == 1:
+            [sub] = case.sub_requests
+            ack = TaskUpdate(
+                update_id="ack",
+                sub_request_id=sub.sub_request_id,
+                case_id=case.case_id,
+                status=TaskStatus.acknowledged,
+                at=at,
+                source="department",
+            )
+            case = apply_task_update(case, ack, WF, now=at).state
+        assert len(steps) < 10
+    assert steps == expected
+
+
+@given(
+    minutes=st.lists(st.integers(min_value=0, max_value=6 * 24 * 60), min_size=1, max_size=8),
+    answered=st.integers(min_value=-1, max_value=8),
+)
+@hyp_settings(max_examples=60, deadline=None)
+def test_no_check_before_next_check_at_has_anything_to_emit(
+    kit: RouteKit, minutes: list[int], answered: int
+) -> None:
+    """At any time before ``next_check_at`` a check emits nothing, along a case's life checked
+    at random times, the department answering at one of them (or never)."""
+    text = "Не работает вход"
+    start = utc(2026, 3, 6, 13)
+    msg = kit.message(text, [kit.intent(text, text, "login", "ACCOUNT")])
+    case = route_message(msg, WF, now=start).case
+    assert case is not None
+    for i, offset in enumerate(sorted(minutes)):
+        now = start + timedelta(minutes=offset)
+        if i == answered:
+            [sub, *_] = case.sub_requests
+            ack = TaskUpdate(
+                update_id=f"ack-{i}",
+                sub_request_id=sub.sub_request_id,
+                case_id=case.case_id,
+                status=TaskStatus.acknowledged,
+                at=now,
+                source="department",
+            )
+            case = apply_task_update(case, ack, WF, now=now).state
+        at = next_check_at(case, WF)
+        t = check_sla(case, WF, now)
+        if at is None or now < at:
+            assert t.case_events == [] and t.state == case
+        case = t.state
