@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from faust.tables.table import Table
-from faust.types import AppT
+from faust.types import TP, AppT
 
 from pipeline.bus import Batches, Publisher, partition_for, settle
 from pipeline.codec import encode
@@ -87,22 +87,41 @@ class DirectTable(Table[str, Any]):
 
         Faust's memory store keeps more in the same dict: the standby copies of the other
         workers' partitions (their changelog records, applied a thousand at a time, so they
-        lag) and keys this worker wrote in partitions a rebalance has since given to another
-        (the store forgets only the keys it restored). Acting on those, a worker checked
-        another worker's cases from a stale copy, emitted their SLA events again and wrote its
-        copy to the owner's changelog (``tests/integration/test_timers_own_partitions.py``).
-        A key's partition is the producer's choice for its bytes (``bus.partition_for``), as
-        for every changelog record (``use_partitioner``); it is remembered per key.
+        lag; a rebalance's end forgets them, ``on_recovery_completed``, and they come again).
+        Acting on those, a worker checked another worker's cases from a stale copy, emitted
+        their SLA events again and wrote its copy to the owner's changelog
+        (``tests/integration/test_timers_own_partitions.py``). A key's partition is the
+        producer's choice for its bytes (``bus.partition_for``), as for every changelog record
+        (``use_partitioner``); it is remembered per key.
         """
         topic = self.changelog_topic.get_topic_name()
         mine = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        return [key for key, part in self._partitions().items() if part in mine]
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """After a rebalance Faust's memory store forgets the keys it restored of partitions
+        no longer this worker's; this forgets the ones the worker wrote there too (here only:
+        nothing is deleted from the changelog). Kept, they would be stale copies of another
+        worker's state, never freed, and, should the partition come back after its new owner
+        deleted a key and compaction dropped the tombstone, that key would come back too."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        topic = self.changelog_topic.get_topic_name()
+        mine = {tp.partition for tp in active_tps if tp.topic == topic}
+        gone = [key for key, part in self._partitions().items() if part not in mine]
+        for key in gone:
+            del self.data[key]
+        if gone:
+            log.info("%s: forgot %d keys of partitions assigned elsewhere", self.name, len(gone))
+
+    def _partitions(self) -> dict[str, int]:
+        """Each key's partition (``bus.partition_for``), remembered for the keys held now."""
         known, count = self._partition_of, self.partitions or 1
         now: dict[str, int] = {}
-        for key in list(self.keys()):
+        for key in list(self.data.keys()):
             part = known.get(key)
             now[key] = part if part is not None else partition_for(key.encode(), count)
         self._partition_of = now
-        return [key for key, part in now.items() if part in mine]
+        return now
 
     def on_key_set(self, key: str, value: Any) -> None:
         topic = self.changelog_topic

@@ -692,6 +692,30 @@ async def test_the_timers_leave_the_cases_of_partitions_assigned_elsewhere(
     assert mine not in table and theirs in table
 
 
+async def test_a_rebalance_forgets_the_keys_of_partitions_assigned_elsewhere(
+    ctx: Context,
+) -> None:
+    """At a rebalance's end a table keeps the keys of the partitions this worker owns now: the
+    ones it wrote in a partition that went to another worker are forgotten here, and only here
+    (no tombstone: the new owner's state stays)."""
+    table = ctx.app.tables["dedup"]
+    topic = table.changelog_topic.get_topic_name()
+    in_partition: dict[int, str] = {}
+    for n in range(100):
+        key = f"customer-{n}"
+        in_partition.setdefault(partition_for(key.encode(), ctx.settings.partitions), key)
+    written: list[tuple[str, str, bytes | None]] = []
+    table.write = lambda topic, key, value: written.append((topic, key, value))
+    for key in in_partition.values():
+        table[key] = '{"entries": []}'
+    assert len(written) == len(in_partition)
+    written.clear()
+
+    await table.on_recovery_completed({TP(topic, 0)}, {TP(topic, 1)})
+    assert set(table.keys()) == {in_partition[0]}
+    assert written == []
+
+
 async def test_unreadable_held_records_cost_only_themselves(
     ctx: Context, feed: Feed, kit: RouteKit, unreadable: Unreadable
 ) -> None:
