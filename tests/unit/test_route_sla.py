@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from pipeline.domain.cases import apply_task_update
+from pipeline.domain.cases import CaseState, apply_task_update
 from pipeline.domain.deadlines import add_business_time
 from pipeline.domain.workflow import BusinessHours, parse_workflow
 from pipeline.events import CaseEventType, SubRequestKind, TaskStatus, TaskUpdate
@@ -78,6 +78,19 @@ default_sla: std
 """)
 
 
+def acknowledged(case: CaseState, sub_request_id: str, at: datetime) -> CaseState:
+    """``case`` once its department acknowledged the sub-request at ``at``."""
+    ack = TaskUpdate(
+        update_id=f"ack-{sub_request_id}-{at.isoformat()}",
+        sub_request_id=sub_request_id,
+        case_id=case.case_id,
+        status=TaskStatus.acknowledged,
+        at=at,
+        source="department",
+    )
+    return apply_task_update(case, ack, WF, now=at).state
+
+
 def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     text = "Не работает вход"
     start = utc(2026, 3, 6, 13)  # Friday 16:00 MSK: 2 working hours left that day
@@ -102,15 +115,7 @@ def test_warning_breach_and_escalation_each_once(kit: RouteKit) -> None:
     assert check_sla(case, WF, clock + timedelta(minutes=5)).case_events == []
 
     # the department acknowledges: the first response is met, no breach for it
-    ack = TaskUpdate(
-        update_id="ack",
-        sub_request_id=sub.sub_request_id,
-        case_id=case.case_id,
-        status=TaskStatus.acknowledged,
-        at=clock,
-        source="department",
-    )
-    case = apply_task_update(case, ack, WF, now=clock).state
+    case = acknowledged(case, sub.sub_request_id, clock)
     assert check_sla(case, WF, start + timedelta(hours=2)).case_events == []
 
     # Monday 08:00 MSK (05:00 UTC): 3 h of the 4 h elapsed in business time, wall-clock
@@ -188,15 +193,7 @@ def test_next_check_at_is_when_the_check_first_has_something_to_emit(
         case = t.state
         if answered and len(steps) == 1:
             [sub] = case.sub_requests
-            ack = TaskUpdate(
-                update_id="ack",
-                sub_request_id=sub.sub_request_id,
-                case_id=case.case_id,
-                status=TaskStatus.acknowledged,
-                at=at,
-                source="department",
-            )
-            case = apply_task_update(case, ack, WF, now=at).state
+            case = acknowledged(case, sub.sub_request_id, at)
         assert len(steps) < 10
     assert steps == expected
 
@@ -219,16 +216,7 @@ def test_no_check_before_next_check_at_has_anything_to_emit(
     for i, offset in enumerate(sorted(minutes)):
         now = start + timedelta(minutes=offset)
         if i == answered:
-            [sub, *_] = case.sub_requests
-            ack = TaskUpdate(
-                update_id=f"ack-{i}",
-                sub_request_id=sub.sub_request_id,
-                case_id=case.case_id,
-                status=TaskStatus.acknowledged,
-                at=now,
-                source="department",
-            )
-            case = apply_task_update(case, ack, WF, now=now).state
+            case = acknowledged(case, case.sub_requests[0].sub_request_id, now)
         at = next_check_at(case, WF)
         t = check_sla(case, WF, now)
         if at is None or now < at:
