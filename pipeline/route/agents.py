@@ -656,9 +656,10 @@ class CaseKeeper:
             open_cases += due.open
             if due.at is None or now < due.at:
                 continue
-            state = state or self.read_open(key, raw)
-            if state is None:
-                continue
+            if state is None:  # read at an earlier check: read it now
+                state = self.read_open(key, raw)
+                if state is None:
+                    continue
             tr = sla.check_sla(state, wf, now, settings=self.ctx.settings)
             if tr.case_events or tr.sub_requests or tr.replies:
                 await self.save(tr)
