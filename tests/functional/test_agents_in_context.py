@@ -580,9 +580,10 @@ async def test_an_unreadable_case_does_not_stop_the_sla_check_of_the_others(
     ctx: Context, kit: RouteKit, unreadable: Unreadable
 ) -> None:
     """The SLA timer skips a case it cannot read (not JSON, another shape, a field this
-    version does not know: a newer release's) this round, and checks every other: the due
-    case is still breached and escalated. Before, the first raised in the timer, which kills
-    the worker; and the spoiled values stay for the keeper (only the retention sweep forgets)."""
+    version does not know: a newer release's) until its value changes, and checks every
+    other: the due case is still breached and escalated. Before, the first raised in the
+    timer, which kills the worker; and the spoiled values stay for the keeper (only the
+    retention sweep forgets)."""
     out = _out(ctx)
     keeper = ctx.app.agents["cases"].fun.__self__
     assert isinstance(keeper, CaseKeeper)
