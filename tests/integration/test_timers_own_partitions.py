@@ -105,6 +105,7 @@ async def test_each_case_is_checked_by_its_owner_alone(
         lambda seen: {e.case_id for e in seen} >= routed,
         settle_s=40.0,  # more than one SLA interval: the other worker's check included
     )
+    assert {e.case_id for e in emitted} == routed  # every case's owner checked it
     seen = Counter((e.sub_request_id, e.type.value) for e in emitted)
     twice = {k: n for k, n in seen.items() if n > 1}
     assert twice == {}, f"{len(twice)} SLA events emitted more than once: {list(twice)[:3]}"
