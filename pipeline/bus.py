@@ -247,8 +247,7 @@ class Publisher:
         if partition is None:
             if len(self._partitions) >= PARTITION_CACHE_SIZE:
                 self._partitions.clear()
-            every = list(parts)
-            partition = self._partitions[cached] = partitioner(key, every, every)
+            partition = self._partitions[cached] = partition_for(key, len(parts))
         return partition
 
     async def close(self) -> None:
