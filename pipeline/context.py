@@ -80,6 +80,23 @@ class DirectTable(Table[str, Any]):
         super().__init__(*args, **kwargs)
         #: Each key's partition (``own_keys``), for the keys the table held at its last call.
         self._partition_of: dict[str, int] = {}
+        #: While True, a write's changelog record waits (its key in ``_held``) for ``release``.
+        self.holding = False
+        self._held: dict[str, None] = {}
+
+    def release(self) -> int:
+        """Write the changelog record of every key written while ``holding``: its value now,
+        or a tombstone if it is gone; returns how many. The writer releases once the outputs
+        that the new values record are acknowledged (``route.agents.CaseKeeper``)."""
+        held, self._held = self._held, {}
+        topic = self.changelog_topic
+        for key in held:
+            if key in self.data:
+                data, _ = topic.prepare_value(self.data[key], self.value_serializer)
+                self.write(topic.get_topic_name(), key, data)
+            else:
+                self.write(topic.get_topic_name(), key, None)
+        return len(held)
 
     def own_keys(self) -> list[str]:
         """The keys of the partitions this worker is assigned (active): the ones a timer that
@@ -110,6 +127,8 @@ class DirectTable(Table[str, Any]):
         gone = [key for key, part in self._partitions().items() if part not in mine]
         for key in gone:
             del self.data[key]
+        count = self.partitions or 1
+        self._held = {k: None for k in self._held if partition_for(k.encode(), count) in mine}
         if gone:
             log.info("%s: forgot %d keys of partitions assigned elsewhere", self.name, len(gone))
 
@@ -124,13 +143,19 @@ class DirectTable(Table[str, Any]):
         return now
 
     def on_key_set(self, key: str, value: Any) -> None:
-        topic = self.changelog_topic
-        data, _ = topic.prepare_value(value, self.value_serializer)
-        self.write(topic.get_topic_name(), key, data)
+        if self.holding:
+            self._held[key] = None
+        else:
+            topic = self.changelog_topic
+            data, _ = topic.prepare_value(value, self.value_serializer)
+            self.write(topic.get_topic_name(), key, data)
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: str) -> None:
-        self.write(self.changelog_topic.get_topic_name(), key, None)
+        if self.holding:
+            self._held[key] = None
+        else:
+            self.write(self.changelog_topic.get_topic_name(), key, None)
         self._sensor_on_del(self, key)
 
 

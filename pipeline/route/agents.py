@@ -18,8 +18,9 @@ Two agents, each the single writer of its table:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -29,7 +30,7 @@ from pydantic import AwareDatetime, BaseModel, TypeAdapter
 from pipeline import bus
 from pipeline.codec import decode
 from pipeline.config import Settings
-from pipeline.context import Context
+from pipeline.context import Context, DirectTable
 from pipeline.domain.cases import (
     CaseState,
     Transition,
@@ -472,19 +473,49 @@ class CaseKeeper:
         #: What the SLA check read of each own case (``_Due``), under the workflow ``_due_for``.
         self._due: dict[str, _Due] = {}
         self._due_for: Workflow | None = None
+        #: One writer at a time (the agent's batch or the SLA check), see ``states_after``.
+        self._writing = asyncio.Lock()
 
     async def run(self, stream: Any) -> None:
         """The agent loop: batches applied record by record in order, one ack wait per batch
-        (outputs durable before the batch is acknowledged)."""
+        for the outputs, then one for the states (``states_after``) before the batch is
+        acknowledged."""
         s = self.ctx.settings
         self.ctx.own_outputs(fresh=True)
         async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
-            for event in events:
-                record = RawRecord.from_event(event)
-                async with self.ctx.guard(CASES_STAGE, record):
-                    await self.apply(record)
-                    self.ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
-            await self.ctx.flush()
+            async with self.states_after():
+                for event in events:
+                    record = RawRecord.from_event(event)
+                    async with self.ctx.guard(CASES_STAGE, record):
+                        await self.apply(record)
+                        self.ctx.metrics.messages.labels(stage=CASES_STAGE, outcome="applied").inc()
+
+    @contextlib.asynccontextmanager
+    async def states_after(self) -> AsyncIterator[None]:
+        """Apply transitions inside; on the way out, wait until their outputs are acknowledged,
+        and only then write the new states' changelog records and wait for those.
+
+        A state says what was sent: a warning emitted, an update applied (``seen_update_ids``).
+        Durable before its outputs (the changelog's partition up, an output's down; a worker
+        killed between the two), it would never send them: after the restart the SLA check
+        sees the warning as emitted and a replayed update as one the case has seen, so the
+        customer's answer is lost. Outputs first, a crash in between leaves the old state: the
+        replay or the next check sends them again under the same ids (invariant 3). The new
+        states are in the table at once (``DirectTable.holding``); one writer at a time, so a
+        state released is never one that another writer's unacknowledged outputs led to.
+        """
+        tables = [t for t in (self.table, self.pending) if isinstance(t, DirectTable)]
+        async with self._writing:
+            for table in tables:
+                table.holding = True
+            try:
+                yield
+                await self.ctx.flush()
+            finally:
+                for table in tables:
+                    table.holding = False
+            if sum(table.release() for table in tables):
+                await self.ctx.flush()
 
     async def apply(self, record: RawRecord) -> None:
         """Dispatch by input topic."""
@@ -640,32 +671,32 @@ class CaseKeeper:
             self._due, self._due_for = {}, wf
         known, seen = self._due, {}
         open_cases = 0
-        for n, key in enumerate(own_keys(self.table)):
-            if n % SWEEP_CHUNK == 0:
-                await asyncio.sleep(0)  # a long scan must not stall the agents (tail latency)
-            raw = self.table.get(key)  # re-read: an agent may have changed it meanwhile
-            if not raw:
-                continue
-            due = known.get(key)
-            state = None
-            if due is None or due.raw is not raw:
-                state = self.read_open(key, raw)
-                at = sla.next_check_at(state, wf) if state is not None else None
-                due = _Due(raw, state is not None, at)
-            seen[key] = due
-            open_cases += due.open
-            if due.at is None or now < due.at:
-                continue
-            if state is None:  # read at an earlier check: read it now
-                state = self.read_open(key, raw)
-                if state is None:
+        async with self.states_after():
+            for n, key in enumerate(own_keys(self.table)):
+                if n % SWEEP_CHUNK == 0:
+                    await asyncio.sleep(0)  # a long scan must not stall the loop (tail latency)
+                raw = self.table.get(key)
+                if not raw:
                     continue
-            tr = sla.check_sla(state, wf, now, settings=self.ctx.settings)
-            if tr.case_events or tr.sub_requests or tr.replies:
-                await self.save(tr)
+                due = known.get(key)
+                state = None
+                if due is None or due.raw is not raw:
+                    state = self.read_open(key, raw)
+                    at = sla.next_check_at(state, wf) if state is not None else None
+                    due = _Due(raw, state is not None, at)
+                seen[key] = due
+                open_cases += due.open
+                if due.at is None or now < due.at:
+                    continue
+                if state is None:  # read at an earlier check: read it now
+                    state = self.read_open(key, raw)
+                    if state is None:
+                        continue
+                tr = sla.check_sla(state, wf, now, settings=self.ctx.settings)
+                if tr.case_events or tr.sub_requests or tr.replies:
+                    await self.save(tr)
         self._due = seen
         self.ctx.metrics.open_cases.set(open_cases)
-        await self.ctx.flush()
 
     def read_open(self, key: str, raw: str) -> CaseState | None:
         """The stored case if it is open; None if resolved or unreadable (logged and counted

@@ -774,3 +774,60 @@ async def test_unreadable_held_records_cost_only_themselves(
     assert applied == [["held-1"], ["held-2"]]
     assert {pending[c.case_id] for c in cases} == {""}  # nothing waits any more
     assert unreadable(ctx.metrics, "pending-updates") == 2
+
+
+@dataclass
+class RefusingPublisher(MemoryPublisher):
+    """A ``MemoryPublisher`` whose broker refuses the records of ``refused`` topics (their
+    futures fail, as a partition whose leader is down): the others are kept and acknowledged."""
+
+    refused: set[str] = field(default_factory=set)
+
+    async def enqueue(self, topic: str, key: str | None, value: bytes) -> asyncio.Future[Any]:
+        if topic not in self.refused:
+            return await super().enqueue(topic, key, value)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_exception(BrokerUnavailable(f"{topic}: leader not available"))
+        return fut
+
+
+async def test_a_case_state_reaches_the_changelog_only_after_its_outputs(
+    ctx: Context, kit: RouteKit
+) -> None:
+    """The keeper's new state of a case goes to its changelog only once the records the
+    transition sent are acknowledged. The state says what was sent (a warning emitted, an
+    update applied), so a state durable without its records would never send them: after the
+    restart the timer sees the warning as emitted, and a replayed update is one the case has
+    seen. Here the broker refuses the case events: the check fails, the changelog keeps the
+    case as it was, and the check of the restarted keeper (the table restored from the
+    changelog) sends the warning, with the same event id."""
+    keeper = ctx.app.agents["cases"].fun.__self__
+    assert isinstance(keeper, CaseKeeper)
+    table = ctx.app.tables["cases"]
+    changelog = table.changelog_topic.get_topic_name()
+    case = route_message(kit.seed_message(), kit.workflow, now=utcnow() - timedelta(days=30)).case
+    assert case is not None and case.sub_requests
+    table[case.case_id] = case.model_dump_json()
+    await ctx.drain_changelogs()  # the case as it was is on the changelog
+    events = ctx.settings.topic("case-events")
+    refusing = RefusingPublisher(refused={events})
+    ctx.publisher = refusing  # type: ignore[assignment]
+
+    with pytest.raises(BrokerUnavailable):
+        await keeper.check_sla()
+    await ctx.drain_changelogs()  # whatever the check queued is in the producer now
+    assert [r for r in refusing.records if r[0] == changelog] == []
+
+    # the restart: the table as its changelog has it, a broker that takes everything
+    ctx.publisher = MemoryPublisher()  # type: ignore[assignment]
+    table[case.case_id] = case.model_dump_json()
+    await ctx.drain_changelogs()
+    _out(ctx).records.clear()
+    await keeper.check_sla()
+    [trail] = _out(ctx).take(events, CaseEvents)
+    assert trail.case_id == case.case_id
+    assert CaseEventType.sla_breached in {e.type for e in trail.events}
+    saved = [r for r in _out(ctx).records if r[0] == changelog and r[1] == case.case_id]
+    assert len(saved) == 1 and saved[0][2] is not None
+    stored = CaseState.model_validate_json(orjson.loads(saved[0][2]))
+    assert any(s.breached for s in stored.sub_requests)
