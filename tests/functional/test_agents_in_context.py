@@ -831,3 +831,92 @@ async def test_a_case_state_reaches_the_changelog_only_after_its_outputs(
     assert len(saved) == 1 and saved[0][2] is not None
     stored = CaseState.model_validate_json(orjson.loads(saved[0][2]))
     assert any(s.breached for s in stored.sub_requests)
+
+
+async def test_an_update_replayed_after_its_answer_was_refused_answers_the_customer(
+    ctx: Context, kit: RouteKit
+) -> None:
+    """The last department's update resolves the case and answers the customer. The broker
+    refuses the answer: the case's new state (the update seen, the case resolved) is not on the
+    changelog, so the update read again after the restart is applied again and the answer goes
+    out, with the id it had. Before, the state was written first: the replayed update was one
+    the case had seen, and the customer never heard."""
+    keeper = ctx.app.agents["cases"].fun.__self__
+    assert isinstance(keeper, CaseKeeper)
+    table = ctx.app.tables["cases"]
+    changelog = table.changelog_topic.get_topic_name()
+    case = route_message(kit.seed_message(), kit.workflow, now=utcnow()).case
+    assert case is not None and case.sub_requests
+    table[case.case_id] = case.model_dump_json()
+    await ctx.drain_changelogs()
+    updates = [
+        TaskUpdate(
+            update_id=f"done-{n}",
+            sub_request_id=sub.sub_request_id,
+            case_id=case.case_id,
+            status=TaskStatus.resolved,
+            resolution=f"Сделано ({n}).",
+            author="test",
+            source="department",
+            at=utcnow(),
+        )
+        for n, sub in enumerate(case.sub_requests)
+    ]
+    *earlier, last = updates
+    async with keeper.states_after():
+        for update in earlier:
+            await keeper.take_update(update)
+    answered = table[case.case_id]  # every sub-request but the last answered
+    replies = ctx.settings.topic("replies")
+    refusing = RefusingPublisher(refused={replies})
+    ctx.publisher = refusing  # type: ignore[assignment]
+
+    with pytest.raises(BrokerUnavailable):
+        async with keeper.states_after():
+            await keeper.take_update(last)
+    await ctx.drain_changelogs()
+    assert [r for r in refusing.records if r[0] == changelog] == []
+
+    ctx.publisher = MemoryPublisher()  # type: ignore[assignment]
+    table[case.case_id] = answered  # the restart: the table as its changelog has it
+    async with keeper.states_after():
+        await keeper.take_update(last)  # the update read again
+    answers = [r for r in _out(ctx).take(replies, Reply) if r.kind is ReplyKind.resolution]
+    assert len(answers) == 1 and "Сделано (0)." in answers[0].text
+    assert CaseState.model_validate_json(table[case.case_id]).status == "resolved"
+
+
+async def test_a_held_write_is_released_as_the_value_now_and_only_in_own_partitions(
+    ctx: Context,
+) -> None:
+    """``DirectTable.holding``: writes change the table at once and their changelog records
+    wait for ``release``, which writes each key's value as it is then (a key deleted since: a
+    tombstone), once per key. A rebalance's end drops the held keys of partitions assigned
+    elsewhere: the new owner's state is not overwritten from here."""
+    table = ctx.app.tables["cases"]
+    topic = table.changelog_topic.get_topic_name()
+    keys: dict[int, list[str]] = {}
+    for n in range(100):
+        key = f"case-{n}"
+        keys.setdefault(partition_for(key.encode(), ctx.settings.partitions), []).append(key)
+    (mine, gone, *_), (theirs, *_) = keys[0], keys[1]
+    written: list[tuple[str, str, bytes | None]] = []
+    table.write = lambda topic, key, value: written.append((topic, key, value))
+    table[gone] = '"x"'
+    written.clear()
+
+    table.holding = True
+    table[mine] = '"first"'
+    table[mine] = '"second"'
+    table[theirs] = '"theirs"'
+    del table[gone]
+    table.holding = False
+    assert written == [] and table[mine] == '"second"' and gone not in table
+
+    await table.on_recovery_completed({TP(topic, 0)}, {TP(topic, 1)})
+    assert table.release() == 2
+    assert [(k, v if v is None else orjson.loads(v)) for _, k, v in written] == [
+        (mine, '"second"'),
+        (gone, None),
+    ]
+    assert table.release() == 0
