@@ -80,23 +80,31 @@ class DirectTable(Table[str, Any]):
         super().__init__(*args, **kwargs)
         #: Each key's partition (``own_keys``), for the keys the table held at its last call.
         self._partition_of: dict[str, int] = {}
-        #: While True, a write's changelog record waits (its key in ``_held``) for ``release``.
+        #: While True, a write's changelog record waits (its key in ``_held``) for
+        #: ``take_held``; see ``Held``.
         self.holding = False
         self._held: dict[str, None] = {}
+        #: The ``Held`` taken and neither written nor dropped yet, oldest first.
+        self.pending_held: list[Held] = []
 
-    def release(self) -> int:
-        """Write the changelog record of every key written while ``holding``: its value now,
-        or a tombstone if it is gone; returns how many. The writer releases once the outputs
-        that the new values record are acknowledged (``route.agents.CaseKeeper``)."""
+    def take_held(self) -> Held:
+        """Stop holding: the keys written since, each with its value now (None: deleted), to
+        be written by ``Held.write`` once the outputs those values record are acknowledged."""
         held, self._held = self._held, {}
+        self.holding = False
+        values = {key: self.data.get(key) for key in held}
+        after = self.pending_held[-1].done if self.pending_held else None
+        taken = Held(self, values, after)
+        self.pending_held.append(taken)
+        return taken
+
+    def write_values(self, values: dict[str, Any]) -> None:
+        """The changelog records of ``values`` (None: a tombstone), in order."""
         topic = self.changelog_topic
-        for key in held:
-            if key in self.data:
-                data, _ = topic.prepare_value(self.data[key], self.value_serializer)
-                self.write(topic.get_topic_name(), key, data)
-            else:
-                self.write(topic.get_topic_name(), key, None)
-        return len(held)
+        name = topic.get_topic_name()
+        for key, value in values.items():
+            data = None if value is None else topic.prepare_value(value, self.value_serializer)[0]
+            self.write(name, key, data)
 
     def own_keys(self) -> list[str]:
         """The keys of the partitions this worker is assigned (active): the ones a timer that
@@ -129,6 +137,10 @@ class DirectTable(Table[str, Any]):
             del self.data[key]
         count = self.partitions or 1
         self._held = {k: None for k in self._held if partition_for(k.encode(), count) in mine}
+        for held in self.pending_held:  # their records must not reach another's partition
+            held.values = {
+                k: v for k, v in held.values.items() if partition_for(k.encode(), count) in mine
+            }
         if gone:
             log.info("%s: forgot %d keys of partitions assigned elsewhere", self.name, len(gone))
 
@@ -157,6 +169,47 @@ class DirectTable(Table[str, Any]):
         else:
             self.write(self.changelog_topic.get_topic_name(), key, None)
         self._sensor_on_del(self, key)
+
+
+class Held:
+    """A table's changelog records held back (``DirectTable.holding``) until the outputs the
+    values record are acknowledged.
+
+    A stored state says what was sent: a warning emitted, an update applied, a follow-up
+    appended to its case. Durable before its outputs (the changelog's partition up and an
+    output's down; a worker killed between the two), it would never send them: the replayed
+    input finds its effect already there and does nothing. Written after them, a crash in
+    between leaves the old state, and the replay sends the outputs again under the same ids
+    (invariant 3). The values are the keys' as the writer's batch left them; a table's ``Held``
+    are written in the order they were taken (a key's records keep its values' order), each
+    once its writer's outputs are acknowledged (``Context.flush_states``).
+    """
+
+    def __init__(
+        self, table: DirectTable, values: dict[str, Any], after: asyncio.Future[None] | None
+    ) -> None:
+        self.table = table
+        self.values = values
+        self.after = after
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def write(self) -> None:
+        """Write the records, once the ``Held`` taken before are written or dropped."""
+        try:
+            if self.after is not None:
+                await asyncio.shield(self.after)
+            if not self.done.done():
+                self.table.write_values(self.values)
+        finally:
+            self.drop()
+
+    def drop(self) -> None:
+        """Not written (its outputs failed: the worker stops and reads the inputs again);
+        the ``Held`` taken after it may go."""
+        if not self.done.done():
+            self.done.set_result(None)
+        if self in self.table.pending_held:
+            self.table.pending_held.remove(self)
 
 
 @dataclass
@@ -324,7 +377,15 @@ class Context:
 
     async def drain_changelogs(self) -> None:
         """Return once every queued output and changelog record is in the producer (Faust's
-        producer flush, before a commit or at a revocation, runs this first)."""
+        producer flush, before a commit or at a revocation, runs this first). Records held
+        for their outputs' acks (``Held``) are waited for (at most the produce timeout): at
+        a revocation they too must reach the broker before the partition's next owner."""
+        for table in list(self.app.tables.values()):
+            for held in list(getattr(table, "pending_held", ())):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.shield(held.done), self.settings.produce_timeout_s
+                    )
         await self.submit_outputs()
         while self.draining is not None:
             await asyncio.shield(self.draining)
@@ -406,6 +467,20 @@ class Context:
             self.status["broker"] = self.publisher.lost
             self.publisher.check()
         self.status.pop("broker", None)
+
+    async def flush_states(
+        self, held: list[Held], pending: list[asyncio.Future[Any]] | None = None
+    ) -> None:
+        """``flush`` (the outputs, or ``pending``), then write the held changelog records
+        (``Held``) and wait for their acks; none is written when the outputs failed."""
+        try:
+            await self.flush(pending)
+            for h in held:
+                await h.write()
+        finally:
+            for h in held:
+                h.drop()
+        await self.flush()
 
     @contextlib.asynccontextmanager
     async def guard(
@@ -531,12 +606,21 @@ class AckBehind:
     ctx: Context
     stream: Any
     waiting: asyncio.Future[None] | None = None
+    #: The table records the waiting batch holds (written after its outputs' acks).
+    waiting_held: list[Held] = field(default_factory=list)
 
-    async def done(self, events: list[Any]) -> None:
-        """The agent is done with ``events``: acknowledge them once their outputs are."""
+    async def done(self, events: list[Any], held: list[Held] | None = None) -> None:
+        """The agent is done with ``events``: acknowledge them once their outputs are, and
+        then the table records ``held`` for them (``Held``)."""
         pending = await self.ctx.take_outputs()
-        await self.finish()
-        self.waiting = asyncio.ensure_future(self._settle(pending, events))
+        try:
+            await self.finish()
+        except BaseException:
+            for h in held or ():
+                h.drop()
+            raise
+        self.waiting_held = held or []
+        self.waiting = asyncio.ensure_future(self._settle(pending, events, self.waiting_held))
 
     async def finish(self) -> None:
         """Wait for the batch still waiting for its acks, if any (raise if they failed)."""
@@ -549,8 +633,14 @@ class AckBehind:
         if self.waiting is not None:
             self.waiting.cancel()
             self.waiting = None
+        for h in self.waiting_held:  # a task cancelled before it ran has no ``finally``
+            h.drop()
 
-    async def _settle(self, pending: list[asyncio.Future[Any]], events: list[Any]) -> None:
-        await self.ctx.flush(pending)
+    async def _settle(
+        self, pending: list[asyncio.Future[Any]], events: list[Any], held: list[Held]
+    ) -> None:
+        # This task's own outputs list: the held records' acks, not the agent's next batch's.
+        self.ctx.own_outputs(fresh=True)
+        await self.ctx.flush_states(held, pending)
         for event in events:
             await self.stream.ack(event)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.classify import dedup, incident_agent, incidents
 from pipeline.classify.core import Classifier
-from pipeline.context import AckBehind, Context
+from pipeline.context import AckBehind, Context, Held
 from pipeline.domain.workflow import Workflow
 from pipeline.events import (
     ClassifiedMessage,
@@ -46,8 +46,9 @@ MAX_CONTACTS = 20
 
 #: Classified messages with their inbound records (for the dead-letter path).
 Handed = list[tuple[RawRecord, ClassifiedMessage]]
-#: Routes classified messages in this worker (the route agent's ``handle_classified``).
-Handoff = Callable[[Handed], Awaitable[None]]
+#: Routes classified messages in this worker (the route agent's ``handle_classified``); returns
+#: the table records to write once the outputs are acknowledged (``context.Held``).
+Handoff = Callable[[Handed], Awaitable[list[Held]]]
 
 
 def case_id_for(message_id: str) -> str:
@@ -105,9 +106,8 @@ class ClassifyAgent:
                 ):
                     with self.ctx.metrics.stage_seconds.labels(stage=STAGE).time():
                         handed = await self.process(records)
-                if handed:
-                    await self.route(handed)  # route's own guards: its failures are its own
-                await acks.done(events)
+                held = await self.route(handed) if handed else []  # its own guards
+                await acks.done(events, held)
             await acks.finish()
         finally:
             acks.abandon()

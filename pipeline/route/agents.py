@@ -30,7 +30,7 @@ from pydantic import AwareDatetime, BaseModel, TypeAdapter
 from pipeline import bus
 from pipeline.codec import decode
 from pipeline.config import Settings
-from pipeline.context import Context, DirectTable
+from pipeline.context import Context, DirectTable, Held
 from pipeline.domain.cases import (
     CaseState,
     Transition,
@@ -338,21 +338,50 @@ class RouteAgent:
         async for events in take_batches(stream, s.classify_batch_size, s.classify_batch_within_s):
             records = [RawRecord.from_event(e) for e in events]
             async with (
-                self.lock,
+                self.routing() as held,
                 self.ctx.guard_batch(
                     STAGE, records, lambda r: decode_record(ClassifiedMessage, r).inbound
                 ),
             ):
                 await self.handle_batch(records)
-            await self.ctx.flush()  # outputs durable before the batch is acknowledged
+            # outputs durable, then the cases they record, before the batch is acknowledged
+            await self.ctx.flush_states(held)
 
-    async def handle_classified(self, pairs: list[tuple[RawRecord, ClassifiedMessage]]) -> None:
+    async def handle_classified(
+        self, pairs: list[tuple[RawRecord, ClassifiedMessage]]
+    ) -> list[Held]:
         """Route messages classify hands over (``classify.agents.Handoff``), in order; a
-        failure dead-letters the message's inbound record with the route stage."""
+        failure dead-letters the message's inbound record with the route stage. Returns the
+        customer-cases records to write once the outputs are acknowledged (``Held``)."""
         inbound = {id(record): cm.inbound for record, cm in pairs}
         records = [record for record, _ in pairs]
-        async with self.lock, self.ctx.guard_batch(STAGE, records, lambda r: inbound[id(r)]):
+        async with (
+            self.routing() as held,
+            self.ctx.guard_batch(STAGE, records, lambda r: inbound[id(r)]),
+        ):
             await self.route_decoded(pairs)
+        return held
+
+    @contextlib.asynccontextmanager
+    async def routing(self) -> AsyncIterator[list[Held]]:
+        """Under the lock, with the customer-cases records of what is routed inside held
+        back (``Held``): on the way out the list yielded gets them, for the caller to write
+        once the outputs are acknowledged (``Context.flush_states``). A case says which
+        messages it has seen: stored before the follow-up's outputs (its case events, a
+        reopened case's sub-request), the replayed follow-up would change nothing."""
+        table = self.cases.table
+        held: list[Held] = []
+        async with self.lock:
+            if not isinstance(table, DirectTable):
+                yield held
+                return
+            table.holding = True
+            try:
+                yield held
+            except BaseException:
+                table.take_held().drop()
+                raise
+            held.append(table.take_held())
 
     async def handle_batch(self, records: list[RawRecord]) -> None:
         """Decode (bad records: DLQ), then ``route_decoded``."""
@@ -510,12 +539,11 @@ class CaseKeeper:
                 table.holding = True
             try:
                 yield
-                await self.ctx.flush()
-            finally:
+            except BaseException:
                 for table in tables:
-                    table.holding = False
-            if sum(table.release() for table in tables):
-                await self.ctx.flush()
+                    table.take_held().drop()
+                raise
+            await self.ctx.flush_states([table.take_held() for table in tables])
 
     async def apply(self, record: RawRecord) -> None:
         """Dispatch by input topic."""

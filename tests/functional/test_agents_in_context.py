@@ -886,13 +886,14 @@ async def test_an_update_replayed_after_its_answer_was_refused_answers_the_custo
     assert CaseState.model_validate_json(table[case.case_id]).status == "resolved"
 
 
-async def test_a_held_write_is_released_as_the_value_now_and_only_in_own_partitions(
+async def test_held_writes_go_as_the_values_the_batch_left_in_order_and_in_own_partitions(
     ctx: Context,
 ) -> None:
-    """``DirectTable.holding``: writes change the table at once and their changelog records
-    wait for ``release``, which writes each key's value as it is then (a key deleted since: a
-    tombstone), once per key. A rebalance's end drops the held keys of partitions assigned
-    elsewhere: the new owner's state is not overwritten from here."""
+    """``DirectTable.holding``: writes change the table at once; their changelog records wait
+    in a ``Held`` (``take_held``) with each key's value as the batch left it (deleted: a
+    tombstone), once per key. A table's ``Held`` are written in the order they were taken (a
+    later one waits for the earlier, written or dropped). A rebalance's end drops the keys of
+    partitions assigned elsewhere: the new owner's state is not overwritten from here."""
     table = ctx.app.tables["cases"]
     topic = table.changelog_topic.get_topic_name()
     keys: dict[int, list[str]] = {}
@@ -900,8 +901,10 @@ async def test_a_held_write_is_released_as_the_value_now_and_only_in_own_partiti
         key = f"case-{n}"
         keys.setdefault(partition_for(key.encode(), ctx.settings.partitions), []).append(key)
     (mine, gone, *_), (theirs, *_) = keys[0], keys[1]
-    written: list[tuple[str, str, bytes | None]] = []
-    table.write = lambda topic, key, value: written.append((topic, key, value))
+    written: list[tuple[str, str | None]] = []
+    table.write = lambda topic, key, value: written.append(
+        (key, None if value is None else orjson.loads(value))
+    )
     table[gone] = '"x"'
     written.clear()
 
@@ -910,13 +913,67 @@ async def test_a_held_write_is_released_as_the_value_now_and_only_in_own_partiti
     table[mine] = '"second"'
     table[theirs] = '"theirs"'
     del table[gone]
-    table.holding = False
-    assert written == [] and table[mine] == '"second"' and gone not in table
+    first = table.take_held()
+    table.holding = True
+    table[mine] = '"third"'
+    second = table.take_held()
+    assert written == [] and table[mine] == '"third"' and gone not in table
 
     await table.on_recovery_completed({TP(topic, 0)}, {TP(topic, 1)})
-    assert table.release() == 2
-    assert [(k, v if v is None else orjson.loads(v)) for _, k, v in written] == [
-        (mine, '"second"'),
-        (gone, None),
-    ]
-    assert table.release() == 0
+    later = asyncio.ensure_future(second.write())
+    await asyncio.sleep(0.01)
+    assert written == [] and not later.done()  # waits for the one taken before
+    await first.write()
+    await later
+    assert written == [(mine, '"second"'), (gone, None), (mine, '"third"')]
+    assert table.pending_held == []
+
+    # a dropped one (its outputs failed) is not written, and the next goes
+    table.holding = True
+    table[mine] = '"fourth"'
+    failed = table.take_held()
+    table.holding = True
+    table[mine] = '"fifth"'
+    after = table.take_held()
+    failed.drop()
+    await after.write()
+    assert written[3:] == [(mine, '"fifth"')]
+
+
+async def test_a_follow_up_replayed_after_its_outputs_were_refused_reaches_a_human(
+    ctx: Context, kit: RouteKit
+) -> None:
+    """ "Your answer did not help" on an open case sends a triage sub-request. The broker
+    refuses it: the customer's cases (which now list the message) are not on the changelog,
+    so the message routed again after the restart is a follow-up again and the sub-request
+    goes out. Before, the cases were stored first: the replayed message was one the case had
+    seen, nothing was sent, and nobody was told."""
+    router = ctx.app.agents["route"].fun.__self__
+    assert isinstance(router, agents.RouteAgent)
+    table = ctx.app.tables["customer-cases"]
+    changelog = table.changelog_topic.get_topic_name()
+
+    def record(cm: ClassifiedMessage) -> RawRecord:
+        return RawRecord(ctx.settings.topic("classified"), 0, 0, cm.customer_id.encode(), b"")
+
+    seed = kit.seed_message()
+    await ctx.flush_states(await router.handle_classified([(record(seed), seed)]))
+    stored = table[seed.customer_id]
+    text = "Ваш ответ не помог"
+    angry = kit.message(text, [kit.intent(text, text, "unknown", "UNKNOWN")], key="angry")
+    triage = ctx.settings.topic("tasks.triage")
+    refusing = RefusingPublisher(refused={triage})
+    ctx.publisher = refusing  # type: ignore[assignment]
+
+    with pytest.raises(BrokerUnavailable):
+        await ctx.flush_states(await router.handle_classified([(record(angry), angry)]))
+    await ctx.drain_changelogs()
+    assert [r for r in refusing.records if r[0] == changelog] == []
+    assert angry.message_id in table[seed.customer_id]  # routed: in memory at once
+
+    ctx.publisher = MemoryPublisher()  # type: ignore[assignment]
+    table[seed.customer_id] = stored  # the restart: the table as its changelog has it
+    await ctx.drain_changelogs()
+    await ctx.flush_states(await router.handle_classified([(record(angry), angry)]))
+    [sub] = _out(ctx).take(triage, SubRequest)
+    assert sub.message_id == angry.message_id
