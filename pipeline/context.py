@@ -241,6 +241,8 @@ class Context:
     #: Outputs and changelog records not handed to the producer yet, one batch per topic
     #: partition (``send``, ``write_changelog``; ``submit_outputs``).
     batches: Batches | None = None
+    #: The tables ``table()`` made (their held records: ``drain_changelogs``).
+    tables: list[DirectTable] = field(default_factory=list)
 
     def topic(self, name: str) -> Any:
         """The Faust topic for a logical name (raw bytes in and out)."""
@@ -280,6 +282,7 @@ class Context:
         )
         table.write = self.write_changelog
         self.app.tables.add(table)
+        self.tables.append(table)
         hooks = getattr(self.app, "before_flush", None)  # a RouterApp's producer flush
         if hooks is not None and self.drain_changelogs not in hooks:
             hooks.append(self.drain_changelogs)
@@ -380,8 +383,8 @@ class Context:
         producer flush, before a commit or at a revocation, runs this first). Records held
         for their outputs' acks (``Held``) are waited for (at most the produce timeout): at
         a revocation they too must reach the broker before the partition's next owner."""
-        for table in list(self.app.tables.values()):
-            for held in list(getattr(table, "pending_held", ())):
+        for table in self.tables:
+            for held in list(table.pending_held):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         asyncio.shield(held.done), self.settings.produce_timeout_s

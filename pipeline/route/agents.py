@@ -776,9 +776,13 @@ def install(ctx: Context, live: LiveWorkflow) -> tuple[RouteAgent, CaseKeeper]:
 
     async def case_sweep() -> None:
         cutoff = utcnow() - timedelta(days=ctx.settings.case_retention_days)
-        removed = await sweep_case_tables(
-            cases_table, customer_cases, pending_table, cutoff, ctx.metrics
-        )
+        # As each table's writer writes (``Held``): a record written at once could land
+        # before a batch's records still waiting for their outputs, and be overwritten.
+        async with router.routing() as held, keeper.states_after():
+            removed = await sweep_case_tables(
+                cases_table, customer_cases, pending_table, cutoff, ctx.metrics
+            )
+        await ctx.flush_states(held)
         if removed:
             log.info("case sweep forgot %d entries resolved before %s", removed, cutoff)
 
