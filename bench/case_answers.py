@@ -1,6 +1,6 @@
 """A department's answer → the customer's: the case keeper's latency and rate on a real broker.
 
-    python bench/case_answers.py [--n 1200] [--rate 20] [--seconds 10]
+    python bench/case_answers.py [--n 6000] [--rate 20] [--seconds 10]
     PYTHONPATH=<tree> python bench/case_answers.py   # the same, another tree's worker
 
 1. N Bitext English messages (bench/pipeline_throughput.py's texts, one customer each) go
@@ -56,6 +56,7 @@ async def route_messages(s: Settings, n: int, run: str) -> Cases:
     msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(n)]
     msgs = [m.model_copy(update={"customer_id": f"ans-{run}-{i}"}) for i, m in enumerate(msgs)]
     ours = {m.message_id for m in msgs}
+    decided: set[str] = set()
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
@@ -64,11 +65,16 @@ async def route_messages(s: Settings, n: int, run: str) -> Cases:
         await producer.flush()
     finally:
         await producer.stop()
+    async with bus.reader(s, s.topic("outcomes")) as c:  # every message decided
+        deadline = time.perf_counter() + 600
+        while ours - decided and time.perf_counter() < deadline:
+            batch = await c.getmany(timeout_ms=500)
+            decided.update(r.key.decode() for rs in batch.values() for r in rs if r.key)
     topics = [s.topic(f"tasks.{d}") for d in departments(s)] + [s.topic("external")]
     cases: Cases = {}
     async with bus.reader(s, *topics) as c:
         quiet_since = time.perf_counter()
-        while time.perf_counter() - quiet_since < 5.0:  # read until quiet for 5 s
+        while time.perf_counter() - quiet_since < 3.0:  # read until quiet for 3 s
             batch = await c.getmany(timeout_ms=500)
             for records in batch.values():
                 for r in records:
@@ -152,7 +158,7 @@ async def answer_cases(s: Settings, cases: Cases, rate: float | None) -> dict[st
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1200, help="messages routed first")
+    ap.add_argument("--n", type=int, default=6000, help="messages routed first")
     ap.add_argument("--rate", type=float, default=20.0, help="cases answered a second (paced)")
     ap.add_argument("--seconds", type=float, default=10.0, help="of the paced phase")
     args = ap.parse_args()
@@ -184,7 +190,7 @@ def main() -> int:
             rest = {c: cases[c] for c in ids[paced_n:]}
             slow = asyncio.run(answer_cases(s, paced, args.rate))
             time.sleep(3.0)  # the paced phase's deliveries done
-            with CpuTrace([proc.pid]) as cpu:
+            with CpuTrace([proc.pid], every=0.02) as cpu:
                 fast = asyncio.run(answer_cases(s, rest, None))
             used = cpu.at(fast["last"]) - cpu.at(fast["first"])
         outbox.stop()
