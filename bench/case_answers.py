@@ -7,8 +7,8 @@
    through one pipeline worker, started as that bench starts it (embedded broker unless
    KAFKA_BOOTSTRAP_SERVERS; replies really delivered, to the bench's outbox). The bench reads
    their sub-requests from every task topic and ``external`` once every message has its
-   Outcome, leaving out the categories of the workflow's mass incidents (their reports are
-   answered by the incident's resolution).
+   Outcome, leaving out the messages of a category of the workflow's mass incidents (that
+   part of theirs is answered by the incident's resolution).
 2. Latency at a fixed rate: --rate cases a second for --seconds. A case gets a ``resolved``
    TaskUpdate for each of its sub-requests, in one go; measured per case from its last update
    produced to its ``resolution`` Reply read on ``replies`` (the keeper applied every update,
@@ -45,7 +45,15 @@ from pipeline.broker import broker_for, free_port
 from pipeline.codec import encode
 from pipeline.config import Settings
 from pipeline.domain.workflow import load_workflow
-from pipeline.events import Reply, ReplyKind, SubRequest, TaskStatus, TaskUpdate, utcnow
+from pipeline.events import (
+    ClassifiedMessage,
+    Reply,
+    ReplyKind,
+    SubRequest,
+    TaskStatus,
+    TaskUpdate,
+    utcnow,
+)
 from pipeline.outbox import Outbox
 from pipeline.runtime import child_env, children, departments, wait_http
 
@@ -72,9 +80,14 @@ async def route_messages(s: Settings, n: int, run: str) -> Cases:
         while ours - decided and time.perf_counter() < deadline:
             batch = await c.getmany(timeout_ms=500)
             decided.update(r.key.decode() for rs in batch.values() for r in rs if r.key)
-    topics = [s.topic(f"tasks.{d}") for d in departments(s)] + [s.topic("external")]
-    # A mass incident's reports are answered by the incident's resolution, not their own.
+    # A message of a mass incident's category is answered (that part of it) by the
+    # incident's resolution, not by its case's own updates: left out.
     mass = {c for p in load_workflow(s.rules_path).incidents for c in p.categories}
+    for r in await bus.read_all(s, [s.topic("classifications")]):
+        cm = ClassifiedMessage.model_validate_json(r.value or b"{}")
+        if cm.message_id in ours and mass & {i.category for i in cm.intents}:
+            ours.discard(cm.message_id)
+    topics = [s.topic(f"tasks.{d}") for d in departments(s)] + [s.topic("external")]
     cases: Cases = {}
     async with bus.reader(s, *topics) as c:
         quiet_since = time.perf_counter()
@@ -83,7 +96,7 @@ async def route_messages(s: Settings, n: int, run: str) -> Cases:
             for records in batch.values():
                 for r in records:
                     sub = SubRequest.model_validate_json(r.value or b"{}")
-                    if sub.message_id in ours and sub.category not in mass:
+                    if sub.message_id in ours:
                         cases.setdefault(sub.case_id, []).append(sub)
                         quiet_since = time.perf_counter()
     return cases
