@@ -34,11 +34,11 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_throughput import WORKER, CpuTrace, make, pct, texts  # the same worker, texts
+from pipeline_throughput import WORKER, CpuTrace, make, pct, read_from_start, texts
 
 from pipeline import bus
 from pipeline.broker import broker_for, free_port
@@ -127,22 +127,16 @@ async def answer_cases(s: Settings, cases: Cases, rate: float | None) -> dict[st
     answered: dict[str, float] = {}
     done = asyncio.Event()
 
-    async def watch() -> None:
-        async with bus.reader(s, s.topic("replies")) as c:
-            while not done.is_set():
-                batch = await c.getmany(timeout_ms=100)
-                now = time.perf_counter()
-                for records in batch.values():
-                    for r in records:
-                        reply = Reply.model_validate_json(r.value or b"{}")
-                        if reply.kind is ReplyKind.resolution and reply.case_id in want:
-                            answered.setdefault(reply.case_id, now)
-                if len(answered) == len(want):
-                    done.set()
+    def take(r: ConsumerRecord[bytes, bytes], now: float) -> None:
+        reply = Reply.model_validate_json(r.value or b"{}")
+        if reply.kind is ReplyKind.resolution and reply.case_id in want:
+            answered.setdefault(reply.case_id, now)
+        if len(answered) == len(want):
+            done.set()
 
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=0, acks=1)
     await producer.start()
-    task = asyncio.create_task(watch())
+    task = asyncio.create_task(read_from_start(s, s.topic("replies"), done, take, poll_ms=100))
     await asyncio.sleep(1.0)
     t0 = time.perf_counter()
     try:

@@ -60,9 +60,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from pipeline import bus
 from pipeline.broker import broker_for, free_port
@@ -165,6 +166,24 @@ def make(text: str, i: int, run: str) -> InboundMessage:
     )
 
 
+async def read_from_start(
+    s: Settings,
+    topic: str,
+    done: asyncio.Event,
+    take: Callable[[ConsumerRecord[bytes, bytes], float], None],
+    poll_ms: int = 200,
+) -> None:
+    """Read ``topic`` from its start until ``done`` is set: ``take(record, read_at)`` for each
+    record (``read_at``: ``time.perf_counter()`` when its batch was read)."""
+    async with bus.reader(s, topic) as c:
+        while not done.is_set():
+            batch = await c.getmany(timeout_ms=poll_ms)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    take(r, now)
+
+
 async def produce_and_count(
     s: Settings, msgs: list[InboundMessage], rate: float | None
 ) -> tuple[float, list[float]]:
@@ -176,25 +195,19 @@ async def produce_and_count(
     got = 0
     done = asyncio.Event()
 
-    async def consume() -> None:
-        nonlocal got
-        want = {m.message_id.encode() for m in msgs}
-        async with bus.reader(s, s.topic("outcomes")) as c:
-            # Skip what earlier phases left on the topic.
-            while not done.is_set():
-                batch = await c.getmany(timeout_ms=200)
-                now = time.perf_counter()
-                for records in batch.values():
-                    for r in records:
-                        if r.key in want:
-                            want.discard(r.key)
-                            got += 1
-                            if r.key in sent_at:
-                                latencies.append(now - sent_at[r.key])
-                if not want:
-                    done.set()
+    want = {m.message_id.encode() for m in msgs}
 
-    task = asyncio.create_task(consume())
+    def take(r: ConsumerRecord[bytes, bytes], now: float) -> None:
+        nonlocal got
+        if r.key in want:  # not what earlier phases left on the topic
+            want.discard(r.key)
+            got += 1
+            if r.key in sent_at:
+                latencies.append(now - sent_at[r.key])
+        if not want:
+            done.set()
+
+    task = asyncio.create_task(read_from_start(s, s.topic("outcomes"), done, take))
     await asyncio.sleep(1.0)
     t0 = time.perf_counter()
     try:

@@ -204,7 +204,7 @@ def tg(telegram_inbound: TelegramInbound) -> Telegram:
 
 
 async def test_the_seed_scenario_through_the_real_agents(
-    ctx: Context, feed: Feed, tg: Telegram
+    ctx: Context, feed: Feed, tg: Telegram, kit: RouteKit
 ) -> None:
     out = _out(ctx)
     inbound = tg(ctx.settings, 7001, SEED)
@@ -264,16 +264,7 @@ async def test_the_seed_scenario_through_the_real_agents(
 
     # the case keeper: the snapshot, then both answers → ONE combined answer
     updates = [
-        TaskUpdate(
-            update_id=f"u{n}",
-            sub_request_id=sub.sub_request_id,
-            case_id=sub.case_id,
-            status=TaskStatus.resolved,
-            resolution=text,
-            author="test",
-            source=source,  # type: ignore[arg-type]
-            at=utcnow(),
-        )
+        kit.resolved(sub.case_id, sub.sub_request_id, f"u{n}", text, source)
         for n, (sub, text, source) in enumerate(
             [
                 (internal[0], "Бонусы начислены.", "department"),
@@ -850,16 +841,7 @@ async def test_an_update_replayed_after_its_answer_was_refused_answers_the_custo
     table[case.case_id] = case.model_dump_json()
     await ctx.drain_changelogs()
     updates = [
-        TaskUpdate(
-            update_id=f"done-{n}",
-            sub_request_id=sub.sub_request_id,
-            case_id=case.case_id,
-            status=TaskStatus.resolved,
-            resolution=f"Сделано ({n}).",
-            author="test",
-            source="department",
-            at=utcnow(),
-        )
+        kit.resolved(case.case_id, sub.sub_request_id, f"done-{n}", f"Сделано ({n}).")
         for n, sub in enumerate(case.sub_requests)
     ]
     *earlier, last = updates

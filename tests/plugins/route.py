@@ -25,7 +25,10 @@ from pipeline.events import (
     Priority,
     Similarity,
     Span,
+    TaskStatus,
+    TaskUpdate,
     derive_id,
+    utcnow,
 )
 
 # Tuesday 2026-03-03 10:00 Moscow time (07:00 UTC): inside every department's hours.
@@ -152,6 +155,26 @@ class RouteKit:
 
     def seed_message(self, **kw: Any) -> ClassifiedMessage:
         return seed_message(**kw)
+
+    def resolved(
+        self,
+        case_id: str,
+        sub_request_id: str,
+        update_id: str,
+        text: str,
+        source: str = "department",
+    ) -> TaskUpdate:
+        """A department's (or ``source``'s) answer that resolves a sub-request, written now."""
+        return TaskUpdate(
+            update_id=update_id,
+            sub_request_id=sub_request_id,
+            case_id=case_id,
+            status=TaskStatus.resolved,
+            resolution=text,
+            author="test",
+            source=source,  # type: ignore[arg-type]
+            at=utcnow(),
+        )
 
 
 @pytest.fixture(scope="session")
