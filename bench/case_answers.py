@@ -60,8 +60,9 @@ from pipeline.runtime import child_env, children, departments, wait_http
 Cases = dict[str, list[SubRequest]]
 
 
-async def route_messages(s: Settings, n: int, run: str) -> Cases:
-    """Produce ``n`` messages, one customer each; their cases' sub-requests once quiet."""
+async def route_messages(s: Settings, n: int, run: str) -> tuple[Cases, int]:
+    """Produce ``n`` messages, one customer each; their cases' sub-requests once quiet, and
+    how many messages were left out (a mass incident's category)."""
     pool = texts()
     msgs = [make(pool[(i * 7919) % len(pool)], i, run) for i in range(n)]
     msgs = [m.model_copy(update={"customer_id": f"ans-{run}-{i}"}) for i, m in enumerate(msgs)]
@@ -83,6 +84,7 @@ async def route_messages(s: Settings, n: int, run: str) -> Cases:
     # A message of a mass incident's category is answered (that part of it) by the
     # incident's resolution, not by its case's own updates: left out.
     mass = {c for p in load_workflow(s.rules_path).incidents for c in p.categories}
+    decided_n = len(ours)
     for r in await bus.read_all(s, [s.topic("classifications")]):
         cm = ClassifiedMessage.model_validate_json(r.value or b"{}")
         if cm.message_id in ours and mass & {i.category for i in cm.intents}:
@@ -99,7 +101,7 @@ async def route_messages(s: Settings, n: int, run: str) -> Cases:
                     if sub.message_id in ours:
                         cases.setdefault(sub.case_id, []).append(sub)
                         quiet_since = time.perf_counter()
-    return cases
+    return cases, decided_n - len(ours)
 
 
 def answers(case_id: str, subs: list[SubRequest]) -> list[TaskUpdate]:
@@ -194,7 +196,7 @@ def main() -> int:
             proc = subprocess.Popen([sys.executable, "-c", WORKER], env=env)
             group.procs.append(("worker", proc))
             wait_http(f"http://{s.web_host}:{s.web_port}/healthz", 300, group)
-            cases = asyncio.run(route_messages(s, args.n, run))
+            cases, left_out = asyncio.run(route_messages(s, args.n, run))
             paced_n = min(len(cases) // 2, int(args.rate * args.seconds))
             ids = list(cases)
             paced = {c: cases[c] for c in ids[:paced_n]}
@@ -209,7 +211,8 @@ def main() -> int:
     out = sys.stdout.write
     broker = "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded Tansu"
     out(
-        f"broker: {broker}; {args.n} messages routed: {len(cases)} cases with sub-requests "
+        f"broker: {broker}; {args.n} messages routed ({left_out} left out: a mass incident's "
+        f"category): {len(cases)} cases with sub-requests "
         f"({subs:.2f} sub-requests each, one update per sub-request)\n"
     )
     out(
