@@ -776,13 +776,12 @@ def install(ctx: Context, live: LiveWorkflow) -> tuple[RouteAgent, CaseKeeper]:
 
     async def case_sweep() -> None:
         cutoff = utcnow() - timedelta(days=ctx.settings.case_retention_days)
-        # As each table's writer writes (``Held``): a record written at once could land
-        # before a batch's records still waiting for their outputs, and be overwritten.
-        async with router.routing() as held, keeper.states_after():
-            removed = await sweep_case_tables(
-                cases_table, customer_cases, pending_table, cutoff, ctx.metrics
-            )
-        await ctx.flush_states(held)
+        # Not under the writers' locks (that stalled routing for the whole sweep): a record
+        # a batch still holds (``Held``) may land after the sweep's, and bring a swept key
+        # back on the changelog, not in memory; after a restart the next sweep forgets it.
+        removed = await sweep_case_tables(
+            cases_table, customer_cases, pending_table, cutoff, ctx.metrics
+        )
         if removed:
             log.info("case sweep forgot %d entries resolved before %s", removed, cutoff)
 
