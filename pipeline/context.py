@@ -100,11 +100,14 @@ class DirectTable(Table[str, Any]):
 
     def write_values(self, values: dict[str, Any]) -> None:
         """The changelog records of ``values`` (None: a tombstone), in order."""
-        topic = self.changelog_topic
-        name = topic.get_topic_name()
         for key, value in values.items():
-            data = None if value is None else topic.prepare_value(value, self.value_serializer)[0]
-            self.write(name, key, data)
+            self._record(key, value)
+
+    def _record(self, key: str, value: Any) -> None:
+        """One changelog record: ``value`` in the table's value encoding, None a tombstone."""
+        topic = self.changelog_topic
+        data = None if value is None else topic.prepare_value(value, self.value_serializer)[0]
+        self.write(topic.get_topic_name(), key, data)
 
     def own_keys(self) -> list[str]:
         """The keys of the partitions this worker is assigned (active): the ones a timer that
@@ -158,16 +161,14 @@ class DirectTable(Table[str, Any]):
         if self.holding:
             self._held[key] = None
         else:
-            topic = self.changelog_topic
-            data, _ = topic.prepare_value(value, self.value_serializer)
-            self.write(topic.get_topic_name(), key, data)
+            self._record(key, value)
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: str) -> None:
         if self.holding:
             self._held[key] = None
         else:
-            self.write(self.changelog_topic.get_topic_name(), key, None)
+            self._record(key, None)
         self._sensor_on_del(self, key)
 
 
