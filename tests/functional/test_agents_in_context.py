@@ -24,7 +24,7 @@ from pipeline.bus import partition_for
 from pipeline.classify import dedup
 from pipeline.codec import decode, encode
 from pipeline.config import Settings
-from pipeline.context import Context
+from pipeline.context import AckBehind, Context
 from pipeline.domain.cases import CaseState
 from pipeline.errors import BrokerUnavailable
 from pipeline.events import (
@@ -959,3 +959,102 @@ async def test_a_follow_up_replayed_after_its_outputs_were_refused_reaches_a_hum
     await ctx.flush_states(await router.handle_classified([(record(angry), angry)]))
     [sub] = _out(ctx).take(triage, SubRequest)
     assert sub.message_id == angry.message_id
+
+
+def _changelog_keys(ctx: Context, table: Any) -> list[str | None]:
+    """The keys of the records sent to ``table``'s changelog so far (its values in order)."""
+    topic = table.changelog_topic.get_topic_name()
+    return [key for name, key, _ in _out(ctx).records if name == topic]
+
+
+@pytest.mark.parametrize("settling", [False, True], ids=["before-settle", "while-settling"])
+async def test_a_batch_abandoned_before_its_acks_writes_none_of_its_held_states(
+    ctx: Context, settling: bool
+) -> None:
+    """``AckBehind``: the agent stops while its last batch still waits for its outputs' acks
+    (before the settle task ran, or while it waits). The batch is not acknowledged (read
+    again), its held states are dropped, not written, and they do not stop the next batch's
+    held states from going out (a later ``Held`` waits for the one taken before it)."""
+    table = ctx.app.tables["customer-cases"]
+    acked: list[str] = []
+
+    class Stream:
+        async def ack(self, event: str) -> None:
+            acked.append(event)
+
+    ctx.own_outputs(fresh=True)
+    behind = AckBehind(ctx, Stream())
+    table.holding = True
+    table["cust-abandoned"] = "[]"
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    ctx.own_outputs().append(never)  # the batch's output: its partition never answers
+    await behind.done(["record-1"], [table.take_held()])
+    if settling:
+        await asyncio.sleep(0.05)  # the settle task runs and waits for the output
+    behind.abandon()
+    await ctx.drain_changelogs()  # returns: nothing of this table waits any more
+    assert acked == [] and table.pending_held == []
+    assert _changelog_keys(ctx, table) == []
+
+    table.holding = True
+    table["cust-next"] = "[]"
+    await ctx.flush_states([table.take_held()])
+    assert _changelog_keys(ctx, table) == ["cust-next"]
+
+
+async def test_a_routing_batch_that_raises_writes_none_of_its_held_states(ctx: Context) -> None:
+    """``RouteAgent.routing``: a batch raising out of it yields no ``Held`` and leaves none
+    waiting; its writes stay in memory only (the worker reads its inputs again). The next
+    batch's held states go out as usual, its own keys only."""
+    router = ctx.app.agents["route"].fun.__self__
+    assert isinstance(router, agents.RouteAgent)
+    table = ctx.app.tables["customer-cases"]
+    with pytest.raises(RuntimeError, match="routing failed"):
+        async with router.routing() as failed:
+            table["cust-failed"] = "[]"
+            raise RuntimeError("routing failed")
+    assert failed == [] and table.pending_held == [] and not table.holding
+    await ctx.drain_changelogs()
+    assert _changelog_keys(ctx, table) == []
+
+    async with router.routing() as held:
+        table["cust-next"] = "[]"
+    await ctx.flush_states(held)
+    assert _changelog_keys(ctx, table) == ["cust-next"]
+
+
+async def test_a_keeper_batch_that_raises_writes_none_of_its_held_states(ctx: Context) -> None:
+    """``CaseKeeper.states_after``: a batch (or SLA check) raising out of it writes neither
+    table's held states and leaves none waiting; the next one's go out, and the lock is free."""
+    keeper = ctx.app.agents["cases"].fun.__self__
+    assert isinstance(keeper, CaseKeeper)
+    cases, pending = ctx.app.tables["cases"], ctx.app.tables["pending-updates"]
+    with pytest.raises(RuntimeError, match="transition failed"):
+        async with keeper.states_after():
+            cases["case-failed"] = "{}"
+            pending["case-failed"] = "[]"
+            raise RuntimeError("transition failed")
+    await ctx.drain_changelogs()
+    assert cases.pending_held == [] and pending.pending_held == []
+    assert _changelog_keys(ctx, cases) == [] and _changelog_keys(ctx, pending) == []
+
+    async with keeper.states_after():
+        cases["case-next"] = "{}"
+    assert _changelog_keys(ctx, cases) == ["case-next"]
+
+
+async def test_a_revocation_waits_for_held_states_at_most_the_produce_timeout(
+    ctx: Context,
+) -> None:
+    """Faust's producer flush (before a commit, at a revocation) waits for records held for
+    their outputs' acks, but not forever: outputs that never come back hold it at most the
+    produce timeout, and the held states stay unwritten (the batch is read again)."""
+    ctx.settings = ctx.settings.model_copy(update={"produce_timeout_s": 0.2})
+    table = ctx.app.tables["cases"]
+    table.holding = True
+    table["case-stuck"] = "{}"
+    stuck = table.take_held()  # its batch's flush never returns
+    await asyncio.wait_for(ctx.drain_changelogs(), 60)  # a hang guard, not a timing check
+    assert table.pending_held == [stuck] and not stuck.done.done()
+    assert _changelog_keys(ctx, table) == []
+    stuck.drop()
