@@ -221,6 +221,64 @@ def stage_pass(msgs: list[bytes], sink: _Sink | None = None) -> tuple[float, int
     return time.process_time() - t0, sink.records
 
 
+def digest_extra(cache: Path | None) -> list[bytes]:
+    """More messages for ``--digest``, beyond the English bench texts: 1,500 of the default
+    classifier's Russian training texts and the demo samples (both classified, a few
+    customers writing often: follow-ups), then the hand-made mix of ``build`` (a two-intent
+    Russian message naming a store, duplicates, an unknown intent) with a mass incident on
+    every tenth message (its first report opens it). Cached beside ``cache``."""
+    extra = cache.with_name(cache.stem + "-digest.jsonl") if cache is not None else None
+    if extra is not None and extra.exists():
+        return extra.read_bytes().splitlines()
+    import json
+
+    from pipeline.classify.core import Classifier
+    from pipeline.classify.model import default_training_set
+    from pipeline.config import PACKAGE_DIR, Settings
+
+    s = Settings()
+    wf = load_workflow(s.rules_path)
+    clf = Classifier.from_settings(s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority)
+    ts = default_training_set()
+    texts = [(t, "ru") for t, lang in zip(ts.texts, ts.languages, strict=True) if lang == "ru"]
+    samples = (PACKAGE_DIR / "resources" / "samples" / "messages.jsonl").read_text()
+    texts = texts[:1500] + [
+        (r["text"], r["language"]) for r in map(json.loads, samples.splitlines()) if r
+    ]
+    inbound = [
+        InboundMessage(
+            message_id=derive_id("msg", "digest", str(i)),
+            channel=Channel.telegram,
+            channel_message_id=str(i),
+            customer_id=f"ru{i % 300}",
+            profile=CustomerProfile(customer_id=f"ru{i % 300}", name="Анна"),
+            text=text,
+            language=lang,
+            received_at=NOW + timedelta(seconds=i),
+            reply_to={"chat_id": "1"},
+        )
+        for i, (text, lang) in enumerate(texts)
+    ]
+    msgs: list[ClassifiedMessage] = []
+    for i in range(0, len(inbound), STAGE_BATCH):
+        msgs += clf.classify_batch(inbound[i : i + STAGE_BATCH], now=NOW)
+    for i, m in enumerate(build(500)):
+        if i % 10 == 0:  # SAMPLES[0]: the store's quality, the incident policy's category
+            sim = m.similarity.model_copy(
+                update={
+                    "incident_id": f"inc_{i // 100}",
+                    "incident_new": i % 100 == 0,
+                    "incident_bucket": "STORE_QUALITY:SPB-012",
+                }
+            )
+            m = m.model_copy(update={"similarity": sim})
+        msgs.append(m)
+    records = [encode(m) for m in msgs]
+    if extra is not None:
+        extra.write_bytes(b"\n".join(records))
+    return records
+
+
 def outputs_digest(msgs: list[bytes]) -> str:
     """sha256 of every record a pass sends (topic, key, bytes) and of its table at the end,
     on a stepped clock, so two trees can be shown to send and keep the same."""
@@ -245,6 +303,8 @@ def stage(args: argparse.Namespace) -> int:
     msgs = realistic(args.n, args.cache)
     if args.digest:
         sys.stdout.write(f"outputs sha256 {outputs_digest(msgs)}\n")
+        wide = outputs_digest(msgs + digest_extra(args.cache))
+        sys.stdout.write(f"outputs sha256 {wide} (with Russian, duplicates, incidents)\n")
     runs = []
     for _ in range(args.repeat):
         cpu, records = stage_pass(msgs)
