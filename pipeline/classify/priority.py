@@ -15,27 +15,29 @@ when the built-in patterns already scored it, the tag adds nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
 from pipeline.classify.sentiment import Sentiment, negative_sentiment
 from pipeline.domain.priority_weights import PriorityWeights
+from pipeline.domain.tagging import CaselessPattern, lowered
 from pipeline.events import Priority
 
 
 @lru_cache(maxsize=256)
-def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+def _compiled(patterns: tuple[str, ...]) -> CaselessPattern | None:
     if not patterns:
         return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(patterns) + r")(?!\w)", re.IGNORECASE)
+    return CaselessPattern(r"(?<!\w)(?:" + "|".join(patterns) + r")(?!\w)")
 
 
-_TABLES: dict[int, tuple[dict[str, list[str]], dict[str, re.Pattern[str] | None]]] = {}
+_TABLES: dict[int, tuple[dict[str, list[str]], dict[str, CaselessPattern | None]]] = {}
 
 
-def _find(text: str, language: str, table: dict[str, list[str]]) -> list[str]:
+def _find(text: str, language: str, table: dict[str, list[str]], low: str | None) -> list[str]:
+    """The words of the table's patterns in the text, lower-cased, first occurrence of each
+    (``low``: ``lowered(text)``, for all the tables)."""
     # compiled once per (table, language); the table object is kept alive by the cache entry
     cached = _TABLES.get(id(table))
     if cached is None or cached[0] is not table:
@@ -52,7 +54,7 @@ def _find(text: str, language: str, table: dict[str, list[str]]) -> list[str]:
     if rx is None:
         return []
     seen: list[str] = []
-    for m in rx.finditer(text):
+    for m in rx.finditer(text, low):
         word = m.group().lower()
         if word not in seen:
             seen.append(word)
@@ -101,10 +103,11 @@ def score_priority(
         add("sentiment", w.sentiment * sentiment.score, f"negative {sentiment.score:.2f} ({cues})")
     if sentiment.anger:
         add("anger", w.anger, "reads as anger")
-    urgent = _find(text, language, w.urgency_patterns)
+    low = lowered(text)
+    urgent = _find(text, language, w.urgency_patterns, low)
     if urgent:
         add("urgency", w.urgency, "urgency words: " + ", ".join(urgent[:5]))
-    legal = _find(text, language, w.legal_patterns)
+    legal = _find(text, language, w.legal_patterns, low)
     if legal:
         add("legal_threat", w.legal_threat, "legal/regulator threat: " + ", ".join(legal[:5]))
     for tag in dict.fromkeys(tags):
