@@ -197,12 +197,29 @@ _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 MODEL_LANGUAGES = ("ru", "en")
 
 
-#: Cyrillic and Cyrillic Supplement.
-_CYRILLIC = re.compile("[\u0400-\u052f]")
+#: Runs of Cyrillic and Cyrillic Supplement letters (runs: far fewer matches than letters).
+_CYRILLIC = re.compile("[\u0400-\u052f]+")
+
+
+#: The ASCII characters that are not letters (``str.isalpha``).
+_ASCII_NON_LETTERS = bytes(c for c in range(128) if not chr(c).isalpha())
+#: ``_WORD`` on lower-case ASCII text.
+_ASCII_WORD = re.compile(r"[a-z]+")
+#: Letters of Cyrillic alphabets that Russian lacks.
+_FOREIGN_CYRILLIC = "іїєґўђјљњћџ"
 
 
 def _letters(text: str) -> str:
+    if text.isascii():  # most texts: the other characters dropped in C, not tested one by one
+        return text.encode("ascii").translate(None, _ASCII_NON_LETTERS).decode("ascii")
     return "".join(filter(str.isalpha, text))
+
+
+def _lower_words(text: str) -> list[str]:
+    """``_WORD``'s words of ``text``, lower-cased."""
+    if text.isascii():  # _WORD's letters are [A-Za-z] here: lower-casing first finds the same
+        return _ASCII_WORD.findall(text.lower())
+    return [w.lower() for w in _WORD.findall(text)]
 
 
 def _scripts(letters: str) -> tuple[int, int]:
@@ -210,7 +227,7 @@ def _scripts(letters: str) -> tuple[int, int]:
     asks for the language of every text and segment it reads)."""
     if letters.isascii():  # most texts: no Cyrillic letter to count
         return 0, len(letters)
-    return len(_CYRILLIC.findall(letters)), len(letters.encode("ascii", "ignore"))
+    return sum(map(len, _CYRILLIC.findall(letters))), len(letters.encode("ascii", "ignore"))
 
 
 def detect_language(text: str) -> tuple[str, float]:
@@ -228,15 +245,18 @@ def detect_language(text: str) -> tuple[str, float]:
     # the common words are counted only in the branch that uses them
     if cyr / n >= 0.5:
         # Cyrillic but not Russian (Ukrainian/Serbian/...) shows letters Russian lacks.
-        foreign = sum(1 for ch in letters if ch.lower() in "іїєґўђјљњћџ")
+        # each letter lower-cases alone, so counting in the lower-cased letters (in C) is
+        # the same as lower-casing and testing every letter (tests/unit/test_language.py)
+        lowered = letters.lower()
+        foreign = sum(map(lowered.count, _FOREIGN_CYRILLIC))
         if foreign / max(cyr, 1) > 0.02:
             return "other", round(min(0.9, 0.5 + foreign / cyr), 3)
-        ru_hit = any(w.lower() in _RU_WORDS for w in _WORD.findall(text))
+        ru_hit = not _RU_WORDS.isdisjoint(map(str.lower, _WORD.findall(text)))
         conf = (cyr / n) * length + (0.1 if ru_hit else 0.0)
         return "ru", round(min(0.99, conf), 3)
     if lat / n >= 0.5:
-        words = [w.lower() for w in _WORD.findall(text)]
-        en_hits = sum(1 for w in words if w in _EN_WORDS)
+        words = _lower_words(text)
+        en_hits = sum(map(_EN_WORDS.__contains__, words))
         share = en_hits / max(len(words), 1)
         if en_hits == 0 and len(words) >= 4:
             return "other", round(min(0.8, 0.3 + len(words) / 40), 3)
