@@ -8,9 +8,10 @@ n-gram string of every text, counts them in a dict per text and goes through a g
 * char_wb n-grams never cross a word (sklearn pads each whitespace-separated word with one
   space and slices it), so a word's vocabulary indices depend on the word alone: they are
   computed once per distinct word and kept in a bounded cache (customers reuse words);
-* word n-grams: the vectorizer's own tokenizer (``build_tokenizer``), its n-grams joined
-  and looked up without a Python loop per n-gram;
-* the counts of a whole batch are one ``np.unique`` over (row, column) keys; sublinear TF,
+* word n-grams: the vectorizer's own tokenizer (``build_tokenizer``) or a faster one giving
+  the same tokens (the classifier's stems, remembered per word: pipeline/classify/features.py),
+  its n-grams joined and looked up without a Python loop per n-gram;
+* the counts of a whole batch: a CSR matrix of ones whose repeats scipy sums; sublinear TF,
   IDF and L2 normalization are sklearn's own steps in the same order and dtype (the
   normalization is the Cython routine ``normalize`` runs, without its ~0.2 ms of argument
   validation per call), so the values are the same bits (tests/unit/test_tfidf.py compares
@@ -24,7 +25,7 @@ diverge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -44,10 +45,20 @@ WORD_CACHE_SIZE = 20_000
 MISSING = -1
 
 
-class FastTfidf:
-    """``transform`` of a fitted ``TfidfVectorizer`` (analyzer ``char_wb`` or ``word``)."""
+#: A word vectorizer's tokenizer: lower-cased text → tokens.
+Tokenizer = Callable[[str], list[str]]
 
-    def __init__(self, vectorizer: TfidfVectorizer, cache_size: int = WORD_CACHE_SIZE) -> None:
+
+class FastTfidf:
+    """``transform`` of a fitted ``TfidfVectorizer`` (analyzer ``char_wb`` or ``word``).
+    ``tokenize``: a faster tokenizer that the caller knows gives the vectorizer's own tokens."""
+
+    def __init__(
+        self,
+        vectorizer: TfidfVectorizer,
+        cache_size: int = WORD_CACHE_SIZE,
+        tokenize: Tokenizer | None = None,
+    ) -> None:
         _check_supported(vectorizer)
         self.vectorizer = vectorizer
         self._vocabulary: dict[str, int] = vectorizer.vocabulary_
@@ -55,8 +66,8 @@ class FastTfidf:
         self._min_n, self._max_n = vectorizer.ngram_range
         self._char_wb = vectorizer.analyzer == "char_wb"
         # a char_wb vectorizer may have token_pattern=None: its tokenizer is never built
-        self._tokenize: Callable[[str], list[str]] = (
-            str.split if self._char_wb else vectorizer.build_tokenizer()
+        self._tokenize: Tokenizer = (
+            str.split if self._char_wb else tokenize or vectorizer.build_tokenizer()
         )
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
@@ -91,7 +102,7 @@ class FastTfidf:
         # sklearn's word analyzer (``_word_ngrams``) over the vectorizer's own tokenizer, the
         # n-grams joined and looked up by map/zip (no Python loop per n-gram); an n-gram out
         # of the vocabulary is MISSING here and dropped in _counts
-        tokens = list(self._tokenize(text.lower()))
+        tokens = self._tokenize(text.lower())
         get = self._vocabulary.get
         for n in range(self._min_n, self._max_n + 1):
             # the n shifted copies are of unequal lengths: zip stops at the last full n-gram
@@ -116,17 +127,18 @@ class FastTfidf:
         return tuple(ids)
 
     def _counts(self, columns: list[int], lengths: list[int]) -> sparse.csr_matrix:
-        """CSR term counts (sorted column indices, the vectorizer's dtype)."""
+        """CSR term counts (sorted column indices, the vectorizer's dtype): a one for every
+        n-gram, the repeats within a row summed by scipy (a sort per row, in C)."""
         n_rows = len(lengths)
-        rows = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
-        cols = np.asarray(columns, dtype=np.int64)
+        cols = np.asarray(columns, dtype=np.int32)
         known = cols != MISSING
-        keys, counts = np.unique(rows[known] * self._n_features + cols[known], return_counts=True)
+        rows = np.repeat(np.arange(n_rows, dtype=np.int32), lengths)[known]
         indptr = np.zeros(n_rows + 1, dtype=np.int32)
-        np.cumsum(np.bincount(keys // self._n_features, minlength=n_rows), out=indptr[1:])
-        indices = (keys % self._n_features).astype(np.int32)
-        data = counts.astype(self.vectorizer.dtype)
-        return sparse.csr_matrix((data, indices, indptr), shape=(n_rows, self._n_features))
+        np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+        ones = np.ones(len(rows), dtype=self.vectorizer.dtype)
+        x = sparse.csr_matrix((ones, cols[known], indptr), shape=(n_rows, self._n_features))
+        x.sum_duplicates()
+        return x
 
     def _tfidf(self, x: sparse.csr_matrix) -> sparse.csr_matrix:
         """TfidfTransformer.transform's steps, in its order and dtype."""
@@ -146,13 +158,23 @@ class FastTfidf:
 
 class FastUnion:
     """``transform`` of a fitted ``FeatureUnion`` of TF-IDF vectorizers, blocks side by side
-    in the union's order (as ``FeatureUnion._hstack``). ``transformer_list`` is the union's."""
+    in the union's order (as ``FeatureUnion._hstack``). ``transformer_list`` is the union's.
+    ``tokenizers``: a vectorizer's tokenizer → a faster one giving the same tokens."""
 
-    def __init__(self, union: FeatureUnion, cache_size: int = WORD_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        union: FeatureUnion,
+        cache_size: int = WORD_CACHE_SIZE,
+        tokenizers: Mapping[Tokenizer, Tokenizer] | None = None,
+    ) -> None:
         if union.transformer_weights:
             raise ValueError("FastUnion: transformer_weights are not supported")
         self.transformer_list: list[tuple[str, Any]] = union.transformer_list
-        self._blocks = [FastTfidf(t, cache_size) for _, t in union.transformer_list]
+        faster = tokenizers or {}
+        self._blocks = [
+            FastTfidf(t, cache_size, faster.get(t.tokenizer) if t.tokenizer else None)
+            for _, t in union.transformer_list
+        ]
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         blocks = [block.transform(texts) for block in self._blocks]
