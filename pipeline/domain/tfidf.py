@@ -170,9 +170,9 @@ class FastUnion:
         if union.transformer_weights:
             raise ValueError("FastUnion: transformer_weights are not supported")
         self.transformer_list: list[tuple[str, Any]] = union.transformer_list
-        faster = tokenizers or {}
+        faster: Mapping[Any, Tokenizer] = tokenizers or {}
         self._blocks = [
-            FastTfidf(t, cache_size, faster.get(t.tokenizer) if t.tokenizer else None)
+            FastTfidf(t, cache_size, faster.get(getattr(t, "tokenizer", None)))
             for _, t in union.transformer_list
         ]
 
