@@ -32,7 +32,11 @@ requests are counted in the worker by a wrapper of aiokafka's sender and fetcher
 ``--rounds K``: the flat-out phase K times per phase, each with fresh customers and once the
 worker is quiet again; the figures of the flat-out phase are the medians of the K rounds (each
 round's msg/s is printed too). A phase takes a few seconds, so one slow second of a shared
-machine moved the ratio by a tenth between runs of the same code.
+machine moved the ratio by a tenth between runs of the same code. Both phases' workers are up
+together, and their rounds alternate (passthrough, pipeline, passthrough...): run one after
+the other, a host whose speed changed between the phases moved the ratio (the pipeline's CPU
+per message spread by 1.8× over rounds of one tree, the broker's with it). The worker not
+being timed is idle meanwhile (its fetch polls; the pipeline's timers).
 
 The N-th Outcome is not the end of the pipeline's work: the customers' replies are delivered
 after it (and the case keeper applies the cases' states). So the pipeline's flat-out phase is
@@ -60,7 +64,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -482,7 +486,10 @@ def flat_out(
 
 def run_phase(
     s: Settings, name: str, args: argparse.Namespace, pool: list[str]
-) -> dict[str, float]:
+) -> Generator[None, None, dict[str, float]]:
+    """One phase's workers: started, warmed up and timed at the fixed rate, then a pause
+    (``yield``) before each flat-out round, so that ``main`` alternates the two phases' rounds;
+    after the last round the phase stops and returns its figures."""
     run = uuid.uuid4().hex[:6]
     s = s.model_copy(
         update={
@@ -548,19 +555,15 @@ def run_phase(
             }
         pids = [proc.pid for _, proc in group.procs]
         rss_before = sum(memory_mb(pid)[0] for pid in pids)
-        rounds = [  # fresh customers each round; py-spy through the first only
-            flat_out(
-                s,
-                args,
-                pool,
-                f"{run}f{k}" if k else run,
-                pids,
-                counts,
-                delivered_at,
-                spy_as=None if k else name,
+        rounds = []
+        for k in range(args.rounds):  # fresh customers each round; py-spy through the first
+            yield  # meanwhile ``alternate`` runs the other phase's round
+            spy_as = None if k else name
+            rounds.append(
+                flat_out(
+                    s, args, pool, f"{run}f{k}" if k else run, pids, counts, delivered_at, spy_as
+                )
             )
-            for k in range(args.rounds)
-        ]
         rss_peak = sum(memory_mb(pid)[1] for pid in pids)
         sent_after = requests_sent(counts)
         records = asyncio.run(count_records(s))  # returns once the worker is quiet
@@ -580,6 +583,29 @@ def run_phase(
     totals = {"rec_total": sum(records.values()) / messages}
     totals["produces"] = sent_after["produce"] / messages
     return {**result, **fan, **totals, **per}
+
+
+def alternate(
+    *phases: Generator[None, None, dict[str, float]],
+) -> list[dict[str, float]]:
+    """Start the phases one after the other, then run their flat-out rounds in turn (round 1
+    of each, round 2 of each...): a shared machine's speed drifts over minutes, and each
+    phase's rounds then see the same drift. Each phase's figures, in order."""
+    results: dict[int, dict[str, float]] = {}
+    try:
+        for phase in phases:
+            next(phase)  # started: warmed up, paced latency measured, before its first round
+        while len(results) < len(phases):
+            for i, phase in enumerate(phases):
+                if i not in results:
+                    try:
+                        next(phase)
+                    except StopIteration as done:
+                        results[i] = done.value
+    finally:
+        for phase in phases:  # one failed: the others' workers are stopped too
+            phase.close()
+    return [results[i] for i in range(len(phases))]
 
 
 def main() -> int:
@@ -613,8 +639,9 @@ def main() -> int:
     if not 1 <= args.workers <= Settings().partitions:
         parser.error("--workers must be between 1 and PIPELINE_PARTITIONS")
     with broker_for(Settings()) as s:
-        base = run_phase(s, "passthrough", args, pool)
-        full = run_phase(s, "pipeline", args, pool)
+        base, full = alternate(
+            run_phase(s, "passthrough", args, pool), run_phase(s, "pipeline", args, pool)
+        )
     out = sys.stdout.write
     out(
         f"broker: {'external' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'embedded Tansu'}"
