@@ -108,7 +108,7 @@ def main() -> int:
     ap.add_argument(
         "--default-gc",
         action="store_true",
-        help="keep CPython's collector settings (the worker's: runtime.tune_gc, the default)",
+        help="time with CPython's collector settings (default: the worker's, runtime.tune_gc)",
     )
     args = ap.parse_args()
     s = Settings()

@@ -488,8 +488,8 @@ def run_phase(
     s: Settings, name: str, args: argparse.Namespace, pool: list[str]
 ) -> Generator[None, None, dict[str, float]]:
     """One phase's workers: started, warmed up and timed at the fixed rate, then a pause
-    (``yield``) before each flat-out round, so that ``main`` alternates the two phases' rounds;
-    after the last round the phase stops and returns its figures."""
+    (``yield``) before each flat-out round, so that ``alternate`` runs the phases' rounds in
+    turn; after the last round the phase stops and returns its figures."""
     run = uuid.uuid4().hex[:6]
     s = s.model_copy(
         update={
