@@ -36,7 +36,9 @@ machine moved the ratio by a tenth between runs of the same code. Both phases' w
 together, and their rounds alternate (passthrough, pipeline, passthrough...): run one after
 the other, a host whose speed changed between the phases moved the ratio (the pipeline's CPU
 per message spread by 1.8× over rounds of one tree, the broker's with it). The worker not
-being timed is idle meanwhile (its fetch polls; the pipeline's timers).
+being timed is idle meanwhile (its fetch polls; the pipeline's timers). Each pair of rounds
+(passthrough round i, pipeline round i) also gets its own ratio, and their median is printed:
+a drift slower than a pair cancels out of it.
 
 The N-th Outcome is not the end of the pipeline's work: the customers' replies are delivered
 after it (and the case keeper applies the cases' states). So the pipeline's flat-out phase is
@@ -660,6 +662,12 @@ def main() -> int:
     )
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
     if args.rounds > 1:
+        # Round i of each phase ran back to back: their ratio sees one speed of the host.
+        pairs = [full[f"msg_s:{i}"] / base[f"msg_s:{i}"] for i in range(args.rounds)]
+        out(
+            f"ratio of each round's pair (passthrough round i, then pipeline round i): "
+            f"{', '.join(f'{r:.3f}' for r in pairs)}; median {statistics.median(pairs):.3f}\n"
+        )
         for label, r in (("passthrough", base), ("pipeline", full)):
             each = ", ".join(
                 f"{r[f'msg_s:{i}']:.0f} msg/s "
