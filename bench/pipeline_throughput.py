@@ -610,6 +610,12 @@ def alternate(
     return [results[i] for i in range(len(phases))]
 
 
+def pair_ratios(base: dict[str, float], full: dict[str, float], rounds: int) -> list[float]:
+    """Pipeline msg/s over passthrough msg/s of each round pair: round i of both phases ran
+    back to back (``alternate``), so their ratio sees one speed of the host."""
+    return [full[f"msg_s:{i}"] / base[f"msg_s:{i}"] for i in range(rounds)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000)
@@ -662,8 +668,7 @@ def main() -> int:
     )
     out(f"ratio pipeline/passthrough throughput: {full['msg_s'] / base['msg_s']:.3f}\n")
     if args.rounds > 1:
-        # Round i of each phase ran back to back: their ratio sees one speed of the host.
-        pairs = [full[f"msg_s:{i}"] / base[f"msg_s:{i}"] for i in range(args.rounds)]
+        pairs = pair_ratios(base, full, args.rounds)
         out(
             f"ratio of each round's pair (passthrough round i, then pipeline round i): "
             f"{', '.join(f'{r:.3f}' for r in pairs)}; median {statistics.median(pairs):.3f}\n"
