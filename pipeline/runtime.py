@@ -78,7 +78,7 @@ def run_worker(settings: Settings) -> int:
 def use_event_loop(name: Literal["uvloop", "asyncio"]) -> None:
     """Make ``name`` the event loop of every loop created from now on (before the worker's).
 
-    Measured with ``bench/pipeline_throughput.py`` (docs/ARCHITECTURE.md, Flow): about a
+    Measured with ``bench/pipeline_throughput.py`` (docs/ARCHITECTURE.md, Throughput): about a
     tenth less worker CPU per message; the passthrough baseline gains too.
     """
     if name == "uvloop":
