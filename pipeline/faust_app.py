@@ -33,12 +33,14 @@ batch in a ``finally``; the agents now batch with ``stage.take_batches``, which 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -230,6 +232,70 @@ class _Consumer(faust_aiokafka.Consumer):
             offset_from,
             offset_to - 1,
         )
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop (faust-streaming 0.15.3, ``Consumer._drain_messages``), handing
+        each record to the agents' queues directly.
+
+        Faust hands each record over inside ``wait_first(callback(message),
+        suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, ~24 µs of CPU
+        against ~4 here on uvloop (``bench/consumer_handoff.py``), paid by every record a
+        worker reads, the standby copies' changelog records included (issue 16). The race
+        only matters while a record waits (a full queue, the flow suspended), and whatever
+        stops the flow (a rebalance, a worker stopping: ``App._stop_consumer``) then stops
+        the fetcher, which cancels this loop and with it that wait. A cancelled hand-over
+        does not count the record as read (Faust's did), so a gap check never takes it for
+        one.
+
+        The loop still gives the event loop a turn after each record, as Faust's race did.
+        Handed over in runs of 100 (Faust yields every 100 records besides), a fetch ran far
+        ahead of busy agents, and the one-worker pipeline measured no cheaper and likely
+        costlier per message (ARCHITECTURE.md, Throughput). Everything else is Faust's.
+        """
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(faust_consumer.CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)  # getmany may return at once, again and again
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        await asyncio.sleep(0)  # the agents run between records (see above)
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            # A jump past the last offset read (Faust skips it from 0).
+                            if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            await callback(message)
+                            set_read_offset(tp, offset)
+                    unset_flag(faust_consumer.CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(faust_consumer.CONSUMER_FETCHING)
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         if self.held is not None:
