@@ -14,14 +14,16 @@
    incident forms (threshold 5 per store), at 2 msg/s. Measured per message: produce → the
    internal SubRequest on tasks.loyalty-it, and produce → the director's e-mail received by the
    SMTP sink (the external sub-request really delivered).
-Both workers are separate processes with the same fetch wait (``--workers N``: N processes
-per phase in one consumer group, for both phases; CPU, memory and requests are then summed
-over the N; with N > 1 each pipeline worker also keeps standby copies of the others' tables,
-``PIPELINE_TABLE_STANDBY_REPLICAS``, 1 unless set); the embedded broker is
-started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the ratios, and each
-worker's resident memory (VmRSS/VmHWM from /proc) before and after the flat-out phase, and
-the records per message: every record on the run's topics and the worker's table changelogs
-once the worker is quiet, divided by the messages produced to inbound in all phases.
+Both workers are separate processes on the same app class, ``faust_app.RouterApp`` (its
+fetch wait, commit rules and record hand-over: the pipeline's framework is the baseline's).
+``--workers N``: N processes per phase in one consumer group, for both phases; CPU, memory
+and requests are then summed over the N; with N > 1 each pipeline worker also keeps standby
+copies of the others' tables (``PIPELINE_TABLE_STANDBY_REPLICAS``, 1 unless set). The
+embedded broker is started unless KAFKA_BOOTSTRAP_SERVERS is set. Prints figures and the
+ratios, and each worker's resident memory (VmRSS/VmHWM from /proc) before and after the
+flat-out phase, and the records per message: every record on the run's topics and the
+worker's table changelogs once the worker is quiet, divided by the messages produced to
+inbound in all phases.
 Also per message: the produce requests each worker sent (all phases, and in the flat-out
 phase until the worker is quiet: at a fixed rate each message's outputs go alone) and, in
 the flat-out phase up to the N-th Outcome, its fetch requests and CPU time (user + system;

@@ -1,5 +1,6 @@
 """``RouterApp``: the faust.App of the workers, with Faust's fetch wait made a setting and a
-consumer that commits only what the agents acknowledged.
+consumer that commits only what the agents acknowledged and hands each record over without
+Faust's per-record race (``_Consumer._drain_messages``).
 
 Faust hard-codes the consumer's ``fetch_max_wait_ms`` at 1500 ms, which on the embedded broker
 adds over a second per hop (docs/ARCHITECTURE.md, Broker). Kept apart from ``pipeline.app``
@@ -272,7 +273,7 @@ class _Consumer(faust_aiokafka.Consumer):
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
-                            # A jump past the last offset read (Faust skips it from 0).
+                            # A jump past the last offset read (not from offset 0: Faust's rule).
                             if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
                             if commit_every is not None and self._n_acked >= commit_every:
