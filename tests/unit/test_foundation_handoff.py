@@ -10,6 +10,7 @@ is the conductor's hand-over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import defaultdict
@@ -99,8 +100,8 @@ async def test_each_record_is_handed_over_in_order_then_counted_read() -> None:
 
 
 async def test_the_agents_get_the_loop_between_two_records() -> None:
-    # As under Faust's race: handed over in runs, a fetch let the fetcher read far ahead of
-    # busy agents and the one-worker pipeline cost more CPU per message (ARCHITECTURE.md).
+    # As under Faust's race. Handed over in runs, a fetch ran far ahead of busy agents, and
+    # the one-worker pipeline measured costlier per message (ARCHITECTURE.md, Throughput).
     order: list[str] = []
 
     async def hand_over(m: Message) -> None:
@@ -115,6 +116,8 @@ async def test_the_agents_get_the_loop_between_two_records() -> None:
     await asyncio.sleep(0)
     await Loop([Message(INBOUND, n) for n in range(3)], hand_over).drain()
     running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
     records = [i for i, step in enumerate(order) if step.startswith("record")]
     assert len(records) == 3
     assert all(b - a > 1 for a, b in itertools.pairwise(records)), order
@@ -144,7 +147,8 @@ async def test_a_jump_past_the_read_offset_is_a_gap_for_the_consumer_to_judge() 
 
 async def test_a_hand_over_cancelled_while_it_waits_leaves_its_record_unread() -> None:
     # The flow stopped (a rebalance, the worker stopping) while the agents' queue was full:
-    # the fetcher's stop cancels the loop. Faust's race counted the record read anyway.
+    # the fetcher's stop cancels the loop. Faust's race, once the flow stopped, went on and
+    # counted the record read.
     waiting = asyncio.Event()
 
     async def hand_over(m: Message) -> None:
