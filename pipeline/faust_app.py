@@ -245,8 +245,8 @@ class _Consumer(faust_aiokafka.Consumer):
         only matters while a record waits (a full queue, the flow suspended), and whatever
         stops the flow (a rebalance, a worker stopping: ``App._stop_consumer``) then stops
         the fetcher, which cancels this loop and with it that wait. A cancelled hand-over
-        does not count the record as read (Faust's did), so a gap check never takes it for
-        one.
+        does not count its record as read (Faust's did); after a rebalance the recovery
+        seeks every stream partition to its committed offset anyway (``RouterRecovery``).
 
         The loop still gives the event loop a turn after each record, as Faust's race did.
         Handed over in runs of 100 (Faust yields every 100 records besides), a fetch ran far
