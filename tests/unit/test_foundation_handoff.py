@@ -49,6 +49,7 @@ class Loop:
         default_factory=lambda: defaultdict(lambda: None)  # as Faust keeps it
     )
     gaps: list[tuple[TP, int, int]] = field(default_factory=list)
+    commits: int = 0
     _commit_every: int | None = None
     _n_acked: int = 0
     should_stop: bool = False
@@ -77,6 +78,10 @@ class Loop:
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         self.gaps.append((tp, offset_from, offset_to))
+
+    async def commit(self) -> bool:
+        self.commits += 1
+        return True
 
     async def drain(self) -> None:
         fetcher = SimpleNamespace(_stopped=asyncio.Event())
@@ -174,3 +179,32 @@ async def test_a_failing_hand_over_stops_the_loop_loudly(caplog: pytest.LogCaptu
         await loop.drain()
     assert "Drain messages raised" in caplog.text
     assert loop._read_offset[INBOUND] is None
+
+
+async def test_a_commit_is_due_after_commit_every_acknowledgements() -> None:
+    # Faust's ``broker_commit_every``: the loop commits before the next hand-over.
+    seen: list[tuple[int, int]] = []
+
+    async def hand_over(m: Message) -> None:
+        seen.append((m.offset, loop.commits))
+        loop._n_acked += 1
+
+    loop = Loop([Message(INBOUND, n) for n in range(5)], hand_over, _commit_every=2)
+    await loop.drain()
+    assert seen == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2)]
+    assert loop._n_acked == 1
+
+
+async def test_a_broker_stopping_the_consumer_ends_the_loop_only_when_the_app_stops() -> None:
+    class Stopped(Exception):
+        pass
+
+    async def hand_over(m: Message) -> None:
+        raise Stopped
+
+    stopping = Loop([Message(INBOUND, 1)], hand_over, consumer_stopped_errors=(Stopped,))
+    stopping.transport.app.should_stop = True
+    await stopping.drain()  # the worker is stopping: a quiet end
+    running = Loop([Message(INBOUND, 1)], hand_over, consumer_stopped_errors=(Stopped,))
+    with pytest.raises(Stopped):
+        await running.drain()
