@@ -451,6 +451,7 @@ def flat_out(
     spies = [profiler(spy_to, f"{spy_as}-{k}", pid) for k, pid in enumerate(pids)]
     cpu_before = sum(cpu_s(pid) for pid in pids)
     broker_before = cpu_s(broker) if broker else float("nan")
+    own_before = time.process_time()  # this process: producer, Outcome reader, outbox sink
     trace = CpuTrace(pids)
     with trace:
         secs, _ = asyncio.run(produce_and_count(s, msgs, None))
@@ -462,6 +463,7 @@ def flat_out(
                 spy.wait(60)
         cpu_flat = sum(cpu_s(pid) for pid in pids) - cpu_before
         broker_flat = cpu_s(broker) - broker_before if broker else float("nan")
+        own_flat = time.process_time() - own_before
         fetches = requests_sent(counts)["fetch"] - sent_before["fetch"]
         rss_after = sum(memory_mb(pid)[0] for pid in pids)
         # from the last Outcome until quiet: the deliveries and case updates left behind
@@ -478,6 +480,7 @@ def flat_out(
         "msg_s": args.n / secs,
         "cpu_ms": cpu_flat * 1000 / args.n,
         "broker_cpu_ms": broker_flat * 1000 / args.n,
+        "bench_cpu_ms": own_flat * 1000 / args.n,
         "fetches": fetches / args.n,
         "produces_flat": (sent_after["produce"] - sent_before["produce"]) / args.n,
         # to the last delivery, if any came after the N-th Outcome (CPU sampled every 0.1 s)
@@ -710,7 +713,8 @@ def main() -> int:
             f"{r['produces_flat']:.2f} (flat-out phase, until the worker is quiet); flat-out "
             f"phase up to the last Outcome: {r['cpu_ms']:.2f} ms CPU and {r['fetches']:.2f} "
             f"fetch requests per message, the embedded broker's CPU {r['broker_cpu_ms']:.2f} ms "
-            "per message\n"
+            f"and this bench's own process (producer, Outcome reader, outbox sink) "
+            f"{r['bench_cpu_ms']:.2f} ms per message\n"
         )
     if "fan_n" in full:
         out(

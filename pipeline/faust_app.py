@@ -251,7 +251,9 @@ class _Consumer(faust_aiokafka.Consumer):
         The loop still gives the event loop a turn after each record, as Faust's race did.
         Handed over in runs of 100 (Faust yields every 100 records besides), a fetch ran far
         ahead of busy agents, and the one-worker pipeline measured no cheaper and likely
-        costlier per message (ARCHITECTURE.md, Throughput). Everything else is Faust's.
+        costlier per message (ARCHITECTURE.md, Throughput). A standby copy's changelog record
+        is applied here by the recovery (``RouterRecovery.take_standby``), not handed to the
+        agents' conductor and Faust's changelog queue. Everything else is Faust's.
         """
         callback = self.callback
         getmany = self.getmany
@@ -262,6 +264,8 @@ class _Consumer(faust_aiokafka.Consumer):
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        recovery: Any = getattr(self.app.tables, "recovery", None)
+        take_standby = getattr(recovery, "take_standby", None)  # RouterRecovery's
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(faust_consumer.CONSUMER_FETCHING)
@@ -273,6 +277,13 @@ class _Consumer(faust_aiokafka.Consumer):
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
+                            if (
+                                take_standby is not None
+                                and tp in recovery.standby_tps
+                                and await take_standby(tp, message)
+                            ):
+                                set_read_offset(tp, offset)
+                                continue
                             # A jump past the last offset read (not from offset 0: Faust's rule).
                             if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)

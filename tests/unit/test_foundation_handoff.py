@@ -26,6 +26,7 @@ from pipeline.faust_app import _Consumer
 
 INBOUND = TP("care.inbound", 0)
 REPLIES = TP("care.replies", 1)
+COPY = TP("care-router-cases-changelog", 2)
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Loop:
     )
     app: Any = field(
         default_factory=lambda: SimpleNamespace(
-            topics=SimpleNamespace(acks_enabled_for=lambda topic: True)
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+            tables=SimpleNamespace(recovery=None),  # Faust's, with no ``take_standby``
         )
     )
     transport: Any = field(
@@ -208,3 +210,53 @@ async def test_a_broker_stopping_the_consumer_ends_the_loop_only_when_the_app_st
     running = Loop([Message(INBOUND, 1)], hand_over, consumer_stopped_errors=(Stopped,))
     with pytest.raises(Stopped):
         await running.drain()
+
+
+@dataclass
+class Standbys:
+    """What the loop reads of ``RouterRecovery``: its standby partitions and ``take_standby``
+    (which declines what ``declined`` names, as it does a record it cannot decode)."""
+
+    standby_tps: set[TP]
+    declined: set[int] = field(default_factory=set)
+    taken: list[tuple[TP, int, int | None]] = field(default_factory=list)
+    loop: Loop | None = None
+
+    async def take_standby(self, tp: TP, message: Message) -> bool:
+        if message.offset in self.declined:
+            return False
+        assert self.loop is not None
+        self.taken.append((tp, message.offset, self.loop._read_offset[tp]))
+        return True
+
+
+async def test_a_standby_copys_records_go_to_the_recovery_the_others_to_the_agents() -> None:
+    # A standby copy's changelog record is applied by the recovery from the loop itself,
+    # not through the conductor and Faust's changelog queue (bench/standby_apply.py).
+    handed: list[tuple[TP, int]] = []
+
+    async def hand_over(m: Message) -> None:
+        handed.append((m.tp, m.offset))
+
+    fetched = [Message(COPY, 4), Message(INBOUND, 1), Message(COPY, 5), Message(COPY, 9)]
+    loop = Loop(fetched, hand_over)
+    standbys = Standbys({COPY}, declined={5}, loop=loop)
+    loop.app.tables.recovery = standbys
+    await loop.drain()
+    assert standbys.taken == [(COPY, 4, None), (COPY, 9, 5)]  # counted read after each
+    assert handed == [(INBOUND, 1), (COPY, 5)]  # a record it declines takes Faust's path
+    assert dict(loop._read_offset) == {COPY: 9, INBOUND: 1}
+    assert loop.gaps == []  # gaps count only on acknowledged topics, which changelogs are not
+
+
+async def test_once_a_partition_is_no_standby_its_records_go_to_the_agents() -> None:
+    handed: list[tuple[TP, int]] = []
+
+    async def hand_over(m: Message) -> None:
+        handed.append((m.tp, m.offset))
+
+    loop = Loop([Message(COPY, 4)], hand_over)
+    standbys = Standbys(set(), loop=loop)  # a rebalance made it active (or took it away)
+    loop.app.tables.recovery = standbys
+    await loop.drain()
+    assert handed == [(COPY, 4)] and standbys.taken == []

@@ -1,0 +1,163 @@
+"""A standby copy's changelog records, applied from the fetch loop (``RouterRecovery.
+take_standby``), leave what Faust's own path leaves: the same table, offsets and buffer.
+
+Real Faust objects (a ``RouterApp`` with the pipeline's table manager and tables), nothing
+started and no broker: Faust's path is its ``Recovery._slurp_changelogs`` fed through the
+changelog queue, as the conductor feeds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP, Message
+
+from pipeline.context import DirectTable
+from pipeline.faust_app import RouterApp
+from pipeline.recovery import RouterRecovery, RouterTableManager
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Any]:
+    app = RouterApp(
+        "standby-test",
+        broker="kafka://127.0.0.1:9",  # never contacted
+        store="memory://",
+        datadir=str(tmp_path),
+        web_enabled=False,
+        autodiscover=False,
+        topic_partitions=PARTITIONS,
+        TableManager=RouterTableManager,
+    )
+    app.finalize()
+    yield app
+
+
+def _table(app: Any, name: str) -> Any:
+    """A table as ``Context.table`` makes it (raw keys, JSON text values), with the changelog
+    channel Faust's table manager gives it when it starts."""
+    table = DirectTable(
+        app,
+        name=name,
+        key_type=str,
+        value_type=str,
+        partitions=PARTITIONS,
+        default=None,
+        use_partitioner=True,
+        beacon=app.tables.beacon,
+    )
+    app.tables.add(table)
+    table.key_serializer = "raw"
+    table.changelog_topic = table._new_changelog_topic()
+    tables = app.tables
+    tables._channels[table] = table.changelog_topic.clone_using_queue(tables.changelog_queue)
+    return table
+
+
+def _records(tp: TP, n: int) -> list[Message]:
+    """``n`` changelog records of ``tp`` as a table writes them (its JSON text as a JSON
+    string): keys written again and again, tombstones, records seen twice (a fetch that
+    overlapped the last one)."""
+    out: list[Message] = []
+    for offset in range(n):
+        key = f"customer-{offset % 7}".encode()
+        value = None if offset % 11 == 10 else orjson.dumps(f'{{"n": {offset}}}')
+        out.append(Message(tp.topic, tp.partition, offset, 0.0, 0, None, key, value, None, tp=tp))
+    return out[:5] + out[3:]
+
+
+async def _faust_path(recovery: RouterRecovery, table: Any, records: list[Message]) -> None:
+    """The conductor's hand-over (decode, queue) and Faust's loop, until it took them all."""
+    channel = recovery.tables._channels[table]
+    queue = recovery.tables.changelog_queue
+    for message in records:
+        queue.put_nowait(await channel.decode(message, propagate=True))
+    loop = asyncio.ensure_future(RouterRecovery._slurp_changelogs(recovery))  # a ServiceTask
+    try:
+        while not queue.empty():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+def _state(recovery: RouterRecovery, table: Any, tp: TP) -> tuple[Any, ...]:
+    return (
+        dict(table.data),
+        recovery.standby_offsets[tp],
+        [(e.key, e.value) for e in recovery.buffers[table]],
+        recovery.buffer_sizes[tp],
+    )
+
+
+@pytest.mark.parametrize("size", [1000, 16], ids=["buffered", "applied-in-batches"])
+async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(app: Any, size: int) -> None:
+    theirs, ours = _table(app, "faust-path"), _table(app, "fetch-loop")
+    recovery = app.tables.recovery
+    assert isinstance(recovery, RouterRecovery)
+    tp_theirs = TP(theirs.changelog_topic.get_topic_name(), 1)
+    tp_ours = TP(ours.changelog_topic.get_topic_name(), 1)
+    for table, tp in ((theirs, tp_theirs), (ours, tp_ours)):
+        table.standby_buffer_size = size
+        recovery.add_standby(table, tp)
+    await _faust_path(recovery, theirs, _records(tp_theirs, 40))
+    for message in _records(tp_ours, 40):
+        assert await recovery.take_standby(tp_ours, message)
+    table_a, offset_a, buffer_a, size_a = _state(recovery, theirs, tp_theirs)
+    table_b, offset_b, buffer_b, size_b = _state(recovery, ours, tp_ours)
+    assert (offset_b, buffer_b, size_b) == (offset_a, buffer_a, size_a) == (39, buffer_a, size)
+    assert table_b == table_a
+    assert (len(buffer_a), bool(table_a)) == ((40, False) if size == 1000 else (8, True))
+    # A rebalance (or a promotion) applies what the buffers still hold: the same tables.
+    recovery.flush_buffers()
+    assert dict(ours.data) == dict(theirs.data)
+    assert dict(ours.data) == {
+        f"customer-{k}": f'{{"n": {max(o for o in range(40) if o % 7 == k)}}}'
+        for k in range(7)
+        if max(o for o in range(40) if o % 7 == k) % 11 != 10
+    }
+
+
+async def test_other_records_are_left_to_fausts_path(app: Any) -> None:
+    table = _table(app, "copies")
+    recovery = app.tables.recovery
+    topic = table.changelog_topic.get_topic_name()
+    standby, active = TP(topic, 1), TP(topic, 2)
+    recovery.add_standby(table, standby)
+    recovery.add_active(table, active)
+    [record] = _records(active, 1)
+    assert not await recovery.take_standby(active, record)  # an active partition's restore
+    recovery.in_recovery = True
+    [record] = _records(standby, 1)
+    assert not await recovery.take_standby(standby, record)  # a restore under way
+    recovery.in_recovery = False
+    bad = Message(topic, 1, 0, 0.0, 0, None, b"\xff\xfe", b"{}", None, tp=standby)
+    assert not await recovery.take_standby(standby, bad)  # not UTF-8: Faust reports it
+    assert recovery.standby_offsets[standby] is None and not recovery.buffers[table]
+    assert await recovery.take_standby(standby, record)
+    assert recovery.standby_offsets[standby] == 0
+
+
+async def test_the_copies_are_ready_once_every_standby_partition_caught_up(app: Any) -> None:
+    table = _table(app, "copies")
+    recovery = app.tables.recovery
+    topic = table.changelog_topic.get_topic_name()
+    tps = [TP(topic, 1), TP(topic, 3)]
+    for tp in tps:
+        recovery.add_standby(table, tp)
+        recovery.standby_highwaters[tp] = 4
+    assert not app.tables.standbys_ready
+    for message in _records(tps[0], 5) + _records(tps[1], 4):
+        await recovery.take_standby(message.tp, message)
+    assert not app.tables.standbys_ready  # partition 3 is one record short
+    [last] = _records(tps[1], 5)[-1:]
+    await recovery.take_standby(tps[1], last)
+    assert app.tables.standbys_ready
