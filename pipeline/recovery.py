@@ -100,7 +100,7 @@ class RouterRecovery(Recovery):
         producer backpressure (which concern the agents' streams, not a copy), a queue put,
         and in that loop an ``asyncio.wait_for`` (a task and a timer) and two log lines
         formatted whether or not they are logged. A worker's CPU per standby record, fetch
-        included: 51–65 µs that way, 23–39 µs this way (``bench/standby_apply.py``). With
+        included: 43–46 µs that way, 26–30 µs this way (``bench/standby_apply.py``). With
         two workers they read about four such records per message (issue 16).
         """
         if self.in_recovery or tp not in self.standby_tps:
