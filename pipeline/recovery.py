@@ -113,7 +113,14 @@ class RouterRecovery(Recovery):
             event = await channel.decode(message, propagate=True)
         except (KeyDecodeError, ValueDecodeError):
             return False  # Faust's path decodes it again and reports it its way
-        offset = message.offset
+        try:
+            await self._apply_standby(tp, table, event, message.offset)
+        except Exception as exc:  # noqa: BLE001 — as Faust's loop: logged, the next goes on
+            self.log.warning("Error in recovery %r (standby record %s)", exc, message)
+        return True
+
+    async def _apply_standby(self, tp: TP, table: Any, event: Any, offset: int) -> None:
+        """Faust's loop's steps for a standby record (``take_standby``)."""
         seen = self.standby_offsets.get(tp)
         if seen is None or offset > seen:
             self.standby_offsets[tp] = offset
@@ -134,7 +141,6 @@ class RouterRecovery(Recovery):
                 finish_span(self._standbys_span)
                 self._standbys_span = None
             self.tables.on_standbys_ready()
-        return True
 
     def standbys_caught_up(self) -> bool:
         """Every standby partition read up to the end it had when the rebalance ended.

@@ -161,3 +161,33 @@ async def test_the_copies_are_ready_once_every_standby_partition_caught_up(app: 
     [last] = _records(tps[1], 5)[-1:]
     await recovery.take_standby(tps[1], last)
     assert app.tables.standbys_ready
+
+
+async def test_a_copy_that_fails_to_apply_logs_it_and_goes_on_as_fausts_loop_does(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Faust's loop logs an error of a record and takes the next; the batch it failed to apply
+    # stays in the buffer and is applied with the next record. The fetch loop must not stop
+    # for a standby copy either: the worker's own partitions go on.
+    table = _table(app, "copies")
+    recovery = app.tables.recovery
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    table.standby_buffer_size = 2
+    recovery.add_standby(table, tp)
+    broken = [True]
+    apply = table.apply_changelog_batch
+
+    def flaky(batch: Any) -> None:
+        if broken.pop() if broken else False:
+            raise RuntimeError("store refused")
+        apply(batch)
+
+    table.apply_changelog_batch = flaky
+    records = _records(tp, 3)[:3]
+    assert await recovery.take_standby(tp, records[0])
+    assert await recovery.take_standby(tp, records[1])  # the batch of two fails
+    assert "store refused" in caplog.text
+    assert not table.data and len(recovery.buffers[table]) == 2
+    assert await recovery.take_standby(tp, records[2])  # applied with the next record
+    assert dict(table.data) == {f"customer-{k}": f'{{"n": {k}}}' for k in range(3)}
+    assert recovery.standby_offsets[tp] == 2
