@@ -31,15 +31,14 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
 from pipeline import bus
-from pipeline.broker import broker_for, free_port
+from pipeline.broker import broker_for
 from pipeline.config import Settings
-from pipeline.runtime import child_env, children
+from pipeline.runtime import child_env, children, own_stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import cpu_s  # the throughput bench's /proc reader
@@ -128,17 +127,8 @@ def until_read(paths: list[Path], last: dict[int, int], timeout_s: float) -> Non
 
 def one_round(base: Settings, path: str, args: argparse.Namespace) -> float:
     """CPU ms per standby record of one round (fresh workers and topics)."""
-    tag = uuid.uuid4().hex[:6]
-    s = base.model_copy(
-        update={
-            "app_id": f"standby-{tag}",
-            "topic_prefix": f"standby{tag}.",
-            "web_port": free_port(),
-            "session_timeout_s": 6.0,
-            "table_standby_replicas": 1,
-        }
-    )
-    reports = [s.data_dir / "bench" / f"standby-{tag}-{k}.json" for k in range(2)]
+    s = own_stack(base, "standby", table_standby_replicas=1)
+    reports = [s.data_dir / "bench" / f"{s.app_id}-{k}.json" for k in range(2)]
     reports[0].parent.mkdir(parents=True, exist_ok=True)
     changelog = f"{s.app_id}-{TABLE}-changelog"
     asyncio.run(bus.ensure_topics(s, [changelog]))

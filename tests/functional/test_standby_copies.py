@@ -17,46 +17,35 @@ import orjson
 import pytest
 from faust.types import TP, Message
 
-from pipeline.context import DirectTable
+from pipeline.config import Settings
+from pipeline.context import Context
 from pipeline.faust_app import RouterApp
+from pipeline.metrics import Metrics
 from pipeline.recovery import RouterRecovery, RouterTableManager
-
-PARTITIONS = 4
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Any]:
+def ctx(tmp_path: Path) -> Iterator[Context]:
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", app_id="standby-test")
     app = RouterApp(
-        "standby-test",
-        broker="kafka://127.0.0.1:9",  # never contacted
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",  # never contacted
         store="memory://",
         datadir=str(tmp_path),
         web_enabled=False,
         autodiscover=False,
-        topic_partitions=PARTITIONS,
+        topic_partitions=settings.partitions,
         TableManager=RouterTableManager,
     )
     app.finalize()
-    yield app
+    yield Context(settings=settings, metrics=Metrics(), app=app)
 
 
-def _table(app: Any, name: str) -> Any:
-    """A table as ``Context.table`` makes it (raw keys, JSON text values), with the changelog
-    channel Faust's table manager gives it when it starts."""
-    table = DirectTable(
-        app,
-        name=name,
-        key_type=str,
-        value_type=str,
-        partitions=PARTITIONS,
-        default=None,
-        use_partitioner=True,
-        beacon=app.tables.beacon,
-    )
-    app.tables.add(table)
-    table.key_serializer = "raw"
-    table.changelog_topic = table._new_changelog_topic()
-    tables = app.tables
+def _table(ctx: Context, name: str) -> Any:
+    """A pipeline table (``Context.table``), with the changelog channel Faust's table manager
+    gives it when it starts."""
+    table = ctx.table(name)
+    tables: Any = ctx.app.tables
     tables._channels[table] = table.changelog_topic.clone_using_queue(tables.changelog_queue)
     return table
 
@@ -99,8 +88,9 @@ def _state(recovery: RouterRecovery, table: Any, tp: TP) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("size", [1000, 16], ids=["buffered", "applied-in-batches"])
-async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(app: Any, size: int) -> None:
-    theirs, ours = _table(app, "faust-path"), _table(app, "fetch-loop")
+async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(ctx: Context, size: int) -> None:
+    app: Any = ctx.app
+    theirs, ours = _table(ctx, "faust-path"), _table(ctx, "fetch-loop")
     recovery = app.tables.recovery
     assert isinstance(recovery, RouterRecovery)
     tp_theirs = TP(theirs.changelog_topic.get_topic_name(), 1)
@@ -126,8 +116,9 @@ async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(app: Any, size: 
     }
 
 
-async def test_other_records_are_left_to_fausts_path(app: Any) -> None:
-    table = _table(app, "copies")
+async def test_other_records_are_left_to_fausts_path(ctx: Context) -> None:
+    app: Any = ctx.app
+    table = _table(ctx, "copies")
     recovery = app.tables.recovery
     topic = table.changelog_topic.get_topic_name()
     standby, active = TP(topic, 1), TP(topic, 2)
@@ -146,8 +137,9 @@ async def test_other_records_are_left_to_fausts_path(app: Any) -> None:
     assert recovery.standby_offsets[standby] == 0
 
 
-async def test_the_copies_are_ready_once_every_standby_partition_caught_up(app: Any) -> None:
-    table = _table(app, "copies")
+async def test_the_copies_are_ready_once_every_standby_partition_caught_up(ctx: Context) -> None:
+    app: Any = ctx.app
+    table = _table(ctx, "copies")
     recovery = app.tables.recovery
     topic = table.changelog_topic.get_topic_name()
     tps = [TP(topic, 1), TP(topic, 3)]
@@ -164,12 +156,13 @@ async def test_the_copies_are_ready_once_every_standby_partition_caught_up(app: 
 
 
 async def test_a_copy_that_fails_to_apply_logs_it_and_goes_on_as_fausts_loop_does(
-    app: Any, caplog: pytest.LogCaptureFixture
+    ctx: Context, caplog: pytest.LogCaptureFixture
 ) -> None:
+    app: Any = ctx.app
     # Faust's loop logs an error of a record and takes the next; the batch it failed to apply
     # stays in the buffer and is applied with the next record. The fetch loop must not stop
     # for a standby copy either: the worker's own partitions go on.
-    table = _table(app, "copies")
+    table = _table(ctx, "copies")
     recovery = app.tables.recovery
     tp = TP(table.changelog_topic.get_topic_name(), 1)
     table.standby_buffer_size = 2
