@@ -5,14 +5,14 @@
 With two workers (``PIPELINE_TABLE_STANDBY_REPLICAS`` 1, the default) every table changelog
 record one worker writes, the other reads and applies to its copy; the pipeline writes about
 four per message (issue 16). Per round, two worker processes of a bare ``RouterApp`` with
-the pipeline's ``RouterTableManager`` and one table (raw keys and values, as the pipeline's)
-join one group on the broker (the embedded Tansu unless KAFKA_BOOTSTRAP_SERVERS is set); the
-bench then writes --records records of --bytes to the table's changelog itself, spread over
-its partitions, and waits until each partition's standby holder has read its last one (each
-worker reports its standby offsets to a file ten times a second). A round's figure is both
-workers' CPU from the first record written until then, less what they use idle (measured
-just before), per record. The two ways of applying a record alternate round by round, each
-on fresh workers and topics:
+the pipeline's ``RouterTableManager`` and one table (raw keys, JSON text values, as
+``Context.table`` makes them) join one group on the broker (the embedded Tansu unless
+KAFKA_BOOTSTRAP_SERVERS is set); the bench then writes --records records of --bytes to the
+table's changelog itself, spread over its partitions, and waits until each partition's
+standby holder has read its last one (each worker reports its standby offsets to a file ten
+times a second). A round's figure is both workers' CPU from the first record written until
+then, less what they use idle (measured just before), per record. The two ways of applying
+a record alternate round by round, each on fresh workers and topics:
 
 * faust: Faust's path (the conductor, the changelog queue, ``Recovery._slurp_changelogs``);
 * direct: ``RouterRecovery.take_standby`` from the worker's fetch loop
@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from pipeline import bus
@@ -106,7 +107,8 @@ async def write_changelog(s: Settings, topic: str, n: int, size: int) -> dict[in
         futures = []
         for i in range(n):
             key = f"customer-{i % 5000}".encode()
-            value = (f'{{"i":{i},"pad":"' + "x" * size)[: size - 2].encode() + b'"}'
+            text = (f'{{"i":{i},"pad":"' + "x" * size)[: size - 4] + '"}'
+            value = orjson.dumps(text)  # a table's value: its JSON text as a JSON string
             futures.append(await producer.send(topic, value=value, key=key))
         for meta in await asyncio.gather(*futures):
             last[meta.partition] = max(last.get(meta.partition, -1), meta.offset)
