@@ -15,7 +15,7 @@ then, less what they use idle (measured just before), per record. The two ways o
 a record alternate round by round, each on fresh workers and topics:
 
 * faust: Faust's path (the conductor, the changelog queue, ``Recovery._slurp_changelogs``);
-* direct: ``RouterRecovery.take_standby`` from the worker's fetch loop
+* direct: ``RouterRecovery.take_changelog`` from the worker's fetch loop
   (``faust_app._Consumer._drain_messages``), what the worker does.
 
 Prints each round and the medians, and direct/faust.
@@ -55,7 +55,7 @@ from pipeline.runtime import use_event_loop
 if os.environ["BENCH_PATH"] == "faust":
     async def _decline(self, tp, message):
         return False
-    RouterRecovery.take_standby = _decline
+    RouterRecovery.take_changelog = _decline
 s = Settings()
 use_event_loop(s.event_loop)
 datadir = s.data_dir / "bench" / f"{s.app_id}-{os.getpid()}"

@@ -251,9 +251,10 @@ class _Consumer(faust_aiokafka.Consumer):
         The loop still gives the event loop a turn after each record, as Faust's race did.
         Handed over in runs of 100 (Faust yields every 100 records besides), a fetch ran far
         ahead of busy agents, and the one-worker pipeline measured no cheaper and likely
-        costlier per message (ARCHITECTURE.md, Throughput). A standby copy's changelog record
-        is applied here by the recovery (``RouterRecovery.take_standby``), not handed to the
-        agents' conductor and Faust's changelog queue. Everything else is Faust's.
+        costlier per message (ARCHITECTURE.md, Throughput). A table's changelog record (a
+        restore's, a standby copy's) is applied here by the recovery
+        (``RouterRecovery.take_changelog``), not handed to the agents' conductor and Faust's
+        changelog queue. Everything else is Faust's.
         """
         callback = self.callback
         getmany = self.getmany
@@ -265,7 +266,7 @@ class _Consumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         recovery: Any = getattr(self.app.tables, "recovery", None)
-        take_standby = getattr(recovery, "take_standby", None)  # RouterRecovery's
+        take_changelog = getattr(recovery, "take_changelog", None)  # RouterRecovery's
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(faust_consumer.CONSUMER_FETCHING)
@@ -278,9 +279,9 @@ class _Consumer(faust_aiokafka.Consumer):
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
                             if (
-                                take_standby is not None
-                                and tp in recovery.standby_tps
-                                and await take_standby(tp, message)
+                                take_changelog is not None
+                                and (tp in recovery.standby_tps or tp in recovery.active_tps)
+                                and await take_changelog(tp, message)
                             ):
                                 set_read_offset(tp, offset)
                                 continue

@@ -29,9 +29,9 @@ for a key no table uses, acks=all) and restores up to the offset the broker gave
 which is exact on any broker; every mark the old owner wrote before it lost the partition lies
 before the fence.
 
-Once the restore is done, a standby copy's changelog records (``PIPELINE_TABLE_STANDBY_REPLICAS``)
-are applied by ``take_standby`` from the worker's fetch loop, as Faust's loop would apply them
-but without its per-record queue and waits (issue 16).
+The tables' changelog records (a restore's, and a standby copy's after it:
+``PIPELINE_TABLE_STANDBY_REPLICAS``) are applied by ``take_changelog`` from the worker's fetch
+loop, as Faust's loop would apply them but without its per-record queue and waits (issue 16).
 """
 
 from __future__ import annotations
@@ -90,20 +90,25 @@ class RouterRecovery(Recovery):
         )
         return {tp: int(meta.offset) for tp, meta in zip(sorted(tps), metas, strict=True)}
 
-    async def take_standby(self, tp: TP, message: Any) -> bool:
-        """Apply a standby copy's changelog record here, as Faust's ``_slurp_changelogs``
-        applies it (the same offsets, buffer and ready signal), instead of handing it to the
-        conductor, the changelog queue and that loop; False (nothing done): Faust's path
-        takes it (not a standby partition, a restore under way, a record it cannot decode).
+    async def take_changelog(self, tp: TP, message: Any) -> bool:
+        """Apply a table's changelog record here, as Faust's ``_slurp_changelogs`` applies it
+        (the same offsets, buffers and signals), instead of handing it to the conductor, the
+        changelog queue and that loop: an active partition's record while a restore is under
+        way, or a standby copy's record after it. False (nothing done): Faust's path takes it
+        (any other record, or one it cannot decode).
 
-        That path costs every standby record the conductor's waits for flow control and
-        producer backpressure (which concern the agents' streams, not a copy), a queue put,
-        and in that loop an ``asyncio.wait_for`` (a task and a timer) and two log lines
-        formatted whether or not they are logged. A worker's CPU per standby record, fetch
-        included: 43–46 µs that way, 26–30 µs this way (``bench/standby_apply.py``). With
-        two workers they read about four such records per message (issue 16).
+        That path costs every record the conductor's waits for flow control and producer
+        backpressure (which concern the agents' streams, not a table), a queue put, and in
+        that loop an ``asyncio.wait_for`` (a task and a timer) and two log lines formatted
+        whether or not they are logged. A worker's CPU per standby record, fetch included:
+        43–46 µs that way, 26–30 µs this way (``bench/standby_apply.py``). With two workers
+        they read about four standby records per message (issue 16); a restore reads every
+        record of its partitions' changelogs.
         """
-        if self.in_recovery or tp not in self.standby_tps:
+        if self.in_recovery:
+            if tp not in self.active_tps:
+                return False
+        elif tp not in self.standby_tps:
             return False
         table = self.tp_to_table.get(tp)
         channel = None if table is None else self.tables._channels.get(table)
@@ -114,27 +119,62 @@ class RouterRecovery(Recovery):
         except (KeyDecodeError, ValueDecodeError):
             return False  # Faust's path decodes it again and reports it its way
         try:
-            await self._apply_standby(tp, table, event, message.offset)
+            if self.in_recovery:
+                await self._restore(tp, table, event, message.offset)
+            else:
+                await self._apply(tp, table, event, message.offset, self.standby_offsets)
+            self._standbys_maybe_ready()
         except Exception as exc:  # noqa: BLE001 — as Faust's loop: logged, the next goes on
-            self.log.warning("Error in recovery %r (standby record %s)", exc, message)
+            self.log.warning("Error in recovery %r (changelog record %s)", exc, message)
         return True
 
-    async def _apply_standby(self, tp: TP, table: Any, event: Any, offset: int) -> None:
-        """Faust's loop's steps for a standby record (``take_standby``)."""
-        seen = self.standby_offsets.get(tp)
-        if seen is None or offset > seen:
-            self.standby_offsets[tp] = offset
-            size = self.buffer_sizes.get(tp)
-            if size is None:
-                size = self.buffer_sizes[tp] = table.standby_buffer_size
+    async def _apply(
+        self, tp: TP, table: Any, event: Any, offset: int, offsets: Any, standby: bool = True
+    ) -> bool:
+        """Faust's loop's steps for one record: buffered unless seen, the buffer applied
+        when full (the table's standby or recovery buffer size); whether it was new."""
+        size = self.buffer_sizes.get(tp)
+        if size is None:
+            size = table.standby_buffer_size if standby else table.recovery_buffer_size
+            self.buffer_sizes[tp] = size
+            if standby:
                 self._standby_events_received_at[tp] = monotonic()
-            buffer = self.buffers[table]
-            buffer.append(event)
-            await table.on_changelog_event(event)
-            if len(buffer) >= size:
-                table.apply_changelog_batch(buffer)
-                buffer.clear()
-                self._last_flush_at = monotonic()
+        seen = offsets.get(tp)
+        if seen is not None and offset <= seen:
+            return False
+        offsets[tp] = offset
+        buffer = self.buffers[table]
+        buffer.append(event)
+        await table.on_changelog_event(event)
+        if len(buffer) >= size:
+            table.apply_changelog_batch(buffer)
+            buffer.clear()
+            self._last_flush_at = monotonic()
+        return True
+
+    async def _restore(self, tp: TP, table: Any, event: Any, offset: int) -> None:
+        """A restored record (``_apply``), Faust's timing of the restore, and its end once
+        every active partition reached its highwater."""
+        self._active_events_received_at[tp] = monotonic()
+        if await self._apply(tp, table, event, offset, self.active_offsets, standby=False):
+            now = monotonic()
+            last, times = self._last_active_event_processed_at, self._processing_times
+            if last is not None:
+                times.append(now - last)
+                if len(times) > self.num_samples_required_for_estimate:
+                    times.popleft()
+            self._last_active_event_processed_at = now
+        if self.in_recovery and not self.need_recovery():
+            self.flush_buffers()
+            self._set_recovery_ended()
+            if self._actives_span is not None:
+                self._actives_span.set_tag("Actives-Ready", True)
+            # A pulse, as Faust's loop makes it (it clears the event before its next record):
+            # the recovery waiting now wakes, and the next rebalance's restore waits anew.
+            self.signal_recovery_end.set()
+            self.signal_recovery_end.clear()
+
+    def _standbys_maybe_ready(self) -> None:
         ready = self._standbys_span is None and self.tables.standbys_ready
         if not ready and self.standbys_caught_up():
             if self._standbys_span is not None:

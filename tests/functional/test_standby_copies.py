@@ -1,5 +1,6 @@
-"""A standby copy's changelog records, applied from the fetch loop (``RouterRecovery.
-take_standby``), leave what Faust's own path leaves: the same table, offsets and buffer.
+"""A table's changelog records, applied from the fetch loop (``RouterRecovery.take_changelog``),
+leave what Faust's own path leaves: the same tables, offsets, buffers and signals, for a
+standby copy and for a restore.
 
 Real Faust objects (a ``RouterApp`` with the pipeline's table manager and tables), nothing
 started and no broker: Faust's path is its ``Recovery._slurp_changelogs`` fed through the
@@ -9,7 +10,6 @@ changelog queue, as the conductor feeds it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,26 @@ from pipeline.metrics import Metrics
 from pipeline.recovery import RouterRecovery, RouterTableManager
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
+def _context(datadir: Path) -> Context:
+    """A worker's context: a ``RouterApp`` with the pipeline's table manager, not started."""
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", app_id="standby-test")
     app = RouterApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",  # never contacted
         store="memory://",
-        datadir=str(tmp_path),
+        datadir=str(datadir),
         web_enabled=False,
         autodiscover=False,
         topic_partitions=settings.partitions,
         TableManager=RouterTableManager,
     )
     app.finalize()
-    yield Context(settings=settings, metrics=Metrics(), app=app)
+    return Context(settings=settings, metrics=Metrics(), app=app)
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    return _context(tmp_path)
 
 
 def _table(ctx: Context, name: str) -> Any:
@@ -100,7 +105,7 @@ async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(ctx: Context, si
         recovery.add_standby(table, tp)
     await _faust_path(recovery, theirs, _records(tp_theirs, 40))
     for message in _records(tp_ours, 40):
-        assert await recovery.take_standby(tp_ours, message)
+        assert await recovery.take_changelog(tp_ours, message)
     table_a, offset_a, buffer_a, size_a = _state(recovery, theirs, tp_theirs)
     table_b, offset_b, buffer_b, size_b = _state(recovery, ours, tp_ours)
     assert (offset_b, buffer_b, size_b) == (offset_a, buffer_a, size_a) == (39, buffer_a, size)
@@ -125,15 +130,15 @@ async def test_other_records_are_left_to_fausts_path(ctx: Context) -> None:
     recovery.add_standby(table, standby)
     recovery.add_active(table, active)
     [record] = _records(active, 1)
-    assert not await recovery.take_standby(active, record)  # an active partition's restore
+    assert not await recovery.take_changelog(active, record)  # an active partition's restore
     recovery.in_recovery = True
     [record] = _records(standby, 1)
-    assert not await recovery.take_standby(standby, record)  # a restore under way
+    assert not await recovery.take_changelog(standby, record)  # a restore under way
     recovery.in_recovery = False
     bad = Message(topic, 1, 0, 0.0, 0, None, b"\xff\xfe", b"{}", None, tp=standby)
-    assert not await recovery.take_standby(standby, bad)  # not UTF-8: Faust reports it
+    assert not await recovery.take_changelog(standby, bad)  # not UTF-8: Faust reports it
     assert recovery.standby_offsets[standby] is None and not recovery.buffers[table]
-    assert await recovery.take_standby(standby, record)
+    assert await recovery.take_changelog(standby, record)
     assert recovery.standby_offsets[standby] == 0
 
 
@@ -148,10 +153,10 @@ async def test_the_copies_are_ready_once_every_standby_partition_caught_up(ctx: 
         recovery.standby_highwaters[tp] = 4
     assert not app.tables.standbys_ready
     for message in _records(tps[0], 5) + _records(tps[1], 4):
-        await recovery.take_standby(message.tp, message)
+        await recovery.take_changelog(message.tp, message)
     assert not app.tables.standbys_ready  # partition 3 is one record short
     [last] = _records(tps[1], 5)[-1:]
-    await recovery.take_standby(tps[1], last)
+    await recovery.take_changelog(tps[1], last)
     assert app.tables.standbys_ready
 
 
@@ -177,10 +182,52 @@ async def test_a_copy_that_fails_to_apply_logs_it_and_goes_on_as_fausts_loop_doe
 
     table.apply_changelog_batch = flaky
     records = _records(tp, 3)[:3]
-    assert await recovery.take_standby(tp, records[0])
-    assert await recovery.take_standby(tp, records[1])  # the batch of two fails
+    assert await recovery.take_changelog(tp, records[0])
+    assert await recovery.take_changelog(tp, records[1])  # the batch of two fails
     assert "store refused" in caplog.text
     assert not table.data and len(recovery.buffers[table]) == 2
-    assert await recovery.take_standby(tp, records[2])  # applied with the next record
+    assert await recovery.take_changelog(tp, records[2])  # applied with the next record
     assert dict(table.data) == {f"customer-{k}": f'{{"n": {k}}}' for k in range(3)}
     assert recovery.standby_offsets[tp] == 2
+
+
+async def test_a_restore_from_the_fetch_loop_ends_as_fausts_loop_ends_it(tmp_path: Path) -> None:
+    # Two workers restoring the same records, one each way: the restore ends (its buffers
+    # applied, the recovery's end signalled) at the record that reaches the highwater.
+    ends: list[tuple[Any, ...]] = []
+    for way in ("faust", "fetch loop"):
+        ctx = _context(tmp_path / way.replace(" ", "-"))
+        app: Any = ctx.app
+        table = _table(ctx, "cases")
+        recovery = app.tables.recovery
+        tp = TP(table.changelog_topic.get_topic_name(), 1)
+        table.recovery_buffer_size = 16
+        recovery.add_active(table, tp)
+        recovery.active_offsets[tp] = -1  # ``_build_offsets``: nothing restored yet
+        recovery.active_highwaters[tp] = 39
+        recovery._set_recovery_started()
+        records = _records(tp, 40)
+        waiting = asyncio.ensure_future(recovery.signal_recovery_end.wait())  # the recovery
+        await asyncio.sleep(0)
+        if way == "faust":
+            await _faust_path(recovery, table, records)
+        else:
+            for message in records[:-1]:
+                assert await recovery.take_changelog(tp, message)
+            assert recovery.in_recovery and not recovery.signal_recovery_end.is_set()
+            assert await recovery.take_changelog(tp, records[-1])
+        ends.append(
+            (
+                dict(table.data),
+                recovery.active_offsets[tp],
+                len(recovery.buffers[table]),
+                recovery.in_recovery,
+                app.in_recovery,
+                await asyncio.wait_for(waiting, 5.0),  # woken
+                recovery.signal_recovery_end.is_set(),  # and cleared: the next one waits
+                app.tables.standbys_ready,
+            )
+        )
+    faust, ours = ends
+    assert ours == faust
+    assert faust[1:] == (39, 0, False, False, True, False, True) and len(faust[0]) == 7

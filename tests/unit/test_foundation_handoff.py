@@ -62,7 +62,7 @@ class Loop:
     app: Any = field(
         default_factory=lambda: SimpleNamespace(
             topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
-            tables=SimpleNamespace(recovery=None),  # Faust's, with no ``take_standby``
+            tables=SimpleNamespace(recovery=None),  # Faust's, with no ``take_changelog``
         )
     )
     transport: Any = field(
@@ -214,15 +214,17 @@ async def test_a_broker_stopping_the_consumer_ends_the_loop_only_when_the_app_st
 
 @dataclass
 class Standbys:
-    """What the loop reads of ``RouterRecovery``: its standby partitions and ``take_standby``
-    (which declines what ``declined`` names, as it does a record it cannot decode)."""
+    """What the loop reads of ``RouterRecovery``: its standby and active changelog partitions
+    and ``take_changelog`` (which declines what ``declined`` names, as it does a record it
+    cannot decode)."""
 
     standby_tps: set[TP]
+    active_tps: set[TP] = field(default_factory=set)
     declined: set[int] = field(default_factory=set)
     taken: list[tuple[TP, int, int | None]] = field(default_factory=list)
     loop: Loop | None = None
 
-    async def take_standby(self, tp: TP, message: Message) -> bool:
+    async def take_changelog(self, tp: TP, message: Message) -> bool:
         if message.offset in self.declined:
             return False
         assert self.loop is not None
@@ -247,6 +249,19 @@ async def test_a_standby_copys_records_go_to_the_recovery_the_others_to_the_agen
     assert handed == [(INBOUND, 1), (COPY, 5)]  # a record it declines takes Faust's path
     assert dict(loop._read_offset) == {COPY: 9, INBOUND: 1}
     assert loop.gaps == []  # gaps count only on acknowledged topics, which changelogs are not
+
+
+async def test_a_restored_partitions_records_go_to_the_recovery_too() -> None:
+    handed: list[tuple[TP, int]] = []
+
+    async def hand_over(m: Message) -> None:
+        handed.append((m.tp, m.offset))
+
+    loop = Loop([Message(COPY, 0), Message(INBOUND, 1)], hand_over)
+    standbys = Standbys(set(), active_tps={COPY}, loop=loop)  # a restore under way
+    loop.app.tables.recovery = standbys
+    await loop.drain()
+    assert standbys.taken == [(COPY, 0, None)] and handed == [(INBOUND, 1)]
 
 
 async def test_once_a_partition_is_no_standby_its_records_go_to_the_agents() -> None:
