@@ -101,7 +101,7 @@ class RouterRecovery(Recovery):
         backpressure (which concern the agents' streams, not a table), a queue put, and in
         that loop an ``asyncio.wait_for`` (a task and a timer) and two log lines formatted
         whether or not they are logged. A worker's CPU per standby record, fetch included:
-        43–46 µs that way, 26–30 µs this way (``bench/standby_apply.py``). With two workers
+        43–46 µs that way, 26–30 µs this way (``bench/changelog_apply.py``). With two workers
         they read about four standby records per message (issue 16); a restore reads every
         record of its partitions' changelogs.
         """

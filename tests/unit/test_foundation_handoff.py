@@ -234,7 +234,7 @@ class Standbys:
 
 async def test_a_standby_copys_records_go_to_the_recovery_the_others_to_the_agents() -> None:
     # A standby copy's changelog record is applied by the recovery from the loop itself,
-    # not through the conductor and Faust's changelog queue (bench/standby_apply.py).
+    # not through the conductor and Faust's changelog queue (bench/changelog_apply.py).
     handed: list[tuple[TP, int]] = []
 
     async def hand_over(m: Message) -> None:
