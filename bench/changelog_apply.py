@@ -82,8 +82,12 @@ table.key_serializer = "raw"  # as the pipeline's tables (Context.table)
 table.changelog_topic = table._new_changelog_topic()
 report = os.environ["BENCH_REPORT"]
 def _report():
-    recovery, restore = app.tables.recovery, [None, None]
+    restore = [None, None]
     while True:
+        time.sleep(0.02)
+        recovery = app.tables._recovery  # read only: Faust makes it in the worker's loop
+        if recovery is None:
+            continue
         if recovery.in_recovery and restore[0] is None:
             restore[0] = time.process_time()
         if restore[0] is not None and restore[1] is None and app.tables.actives_ready:
@@ -94,7 +98,6 @@ def _report():
         with open(report + ".tmp", "w") as f:
             json.dump(data, f)
         os.replace(report + ".tmp", report)
-        time.sleep(0.02)
 threading.Thread(target=_report, daemon=True).start()
 worker = faust.Worker(app, loglevel="WARNING", quiet=True)
 worker.spinner = None
