@@ -123,14 +123,16 @@ class RouterRecovery(Recovery):
             if self.in_recovery:
                 await self._restore(tp, table, event, message.offset)
             else:
-                await self._apply(tp, table, event, message.offset, self.standby_offsets)
+                await self._apply(
+                    tp, table, event, message.offset, self.standby_offsets, standby=True
+                )
             self._standbys_maybe_ready()
         except Exception as exc:  # noqa: BLE001 — as Faust's loop: logged, the next goes on
             self.log.warning("Error in recovery %r (changelog record %s)", exc, message)
         return True
 
     async def _apply(
-        self, tp: TP, table: Any, event: Any, offset: int, offsets: Any, standby: bool = True
+        self, tp: TP, table: Any, event: Any, offset: int, offsets: Any, *, standby: bool
     ) -> bool:
         """Faust's loop's steps for one record: buffered unless seen, the buffer applied
         when full (the table's standby or recovery buffer size); whether it was new."""

@@ -46,13 +46,13 @@ def ctx(tmp_path: Path) -> Context:
     return _context(tmp_path)
 
 
-def _table(ctx: Context, name: str) -> Any:
+def _table(ctx: Context, name: str) -> tuple[Any, TP]:
     """A pipeline table (``Context.table``), with the changelog channel Faust's table manager
-    gives it when it starts."""
+    gives it when it starts, and its changelog's partition 1 (the one the tests fill)."""
     table = ctx.table(name)
     tables: Any = ctx.app.tables
     tables._channels[table] = table.changelog_topic.clone_using_queue(tables.changelog_queue)
-    return table
+    return table, TP(table.changelog_topic.get_topic_name(), 1)
 
 
 def _records(tp: TP, n: int) -> list[Message]:
@@ -95,11 +95,9 @@ def _state(recovery: RouterRecovery, table: Any, tp: TP) -> tuple[Any, ...]:
 @pytest.mark.parametrize("size", [1000, 16], ids=["buffered", "applied-in-batches"])
 async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(ctx: Context, size: int) -> None:
     app: Any = ctx.app
-    theirs, ours = _table(ctx, "faust-path"), _table(ctx, "fetch-loop")
+    (theirs, tp_theirs), (ours, tp_ours) = _table(ctx, "faust-path"), _table(ctx, "fetch-loop")
     recovery = app.tables.recovery
     assert isinstance(recovery, RouterRecovery)
-    tp_theirs = TP(theirs.changelog_topic.get_topic_name(), 1)
-    tp_ours = TP(ours.changelog_topic.get_topic_name(), 1)
     for table, tp in ((theirs, tp_theirs), (ours, tp_ours)):
         table.standby_buffer_size = size
         recovery.add_standby(table, tp)
@@ -123,10 +121,10 @@ async def test_the_fetch_loop_leaves_a_copy_as_fausts_loop_does(ctx: Context, si
 
 async def test_other_records_are_left_to_fausts_path(ctx: Context) -> None:
     app: Any = ctx.app
-    table = _table(ctx, "copies")
+    table, standby = _table(ctx, "copies")
     recovery = app.tables.recovery
-    topic = table.changelog_topic.get_topic_name()
-    standby, active = TP(topic, 1), TP(topic, 2)
+    topic = standby.topic
+    active = TP(topic, 2)
     recovery.add_standby(table, standby)
     recovery.add_active(table, active)
     [record] = _records(active, 1)
@@ -144,10 +142,9 @@ async def test_other_records_are_left_to_fausts_path(ctx: Context) -> None:
 
 async def test_the_copies_are_ready_once_every_standby_partition_caught_up(ctx: Context) -> None:
     app: Any = ctx.app
-    table = _table(ctx, "copies")
+    table, first = _table(ctx, "copies")
     recovery = app.tables.recovery
-    topic = table.changelog_topic.get_topic_name()
-    tps = [TP(topic, 1), TP(topic, 3)]
+    tps = [first, TP(first.topic, 3)]
     for tp in tps:
         recovery.add_standby(table, tp)
         recovery.standby_highwaters[tp] = 4
@@ -167,9 +164,8 @@ async def test_a_copy_that_fails_to_apply_logs_it_and_goes_on_as_fausts_loop_doe
     # Faust's loop logs an error of a record and takes the next; the batch it failed to apply
     # stays in the buffer and is applied with the next record. The fetch loop must not stop
     # for a standby copy either: the worker's own partitions go on.
-    table = _table(ctx, "copies")
+    table, tp = _table(ctx, "copies")
     recovery = app.tables.recovery
-    tp = TP(table.changelog_topic.get_topic_name(), 1)
     table.standby_buffer_size = 2
     recovery.add_standby(table, tp)
     broken = [True]  # the first batch only
@@ -199,9 +195,8 @@ async def test_a_restore_from_the_fetch_loop_ends_as_fausts_loop_ends_it(tmp_pat
     for way in ("faust", "fetch loop"):
         ctx = _context(tmp_path / way.replace(" ", "-"))
         app: Any = ctx.app
-        table = _table(ctx, "cases")
+        table, tp = _table(ctx, "cases")
         recovery = app.tables.recovery
-        tp = TP(table.changelog_topic.get_topic_name(), 1)
         table.recovery_buffer_size = 16
         recovery.add_active(table, tp)
         recovery.active_offsets[tp] = -1  # ``_build_offsets``: nothing restored yet
