@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import asyncio
 from time import monotonic
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+import orjson
 from faust.exceptions import KeyDecodeError, ValueDecodeError
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
@@ -53,9 +54,50 @@ __all__ = ["FENCE_KEY", "NotReady", "RouterRecovery", "RouterTableManager"]
 FENCE_KEY = b"\x00recovery-fence"
 
 
+class _Change(NamedTuple):
+    """A plain table's changelog record (``plain_records``), decoded as Faust's changelog
+    channel decodes it, with what applying it reads: the key, the value, and the record."""
+
+    key: str | None
+    value: Any
+    message: Any
+
+    @classmethod
+    def of(cls, message: Any) -> _Change:
+        """The record's UTF-8 key and JSON value (None: a tombstone); Faust's decoding
+        errors (the record is then left to Faust's path, which reports it)."""
+        key, value = message.key, message.value
+        try:
+            key = None if key is None else key.decode()
+        except (AttributeError, UnicodeDecodeError) as exc:
+            raise KeyDecodeError(str(exc)) from exc
+        try:
+            value = None if value is None else orjson.loads(value)
+        except (TypeError, ValueError) as exc:  # orjson's JSONDecodeError is a ValueError
+            raise ValueDecodeError(str(exc)) from exc
+        return cls(key, value, message)
+
+
+def plain_records(table: Any, channel: Any) -> bool:
+    """Whether ``table``'s changelog records are the tables' of ``Context.table``: str keys
+    written raw, str values as JSON, no callback per record. Those ``_Change.of`` decodes
+    (~1 µs against Faust's ~5 µs: its codec registry, settings lookups and an ``Event``)."""
+    schema = channel.schema
+    return (
+        (schema.key_type, schema.key_serializer) == (str, "raw")
+        and (schema.value_type, schema.value_serializer) == (str, "json")
+        and getattr(table, "_on_changelog_event", None) is None
+    )
+
+
 class RouterRecovery(Recovery):
     """``Recovery`` that clears the queues and seeks every stream partition before it resumes
     them, and restores every active changelog partition up to a fence it wrote."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per table, whether ``take_changelog`` decodes its records itself (``plain_records``).
+        self._plain: dict[Any, bool] = {}
 
     async def _build_highwaters(
         self, consumer: Any, tps: set[TP], destination: Any, title: str
@@ -104,7 +146,11 @@ class RouterRecovery(Recovery):
         (``bench/changelog_apply.py``): for a standby copy 51–69 µs that way, 29–31 µs this
         way; restored, 60–66 µs against 30–43 µs. With two workers they read about four
         standby records per message (issue 16); a restore reads every record of its
-        partitions' changelogs.
+        partitions' changelogs. The tables of ``Context.table`` are decoded here
+        (``_Change.of``), not by Faust's changelog channel, and a restore counts what every
+        partition has left (``need_recovery``) only once the record's own partition has
+        nothing left: in-process, this method's own CPU per standby record fell from ~11 µs
+        to ~3 µs with both.
         """
         if self.in_recovery:
             if tp not in self.active_tps:
@@ -115,8 +161,11 @@ class RouterRecovery(Recovery):
         channel = None if table is None else self.tables._channels.get(table)
         if table is None or channel is None:
             return False
+        plain = self._plain.get(table)
+        if plain is None:
+            plain = self._plain[table] = plain_records(table, channel)
         try:
-            event = await channel.decode(message, propagate=True)
+            event = _Change.of(message) if plain else await channel.decode(message, propagate=True)
         except (KeyDecodeError, ValueDecodeError):
             return False  # Faust's path decodes it again and reports it its way
         try:
@@ -167,7 +216,7 @@ class RouterRecovery(Recovery):
                 if len(times) > self.num_samples_required_for_estimate:
                     times.popleft()
             self._last_active_event_processed_at = now
-        if self.in_recovery and not self.need_recovery():
+        if self.in_recovery and self._reached_end(tp) and not self.need_recovery():
             self.flush_buffers()
             self._set_recovery_ended()
             if self._actives_span is not None:
@@ -176,6 +225,12 @@ class RouterRecovery(Recovery):
             # the recovery waiting now wakes, and the next rebalance's restore waits anew.
             self.signal_recovery_end.set()
             self.signal_recovery_end.clear()
+
+    def _reached_end(self, tp: TP) -> bool:
+        """Whether ``tp`` has nothing left to restore, as ``active_remaining`` counts it: only
+        then can ``need_recovery`` (which counts every active partition) be False."""
+        high, seen = self.active_highwaters.get(tp), self.active_offsets.get(tp)
+        return high is None or seen is None or high - seen <= 0
 
     def _standbys_maybe_ready(self) -> None:
         ready = self._standbys_span is None and self.tables.standbys_ready

@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.exceptions import KeyDecodeError, ValueDecodeError
 from faust.types import TP, Message
 
 from pipeline.config import Settings
 from pipeline.context import Context
 from pipeline.faust_app import RouterApp
 from pipeline.metrics import Metrics
-from pipeline.recovery import RouterRecovery, RouterTableManager
+from pipeline.recovery import FENCE_KEY, RouterRecovery, RouterTableManager, _Change, plain_records
 
 
 def _context(datadir: Path) -> Context:
@@ -138,6 +139,50 @@ async def test_other_records_are_left_to_fausts_path(ctx: Context) -> None:
     assert recovery.standby_offsets[standby] is None and not recovery.buffers[table]
     assert await recovery.take_changelog(standby, record)
     assert recovery.standby_offsets[standby] == 0
+
+
+async def test_a_plain_tables_records_decode_as_fausts_channel_decodes_them(ctx: Context) -> None:
+    """``_Change.of`` (the tables of ``Context.table``) against Faust's changelog channel:
+    the same key and value, and the same error kind, for every record shape."""
+    table, tp = _table(ctx, "copies")
+    channel: Any = ctx.app.tables._channels[table]  # type: ignore[attr-defined]
+    assert plain_records(table, channel)
+    values = [b'"{\\"n\\": 1}"', b'"\xd0\xba\xd0\xb5\xd0\xb9\xd1\x81"', b"null", b"12", b'""', None]
+    keys = [b"c42", "клиент-7".encode(), FENCE_KEY, b"", None]
+    for key, value in ((k, v) for k in keys for v in values):
+        message = Message(tp.topic, 1, 0, 0.0, 0, None, key, value, None, tp=tp)
+        theirs = await channel.decode(message, propagate=True)
+        ours = _Change.of(message)
+        assert (ours.key, ours.value, ours.message) == (theirs.key, theirs.value, message)
+    for key, value, error in (
+        (b"\xff\xfe", b'"x"', KeyDecodeError),
+        (b"c1", b'"unterminated', ValueDecodeError),
+        (b"c1", b"\xff", ValueDecodeError),
+    ):
+        message = Message(tp.topic, 1, 0, 0.0, 0, None, key, value, None, tp=tp)
+        with pytest.raises(error):
+            await channel.decode(message, propagate=True)
+        with pytest.raises(error):
+            _Change.of(message)
+
+
+async def test_a_table_of_other_records_is_decoded_by_its_channel(ctx: Context) -> None:
+    """A table whose records are not plain (here JSON keys, Faust's default, and raw values)
+    keeps Faust's decoding, and its values are what Faust would apply."""
+    app: Any = ctx.app
+    table = app.Table("raw-values", key_type=str, value_type=bytes)
+    table.value_serializer = "raw"
+    table.changelog_topic = table._new_changelog_topic()
+    channel = table.changelog_topic.clone_using_queue(app.tables.changelog_queue)
+    app.tables._channels[table] = channel
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    recovery = app.tables.recovery
+    recovery.add_standby(table, tp)
+    assert not plain_records(table, channel)
+    record = Message(tp.topic, 1, 0, 0.0, 0, None, b'"k"', b'"not json"', None, tp=tp)
+    assert await recovery.take_changelog(tp, record)
+    recovery.flush_buffers()
+    assert dict(table.data) == {"k": b'"not json"'}
 
 
 async def test_the_copies_are_ready_once_every_standby_partition_caught_up(ctx: Context) -> None:
