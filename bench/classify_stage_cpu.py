@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_throughput import make, texts  # the benchmark's own messages
 
 from pipeline.classify import dedup
-from pipeline.classify.agents import ClassifyAgent, dedup_states
+from pipeline.classify.agents import ClassifyAgent
 from pipeline.classify.core import Classifier
 from pipeline.classify.model import default_training_set
 from pipeline.config import Settings
@@ -117,12 +117,10 @@ def main() -> int:
         s, tag_rules=wf.tag_rules, stores=wf.stores, weights=wf.priority
     )
     # the agent's remember() over a dict: the same code the worker runs on its table
-    metrics = Metrics()
     agent = SimpleNamespace(
         dedup_table={},
-        dedup_states=dedup_states(metrics),  # the values remember() parsed or wrote
         dedup_cfg=dedup.DedupConfig(window_s=s.dedup_window_s),
-        ctx=SimpleNamespace(metrics=metrics),  # remember() counts unreadable states
+        ctx=SimpleNamespace(metrics=Metrics()),  # remember() counts unreadable states
     )
     encoder = classifier.model.encoder
     if encoder is not None:  # the agent reads the slow path's weights before it starts too

@@ -20,10 +20,9 @@ import asyncio
 import enum
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -216,41 +215,6 @@ def read_stored(
         if metrics is not None:
             metrics.unreadable_state.labels(table=table).inc()
         return None
-
-
-class ParsedValues(Generic[T]):
-    """The parsed form of a table's last read or written values, so the value an agent
-    wrote for a key is not parsed again when its next message reads it (issue 16: a
-    customer's case list took ~20 µs of the route stage's ~230 per message to parse).
-
-    A value counts as known only while the table holds the very ``str`` object it was parsed
-    from (``is``, never a comparison): a restore, a standby copy or another writer stores new
-    objects, which are parsed again. At most ``size`` keys, the least recently used going
-    first. The parsed values are shared between reads: callers must not change them (the
-    states are frozen models, the lists are copied before a change).
-    """
-
-    def __init__(self, parse: Callable[[str, str | None], T], size: int = 1024) -> None:
-        self._parse = parse
-        self._size = size
-        self._known: OrderedDict[str, tuple[str | None, T]] = OrderedDict()
-
-    def get(self, key: str, raw: str | None) -> T:
-        """``parse(key, raw)``, or what it gave for this very ``raw`` before."""
-        known = self._known.get(key)
-        if known is not None and known[0] is raw:
-            self._known.move_to_end(key)
-            return known[1]
-        value = self._parse(key, raw)
-        self.put(key, raw, value)
-        return value
-
-    def put(self, key: str, raw: str | None, value: T) -> None:
-        """``value`` is what ``raw``, the key's value now stored, parses to."""
-        self._known[key] = (raw, value)
-        self._known.move_to_end(key)
-        if len(self._known) > self._size:
-            self._known.popitem(last=False)
 
 
 def _reason(exc: Exception) -> str:

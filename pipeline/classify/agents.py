@@ -32,14 +32,7 @@ from pipeline.events import (
 )
 from pipeline.live_workflow import LiveWorkflow
 from pipeline.metrics import Metrics
-from pipeline.stage import (
-    ParsedValues,
-    RawRecord,
-    decode_record,
-    read_stored,
-    sweep_table,
-    take_batches,
-)
+from pipeline.stage import RawRecord, decode_record, read_stored, sweep_table, take_batches
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +68,6 @@ class ClassifyAgent:
         self.live = live
         self.route = route
         self.dedup_table = ctx.table(DEDUP_TABLE)
-        self.dedup_states = dedup_states(ctx.metrics)
         self.dedup_cfg = dedup.DedupConfig(window_s=ctx.settings.dedup_window_s)
         wf = live.current
         # Load (or train) the model now, before the worker starts, not in the event loop.
@@ -156,7 +148,7 @@ class ClassifyAgent:
         recent: dict[str, int] = {}
         for msg, fp in zip(msgs, dedup.fingerprints(msgs), strict=True):
             key = msg.customer_id
-            st = self.dedup_states.get(key, self.dedup_table.get(key))
+            st = readable_state(key, self.dedup_table.get(key), self.ctx.metrics)
             d = dedup.check_duplicate(st, msg, now, self.dedup_cfg, fp)
             decisions.append(d)
             case = d.case_id if d.is_duplicate else case_id_for(msg.message_id)
@@ -171,9 +163,7 @@ class ClassifyAgent:
                 cap=MAX_CONTACTS,
                 counts=not d.is_duplicate,
             )
-            raw = st.model_dump_json()
-            self.dedup_table[key] = raw
-            self.dedup_states.put(key, raw, st)
+            self.dedup_table[key] = st.model_dump_json()
         return decisions, recent
 
     async def classify(
@@ -231,11 +221,6 @@ async def sweep_tables(
         return raw if state.entries or contacted else None
 
     return await sweep_table(dedup_table, dedup_kept, metrics)
-
-
-def dedup_states(metrics: Metrics | None = None) -> ParsedValues[dedup.CustomerDedupState]:
-    """The dedup table's values as ``readable_state`` reads them, each parsed once."""
-    return ParsedValues(lambda key, raw: readable_state(key, raw, metrics))
 
 
 def readable_state(

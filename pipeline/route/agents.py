@@ -66,7 +66,6 @@ from pipeline.route.core import RouteDecision, incident_opening, route_message
 from pipeline.route.kb import KbIndex, KbMatch
 from pipeline.stage import (
     SWEEP_CHUNK,
-    ParsedValues,
     RawRecord,
     decode_record,
     own_keys,
@@ -111,7 +110,7 @@ class Runtime:
 
 
 def find_case(
-    cm: ClassifiedMessage, cases: Sequence[CaseState], settings: Settings
+    cm: ClassifiedMessage, cases: list[CaseState], settings: Settings
 ) -> tuple[CaseState | None, bool]:
     """The customer's case this message continues, and whether it is a recontact."""
     found = match_thread(
@@ -278,26 +277,21 @@ class CustomerCases:
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self.parsed: ParsedValues[Sequence[CaseState]] = ParsedValues(
-            lambda _, raw: tuple(_CASES.validate_json(raw)) if raw else ()
-        )
 
-    def of(self, customer_id: str) -> Sequence[CaseState]:
-        """The customer's remembered cases (shared: not to be changed)."""
-        return self.parsed.get(customer_id, self.table.get(customer_id))
+    def of(self, customer_id: str) -> list[CaseState]:
+        """The customer's remembered cases."""
+        raw = self.table.get(customer_id)
+        return _CASES.validate_json(raw) if raw else []
 
-    def store(self, state: CaseState, known: Sequence[CaseState] | None = None) -> None:
+    def store(self, state: CaseState, known: list[CaseState] | None = None) -> None:
         """Remember ``state`` among its customer's cases (``known``: already parsed)."""
         if known is None:
             known = self.of(state.customer_id)
         cases = [c for c in known if c.case_id != state.case_id]
         cases.append(state)
         cases.sort(key=lambda c: c.updated_at)
-        kept = tuple(cases[-MAX_CASES_PER_CUSTOMER:])
         # pydantic-core writes the bytes orjson wrote of the cases' model_dump, in one call
-        raw = _CASES.dump_json(list(kept)).decode()
-        self.table[state.customer_id] = raw
-        self.parsed.put(state.customer_id, raw, kept)
+        self.table[state.customer_id] = _CASES.dump_json(cases[-MAX_CASES_PER_CUSTOMER:]).decode()
 
 
 _CASES = TypeAdapter(list[CaseState])
