@@ -172,6 +172,33 @@ async def test_a_hand_over_cancelled_while_it_waits_leaves_its_record_unread() -
     assert dict(loop._read_offset) == {INBOUND: 10}
 
 
+async def test_a_cancel_while_the_worker_stops_ends_the_loop_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker stopping (Ctrl-C, SIGTERM) cancels the fetcher while a hand-over waits: the
+    # loop ends without an error, as Faust's; cancelled otherwise, the cancel goes on up.
+    async def hand_over(m: Message) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    for stopping in (True, False):
+        waiting = asyncio.Event()
+        loop = Loop([Message(INBOUND, 1)], hand_over)
+        loop.transport.app.should_stop = stopping
+        task = asyncio.create_task(loop.drain())
+        await waiting.wait()
+        task.cancel()
+        with caplog.at_level(logging.INFO, "test"):
+            if stopping:
+                await task
+            else:
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        assert ("shutting down for user cancel" in caplog.text) is stopping
+        assert loop._read_offset[INBOUND] is None  # its record was not read
+        caplog.clear()
+
+
 async def test_a_failing_hand_over_stops_the_loop_loudly(caplog: pytest.LogCaptureFixture) -> None:
     async def hand_over(m: Message) -> None:
         raise RuntimeError("decode failed in the conductor")
