@@ -95,11 +95,6 @@ class RouterRecovery(Recovery):
     """``Recovery`` that clears the queues and seeks every stream partition before it resumes
     them, and restores every active changelog partition up to a fence it wrote."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: Per table, whether ``take_changelog`` decodes its records itself (``plain_records``).
-        self._plain: dict[Any, bool] = {}
-
     async def _build_highwaters(
         self, consumer: Any, tps: set[TP], destination: Any, title: str
     ) -> None:
@@ -162,11 +157,11 @@ class RouterRecovery(Recovery):
         channel = None if table is None else self.tables._channels.get(table)
         if table is None or channel is None:
             return False
-        plain = self._plain.get(table)
-        if plain is None:
-            plain = self._plain[table] = plain_records(table, channel)
         try:
-            event = _Change.of(message) if plain else await channel.decode(message, propagate=True)
+            if plain_records(table, channel):
+                event: Any = _Change.of(message)
+            else:
+                event = await channel.decode(message, propagate=True)
         except (KeyDecodeError, ValueDecodeError):
             return False  # Faust's path decodes it again and reports it its way
         try:

@@ -45,6 +45,7 @@ class Fetch:
     #: After this many records handed out, the consumer's generation changes (a rebalance).
     rebalance_after: int | None = None
     seeks: int = 0
+    seek_fails: bool = False
     handed: int = 0
     highwaters_read: int = 0
     _buffered_partitions: set[TP] = field(default_factory=set)
@@ -77,6 +78,8 @@ class Fetch:
 
     async def perform_seek(self) -> None:
         self.seeks += 1
+        if self.seek_fails:
+            raise RuntimeError("broker down")
 
 
 GetMany = Callable[[Any, float], AsyncIterator[tuple[TP, Any]]]
@@ -122,3 +125,11 @@ async def test_a_fetch_while_the_flow_is_stopped_seeks_and_yields_nothing() -> N
     assert await _read(_Consumer.getmany, ours) == []
     assert theirs.seeks == ours.seeks == 1
     assert ours.log.lines == theirs.log.lines
+
+
+async def test_a_seek_that_fails_is_logged_and_the_fetch_yields_nothing() -> None:
+    theirs, ours = _both(active=None, flow_active=False, seek_fails=True)
+    assert await _read(faust_consumer.Consumer.getmany, theirs) == []
+    assert await _read(_Consumer.getmany, ours) == []
+    assert ours.log.lines == theirs.log.lines
+    assert "exception performing seek when flow not active broker down" in ours.log.lines
