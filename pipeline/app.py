@@ -57,6 +57,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Context:
         producer_acks=-1,
         producer_max_batch_size=bus.MAX_BATCH_BYTES,  # ARCHITECTURE.md, Broker
         broker_session_timeout=settings.session_timeout_s,
+        broker_commit_interval=settings.commit_interval_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_request_timeout=settings.request_timeout_s,
         broker_rebalance_timeout=settings.session_timeout_s,

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         default=100, ge=1, le=10_000, description="Consumer fetch wait (Faust hard-codes 1500)."
     )
     session_timeout_s: float = Field(default=10.0, gt=0)
+    commit_interval_s: float = Field(
+        default=2.8,
+        gt=0,
+        description="How often a worker commits its processed input offsets (Faust's "
+        "broker_commit_interval): at most about this much input is read again after a crash.",
+    )
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Ack wait before 503.")

@@ -167,6 +167,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env["PIPELINE_FETCH_MAX_WAIT_MS"] = str(settings.fetch_max_wait_ms)
     env["PIPELINE_EVENT_LOOP"] = settings.event_loop
     env["PIPELINE_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    env["PIPELINE_COMMIT_INTERVAL_S"] = str(settings.commit_interval_s)
     env["PIPELINE_TABLE_STANDBY_REPLICAS"] = str(settings.table_standby_replicas)
     env["PIPELINE_LAG_INTERVAL_S"] = str(settings.lag_interval_s)
     env["PIPELINE_STALL_AFTER_S"] = str(settings.stall_after_s)

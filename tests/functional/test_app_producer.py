@@ -1,4 +1,5 @@
-"""The worker's producer (table changelogs and outputs) lingers as configured (issue 16)."""
+"""The worker's producer lingers, its tables keep standby copies and its consumer commits as
+configured (issue 16)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,19 @@ def test_the_workers_keep_as_many_standby_table_copies_as_configured() -> None:
     none = base.model_copy(update={"table_standby_replicas": 0})
     assert create_app(none).app.conf.table_standby_replicas == 0
     assert child_env(none)["PIPELINE_TABLE_STANDBY_REPLICAS"] == "0"  # and the children's
+
+
+def test_the_workers_commit_as_often_as_configured() -> None:
+    """What a crashed worker's successor reads again: its input since the last commit."""
+    base = Settings(
+        kafka_bootstrap_servers="127.0.0.1:9",  # never contacted
+        topic_prefix="tc.",
+        app_id="test-commit",
+        data_dir=Settings().data_dir,
+    )
+    assert create_app(base).app.conf.broker_commit_interval == 2.8  # Faust's own default
+    slow = base.model_copy(update={"commit_interval_s": 60.0})
+    ctx = create_app(slow)
+    assert ctx.app.conf.broker_commit_interval == 60.0
+    assert ctx.app.consumer.commit_interval == 60.0  # what the commit timer waits
+    assert child_env(slow)["PIPELINE_COMMIT_INTERVAL_S"] == "60.0"
