@@ -1,12 +1,14 @@
-"""A worker killed (SIGKILL) in the middle of its own restore, then started again, restores
-everything (invariant 3; docs/ARCHITECTURE.md, Recovery): the customers' messages read again
-are decided as before and answered no more (dedup and customer-cases restored), and their
-replies read again are dropped (the delivered ids restored).
+"""A restore cut short restores everything (invariant 3; docs/ARCHITECTURE.md, Recovery):
+the worker killed (SIGKILL) in the middle of it and started again, or the broker stopped
+(SIGSTOP) for longer than the group session in the middle of it and resumed. Then the
+customers' messages read again are decided as before and answered no more (dedup and
+customer-cases restored), and their replies read again are dropped (the delivered ids
+restored).
 
 The tables live in memory, so every start restores them from their changelogs' start, after
 fencing them (``RouterRecovery``). Filler records on the delivered-replies changelog make the
-restore last long enough to be killed in; the test asserts that the kill came after the
-restore began and before it completed, so it cannot pass without testing that.
+restore last long enough to be cut in; the test asserts that the kill or the pause came after
+the restore began and before it completed, so it cannot pass without testing that.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import signal
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +29,10 @@ from pipeline import bus
 from pipeline.config import Settings
 from pipeline.events import DeliveryReceipt, InboundMessage, Outcome, Reply, derive_id
 from pipeline.outbox import Outbox
-from pipeline.runtime import Children, child_env, children, wait_http
+from pipeline.runtime import Children, child_env, children, departments, wait_http
 
 if TYPE_CHECKING:
-    from tests.plugins.stack import Deliveries, StackSettings, Telegram
+    from tests.plugins.stack import Deliveries, OwnBroker, StackSettings, Telegram
     from tests.plugins.topics import Records
     from tests.plugins.waiting import Patience, WaitUntil
 
@@ -39,6 +42,8 @@ MESSAGES = 12
 #: Records written straight to the delivered-replies changelog before the restart (other
 #: keys than the customers'): a restore of a few seconds on this machine.
 FILLER = 60_000
+#: How long the broker answers nothing: longer than the group session (6 s in the tests).
+PAUSE_S = 10.0
 #: What ``RouterRecovery`` logs as a restore starts, and once it is over.
 RESTORING = b"Restoring state from changelog topics..."
 COMPLETE = b"Recovery complete"
@@ -91,14 +96,30 @@ def kill(group: Children) -> None:
     group.procs = [(n, p) for n, p in group.procs if p is not worker]
 
 
-@pytest.fixture
-def own(broker_settings: Settings, stack_settings: StackSettings) -> Settings:
-    """Topics, a consumer group and ports of the test's own."""
-    return stack_settings(broker_settings, "rk")
+@dataclass(frozen=True)
+class Fault:
+    """What happens to the restore: the worker is killed, or the broker stops answering."""
+
+    name: str
+    settings: Settings
+    broker: OwnBroker | None = None
 
 
-async def test_a_worker_killed_during_its_restore_restores_everything(
-    own: Settings,
+@pytest.fixture(params=["worker-killed", "broker-paused"])
+def fault(
+    request: pytest.FixtureRequest, broker_settings: Settings, stack_settings: StackSettings
+) -> Fault:
+    """Topics, a consumer group and ports of the test's own; with the broker paused, on a
+    broker of the test's own too."""
+    if request.param == "worker-killed":
+        return Fault(request.param, stack_settings(broker_settings, "rk"))
+    own: OwnBroker = request.getfixturevalue("own_broker")
+    asyncio.run(bus.ensure_topics(own.settings, departments=departments(own.settings)))
+    return Fault(request.param, own.settings, own)
+
+
+async def test_a_restore_cut_short_restores_everything(
+    fault: Fault,
     outbox: Outbox,
     telegram: Telegram,
     records: Records,
@@ -107,7 +128,7 @@ async def test_a_worker_killed_during_its_restore_restores_everything(
     wait_until: WaitUntil,
     tmp_path: Path,
 ) -> None:
-    stack = own
+    stack = fault.settings
     chat0 = 6_000_000 + int(uuid.uuid4().int % 900_000) * 100
     chats = [chat0 + n for n in range(MESSAGES)]
     mids = {derive_id("msg", "telegram", f"{chat}:1") for chat in chats}
@@ -150,7 +171,7 @@ async def test_a_worker_killed_during_its_restore_restores_everything(
         # dead one's session expires; tests/integration/test_restart.py).
         await asyncio.sleep(stack.session_timeout_s + 2)
 
-        # Started again and killed while it restores.
+        # Started again, and the worker killed or the broker paused while it restores.
         log.mark()
         group.start("worker", ["worker"], env)
         await wait_until(
@@ -159,15 +180,20 @@ async def test_a_worker_killed_during_its_restore_restores_everything(
             what="the restore to start",
             interval_s=0.01,
         )
-        kill(group)
-        assert COMPLETE not in log.since(), "the restore was over before the kill"
-
-        # Started once more: the whole restore, then the customers' messages and their
-        # replies read again, as after a crash before their offsets were committed (ingest
-        # itself drops a platform's retry of a message it accepted recently).
-        await asyncio.sleep(stack.session_timeout_s + 2)
-        group.start("worker", ["worker"], env)
+        if fault.broker is None:
+            kill(group)
+            assert COMPLETE not in log.since(), "the restore was over before the kill"
+            # Once more (after the dead member's session): the whole restore.
+            await asyncio.sleep(stack.session_timeout_s + 2)
+            group.start("worker", ["worker"], env)
+        else:
+            with fault.broker.paused():
+                assert COMPLETE not in log.since(), "the restore was over before the pause"
+                await asyncio.sleep(PAUSE_S)
         wait_http(healthz, 600, group)
+        # The customers' messages and their replies read again, as after a crash before their
+        # offsets were committed (ingest itself drops a platform's retry of a message it
+        # accepted recently).
         pub = bus.Publisher(stack)
         try:
             for message in {m.message_id: m for m in inbound}.values():

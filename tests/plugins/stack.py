@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import smtplib
 import time
 import urllib.error
@@ -444,6 +445,19 @@ class OwnBroker:
     #: Topics, group and ports of their own (``own_stack``); processes ask the broker every
     #: second (``lag_interval_s``). The topics are not created.
     settings: Settings
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Its Tansu stopped (SIGSTOP) inside the block, resumed (SIGCONT) after: a broker that
+        answers nothing for a while and then goes on with its data, as one behind a network
+        partition or stuck in a long pause."""
+        tansu = self.broker._proc
+        assert tansu is not None
+        tansu.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            tansu.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL its Tansu as the test's own act: not reported as the broker's death
