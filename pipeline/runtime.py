@@ -228,6 +228,13 @@ class Children:
             if proc.poll() is not None:
                 raise BrokerError(f"{name} exited with code {proc.returncode}")
 
+    def kill(self, name: str) -> None:
+        """SIGKILL the first child called ``name`` and forget it (a crash the tests stage)."""
+        proc = next(p for n, p in self.procs if n == name)
+        proc.kill()
+        proc.wait(timeout=10)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
     def stop(self) -> None:
         """SIGTERM every child, SIGKILL what is still alive after 10 s."""
         for _, proc in self.procs:

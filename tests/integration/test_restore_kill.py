@@ -14,7 +14,6 @@ the restore began and before it completed, so it cannot pass without testing tha
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pipeline import bus
 from pipeline.config import Settings
 from pipeline.events import DeliveryReceipt, InboundMessage, Outcome, Reply, derive_id
 from pipeline.outbox import Outbox
-from pipeline.runtime import Children, child_env, children, departments, wait_http
+from pipeline.runtime import child_env, children, departments, wait_http
 
 if TYPE_CHECKING:
     from tests.plugins.stack import Deliveries, OwnBroker, StackSettings, Telegram
@@ -89,18 +88,11 @@ async def write_filler(stack: Settings, n: int) -> None:
         await producer.stop()
 
 
-def kill(group: Children) -> None:
-    worker = next(p for n, p in group.procs if n == "worker")
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(timeout=10)
-    group.procs = [(n, p) for n, p in group.procs if p is not worker]
-
-
 @dataclass(frozen=True)
 class Fault:
-    """What happens to the restore: the worker is killed, or the broker stops answering."""
+    """What happens to the restore: the worker is killed (``broker`` None), or the test's own
+    broker stops answering."""
 
-    name: str
     settings: Settings
     broker: OwnBroker | None = None
 
@@ -112,10 +104,10 @@ def fault(
     """Topics, a consumer group and ports of the test's own; with the broker paused, on a
     broker of the test's own too."""
     if request.param == "worker-killed":
-        return Fault(request.param, stack_settings(broker_settings, "rk"))
+        return Fault(stack_settings(broker_settings, "rk"))
     own: OwnBroker = request.getfixturevalue("own_broker")
     asyncio.run(bus.ensure_topics(own.settings, departments=departments(own.settings)))
-    return Fault(request.param, own.settings, own)
+    return Fault(own.settings, own)
 
 
 async def test_a_restore_cut_short_restores_everything(
@@ -165,7 +157,7 @@ async def test_a_restore_cut_short_restores_everything(
             lambda r: r.delivery_id in reply_ids,
             lambda seen: {r.delivery_id for r in seen} >= reply_ids,
         )
-        kill(group)
+        group.kill("worker")
         await write_filler(stack, FILLER)
         # The dead member's session ends first (Tansu does not rebalance a live member when a
         # dead one's session expires; tests/integration/test_restart.py).
@@ -181,7 +173,7 @@ async def test_a_restore_cut_short_restores_everything(
             interval_s=0.01,
         )
         if fault.broker is None:
-            kill(group)
+            group.kill("worker")
             assert COMPLETE not in log.since(), "the restore was over before the kill"
             # Once more (after the dead member's session): the whole restore.
             await asyncio.sleep(stack.session_timeout_s + 2)
