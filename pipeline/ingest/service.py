@@ -194,13 +194,28 @@ class IngestService:
         self.metrics.messages.labels(stage=STAGE, outcome=outcome).inc()
 
     async def _resolve(self, parsed: ParsedMessage, now: datetime) -> Resolution:
-        """The customer of ``parsed``; directory changes are persisted first."""
-        async with self._dir_lock:
+        """The customer of ``parsed``; directory changes are persisted first.
+
+        One resolution at a time (one directory), and one that changes the directory keeps the
+        turn until the broker acknowledged its records. A message waits for its turn at most
+        ``produce_timeout_s``, then fails as a send would (503): in a broker outage each new
+        customer's message waited for all before it, past the platforms' webhook timeouts.
+        """
+        try:
+            async with asyncio.timeout(self.settings.produce_timeout_s):
+                await self._dir_lock.acquire()
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                "customer directory busy: the broker has not acknowledged its earlier changes"
+            ) from exc
+        try:
             resolution = self.directory.resolve(
                 parsed.identities, now=now, name=parsed.name, customer_id=parsed.customer_id
             )
             if resolution.records or resolution.removed:
                 await self._persist(resolution)
+        finally:
+            self._dir_lock.release()
         return resolution
 
     async def _publish(self, parsed: ParsedMessage) -> Accepted:

@@ -19,20 +19,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import orjson
 import pytest
 
-from pipeline import bus
 from pipeline.config import Settings
 from pipeline.events import DeliveryReceipt, Outcome, Reply, derive_id
-from pipeline.notify.agents import MAX_CONCURRENT
-from pipeline.notify.channels import message_text
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children, audit, child_env, wait_http
+from tests.plugins.topics import assert_only_the_window_twice, delivered_marks
 
 if TYPE_CHECKING:
     from tests.plugins.stack import AddWorker, Deliveries, RunningStack, Telegram
@@ -123,9 +119,6 @@ async def test_a_killed_worker_and_a_joining_one_send_nothing_marked_twice(
         await deliveries.first(lambda i, chat=chat: i.to == chat, f"a reply to {chat}")
     delivered = await deliveries.settled(lambda i: i.to in wanted, enough=len(wanted))
     assert {i.to for i in delivered} == wanted  # every customer was answered
-    twice = {k: v for k, v in Counter((i.to, i.text) for i in delivered).items() if v > 1}
-    # The replies and their marks: every reply delivered is marked in the end (this also shows
-    # that the marks are read where the workers write them).
     replies = await records.settled(
         stack,
         stack.topic("replies"),
@@ -134,20 +127,8 @@ async def test_a_killed_worker_and_a_joining_one_send_nothing_marked_twice(
         lambda seen: {r.reply_to.get("chat_id") for r in seen} >= wanted,
     )
     marks = await delivered_marks(stack)
-    by_text = {(r.reply_to.get("chat_id"), message_text(r)): r for r in replies}
     reply_ids = {r.reply_id for r in replies}
-    for item in delivered:
-        reply = by_text[(item.to, item.text)]
-        assert any(marked(reply, held) for _, held in marks.get(reply.customer_id, [])), reply
-    # Only the documented window: the victim's deliveries in flight, none of them marked
-    # durably before the kill.
-    assert len(twice) <= MAX_CONCURRENT and all(n == 2 for n in twice.values()), twice
-    for chat, text in twice:
-        reply = by_text[(chat, text)]
-        before = [held for at, held in marks.get(reply.customer_id, []) if at < killed_at]
-        assert not any(marked(reply, held) for held in before), (
-            f"{reply.reply_id} was sent again although its mark was durable before the kill"
-        )
+    assert_only_the_window_twice(delivered, replies, marks, killed_at)
 
     # The marks were tested: replies delivered before the kill were read again and dropped.
     receipts = await records.settled(
@@ -162,31 +143,3 @@ async def test_a_killed_worker_and_a_joining_one_send_nothing_marked_twice(
         d.split("#")[0] for v in marks.values() for at, got in v if at < killed_at for d in got
     }
     assert marked_early and skipped & marked_early, (len(marked_early), len(skipped))
-
-
-def marked(reply: Reply, ids: list[str]) -> bool:
-    """``ids`` holds the reply's delivery id, or one of its parts' (``<reply id>#<n>``)."""
-    return any(d.split("#")[0] == reply.reply_id for d in ids)
-
-
-async def delivered_marks(stack: Settings) -> dict[str, list[tuple[float, list[str]]]]:
-    """Every value on the delivered-replies changelog, by customer: (when it was made, the ids
-    it holds). ``{"at": s, "ids": [...]}`` as ``notify.agents._marked`` writes it, a JSON
-    string in the table's value encoding."""
-    found: dict[str, list[tuple[float, list[str]]]] = {}
-    topic = f"{stack.app_id}-delivered-replies-changelog"
-    async with bus.reader(stack, topic) as consumer:
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end for tp, end in ends.items()])
-
-        while await behind():
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                for m in batch:
-                    if m.key is None or m.value is None:
-                        continue
-                    value = orjson.loads(m.value)
-                    value = orjson.loads(value) if isinstance(value, str) else value
-                    found.setdefault(m.key.decode(), []).append((value["at"], value["ids"]))
-    return found

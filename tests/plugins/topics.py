@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -15,12 +17,18 @@ from pipeline import bus
 from pipeline.codec import decode, decode_case_events
 from pipeline.config import Settings
 from pipeline.errors import DecodeError
-from pipeline.events import CaseEvent, Event
+from pipeline.events import CaseEvent, Event, Reply
+from pipeline.notify.agents import MAX_CONCURRENT
+from pipeline.notify.channels import message_text
+from pipeline.outbox import OutboxItem
 from tests.plugins.waiting import Batch, Patience, collect_until_quiet
 
 E = TypeVar("E", bound=Event)
 
 log = logging.getLogger(__name__)
+
+#: The delivered-replies changelog's values by customer: (when each was made, its ids).
+Marks = dict[str, list[tuple[float, list[str]]]]
 
 
 async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
@@ -151,3 +159,54 @@ class Records:
 def records(patience: Patience) -> Records:
     """Reads records back from the real topics (``wait_for``, ``first``, ``settled``)."""
     return Records(patience)
+
+
+def marked(reply: Reply, ids: list[str]) -> bool:
+    """``ids`` holds the reply's delivery id, or one of its parts' (``<reply id>#<n>``)."""
+    return any(d.split("#")[0] == reply.reply_id for d in ids)
+
+
+async def delivered_marks(stack: Settings) -> Marks:
+    """Every value on the delivered-replies changelog, by customer: (when it was made, the ids
+    it holds). ``{"at": s, "ids": [...]}`` as ``notify.agents._marked`` writes it, a JSON
+    string in the table's value encoding."""
+    found: Marks = {}
+    topic = f"{stack.app_id}-delivered-replies-changelog"
+    async with bus.reader(stack, topic) as consumer:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                for m in batch:
+                    if m.key is None or m.value is None:
+                        continue
+                    value = orjson.loads(m.value)
+                    value = orjson.loads(value) if isinstance(value, str) else value
+                    found.setdefault(m.key.decode(), []).append((value["at"], value["ids"]))
+    return found
+
+
+def assert_only_the_window_twice(
+    delivered: Sequence[OutboxItem], replies: Sequence[Reply], marks: Marks, fault_at: float
+) -> None:
+    """Every reply delivered is marked in the end (which also shows that ``marks`` were read
+    where the workers write them), and a reply went out twice only in the documented window
+    (``DeliveryLoop``): the platform answered, then the worker died or the broker failed
+    before the mark was acknowledged. So at most ``MAX_CONCURRENT`` replies (what a worker can
+    be delivering at once), each twice, and none with a mark made before ``fault_at`` (a
+    durable mark the worker did not honour is a bug)."""
+    by_text = {(r.reply_to.get("chat_id"), message_text(r)): r for r in replies}
+    for item in delivered:
+        reply = by_text[(item.to, item.text)]
+        assert any(marked(reply, held) for _, held in marks.get(reply.customer_id, [])), reply
+    twice = {k: v for k, v in Counter((i.to, i.text) for i in delivered).items() if v > 1}
+    assert len(twice) <= MAX_CONCURRENT and all(n == 2 for n in twice.values()), twice
+    for chat, text in twice:
+        reply = by_text[(chat, text)]
+        before = [held for at, held in marks.get(reply.customer_id, []) if at < fault_at]
+        assert not any(marked(reply, held) for held in before), (
+            f"{reply.reply_id} was sent again although its mark was durable before the fault"
+        )

@@ -197,3 +197,55 @@ def test_following_the_topic_ignores_stale_records_and_tombstones() -> None:
     assert service.directory.lookup(phone) is None
     service.take_record(Record("care.customers", 0, 3, b"c-2", b"{not json", later))  # logged
     assert len(service.directory) == 0
+
+
+async def test_new_customers_in_a_broker_outage_fail_without_queueing_behind_each_other() -> None:
+    """A new customer's directory record holds the directory until the broker acknowledges it.
+    In an outage the messages behind it fail (503) once the produce timeout passed, as a send
+    would, not one produce timeout after another (the last one past the platform's webhook
+    timeout); the turn is free again afterwards."""
+    import asyncio
+
+    from pipeline.bus import Publisher
+    from pipeline.errors import BrokerUnavailable
+    from pipeline.events import Channel, Event
+    from pipeline.ingest.message import ParsedMessage
+    from pipeline.ingest.service import IngestService
+
+    class Silent(Publisher):
+        """A broker that acknowledges nothing until ``answer`` is set."""
+
+        def __init__(self, settings: Settings) -> None:
+            super().__init__(settings)
+            self.answer = asyncio.Event()
+            self.sent: list[Event] = []
+
+        async def send(self, topic: str, key: str | None, event: Event) -> None:
+            await self.answer.wait()
+            self.sent.append(event)
+
+    settings = Settings(produce_timeout_s=0.05)
+    publisher = Silent(settings)
+    service = IngestService(settings, publisher)
+
+    def new_customer(n: int) -> ParsedMessage:
+        return ParsedMessage(
+            channel=Channel.telegram,
+            channel_message_id=f"{700 + n}:1",
+            identities=(Identity(kind="telegram", value=str(700 + n)),),
+            text="Где мой заказ?",
+        )
+
+    async with asyncio.timeout(30):  # a failure bound: before the fix the rest waited forever
+        first = asyncio.create_task(service.accept(new_customer(0)))
+        await asyncio.sleep(0)  # the first takes the turn and waits for the broker
+        rest = await asyncio.gather(
+            *(service.accept(new_customer(n)) for n in range(1, 6)), return_exceptions=True
+        )
+        assert all(isinstance(r, BrokerUnavailable) for r in rest), rest
+        assert "customer directory busy" in str(rest[0])
+        assert not first.done()
+        publisher.answer.set()  # the broker answers again
+        assert (await first).customer_id
+        again = await service.accept(new_customer(1))  # the turn was given back
+    assert again.customer_id and len(publisher.sent) == 4  # two directory records, two messages

@@ -1,0 +1,178 @@
+"""A broker that answers nothing for longer than every client's timeout, then goes on with its
+data (a network partition, a stuck host): nothing acknowledged is lost, nothing is decided
+twice, a good message never lands in the dead-letter topic for the broker's fault, and a
+reply goes out twice only in the documented window (invariant 3; docs/ARCHITECTURE.md,
+Errors and Recovery).
+
+Customers write through the webhook while the worker is down. The worker starts on that
+backlog, and as its first decision comes out the test's own Tansu is stopped (SIGSTOP) for
+longer than the produce, request and session timeouts: the worker has messages to decide and
+replies in flight to a slow platform. Customers who write meanwhile get a 503 (ingest cannot
+store their messages) and post again after the pause, as Telegram and the others retry a
+webhook that failed. After the pause the test does what a supervisor does with ``/healthz``:
+a worker whose agent stopped on the broker's error says so and is restarted, and reads again
+the input it had not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pipeline import bus
+from pipeline.events import DeadLetter, Outcome, Reply, derive_id
+from pipeline.outbox import Outbox
+from pipeline.runtime import Children, child_env, children, departments, wait_http
+from tests.plugins.stack import Deliveries
+from tests.plugins.topics import assert_only_the_window_twice, delivered_marks
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.plugins.stack import OwnBroker, ProbeJson, Telegram
+    from tests.plugins.topics import Records
+    from tests.plugins.waiting import Patience, WaitUntil
+
+pytestmark = pytest.mark.integration
+
+#: Customers who wrote while the worker was down (its backlog as it starts), and customers who
+#: write during the pause (refused, posted again after it).
+BACKLOG, DURING = 400, 12
+POSTERS = 6
+#: The platform's answer time: notify has deliveries in flight as the broker stops.
+PLATFORM_DELAY_S = 0.2
+#: Ingest's wait for the broker's ack before it answers 503 (``PIPELINE_PRODUCE_TIMEOUT_S``),
+#: the worker's before its agent gives up on its outputs.
+PRODUCE_TIMEOUT_S = 3.0
+#: How long the broker answers nothing: longer than the request timeout (30 s), so every
+#: client's request in flight fails, and than the group session (6 s in the tests).
+PAUSE_S = 35.0
+TEXTS = [
+    "Где мой заказ? Жду уже неделю.",
+    "I want to cancel my order, please.",
+    "Не пришёл возврат денег за товар.",
+    "How do I change my shipping address?",
+    "Списали деньги дважды за один заказ, верните.",
+    "Where can I download my invoice?",
+]
+
+
+@pytest.fixture
+def slow_platform() -> Iterator[Outbox]:
+    box = Outbox().start()
+    box.telegram_delay_s = PLATFORM_DELAY_S
+    try:
+        yield box
+    finally:
+        box.telegram_delay_s = 0.0
+        box.stop()
+
+
+async def supervise(
+    group: Children, env: dict[str, str], healthz: str, probe: ProbeJson, wait_until: WaitUntil
+) -> str:
+    """What a supervisor does once the broker is back: wait until the worker is healthy, or
+    restart it if it says it cannot go on (an agent stopped: commits held) or it exited.
+    Returns what it saw."""
+
+    def state() -> str | None:
+        name, proc = group.procs[-1]
+        assert name == "worker"
+        if proc.poll() is not None:
+            return f"exited {proc.returncode}"
+        answer = probe(healthz)
+        if answer is None:
+            return None  # not answering for a moment: ask again
+        body: dict[str, Any] = answer[1]
+        if body.get("status") == "ok":
+            return "ok"
+        if "commits" in body:  # an agent stopped: nothing more is committed
+            return f"commits held: {body['commits']}"
+        return None
+
+    seen = await wait_until(state, timeout_s=180, what="the worker healthy or giving up")
+    if seen != "ok":
+        group.kill("worker")
+        await asyncio.sleep(8)  # the dead member's session (6 s) ends first
+        group.start("worker", ["worker"], env)
+        wait_http(healthz.replace("/healthz", "/readyz"), 600, group)
+    return seen
+
+
+async def test_a_broker_silent_for_longer_than_every_timeout_loses_and_doubles_nothing(
+    own_broker: OwnBroker,
+    slow_platform: Outbox,
+    telegram: Telegram,
+    records: Records,
+    patience: Patience,
+    probe_json: ProbeJson,
+    wait_until: WaitUntil,
+    tmp_path: Path,
+) -> None:
+    stack = own_broker.settings
+    await bus.ensure_topics(stack, departments=departments(stack))
+    env = child_env(stack, **slow_platform.env(), PIPELINE_PRODUCE_TIMEOUT_S=str(PRODUCE_TIMEOUT_S))
+    healthz = f"http://{stack.web_host}:{stack.web_port}/healthz"
+    chat0 = 6_100_000 + int(uuid.uuid4().int % 900_000) * 1000
+    chats = [chat0 + n for n in range(BACKLOG + DURING)]
+    backlog, during = chats[:BACKLOG], chats[BACKLOG:]
+    mids = {derive_id("msg", "telegram", f"{chat}:1") for chat in chats}
+    wanted = {str(chat) for chat in chats}
+    deliveries = Deliveries(slow_platform, patience)
+
+    def post(chat: int) -> int:
+        return telegram(stack, chat, 1, TEXTS[chat % len(TEXTS)])[0]
+
+    with children(tmp_path / "stack.log") as group:
+        group.start("ingest", ["ingest"], env)
+        wait_http(f"http://{stack.ingest_host}:{stack.ingest_port}/healthz", 60, group)
+        with ThreadPoolExecutor(POSTERS) as posters:
+            assert set(posters.map(post, backlog)) == {200}
+        # The worker starts on that backlog; the broker stops as its first decision comes out.
+        group.start("worker", ["worker"], env)
+        await records.first(stack, stack.topic("outcomes"), Outcome, lambda o: o.message_id in mids)
+        paused_at = time.time()
+        with own_broker.paused(), ThreadPoolExecutor(DURING) as posters:
+            # At once: each fails within the produce timeout, none waits for the others
+            # (a platform gives up on a webhook after its own timeout, 30 s here).
+            refused = list(posters.map(post, during))
+            await asyncio.sleep(max(0.0, PAUSE_S - (time.time() - paused_at)))
+        assert all(s >= 500 for s in refused), f"ingest acknowledged unstored messages: {refused}"
+
+        seen = await supervise(group, env, healthz, probe_json, wait_until)
+        # The platform retries what failed (ingest's duplicate filter only drops a retry of a
+        # message it accepted).
+        assert [post(chat) for chat in during] == [200] * DURING, seen
+        outcomes = await records.settled(
+            stack,
+            stack.topic("outcomes"),
+            Outcome,
+            lambda o: o.message_id in mids,
+            lambda got: {o.message_id for o in got} >= mids,
+        )
+        delivered = await deliveries.settled(lambda i: i.to in wanted, enough=len(wanted))
+        replies = await records.settled(
+            stack,
+            stack.topic("replies"),
+            Reply,
+            lambda r: r.reply_to.get("chat_id") in wanted,
+            lambda got: {r.reply_to.get("chat_id") for r in got} >= wanted,
+        )
+        marks = await delivered_marks(stack)
+        dead = await records.settled(stack, stack.topic("dlq"), DeadLetter, lambda d: True, 0)
+        log = (tmp_path / "stack.log").read_text(errors="replace")
+
+    # The pause hit the worker at work: its outputs were not acknowledged.
+    assert "output records not acknowledged" in log, seen
+    decisions = {(o.message_id, o.outcome, o.case_id) for o in outcomes}
+    assert len(decisions) == len(mids), f"decided more than once ({seen}): {sorted(decisions)}"
+    assert not [o for o in outcomes if o.outcome == "rejected"], seen
+    assert dead == [], f"dead-lettered for the broker's fault: {[d.error for d in dead]}"
+    assert {i.to for i in delivered} == wanted
+    assert_only_the_window_twice(delivered, replies, marks, paused_at)
