@@ -27,7 +27,8 @@ to have committed (``floor``: read at an assignment or committed here, kept acro
 rebalances), so a reading that answers lower or nothing does not make it commit lower.
 A record it cannot account for holds the commit back:
 the lag grows and the stall detector (``pipeline.lag``) makes it loud, instead of a silent
-skip. And once an agent crashed, nothing more is committed: Faust would commit what was
+skip. And once an agent crashed, nothing more is committed (and ``runtime.run_worker`` stops
+the worker, ``RouterApp.on_agent_crash``): Faust would commit what was
 acknowledged on the task error (its ``take_events`` even acknowledged a dying loop's whole
 batch in a ``finally``; the agents now batch with ``stage.take_batches``, which does not).
 """
@@ -349,11 +350,22 @@ class _Consumer(faust_aiokafka.Consumer):
             return {}
         return super()._filter_committable_offsets(tps)
 
+    async def wait_empty(self) -> None:
+        """Faust waits here (a stop, a rebalance) until every message taken is acknowledged.
+        After an agent crashed, its messages never are and nothing is committed any more:
+        waiting would only hold the worker's stop until the watchdog ends it."""
+        if self.held is None:
+            await super().wait_empty()
+
     async def on_task_error(self, exc: BaseException) -> None:
-        """An agent crashed: commit nothing more (Faust would commit what it acknowledged)."""
+        """An agent crashed: commit nothing more (Faust would commit what it acknowledged),
+        and tell the app (``RouterApp.on_agent_crash``: the worker stops)."""
         if self.held is None:
             self.held = f"an agent crashed: {exc!r}"
             self.log.error("%s; no offset is committed any more: restart this worker", self.held)
+            hook = getattr(self.app, "on_agent_crash", None)
+            if hook is not None:
+                hook(self.held)
 
 
 class _Producer(faust_aiokafka.Producer):
@@ -400,6 +412,10 @@ class RouterApp(faust.App):
         super().__init__(*args, **kwargs)
         #: Awaited before every producer flush (``_Producer.flush``).
         self.before_flush: list[Callable[[], Awaitable[None]]] = []
+        #: Called once when an agent crashed (its reason); the consumer then commits nothing
+        #: more. ``runtime.run_worker`` stops the worker: mode's supervisor would restart the
+        #: agent, which would go on without commits until a restart replayed all it did.
+        self.on_agent_crash: Callable[[str], None] | None = None
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -41,11 +42,19 @@ def departments(settings: Settings) -> list[str]:
     return load_workflow(settings.rules_path).task_departments()
 
 
+#: A worker's exit status after an agent crashed (EX_TEMPFAIL): restart it.
+EXIT_AGENT_CRASHED = 75
+#: A process's exit status when its stop did not finish within the grace (EX_SOFTWARE).
+EXIT_STOP_TIMED_OUT = 70
+
+
 def run_worker(settings: Settings) -> int:
-    """Run the Faust worker (all stages) until SIGTERM/SIGINT."""
+    """Run the Faust worker (all stages) until SIGTERM/SIGINT, or until an agent crashed
+    (``EXIT_AGENT_CRASHED``)."""
     import faust
 
     from pipeline.app import create_app
+    from pipeline.faust_app import RouterApp
 
     use_event_loop(settings.event_loop)
     asyncio.run(bus.ensure_topics(settings, departments=departments(settings)))
@@ -65,14 +74,29 @@ def run_worker(settings: Settings) -> int:
         watchdog.arm()
 
     ctx.app.on_before_shutdown.connect(cast(Any, arm_watchdog))
+    crashed: list[str] = []
+
+    def stop_after_crash(why: str) -> None:
+        # Stopped as when told to (the watchdog armed), then exit EXIT_AGENT_CRASHED: a
+        # supervisor restarts it (compose's restart policy, k8s, systemd), not only a
+        # liveness probe, and it reads again the input it had not committed.
+        crashed.append(why)
+        signal.raise_signal(signal.SIGTERM)
+
+    cast(RouterApp, ctx.app).on_agent_crash = stop_after_crash
     # Logging stays as the command set it up (pipeline.logs: text or JSON lines).
     worker = Worker(
         ctx.app, loglevel="INFO", quiet=True, redirect_stdouts=False, override_logging=False
     )
     worker.spinner = None  # its terminal escapes would land among the (JSON) log lines
     log.info("event loop: %s", type(worker.loop).__module__)
-    worker.execute_from_commandline()
-    return 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if not crashed:
+            raise
+    log.error("stopped: %s; exit %d (restart me)", crashed[0], EXIT_AGENT_CRASHED)
+    return EXIT_AGENT_CRASHED
 
 
 def use_event_loop(name: Literal["uvloop", "asyncio"]) -> None:
@@ -150,7 +174,7 @@ class Watchdog:
 
 def _force_exit() -> None:
     log.error("shutdown did not finish in time; exiting hard")
-    os._exit(70)
+    os._exit(EXIT_STOP_TIMED_OUT)
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -9,9 +9,9 @@ backlog, and as its first decision comes out the test's own Tansu is stopped (SI
 longer than the produce, request and session timeouts: the worker has messages to decide and
 replies in flight to a slow platform. Customers who write meanwhile get a 503 (ingest cannot
 store their messages) and post again after the pause, as Telegram and the others retry a
-webhook that failed. After the pause the test does what a supervisor does with ``/healthz``:
-a worker whose agent stopped on the broker's error says so and is restarted, and reads again
-the input it had not committed.
+webhook that failed. A worker whose agent stopped on the broker's error exits
+(``runtime.EXIT_AGENT_CRASHED``), and the test starts it again as a supervisor does: it reads
+again the input it had not committed.
 """
 
 from __future__ import annotations
@@ -21,14 +21,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline import bus
 from pipeline.events import DeadLetter, Outcome, Reply, derive_id
 from pipeline.outbox import Outbox
-from pipeline.runtime import Children, child_env, children, departments, wait_http
+from pipeline.runtime import (
+    EXIT_AGENT_CRASHED,
+    EXIT_STOP_TIMED_OUT,
+    Children,
+    child_env,
+    children,
+    departments,
+    wait_http,
+)
 from tests.plugins.stack import Deliveries
 from tests.plugins.topics import assert_only_the_window_twice, delivered_marks
 
@@ -50,9 +59,20 @@ PLATFORM_DELAY_S = 0.2
 #: Ingest's wait for the broker's ack before it answers 503 (``PIPELINE_PRODUCE_TIMEOUT_S``),
 #: the worker's before its agent gives up on its outputs.
 PRODUCE_TIMEOUT_S = 3.0
-#: How long the broker answers nothing: longer than the request timeout (30 s), so every
-#: client's request in flight fails, and than the group session (6 s in the tests).
-PAUSE_S = 35.0
+
+
+@dataclass(frozen=True)
+class Pause:
+    """How long the broker answers nothing, and how the worker ends: its agent stops once
+    its outputs are not acknowledged within the produce timeout, and the worker stops. Back
+    within the shutdown grace (15 s), the broker lets the stop finish (``EXIT_AGENT_CRASHED``);
+    silent for longer than every client's timeout (the request timeout, 30 s, and the group
+    session, 6 s here), it does not, and the watchdog ends the worker (``EXIT_STOP_TIMED_OUT``)."""
+
+    seconds: float
+    exit_status: int
+
+
 TEXTS = [
     "Где мой заказ? Жду уже неделю.",
     "I want to cancel my order, please.",
@@ -77,35 +97,33 @@ def slow_platform() -> Iterator[Outbox]:
 async def supervise(
     group: Children, env: dict[str, str], healthz: str, probe: ProbeJson, wait_until: WaitUntil
 ) -> str:
-    """What a supervisor does once the broker is back: wait until the worker is healthy, or
-    restart it if it says it cannot go on (an agent stopped: commits held) or it exited.
-    Returns what it saw."""
+    """What a supervisor does once the broker is back: the worker healthy, or started again
+    once it exited. Returns what it saw."""
 
     def state() -> str | None:
         name, proc = group.procs[-1]
         assert name == "worker"
         if proc.poll() is not None:
             return f"exited {proc.returncode}"
-        answer = probe(healthz)
-        if answer is None:
-            return None  # not answering for a moment: ask again
-        body: dict[str, Any] = answer[1]
-        if body.get("status") == "ok":
-            return "ok"
-        if "commits" in body:  # an agent stopped: nothing more is committed
-            return f"commits held: {body['commits']}"
-        return None
+        answer = probe(healthz)  # None: not answering for a moment (stopping)
+        return "ok" if answer is not None and answer[1].get("status") == "ok" else None
 
-    seen = await wait_until(state, timeout_s=180, what="the worker healthy or giving up")
+    seen = await wait_until(state, timeout_s=180, what="the worker healthy or exited")
     if seen != "ok":
-        group.kill("worker")
+        group.kill("worker")  # forgets the one that exited
         await asyncio.sleep(8)  # the dead member's session (6 s) ends first
         group.start("worker", ["worker"], env)
         wait_http(healthz.replace("/healthz", "/readyz"), 600, group)
     return seen
 
 
-async def test_a_broker_silent_for_longer_than_every_timeout_loses_and_doubles_nothing(
+@pytest.mark.parametrize(
+    "pause",
+    [Pause(10.0, EXIT_AGENT_CRASHED), Pause(35.0, EXIT_STOP_TIMED_OUT)],
+    ids=["10s", "35s"],
+)
+async def test_a_broker_silent_for_a_while_loses_and_doubles_nothing(
+    pause: Pause,
     own_broker: OwnBroker,
     slow_platform: Outbox,
     telegram: Telegram,
@@ -142,7 +160,7 @@ async def test_a_broker_silent_for_longer_than_every_timeout_loses_and_doubles_n
             # At once: each fails within the produce timeout, none waits for the others
             # (a platform gives up on a webhook after its own timeout, 30 s here).
             refused = list(posters.map(post, during))
-            await asyncio.sleep(max(0.0, PAUSE_S - (time.time() - paused_at)))
+            await asyncio.sleep(max(0.0, pause.seconds - (time.time() - paused_at)))
         assert all(s >= 500 for s in refused), f"ingest acknowledged unstored messages: {refused}"
 
         seen = await supervise(group, env, healthz, probe_json, wait_until)
@@ -168,8 +186,10 @@ async def test_a_broker_silent_for_longer_than_every_timeout_loses_and_doubles_n
         dead = await records.settled(stack, stack.topic("dlq"), DeadLetter, lambda d: True, 0)
         log = (tmp_path / "stack.log").read_text(errors="replace")
 
-    # The pause hit the worker at work: its outputs were not acknowledged.
+    # The pause hit the worker at work: its outputs were not acknowledged, the agent stopped,
+    # and the worker exited for its supervisor to start it again.
     assert "output records not acknowledged" in log, seen
+    assert seen == f"exited {pause.exit_status}", seen
     decisions = {(o.message_id, o.outcome, o.case_id) for o in outcomes}
     assert len(decisions) == len(mids), f"decided more than once ({seen}): {sorted(decisions)}"
     assert not [o for o in outcomes if o.outcome == "rejected"], seen
