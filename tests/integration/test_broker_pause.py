@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipeline import bus
-from pipeline.events import DeadLetter, Outcome, Reply, derive_id
+from pipeline.events import DeadLetter, Outcome, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import (
     EXIT_AGENT_CRASHED,
@@ -39,7 +39,7 @@ from pipeline.runtime import (
     wait_http,
 )
 from tests.plugins.stack import Deliveries
-from tests.plugins.topics import assert_only_the_window_twice, delivered_marks
+from tests.plugins.topics import assert_only_the_window_twice, replies_and_marks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -175,14 +175,7 @@ async def test_a_broker_silent_for_a_while_loses_and_doubles_nothing(
             lambda got: {o.message_id for o in got} >= mids,
         )
         delivered = await deliveries.settled(lambda i: i.to in wanted, enough=len(wanted))
-        replies = await records.settled(
-            stack,
-            stack.topic("replies"),
-            Reply,
-            lambda r: r.reply_to.get("chat_id") in wanted,
-            lambda got: {r.reply_to.get("chat_id") for r in got} >= wanted,
-        )
-        marks = await delivered_marks(stack)
+        replies, marks = await replies_and_marks(records, stack, wanted)
         dead = await records.settled(stack, stack.topic("dlq"), DeadLetter, lambda d: True, 0)
         log = (tmp_path / "stack.log").read_text(errors="replace")
 

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipeline.config import Settings
-from pipeline.events import DeliveryReceipt, Outcome, Reply, derive_id
+from pipeline.events import DeliveryReceipt, Outcome, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children, audit, child_env, wait_http
-from tests.plugins.topics import assert_only_the_window_twice, delivered_marks
+from tests.plugins.topics import assert_only_the_window_twice, replies_and_marks
 
 if TYPE_CHECKING:
     from tests.plugins.stack import AddWorker, Deliveries, RunningStack, Telegram
@@ -119,14 +119,7 @@ async def test_a_killed_worker_and_a_joining_one_send_nothing_marked_twice(
         await deliveries.first(lambda i, chat=chat: i.to == chat, f"a reply to {chat}")
     delivered = await deliveries.settled(lambda i: i.to in wanted, enough=len(wanted))
     assert {i.to for i in delivered} == wanted  # every customer was answered
-    replies = await records.settled(
-        stack,
-        stack.topic("replies"),
-        Reply,
-        lambda r: r.reply_to.get("chat_id") in wanted,
-        lambda seen: {r.reply_to.get("chat_id") for r in seen} >= wanted,
-    )
-    marks = await delivered_marks(stack)
+    replies, marks = await replies_and_marks(records, stack, wanted)
     reply_ids = {r.reply_id for r in replies}
     assert_only_the_window_twice(delivered, replies, marks, killed_at)
 

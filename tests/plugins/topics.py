@@ -189,6 +189,20 @@ async def delivered_marks(stack: Settings) -> Marks:
     return found
 
 
+async def replies_and_marks(
+    records: Records, stack: Settings, chats: set[str]
+) -> tuple[list[Reply], Marks]:
+    """Every Reply to these Telegram chats (each chat's at least), and every delivered mark."""
+    replies = await records.settled(
+        stack,
+        stack.topic("replies"),
+        Reply,
+        lambda r: r.reply_to.get("chat_id") in chats,
+        lambda seen: {r.reply_to.get("chat_id") for r in seen} >= chats,
+    )
+    return replies, await delivered_marks(stack)
+
+
 def assert_only_the_window_twice(
     delivered: Sequence[OutboxItem], replies: Sequence[Reply], marks: Marks, fault_at: float
 ) -> None:
