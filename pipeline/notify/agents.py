@@ -155,15 +155,27 @@ class DeliveryLoop:
         for record in records:
             by_key.setdefault(record.key, []).append(record)
         slots = asyncio.Semaphore(MAX_CONCURRENT)
+        # Set when a record's failure stops the agent (the error policy's ``stop``, re-raised
+        # by ``guard``: the broker does not acknowledge a mark). No delivery starts after it:
+        # each would reach the customer with no mark to show for it and go out again after
+        # the restart (a broker outage sent a whole batch twice). What is left of the batch
+        # is not acknowledged, and is read again.
+        stopping = asyncio.Event()
 
         async def in_order(group: list[RawRecord]) -> None:
             async with slots:
                 for record in group:
-                    async with self.ctx.guard(STAGE, record):
-                        await self.handle(record)
+                    if stopping.is_set():
+                        return
+                    try:
+                        async with self.ctx.guard(STAGE, record):
+                            await self.handle(record)
+                    except BaseException:
+                        stopping.set()
+                        raise
 
         results = await asyncio.gather(*map(in_order, by_key.values()), return_exceptions=True)
-        # The error policy's ``stop`` (re-raised by ``guard``) stops the agent after the others.
+        # The deliveries under way when one failed finish first (at most one per slot).
         for result in results:
             if isinstance(result, BaseException):
                 raise result

@@ -28,11 +28,10 @@ from pipeline.config import Settings
 from pipeline.events import DeliveryReceipt, Outcome, derive_id
 from pipeline.outbox import Outbox
 from pipeline.runtime import Children, audit, child_env, wait_http
-from tests.plugins.topics import assert_only_the_window_twice, replies_and_marks
 
 if TYPE_CHECKING:
     from tests.plugins.stack import AddWorker, Deliveries, RunningStack, Telegram
-    from tests.plugins.topics import Records
+    from tests.plugins.topics import OnlyTheWindowTwice, Records
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +74,7 @@ async def test_a_killed_worker_and_a_joining_one_send_nothing_marked_twice(
     two_workers: tuple[Settings, Children],
     outbox: Outbox,
     records: Records,
+    only_the_window_twice: OnlyTheWindowTwice,
     deliveries: Deliveries,
     telegram: Telegram,
 ) -> None:
@@ -119,9 +119,9 @@ async def test_a_killed_worker_and_a_joining_one_send_nothing_marked_twice(
         await deliveries.first(lambda i, chat=chat: i.to == chat, f"a reply to {chat}")
     delivered = await deliveries.settled(lambda i: i.to in wanted, enough=len(wanted))
     assert {i.to for i in delivered} == wanted  # every customer was answered
-    replies, marks = await replies_and_marks(records, stack, wanted)
+    replies, marks = await records.replies_and_marks(stack, wanted)
     reply_ids = {r.reply_id for r in replies}
-    assert_only_the_window_twice(delivered, replies, marks, killed_at)
+    only_the_window_twice(delivered, replies, marks, killed_at)
 
     # The marks were tested: replies delivered before the kill were read again and dropped.
     receipts = await records.settled(

@@ -488,6 +488,12 @@ def own_broker(broker_settings: Settings) -> Iterator[OwnBroker]:
 
 
 @pytest.fixture(scope="session")
+def deliveries_of(patience: Patience) -> Callable[[Outbox], Deliveries]:
+    """``deliveries_of(box)``: what a test's own outbox received (``first``, ``settled``)."""
+    return lambda box: Deliveries(box, patience)
+
+
+@pytest.fixture(scope="session")
 def deliveries(outbox: Outbox, patience: Patience) -> Deliveries:
     """What the session stack delivered to the outbox (``first``, ``settled``)."""
     return Deliveries(outbox, patience)

@@ -154,6 +154,20 @@ class Records:
             self.patience.timeout_s,
         )
 
+    async def replies_and_marks(
+        self, settings: Settings, chats: set[str]
+    ) -> tuple[list[Reply], Marks]:
+        """Every Reply to these Telegram chats (each chat's at least), and every delivered mark
+        (``delivered_marks``)."""
+        replies = await self.settled(
+            settings,
+            settings.topic("replies"),
+            Reply,
+            lambda r: r.reply_to.get("chat_id") in chats,
+            lambda seen: {r.reply_to.get("chat_id") for r in seen} >= chats,
+        )
+        return replies, await delivered_marks(settings)
+
 
 @pytest.fixture(scope="session")
 def records(patience: Patience) -> Records:
@@ -189,20 +203,6 @@ async def delivered_marks(stack: Settings) -> Marks:
     return found
 
 
-async def replies_and_marks(
-    records: Records, stack: Settings, chats: set[str]
-) -> tuple[list[Reply], Marks]:
-    """Every Reply to these Telegram chats (each chat's at least), and every delivered mark."""
-    replies = await records.settled(
-        stack,
-        stack.topic("replies"),
-        Reply,
-        lambda r: r.reply_to.get("chat_id") in chats,
-        lambda seen: {r.reply_to.get("chat_id") for r in seen} >= chats,
-    )
-    return replies, await delivered_marks(stack)
-
-
 def assert_only_the_window_twice(
     delivered: Sequence[OutboxItem], replies: Sequence[Reply], marks: Marks, fault_at: float
 ) -> None:
@@ -224,3 +224,13 @@ def assert_only_the_window_twice(
         assert not any(marked(reply, held) for held in before), (
             f"{reply.reply_id} was sent again although its mark was durable before the fault"
         )
+
+
+#: ``only_the_window_twice(delivered, replies, marks, fault_at)``: see the function.
+OnlyTheWindowTwice = Callable[[Sequence[OutboxItem], Sequence[Reply], Marks, float], None]
+
+
+@pytest.fixture(scope="session")
+def only_the_window_twice() -> OnlyTheWindowTwice:
+    """``assert_only_the_window_twice``: replies sent twice only in the documented window."""
+    return assert_only_the_window_twice

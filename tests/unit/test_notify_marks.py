@@ -19,11 +19,12 @@ import pytest
 from pipeline.codec import encode
 from pipeline.config import Settings
 from pipeline.context import Context
+from pipeline.errors import BrokerUnavailable
 from pipeline.events import Channel, Reply, ReplyKind
 from pipeline.faust_app import RouterApp
 from pipeline.metrics import Metrics
 from pipeline.notify import delivery
-from pipeline.notify.agents import DeliveryLoop, Replies, Senders, _delivered
+from pipeline.notify.agents import MAX_CONCURRENT, DeliveryLoop, Replies, Senders, _delivered
 from pipeline.notify.channels import Target, reply_parts
 from pipeline.notify.delivery import Deliverer
 from pipeline.stage import RawRecord
@@ -166,3 +167,36 @@ async def test_each_part_of_a_long_reply_is_durable_before_the_next_part(
     ids = [f"rep_3#{n}" for n in range(1, len(parts) + 1)] + ["rep_3"]
     assert _delivered(loop.outbound.table, CUSTOMER) == ids
     assert len(publisher.acked) == len(ids)
+
+
+async def test_no_delivery_starts_once_a_mark_failed(sent: list[str]) -> None:
+    """The broker stops acknowledging marks: the deliveries under way finish (their marks
+    fail too), and no key's delivery starts after that. Each would reach the customer with no
+    mark and go out again after the restart; before, every key of the batch went on (a broker
+    outage sent a whole batch twice)."""
+    loop, publisher = notify_loop()
+    keys = MAX_CONCURRENT * 3
+
+    async def refused(topic: str, key: str | None, value: bytes | None) -> None:
+        await asyncio.sleep(0)
+        raise BrokerUnavailable("broker did not acknowledge the record: TimeoutError()")
+
+    publisher.send_raw = refused  # type: ignore[method-assign]
+    records = [
+        RawRecord(
+            "replies",
+            0,
+            n,
+            f"tg:{n}".encode(),
+            encode(
+                reply(n).model_copy(
+                    update={"customer_id": f"tg:{n}", "reply_to": {"chat_id": str(n)}}
+                )
+            ),
+        )
+        for n in range(keys)
+    ]
+    with pytest.raises(BrokerUnavailable):
+        await loop.handle_batch(records)
+    # The first slots' deliveries were under way when the first mark failed; nothing after.
+    assert 0 < len(sent) <= MAX_CONCURRENT, len(sent)
