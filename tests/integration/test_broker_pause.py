@@ -42,6 +42,7 @@ from pipeline.runtime import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pipeline.config import Settings
     from tests.plugins.stack import Deliveries, OwnBroker, ProbeJson, Telegram
     from tests.plugins.topics import OnlyTheWindowTwice, Records
     from tests.plugins.waiting import WaitUntil
@@ -97,25 +98,26 @@ def slow_platform() -> Iterator[Outbox]:
 
 
 async def supervise(
-    group: Children, env: dict[str, str], healthz: str, probe: ProbeJson, wait_until: WaitUntil
+    group: Children, env: dict[str, str], stack: Settings, probe: ProbeJson, wait_until: WaitUntil
 ) -> str:
     """What a supervisor does once the broker is back: the worker healthy, or started again
     once it exited. Returns what it saw."""
+    web = f"http://{stack.web_host}:{stack.web_port}"
 
     def state() -> str | None:
         name, proc = group.procs[-1]
         assert name == "worker"
         if proc.poll() is not None:
             return f"exited {proc.returncode}"
-        answer = probe(healthz)  # None: not answering for a moment (stopping)
+        answer = probe(f"{web}/healthz")  # None: not answering for a moment (stopping)
         return "ok" if answer is not None and answer[1].get("status") == "ok" else None
 
     seen = await wait_until(state, timeout_s=180, what="the worker healthy or exited")
     if seen != "ok":
         group.kill("worker")  # forgets the one that exited
-        await asyncio.sleep(8)  # the dead member's session (6 s) ends first
+        await asyncio.sleep(stack.session_timeout_s + 2)  # the dead member's session ends first
         group.start("worker", ["worker"], env)
-        wait_http(healthz.replace("/healthz", "/readyz"), 600, group)
+        wait_http(f"{web}/readyz", 600, group)
     return seen
 
 
@@ -144,7 +146,6 @@ async def test_a_broker_silent_for_a_while_loses_and_doubles_nothing(
         PIPELINE_PRODUCE_TIMEOUT_S=str(PRODUCE_TIMEOUT_S),
         PIPELINE_SHUTDOWN_GRACE_S=str(pause.grace_s),
     )
-    healthz = f"http://{stack.web_host}:{stack.web_port}/healthz"
     chat0 = 6_100_000 + int(uuid.uuid4().int % 900_000) * 1000
     chats = [chat0 + n for n in range(BACKLOG + DURING)]
     backlog, during = chats[:BACKLOG], chats[BACKLOG:]
@@ -177,7 +178,7 @@ async def test_a_broker_silent_for_a_while_loses_and_doubles_nothing(
             await asyncio.sleep(max(0.0, pause.seconds - (time.time() - paused_at)))
         assert all(s >= 500 for s in refused), f"ingest acknowledged unstored messages: {refused}"
 
-        seen = await supervise(group, env, healthz, probe_json, wait_until)
+        seen = await supervise(group, env, stack, probe_json, wait_until)
         # The platform retries what failed (ingest's duplicate filter only drops a retry of a
         # message it accepted).
         assert [post(chat) for chat in during] == [200] * DURING, seen
